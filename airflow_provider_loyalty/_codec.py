@@ -1,0 +1,158 @@
+"""Request and response bodies in both of the API's content types.
+
+The API speaks JSON or XML (an ``<xml>`` root whose children are the fields, as the seed shows).
+Replies are decoded by their own Content-Type, so a JSON reply to an XML request still parses.
+XML is parsed with :mod:`defusedxml` (no DTDs, no entities, no external fetches); its scalars
+arrive as text and are coerced to the types the API documents. Lists (the account endpoint's
+``data``) are repeated child elements.
+
+Anything that does not decode raises :class:`LoyaltyResponseError`, never a parser's own error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from xml.etree.ElementTree import Element, SubElement, tostring
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from airflow_provider_loyalty.exceptions import LoyaltyResponseError
+
+MIME_TYPES = {"json": "application/json", "xml": "application/xml"}
+
+# Field types documented by the seeds. Names are unique across endpoints, so one table serves all.
+INT_FIELDS = frozenset(
+    {
+        "error",
+        "loyalty_program_id",
+        "points_currency_iid",
+        "progress",
+        "loyalty_id",
+        "total",
+        "total_count",
+        "promo_iid",
+        "source_iid",
+        "source_subiid",
+    }
+)
+BOOL_FIELDS = frozenset({"is_api", "is_temp", "canceled"})
+# The account endpoint's ``data`` is a list: in XML a parent element with repeated children.
+ACCOUNT_LIST_FIELDS = frozenset({"data"})
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def encode_body(payload: dict[str, Any], content_type: str) -> bytes:
+    """Encode a request body; ``None`` values are left out (optional fields not sent)."""
+    fields = {key: value for key, value in payload.items() if value is not None}
+    if content_type == "json":
+        return json.dumps(fields, separators=(",", ":")).encode("utf-8")
+    root = Element("xml")
+    for key, value in fields.items():
+        _xml_append(root, key, value)
+    encoded: bytes = tostring(root, encoding="utf-8", xml_declaration=False)
+    return encoded
+
+
+def _xml_append(parent: Element, key: str, value: Any) -> None:
+    child = SubElement(parent, key)
+    if isinstance(value, dict):
+        for sub_key, sub_value in value.items():
+            _xml_append(child, str(sub_key), sub_value)
+    elif isinstance(value, bool):
+        child.text = "true" if value else "false"
+    else:
+        child.text = str(value)
+
+
+def decode_body(
+    body: bytes, content_type_header: str | None, *, list_fields: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Decode a reply body into a dict, choosing the format from its Content-Type header.
+
+    :param body: the raw reply bytes (already size-capped by the caller).
+    :param content_type_header: the reply's ``Content-Type``; sniffed from the body when unknown.
+    :param list_fields: XML fields that are lists (repeated children), even with zero or one child.
+    """
+    kind = _kind_of(content_type_header, body)
+    document = _decode_json(body) if kind == "json" else _decode_xml(body, list_fields)
+    if not isinstance(document, dict):
+        raise LoyaltyResponseError(f"expected a {kind.upper()} object at the top level, got {type(document).__name__}")
+    return document
+
+
+def _kind_of(content_type_header: str | None, body: bytes) -> str:
+    header = (content_type_header or "").lower()
+    if "json" in header:
+        return "json"
+    if "xml" in header:
+        return "xml"
+    return "xml" if body.lstrip()[:1] == b"<" else "json"
+
+
+def _decode_json(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise LoyaltyResponseError(f"reply is not valid JSON: {type(err).__name__}: {str(err)[:200]}") from None
+
+
+def _decode_xml(body: bytes, list_fields: frozenset[str]) -> Any:
+    try:
+        root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as err:
+        raise LoyaltyResponseError(f"reply XML refused for safety ({type(err).__name__})") from None
+    except (SyntaxError, ValueError, RecursionError) as err:  # ParseError is a SyntaxError
+        raise LoyaltyResponseError(f"reply is not valid XML: {str(err)[:200]}") from None
+    if root.tag != "xml":
+        raise LoyaltyResponseError(f"expected an <xml> root element, got <{root.tag}>")
+    return _element_to_value(root, list_fields, is_list=False)
+
+
+def _element_to_value(element: Element, list_fields: frozenset[str], *, is_list: bool) -> Any:
+    children = list(element)
+    if is_list:
+        return [_element_to_value(child, list_fields, is_list=False) for child in children]
+    if not children:
+        return element.text if element.text is not None else ""
+    result: dict[str, Any] = {}
+    for child in children:
+        if child.tag in result:
+            raise LoyaltyResponseError(f"XML field <{child.tag}> appears more than once under <{element.tag}>")
+        result[child.tag] = _element_to_value(child, list_fields, is_list=child.tag in list_fields)
+    return coerce_fields(result)
+
+
+def coerce_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """Coerce the documented int and bool fields of one object from text (XML) to their types."""
+    for key, value in record.items():
+        if not isinstance(value, str):
+            continue
+        if key in INT_FIELDS:
+            record[key] = _to_int(key, value)
+        elif key in BOOL_FIELDS:
+            record[key] = _to_bool(key, value)
+    return record
+
+
+def _to_int(key: str, text: str) -> int | None:
+    stripped = text.strip()
+    if not stripped:
+        return None
+    try:
+        return int(stripped)
+    except ValueError:
+        raise LoyaltyResponseError(f"field {key!r}: expected an integer, got {stripped[:40]!r}") from None
+
+
+def _to_bool(key: str, text: str) -> bool | None:
+    lowered = text.strip().lower()
+    if not lowered:
+        return None
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise LoyaltyResponseError(f"field {key!r}: expected true or false, got {lowered[:40]!r}")

@@ -1,0 +1,46 @@
+"""One retry policy for every client of the API (sync hook and async trigger client).
+
+Retried: :class:`LoyaltyTransientError` only (429, 5xx, timeouts, resets, truncated bodies),
+at most ``max_retries`` times, with full-jitter exponential backoff; a ``Retry-After`` the server
+sent wins over the backoff (capped). Auth, validation and other API errors are never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tenacity import RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from airflow_provider_loyalty._connection import LoyaltyConnectionSettings
+from airflow_provider_loyalty.exceptions import LoyaltyTransientError
+
+
+def retry_policy(settings: LoyaltyConnectionSettings, log: logging.Logger | Any) -> dict[str, Any]:
+    """Keyword arguments for ``tenacity.Retrying`` / ``AsyncRetrying`` implementing the policy."""
+    backoff = wait_random_exponential(multiplier=settings.retry_backoff, max=settings.max_retry_wait)
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, LoyaltyTransientError) and error.retry_after is not None:
+            return min(error.retry_after, settings.max_retry_wait)
+        return float(backoff(state))
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "Loyalty API transient failure (%s); retry %d of %d in %.2f s",
+            error,
+            state.attempt_number,
+            settings.max_retries,
+            delay,
+        )
+
+    return {
+        "retry": retry_if_exception_type(LoyaltyTransientError),
+        "stop": stop_after_attempt(settings.max_retries + 1),
+        "wait": wait,
+        "before_sleep": before_sleep,
+        "reraise": True,
+    }

@@ -1,0 +1,233 @@
+"""What the two export operators share: parameters, the export loop, deferral per batch.
+
+:class:`LoyaltyExportOperator` and :class:`LoyaltyTransactionsToS3Operator` differ only in the
+:class:`~airflow_provider_loyalty._sinks.PartSink` they build (:meth:`build_sink`).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+
+from airflow_provider_loyalty import _params
+from airflow_provider_loyalty._batch import ArchiveLimits
+from airflow_provider_loyalty._compat import default_deferrable
+from airflow_provider_loyalty._export import ExportLoop, ExportProgress, ExportSpec, result_of
+from airflow_provider_loyalty._protocol import failure_text, task_state
+from airflow_provider_loyalty._sinks import PartSink
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportTaskFailed, LoyaltyValidationError
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger, result_from_event
+
+
+class LoyaltyExportBaseOperator(BaseOperator):
+    """
+    Export a loyalty program's points transactions of a period, batch after batch, verified.
+
+    Subclasses decide where parts land. See :class:`LoyaltyExportOperator` and
+    :class:`LoyaltyTransactionsToS3Operator` for the parameters they add.
+
+    :param loyalty_program_id: the loyalty program. (templated)
+    :param points_currency_eid: external points currency id; give this or the iid. (templated)
+    :param points_currency_iid: internal points currency id; give this or the eid. (templated)
+    :param date_from: period start, inclusive; datetime or RFC3339. Defaults to the run's
+        ``data_interval_start``. (templated)
+    :param date_to: period end, inclusive; datetime or RFC3339. Defaults to one second before the
+        run's ``data_interval_end`` (the API's end is inclusive, Airflow's is not). (templated)
+    :param from_id: start from this transaction id instead of the period's beginning. (templated)
+    :param loyalty_conn_id: the ``loyalty`` connection.
+    :param max_batches: fail instead of running more export batches than this (default: no cap).
+    :param poll_interval: seconds between export task status checks.
+    :param batch_timeout: seconds one export task may run before the operator fails.
+    :param deferrable: wait for each export task in the triggerer instead of holding a worker
+        slot. Defaults to ``[operators] default_deferrable``.
+    :param resume: after a failed attempt, continue from its checkpoint instead of from scratch.
+    :param replace: replace a finished export already at the output location (else fail).
+    :param keep_zip: also store each batch's original archive next to its part.
+    :param max_uncompressed_bytes: zip bomb cap: largest uncompressed size of one batch.
+    :param max_compression_ratio: zip bomb cap: largest expansion ratio of an archive member.
+    """
+
+    template_fields: Sequence[str] = (
+        "loyalty_program_id",
+        "points_currency_eid",
+        "points_currency_iid",
+        "date_from",
+        "date_to",
+        "from_id",
+    )
+    ui_color = "#f4e3ff"
+
+    def __init__(
+        self,
+        *,
+        loyalty_program_id: int | str,
+        points_currency_eid: str | None = None,
+        points_currency_iid: int | str | None = None,
+        date_from: Any = None,
+        date_to: Any = None,
+        from_id: str | None = None,
+        loyalty_conn_id: str = LoyaltyHook.default_conn_name,
+        max_batches: int | None = None,
+        poll_interval: float = 30.0,
+        batch_timeout: float | timedelta = timedelta(hours=24),
+        deferrable: bool = default_deferrable(),
+        resume: bool = True,
+        replace: bool = True,
+        keep_zip: bool = False,
+        max_uncompressed_bytes: int = ArchiveLimits.max_uncompressed_bytes,
+        max_compression_ratio: float = ArchiveLimits.max_compression_ratio,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.loyalty_program_id = loyalty_program_id
+        self.points_currency_eid = points_currency_eid
+        self.points_currency_iid = points_currency_iid
+        self.date_from = date_from
+        self.date_to = date_to
+        self.from_id = from_id
+        self.loyalty_conn_id = loyalty_conn_id
+        self.max_batches = max_batches
+        self.poll_interval = _params.check_positive_number(poll_interval, "poll_interval")
+        seconds = batch_timeout.total_seconds() if isinstance(batch_timeout, timedelta) else batch_timeout
+        self.batch_timeout = _params.check_positive_number(seconds, "batch_timeout")
+        self.deferrable = deferrable
+        self.resume = resume
+        self.replace = replace
+        self.keep_zip = keep_zip
+        self.archive_limits = ArchiveLimits(
+            max_uncompressed_bytes=int(max_uncompressed_bytes), max_compression_ratio=float(max_compression_ratio)
+        )
+        if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)):
+            raise LoyaltyValidationError("max_batches", f"expected a positive integer or None, got {max_batches!r}")
+        if max_batches is not None and max_batches < 1:
+            raise LoyaltyValidationError("max_batches", f"expected a positive integer or None, got {max_batches!r}")
+        self._validate_literals()
+
+    def _validate_literals(self) -> None:
+        """Fail at DAG-parse time on literal values that can never work (templates wait for run time)."""
+        fields = (self.loyalty_program_id, self.points_currency_eid, self.points_currency_iid)
+        if not _params.is_template(self.loyalty_program_id):
+            _params.check_program_id(self.loyalty_program_id)
+        if not any(_params.is_template(value) for value in fields[1:]):
+            _params.check_currency(self.points_currency_eid, self.points_currency_iid)
+        ends = (self.date_from, self.date_to)
+        if all(value is not None and not _params.is_template(value) for value in ends):
+            _params.check_period(*ends)
+        if not _params.is_template(self.from_id):
+            _params.check_cursor(self.from_id)
+
+    # ------------------------------------------------------------------ to be provided by subclasses
+
+    @abstractmethod
+    def build_sink(self, context: Context, spec: ExportSpec) -> PartSink:
+        """Where this operator lands parts, checkpoint and manifest."""
+
+    # ------------------------------------------------------------------ shared machinery
+
+    @property
+    def hook(self) -> LoyaltyHook:
+        """The API hook (one per task attempt, so one HTTP session)."""
+        if not hasattr(self, "_hook"):
+            self._hook = LoyaltyHook(self.loyalty_conn_id)
+        return self._hook
+
+    def export_spec(self, context: Context) -> ExportSpec:
+        """The rendered parameters, validated; the period defaults to the run's data interval."""
+        date_from = self.date_from if self.date_from not in (None, "") else context.get("data_interval_start")
+        date_to = self.date_to
+        if date_to in (None, ""):
+            end = context.get("data_interval_end")
+            date_to = None if end is None else _params.to_utc(end, "date_to").subtract(seconds=1)
+            if date_to is not None and date_from is not None and date_to < _params.to_utc(date_from, "date_from"):
+                date_to = _params.to_utc(end, "date_to")
+        if date_from is None or date_to is None:
+            missing = "date_from" if date_from is None else "date_to"
+            raise LoyaltyValidationError(missing, "not given, and the DAG run has no data interval to default to")
+        return ExportSpec.build(
+            loyalty_program_id=self.loyalty_program_id,
+            points_currency_eid=self.points_currency_eid,
+            points_currency_iid=self.points_currency_iid,
+            date_from=date_from,
+            date_to=date_to,
+            from_id=self.from_id,
+        )
+
+    def export_loop(self, context: Context) -> ExportLoop:
+        """The loop for this task's rendered parameters and sink."""
+        spec = self.export_spec(context)
+        return ExportLoop(
+            hook=self.hook,
+            spec=spec,
+            sink=self.build_sink(context, spec),
+            max_batches=self.max_batches,
+            poll_interval=self.poll_interval,
+            batch_timeout=self.batch_timeout,
+            resume=self.resume,
+            replace=self.replace,
+            keep_zip=self.keep_zip,
+            limits=self.archive_limits,
+            log=self.log,
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Run the export; in deferrable mode, defer once per batch that is not ready at once."""
+        loop = self.export_loop(context)
+        if not self.deferrable:
+            return self.on_manifest(context, loop.run())
+        return self._advance(context, loop, loop.begin())
+
+    def _advance(self, context: Context, loop: ExportLoop, progress: ExportProgress) -> dict[str, Any]:
+        """Start batches and land those already complete; defer on the first that is still running."""
+        while True:
+            export_task_id = loop.start_batch(progress)
+            status = self.hook.get_task_status(export_task_id)
+            state = task_state(status.get("status"))
+            if state == "failure":
+                raise LoyaltyExportTaskFailed(export_task_id, str(status.get("status")), failure_text(status))
+            if state == "running":
+                self.defer(
+                    trigger=LoyaltyExportTaskTrigger(
+                        export_task_id=export_task_id,
+                        loyalty_conn_id=self.loyalty_conn_id,
+                        poll_interval=self.poll_interval,
+                        deadline=time.time() + self.batch_timeout,
+                    ),
+                    method_name="execute_complete",
+                    kwargs={"progress": progress.to_dict(), "export_task_id": export_task_id},
+                )
+            if not loop.land_batch(progress, export_task_id, result_of(export_task_id, status)):
+                return self.on_manifest(context, loop.finish(progress))
+
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any] | None = None,
+        progress: dict[str, Any] | None = None,
+        export_task_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Resume after the trigger fired: land the batch, then start the next or finish."""
+        if progress is None or export_task_id is None:
+            raise LoyaltyError("execute_complete needs the progress and export_task_id the operator deferred with")
+        try:
+            result = result_from_event(event, export_task_id)
+        except LoyaltyError:
+            raise
+        except Exception as err:  # AirflowSensorTimeout is for sensors; an operator just fails (and may retry)
+            raise LoyaltyError(f"Waiting for export task {export_task_id} failed: {err}") from None
+        loop = self.export_loop(context)
+        state = ExportProgress.from_dict(progress)
+        if state.spec != loop.begin_spec():
+            raise LoyaltyError("the rendered export parameters changed while the task was deferred")
+        if not loop.land_batch(state, export_task_id, result):
+            return self.on_manifest(context, loop.finish(state))
+        return self._advance(context, loop, state)
+
+    def on_manifest(self, context: Context, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Hook for subclasses (asset events, lineage); returns the manifest pushed to XCom."""
+        return manifest

@@ -1,0 +1,190 @@
+"""Operators of the loyalty provider: exports to files, and member histories."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context, ObjectStoragePath
+
+from airflow_provider_loyalty import _params
+from airflow_provider_loyalty._export import ExportSpec
+from airflow_provider_loyalty._sinks import ObjectStorageSink, PartSink
+from airflow_provider_loyalty.exceptions import LoyaltyValidationError, LoyaltyVerificationError
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.operators._export_base import LoyaltyExportBaseOperator
+
+__all__ = ["LoyaltyAccountTransactionsOperator", "LoyaltyExportOperator"]
+
+
+class LoyaltyExportOperator(LoyaltyExportBaseOperator):
+    """
+    Export points transactions of a period as verified CSV parts in a directory or object store.
+
+    Creates an export task, waits for it (in the worker, or deferred to the triggerer), downloads
+    and verifies its zip, writes ``part-NNNNN.csv``, and follows ``next_from_id`` until the period
+    is exhausted; ``_manifest.json`` is written last. Returns the manifest (metadata only).
+
+    .. seealso::
+        :ref:`howto/operator:LoyaltyExportOperator`
+
+    :param output_path: a local directory or an ``ObjectStoragePath`` URL (``file://``,
+        ``s3://`` ...). Shared storage is the choice for multi-worker deployments. (templated)
+    :param output_conn_id: connection of the object store in ``output_path``, if any.
+
+    All parameters of :class:`~airflow_provider_loyalty.operators._export_base.LoyaltyExportBaseOperator`
+    apply: ``loyalty_program_id``, ``points_currency_eid`` | ``points_currency_iid``,
+    ``date_from``, ``date_to``, ``from_id``, ``loyalty_conn_id``, ``max_batches``,
+    ``poll_interval``, ``batch_timeout``, ``deferrable``, ``resume``, ``replace``, ``keep_zip``.
+    """
+
+    template_fields: Sequence[str] = (*LoyaltyExportBaseOperator.template_fields, "output_path")
+
+    def __init__(
+        self, *, output_path: str | ObjectStoragePath, output_conn_id: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if output_path in (None, ""):
+            raise LoyaltyValidationError("output_path", "required: a local directory or an object storage URL")
+        self.output_path = output_path
+        self.output_conn_id = output_conn_id
+
+    def build_sink(self, context: Context, spec: ExportSpec) -> PartSink:
+        """Parts go under ``output_path``."""
+        return ObjectStorageSink(self.output_path, conn_id=self.output_conn_id)
+
+
+class LoyaltyAccountTransactionsOperator(BaseOperator):
+    """
+    Write one member's whole points history (every page) as JSON Lines.
+
+    Pages ``POST /api/v1.1/loyalty/account/transactions`` with ``from_id`` / ``limit`` until
+    ``next_from_id`` is empty, one page in memory at a time, and checks the rows written against
+    the API's ``total_count``. Map it over many members with ``.partial(...).expand(email=[...])``.
+    A member the API does not find fails the task (``LoyaltyNotFoundError``); a member without
+    transactions gives an empty file and ``rows == 0``.
+
+    .. seealso::
+        :ref:`howto/operator:LoyaltyAccountTransactionsOperator`
+
+    :param loyalty_program_id: the loyalty program. (templated)
+    :param matching: how the member is found: ``email``, ``phone``, ``profile_id`` or ``custom``.
+    :param email: member email, with ``matching="email"``. (templated)
+    :param phone: member phone in international format, with ``matching="phone"``. (templated)
+    :param profile_id: member profile id, with ``matching="profile_id"``. (templated)
+    :param field_name: custom field name, with ``matching="custom"``. (templated)
+    :param field_value: custom field value, with ``matching="custom"``. (templated)
+    :param points_currency_eid: external points currency id; give this or the iid. (templated)
+    :param points_currency_iid: internal points currency id; give this or the eid. (templated)
+    :param output_path: the JSON Lines file (local path or object storage URL); a path ending in
+        ``/`` is a directory, the file then named from a hash of the member key (no PII in
+        names). (templated)
+    :param output_conn_id: connection of the object store in ``output_path``, if any.
+    :param limit: records per page, 1..100.
+    :param loyalty_conn_id: the ``loyalty`` connection.
+    """
+
+    template_fields: Sequence[str] = (
+        "loyalty_program_id",
+        "email",
+        "phone",
+        "profile_id",
+        "field_name",
+        "field_value",
+        "points_currency_eid",
+        "points_currency_iid",
+        "output_path",
+    )
+
+    def __init__(
+        self,
+        *,
+        loyalty_program_id: int | str,
+        matching: str,
+        output_path: str | ObjectStoragePath,
+        email: str | None = None,
+        phone: str | None = None,
+        profile_id: str | None = None,
+        field_name: str | None = None,
+        field_value: str | int | None = None,
+        points_currency_eid: str | None = None,
+        points_currency_iid: int | str | None = None,
+        output_conn_id: str | None = None,
+        limit: int = 100,
+        loyalty_conn_id: str = LoyaltyHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.loyalty_program_id = loyalty_program_id
+        self.matching = matching
+        self.email = email
+        self.phone = phone
+        self.profile_id = profile_id
+        self.field_name = field_name
+        self.field_value = field_value
+        self.points_currency_eid = points_currency_eid
+        self.points_currency_iid = points_currency_iid
+        self.output_path = output_path
+        self.output_conn_id = output_conn_id
+        self.limit = _params.check_limit(limit)
+        self.loyalty_conn_id = loyalty_conn_id
+        if _params.is_template(matching) or matching not in _params.MATCHING_MODES:
+            _params.check_matching(matching)  # raises, naming `matching`
+        if output_path in (None, ""):
+            raise LoyaltyValidationError("output_path", "required: a JSON Lines file path or object storage URL")
+
+    def _member(self) -> dict[str, Any]:
+        return {
+            "email": self.email,
+            "phone": self.phone,
+            "profile_id": self.profile_id,
+            "field_name": self.field_name,
+            "field_value": self.field_value,
+        }
+
+    def _target(self, member_fields: dict[str, Any]) -> ObjectStoragePath:
+        raw = self.output_path
+        if isinstance(raw, ObjectStoragePath):
+            return raw
+        text = str(raw)
+        if text.endswith("/"):
+            key = json.dumps(member_fields, sort_keys=True, default=str)
+            text += f"member-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+        if "://" in text:
+            return ObjectStoragePath(text, conn_id=self.output_conn_id)
+        import os
+
+        return ObjectStoragePath(f"file://{os.path.abspath(os.path.expanduser(text))}")
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Page the member's history into the JSON Lines file; return path, rows and total_count."""
+        member_fields = _params.check_matching(self.matching, **self._member())
+        _params.check_program_id(self.loyalty_program_id)
+        _params.check_currency(self.points_currency_eid, self.points_currency_iid)
+        target = self._target(member_fields)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        hook = LoyaltyHook(self.loyalty_conn_id)
+        rows = 0
+        total_count: int | None = None
+        with target.open("wb") as sink:
+            for page in hook.iter_account_transaction_pages(
+                loyalty_program_id=self.loyalty_program_id,
+                matching=self.matching,
+                points_currency_eid=self.points_currency_eid,
+                points_currency_iid=self.points_currency_iid,
+                limit=self.limit,
+                **self._member(),
+            ):
+                if total_count is None:
+                    total_count = page["total_count"]
+                for record in page["data"]:
+                    sink.write(json.dumps(record, ensure_ascii=False, default=str).encode("utf-8") + b"\n")
+                    rows += 1
+        if total_count is not None and total_count != rows:
+            raise LoyaltyVerificationError(
+                f"member history: wrote {rows} transactions but the API's total_count says {total_count}"
+            )
+        self.log.info("Member history: %d transaction(s) written to %s", rows, target)
+        return {"path": str(target), "rows": rows, "total_count": total_count}
