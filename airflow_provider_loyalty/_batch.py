@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import zipfile
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -170,7 +171,7 @@ def write_part(
             for info in _data_members(archive, limits):
                 with archive.open(info) as member:
                     header = _copy_member(member, info.filename, header, writer, stats, skip_ids, tail)
-    except zipfile.BadZipFile as err:
+    except (zipfile.BadZipFile, zlib.error) as err:
         raise LoyaltyVerificationError(f"the downloaded archive is corrupt: {err}") from None
     except (zipfile.LargeZipFile, NotImplementedError, EOFError) as err:
         raise LoyaltyVerificationError(f"the downloaded archive cannot be read: {err}") from None

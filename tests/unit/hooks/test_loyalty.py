@@ -1,0 +1,370 @@
+"""LoyaltyHook against the emulator over loopback HTTP, in JSON and in XML."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import zipfile
+
+import pytest
+
+from airflow_provider_loyalty.exceptions import (
+    LoyaltyApiError,
+    LoyaltyAuthError,
+    LoyaltyError,
+    LoyaltyNotFoundError,
+    LoyaltyTransientError,
+    LoyaltyUnsafeDataError,
+    LoyaltyValidationError,
+)
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from tests.helpers import point_connection_at, requests_seen, wait_for
+
+PERIOD = {"date_from": "2023-09-01T00:00:00Z", "date_to": "2023-09-30T23:59:59Z"}
+EXPORT = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points", **PERIOD}
+MEMBER = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points", "matching": "email"}
+
+
+@pytest.fixture
+def loyalty_emulator_config() -> EmulatorConfig:
+    return EmulatorConfig(transactions=2500, batch_size=1000, task_duration=0.05, token="s3cr3t-T0KEN-value")
+
+
+@pytest.fixture(params=["json", "xml"])
+def content_type(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def hook(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, content_type: str) -> LoyaltyHook:
+    point_connection_at(monkeypatch, loyalty_emulator, content_type=content_type, max_retries=3)
+    return LoyaltyHook()
+
+
+def _wait_completed(hook: LoyaltyHook, task_id: str) -> dict:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = hook.get_task_status(task_id)
+        if status["status"] == "completed":
+            return status
+        assert 0 <= status["progress"] < 100
+        time.sleep(0.02)
+    raise AssertionError("export task did not complete")
+
+
+# ---------------------------------------------------------------------- every endpoint, both formats
+
+
+def test_export_lifecycle_typed_results(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, content_type: str):
+    task_id = hook.create_transactions_export(**EXPORT)
+    assert task_id.startswith("task_")
+    status = _wait_completed(hook, task_id)
+    result = status["result"]
+    assert status["progress"] == 100
+    assert result["total"] == 1000 and isinstance(result["total"], int)
+    assert result["is_api"] is True
+    assert isinstance(result["loyalty_id"], int) and isinstance(result["points_currency_iid"], int)
+    assert result["next_from_id"]
+    log = loyalty_emulator.stats()["request_log"]
+    assert {entry["request_content_type"] for entry in log if entry["method"] == "POST"} == {
+        f"application/{content_type}"
+    }
+
+
+@pytest.mark.parametrize("style", ["seed", "colon"])
+def test_download_name_with_spaces_and_colons(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, style: str, tmp_path
+):
+    loyalty_emulator.config.hashed_file_style = style
+    status = _wait_completed(hook, hook.create_transactions_export(**EXPORT))
+    hashed_file = status["result"]["hashed_file"]
+    assert (" " if style == "seed" else ":") in hashed_file
+    target = tmp_path / "batch.zip"
+    written = hook.download_export(hashed_file, target)
+    assert written == target.stat().st_size > 0
+    with zipfile.ZipFile(target) as archive:
+        assert archive.testzip() is None
+        (member,) = archive.namelist()
+        rows = archive.read(member).decode().count("\n")
+    assert rows > 1000  # header + 1000 rows (+ embedded newlines in quoted descriptions)
+    downloads = wait_for(
+        lambda: [e for e in loyalty_emulator.stats()["request_log"] if e["endpoint"] == "download"],
+        what="the emulator to log the download",
+    )
+    download = downloads[-1]
+    assert " " not in download["path"] and (":" not in download["path"].split("/api/download/")[1])
+
+
+def test_download_into_file_object(hook: LoyaltyHook):
+    status = _wait_completed(hook, hook.create_transactions_export(**EXPORT))
+    buffer = io.BytesIO()
+    written = hook.download_export(status["result"]["hashed_file"], buffer)
+    assert written == len(buffer.getvalue())
+    assert zipfile.ZipFile(buffer).testzip() is None
+
+
+def test_account_pages_and_iteration(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
+    page = hook.get_account_transactions(**MEMBER, email="member0@example.com", limit=100)
+    assert page["total_count"] == 250 and len(page["data"]) == 100 and page["next_from_id"]
+    record = page["data"][0]
+    assert isinstance(record["is_temp"], bool) and isinstance(record["promo_iid"], int)
+    assert isinstance(record["amount"], str) and isinstance(record["custom_json"], dict)
+    before = requests_seen(loyalty_emulator, "account")
+    ids = [r["transaction_id"] for r in hook.iter_account_transactions(**MEMBER, email="member0@example.com")]
+    assert len(ids) == 250 == len(set(ids)) and ids == sorted(ids)
+    assert requests_seen(loyalty_emulator, "account") - before == 3
+
+
+@pytest.mark.parametrize(
+    ("matching", "field"),
+    [
+        ("email", {"email": "member3@example.com"}),
+        ("phone", {"phone": "+15550000003"}),
+        ("profile_id", {"profile_id": "profile_3"}),
+        ("custom", {"field_name": "user_id", "field_value": "3"}),
+    ],
+)
+def test_each_matching_mode(hook: LoyaltyHook, matching: str, field: dict):
+    records = list(
+        hook.iter_account_transactions(
+            loyalty_program_id=123, points_currency_iid=1, matching=matching, limit=10, **field
+        )
+    )
+    assert len(records) == 42
+
+
+def test_member_without_history_and_unknown_member(hook: LoyaltyHook):
+    assert list(hook.iter_account_transactions(**MEMBER, email="member2@example.com")) == []
+    with pytest.raises(LoyaltyNotFoundError) as err:
+        hook.get_account_transactions(**MEMBER, email="nobody@example.com")
+    assert err.value.code == 1004
+
+
+# ---------------------------------------------------------------------- validation: before any request
+
+
+@pytest.mark.parametrize(
+    ("call", "kwargs", "parameter"),
+    [
+        ("export", {"points_currency_iid": 1}, "points_currency_eid/points_currency_iid"),
+        ("export", {"points_currency_eid": None}, "points_currency_eid/points_currency_iid"),
+        ("export", {"date_from": "2023-10-01T00:00:00Z"}, "date_from"),
+        ("export", {"date_to": "not a date"}, "date_to"),
+        ("export", {"loyalty_program_id": "abc"}, "loyalty_program_id"),
+        ("export", {"from_id": "../../etc"}, "from_id"),
+        ("account", {"matching": "nickname"}, "matching"),
+        ("account", {"matching": "email", "email": None}, "email"),
+        ("account", {"matching": "phone"}, "phone"),
+        ("account", {"matching": "profile_id"}, "profile_id"),
+        ("account", {"matching": "custom", "field_name": "user_id"}, "field_value"),
+        ("account", {"matching": "custom", "field_value": "3"}, "field_name"),
+        ("account", {"limit": 0}, "limit"),
+        ("account", {"limit": 101}, "limit"),
+        ("account", {"points_currency_iid": 1}, "points_currency_eid/points_currency_iid"),
+    ],
+)
+def test_bad_input_fails_before_any_request(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, call: str, kwargs: dict, parameter: str
+):
+    with pytest.raises(LoyaltyValidationError) as err:
+        if call == "export":
+            hook.create_transactions_export(**{**EXPORT, **kwargs})
+        else:
+            hook.get_account_transactions(**{**MEMBER, "email": "member0@example.com", **kwargs})
+    assert err.value.parameter == parameter
+    assert parameter.split("/")[0] in str(err.value)
+    assert requests_seen(loyalty_emulator) == 0
+
+
+def test_dates_accept_datetimes_and_send_utc(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
+    import pendulum
+
+    start = pendulum.datetime(2023, 9, 1, 2, 0, tz="Europe/Berlin")
+    task_id = hook.create_transactions_export(
+        loyalty_program_id=123, points_currency_iid=1, date_from=start, date_to=start.add(days=1)
+    )
+    assert _wait_completed(hook, task_id)["result"]["total"] > 0
+
+
+# ---------------------------------------------------------------------- the envelope and typed errors
+
+
+def test_error_in_http_200_body_is_a_failure(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
+    loyalty_emulator.set_faults([FaultRule(endpoint="export", kind="api_error", params={"code": 77, "text": "quota"})])
+    with pytest.raises(LoyaltyApiError) as err:
+        hook.create_transactions_export(**EXPORT)
+    assert (err.value.code, err.value.text, err.value.http_status) == (77, "quota", 200)
+    assert requests_seen(loyalty_emulator, "export") == 1  # API errors are not retried
+
+
+def test_unknown_task_is_not_found(hook: LoyaltyHook):
+    with pytest.raises(LoyaltyNotFoundError) as err:
+        hook.get_task_status("task_00000000-0000-0000-0000-000000000000")
+    assert err.value.http_status == 404 and err.value.code == 1003
+
+
+def test_wrong_token_is_an_auth_error_never_retried(
+    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, content_type: str
+):
+    point_connection_at(monkeypatch, loyalty_emulator, content_type=content_type, token="wrong-token-123")
+    with pytest.raises(LoyaltyAuthError) as err:
+        LoyaltyHook().create_transactions_export(**EXPORT)
+    assert err.value.http_status == 401
+    assert requests_seen(loyalty_emulator) == 1
+
+
+# ---------------------------------------------------------------------- retries, counted at the server
+
+
+@pytest.mark.parametrize("kind", ["http_500", "http_503", "reset"])
+def test_transient_faults_are_retried(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, kind: str):
+    loyalty_emulator.set_faults([FaultRule(endpoint="export", kind=kind, count=2)])
+    assert hook.create_transactions_export(**EXPORT).startswith("task_")
+    assert requests_seen(loyalty_emulator, "export") == 3
+
+
+def test_rate_limit_honours_retry_after(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
+    loyalty_emulator.set_faults(
+        [FaultRule(endpoint="status", kind="rate_limit", count=1, params={"retry_after": 0.4})]
+    )
+    task_id = hook.create_transactions_export(**EXPORT)
+    started = time.monotonic()
+    hook.get_task_status(task_id)
+    assert time.monotonic() - started >= 0.4
+    assert requests_seen(loyalty_emulator, "status") == 2
+
+
+def test_retry_budget_is_max_retries(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
+    loyalty_emulator.set_faults([FaultRule(endpoint="export", kind="http_503")])
+    with pytest.raises(LoyaltyTransientError) as err:
+        hook.create_transactions_export(**EXPORT)
+    assert err.value.http_status == 503
+    assert requests_seen(loyalty_emulator, "export") == 4  # 1 + max_retries=3
+
+
+def test_api_validation_error_is_not_retried(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
+    with pytest.raises(LoyaltyApiError) as err:
+        hook.create_transactions_export(**{**EXPORT, "loyalty_program_id": 999})
+    assert err.value.http_status == 400 and "loyalty_program_id" in err.value.text
+    assert requests_seen(loyalty_emulator, "export") == 1
+
+
+def test_truncated_download_is_retried_from_the_start(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, tmp_path):
+    status = _wait_completed(hook, hook.create_transactions_export(**EXPORT))
+    loyalty_emulator.set_faults([FaultRule(endpoint="download", kind="truncate", count=1)])
+    target = tmp_path / "batch.zip"
+    hook.download_export(status["result"]["hashed_file"], target)
+    assert zipfile.ZipFile(target).testzip() is None
+    assert requests_seen(loyalty_emulator, "download") == 2
+
+
+def test_one_tcp_connection_for_many_calls(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
+    list(hook.iter_account_transactions(**MEMBER, email="member0@example.com", limit=10))
+    assert requests_seen(loyalty_emulator, "account") == 25
+    assert loyalty_emulator.stats()["connections"] == 1
+
+
+# ---------------------------------------------------------------------- hashed_file safety
+
+
+@pytest.mark.parametrize(
+    "hashed_file",
+    [
+        "http://127.0.0.1:1/steal.zip",
+        "//evil.example/x.zip",
+        "/etc/passwd",
+        "abc/../../v1.1/tasks/status",
+        "abc/%2e%2e/%2E%2E/x.zip",
+        "abc\\..\\x.zip",
+        "abc/x\r\nHost: evil.zip",
+        "abc//x.zip",
+        "",
+        "javascript:alert(1)/x",
+    ],
+)
+def test_unsafe_hashed_file_refused_before_any_request(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, hashed_file: str, tmp_path
+):
+    with pytest.raises(LoyaltyUnsafeDataError):
+        hook.download_export(hashed_file, tmp_path / "x.zip")
+    assert requests_seen(loyalty_emulator) == 0
+    assert not (tmp_path / "x.zip").exists()
+
+
+# ---------------------------------------------------------------------- connection and UI
+
+
+def test_test_connection(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch):
+    assert hook.test_connection()[0] is True
+    point_connection_at(monkeypatch, loyalty_emulator, token="wrong-token-123")
+    ok, message = LoyaltyHook().test_connection()
+    assert ok is False and "refused" in message
+
+
+def test_connection_settings_from_extras(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch):
+    point_connection_at(monkeypatch, loyalty_emulator, content_type="xml", timeout="7", verify_ssl="false")
+    settings = LoyaltyHook().settings
+    assert (settings.content_type, settings.timeout, settings.verify) == ("xml", 7.0, False)
+    assert settings.token not in repr(settings)
+    assert LoyaltyHook(content_type="json").settings.content_type == "json"
+
+
+def test_uri_form_of_the_connection(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch):
+    host_port = loyalty_emulator.url.split("://", 1)[1]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LOYALTY_URI",
+        f"loyalty://:{loyalty_emulator.token}@{host_port}/?content_type=xml&__extra__=",
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_URI", f"loyalty://:{loyalty_emulator.token}@{host_port}?content_type=xml")
+    hook = LoyaltyHook("loyalty_uri")
+    # The URI form has no scheme for the API itself: an explicit http:// host is needed for loopback.
+    assert hook.settings.content_type == "xml"
+    assert hook.settings.base_url == f"https://{host_port}"
+
+
+def test_bad_connection_settings_name_the_field(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch):
+    point_connection_at(monkeypatch, loyalty_emulator, content_type="yaml")
+    with pytest.raises(LoyaltyValidationError, match="content_type"):
+        _ = LoyaltyHook().settings
+    point_connection_at(monkeypatch, loyalty_emulator, token="")
+    with pytest.raises(LoyaltyValidationError, match="password"):
+        _ = LoyaltyHook().settings
+
+
+# ---------------------------------------------------------------------- the token stays secret
+
+
+def test_token_never_in_logs_urls_or_errors(
+    loyalty_emulator: LoyaltyEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path,
+):
+    token = loyalty_emulator.token
+    point_connection_at(monkeypatch, loyalty_emulator, max_retries=1)
+    caplog.set_level(logging.DEBUG)
+    hook = LoyaltyHook()
+    texts: list[str] = []
+    status = _wait_completed(hook, hook.create_transactions_export(**EXPORT))
+    hook.download_export(status["result"]["hashed_file"], tmp_path / "b.zip")
+    list(hook.iter_account_transactions(**MEMBER, email="member0@example.com"))
+    # Faults whose texts and retries are logged; an API error text that echoes the token.
+    loyalty_emulator.set_faults(
+        [
+            FaultRule(endpoint="export", kind="http_503", count=5),
+            FaultRule(endpoint="status", kind="api_error", params={"code": 9, "text": f"bad token {token}"}),
+        ]
+    )
+    for call in (lambda: hook.create_transactions_export(**EXPORT), lambda: hook.get_task_status("task_x")):
+        with pytest.raises(LoyaltyError) as err:
+            call()
+        texts += [str(err.value), repr(err.value), str(err.value.__cause__ or "")]
+    texts += [record.getMessage() for record in caplog.records]
+    captured = capfd.readouterr()  # Airflow's structlog writes to the process's stdout/stderr
+    texts += captured.out.splitlines() + captured.err.splitlines()
+    texts += [entry["path"] for entry in loyalty_emulator.stats()["request_log"]]
+    assert any("retry" in text for text in texts)  # the scan really saw the retry log lines
+    assert not [text for text in texts if token in text]
