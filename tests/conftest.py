@@ -32,3 +32,50 @@ def airflow_db() -> Iterator[str]:
         stderr=subprocess.PIPE,
     )
     yield _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server in its own process, shared by the session; yields its URL."""
+    from tests.s3_server import moto_s3_server
+
+    with moto_s3_server() as url:
+        yield url
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the loopback S3 server, with ``aws_default`` pointing at it."""
+    import re
+    import uuid
+
+    import boto3
+
+    from tests.s3_server import aws_connection_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection_json(s3_server))
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture
+def s3_client(s3_server: str):
+    """A boto3 client of the loopback S3 server."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )

@@ -1,0 +1,197 @@
+"""LoyaltyTransactionsToS3Operator against the emulator and moto's S3 server (both real servers)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyValidationError
+from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from airflow_provider_loyalty.testing.data import program_stream
+from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
+from tests.helpers import point_connection_at, wait_for
+from tests.operator_driver import DeferralLog, context_for, run_with_deferrals
+
+N = 5000
+PREFIX = "compliance/2023-09"
+
+
+@pytest.fixture
+def loyalty_emulator_config() -> EmulatorConfig:
+    return EmulatorConfig(transactions=N, batch_size=1000, task_duration=0.05)
+
+
+@pytest.fixture
+def emulator(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch) -> LoyaltyEmulator:
+    point_connection_at(monkeypatch, loyalty_emulator)
+    return loyalty_emulator
+
+
+def make_operator(bucket: str, **kwargs) -> LoyaltyTransactionsToS3Operator:
+    params = {
+        "task_id": "to_s3",
+        "loyalty_program_id": 123,
+        "points_currency_eid": "bonus_points",
+        "s3_bucket": bucket,
+        "s3_key_prefix": PREFIX,
+        "poll_interval": 0.05,
+        "deferrable": False,
+        **kwargs,
+    }
+    return LoyaltyTransactionsToS3Operator(**params)
+
+
+def all_ids(emulator: LoyaltyEmulator) -> list[str]:
+    config = emulator.config
+    stream = program_stream(config.seed, config.transactions, config.period_start, config.period_end)
+    return [stream.transaction_id(index) for index in range(config.transactions)]
+
+
+def keys_under(s3_client, bucket: str, prefix: str = PREFIX) -> list[str]:
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+def ids_in_s3(s3_client, bucket: str, manifest: dict) -> list[str]:
+    ids: list[str] = []
+    for part in manifest["parts"]:
+        body = s3_client.get_object(Bucket=bucket, Key=part["key"])["Body"].read()
+        reader = csv.reader(io.StringIO(body.decode("utf-8"), newline=""))
+        header = next(reader)
+        ids.extend(row[header.index("transaction_id")] for row in reader if row)
+    return ids
+
+
+def assert_true_manifest(s3_client, bucket: str, manifest: dict) -> None:
+    stored = json.loads(s3_client.get_object(Bucket=bucket, Key=f"{PREFIX}/_manifest.json")["Body"].read())
+    assert stored["parts"] == manifest["parts"]
+    for part in stored["parts"]:
+        body = s3_client.get_object(Bucket=bucket, Key=part["key"])["Body"].read()
+        assert part["bytes"] == len(body)
+        assert part["sha256"] == hashlib.sha256(body).hexdigest()
+    assert stored["total_rows"] == sum(part["rows"] for part in stored["parts"])
+
+
+def test_multi_batch_export_lands_parts_then_manifest(emulator, s3_bucket, s3_client):
+    manifest = make_operator(s3_bucket).execute(context_for())
+    assert len(manifest["parts"]) == 5
+    assert keys_under(s3_client, s3_bucket) == [f"{PREFIX}/_manifest.json"] + [
+        f"{PREFIX}/part-0000{i}.csv" for i in range(5)
+    ]
+    assert_true_manifest(s3_client, s3_bucket, manifest)
+    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_ids(emulator)
+    assert manifest["bucket"] == s3_bucket
+
+
+def test_large_part_goes_up_in_multipart(emulator, s3_bucket, s3_client):
+    emulator.config.batch_size = N
+    emulator.config.row_padding = 1500  # one part of ~9 MiB; S3's smallest multipart chunk is 5 MiB
+    mib5 = 5 * 1024 * 1024
+    manifest = make_operator(
+        s3_bucket, transfer_config_args={"multipart_threshold": mib5, "multipart_chunksize": mib5}
+    ).execute(context_for())
+    assert manifest["parts"][0]["bytes"] > 2 * mib5 * 0.8
+    head = s3_client.head_object(Bucket=s3_bucket, Key=manifest["parts"][0]["key"])
+    assert "-" in head["ETag"]  # a multipart ETag: "<md5 of md5s>-<number of parts>"
+    assert int(head["ETag"].strip('"').split("-")[1]) > 1
+    assert_true_manifest(s3_client, s3_bucket, manifest)
+
+
+def test_encryption_and_extra_upload_args_pass_through(emulator, s3_bucket, s3_client):
+    manifest = make_operator(s3_bucket, encrypt=True).execute(context_for())
+    head = s3_client.head_object(Bucket=s3_bucket, Key=manifest["parts"][0]["key"])
+    assert head.get("ServerSideEncryption") == "AES256"
+    with pytest.raises(LoyaltyValidationError, match="encrypt"):
+        make_operator(s3_bucket, encrypt=True, sse_kms_key_id="key")
+
+
+def test_keep_zip_stores_the_archives(emulator, s3_bucket, s3_client):
+    make_operator(s3_bucket, keep_zip=True).execute(context_for())
+    keys = keys_under(s3_client, s3_bucket)
+    assert sum(key.endswith(".zip") for key in keys) == 5
+
+
+def test_rerun_with_other_batch_size_leaves_one_consistent_set(emulator, s3_bucket, s3_client):
+    emulator.config.batch_size = 700
+    first = make_operator(s3_bucket).execute(context_for())
+    emulator.config.batch_size = 2000
+    second = make_operator(s3_bucket).execute(context_for())
+    assert len(first["parts"]) == 8 and len(second["parts"]) == 3
+    assert keys_under(s3_client, s3_bucket) == [f"{PREFIX}/_manifest.json"] + [
+        f"{PREFIX}/part-0000{i}.csv" for i in range(3)
+    ]
+    assert_true_manifest(s3_client, s3_bucket, second)
+    assert ids_in_s3(s3_client, s3_bucket, second) == all_ids(emulator)
+
+
+def test_failure_before_completion_leaves_no_manifest(emulator, s3_bucket, s3_client):
+    make_operator(s3_bucket).execute(context_for())  # an earlier complete export of the interval
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "export quota"})])
+    with pytest.raises(LoyaltyExportTaskFailed, match="export quota"):
+        make_operator(s3_bucket, resume=False).execute(context_for())
+    assert f"{PREFIX}/_manifest.json" not in keys_under(s3_client, s3_bucket)
+
+
+def test_deferrable_mode_gives_the_same_set(emulator, s3_bucket, s3_client):
+    log = DeferralLog()
+    manifest = run_with_deferrals(make_operator(s3_bucket, deferrable=True), context_for(), log)
+    assert log.deferrals >= 5
+    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_ids(emulator)
+    assert_true_manifest(s3_client, s3_bucket, manifest)
+
+
+def test_default_prefix_and_asset_outlet(emulator, s3_bucket, s3_client):
+    operator = make_operator(s3_bucket, s3_key_prefix=None)
+    manifest = operator.execute(context_for())
+    assert manifest["manifest"] == (
+        "loyalty/transactions/program=123/currency=bonus_points/20230901T000000Z_20230930T235959Z/_manifest.json"
+    )
+    (asset,) = operator.outlets
+    assert asset.uri == f"s3://{s3_bucket}/loyalty/transactions/_manifest.json"
+
+
+def test_crash_after_part_2_of_5_resumes_without_re_exporting(emulator, s3_bucket, s3_client, tmp_path):
+    """SIGKILL the worker process after part 2 of 5 landed; the retry resumes from the checkpoint."""
+    emulator.config.task_duration = 1.0  # a window, after part 2 lands, to kill the worker in
+    kwargs = {
+        "loyalty_program_id": 123,
+        "points_currency_eid": "bonus_points",
+        "s3_bucket": s3_bucket,
+        "s3_key_prefix": PREFIX,
+        "poll_interval": 0.05,
+        "deferrable": False,
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.transfer_process", json.dumps(kwargs)],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+    def part_3_running() -> bool:
+        try:
+            body = s3_client.get_object(Bucket=s3_bucket, Key=f"{PREFIX}/_manifest.inprogress.json")["Body"].read()
+        except s3_client.exceptions.NoSuchKey:
+            return False
+        checkpoint = json.loads(body)
+        return len(checkpoint["parts"]) == 3 and bool(checkpoint["pending_task_id"])
+
+    wait_for(part_3_running, timeout=60, what="parts 0-2 to land and part 3's export task to start")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    created_before_retry = emulator.stats()["export_tasks_created"]
+    assert created_before_retry == 4  # parts 0-2, and the task of part 3 that was running
+
+    manifest = make_operator(s3_bucket, **{k: v for k, v in kwargs.items() if k != "s3_bucket"}).execute(context_for())
+    assert emulator.stats()["export_tasks_created"] == 5  # part 3's task re-attached; only part 4 new
+    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_ids(emulator)
+    assert_true_manifest(s3_client, s3_bucket, manifest)
+    assert f"{PREFIX}/_manifest.inprogress.json" not in keys_under(s3_client, s3_bucket)
