@@ -1,0 +1,126 @@
+"""Console script ``loyalty-emulator``: serve the loyalty API emulator until SIGINT/SIGTERM.
+
+Example::
+
+    loyalty-emulator --port 8765 --transactions 100000 --batch-size 10000 --faults faults.json
+
+Prints exactly one line, ``loyalty-emulator listening on http://HOST:PORT`` (the real port when
+``--port 0``), once the socket is bound. ``--config`` takes a JSON object of
+:class:`~airflow_provider_loyalty.testing.EmulatorConfig` fields; explicit flags override it.
+``--faults`` takes a JSON list of :class:`~airflow_provider_loyalty.testing.FaultRule` objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from airflow_provider_loyalty.testing.config import CURSOR_MODES, HASHED_FILE_STYLES, EmulatorConfig
+from airflow_provider_loyalty.testing.server import LoyaltyEmulator
+
+__all__ = ["build_parser", "main"]
+
+#: CLI flag dest -> EmulatorConfig field
+_FLAG_FIELDS = {
+    "transactions": "transactions",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "token": "token",
+    "cursor_mode": "cursor_mode",
+    "task_duration": "task_duration",
+    "row_padding": "row_padding",
+    "zip_compresslevel": "zip_compresslevel",
+    "loyalty_program_id": "loyalty_program_id",
+    "hashed_file_style": "hashed_file_style",
+    "period_start": "period_start",
+    "period_end": "period_end",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of ``loyalty-emulator``."""
+    parser = argparse.ArgumentParser(prog="loyalty-emulator", description="Serve the loyalty API emulator.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for a free one (default 8765)")
+    parser.add_argument("--config", type=Path, help="JSON file with EmulatorConfig fields")
+    parser.add_argument("--faults", type=Path, help="JSON file with a list of fault rules")
+    parser.add_argument("--transactions", type=int, help="transactions in the period")
+    parser.add_argument("--batch-size", type=int, help="rows per export task")
+    parser.add_argument("--seed", type=int, help="data / fault seed")
+    parser.add_argument("--token", help="API token to accept")
+    parser.add_argument("--cursor-mode", choices=CURSOR_MODES, help="from_id semantics")
+    parser.add_argument("--task-duration", type=float, help="seconds an export task runs")
+    parser.add_argument("--row-padding", type=int, help="filler characters per description")
+    parser.add_argument("--zip-compresslevel", type=int, help="deflate level 0..9")
+    parser.add_argument("--loyalty-program-id", type=int, help="the valid loyalty_program_id")
+    parser.add_argument("--hashed-file-style", choices=HASHED_FILE_STYLES, help="hashed_file name style")
+    parser.add_argument("--period-start", help="RFC3339 first created_at")
+    parser.add_argument("--period-end", help="RFC3339 last created_at")
+    parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
+    return parser
+
+
+def _load_config(args: argparse.Namespace) -> EmulatorConfig:
+    changes: dict[str, Any] = {}
+    if args.config is not None:
+        loaded = json.loads(args.config.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise ValueError("--config: expected a JSON object")
+        changes.update(loaded)
+    for dest, field_name in _FLAG_FIELDS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            changes[field_name] = value
+    return EmulatorConfig.from_dict(changes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator until SIGINT/SIGTERM.
+
+    :param argv: arguments (default ``sys.argv[1:]``).
+    :return: process exit code.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = _load_config(args)
+        faults = json.loads(args.faults.read_text(encoding="utf-8")) if args.faults is not None else []
+        if not isinstance(faults, list):
+            raise ValueError("--faults: expected a JSON list of fault rules")
+        emulator = LoyaltyEmulator(config, host=args.host, port=args.port)
+        emulator.set_faults(faults)
+    except (OSError, ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        emulator.start()
+    except OSError as exc:
+        print(f"loyalty-emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        print(f"loyalty-emulator listening on {emulator.url}", flush=True)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        emulator.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

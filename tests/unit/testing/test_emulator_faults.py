@@ -1,0 +1,261 @@
+"""Fault injection of the emulator, each kind over real HTTP."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_loyalty.testing import FAULT_KINDS, FaultRule, LoyaltyEmulator
+
+
+def test_fault_kinds_are_the_documented_ones() -> None:
+    assert set(FAULT_KINDS) == {
+        "http_500",
+        "http_503",
+        "rate_limit",
+        "reset",
+        "slow",
+        "truncate",
+        "api_error",
+        "task_failed",
+        "task_never_finishes",
+    }
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"endpoint": "nope", "kind": "reset"},
+        {"endpoint": "*", "kind": "explode"},
+        {"endpoint": "*", "kind": "reset", "count": -1},
+        {"endpoint": "*", "kind": "reset", "probability": 1.5},
+        {"endpoint": "*", "kind": "reset", "count": 1, "probability": 0.5},
+        {"endpoint": "*", "kind": "reset", "extra": 1},
+    ],
+)
+def test_rule_validation(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="FaultRule"):
+        FaultRule.from_dict(bad)
+
+
+def test_http_500_count(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    emulator.set_faults([FaultRule(endpoint="status", kind="http_500", count=2)])
+    task_id = json_client.export()  # export is not affected
+    for _ in range(2):
+        status, body = json_client.call(json_client.STATUS, {"task_id": task_id})
+        assert (status, body["error"]) == (500, 1000)
+        assert body["error_text"]
+    assert json_client.wait(task_id)["status"] == "completed"
+    stats = emulator.stats()
+    assert stats["faults_applied"] == {"http_500": 2}
+    assert stats["responses_by_status"]["500"] == 2
+    assert [e["fault"] for e in stats["request_log"] if e["status"] == 500] == ["http_500", "http_500"]
+
+
+def test_http_503_xml_with_retry_after(emulator: LoyaltyEmulator, client_factory: Any) -> None:
+    c = client_factory(emulator, "xml")
+    emulator.set_faults([FaultRule(endpoint="*", kind="http_503", count=1, params={"retry_after": 2})])
+    response = c.post(c.EXPORT, c.EXPORT_PARAMS)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+    assert b"<error>1000</error>" in response.content
+    assert c.post(c.EXPORT, c.EXPORT_PARAMS).status_code == 200
+
+
+@pytest.mark.parametrize(("retry_after", "header"), [(None, "1"), (0.1, "0.1"), (3, "3")])
+def test_rate_limit(emulator: LoyaltyEmulator, json_client: Any, retry_after: float | None, header: str) -> None:
+    params = {} if retry_after is None else {"retry_after": retry_after}
+    emulator.set_faults([FaultRule(endpoint="account", kind="rate_limit", count=1, params=params)])
+    body = {
+        "loyalty_program_id": 123,
+        "points_currency_iid": 1,
+        "matching": "profile_id",
+        "profile_id": "profile_1",
+    }
+    response = json_client.post(json_client.ACCOUNT, body)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == header
+    assert response.json()["error"] == 1006
+    assert json_client.post(json_client.ACCOUNT, body).status_code == 200
+
+
+def test_reset(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    emulator.set_faults([FaultRule(endpoint="export", kind="reset", count=1)])
+    with pytest.raises(requests.ConnectionError):
+        json_client.post(json_client.EXPORT, json_client.EXPORT_PARAMS)
+    assert json_client.post(json_client.EXPORT, json_client.EXPORT_PARAMS).status_code == 200
+    stats = emulator.stats()
+    assert stats["requests"]["export"] == 2
+    assert stats["faults_applied"] == {"reset": 1}
+    assert stats["export_tasks_created"] == 1
+
+
+def test_reset_on_download(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    hashed = json_client.wait(json_client.export())["result"]["hashed_file"]
+    emulator.set_faults([FaultRule(endpoint="download", kind="reset", count=1)])
+    with pytest.raises(requests.ConnectionError):
+        json_client.download(hashed)
+    assert json_client.download(hashed).status_code == 200
+
+
+def test_slow(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    emulator.set_faults([FaultRule(endpoint="status", kind="slow", count=1, params={"seconds": 0.3})])
+    task_id = json_client.export()
+    started = time.monotonic()
+    status, _ = json_client.call(json_client.STATUS, {"task_id": task_id})
+    assert status == 200
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    json_client.call(json_client.STATUS, {"task_id": task_id})
+    assert time.monotonic() - started < 0.3
+    emulator.set_faults([FaultRule(endpoint="status", kind="slow", params={"seconds": 0, "during": 1.0})])
+    # a client read timeout fires in the middle of the body (requests reports it as ConnectionError)
+    with pytest.raises((requests.Timeout, requests.ConnectionError), match="timed out"):
+        json_client.session.post(
+            emulator.url + json_client.STATUS, json={"task_id": task_id}, timeout=(5, 0.3), stream=False
+        )
+
+
+def test_slow_download_body(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    hashed = json_client.wait(json_client.export())["result"]["hashed_file"]
+    emulator.set_faults([FaultRule(endpoint="download", kind="slow", params={"seconds": 0.1, "during": 0.3})])
+    started = time.monotonic()
+    response = json_client.download(hashed)
+    assert response.status_code == 200
+    assert time.monotonic() - started >= 0.4
+    _, rows, _ = json_client.read_csv_from_zip(response.content)
+    assert len(rows) == 1000
+
+
+def test_truncate_json(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    task_id = json_client.export()
+    emulator.set_faults([FaultRule(endpoint="status", kind="truncate", count=1)])
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)):
+        json_client.post(json_client.STATUS, {"task_id": task_id})
+    assert json_client.wait(task_id)["status"] == "completed"
+
+
+@pytest.mark.parametrize("after_bytes", [100, 10_000_000])
+def test_truncate_download(emulator: LoyaltyEmulator, json_client: Any, after_bytes: int) -> None:
+    hashed = json_client.wait(json_client.export())["result"]["hashed_file"]
+    full = json_client.download(hashed).content
+    emulator.set_faults([FaultRule(endpoint="download", kind="truncate", count=1, params={"after_bytes": after_bytes})])
+    received = bytearray()
+    url = emulator.url + json_client.download_path(hashed)
+    with json_client.session.get(url, stream=True, timeout=30) as r:
+        assert r.status_code == 200
+        with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)):
+            for chunk in r.iter_content(8192):
+                received += chunk
+    assert len(received) < len(full)
+    assert full.startswith(bytes(received))
+    assert json_client.download(hashed).content == full
+
+
+def test_api_error(emulator: LoyaltyEmulator, client_factory: Any) -> None:
+    for fmt in ("json", "xml"):
+        c = client_factory(emulator, fmt)
+        rule = FaultRule(endpoint="export", kind="api_error", count=1, params={"code": 4242, "text": "Quota spent"})
+        emulator.set_faults([rule])
+        status, body = c.call(c.EXPORT, c.EXPORT_PARAMS)
+        assert (status, str(body["error"]), body["error_text"]) == (200, "4242", "Quota spent")
+        assert "data" not in body
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_task_failed(emulator: LoyaltyEmulator, client_factory: Any, fmt: str) -> None:
+    c = client_factory(emulator, fmt)
+    task_id = c.export()
+    other = c.export()
+    emulator.set_faults(
+        [
+            FaultRule(
+                endpoint="status",
+                kind="task_failed",
+                count=1,
+                params={"status": "error", "text": "disk full"},
+            )
+        ]
+    )
+    data = c.wait(task_id)
+    assert data["status"] == "error"
+    assert data["error_text"] == "disk full"
+    assert data["message"] == "disk full"
+    assert "result" not in data
+    assert c.wait(task_id)["status"] == "error"  # sticky
+    assert c.wait(other)["status"] == "completed"  # the count was used up by the first task
+    assert emulator.stats()["faults_applied"] == {"task_failed": 1}
+
+
+def test_task_failed_default_status(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    emulator.set_faults([FaultRule(endpoint="*", kind="task_failed")])
+    data = json_client.wait(json_client.export())
+    assert data["status"] == "failed"
+    assert data["error_text"]
+
+
+def test_task_never_finishes(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    emulator.set_faults([FaultRule(endpoint="export", kind="task_never_finishes", count=1)])
+    stuck = json_client.export()
+    normal = json_client.export()
+    assert json_client.wait(normal)["status"] == "completed"
+    deadline = time.monotonic() + 10 * emulator.config.task_duration
+    while time.monotonic() < deadline:
+        _, body = json_client.call(json_client.STATUS, {"task_id": stuck})
+        assert body["data"]["status"] == "in_progress"
+        assert body["data"]["progress"] <= 99
+        time.sleep(0.02)
+    emulator.set_faults([])
+    assert json_client.call(json_client.STATUS, {"task_id": stuck})[1]["data"]["status"] == "in_progress"
+
+
+def test_task_never_finishes_pinned_ids(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    task_id = json_client.export()
+    assert json_client.wait(task_id)["status"] == "completed"
+    rule = FaultRule(endpoint="status", kind="task_never_finishes", params={"task_ids": [task_id]})
+    emulator.set_faults([rule])
+    assert json_client.call(json_client.STATUS, {"task_id": task_id})[1]["data"]["status"] == "in_progress"
+    assert json_client.wait(json_client.export())["status"] == "completed"  # new tasks unaffected
+    emulator.set_faults([])
+    assert json_client.wait(task_id)["status"] == "completed"
+
+
+def test_probability_is_deterministic(emulator_factory: Any, client_factory: Any) -> None:
+    patterns = []
+    for seed in (3, 3, 4):
+        emulator = emulator_factory(transactions=10, seed=seed)
+        emulator.set_faults([{"endpoint": "status", "kind": "http_500", "probability": 0.5}])
+        c = client_factory(emulator)
+        patterns.append(tuple(c.post(c.STATUS, {"task_id": "task_x"}).status_code for _ in range(40)))
+    assert patterns[0] == patterns[1] != patterns[2]
+    assert set(patterns[0]) == {404, 500}
+
+
+def test_first_matching_rule_wins_and_wildcard(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    emulator.set_faults(
+        [
+            FaultRule(endpoint="status", kind="rate_limit", count=1, params={"retry_after": 0.1}),
+            FaultRule(endpoint="*", kind="http_503", count=2),
+        ]
+    )
+    codes = [json_client.post(json_client.STATUS, {"task_id": "task_x"}).status_code for _ in range(4)]
+    assert codes == [429, 503, 503, 404]
+    assert emulator.faults.remaining() == [0, 0]
+
+
+def test_reset_is_a_tcp_rst(emulator: LoyaltyEmulator) -> None:
+    emulator.set_faults([FaultRule(endpoint="status", kind="reset", count=1)])
+    body = b'{"task_id": "task_x"}'
+    request = (
+        b"POST /api/v1.1/tasks/status HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + emulator.token.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    with socket.create_connection(("127.0.0.1", emulator.port), timeout=10) as sock:
+        sock.sendall(request)
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(65536):
+                pass
