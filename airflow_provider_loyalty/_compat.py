@@ -14,7 +14,7 @@ def mask_secret(secret: str) -> None:
 
 def default_deferrable() -> bool:
     """``[operators] default_deferrable``, the convention of official providers."""
-    from airflow.sdk import conf
+    from airflow.providers.common.compat.sdk import conf
 
     value: Any = conf.getboolean("operators", "default_deferrable", fallback=False)
     return bool(value)

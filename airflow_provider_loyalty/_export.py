@@ -186,6 +186,15 @@ class ExportLoop:
         self._checkpoint(progress)
         return progress
 
+    def checkpointed_progress(self) -> ExportProgress:
+        """The progress of this export as last checkpointed at the sink (the source of truth)."""
+        checkpoint = self.sink.read_json(CHECKPOINT_NAME)
+        if not checkpoint or checkpoint.get("spec") != self.begin_spec():
+            raise LoyaltyError(
+                f"no checkpoint of this export at {self.sink.describe()}; it was removed while the task waited"
+            )
+        return ExportProgress.from_dict(checkpoint)
+
     def _verified_resume(self, progress: ExportProgress) -> ExportProgress | None:
         """Trust the checkpoint only if every part it lists is stored with its recorded size.
 
@@ -198,9 +207,12 @@ class ExportLoop:
                 return None
         return progress
 
-    def run(self) -> dict[str, Any]:
-        """The whole export in this worker (non-deferrable mode); returns the manifest."""
-        progress = self.begin()
+    def run(self, progress: ExportProgress | None = None) -> dict[str, Any]:
+        """The whole export in this worker (non-deferrable mode); returns the manifest.
+
+        :param progress: where to start (from :meth:`begin`); begins afresh or resumes if omitted.
+        """
+        progress = progress or self.begin()
         while True:
             export_task_id = self.start_batch(progress)
             result = self.wait(export_task_id)

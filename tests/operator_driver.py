@@ -15,13 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pendulum
-
 from airflow.providers.common.compat.sdk import TaskDeferred
 
 
-def context_for(
-    start: str = "2023-09-01T00:00:00Z", end: str = "2023-10-01T00:00:00Z", **extra: Any
-) -> dict[str, Any]:
+def context_for(start: str = "2023-09-01T00:00:00Z", end: str = "2023-10-01T00:00:00Z", **extra: Any) -> dict[str, Any]:
     """A minimal task context: the data interval the export operators default to."""
     return {
         "data_interval_start": pendulum.parse(start),

@@ -44,6 +44,20 @@ from airflow_provider_loyalty.exceptions import (
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 
+class _BearerAuth(requests.auth.AuthBase):
+    """``Authorization: Bearer <token>``; ``repr`` never shows the token."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(***)"
+
+
 @contextmanager
 def _transport_errors(path: str) -> Iterator[None]:
     """Map requests/urllib3 failures to typed errors; TLS failures are not retried."""
@@ -127,11 +141,12 @@ class LoyaltyHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        """The hook's HTTP session: keep-alive, auth header, no proxies from the environment."""
+        """The hook's HTTP session: keep-alive, Bearer auth, proxies and CA bundle from the environment."""
         session = requests.Session()
+        # Auth as an AuthBase (not a bare header): requests then never replaces it with ~/.netrc.
+        session.auth = _BearerAuth(self.settings.token)
         session.headers.update(
             {
-                "Authorization": f"Bearer {self.settings.token}",
                 "User-Agent": USER_AGENT,
                 "Accept": f"{MIME_TYPES[self.settings.content_type]}, */*;q=0.5",
             }

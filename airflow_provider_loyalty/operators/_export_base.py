@@ -40,6 +40,9 @@ class LoyaltyExportBaseOperator(BaseOperator):
     :param date_to: period end, inclusive; datetime or RFC3339. Defaults to one second before the
         run's ``data_interval_end`` (the API's end is inclusive, Airflow's is not). (templated)
     :param from_id: start from this transaction id instead of the period's beginning. (templated)
+    :param export_task_id: adopt an export task created elsewhere (e.g. waited for by
+        :class:`LoyaltyExportTaskSensor`) as the first batch instead of creating one; it must have
+        been created with the same program, currency, period and ``from_id``. (templated)
     :param loyalty_conn_id: the ``loyalty`` connection.
     :param max_batches: fail instead of running more export batches than this (default: no cap).
     :param poll_interval: seconds between export task status checks.
@@ -60,6 +63,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
         "date_from",
         "date_to",
         "from_id",
+        "export_task_id",
     )
     ui_color = "#f4e3ff"
 
@@ -72,6 +76,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
         date_from: Any = None,
         date_to: Any = None,
         from_id: str | None = None,
+        export_task_id: str | None = None,
         loyalty_conn_id: str = LoyaltyHook.default_conn_name,
         max_batches: int | None = None,
         poll_interval: float = 30.0,
@@ -91,6 +96,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
         self.date_from = date_from
         self.date_to = date_to
         self.from_id = from_id
+        self.export_task_id = export_task_id
         self.loyalty_conn_id = loyalty_conn_id
         self.max_batches = max_batches
         self.poll_interval = _params.check_positive_number(poll_interval, "poll_interval")
@@ -139,16 +145,23 @@ class LoyaltyExportBaseOperator(BaseOperator):
 
     def export_spec(self, context: Context) -> ExportSpec:
         """The rendered parameters, validated; the period defaults to the run's data interval."""
-        date_from = self.date_from if self.date_from not in (None, "") else context.get("data_interval_start")
-        date_to = self.date_to
+        date_from, date_to = self.date_from, self.date_to
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
+        if date_from in (None, "") or date_to in (None, ""):
+            if start is None or end is None:
+                missing = "date_from" if date_from in (None, "") else "date_to"
+                raise LoyaltyValidationError(missing, "not given, and the DAG run has no data interval to default to")
+            if start == end:
+                raise LoyaltyValidationError(
+                    "date_from/date_to",
+                    f"not given, and the run's data interval is a single instant ({start}); schedule the DAG "
+                    "with a data-interval timetable (CronDataIntervalTimetable) or pass the period explicitly",
+                )
+        if date_from in (None, ""):
+            date_from = start
         if date_to in (None, ""):
-            end = context.get("data_interval_end")
-            date_to = None if end is None else _params.to_utc(end, "date_to").subtract(seconds=1)
-            if date_to is not None and date_from is not None and date_to < _params.to_utc(date_from, "date_from"):
-                date_to = _params.to_utc(end, "date_to")
-        if date_from is None or date_to is None:
-            missing = "date_from" if date_from is None else "date_to"
-            raise LoyaltyValidationError(missing, "not given, and the DAG run has no data interval to default to")
+            # Airflow's interval end is exclusive; the API's date_to is inclusive (to the second).
+            date_to = _params.to_utc(end, "date_to").subtract(seconds=1)
         return ExportSpec.build(
             loyalty_program_id=self.loyalty_program_id,
             points_currency_eid=self.points_currency_eid,
@@ -178,9 +191,12 @@ class LoyaltyExportBaseOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Run the export; in deferrable mode, defer once per batch that is not ready at once."""
         loop = self.export_loop(context)
+        progress = loop.begin()
+        if self.export_task_id and not progress.parts and not progress.pending_task_id:
+            progress.pending_task_id = str(self.export_task_id)  # adopted: re-attached like a resumed task
         if not self.deferrable:
-            return self.on_manifest(context, loop.run())
-        return self._advance(context, loop, loop.begin())
+            return self.on_manifest(context, loop.run(progress))
+        return self._advance(context, loop, progress)
 
     def _advance(self, context: Context, loop: ExportLoop, progress: ExportProgress) -> dict[str, Any]:
         """Start batches and land those already complete; defer on the first that is still running."""
@@ -211,9 +227,16 @@ class LoyaltyExportBaseOperator(BaseOperator):
         progress: dict[str, Any] | None = None,
         export_task_id: str | None = None,
     ) -> dict[str, Any]:
-        """Resume after the trigger fired: land the batch, then start the next or finish."""
-        if progress is None or export_task_id is None:
-            raise LoyaltyError("execute_complete needs the progress and export_task_id the operator deferred with")
+        """Resume after the trigger fired: land the batch, then start the next or finish.
+
+        ``progress`` and ``export_task_id`` are the primitives the operator deferred with. Where a
+        runner hands back only the event (``dag.test()`` in Airflow 3.3 does), the export task id
+        comes from the event and the progress from the checkpoint the loop wrote before deferring.
+        """
+        if export_task_id is None and isinstance(event, dict):
+            export_task_id = event.get("export_task_id")
+        if not export_task_id:
+            raise LoyaltyError("execute_complete: no export_task_id in the deferral kwargs or the trigger event")
         try:
             result = result_from_event(event, export_task_id)
         except LoyaltyError:
@@ -221,9 +244,14 @@ class LoyaltyExportBaseOperator(BaseOperator):
         except Exception as err:  # AirflowSensorTimeout is for sensors; an operator just fails (and may retry)
             raise LoyaltyError(f"Waiting for export task {export_task_id} failed: {err}") from None
         loop = self.export_loop(context)
-        state = ExportProgress.from_dict(progress)
+        state = ExportProgress.from_dict(progress) if progress else loop.checkpointed_progress()
         if state.spec != loop.begin_spec():
             raise LoyaltyError("the rendered export parameters changed while the task was deferred")
+        if state.pending_task_id != export_task_id:
+            raise LoyaltyError(
+                f"execute_complete: the trigger reported export task {export_task_id}, "
+                f"but the export was waiting for {state.pending_task_id}"
+            )
         if not loop.land_batch(state, export_task_id, result):
             return self.on_manifest(context, loop.finish(state))
         return self._advance(context, loop, state)

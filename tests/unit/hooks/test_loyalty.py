@@ -226,9 +226,7 @@ def test_transient_faults_are_retried(hook: LoyaltyHook, loyalty_emulator: Loyal
 
 
 def test_rate_limit_honours_retry_after(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
-    loyalty_emulator.set_faults(
-        [FaultRule(endpoint="status", kind="rate_limit", count=1, params={"retry_after": 0.4})]
-    )
+    loyalty_emulator.set_faults([FaultRule(endpoint="status", kind="rate_limit", count=1, params={"retry_after": 0.4})])
     task_id = hook.create_transactions_export(**EXPORT)
     started = time.monotonic()
     hook.get_task_status(task_id)

@@ -182,7 +182,9 @@ def test_row_count_mismatch_fails(emulator: LoyaltyEmulator, tmp_path, monkeypat
     from airflow_provider_loyalty import _export
 
     real = _export.write_part
-    monkeypatch.setattr(_export, "write_part", lambda *a, **k: real(*a, **{**k, "expected_rows": k["expected_rows"] + 1}))
+    monkeypatch.setattr(
+        _export, "write_part", lambda *a, **k: real(*a, **{**k, "expected_rows": k["expected_rows"] + 1})
+    )
     with pytest.raises(LoyaltyVerificationError, match="row count mismatch"):
         make_operator(tmp_path).execute(context_for())
     assert not (tmp_path / "_manifest.json").exists()
@@ -266,7 +268,7 @@ def _verify(tmp_path: Path, data: bytes, expected_rows: int = 1, **kwargs):
     return write_part(str(path), io.BytesIO(), expected_rows=expected_rows, **kwargs)
 
 
-CSV = b"transaction_id,description\r\nid-1,\"a, \"\"quoted\"\"\nline\"\r\n"
+CSV = b'transaction_id,description\r\nid-1,"a, ""quoted""\nline"\r\n'
 
 
 def test_verification_accepts_quoted_newlines(tmp_path):

@@ -1,0 +1,147 @@
+"""LoyaltyExportTaskSensor: waits for one export task, in a worker or deferred to the triggerer."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowSkipException, BaseSensorOperator, PokeReturnValue, conf
+
+from airflow_provider_loyalty._protocol import failure_text, task_state
+from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger, result_from_event
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: Extra time the scheduler gives a deferred sensor beyond the trigger's own deadline before it
+#: times the deferral out itself (a backstop if no triggerer runs the trigger at all).
+_DEFERRAL_GRACE = 300.0
+
+
+class LoyaltyExportTaskSensor(BaseSensorOperator):
+    """
+    Wait for a loyalty export task to finish; return (XCom) the task's ``result`` dict.
+
+    In poke / reschedule mode each poke calls ``tasks/status`` through :class:`LoyaltyHook`. With
+    ``deferrable=True`` the sensor checks once, then hands a :class:`LoyaltyExportTaskTrigger`
+    (carrying an absolute deadline) to the triggerer and frees the worker slot.
+
+    A task ending ``failed`` / ``error`` / ``canceled`` raises :class:`LoyaltyExportTaskFailed`
+    with the API's text; a wait longer than ``timeout`` raises ``AirflowSensorTimeout``. With
+    ``soft_fail=True`` both skip the task instead.
+
+    .. seealso:: :ref:`howto/operator:LoyaltyExportTaskSensor`
+
+    :param export_task_id: the export task to wait for (templated), e.g. an upstream XCom.
+    :param loyalty_conn_id: the ``loyalty`` connection.
+    :param poke_interval: seconds between status checks (also the trigger's poll interval).
+    :param timeout: seconds to wait in total before timing out (default 7 days).
+    :param deferrable: wait in the triggerer instead of a worker slot
+        (default ``[operators] default_deferrable``).
+    """
+
+    template_fields = ("export_task_id",)
+    ui_color = "#f4e9d8"
+
+    def __init__(
+        self,
+        *,
+        export_task_id: str,
+        loyalty_conn_id: str = LoyaltyHook.default_conn_name,
+        poke_interval: timedelta | float = 30,
+        timeout: timedelta | float = 7 * 24 * 3600,
+        # [operators] default_deferrable, read at import as official providers do. (Not via
+        # _compat.default_deferrable: it imports airflow.sdk.conf, which Airflow 3.1 lacks.)
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        self.export_task_id = export_task_id
+        self.loyalty_conn_id = loyalty_conn_id
+        self.deferrable = deferrable
+
+    @cached_property
+    def hook(self) -> LoyaltyHook:
+        """The sync hook used by pokes."""
+        return LoyaltyHook(self.loyalty_conn_id)
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        """Check the export task once.
+
+        :param context: the task context.
+        :raises LoyaltyExportTaskFailed: the task ended in a failure state (skips with ``soft_fail``).
+        """
+        data = self.hook.get_task_status(self.export_task_id)
+        status = data.get("status")
+        state = task_state(status)
+        if state == "success":
+            result = data.get("result")
+            if not isinstance(result, dict):
+                raise LoyaltyResponseError(
+                    f"tasks/status: expected data.result to be an object, got {type(result).__name__}"
+                )
+            self.log.info("Export task %s completed: %s rows", self.export_task_id, result.get("total", "?"))
+            return PokeReturnValue(is_done=True, xcom_value=result)
+        if state == "failure":
+            error = LoyaltyExportTaskFailed(self.export_task_id, str(status), failure_text(data))
+            if self.soft_fail:
+                raise AirflowSkipException(f"Skipping (soft_fail): {error}") from error
+            raise error
+        self.log.info("Export task %s: %s, progress %s%%", self.export_task_id, status, data.get("progress", "?"))
+        return PokeReturnValue(is_done=False)
+
+    def execute(self, context: Context) -> Any:
+        """Wait for the export task: poke in the worker, or check once and defer.
+
+        :param context: the task context.
+        """
+        started = time.time()
+        try:
+            if not self.deferrable:
+                return super().execute(context)
+            first = self.poke(context)
+            if first.is_done:
+                return first.xcom_value
+        finally:
+            self.hook.close()
+        deadline = started + self.timeout
+        self.log.info(
+            "Deferring: waiting for export task %s in the triggerer (poll every %g s, timeout %g s)",
+            self.export_task_id,
+            self.poke_interval,
+            self.timeout,
+        )
+        self.defer(
+            trigger=LoyaltyExportTaskTrigger(
+                export_task_id=self.export_task_id,
+                loyalty_conn_id=self.loyalty_conn_id,
+                poll_interval=self.poke_interval,
+                deadline=deadline,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=max(0.0, deadline - time.time()) + _DEFERRAL_GRACE),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger fired: return the result, or raise what the event says.
+
+        :param context: the task context.
+        :param event: the :class:`LoyaltyExportTaskTrigger` event.
+        :raises LoyaltyExportTaskFailed: the export task failed.
+        :raises AirflowSensorTimeout: the deadline passed.
+        :raises AirflowSkipException: either of the above with ``soft_fail=True``.
+        """
+        try:
+            result = result_from_event(event, self.export_task_id)
+        except AirflowSkipException:
+            raise
+        except Exception as error:
+            if self.soft_fail:
+                raise AirflowSkipException(f"Skipping (soft_fail): {error}") from error
+            raise
+        self.log.info("Export task %s completed: %s rows", self.export_task_id, result.get("total", "?"))
+        return result

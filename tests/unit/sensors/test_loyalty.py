@@ -1,0 +1,207 @@
+"""LoyaltyExportTaskSensor in poke and deferrable mode, against the real emulator (no mocked methods)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
+
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportTaskFailed
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.sensors.loyalty import LoyaltyExportTaskSensor
+from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger
+
+EXPORT = {
+    "loyalty_program_id": 123,
+    "points_currency_eid": "bonus_points",
+    "date_from": "2023-09-01T00:00:00Z",
+    "date_to": "2023-09-30T23:59:59Z",
+}
+CONTEXT: Any = {}  # poke() and execute() of this sensor read nothing from the context
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoyaltyEmulator]:
+    """A running emulator with ``loyalty_default`` pointing at it (fast retries)."""
+    with LoyaltyEmulator(EmulatorConfig(transactions=2500, batch_size=1000, task_duration=0.0)) as emu:
+        connection = {
+            "conn_type": "loyalty",
+            "host": emu.url,
+            "password": emu.token,
+            "extra": {"retry_backoff": 0.01, "max_retries": 2, "timeout": 5},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        yield emu
+
+
+def create_export() -> str:
+    hook = LoyaltyHook()
+    try:
+        return hook.create_transactions_export(**EXPORT)
+    finally:
+        hook.close()
+
+
+def make_sensor(task_id: str, **kwargs: Any) -> LoyaltyExportTaskSensor:
+    kwargs.setdefault("poke_interval", 0.05)
+    kwargs.setdefault("timeout", 10)
+    return LoyaltyExportTaskSensor(task_id="wait_for_export", export_task_id=task_id, **kwargs)
+
+
+def test_template_fields_and_defaults() -> None:
+    sensor = LoyaltyExportTaskSensor(task_id="s", export_task_id="{{ ti.xcom_pull('create') }}")
+    assert LoyaltyExportTaskSensor.template_fields == ("export_task_id",)
+    assert sensor.loyalty_conn_id == "loyalty_default"
+    assert sensor.poke_interval == 30
+    assert sensor.timeout == 7 * 24 * 3600
+    assert sensor.deferrable is False  # [operators] default_deferrable is unset
+
+
+# ---------------------------------------------------------------------------------------- poke mode
+
+
+def test_poke_mode_returns_the_result(emulator: LoyaltyEmulator) -> None:
+    emulator.config.task_duration = 0.3
+    task_id = create_export()
+    result = make_sensor(task_id).execute(CONTEXT)
+    assert result["total"] == 1000
+    assert result["hashed_file"].endswith(".zip")
+    assert emulator.stats()["requests"]["status"] >= 2
+
+
+def test_poke_mode_failure_raises_with_api_text(emulator: LoyaltyEmulator) -> None:
+    task_id = create_export()
+    emulator.set_faults(
+        [FaultRule(endpoint="status", kind="task_failed", params={"status": "error", "text": "quota exceeded"})]
+    )
+    with pytest.raises(LoyaltyExportTaskFailed, match="quota exceeded") as caught:
+        make_sensor(task_id).execute(CONTEXT)
+    assert caught.value.status == "error"
+    assert caught.value.export_task_id == task_id
+
+
+def test_poke_mode_failure_with_soft_fail_skips(emulator: LoyaltyEmulator) -> None:
+    task_id = create_export()
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "quota exceeded"})])
+    with pytest.raises(AirflowSkipException, match="quota exceeded"):
+        make_sensor(task_id, soft_fail=True).execute(CONTEXT)
+
+
+@pytest.mark.parametrize("soft_fail", [False, True])
+def test_poke_mode_timeout(emulator: LoyaltyEmulator, soft_fail: bool) -> None:
+    emulator.set_faults([FaultRule(endpoint="export", kind="task_never_finishes")])
+    task_id = create_export()
+    expected = AirflowSkipException if soft_fail else AirflowSensorTimeout
+    started = time.monotonic()
+    with pytest.raises(expected):
+        make_sensor(task_id, timeout=0.4, soft_fail=soft_fail).execute(CONTEXT)
+    assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------------------------- deferrable mode
+
+
+def test_deferrable_returns_at_once_when_already_done(emulator: LoyaltyEmulator) -> None:
+    task_id = create_export()
+    result = make_sensor(task_id, deferrable=True).execute(CONTEXT)
+    assert result["total"] == 1000
+    assert emulator.stats()["requests"]["status"] == 1
+
+
+def test_deferrable_defers_with_the_right_trigger(emulator: LoyaltyEmulator) -> None:
+    emulator.config.task_duration = 60
+    task_id = create_export()
+    sensor = make_sensor(task_id, deferrable=True, poke_interval=7, timeout=3600, loyalty_conn_id="loyalty_default")
+    before = time.time()
+    with pytest.raises(TaskDeferred) as caught:
+        sensor.execute(CONTEXT)
+    deferred = caught.value
+    assert deferred.method_name == "execute_complete"
+    trigger = deferred.trigger
+    assert isinstance(trigger, LoyaltyExportTaskTrigger)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_loyalty.triggers.loyalty.LoyaltyExportTaskTrigger"
+    assert kwargs["export_task_id"] == task_id
+    assert kwargs["loyalty_conn_id"] == "loyalty_default"
+    assert kwargs["poll_interval"] == 7
+    assert before + 3600 - 1 <= kwargs["deadline"] <= time.time() + 3600
+    assert deferred.timeout is not None
+    assert deferred.timeout >= timedelta(seconds=3600)  # a backstop behind the trigger's deadline
+
+
+def test_deferrable_failure_at_first_check_raises(emulator: LoyaltyEmulator) -> None:
+    task_id = create_export()
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "bad period"})])
+    with pytest.raises(LoyaltyExportTaskFailed, match="bad period"):
+        make_sensor(task_id, deferrable=True).execute(CONTEXT)
+
+
+def test_deferred_trigger_event_feeds_execute_complete(emulator: LoyaltyEmulator) -> None:
+    """The whole deferrable path in one process: defer, run the trigger, resume."""
+    emulator.config.task_duration = 0.5
+    task_id = create_export()
+    sensor = make_sensor(task_id, deferrable=True)
+    with pytest.raises(TaskDeferred) as caught:
+        sensor.execute(CONTEXT)
+
+    async def fire() -> dict[str, Any]:
+        events = [event async for event in caught.value.trigger.run()]
+        assert len(events) == 1
+        return dict(events[0].payload)
+
+    event = asyncio.run(fire())
+    result = getattr(sensor, caught.value.method_name)(CONTEXT, event=event)
+    assert result["total"] == 1000
+
+
+def success_event(task_id: str = "task_1") -> dict[str, Any]:
+    return {"status": "success", "export_task_id": task_id, "result": {"total": 5, "hashed_file": "a/b.zip"}}
+
+
+def test_execute_complete_success_returns_result() -> None:
+    sensor = make_sensor("task_1")
+    assert sensor.execute_complete(CONTEXT, success_event()) == {"total": 5, "hashed_file": "a/b.zip"}
+
+
+@pytest.mark.parametrize(
+    ("event", "error", "match"),
+    [
+        (
+            {"status": "error", "export_task_id": "task_1", "message": "disk full", "task_status": "failed"},
+            LoyaltyExportTaskFailed,
+            "disk full",
+        ),
+        ({"status": "error", "export_task_id": "task_1", "message": "HTTP 401"}, LoyaltyError, "HTTP 401"),
+        ({"status": "timeout", "export_task_id": "task_1", "message": "deadline"}, AirflowSensorTimeout, "deadline"),
+        ({"status": "success", "export_task_id": "task_2", "result": {}}, LoyaltyError, "task_2"),
+        ({"status": "success", "export_task_id": "task_1", "result": "x"}, LoyaltyError, "result"),
+        ({"status": "weird", "export_task_id": "task_1"}, LoyaltyError, "weird"),
+        (None, LoyaltyError, "NoneType"),
+    ],
+    ids=["task-failed", "error", "timeout", "other-task", "bad-result", "bad-status", "no-event"],
+)
+def test_execute_complete_raises_on_anything_but_success(
+    event: dict[str, Any] | None, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        make_sensor("task_1").execute_complete(CONTEXT, event)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"status": "error", "export_task_id": "task_1", "message": "disk full", "task_status": "failed"},
+        {"status": "timeout", "export_task_id": "task_1", "message": "deadline"},
+    ],
+    ids=["error", "timeout"],
+)
+def test_execute_complete_soft_fail_skips(event: dict[str, Any]) -> None:
+    with pytest.raises(AirflowSkipException):
+        make_sensor("task_1", soft_fail=True).execute_complete(CONTEXT, event)

@@ -1,0 +1,346 @@
+"""LoyaltyExportTaskTrigger against the real emulator over loopback HTTP (no mocked methods)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger, result_from_event
+
+PERIOD = {"date_from": "2023-09-01T00:00:00Z", "date_to": "2023-09-30T23:59:59Z"}
+EXPORT = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points", **PERIOD}
+
+
+@pytest.fixture
+def emulator() -> Iterator[LoyaltyEmulator]:
+    """An emulator whose export tasks finish at once (tests set ``task_duration`` when they wait)."""
+    with LoyaltyEmulator(EmulatorConfig(transactions=2500, batch_size=1000, task_duration=0.0)) as emu:
+        yield emu
+
+
+def set_connection(
+    monkeypatch: pytest.MonkeyPatch, emulator: LoyaltyEmulator, token: str | None = None, **extra: Any
+) -> None:
+    """Point ``loyalty_default`` at the emulator, with fast retries."""
+    options = {"content_type": "json", "retry_backoff": 0.01, "max_retry_wait": 2, "max_retries": 3, "timeout": 5}
+    options.update(extra)
+    connection = {
+        "conn_type": "loyalty",
+        "host": emulator.url,
+        "password": token or emulator.token,
+        "extra": options,
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+
+
+@pytest.fixture
+def connected(emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch) -> LoyaltyEmulator:
+    """The emulator with ``loyalty_default`` pointing at it."""
+    set_connection(monkeypatch, emulator)
+    return emulator
+
+
+def create_export(**overrides: Any) -> str:
+    """Create an export task through the sync hook (test setup, before the trigger runs)."""
+    hook = LoyaltyHook()
+    try:
+        return hook.create_transactions_export(**{**EXPORT, **overrides})
+    finally:
+        hook.close()
+
+
+async def run_trigger(trigger: LoyaltyExportTaskTrigger) -> dict[str, Any]:
+    """Run the trigger to its end and return its only event's payload."""
+    events = [event async for event in trigger.run()]
+    assert len(events) == 1, events
+    payload: dict[str, Any] = events[0].payload
+    return payload
+
+
+def status_requests(emulator: LoyaltyEmulator) -> int:
+    return int(emulator.stats()["requests"]["status"])
+
+
+@pytest.mark.parametrize("content_type", ["json", "xml"])
+async def test_success_event_carries_result(
+    emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, content_type: str
+) -> None:
+    set_connection(monkeypatch, emulator, content_type=content_type)
+    emulator.config.task_duration = 0.3
+    task_id = create_export()
+
+    event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05))
+
+    assert event["status"] == "success"
+    assert event["export_task_id"] == task_id
+    assert event["result"]["total"] == 1000
+    assert event["result"]["next_from_id"]
+    assert event["result"]["hashed_file"].endswith(".zip")
+    assert status_requests(emulator) >= 2  # polled while in progress, then completed
+    assert result_from_event(event, task_id) == event["result"]
+    json.dumps(event)  # events are stored as JSON
+
+
+async def test_progress_is_logged_and_token_never(
+    connected: LoyaltyEmulator, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    connected.config.task_duration = 0.3
+    connected.set_faults([FaultRule(endpoint="status", kind="http_503", count=1)])
+    task_id = create_export()
+    with caplog.at_level(logging.DEBUG):
+        event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05))
+    assert event["status"] == "success"
+    out, err = capfd.readouterr()
+    logged = caplog.text + out + err  # Airflow 3.2+ logs through structlog, older through logging
+    assert "progress" in logged
+    assert "retry 1 of 3" in logged
+    assert connected.token not in logged
+
+
+@pytest.mark.parametrize("word", ["failed", "error", "canceled"])
+async def test_failed_task_emits_error_with_api_text(connected: LoyaltyEmulator, word: str) -> None:
+    task_id = create_export()
+    connected.set_faults(
+        [FaultRule(endpoint="status", kind="task_failed", params={"status": word, "text": "disk full on node 7"})]
+    )
+
+    event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05))
+
+    assert event == {
+        "status": "error",
+        "export_task_id": task_id,
+        "message": "disk full on node 7",
+        "task_status": word,
+    }
+
+
+async def test_never_finishing_task_times_out_at_the_deadline(connected: LoyaltyEmulator) -> None:
+    connected.set_faults([FaultRule(endpoint="export", kind="task_never_finishes")])
+    task_id = create_export()
+    started = time.monotonic()
+
+    event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.1, deadline=time.time() + 0.8))
+
+    elapsed = time.monotonic() - started
+    assert event["status"] == "timeout"
+    assert event["export_task_id"] == task_id
+    assert "deadline" in event["message"]
+    assert 0.7 <= elapsed < 3.0
+    assert status_requests(connected) >= 3
+
+
+async def test_deadline_already_passed_still_checks_once(connected: LoyaltyEmulator) -> None:
+    """A trigger resumed late (e.g. on another triggerer) reports a task that completed meanwhile."""
+    task_id = create_export()
+    event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05, deadline=time.time() - 10))
+    assert event["status"] == "success"
+    assert status_requests(connected) == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [
+        ("http_503", {}),
+        ("rate_limit", {"retry_after": 0.3}),
+        ("reset", {}),
+    ],
+)
+async def test_transient_faults_are_survived(connected: LoyaltyEmulator, kind: str, params: dict[str, Any]) -> None:
+    task_id = create_export()
+    connected.set_faults([FaultRule(endpoint="status", kind=kind, count=2, params=params)])
+    started = time.monotonic()
+
+    event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05))
+
+    assert event["status"] == "success", event
+    stats = connected.stats()
+    assert stats["faults_applied"][kind] == 2
+    assert stats["requests"]["status"] == 3  # two faulted attempts, one good reply
+    if kind == "rate_limit":
+        assert time.monotonic() - started >= 0.6  # Retry-After honoured twice
+
+
+async def test_retry_budget_exhausted_emits_error(connected: LoyaltyEmulator) -> None:
+    task_id = create_export()
+    connected.set_faults([FaultRule(endpoint="status", kind="http_503")])
+
+    event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05, max_retries=2))
+
+    assert event["status"] == "error"
+    assert "task_status" not in event
+    assert "Service temporarily unavailable" in event["message"]
+    assert "503" in event["message"]
+    assert status_requests(connected) == 3  # the first attempt and two retries
+
+
+async def test_auth_error_is_not_retried(emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, emulator)
+    task_id = create_export()
+    wrong = "wrong-token-0123456789"
+    set_connection(monkeypatch, emulator, token=wrong)
+
+    event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05))
+
+    assert event["status"] == "error"
+    assert "Authentication failed" in event["message"]
+    assert wrong not in json.dumps(event)
+    assert status_requests(emulator) == 1
+
+
+async def test_api_error_envelope_emits_error(connected: LoyaltyEmulator) -> None:
+    task_id = create_export()
+    connected.set_faults(
+        [FaultRule(endpoint="status", kind="api_error", count=1, params={"code": 1001, "text": "Invalid task"})]
+    )
+    event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05))
+    assert event["status"] == "error"
+    assert "Invalid task" in event["message"]
+
+
+async def test_unknown_task_emits_error(connected: LoyaltyEmulator) -> None:
+    event = await run_trigger(LoyaltyExportTaskTrigger("task_does-not-exist", poll_interval=0.05))
+    assert event["status"] == "error"
+    assert "not found" in event["message"]
+
+
+async def test_missing_connection_emits_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_LOYALTY_MISSING", raising=False)
+    event = await run_trigger(LoyaltyExportTaskTrigger("task_x", loyalty_conn_id="loyalty_missing"))
+    assert event["status"] == "error"
+    assert "loyalty_missing" in event["message"]
+
+
+def test_serialize_round_trips_through_serde() -> None:
+    trigger = LoyaltyExportTaskTrigger(
+        "task_b2f9fd6a",
+        loyalty_conn_id="loyalty_eu",
+        poll_interval=5,
+        deadline=1_900_000_000.5,
+        content_type="xml",
+        max_retries=7,
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_loyalty.triggers.loyalty.LoyaltyExportTaskTrigger"
+    assert json.loads(json.dumps(kwargs)) == kwargs  # JSON primitives only
+
+    try:
+        from airflow.sdk.serde import deserialize, serialize
+    except ImportError:  # Airflow < 3.2 stores trigger kwargs with BaseSerialization
+        from airflow.serialization.serialized_objects import BaseSerialization
+
+        restored = BaseSerialization.deserialize(BaseSerialization.serialize(kwargs))
+    else:
+        restored = deserialize(serialize(kwargs))
+    assert restored == kwargs
+
+    module_name, _, class_name = classpath.rpartition(".")
+    again = getattr(importlib.import_module(module_name), class_name)(**restored)
+    assert isinstance(again, LoyaltyExportTaskTrigger)
+    assert again.serialize() == (classpath, kwargs)
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("export_task_id", {"export_task_id": ""}),
+        ("poll_interval", {"export_task_id": "t", "poll_interval": 0}),
+        ("deadline", {"export_task_id": "t", "deadline": "tomorrow"}),
+    ],
+)
+def test_bad_arguments_name_the_parameter(field: str, kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=field):
+        LoyaltyExportTaskTrigger(**kwargs)
+
+
+async def test_cancellation_closes_the_client(connected: LoyaltyEmulator) -> None:
+    connected.set_faults([FaultRule(endpoint="export", kind="task_never_finishes")])
+    task_id = create_export()
+    runner = asyncio.ensure_future(run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05)))
+    for _ in range(200):
+        if status_requests(connected) >= 2 and connected.stats()["open_connections"] >= 1:
+            break
+        await asyncio.sleep(0.02)
+    assert connected.stats()["open_connections"] >= 1  # a kept-alive connection exists
+
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+
+    for _ in range(100):  # the server notices the close when it reads EOF
+        if connected.stats()["open_connections"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert connected.stats()["open_connections"] == 0
+    polled = status_requests(connected)
+    await asyncio.sleep(0.2)
+    assert status_requests(connected) == polled  # nothing polls after cancellation
+
+
+class _SlowCallbacks(logging.Handler):
+    """Collects asyncio's debug-mode 'Executing <...> took N seconds' warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing "):
+            self.messages.append(message)
+
+
+def test_trigger_never_blocks_the_event_loop(connected: LoyaltyEmulator) -> None:
+    """Run the trigger under asyncio debug mode (slow callback = 50 ms) next to a lag probe."""
+    connected.config.task_duration = 0.5
+    connected.set_faults([FaultRule(endpoint="status", kind="http_503", count=1)])
+    task_id = create_export()
+
+    async def warm_up() -> None:
+        # Airflow imports parts of its execution-time API lazily on the first connection lookup;
+        # a running triggerer has them loaded already. Only our code is under test here.
+        from airflow.providers.common.compat.connection import get_async_connection
+
+        await get_async_connection("loyalty_default")
+
+    asyncio.run(warm_up())
+    slow = _SlowCallbacks()
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(slow)
+
+    async def main() -> tuple[dict[str, Any], float]:
+        loop = asyncio.get_running_loop()
+        loop.slow_callback_duration = 0.05
+        done = asyncio.Event()
+        worst = 0.0
+
+        async def probe() -> None:
+            nonlocal worst
+            while not done.is_set():
+                before = loop.time()
+                await asyncio.sleep(0.005)
+                worst = max(worst, loop.time() - before - 0.005)
+
+        probing = asyncio.ensure_future(probe())
+        try:
+            return await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05)), worst
+        finally:
+            done.set()
+            await probing
+
+    try:
+        event, worst_lag = asyncio.run(main(), debug=True)
+    finally:
+        asyncio_log.removeHandler(slow)
+
+    assert event["status"] == "success"
+    assert slow.messages == []
+    assert worst_lag < 0.1, f"event loop lagged {worst_lag * 1000:.0f} ms"
