@@ -1,0 +1,75 @@
+"""The provider registers with Airflow: entry point, schema-valid provider info, the connection type."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+import airflow_provider_loyalty
+from airflow_provider_loyalty import get_provider_info
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+
+
+def test_entry_point_points_at_get_provider_info():
+    (point,) = [ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith("airflow_provider")]
+    assert point.load() is get_provider_info
+
+
+def test_provider_info_matches_airflows_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    import airflow
+
+    schema_path = Path(airflow.__file__).parent / "provider_info.schema.json"
+    if not schema_path.exists():
+        pytest.skip("this Airflow ships no provider_info schema")
+    jsonschema.validate(get_provider_info(), json.loads(schema_path.read_text()))
+
+
+def test_connection_form_hides_and_relabels():
+    info = get_provider_info()["connection-types"][0]
+    assert info["connection-type"] == LoyaltyHook.conn_type == "loyalty"
+    assert info["ui-field-behaviour"] == LoyaltyHook.get_ui_field_behaviour()
+    assert set(info["ui-field-behaviour"]["hidden-fields"]) == {"login", "schema", "port"}
+    assert info["ui-field-behaviour"]["relabeling"]["password"] == "API token"
+    assert set(info["conn-fields"]) == {"content_type", "timeout", "verify_ssl", "max_retries"}
+    for name, field in info["conn-fields"].items():
+        assert field["label"], name
+        assert "null" in field["schema"]["type"], name
+    assert get_provider_info()["versions"] == [airflow_provider_loyalty.__version__]
+
+
+def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "get", "airflow-provider-loyalty", "--full", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    (provider,) = _json_output(listed.stdout)
+    (connection_type,) = provider["connection-types"]
+    assert connection_type["connection-type"] == "loyalty"
+    assert set(connection_type["conn-fields"]) == {"content_type", "timeout", "verify_ssl", "max_retries"}
+    hooks = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "hooks", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert any(hook.get("connection_type") == "loyalty" for hook in _json_output(hooks.stdout))
+
+
+def _json_output(stdout: str) -> list:
+    """The CLI's JSON document (log lines may precede it on stdout)."""
+    (document,) = [line for line in stdout.splitlines() if line.startswith("[")][-1:]
+    return json.loads(document)
