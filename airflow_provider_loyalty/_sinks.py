@@ -90,7 +90,7 @@ class ObjectStorageSink(PartSink):
         self.base.mkdir(parents=True, exist_ok=True)
 
     def describe(self) -> str:
-        return str(self.base)
+        return object_location(self.base)
 
     def _path(self, name: str) -> ObjectStoragePath:
         return self.base / name
@@ -99,7 +99,7 @@ class ObjectStorageSink(PartSink):
         target = self._path(name)
         with open(local_path, "rb") as source, target.open("wb") as sink:
             shutil.copyfileobj(source, sink, _COPY_CHUNK)
-        return str(target)
+        return object_location(target)
 
     def size_of(self, name: str) -> int | None:
         target = self._path(name)
@@ -121,7 +121,7 @@ class ObjectStorageSink(PartSink):
         payload = json.dumps(document, indent=2, sort_keys=False).encode("utf-8")
         with target.open("wb") as handle:
             handle.write(payload)
-        return str(target)
+        return object_location(target)
 
     def delete(self, names: list[str]) -> None:
         for name in names:
@@ -133,6 +133,11 @@ class ObjectStorageSink(PartSink):
         if not self.base.exists():
             return []
         return sorted(child.name for child in self.base.iterdir())
+
+
+def object_location(path: ObjectStoragePath) -> str:
+    """``protocol://path`` of a stored object, without the connection id ObjectStoragePath keeps."""
+    return f"{path.protocol or 'file'}://{path.path}"
 
 
 def _absolute(path: str) -> str:

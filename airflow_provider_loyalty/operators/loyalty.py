@@ -11,7 +11,7 @@ from airflow.sdk import BaseOperator, Context, ObjectStoragePath
 
 from airflow_provider_loyalty import _params
 from airflow_provider_loyalty._export import ExportSpec
-from airflow_provider_loyalty._sinks import ObjectStorageSink, PartSink
+from airflow_provider_loyalty._sinks import ObjectStorageSink, PartSink, object_location
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError, LoyaltyVerificationError
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.operators._export_base import LoyaltyExportBaseOperator
@@ -186,5 +186,5 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
             raise LoyaltyVerificationError(
                 f"member history: wrote {rows} transactions but the API's total_count says {total_count}"
             )
-        self.log.info("Member history: %d transaction(s) written to %s", rows, target)
-        return {"path": str(target), "rows": rows, "total_count": total_count}
+        self.log.info("Member history: %d transaction(s) written to %s", rows, object_location(target))
+        return {"path": object_location(target), "rows": rows, "total_count": total_count}

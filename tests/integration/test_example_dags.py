@@ -52,6 +52,13 @@ def test_transactions_to_s3_example(airflow_db, s3_server, s3_bucket, s3_client)
     assert len(manifest["parts"]) == 6
     assert "deferred" in outcome.output.lower() or "LoyaltyExportTaskTrigger" in outcome.output
     assert token not in outcome.output
+    # The manifest's asset event carries the exact manifest key for downstream DAGs.
+    import os
+    import sqlite3
+
+    with sqlite3.connect(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db") as db:
+        extras = [json.loads(row[0]) for row in db.execute("SELECT extra FROM asset_event ORDER BY id")]
+    assert {"manifest": f"s3://{s3_bucket}/{key}", "total_rows": 6000, "parts": 6} in extras
 
 
 def test_export_with_sensor_example(airflow_db, tmp_path: Path):

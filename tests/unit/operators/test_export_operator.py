@@ -307,3 +307,13 @@ def test_wrong_field_count_and_missing_id_column(tmp_path):
         _verify(tmp_path, _zip_bytes({"t.csv": b"transaction_id,a\r\nx\r\n"}))
     with pytest.raises(LoyaltyVerificationError, match="transaction_id"):
         _verify(tmp_path, _zip_bytes({"t.csv": b"id,a\r\nx,y\r\n"}))
+
+
+def test_s3_object_storage_output_path(emulator: LoyaltyEmulator, s3_bucket, s3_client):
+    """``output_path`` as an ``s3://`` ObjectStoragePath URL (fsspec/s3fs through the AWS connection)."""
+    manifest = make_operator(f"s3://{s3_bucket}/exports/run-1", output_conn_id="aws_default").execute(context_for())
+    keys = sorted(item["Key"] for item in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert keys == ["exports/run-1/_manifest.json"] + [f"exports/run-1/part-0000{i}.csv" for i in range(3)]
+    body = s3_client.get_object(Bucket=s3_bucket, Key="exports/run-1/part-00000.csv")["Body"].read()
+    assert len(body) == manifest["parts"][0]["bytes"]
+    assert manifest["parts"][0]["key"] == f"s3://{s3_bucket}/exports/run-1/part-00000.csv"

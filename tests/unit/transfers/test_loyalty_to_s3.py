@@ -195,3 +195,17 @@ def test_crash_after_part_2_of_5_resumes_without_re_exporting(emulator, s3_bucke
     assert ids_in_s3(s3_client, s3_bucket, manifest) == all_ids(emulator)
     assert_true_manifest(s3_client, s3_bucket, manifest)
     assert f"{PREFIX}/_manifest.inprogress.json" not in keys_under(s3_client, s3_bucket)
+
+
+def test_openlineage_facets_name_the_api_input_and_the_s3_parts(emulator, s3_bucket):
+    pytest.importorskip("airflow.providers.openlineage")
+    operator = make_operator(s3_bucket)
+    manifest = operator.execute(context_for())
+    lineage = operator.get_openlineage_facets_on_complete(None)
+    (source,) = lineage.inputs
+    assert source.namespace == emulator.url
+    assert source.name == "loyalty_program/123/points_transactions"
+    assert [(out.namespace, out.name) for out in lineage.outputs] == [
+        (f"s3://{s3_bucket}", part["key"]) for part in manifest["parts"]
+    ]
+    assert emulator.token not in repr(lineage)
