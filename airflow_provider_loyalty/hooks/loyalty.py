@@ -151,6 +151,8 @@ class LoyaltyHook(BaseHook):
                 "Accept": f"{MIME_TYPES[self.settings.content_type]}, */*;q=0.5",
             }
         )
+        # ``verify`` is also passed per request: requests lets REQUESTS_CA_BUNDLE override a session's
+        # ``verify``, which would silently undo verify_ssl=false or a connection's ca_bundle.
         session.verify = self.settings.verify
         session.max_redirects = 0
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
@@ -191,6 +193,7 @@ class LoyaltyHook(BaseHook):
                 timeout=self.settings.timeout,
                 stream=True,
                 allow_redirects=False,
+                verify=self.settings.verify,
             )
             with response:
                 reply = self._read_capped(response, path)
@@ -289,7 +292,9 @@ class LoyaltyHook(BaseHook):
         started = time.monotonic()
         written = 0
         with _transport_errors("/api/download/"):
-            response = self.session.get(url, timeout=self.settings.timeout, stream=True, allow_redirects=False)
+            response = self.session.get(
+                url, timeout=self.settings.timeout, stream=True, allow_redirects=False, verify=self.settings.verify
+            )
             with response:
                 if response.status_code != 200:
                     check_reply(

@@ -8,7 +8,8 @@ Quick start::
         emulator.set_faults([FaultRule(endpoint="status", kind="rate_limit", count=1)])
         ...  # talk to emulator.url with "Authorization: Bearer " + emulator.token
 
-Pytest users load the fixtures with ``pytest_plugins = ["airflow_provider_loyalty.testing.pytest_plugin"]``;
+Pytest users get the fixtures automatically: the package registers this plugin under the ``pytest11``
+entry point (with plugin autoload disabled, pass ``-p loyalty_emulator``);
 the console script ``loyalty-emulator`` (or ``python -m airflow_provider_loyalty.testing``) serves it
 from the command line.
 """

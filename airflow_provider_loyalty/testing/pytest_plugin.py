@@ -1,6 +1,7 @@
 """Pytest fixtures for testing DAGs and code against the loyalty API emulator.
 
-Load with ``pytest_plugins = ["airflow_provider_loyalty.testing.pytest_plugin"]`` in a conftest.
+Loaded automatically once the package is installed (``pytest11`` entry point ``loyalty_emulator``);
+with ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, load it with ``-p loyalty_emulator``.
 
 * ``loyalty_emulator_config``: the :class:`EmulatorConfig` used by ``loyalty_emulator``; override
   this fixture to change the data, batch size, cursor mode...
