@@ -7,8 +7,9 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowSkipException, BaseSensorOperator, PokeReturnValue, conf
+from airflow.providers.common.compat.sdk import AirflowSkipException, BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_loyalty._compat import default_deferrable
 from airflow_provider_loyalty._protocol import failure_text, task_state
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
@@ -54,9 +55,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         loyalty_conn_id: str = LoyaltyHook.default_conn_name,
         poke_interval: timedelta | float = 30,
         timeout: timedelta | float = 7 * 24 * 3600,
-        # [operators] default_deferrable, read at import as official providers do. (Not via
-        # _compat.default_deferrable: it imports airflow.sdk.conf, which Airflow 3.1 lacks.)
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        deferrable: bool = default_deferrable(),
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
