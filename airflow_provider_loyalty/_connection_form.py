@@ -21,7 +21,7 @@ CONN_FIELDS: dict[str, Any] = {
     "content_type": {
         "label": "Content type",
         "description": "Body format of requests: json or xml. Replies are parsed by their own Content-Type either way.",
-        "schema": {"type": ["string", "null"], "enum": ["json", "xml", None], "default": "json"},
+        "schema": {"type": ["string", "null"], "enum": ["json", "xml"], "default": "json"},
     },
     "timeout": {
         "label": "Timeout (seconds)",
