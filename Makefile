@@ -12,7 +12,7 @@ BIN_MIN := $(VENV_MIN)/bin
 INSTALLED := $(VENV)/.installed
 INSTALLED_MIN := $(VENV_MIN)/.installed
 
-.PHONY: help venv test test-min test-slow lint typecheck unit docs demo bench clean
+.PHONY: help venv test test-min test-slow lint typecheck unit docs screenshots demo bench clean
 
 help:
 	@echo "make demo      run the example DAG through real Airflow against the emulator and a loopback S3"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-slow the long reliability variants (chaos at scale, more crash trials)"
 	@echo "make bench     benchmarks; figures go to docs/benchmarks.md"
 	@echo "make docs      Sphinx docs, warnings as errors"
+	@echo "make screenshots  refresh docs/img/connection-form.png from the browser test"
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +63,9 @@ test-min: $(INSTALLED_MIN)
 
 docs: $(INSTALLED)
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+screenshots: $(INSTALLED)
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest tests/browser -k save
 
 demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
