@@ -21,7 +21,6 @@ import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import IO
 
 from airflow_provider_loyalty.exceptions import LoyaltyUnsafeDataError, LoyaltyVerificationError
@@ -113,7 +112,7 @@ def check_member_name(name: str) -> None:
         raise LoyaltyUnsafeDataError(f"zip member name {shown} is empty or contains control characters")
     if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise LoyaltyUnsafeDataError(f"zip member name {shown} is an absolute or Windows path")
-    if any(part in ("..", ".") for part in PurePosixPath(name).parts):
+    if any(part in ("..", ".") for part in name.rstrip("/").split("/")):
         raise LoyaltyUnsafeDataError(f"zip member name {shown} contains a '..' or '.' segment")
 
 

@@ -98,6 +98,14 @@ class ExportProgress:
     duplicates_dropped: int = 0
     started_at: str = ""
 
+    @property
+    def exhausted(self) -> bool:
+        """Every batch has landed (the last part had no ``next_from_id``): only sealing is left.
+
+        A checkpoint in this state is what a crash between the last part and the manifest leaves.
+        """
+        return bool(self.parts) and not self.parts[-1].get("next_from_id") and not self.pending_task_id
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, for trigger kwargs and the checkpoint."""
         return asdict(self)
@@ -213,11 +221,12 @@ class ExportLoop:
         :param progress: where to start (from :meth:`begin`); begins afresh or resumes if omitted.
         """
         progress = progress or self.begin()
-        while True:
+        while not progress.exhausted:
             export_task_id = self.start_batch(progress)
             result = self.wait(export_task_id)
             if not self.land_batch(progress, export_task_id, result):
-                return self.finish(progress)
+                break
+        return self.finish(progress)
 
     def start_batch(self, progress: ExportProgress) -> str:
         """Create the next batch's export task, or re-attach to the one a crashed attempt made."""
@@ -260,7 +269,9 @@ class ExportLoop:
             if state == "success":
                 return result_of(export_task_id, status)
             if state == "failure":
-                raise LoyaltyExportTaskFailed(export_task_id, str(status.get("status")), failure_text(status))
+                raise LoyaltyExportTaskFailed(
+                    export_task_id, str(status.get("status")), failure_text(status, self.hook.settings.token)
+                )
             self.log.info("Export task %s: %s, %s%%", export_task_id, status.get("status"), status.get("progress"))
             if time.monotonic() + self.poll_interval > deadline:
                 raise LoyaltyError(

@@ -48,15 +48,19 @@ def task_state(status: Any) -> TaskState:
     return "running"
 
 
-def failure_text(data: Mapping[str, Any]) -> str:
-    """The API's explanation of a failed task, from whichever field carries it."""
+def failure_text(data: Mapping[str, Any], token: str) -> str:
+    """The API's explanation of a failed task, from whichever field carries it, token removed.
+
+    :param data: the status ``data`` of the failed task.
+    :param token: the API token; server text goes into exceptions and logs, so it is redacted here.
+    """
     for key in ("error_text", "message", "error", "reason"):
         value = data.get(key)
         if value not in (None, "", 0):
-            return str(value)
+            return redact(str(value), token)
     result = data.get("result")
     if isinstance(result, Mapping):
-        return failure_text(result)
+        return failure_text(result, token)
     return "the API gave no reason"
 
 

@@ -38,7 +38,9 @@ class LoyaltyApiError(LoyaltyError):
         self.code = code
         self.text = text
         self.http_status = http_status
-        super().__init__(f"Loyalty API error {code} (HTTP {http_status}): {text}")
+        parts = [f"error {code}" if code is not None else "", f"HTTP {http_status}" if http_status else ""]
+        where = ", ".join(part for part in parts if part)
+        super().__init__(f"Loyalty API ({where}): {text}" if where else f"Loyalty API: {text}")
 
 
 class LoyaltyAuthError(LoyaltyApiError):

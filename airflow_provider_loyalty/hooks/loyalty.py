@@ -44,6 +44,15 @@ from airflow_provider_loyalty.exceptions import (
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 
+class _NoRedirectSession(requests.Session):
+    """A session that never resolves redirects: a 3xx comes back unread, so :func:`check_reply`
+    reports it (not retried) and its body stays under the reply cap. (With ``allow_redirects=False``
+    plain ``requests`` still reads the 3xx body whole to prepare ``Response.next``.)"""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 class _BearerAuth(requests.auth.AuthBase):
     """``Authorization: Bearer <token>``; ``repr`` never shows the token."""
 
@@ -142,7 +151,7 @@ class LoyaltyHook(BaseHook):
     @cached_property
     def session(self) -> requests.Session:
         """The hook's HTTP session: keep-alive, Bearer auth, proxies and CA bundle from the environment."""
-        session = requests.Session()
+        session = _NoRedirectSession()
         # Auth as an AuthBase (not a bare header): requests then never replaces it with ~/.netrc.
         session.auth = _BearerAuth(self.settings.token)
         session.headers.update(
@@ -154,7 +163,6 @@ class LoyaltyHook(BaseHook):
         # ``verify`` is also passed per request: requests lets REQUESTS_CA_BUNDLE override a session's
         # ``verify``, which would silently undo verify_ssl=false or a connection's ca_bundle.
         session.verify = self.settings.verify
-        session.max_redirects = 0
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)

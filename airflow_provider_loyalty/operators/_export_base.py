@@ -201,11 +201,15 @@ class LoyaltyExportBaseOperator(BaseOperator):
     def _advance(self, context: Context, loop: ExportLoop, progress: ExportProgress) -> dict[str, Any]:
         """Start batches and land those already complete; defer on the first that is still running."""
         while True:
+            if progress.exhausted:  # resumed after a crash between the last part and the manifest
+                return self.on_manifest(context, loop.finish(progress))
             export_task_id = loop.start_batch(progress)
             status = self.hook.get_task_status(export_task_id)
             state = task_state(status.get("status"))
             if state == "failure":
-                raise LoyaltyExportTaskFailed(export_task_id, str(status.get("status")), failure_text(status))
+                raise LoyaltyExportTaskFailed(
+                    export_task_id, str(status.get("status")), failure_text(status, self.hook.settings.token)
+                )
             if state == "running":
                 self.defer(
                     trigger=LoyaltyExportTaskTrigger(

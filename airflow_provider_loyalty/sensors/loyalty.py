@@ -86,7 +86,8 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             self.log.info("Export task %s completed: %s rows", self.export_task_id, result.get("total", "?"))
             return PokeReturnValue(is_done=True, xcom_value=result)
         if state == "failure":
-            error = LoyaltyExportTaskFailed(self.export_task_id, str(status), failure_text(data))
+            text = failure_text(data, self.hook.settings.token)
+            error = LoyaltyExportTaskFailed(self.export_task_id, str(status), text)
             if self.soft_fail:
                 raise AirflowSkipException(f"Skipping (soft_fail): {error}") from error
             raise error

@@ -182,7 +182,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
             self.log.info("Export task %s completed: %s rows", self.export_task_id, result.get("total", "?"))
             return self._event("success", result=result)
         if state == "failure":
-            text = redact(failure_text(data), token)
+            text = failure_text(data, token)
             self.log.warning("Export task %s ended with status %r: %s", self.export_task_id, status, text)
             return self._event("error", message=text, task_status=status)
         return None
