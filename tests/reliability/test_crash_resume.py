@@ -1,0 +1,183 @@
+"""Crash-resume: SIGKILL the S3 transfer's worker process at a random point, retry, check the set.
+
+Each trial starts ``tests.transfer_process`` (the operator in a process of its own), kills it with
+SIGKILL after a random delay once it has started talking to the API, then retries in-process, as
+Airflow's task retry would on another worker. Every trial must end with the exact id set, no
+duplicate or stale part, a true manifest and at most one export task created beyond the batches
+(the one whose creation the crash may have orphaned before the checkpoint recorded it).
+
+Default run: 3 trials; ``-m slow``: 10. Seeds are printed; a failure names its seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
+from tests.helpers import point_connection_at, wait_for
+from tests.operator_driver import context_for
+from tests.reliability.support import PROGRAM, all_ids, assert_true_manifest, fresh_seed, make_s3_operator
+
+N = 6000
+BATCH = 1000
+BATCHES = N // BATCH
+#: The export in the worker takes ~BATCHES * (TASK_DURATION + landing); kills fall inside that window.
+TASK_DURATION = 0.4
+
+
+@pytest.fixture
+def emulator(monkeypatch) -> LoyaltyEmulator:
+    with LoyaltyEmulator(EmulatorConfig(transactions=N, batch_size=BATCH, task_duration=TASK_DURATION)) as emulator:
+        point_connection_at(monkeypatch, emulator)
+        yield emulator
+
+
+@dataclass
+class Trial:
+    seed: int
+    kill_after: float
+    killed: bool
+    parts_before_kill: int
+    tasks_before_retry: int
+    tasks_total: int
+
+    @property
+    def extra_tasks(self) -> int:
+        return self.tasks_total - BATCHES
+
+
+def checkpoint_parts(s3_client, bucket: str, prefix: str) -> int:
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=f"{prefix}/_manifest.inprogress.json")["Body"].read()
+    except s3_client.exceptions.NoSuchKey:
+        return 0
+    return len(json.loads(body)["parts"])
+
+
+def crash_trial(emulator: LoyaltyEmulator, s3_client, bucket: str, seed: int, index: int) -> Trial:
+    rng = random.Random(seed)
+    prefix = f"crash/trial-{index}"
+    emulator.reset()
+    kwargs = {**PROGRAM, "s3_bucket": bucket, "s3_key_prefix": prefix, "poll_interval": 0.05, "deferrable": False}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.transfer_process", json.dumps(kwargs)],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Random point: somewhere in the first ~90% of the export, measured from its first request.
+        wait_for(
+            lambda: emulator.stats()["requests_total"] > 0 or worker.poll() is not None, timeout=120, what="worker"
+        )
+        kill_after = rng.uniform(0.0, 0.9 * BATCHES * (TASK_DURATION + 0.15))
+        time.sleep(kill_after)
+        killed = worker.poll() is None
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+    parts_before = checkpoint_parts(s3_client, bucket, prefix)
+    tasks_before = emulator.stats()["export_tasks_created"]
+    # The retry (Airflow's next try, possibly on another worker): same operator arguments, in-process.
+    make_s3_operator(bucket, prefix).execute(context_for())
+    assert_true_manifest(s3_client, bucket, prefix, all_ids(emulator))
+    return Trial(seed, kill_after, killed, parts_before, tasks_before, emulator.stats()["export_tasks_created"])
+
+
+def run_trials(emulator, s3_client, bucket: str, trials: int) -> None:
+    results: list[Trial] = []
+    for index in range(trials):
+        seed = fresh_seed()
+        print(f"[crash-resume] trial {index}: seed {seed}")
+        try:
+            trial = crash_trial(emulator, s3_client, bucket, seed, index)
+        except BaseException as err:
+            raise AssertionError(
+                f"crash-resume trial {index} (seed {seed}) failed: {type(err).__name__}: {err}"
+            ) from err
+        print(
+            f"[crash-resume] trial {index}: seed={seed} killed_after={trial.kill_after:.2f}s killed={trial.killed} "
+            f"parts_checkpointed_before_kill={trial.parts_before_kill} tasks_before_retry={trial.tasks_before_retry} "
+            f"tasks_total={trial.tasks_total} extra_tasks={trial.extra_tasks}"
+        )
+        if trial.killed:
+            assert trial.extra_tasks <= 1, f"trial {index} (seed {seed}): {trial.extra_tasks} extra export tasks"
+        else:
+            # The worker finished before the kill: the retry replaced a complete set; no crash to resume.
+            assert trial.tasks_total == 2 * BATCHES, f"trial {index} (seed {seed})"
+        results.append(trial)
+    crashed = [t for t in results if t.killed]
+    print(
+        f"[crash-resume] {len(results)}/{trials} trials passed; {len(crashed)} killed mid-export; "
+        f"extra export tasks per crash: {[t.extra_tasks for t in crashed]}; "
+        f"parts already landed at the kill: {[t.parts_before_kill for t in crashed]}"
+    )
+
+
+def test_sigkill_at_random_points_resumes_to_the_exact_set(emulator, s3_client, s3_bucket):
+    run_trials(emulator, s3_client, s3_bucket, trials=3)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_resumes_to_the_exact_set_10_trials(emulator, s3_client, s3_bucket):
+    run_trials(emulator, s3_client, s3_bucket, trials=10)
+
+
+# ------------------------------------------------------------------------- the window after the last part
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at one exact point (not an Exception: nothing may catch it)."""
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferrable"])
+@pytest.mark.parametrize("point", ["before-manifest", "before-checkpoint-delete"])
+def test_crash_after_the_last_part_landed_resumes_to_finish(
+    emulator, s3_client, s3_bucket, monkeypatch, point, deferrable
+):
+    """All parts landed and checkpointed (cursor exhausted), then the worker dies before the export is
+    sealed. The retry must only seal it: no new export task, no part re-exported, a true manifest.
+
+    Found by the random trials above (a kill inside ``finish()``): the retry resumed a checkpoint whose
+    cursor was exhausted, started a new export from the period's beginning and failed with
+    ``LoyaltyCursorError`` (next_from_id already used) — on every retry, forever.
+    """
+    from airflow_provider_loyalty._s3_sink import S3PartSink
+    from tests.operator_driver import run_with_deferrals
+
+    prefix = f"crash/after-last-part-{point}-{'d' if deferrable else 'w'}"
+    original_write, original_delete = S3PartSink.write_json, S3PartSink.delete
+
+    def write_json(self, name, document):
+        if point == "before-manifest" and name == "_manifest.json":
+            raise Killed(name)
+        return original_write(self, name, document)
+
+    def delete(self, names):
+        if point == "before-checkpoint-delete" and "_manifest.inprogress.json" in names:
+            raise Killed(names)
+        return original_delete(self, names)
+
+    monkeypatch.setattr(S3PartSink, "write_json", write_json)
+    monkeypatch.setattr(S3PartSink, "delete", delete)
+    with pytest.raises(Killed):
+        run_with_deferrals(make_s3_operator(s3_bucket, prefix, deferrable=deferrable), context_for())
+    monkeypatch.setattr(S3PartSink, "write_json", original_write)
+    monkeypatch.setattr(S3PartSink, "delete", original_delete)
+    assert emulator.stats()["export_tasks_created"] == BATCHES
+
+    run_with_deferrals(make_s3_operator(s3_bucket, prefix, deferrable=deferrable), context_for())  # the retry
+    assert_true_manifest(s3_client, s3_bucket, prefix, all_ids(emulator))
+    assert emulator.stats()["export_tasks_created"] == BATCHES, "the retry re-exported a finished export"

@@ -1,0 +1,132 @@
+"""TLS: certificates are verified by default; a private CA works through ``ca_bundle``.
+
+An HTTPS emulator with a certificate the test makes itself (``openssl`` CLI): the default
+connection refuses it with a clear, typed error that is not retried; the same connection with the
+certificate as its ``ca_bundle`` extra, or with ``verify_ssl`` false, runs a whole export — in the
+worker (requests) and through the trigger (httpx).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_loyalty.exceptions import LoyaltyApiError, LoyaltyError, LoyaltyTransientError
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
+from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
+from tests.operator_driver import context_for, run_with_deferrals
+from tests.reliability.support import PROGRAM
+
+N = 2500
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,digitalSignature",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:  # pragma: no cover
+        pytest.skip(f"openssl unavailable: {exc}")
+    return cert, key
+
+
+@pytest.fixture
+def https_emulator(certificate) -> LoyaltyEmulator:
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    config = EmulatorConfig(transactions=N, batch_size=1000, task_duration=0.1)
+    with LoyaltyEmulator(config, ssl_context=context) as emulator:
+        assert emulator.url.startswith("https://")
+        yield emulator
+
+
+def connect(monkeypatch, emulator: LoyaltyEmulator, **extra) -> None:
+    options = {"retry_backoff": 0.05, "max_retries": 4, **extra}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LOYALTY_DEFAULT",
+        json.dumps({"conn_type": "loyalty", "host": emulator.url, "password": emulator.token, "extra": options}),
+    )
+
+
+def export(tmp_path: Path, deferrable: bool = False) -> dict:
+    operator = LoyaltyExportOperator(
+        task_id="tls", **PROGRAM, output_path=str(tmp_path / "out"), date_from="2023-09-01T00:00:00Z",
+        date_to="2023-09-30T23:59:59Z", poll_interval=0.05, deferrable=deferrable,
+    )  # fmt: skip
+    return run_with_deferrals(operator, context_for())
+
+
+def test_verify_ssl_is_on_by_default(monkeypatch, https_emulator):
+    connect(monkeypatch, https_emulator)
+    assert LoyaltyHook().settings.verify is True
+
+
+def test_untrusted_certificate_fails_clearly_and_is_not_retried(monkeypatch, https_emulator, tmp_path):
+    connect(monkeypatch, https_emulator)  # max_retries=4: a retried failure would make 5 connections
+    started = time.monotonic()
+    with pytest.raises(LoyaltyError) as caught:
+        export(tmp_path)
+    elapsed = time.monotonic() - started
+    err = caught.value
+    assert isinstance(err, LoyaltyApiError) and not isinstance(err, LoyaltyTransientError), repr(err)
+    assert "TLS verification failed" in str(err)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(err) or "certificate" in str(err).lower()
+    assert https_emulator.token not in str(err)
+    assert https_emulator.stats()["connections"] == 1, "the TLS failure was retried"
+    assert https_emulator.stats()["requests_total"] == 0  # no request got through the handshake
+    assert elapsed < 5
+    assert not list((tmp_path / "out").glob("_manifest.json"))
+
+
+def test_untrusted_certificate_in_the_trigger_is_a_clear_error_event(monkeypatch, https_emulator):
+    import asyncio
+
+    from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger
+
+    connect(monkeypatch, https_emulator)
+    trigger = LoyaltyExportTaskTrigger(export_task_id="task_x", poll_interval=0.05)
+
+    async def first_event() -> dict:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("no event")
+
+    event = asyncio.run(first_event())
+    assert event["status"] == "error"
+    assert "TLS verification failed" in event["message"]
+    assert https_emulator.stats()["connections"] == 1, "the TLS failure was retried"
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "trigger"])
+def test_ca_bundle_from_the_connection_verifies(monkeypatch, https_emulator, certificate, tmp_path, deferrable):
+    connect(monkeypatch, https_emulator, ca_bundle=str(certificate[0]))
+    manifest = export(tmp_path, deferrable=deferrable)
+    assert manifest["total_rows"] == N
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "trigger"])
+def test_verify_ssl_false_connects(monkeypatch, https_emulator, tmp_path, deferrable):
+    connect(monkeypatch, https_emulator, verify_ssl=False)
+    manifest = export(tmp_path, deferrable=deferrable)
+    assert manifest["total_rows"] == N
+
+
+def test_ca_bundle_wins_over_requests_ca_bundle_env(monkeypatch, https_emulator, certificate, tmp_path):
+    """An environment-wide REQUESTS_CA_BUNDLE must not silently replace the connection's own choice."""
+    connect(monkeypatch, https_emulator, ca_bundle=str(certificate[0]))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ssl.get_default_verify_paths().cafile or "/nonexistent-ca.pem")
+    assert export(tmp_path)["total_rows"] == N
