@@ -65,3 +65,12 @@ def csv_ids(paths: list[str]) -> list[str]:
             column = header.index("transaction_id")
             ids.extend(row[column] for row in reader if row)
     return ids
+
+
+def all_transaction_ids(emulator: LoyaltyEmulator) -> list[str]:
+    """Every transaction id of the emulator's program, in export order, straight from its data."""
+    from airflow_provider_loyalty.testing.data import program_stream
+
+    config = emulator.config
+    stream = program_stream(config.seed, config.transactions, config.period_start, config.period_end)
+    return [stream.transaction_id(index) for index in range(config.transactions)]

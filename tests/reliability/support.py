@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from airflow_provider_loyalty.testing import LoyaltyEmulator
-from airflow_provider_loyalty.testing.data import program_stream
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
 
 PROGRAM = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points"}
@@ -37,13 +35,6 @@ def make_s3_operator(bucket: str, prefix: str, **kwargs: Any) -> LoyaltyTransact
         **kwargs,
     }
     return LoyaltyTransactionsToS3Operator(**params)
-
-
-def all_ids(emulator: LoyaltyEmulator) -> list[str]:
-    """Every transaction id of the emulator's program, in export order."""
-    config = emulator.config
-    stream = program_stream(config.seed, config.transactions, config.period_start, config.period_end)
-    return [stream.transaction_id(index) for index in range(config.transactions)]
 
 
 def keys_under(s3_client: Any, bucket: str, prefix: str) -> list[str]:

@@ -21,7 +21,7 @@ import pytest
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
 from tests.helpers import point_connection_at
 from tests.operator_driver import context_for
-from tests.reliability.support import all_ids, assert_true_manifest, fresh_seed, make_s3_operator
+from tests.reliability.support import all_transaction_ids, assert_true_manifest, fresh_seed, make_s3_operator
 
 FIXED_SEED = 20230901
 BATCHES = 10
@@ -72,7 +72,7 @@ def run_export(
     elapsed = time.monotonic() - started
     stats = emulator.stats()
     emulator.set_faults([])
-    assert_true_manifest(s3_client, bucket, prefix, all_ids(emulator))
+    assert_true_manifest(s3_client, bucket, prefix, all_transaction_ids(emulator))
     api_requests = sum(stats["requests"].get(name, 0) for name in ("export", "status", "download", "account"))
     return RunFigures(
         seed=seed,

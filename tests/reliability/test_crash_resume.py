@@ -25,7 +25,7 @@ import pytest
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
 from tests.helpers import point_connection_at, wait_for
 from tests.operator_driver import context_for
-from tests.reliability.support import PROGRAM, all_ids, assert_true_manifest, fresh_seed, make_s3_operator
+from tests.reliability.support import PROGRAM, all_transaction_ids, assert_true_manifest, fresh_seed, make_s3_operator
 
 N = 6000
 BATCH = 1000
@@ -92,7 +92,7 @@ def crash_trial(emulator: LoyaltyEmulator, s3_client, bucket: str, seed: int, in
     tasks_before = emulator.stats()["export_tasks_created"]
     # The retry (Airflow's next try, possibly on another worker): same operator arguments, in-process.
     make_s3_operator(bucket, prefix).execute(context_for())
-    assert_true_manifest(s3_client, bucket, prefix, all_ids(emulator))
+    assert_true_manifest(s3_client, bucket, prefix, all_transaction_ids(emulator))
     return Trial(seed, kill_after, killed, parts_before, tasks_before, emulator.stats()["export_tasks_created"])
 
 
@@ -179,5 +179,5 @@ def test_crash_after_the_last_part_landed_resumes_to_finish(
     assert emulator.stats()["export_tasks_created"] == BATCHES
 
     run_with_deferrals(make_s3_operator(s3_bucket, prefix, deferrable=deferrable), context_for())  # the retry
-    assert_true_manifest(s3_client, s3_bucket, prefix, all_ids(emulator))
+    assert_true_manifest(s3_client, s3_bucket, prefix, all_transaction_ids(emulator))
     assert emulator.stats()["export_tasks_created"] == BATCHES, "the retry re-exported a finished export"

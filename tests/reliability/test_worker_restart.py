@@ -19,7 +19,7 @@ from airflow_provider_loyalty.exceptions import LoyaltyError
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
 from tests.helpers import point_connection_at
 from tests.operator_driver import context_for
-from tests.reliability.support import all_ids, assert_true_manifest, make_s3_operator
+from tests.reliability.support import all_transaction_ids, assert_true_manifest, make_s3_operator
 
 N = 3500
 PREFIX = "restart/deferrable"
@@ -67,7 +67,7 @@ def test_execute_complete_on_a_fresh_operator_uses_only_the_checkpoint(emulator,
             deferred = again
     assert resumptions >= 4  # one per batch that was still running when the operator checked
     assert manifest["total_rows"] == N
-    assert_true_manifest(s3_client, s3_bucket, PREFIX, all_ids(emulator))
+    assert_true_manifest(s3_client, s3_bucket, PREFIX, all_transaction_ids(emulator))
     assert emulator.stats()["export_tasks_created"] == 4  # no batch re-created by a restart
 
 

@@ -19,7 +19,7 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
-from tests.helpers import csv_ids, point_connection_at, requests_seen
+from tests.helpers import all_transaction_ids, csv_ids, point_connection_at, requests_seen
 from tests.operator_driver import DeferralLog, context_for, run_with_deferrals
 
 N = 2500
@@ -54,15 +54,6 @@ def make_operator(output: Path | str, **kwargs) -> LoyaltyExportOperator:
     return LoyaltyExportOperator(**params)
 
 
-def expected_ids(emulator: LoyaltyEmulator) -> list[str]:
-    """Every id of the period, straight from the emulator's data (one unbatched listing)."""
-    from airflow_provider_loyalty.testing.data import program_stream
-
-    config = emulator.config
-    stream = program_stream(config.seed, config.transactions, config.period_start, config.period_end)
-    return [stream.transaction_id(index) for index in range(config.transactions)]
-
-
 def part_paths(output: Path, manifest: dict) -> list[str]:
     return [str(output / Path(part["key"]).name) for part in manifest["parts"]]
 
@@ -72,7 +63,7 @@ def test_every_transaction_exactly_once_in_every_cursor_mode(emulator: LoyaltyEm
     emulator.config.cursor_mode = cursor_mode
     manifest = make_operator(tmp_path).execute(context_for())
     ids = csv_ids(part_paths(tmp_path, manifest))
-    assert ids == expected_ids(emulator)  # complete, in order, no duplicates
+    assert ids == all_transaction_ids(emulator)  # complete, in order, no duplicates
     assert len(manifest["parts"]) >= 3
     assert manifest["total_rows"] == N
     assert manifest["duplicates_dropped"] == (len(manifest["parts"]) - 1 if cursor_mode == "inclusive" else 0)
@@ -132,7 +123,7 @@ def test_deferrable_and_worker_modes_give_identical_parts(emulator: LoyaltyEmula
 def test_a_transient_fault_in_each_phase_is_survived(emulator: LoyaltyEmulator, tmp_path, endpoint, kind):
     emulator.set_faults([FaultRule(endpoint=endpoint, kind=kind, count=2, params={"retry_after": 0.05})])
     manifest = make_operator(tmp_path).execute(context_for())
-    assert csv_ids(part_paths(tmp_path, manifest)) == expected_ids(emulator)
+    assert csv_ids(part_paths(tmp_path, manifest)) == all_transaction_ids(emulator)
     assert emulator.stats()["faults_applied"].get(kind) == 2
 
 
@@ -169,7 +160,7 @@ def test_rerun_replaces_the_set(emulator: LoyaltyEmulator, tmp_path):
     second = make_operator(tmp_path).execute(context_for())
     assert len(first["parts"]) == 5 and len(second["parts"]) == 3
     assert sorted(p.name for p in tmp_path.glob("part-*")) == [f"part-0000{i}.csv" for i in range(3)]
-    assert csv_ids(part_paths(tmp_path, second)) == expected_ids(emulator)
+    assert csv_ids(part_paths(tmp_path, second)) == all_transaction_ids(emulator)
 
 
 def test_replace_false_refuses_to_overwrite(emulator: LoyaltyEmulator, tmp_path):
@@ -246,7 +237,7 @@ def test_date_defaults_and_validation(emulator: LoyaltyEmulator, tmp_path):
 def test_object_storage_output_path(emulator: LoyaltyEmulator, tmp_path):
     manifest = make_operator(f"file://{tmp_path}/osp").execute(context_for())
     assert manifest["parts"][0]["key"].startswith("file://")
-    assert csv_ids(part_paths(tmp_path / "osp", manifest)) == expected_ids(emulator)
+    assert csv_ids(part_paths(tmp_path / "osp", manifest)) == all_transaction_ids(emulator)
 
 
 # ---------------------------------------------------------------------- verification of archives

@@ -15,9 +15,8 @@ import pytest
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyValidationError
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
-from airflow_provider_loyalty.testing.data import program_stream
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
-from tests.helpers import point_connection_at, wait_for
+from tests.helpers import all_transaction_ids, point_connection_at, wait_for
 from tests.operator_driver import DeferralLog, context_for, run_with_deferrals
 
 N = 5000
@@ -47,12 +46,6 @@ def make_operator(bucket: str, **kwargs) -> LoyaltyTransactionsToS3Operator:
         **kwargs,
     }
     return LoyaltyTransactionsToS3Operator(**params)
-
-
-def all_ids(emulator: LoyaltyEmulator) -> list[str]:
-    config = emulator.config
-    stream = program_stream(config.seed, config.transactions, config.period_start, config.period_end)
-    return [stream.transaction_id(index) for index in range(config.transactions)]
 
 
 def keys_under(s3_client, bucket: str, prefix: str = PREFIX) -> list[str]:
@@ -87,7 +80,7 @@ def test_multi_batch_export_lands_parts_then_manifest(emulator, s3_bucket, s3_cl
         f"{PREFIX}/part-0000{i}.csv" for i in range(5)
     ]
     assert_true_manifest(s3_client, s3_bucket, manifest)
-    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_ids(emulator)
+    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_transaction_ids(emulator)
     assert manifest["bucket"] == s3_bucket
 
 
@@ -129,7 +122,7 @@ def test_rerun_with_other_batch_size_leaves_one_consistent_set(emulator, s3_buck
         f"{PREFIX}/part-0000{i}.csv" for i in range(3)
     ]
     assert_true_manifest(s3_client, s3_bucket, second)
-    assert ids_in_s3(s3_client, s3_bucket, second) == all_ids(emulator)
+    assert ids_in_s3(s3_client, s3_bucket, second) == all_transaction_ids(emulator)
 
 
 def test_failure_before_completion_leaves_no_manifest(emulator, s3_bucket, s3_client):
@@ -144,7 +137,7 @@ def test_deferrable_mode_gives_the_same_set(emulator, s3_bucket, s3_client):
     log = DeferralLog()
     manifest = run_with_deferrals(make_operator(s3_bucket, deferrable=True), context_for(), log)
     assert log.deferrals >= 5
-    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_ids(emulator)
+    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_transaction_ids(emulator)
     assert_true_manifest(s3_client, s3_bucket, manifest)
 
 
@@ -192,7 +185,7 @@ def test_crash_after_part_2_of_5_resumes_without_re_exporting(emulator, s3_bucke
 
     manifest = make_operator(s3_bucket, **{k: v for k, v in kwargs.items() if k != "s3_bucket"}).execute(context_for())
     assert emulator.stats()["export_tasks_created"] == 5  # part 3's task re-attached; only part 4 new
-    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_ids(emulator)
+    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_transaction_ids(emulator)
     assert_true_manifest(s3_client, s3_bucket, manifest)
     assert f"{PREFIX}/_manifest.inprogress.json" not in keys_under(s3_client, s3_bucket)
 
