@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import pytest
 
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
-from tests.helpers import point_connection_at, wait_for
+from tests.helpers import all_transaction_ids, point_connection_at, wait_for
 from tests.operator_driver import context_for
-from tests.reliability.support import PROGRAM, all_transaction_ids, assert_true_manifest, fresh_seed, make_s3_operator
+from tests.reliability.support import PROGRAM, assert_true_manifest, fresh_seed, make_s3_operator
 
 N = 6000
 BATCH = 1000
