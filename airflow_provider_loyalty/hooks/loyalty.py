@@ -160,13 +160,24 @@ class LoyaltyHook(BaseHook):
                 "Accept": f"{MIME_TYPES[self.settings.content_type]}, */*;q=0.5",
             }
         )
-        # ``verify`` is also passed per request: requests lets REQUESTS_CA_BUNDLE override a session's
-        # ``verify``, which would silently undo verify_ssl=false or a connection's ca_bundle.
-        session.verify = self.settings.verify
+        # The environment (proxies, REQUESTS_CA_BUNDLE) is read once here, not re-scanned by requests on
+        # every call; ``verify`` also goes with each request so nothing can override verify_ssl/ca_bundle.
+        session.trust_env = False
+        session.proxies.update(requests.utils.get_environ_proxies(self.settings.base_url))
+        session.verify = self._verify
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         return session
+
+    @cached_property
+    def _verify(self) -> bool | str:
+        """``verify`` for requests: the connection's setting; when simply on, the CA bundle that
+        ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` name (as requests itself would pick)."""
+        verify = self.settings.verify
+        if verify is True:
+            return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        return verify
 
     def close(self) -> None:
         """Close the session's pooled connections."""
@@ -201,7 +212,7 @@ class LoyaltyHook(BaseHook):
                 timeout=self.settings.timeout,
                 stream=True,
                 allow_redirects=False,
-                verify=self.settings.verify,
+                verify=self._verify,
             )
             with response:
                 reply = self._read_capped(response, path)
@@ -301,7 +312,7 @@ class LoyaltyHook(BaseHook):
         written = 0
         with _transport_errors("/api/download/"):
             response = self.session.get(
-                url, timeout=self.settings.timeout, stream=True, allow_redirects=False, verify=self.settings.verify
+                url, timeout=self.settings.timeout, stream=True, allow_redirects=False, verify=self._verify
             )
             with response:
                 if response.status_code != 200:

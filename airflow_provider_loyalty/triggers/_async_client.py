@@ -12,6 +12,7 @@ a worker thread, and reply bodies are read incrementally under :data:`MAX_REPLY_
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -70,6 +71,16 @@ def _is_tls_failure(err: BaseException) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=8)
+def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+    """One TLS context per verify setting, shared by every trigger of the process.
+
+    Building a context loads the CA bundle (~28 ms of CPU and ~800 KiB each); a triggerer running a
+    thousand triggers must not pay that a thousand times.
+    """
+    return httpx.create_ssl_context(verify=verify)
+
+
 class AsyncLoyaltyClient:
     """An async context manager holding one ``httpx.AsyncClient`` for the life of a trigger run.
 
@@ -94,7 +105,7 @@ class AsyncLoyaltyClient:
                 "User-Agent": USER_AGENT,
                 "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5",
             },
-            verify=settings.verify,
+            verify=_ssl_context(settings.verify),
             timeout=httpx.Timeout(settings.timeout),
             follow_redirects=False,
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
