@@ -96,6 +96,7 @@ class AsyncLoyaltyClient:
         self.settings = settings
         self.log = log
         self._client: httpx.AsyncClient | None = None
+        self._retry_policy = retry_policy(settings, log)  # built once, used for every request
 
     def _build_client(self) -> httpx.AsyncClient:
         settings = self.settings
@@ -150,7 +151,7 @@ class AsyncLoyaltyClient:
         content_type = self.settings.content_type
         body = encode_body(payload, content_type)
         headers = {"Content-Type": MIME_TYPES[content_type]}
-        async for attempt in AsyncRetrying(**retry_policy(self.settings, self.log)):
+        async for attempt in AsyncRetrying(**self._retry_policy):
             with attempt:
                 return await self._post_once(path, body, headers)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover

@@ -125,6 +125,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
     async def _wait(self) -> dict[str, Any]:
         token = ""
         last_status: str | None = None
+        last_progress: Any = None
         try:
             settings = await async_settings(
                 self.loyalty_conn_id, {"content_type": self.content_type, "max_retries": self.max_retries}
@@ -146,14 +147,12 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
                     event = self._event_for(data, token)
                     if event is not None:
                         return event
-                    last_status = str(data.get("status"))
-                    self.log.info(
-                        "Export task %s: %s, progress %s%% (check %d)",
-                        self.export_task_id,
-                        last_status,
-                        data.get("progress", "?"),
-                        polls,
-                    )
+                    status_now = (str(data.get("status")), data.get("progress", "?"))
+                    if status_now != (last_status, last_progress):  # a log line per change, not per poll
+                        self.log.info(
+                            "Export task %s: %s, progress %s%% (check %d)", self.export_task_id, *status_now, polls
+                        )
+                    last_status, last_progress = status_now
                     remaining = self._remaining()
                     await asyncio.sleep(
                         self.poll_interval if remaining is None else max(0.0, min(self.poll_interval, remaining))
