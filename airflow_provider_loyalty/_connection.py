@@ -1,12 +1,13 @@
 """The loyalty connection's settings, read once from an Airflow connection.
 
-Shared by the sync hook (requests) and the trigger's async client (httpx), so both read the
+Shared by the sync hook (requests) and the trigger's async client (aiohttp), so both read the
 connection the same way: host = base URL, password = API token, extras = client settings.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,6 +64,17 @@ class LoyaltyConnectionSettings:
     def url(self, path: str) -> str:
         """An absolute URL for an API path such as ``/api/v1.1/tasks/status``."""
         return f"{self.base_url}{path}"
+
+
+def ca_bundle_from_env(verify: bool | str) -> bool | str:
+    """The CA bundle in effect: the connection's own, else (when simply on) ``REQUESTS_CA_BUNDLE`` /
+    ``CURL_CA_BUNDLE`` / ``SSL_CERT_FILE`` from the environment, as requests would pick; both of the
+    provider's clients verify against the same bundle."""
+    if verify is True:
+        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+            if os.environ.get(name):
+                return os.environ[name]
+    return verify
 
 
 def normalize_base_url(host: str | None, schema: str | None = None, port: int | None = None) -> str:

@@ -19,7 +19,12 @@ from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from airflow_provider_loyalty import _params
 from airflow_provider_loyalty._codec import ACCOUNT_LIST_FIELDS, MIME_TYPES, encode_body
 from airflow_provider_loyalty._compat import mask_secret
-from airflow_provider_loyalty._connection import USER_AGENT, LoyaltyConnectionSettings, settings_from_parts
+from airflow_provider_loyalty._connection import (
+    USER_AGENT,
+    LoyaltyConnectionSettings,
+    ca_bundle_from_env,
+    settings_from_parts,
+)
 from airflow_provider_loyalty._connection_form import UI_FIELD_BEHAVIOUR
 from airflow_provider_loyalty._protocol import (
     ACCOUNT_PATH,
@@ -172,12 +177,8 @@ class LoyaltyHook(BaseHook):
 
     @cached_property
     def _verify(self) -> bool | str:
-        """``verify`` for requests: the connection's setting; when simply on, the CA bundle that
-        ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` name (as requests itself would pick)."""
-        verify = self.settings.verify
-        if verify is True:
-            return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        return verify
+        """``verify`` for requests: the connection's setting, or the environment's CA bundle."""
+        return ca_bundle_from_env(self.settings.verify)
 
     def close(self) -> None:
         """Close the session's pooled connections."""

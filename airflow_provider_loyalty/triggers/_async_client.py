@@ -1,30 +1,39 @@
-"""The trigger's small async client of the loyalty API (httpx), for the triggerer's event loop.
+"""The trigger's small async client of the loyalty API (aiohttp), for the triggerer's event loop.
 
 It speaks the same protocol as the sync hook through the shared pieces, so rules exist once:
 bodies via :func:`~airflow_provider_loyalty._codec.encode_body`, replies via
 :func:`~airflow_provider_loyalty._protocol.check_reply`, retries via
 :func:`~airflow_provider_loyalty._retry.retry_policy` (tenacity ``AsyncRetrying``, which sleeps
 with ``asyncio.sleep``). Nothing here blocks the loop: the connection comes from the async
-connection API, the ``httpx.AsyncClient`` (whose TLS context loads CA files from disk) is built in
-a worker thread, and reply bodies are read incrementally under :data:`MAX_REPLY_BYTES`.
+connection API, the TLS context (which loads CA files from disk) is built once per process in a
+worker thread and shared, and reply bodies are read incrementally under :data:`MAX_REPLY_BYTES`.
+
+aiohttp rather than httpx: a triggerer runs up to a thousand of these polling at once, and the
+benchmarks measured about a third of httpx's CPU per request (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import ssl
 import time
+import urllib.request
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from tenacity import AsyncRetrying
 
 from airflow_provider_loyalty._codec import MIME_TYPES, encode_body
-from airflow_provider_loyalty._connection import USER_AGENT, LoyaltyConnectionSettings, settings_from_parts
+from airflow_provider_loyalty._connection import (
+    USER_AGENT,
+    LoyaltyConnectionSettings,
+    ca_bundle_from_env,
+    settings_from_parts,
+)
 from airflow_provider_loyalty._protocol import MAX_REPLY_BYTES, STATUS_PATH, check_reply, data_object
 from airflow_provider_loyalty._retry import retry_policy
 from airflow_provider_loyalty.exceptions import (
@@ -35,6 +44,8 @@ from airflow_provider_loyalty.exceptions import (
 )
 
 _READ_CHUNK_BYTES = 64 * 1024
+# One TLS context per verify setting for the whole process (building one costs ~28 ms of CPU).
+_SSL_CONTEXTS: dict[bool | str, ssl.SSLContext | bool] = {}
 
 
 async def async_settings(loyalty_conn_id: str, overrides: dict[str, Any] | None = None) -> LoyaltyConnectionSettings:
@@ -59,8 +70,34 @@ async def async_settings(loyalty_conn_id: str, overrides: dict[str, Any] | None 
     )
 
 
+def _build_ssl(verify: bool | str) -> ssl.SSLContext | bool:
+    """``False`` (no verification), or a verifying context for the CA bundle in effect."""
+    if verify is False:
+        return False
+    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+
+
+async def _ssl_for(verify: bool | str) -> ssl.SSLContext | bool:
+    resolved = ca_bundle_from_env(verify)
+    context = _SSL_CONTEXTS.get(resolved)
+    if context is None:
+        context = _SSL_CONTEXTS[resolved] = await asyncio.to_thread(_build_ssl, resolved)
+    return context
+
+
+def _proxy_for(url: str) -> str | None:
+    """The ``HTTP(S)_PROXY`` for ``url`` unless ``NO_PROXY`` exempts its host (env only, no lookups)."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies_environment().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or ""):  # type: ignore[attr-defined]
+        return None
+    return proxy
+
+
 def _is_tls_failure(err: BaseException) -> bool:
     """Whether a transport error was caused by a TLS handshake / verification failure."""
+    if isinstance(err, aiohttp.ClientSSLError):
+        return True
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
@@ -71,22 +108,13 @@ def _is_tls_failure(err: BaseException) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=8)
-def _ssl_context(verify: bool | str) -> ssl.SSLContext:
-    """One TLS context per verify setting, shared by every trigger of the process.
-
-    Building a context loads the CA bundle (~28 ms of CPU and ~800 KiB each); a triggerer running a
-    thousand triggers must not pay that a thousand times.
-    """
-    return httpx.create_ssl_context(verify=verify)
-
-
 class AsyncLoyaltyClient:
-    """An async context manager holding one ``httpx.AsyncClient`` for the life of a trigger run.
+    """An async context manager holding one ``aiohttp.ClientSession`` for the life of a trigger run.
 
-    The client is closed on exit, including when the trigger is cancelled. Redirects are not
+    The session is closed on exit, including when the trigger is cancelled. Redirects are not
     followed (the token is only sent to the configured host); the token travels in the
-    ``Authorization`` header only and is removed from any error text.
+    ``Authorization`` header only and is removed from any error text. Proxies come from
+    ``HTTP(S)_PROXY`` / ``NO_PROXY``; ``~/.netrc`` is never consulted.
 
     :param settings: the connection's settings (see :func:`async_settings`).
     :param log: logger for retry warnings and request timings.
@@ -95,44 +123,44 @@ class AsyncLoyaltyClient:
     def __init__(self, settings: LoyaltyConnectionSettings, log: logging.Logger | Any) -> None:
         self.settings = settings
         self.log = log
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | bool = True
+        self._proxy = _proxy_for(settings.base_url)
         self._retry_policy = retry_policy(settings, log)  # built once, used for every request
 
-    def _build_client(self) -> httpx.AsyncClient:
+    async def __aenter__(self) -> AsyncLoyaltyClient:
+        """Open the session (the shared TLS context is built off the loop the first time)."""
         settings = self.settings
-        return httpx.AsyncClient(
+        if settings.base_url.startswith("https://"):
+            self._ssl = await _ssl_for(settings.verify)
+        self._session = aiohttp.ClientSession(
             headers={
                 "Authorization": f"Bearer {settings.token}",
                 "User-Agent": USER_AGENT,
                 "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5",
             },
-            verify=_ssl_context(settings.verify),
-            timeout=httpx.Timeout(settings.timeout),
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+            timeout=aiohttp.ClientTimeout(total=settings.timeout),
+            connector=aiohttp.TCPConnector(limit=2),
+            trust_env=False,
         )
-
-    async def __aenter__(self) -> AsyncLoyaltyClient:
-        """Build the HTTP client off the loop (its TLS context reads CA bundles from disk)."""
-        self._client = await asyncio.to_thread(self._build_client)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        """Close the HTTP client and its pooled connections."""
+        """Close the session and its pooled connections."""
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP client (idempotent); shielded so a cancellation cannot skip it."""
-        client, self._client = self._client, None
-        if client is not None:
-            await asyncio.shield(client.aclose())
+        """Close the session (idempotent); shielded so a cancellation cannot skip it."""
+        session, self._session = self._session, None
+        if session is not None:
+            await asyncio.shield(session.close())
 
     @property
     def is_closed(self) -> bool:
         """``True`` once the client was closed (or never opened)."""
-        return self._client is None or self._client.is_closed
+        return self._session is None or self._session.closed
 
     async def get_task_status(self, export_task_id: str) -> dict[str, Any]:
         """Poll an export task: the ``data`` object of ``tasks/status`` (``status``, ``progress``, ...).
@@ -157,32 +185,40 @@ class AsyncLoyaltyClient:
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _post_once(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
-        client = self._client
-        if client is None:
+        session = self._session
+        if session is None:
             raise RuntimeError("AsyncLoyaltyClient used outside 'async with'")
         started = time.monotonic()
         try:
-            async with client.stream("POST", self.settings.url(path), content=body, headers=headers) as reply:
+            async with session.post(
+                self.settings.url(path),
+                data=body,
+                headers=headers,
+                ssl=self._ssl,
+                proxy=self._proxy,
+                allow_redirects=False,
+            ) as reply:
                 data = await self._read_capped(reply, path)
-        except httpx.TimeoutException:
+                status, reply_headers = reply.status, reply.headers
+        except TimeoutError:
             raise LoyaltyTransientError(None, f"{path}: timed out", None) from None
-        except httpx.DecodingError as err:
-            raise LoyaltyResponseError(f"{path}: reply body could not be decoded: {err}") from None
-        except httpx.TransportError as err:
+        except aiohttp.ClientPayloadError as err:
+            raise LoyaltyTransientError(None, f"{path}: reply body cut short ({type(err).__name__})", None) from None
+        except aiohttp.ClientError as err:
             if _is_tls_failure(err):
                 raise LoyaltyApiError(None, f"{path}: TLS verification failed: {err}", None) from None
             raise LoyaltyTransientError(None, f"{path}: connection failed ({type(err).__name__})", None) from None
-        self.log.debug("POST %s -> HTTP %s in %.0f ms", path, reply.status_code, 1000 * (time.monotonic() - started))
-        return check_reply(http_status=reply.status_code, headers=reply.headers, body=data, token=self.settings.token)
+        self.log.debug("POST %s -> HTTP %s in %.0f ms", path, status, 1000 * (time.monotonic() - started))
+        return check_reply(http_status=status, headers=reply_headers, body=data, token=self.settings.token)
 
     @staticmethod
-    async def _read_capped(reply: httpx.Response, path: str) -> bytes:
+    async def _read_capped(reply: aiohttp.ClientResponse, path: str) -> bytes:
         declared = reply.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
             raise LoyaltyResponseError(f"{path}: reply of {declared} bytes is over the {MAX_REPLY_BYTES} byte cap")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in reply.aiter_bytes(_READ_CHUNK_BYTES):
+        async for chunk in reply.content.iter_chunked(_READ_CHUNK_BYTES):
             size += len(chunk)
             if size > MAX_REPLY_BYTES:
                 raise LoyaltyResponseError(f"{path}: reply is over the {MAX_REPLY_BYTES} byte cap")
