@@ -394,6 +394,7 @@ def machine_info() -> dict[str, str]:
         "apache-airflow-providers-http",
         "requests",
         "httpx",
+        "aiohttp",
         "boto3",
         "botocore",
         "moto",

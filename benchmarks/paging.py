@@ -208,7 +208,7 @@ def _xml_parse_costs(emulator: EmulatorProcess) -> dict[str, float]:
     return costs
 
 
-def _ceiling(runs: dict[str, dict[str, Any]]) -> str:
+def _ceiling(runs: dict[str, dict[str, Any]], parse: dict[str, float]) -> str:
     """What the emulator alone allows, and how much of each page the client spends."""
     parts = []
     for content_type in ("json", "xml"):
@@ -222,13 +222,30 @@ def _ceiling(runs: dict[str, dict[str, Any]]) -> str:
         )
     xml = runs["xml/ours"]
     budget = 100_000 / TARGETS["xml"] - 1000 * xml["emulator_cpu_s"] / max(xml["pages"], 1)
-    return (
-        "Per page in this run - "
-        + "; ".join(parts)
-        + f". For XML to reach {TARGETS['xml']:,} records/s against this emulator, the client must spend "
-        f"under {budget:.1f} ms "
-        "per page (encode, HTTP, decode), i.e. roughly halve its CPU; the XML decode is its largest single part."
+    client = 1000 * xml["client_cpu_s"] / max(xml["pages"], 1)
+    naive = runs["xml/naive"]
+    spread = max(
+        100 * (max(trials) / min(trials) - 1)
+        for trials in (run.get("all_records_per_s") or [1.0] for run in (xml, naive))
     )
+    verdict = (
+        f"The XML loop met its target of {TARGETS['xml']:,} records/s."
+        if xml["records_per_s"] >= TARGETS["xml"]
+        else f"For XML to reach {TARGETS['xml']:,} records/s against this emulator, the client must spend "
+        f"under {budget:.1f} ms per page (encode, HTTP, decode); it spent {client:.2f} ms, of which decoding "
+        f"the reply is {parse['codec_xml_ms']:.2f} ms (C parse {parse['c_elementtree_parse_ms']:.2f} ms, the rest "
+        f"conversion to typed dicts); the other {client - parse['codec_xml_ms']:.2f} ms is the rest of the page "
+        "(encoding the request, `requests`, the hook's reply checks and retry wrapper), not broken down in "
+        f"this run (the naive XML client spent {1000 * naive['client_cpu_s'] / max(naive['pages'], 1):.2f} ms "
+        f"per page in total, and the XML rows' records/s vary by up to {spread:.0f}% between trials). What "
+        "would fix it is not established: a cProfile of the XML loop is the next step; the decode's "
+        "conversion to dicts (`_element_to_value` + `coerce_fields`) is the one part measured here that "
+        "the provider could make leaner (not implemented)."
+        if budget > 0
+        else f"The emulator alone spends more than {100_000 / TARGETS['xml']:.0f} ms per XML page, so no "
+        f"client could reach {TARGETS['xml']:,} records/s against it on this machine."
+    )
+    return "Per page in this run - " + "; ".join(parts) + ". " + verdict
 
 
 def _markdown(runs: dict[str, dict[str, Any]], size: int, parse: dict[str, float]) -> str:
@@ -275,25 +292,17 @@ def _markdown(runs: dict[str, dict[str, Any]], size: int, parse: dict[str, float
             "record on the fly (hashing, formatting, JSON/XML encoding), so its share is not ours; the "
             "client's share is what the provider controls. Decoding one 100-record page in this process: "
             f"JSON {parse['codec_json_ms']:.2f} ms ({parse['json_page_bytes'] / 1024:.0f} KiB); "
-            f"XML {parse['codec_xml_ms']:.2f} ms ({parse['xml_page_bytes'] / 1024:.0f} KiB), of which "
-            f"the parse itself is {parse['defusedxml_parse_ms']:.2f} ms with `defusedxml` (which swaps in "
-            "the pure-Python `XMLParser`, calling back into Python for every element) against "
-            f"{parse['c_elementtree_parse_ms']:.2f} ms with the C-accelerated ElementTree on the same bytes; "
-            "the rest is `_codec.py:_element_to_value` / `coerce_fields` turning ~24 elements per record "
-            "into typed dicts.",
+            f"XML {parse['codec_xml_ms']:.2f} ms ({parse['xml_page_bytes'] / 1024:.0f} KiB); "
+            "the parse uses the C-accelerated ElementTree "
+            f"({parse['c_elementtree_parse_ms']:.2f} ms on these bytes, against "
+            f"{parse['defusedxml_parse_ms']:.2f} ms with `defusedxml`'s pure-Python `XMLParser`), because the "
+            "body has no `<!` and so can carry no DTD or entity (`_codec.py:_plainly_safe`; anything else "
+            "still goes through `defusedxml`); the rest is `_codec.py:_element_to_value` / `coerce_fields` "
+            "turning ~24 elements per record into typed dicts. The hook's session resolves proxies and the "
+            "CA bundle from the environment once (`trust_env=False`), so `requests` no longer re-scans "
+            "`os.environ` on every page.",
             "",
-            _ceiling(runs),
-            "",
-            "Proposed, in `airflow_provider_loyalty/_codec.py:_decode_xml`: a fast path for bodies that "
-            "cannot carry entities: when the body has no `<!DOCTYPE` / `<!ENTITY` (checked on the bytes, "
-            "for UTF-8 bodies without a UTF-16 BOM), parse with the C-accelerated "
-            "`xml.etree.ElementTree.XMLParser` (expat >= 2.4 also caps entity amplification); anything else "
-            "still goes through `defusedxml` as today, so the hardening guarantee is unchanged. And in "
-            "`hooks/loyalty.py:LoyaltyHook.session`: resolve proxies and the CA bundle from the environment "
-            "once (`requests.utils.get_environ_proxies`, then `session.trust_env = False`), because "
-            "`Session.request` otherwise re-scans `os.environ` for proxy settings on every page "
-            "(`merge_environment_settings` -> `get_environ_proxies`, ~10% of the client's CPU per page in "
-            "a cProfile of this loop).",
+            _ceiling(runs, parse),
         ]
     )
 

@@ -90,6 +90,7 @@ def render(
                 "apache-airflow-providers-http",
                 "requests",
                 "httpx",
+                "aiohttp",
                 "boto3",
                 "botocore",
                 "moto",
@@ -98,10 +99,10 @@ def render(
         ],
         f"| load average (1/5/15 min) before → after | {load['before']} → {load['after']} |",
         "",
-        "The machine is shared: other engineers' test runs were using the same "
-        f"{info['nproc']} cores during this run (see the load averages here and per benchmark). "
-        "Wall-clock figures are therefore pessimistic and vary from run to run; memory, connection "
-        "counts and CPU-per-operation figures are much less affected.",
+        "The machine is shared with other work; the load averages here and per benchmark show how "
+        f"busy its {info['nproc']} cores were during this run. Under load, wall-clock figures are "
+        "pessimistic and vary from run to run; memory, connection counts and CPU-per-operation figures "
+        "are much less affected.",
         "",
         "## Summary",
         "",

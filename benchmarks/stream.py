@@ -59,8 +59,6 @@ ROW_PADDING = 2000
 POLL_INTERVAL = 0.05
 RSS_TARGET = 64 * MIB
 TIME_RATIO_TARGET = 1.5
-#: Verification block size tried as the proposed fix (the code's ``_batch._BLOCK`` is 4 MiB).
-DIAG_BLOCK = 256 * 1024
 
 
 # ---------------------------------------------------------------------------------------- child
@@ -109,10 +107,6 @@ def _child_ours(args: dict[str, Any]) -> dict[str, Any]:
     from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
 
     totals: dict[str, float] = {}
-    if args.get("block_bytes"):  # diagnostics: try another verification block size
-        import airflow_provider_loyalty._batch as batch_module
-
-        batch_module._BLOCK = int(args["block_bytes"])  # type: ignore[attr-defined]
     LoyaltyHook.download_export = _timed(totals, "download", LoyaltyHook.download_export)  # type: ignore[method-assign]
     export_module.write_part = _timed(totals, "verify", export_module.write_part)
     S3PartSink.put_file = _timed(totals, "upload", S3PartSink.put_file)  # type: ignore[method-assign]
@@ -259,8 +253,6 @@ def _run_mode(
     )
     tag = f"{scenario.label}-{mode}{'-stream' if extra.get('stream') else ''}"
     tag += "-tracemalloc" if extra.get("tracemalloc") else ""
-    tag += f"-block{extra['block_bytes'] // 1024}k" if extra.get("block_bytes") else ""
-    tag += "-mmap1m" if extra.get("env") else ""
     before = emulator.stats()
     cpu_before = emulator.cpu_seconds()
     payload = {
@@ -273,9 +265,7 @@ def _run_mode(
         **extra,
     }
     started = time.perf_counter()
-    child_env = {**env, **extra.get("env", {})}
-    payload.pop("env", None)
-    figures: dict[str, Any] = run_child("benchmarks.stream", payload, child_env, workdir / f"{tag}.log", timeout=3600)
+    figures: dict[str, Any] = run_child("benchmarks.stream", payload, env, workdir / f"{tag}.log", timeout=3600)
     figures["child_wall_s"] = time.perf_counter() - started
     after = emulator.stats()
     figures["emulator_cpu_s"] = emulator.cpu_seconds() - cpu_before
@@ -347,13 +337,9 @@ def run(quick: bool = False) -> BenchResult:
         for scenario in (big, small):
             runs[f"{scenario.label}/baseline"] = _run_mode(emulator, scenario, "baseline", env, workdir, common)
             runs[f"{scenario.label}/ours"] = _run_mode(emulator, scenario, "ours", env, workdir, common)
-        # Diagnostics at the small size: where the operator's memory goes, and the proposed fix.
-        diagnostics = {
-            "ours-tracemalloc": {**common, "tracemalloc": True},
-            "ours-block256k": {**common, "block_bytes": DIAG_BLOCK},
-        }
-        for mode, extra in diagnostics.items():
-            runs[f"{small.label}/{mode}"] = _run_mode(emulator, small, "ours", env, workdir, extra)
+        # Diagnostic at the small size: how much of the operator's memory is live Python objects.
+        extra = {**common, "tracemalloc": True}
+        runs[f"{small.label}/ours-tracemalloc"] = _run_mode(emulator, small, "ours", env, workdir, extra)
         for scenario in (big, single):
             paths = _prepare_peer(emulator, scenario)
             for stream in (False, True):
@@ -435,8 +421,6 @@ def _markdown(
     names = {
         "ours": "`LoyaltyTransactionsToS3Operator` (verified CSV)",
         "ours-tracemalloc": "the operator again, under `tracemalloc` (diagnostic)",
-        "ours-block256k": "the operator with `_batch._BLOCK` = 256 KiB (proposed fix, diagnostic)",
-        "ours-mmap1m": "the operator with `MALLOC_MMAP_THRESHOLD_=1048576` (diagnostic: glibc heap growth)",
         "baseline": "baseline: requests → disk → boto3 `upload_file` (zips, no verification)",
         "peer": "`HttpToS3Operator` (zips)",
         "peer-stream": '`HttpToS3Operator`, `extra_options={"stream": True}` (zips)',
@@ -455,7 +439,6 @@ def _markdown(
     verify_rate = ours["csv_bytes"] / MIB / max(phases.get("verify", 1e-9), 1e-9)
     base = runs[f"{big.label}/baseline"]
     traced = runs.get(f"{small.label}/ours-tracemalloc", {}).get("traced_peak", 0)
-    fixed = runs.get(f"{small.label}/ours-block256k", {}).get("rss_growth", 0)
     tail_work = phases.get("verify", 0) + phases.get("upload", 0)
     pipelined = max(phases.get("download", 0), tail_work) + tail_work / max(big.batches, 1)
     lines = [
@@ -483,50 +466,39 @@ def _markdown(
         "",
         "### Reading the figures",
         "",
-        f"* **Time ratio {ratio:.2f}x.** The two sides do different work: the baseline uploads the zips as "
+        f"* **Time ratio {ratio:.2f}x"
+        + (" (target <= 1.5x met).**" if ratio <= TIME_RATIO_TARGET else " (target <= 1.5x missed).**")
+        + " The two sides do different work: the baseline uploads the zips as "
         f"served ({human_bytes(base['bytes_uploaded'])}), the operator unzips, checks CRCs, member names, "
         f"CSV shape and the row count against the API's `total`, de-duplicates batch boundaries, hashes "
         f"(sha256) and uploads the verified CSV ({human_bytes(ours['bytes_uploaded'])}, "
         f"{ours['bytes_uploaded'] / max(base['bytes_uploaded'], 1):.0f}x the bytes). Both are paced by the "
         "emulator, which builds every zip on the fly in Python (its CPU seconds are in the table); a real "
         "API serving stored files would make the download part shorter for both, and the ratio larger. "
-        "The operator's phases run strictly one after another per batch (`_export.py:ExportLoop.run` -> "
-        "`land_batch`: download, then `write_part`, then `sink.put_file`), so verification and the upload "
-        "of ~10x more bytes add to the download instead of overlapping it. Proposed: a two-stage "
-        "pipeline in `ExportLoop.run`: batch N+1's `from_id` is batch N's `next_from_id`, known from the "
-        "status reply before N is downloaded, so the main thread can create, poll and download batch N+1 "
-        "while a worker thread verifies and uploads part N (one part in flight, each on disk, so memory "
-        "stays flat); part N is checkpointed when its upload has finished, which keeps resume exact. "
-        "With the phase times above the wall time becomes about max(download, verify + upload) + one "
-        f"batch's verify + upload = ~{pipelined:.0f} s here, {pipelined / max(base['wall_s'], 1e-9):.2f}x "
-        "the baseline.",
-        f"* **Memory.** Peak growth: {human_bytes(runs[f'{small.label}/ours']['rss_growth'])} at {small.label}, "
+        "Measured cause: the operator's phases run strictly one after another per batch "
+        "(`_export.py:ExportLoop.run` -> `land_batch`: download, then `write_part`, then "
+        f"`sink.put_file`), so verification ({phases.get('verify', 0):.1f} s) and the upload of "
+        f"{ours['bytes_uploaded'] / max(base['bytes_uploaded'], 1):.0f}x the baseline's bytes "
+        f"({phases.get('upload', 0):.1f} s) add to the download ({phases.get('download', 0):.1f} s) instead "
+        "of overlapping it. What would fix it (not implemented): a two-stage pipeline in "
+        "`ExportLoop.run`: batch N+1's `from_id` is batch N's `next_from_id`, known from the status reply "
+        "before N is downloaded, so the main thread can create, poll and download batch N+1 while a "
+        "worker thread verifies and uploads part N (one part in flight, each on disk, so memory stays "
+        "flat); part N is checkpointed when its upload has finished, which keeps resume exact. With the "
+        "phase times above the wall time would be about max(download, verify + upload) + one batch's "
+        f"verify + upload = ~{pipelined:.0f} s here, {pipelined / max(base['wall_s'], 1e-9):.2f}x the "
+        "baseline (an estimate from this run's timers, not a measurement).",
+        "* **Memory"
+        + (" (target < 64 MiB met).**" if ours["rss_growth"] < RSS_TARGET else " (target < 64 MiB missed).**")
+        + f" Peak growth: {human_bytes(runs[f'{small.label}/ours']['rss_growth'])} at {small.label}, "
         f"{human_bytes(ours['rss_growth'])} at {big.label}, "
         f"{human_bytes(runs[f'{single.label}/ours']['rss_growth'])} for one {single.label} batch - bounded, "
-        "not proportional to the data (downloads go to a temporary file in 1 MiB chunks, parts are "
-        "uploaded from disk by boto3's managed transfer), but above the target. Its size is set by the "
-        f"verifier: under `tracemalloc` the operator's Python allocations peak at {human_bytes(traced)} "
-        f"({small.label}), and at that peak the largest live objects are the `io.StringIO(text)` buffers "
-        "in `_batch.py:_copy_member` (16 MiB each): `_record_chunks` reads 4 MiB blocks (`_BLOCK`), each "
-        "is decoded to `str` and wrapped in `io.StringIO` for `csv.reader`, and a StringIO's buffer holds "
-        "4 bytes per character; the block's bytes and `str` are alive at the same time. The same run with "
-        f"`_BLOCK = 256 * 1024` grows by {human_bytes(fixed)} at {small.label}"
-        + (
-            f" and {human_bytes(runs[f'{big.label}/ours-block256k']['rss_growth'])} at {big.label}"
-            if f"{big.label}/ours-block256k" in runs
-            else ""
-        )
-        + ". "
-        + (
-            f"The extra growth at {big.label} (more batches) is glibc's heap, not live data: with the mmap "
-            "threshold pinned (`MALLOC_MMAP_THRESHOLD_=1048576`, so the 16 MiB buffers are returned to the "
-            "OS when freed instead of being reused from a growing heap) the unchanged code grows by "
-            f"{human_bytes(runs[f'{big.label}/ours-mmap1m']['rss_growth'])} at {big.label}. "
-            if f"{big.label}/ours-mmap1m" in runs
-            else ""
-        )
-        + "The remainder (~15-20 MiB) is boto3's client (endpoint and service-model JSON) and the "
-        "transfer manager, created inside `execute`.",
+        "not proportional to the data (downloads go to a temporary file in 1 MiB chunks, the verifier "
+        "reads each member in 256 KiB blocks (`_batch._BLOCK`), parts are uploaded from disk by boto3's "
+        "managed transfer). Under `tracemalloc` the operator's live Python allocations peak at "
+        f"{human_bytes(traced)} ({small.label}); the rest of the growth is mostly boto3's client "
+        "(endpoint and service-model JSON) and the transfer manager, created inside `execute`, and the "
+        "allocator's retained heap.",
         "* **The peer.** `HttpToS3Operator` reads the whole body (`response.content`) and hands it to "
         "`S3Hook.load_bytes`, so its memory grows with the largest file; `stream=True` changes nothing "
         "because `response.content` still reads everything. On the level-1 zips of the "
