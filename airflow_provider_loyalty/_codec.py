@@ -133,28 +133,30 @@ def _decode_xml(body: bytes, list_fields: frozenset[str]) -> Any:
 
 
 def _element_to_value(element: Element, list_fields: frozenset[str], *, is_list: bool) -> Any:
-    children = list(element)
     if is_list:
-        return [_element_to_value(child, list_fields, is_list=False) for child in children]
-    if not children:
+        return [_element_to_value(child, list_fields, is_list=False) for child in element]
+    if len(element) == 0:
         return element.text if element.text is not None else ""
     result: dict[str, Any] = {}
-    for child in children:
-        if child.tag in result:
-            raise LoyaltyResponseError(f"XML field <{child.tag}> appears more than once under <{element.tag}>")
-        result[child.tag] = _element_to_value(child, list_fields, is_list=child.tag in list_fields)
+    for child in element:
+        tag = child.tag
+        if tag in result:
+            raise LoyaltyResponseError(f"XML field <{tag}> appears more than once under <{element.tag}>")
+        if len(child) == 0 and tag not in list_fields:  # a scalar: the common case, without recursing
+            result[tag] = child.text if child.text is not None else ""
+        else:
+            result[tag] = _element_to_value(child, list_fields, is_list=tag in list_fields)
     return coerce_fields(result)
 
 
 def coerce_fields(record: dict[str, Any]) -> dict[str, Any]:
     """Coerce the documented int and bool fields of one object from text (XML) to their types."""
-    for key, value in record.items():
-        if not isinstance(value, str):
-            continue
-        if key in INT_FIELDS:
-            record[key] = _to_int(key, value)
-        elif key in BOOL_FIELDS:
-            record[key] = _to_bool(key, value)
+    for key in INT_FIELDS.intersection(record):
+        if isinstance(record[key], str):
+            record[key] = _to_int(key, record[key])
+    for key in BOOL_FIELDS.intersection(record):
+        if isinstance(record[key], str):
+            record[key] = _to_bool(key, record[key])
     return record
 
 
