@@ -80,6 +80,21 @@ class BenchResult:
         return asdict(self)
 
 
+#: Libraries whose versions every report records.
+LIBRARIES = (
+    "apache-airflow",
+    "airflow-provider-loyalty",
+    "apache-airflow-providers-amazon",
+    "apache-airflow-providers-http",
+    "requests",
+    "aiohttp",
+    "boto3",
+    "botocore",
+    "moto",
+    "asgiref",
+)
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile (``pct`` in 0..100) of ``values``; 0 for an empty sequence."""
     if not values:
@@ -387,19 +402,7 @@ def machine_info() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    libraries = [
-        "apache-airflow",
-        "airflow-provider-loyalty",
-        "apache-airflow-providers-amazon",
-        "apache-airflow-providers-http",
-        "requests",
-        "httpx",
-        "aiohttp",
-        "boto3",
-        "botocore",
-        "moto",
-        "asgiref",
-    ]
+    libraries = LIBRARIES
     try:
         commit = subprocess.run(
             ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO_ROOT, check=True

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks import paging, stream, triggerer
-from benchmarks._common import REPO_ROOT, WORK_ROOT, BenchResult, load_average, machine_info
+from benchmarks._common import LIBRARIES, REPO_ROOT, WORK_ROOT, BenchResult, load_average, machine_info
 
 BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
     "stream": stream.run,
@@ -81,22 +81,7 @@ def render(
         f"| memory | {info['memory']} |",
         f"| OS | {info['os']} |",
         f"| Python | {info['python']} |",
-        *[
-            f"| {name} | {info[name]} |"
-            for name in (
-                "apache-airflow",
-                "airflow-provider-loyalty",
-                "apache-airflow-providers-amazon",
-                "apache-airflow-providers-http",
-                "requests",
-                "httpx",
-                "aiohttp",
-                "boto3",
-                "botocore",
-                "moto",
-                "asgiref",
-            )
-        ],
+        *[f"| {name} | {info[name]} |" for name in LIBRARIES],
         f"| load average (1/5/15 min) before → after | {load['before']} → {load['after']} |",
         "",
         "The machine is shared with other work; the load averages here and per benchmark show how "
