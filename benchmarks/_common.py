@@ -10,10 +10,8 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,52 +200,6 @@ class EmulatorProcess:
     def cpu_seconds(self) -> float:
         """User + system CPU seconds the emulator process has used."""
         return process_cpu_seconds(self.pid)
-
-
-@contextmanager
-def moto_s3_server(log_path: Path, timeout: float = 60.0) -> Iterator[tuple[str, int]]:
-    """moto's S3 server in its own process; yields ``(url, pid)`` and stops it afterwards."""
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):  # noqa: S310 - loopback
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto S3 server did not start (see {log_path})") from None
-                time.sleep(0.1)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def aws_connection_json(endpoint_url: str) -> str:
-    """An ``aws`` Airflow connection (JSON form) pointing at the loopback S3 server."""
-    return json.dumps(
-        {
-            "conn_type": "aws",
-            "login": "testing",
-            "password": "testing",
-            "extra": {"endpoint_url": endpoint_url, "region_name": "us-east-1"},
-        }
-    )
 
 
 def loyalty_connection_json(url: str, token: str, content_type: str = "json") -> str:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_loyalty.testing.s3 import aws_connection_json, moto_s3_server
 from benchmarks._common import (
     GIB,
     MIB,
@@ -42,12 +43,10 @@ from benchmarks._common import (
     Figure,
     RssSampler,
     airflow_env,
-    aws_connection_json,
     human_bytes,
     hwm_bytes,
     load_average,
     loyalty_connection_json,
-    moto_s3_server,
     process_cpu_seconds,
     reset_hwm,
     rss_bytes,
@@ -318,11 +317,15 @@ def run(quick: bool = False) -> BenchResult:
         single = _Scenario("512MiB-stored", 512 * MIB, 1, 0, row_bytes)
     runs: dict[str, dict[str, Any]] = {}
     with (
-        moto_s3_server(workdir / "moto.log") as (s3_url, _moto_pid),
+        moto_s3_server(workdir / "moto.log") as s3_server,
         EmulatorProcess({"row_padding": ROW_PADDING, "task_duration": 0.0}, workdir / "emulator.log") as emulator,
     ):
         boto3.client(
-            "s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="x"
+            "s3",
+            endpoint_url=s3_server.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="x",
         ).create_bucket(Bucket=BUCKET)
         http_conn = json.dumps(
             {"conn_type": "http", "host": emulator.url, "extra": {"Authorization": f"Bearer {emulator.token}"}}
@@ -330,10 +333,10 @@ def run(quick: bool = False) -> BenchResult:
         env = airflow_env(
             workdir,
             loyalty_default=loyalty_connection_json(emulator.url, emulator.token),
-            aws_default=aws_connection_json(s3_url),
+            aws_default=aws_connection_json(s3_server.url),
             loyalty_http=http_conn,
         )
-        common = {"s3_url": s3_url}
+        common = {"s3_url": s3_server.url}
         for scenario in (big, small):
             runs[f"{scenario.label}/baseline"] = _run_mode(emulator, scenario, "baseline", env, workdir, common)
             runs[f"{scenario.label}/ours"] = _run_mode(emulator, scenario, "ours", env, workdir, common)

@@ -18,15 +18,15 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+
+from airflow_provider_loyalty.testing.s3 import aws_connection_json, moto_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".demo"
@@ -43,12 +43,6 @@ SHOW = re.compile(
 
 def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager
@@ -120,28 +114,11 @@ def start_emulator(stack: ExitStack) -> tuple[str, str]:
 
 
 def start_s3(stack: ExitStack) -> str:
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo"}
-    stack.enter_context(
-        process(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            "moto's S3 server",
-            WORK / "s3.log",
-            env,
-        )
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):  # noqa: S310 - loopback
-                return True
-        except OSError:
-            return False
-
-    wait_until(up, "moto's S3 server")
-    say(f"S3 server (moto) on {url}")
-    return url
+    """moto's S3 server on a free loopback port, stopped when the demo ends."""
+    server = stack.enter_context(moto_s3_server(WORK / "s3.log"))
+    stack.callback(say, "stopped moto's S3 server")
+    say(f"S3 server (moto) on {server.url}")
+    return server.url
 
 
 def s3_client(endpoint: str | None) -> Any:
@@ -190,14 +167,7 @@ def main() -> int:
             env["AIRFLOW_CONN_LOYALTY_DEFAULT"] = json.dumps(
                 {"conn_type": "loyalty", "host": emulator_url, "password": token, "extra": {"content_type": "json"}}
             )
-            env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
-                {
-                    "conn_type": "aws",
-                    "login": "demo",
-                    "password": "demo",
-                    "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-                }
-            )
+            env["AIRFLOW_CONN_AWS_DEFAULT"] = aws_connection_json(endpoint)
             s3_client(endpoint).create_bucket(Bucket=BUCKET)
         say("preparing Airflow's metadata DB (SQLite) under .demo/airflow-home")
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)

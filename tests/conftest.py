@@ -37,10 +37,10 @@ def airflow_db() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """moto's S3 server in its own process, shared by the session; yields its URL."""
-    from tests.s3_server import moto_s3_server
+    from airflow_provider_loyalty.testing.s3 import moto_s3_server
 
-    with moto_s3_server() as url:
-        yield url
+    with moto_s3_server() as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.F
 
     import boto3
 
-    from tests.s3_server import aws_connection_json
+    from airflow_provider_loyalty.testing.s3 import aws_connection_json
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection_json(s3_server))
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
+from airflow_provider_loyalty.testing.s3 import aws_connection_json
 from tests.dag_runner import REPO, run_dag_test
-from tests.s3_server import aws_connection_json
 
 EXAMPLES = REPO / "example_dags"
 
