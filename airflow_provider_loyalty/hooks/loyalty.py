@@ -25,7 +25,6 @@ from airflow_provider_loyalty._connection import (
     ca_bundle_from_env,
     settings_from_parts,
 )
-from airflow_provider_loyalty._connection_form import UI_FIELD_BEHAVIOUR
 from airflow_provider_loyalty._protocol import (
     ACCOUNT_PATH,
     EXPORT_PATH,
@@ -45,6 +44,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyTransientError,
     LoyaltyValidationError,
 )
+from airflow_provider_loyalty.utils.connection_form import UI_FIELD_BEHAVIOUR
 
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_loyalty._connection_form import CONN_FIELDS
 from airflow_provider_loyalty.testing import LoyaltyEmulator
+from airflow_provider_loyalty.utils.connection_form import CONN_FIELDS
 from tests.browser.support import PortlessTestShim, diagnostics
 from tests.e2e.airflow_cluster import AirflowCluster
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import airflow_provider_loyalty
-from airflow_provider_loyalty import get_provider_info
+from airflow_provider_loyalty.get_provider_info import get_provider_info
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 
 

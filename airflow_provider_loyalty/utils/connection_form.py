@@ -1,6 +1,6 @@
 """The loyalty connection form: custom fields and field behaviour of the ``loyalty`` type.
 
-Kept free of Airflow imports so :func:`airflow_provider_loyalty.get_provider_info` stays cheap,
+Kept free of Airflow imports so :func:`~airflow_provider_loyalty.get_provider_info.get_provider_info` stays cheap,
 and shared with :meth:`LoyaltyHook.get_ui_field_behaviour` so the two can never disagree.
 """
 
