@@ -46,7 +46,7 @@ def _ours(content_type: str) -> int:
 def _naive(url: str, token: str, content_type: str) -> int:
     import requests
 
-    from airflow_provider_loyalty._codec import ACCOUNT_LIST_FIELDS, MIME_TYPES, decode_body, encode_body
+    from airflow_provider_loyalty.utils.codec import ACCOUNT_LIST_FIELDS, MIME_TYPES, decode_body, encode_body
 
     headers = {"Authorization": f"Bearer {token}", "Content-Type": MIME_TYPES[content_type]}
     count = 0
@@ -171,7 +171,7 @@ def _xml_parse_costs(emulator: EmulatorProcess) -> dict[str, float]:
 
     import requests
 
-    from airflow_provider_loyalty._codec import ACCOUNT_LIST_FIELDS, decode_body, encode_body
+    from airflow_provider_loyalty.utils.codec import ACCOUNT_LIST_FIELDS, decode_body, encode_body
 
     costs: dict[str, float] = {}
     pages: dict[str, tuple[bytes, str]] = {}

@@ -100,8 +100,8 @@ def _measure(action: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
 
 
 def _child_ours(args: dict[str, Any]) -> dict[str, Any]:
-    import airflow_provider_loyalty._export as export_module
-    from airflow_provider_loyalty._s3_sink import S3PartSink
+    import airflow_provider_loyalty.export.loop as export_module
+    from airflow_provider_loyalty.export.s3_sink import S3PartSink
     from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
     from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
 
@@ -497,7 +497,7 @@ def _markdown(
         f"{human_bytes(ours['rss_growth'])} at {big.label}, "
         f"{human_bytes(runs[f'{single.label}/ours']['rss_growth'])} for one {single.label} batch - bounded, "
         "not proportional to the data (downloads go to a temporary file in 1 MiB chunks, the verifier "
-        "reads each member in 256 KiB blocks (`_batch._BLOCK`), parts are uploaded from disk by boto3's "
+        "reads each member in 256 KiB blocks (`export.archive._BLOCK`), parts are uploaded from disk by boto3's "
         "managed transfer). Under `tracemalloc` the operator's live Python allocations peak at "
         f"{human_bytes(traced)} ({small.label}); the rest of the growth is mostly boto3's client "
         "(endpoint and service-model JSON) and the transfer manager, created inside `execute`, and the "

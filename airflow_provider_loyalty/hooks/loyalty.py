@@ -11,30 +11,12 @@ from functools import cached_property
 from typing import IO, Any
 
 import requests
+from airflow.providers.common.compat.sdk import mask_secret
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 from tenacity import Retrying
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from airflow_provider_loyalty import _params
-from airflow_provider_loyalty._codec import ACCOUNT_LIST_FIELDS, MIME_TYPES, encode_body
-from airflow_provider_loyalty._compat import mask_secret
-from airflow_provider_loyalty._connection import (
-    USER_AGENT,
-    LoyaltyConnectionSettings,
-    ca_bundle_from_env,
-    settings_from_parts,
-)
-from airflow_provider_loyalty._protocol import (
-    ACCOUNT_PATH,
-    EXPORT_PATH,
-    MAX_REPLY_BYTES,
-    STATUS_PATH,
-    check_reply,
-    data_object,
-    download_url,
-)
-from airflow_provider_loyalty._retry import retry_policy
 from airflow_provider_loyalty.exceptions import (
     LoyaltyApiError,
     LoyaltyAuthError,
@@ -44,7 +26,25 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyTransientError,
     LoyaltyValidationError,
 )
+from airflow_provider_loyalty.utils import validation
+from airflow_provider_loyalty.utils.codec import ACCOUNT_LIST_FIELDS, MIME_TYPES, encode_body
+from airflow_provider_loyalty.utils.connection import (
+    USER_AGENT,
+    LoyaltyConnectionSettings,
+    ca_bundle_from_env,
+    settings_from_parts,
+)
 from airflow_provider_loyalty.utils.connection_form import UI_FIELD_BEHAVIOUR
+from airflow_provider_loyalty.utils.protocol import (
+    ACCOUNT_PATH,
+    EXPORT_PATH,
+    MAX_REPLY_BYTES,
+    STATUS_PATH,
+    check_reply,
+    data_object,
+    download_url,
+)
+from airflow_provider_loyalty.utils.retry import retry_policy
 
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
@@ -262,13 +262,13 @@ class LoyaltyHook(BaseHook):
         :param from_id: cursor: the ``next_from_id`` of the previous batch.
         :return: the export task id.
         """
-        start, end = _params.check_period(date_from, date_to)
+        start, end = validation.check_period(date_from, date_to)
         payload: dict[str, Any] = {
-            "loyalty_program_id": _params.check_program_id(loyalty_program_id),
-            **_params.check_currency(points_currency_eid, points_currency_iid),
+            "loyalty_program_id": validation.check_program_id(loyalty_program_id),
+            **validation.check_currency(points_currency_eid, points_currency_iid),
             "date_from": start,
             "date_to": end,
-            "from_id": _params.check_cursor(from_id),
+            "from_id": validation.check_cursor(from_id),
         }
         data = data_object(self._post(EXPORT_PATH, payload), "transactions_export")
         task_id = data.get("task_id")
@@ -291,7 +291,7 @@ class LoyaltyHook(BaseHook):
 
         The body is written in chunks as it arrives, never held in memory. Truncated bodies,
         resets and 5xx are retried from the start (the destination is rewound); the URL is built
-        by :func:`~airflow_provider_loyalty._protocol.download_url`, which refuses any
+        by :func:`~airflow_provider_loyalty.utils.protocol.download_url`, which refuses any
         ``hashed_file`` that would leave ``/api/download/`` on the connection's host.
 
         :param hashed_file: the ``result.hashed_file`` of a completed export task.
@@ -374,16 +374,18 @@ class LoyaltyHook(BaseHook):
             field_value=field_value,
             limit=limit,
         )
-        payload["from_id"] = _params.check_cursor(from_id)
+        payload["from_id"] = validation.check_cursor(from_id)
         return self._account_page(payload)
 
     def _account_payload(self, *, loyalty_program_id: int, matching: str, limit: int, **fields: Any) -> dict[str, Any]:
         return {
             "token": self.settings.token,
-            "loyalty_program_id": _params.check_program_id(loyalty_program_id),
-            **_params.check_currency(fields.pop("points_currency_eid", None), fields.pop("points_currency_iid", None)),
-            **_params.check_matching(matching, **fields),
-            "limit": _params.check_limit(limit),
+            "loyalty_program_id": validation.check_program_id(loyalty_program_id),
+            **validation.check_currency(
+                fields.pop("points_currency_eid", None), fields.pop("points_currency_iid", None)
+            ),
+            **validation.check_matching(matching, **fields),
+            "limit": validation.check_limit(limit),
         }
 
     def _account_page(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -410,7 +412,7 @@ class LoyaltyHook(BaseHook):
         starts the walk). One page is in memory at a time. A ``next_from_id`` that repeats
         raises :class:`LoyaltyCursorError` instead of looping forever.
         """
-        cursor = _params.check_cursor(member.pop("from_id", None))
+        cursor = validation.check_cursor(member.pop("from_id", None))
         payload = self._account_payload(limit=limit, **member)
         seen_cursor: str | None = None
         while True:

@@ -9,12 +9,12 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context, ObjectStoragePath
 
-from airflow_provider_loyalty import _params
-from airflow_provider_loyalty._export import ExportSpec
-from airflow_provider_loyalty._sinks import ObjectStorageSink, PartSink, object_location
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError, LoyaltyVerificationError
+from airflow_provider_loyalty.export.loop import ExportSpec
+from airflow_provider_loyalty.export.sinks import ObjectStorageSink, PartSink, object_location
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
-from airflow_provider_loyalty.operators._export_base import LoyaltyExportBaseOperator
+from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOperator
+from airflow_provider_loyalty.utils import validation
 
 __all__ = ["LoyaltyAccountTransactionsOperator", "LoyaltyExportOperator"]
 
@@ -34,7 +34,7 @@ class LoyaltyExportOperator(LoyaltyExportBaseOperator):
         ``s3://`` ...). Shared storage is the choice for multi-worker deployments. (templated)
     :param output_conn_id: connection of the object store in ``output_path``, if any.
 
-    All parameters of :class:`~airflow_provider_loyalty.operators._export_base.LoyaltyExportBaseOperator`
+    All parameters of :class:`~airflow_provider_loyalty.operators.export_base.LoyaltyExportBaseOperator`
     apply: ``loyalty_program_id``, ``points_currency_eid`` | ``points_currency_iid``,
     ``date_from``, ``date_to``, ``from_id``, ``loyalty_conn_id``, ``max_batches``,
     ``poll_interval``, ``batch_timeout``, ``deferrable``, ``resume``, ``replace``, ``keep_zip``.
@@ -128,10 +128,10 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         self.points_currency_iid = points_currency_iid
         self.output_path = output_path
         self.output_conn_id = output_conn_id
-        self.limit = _params.check_limit(limit)
+        self.limit = validation.check_limit(limit)
         self.loyalty_conn_id = loyalty_conn_id
-        if _params.is_template(matching) or matching not in _params.MATCHING_MODES:
-            _params.check_matching(matching)  # raises, naming `matching`
+        if validation.is_template(matching) or matching not in validation.MATCHING_MODES:
+            validation.check_matching(matching)  # raises, naming `matching`
         if output_path in (None, ""):
             raise LoyaltyValidationError("output_path", "required: a JSON Lines file path or object storage URL")
 
@@ -160,9 +160,9 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Page the member's history into the JSON Lines file; return path, rows and total_count."""
-        member_fields = _params.check_matching(self.matching, **self._member())
-        _params.check_program_id(self.loyalty_program_id)
-        _params.check_currency(self.points_currency_eid, self.points_currency_iid)
+        member_fields = validation.check_matching(self.matching, **self._member())
+        validation.check_program_id(self.loyalty_program_id)
+        validation.check_currency(self.points_currency_eid, self.points_currency_iid)
         target = self._target(member_fields)
         target.parent.mkdir(parents=True, exist_ok=True)
         hook = LoyaltyHook(self.loyalty_conn_id)

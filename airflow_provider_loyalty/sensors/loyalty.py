@@ -7,13 +7,12 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowSkipException, BaseSensorOperator, PokeReturnValue
+from airflow.providers.common.compat.sdk import AirflowSkipException, BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_provider_loyalty._compat import default_deferrable
-from airflow_provider_loyalty._protocol import failure_text, task_state
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger, result_from_event
+from airflow_provider_loyalty.utils.protocol import failure_text, task_state
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -55,7 +54,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         loyalty_conn_id: str = LoyaltyHook.default_conn_name,
         poke_interval: timedelta | float = 30,
         timeout: timedelta | float = 7 * 24 * 3600,
-        deferrable: bool = default_deferrable(),
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)

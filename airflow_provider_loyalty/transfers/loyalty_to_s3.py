@@ -7,12 +7,12 @@ from typing import Any
 
 from airflow.sdk import Context
 
-from airflow_provider_loyalty._export import ExportSpec
-from airflow_provider_loyalty._params import is_template
-from airflow_provider_loyalty._s3_sink import S3PartSink
-from airflow_provider_loyalty._sinks import MANIFEST_NAME, PartSink
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
-from airflow_provider_loyalty.operators._export_base import LoyaltyExportBaseOperator
+from airflow_provider_loyalty.export.loop import ExportSpec
+from airflow_provider_loyalty.export.s3_sink import S3PartSink
+from airflow_provider_loyalty.export.sinks import MANIFEST_NAME, PartSink
+from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOperator
+from airflow_provider_loyalty.utils.validation import is_template
 
 __all__ = ["LoyaltyTransactionsToS3Operator"]
 
@@ -48,7 +48,7 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
     :param replace: replace a finished export already under the prefix (else fail).
     :param keep_zip: also store each batch's original archive as ``part-NNNNN.zip``.
 
-    All parameters of :class:`~airflow_provider_loyalty.operators._export_base.LoyaltyExportBaseOperator`
+    All parameters of :class:`~airflow_provider_loyalty.operators.export_base.LoyaltyExportBaseOperator`
     apply: ``loyalty_program_id``, ``points_currency_eid`` | ``points_currency_iid``,
     ``date_from``, ``date_to``, ``from_id``, ``loyalty_conn_id``, ``max_batches``,
     ``poll_interval``, ``batch_timeout``, ``deferrable``, ``resume``.

@@ -22,9 +22,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_loyalty._protocol import failure_text, redact, task_state
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportTaskFailed, LoyaltyValidationError
-from airflow_provider_loyalty.triggers._async_client import AsyncLoyaltyClient, async_settings
+from airflow_provider_loyalty.hooks.loyalty_async import AsyncLoyaltyClient, async_settings
+from airflow_provider_loyalty.utils.protocol import failure_text, redact, task_state
 
 EVENT_STATUSES = frozenset({"success", "error", "timeout"})
 

@@ -9,7 +9,7 @@ import pytest
 
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
 from airflow_provider_loyalty.testing.s3 import aws_connection_json
-from tests.dag_runner import REPO, run_dag_test
+from tests.support.dag_runner import REPO, run_dag_test
 
 EXAMPLES = REPO / "example_dags"
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
-from tests.helpers import all_transaction_ids, point_connection_at
-from tests.operator_driver import context_for
 from tests.reliability.support import assert_true_manifest, fresh_seed, make_s3_operator
+from tests.support.helpers import all_transaction_ids, point_connection_at
+from tests.support.operator_driver import context_for
 
 FIXED_SEED = 20230901
 BATCHES = 10

@@ -21,10 +21,10 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_loyalty._codec import decode_body
-from airflow_provider_loyalty._connection import settings_from_parts
-from airflow_provider_loyalty._protocol import check_reply, download_url
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyUnsafeDataError
+from airflow_provider_loyalty.utils.codec import decode_body
+from airflow_provider_loyalty.utils.connection import settings_from_parts
+from airflow_provider_loyalty.utils.protocol import check_reply, download_url
 
 TOKEN = "fuzz-token-0123456789abcdef"
 FAST = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,6 +1,6 @@
 """Crash-resume: SIGKILL the S3 transfer's worker process at a random point, retry, check the set.
 
-Each trial starts ``tests.transfer_process`` (the operator in a process of its own), kills it with
+Each trial starts ``tests.support.transfer_process`` (the operator in a process of its own), kills it with
 SIGKILL after a random delay once it has started talking to the API, then retries in-process, as
 Airflow's task retry would on another worker. Every trial must end with the exact id set, no
 duplicate or stale part, a true manifest and at most one export task created beyond the batches
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import pytest
 
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
-from tests.helpers import all_transaction_ids, point_connection_at, wait_for
-from tests.operator_driver import context_for
 from tests.reliability.support import PROGRAM, assert_true_manifest, fresh_seed, make_s3_operator
+from tests.support.helpers import all_transaction_ids, point_connection_at, wait_for
+from tests.support.operator_driver import context_for
 
 N = 6000
 BATCH = 1000
@@ -69,7 +69,7 @@ def crash_trial(emulator: LoyaltyEmulator, s3_client, bucket: str, seed: int, in
     emulator.reset()
     kwargs = {**PROGRAM, "s3_bucket": bucket, "s3_key_prefix": prefix, "poll_interval": 0.05, "deferrable": False}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "tests.transfer_process", json.dumps(kwargs)],
+        [sys.executable, "-m", "tests.support.transfer_process", json.dumps(kwargs)],
         env=os.environ.copy(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -154,8 +154,8 @@ def test_crash_after_the_last_part_landed_resumes_to_finish(
     cursor was exhausted, started a new export from the period's beginning and failed with
     ``LoyaltyCursorError`` (next_from_id already used) — on every retry, forever.
     """
-    from airflow_provider_loyalty._s3_sink import S3PartSink
-    from tests.operator_driver import run_with_deferrals
+    from airflow_provider_loyalty.export.s3_sink import S3PartSink
+    from tests.support.operator_driver import run_with_deferrals
 
     prefix = f"crash/after-last-part-{point}-{'d' if deferrable else 'w'}"
     original_write, original_delete = S3PartSink.write_json, S3PartSink.delete

@@ -33,9 +33,9 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
-from tests.helpers import point_connection_at
-from tests.operator_driver import context_for
 from tests.reliability.support import PROGRAM, fake_api, loopback_server, send
+from tests.support.helpers import point_connection_at
+from tests.support.operator_driver import context_for
 
 TOKEN = "hostile-test-token-3f9a0c1d7e"
 OTHER_HOST = "127.0.0.2"  # "another host" on loopback (falls back to 127.0.0.1 where not bindable)

@@ -20,8 +20,8 @@ from airflow_provider_loyalty.exceptions import LoyaltyApiError, LoyaltyError, L
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
-from tests.operator_driver import context_for, run_with_deferrals
 from tests.reliability.support import PROGRAM
+from tests.support.operator_driver import context_for, run_with_deferrals
 
 N = 2500
 

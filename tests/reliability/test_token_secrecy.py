@@ -1,7 +1,7 @@
 """Token secrecy end to end: the API token never shows up in anything Airflow keeps or prints.
 
 Example DAGs run through Airflow itself (``dag.test()`` in a subprocess, see
-``tests/dag_runner.py``) with a long, distinctive token, in a passing run and in failing ones,
+``tests/support/dag_runner.py``) with a long, distinctive token, in a passing run and in failing ones,
 including a server that echoes the token back in its error texts. Then everything Airflow produced
 is scanned: the captured stdout/stderr, every file under ``AIRFLOW_HOME/logs``, the metadata DB's
 ``xcom`` and ``rendered_task_instance_fields`` rows (and the raw DB files as a whole), and the
@@ -24,10 +24,10 @@ from airflow_provider_loyalty.exceptions import LoyaltyError
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.sensors.loyalty import LoyaltyExportTaskSensor
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
-from tests.dag_runner import REPO, run_dag_test
-from tests.helpers import point_connection_at
-from tests.operator_driver import context_for
 from tests.reliability.support import PROGRAM
+from tests.support.dag_runner import REPO, run_dag_test
+from tests.support.helpers import point_connection_at
+from tests.support.operator_driver import context_for
 
 TOKEN = "lyl-SECRET-7c1e9a4b2d8f-token-0f3e6a9c5b1d4e7a8b2c-END"
 EXAMPLES = REPO / "example_dags"

@@ -17,9 +17,9 @@ from airflow.providers.common.compat.sdk import TaskDeferred
 
 from airflow_provider_loyalty.exceptions import LoyaltyError
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
-from tests.helpers import all_transaction_ids, point_connection_at
-from tests.operator_driver import context_for
 from tests.reliability.support import assert_true_manifest, make_s3_operator
+from tests.support.helpers import all_transaction_ids, point_connection_at
+from tests.support.operator_driver import context_for
 
 N = 3500
 PREFIX = "restart/deferrable"

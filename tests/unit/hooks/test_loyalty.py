@@ -20,7 +20,7 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
-from tests.helpers import point_connection_at, requests_seen, wait_for
+from tests.support.helpers import point_connection_at, requests_seen, wait_for
 
 PERIOD = {"date_from": "2023-09-01T00:00:00Z", "date_to": "2023-09-30T23:59:59Z"}
 EXPORT = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points", **PERIOD}

@@ -9,7 +9,7 @@ import pytest
 from airflow_provider_loyalty.exceptions import LoyaltyNotFoundError, LoyaltyValidationError
 from airflow_provider_loyalty.operators.loyalty import LoyaltyAccountTransactionsOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
-from tests.helpers import point_connection_at, requests_seen
+from tests.support.helpers import point_connection_at, requests_seen
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
-from tests.helpers import all_transaction_ids, csv_ids, point_connection_at, requests_seen
-from tests.operator_driver import DeferralLog, context_for, run_with_deferrals
+from tests.support.helpers import all_transaction_ids, csv_ids, point_connection_at, requests_seen
+from tests.support.operator_driver import DeferralLog, context_for, run_with_deferrals
 
 N = 2500
 
@@ -170,7 +170,7 @@ def test_replace_false_refuses_to_overwrite(emulator: LoyaltyEmulator, tmp_path)
 
 
 def test_row_count_mismatch_fails(emulator: LoyaltyEmulator, tmp_path, monkeypatch):
-    from airflow_provider_loyalty import _export
+    from airflow_provider_loyalty.export import loop as _export
 
     real = _export.write_part
     monkeypatch.setattr(
@@ -191,7 +191,7 @@ def test_looping_cursor_is_caught(emulator: LoyaltyEmulator, tmp_path):
     # The emulator serves a real cursor; freeze it by exporting the same from_id forever.
     emulator.config.cursor_mode = "exclusive"
     operator = make_operator(tmp_path, max_batches=50)
-    from airflow_provider_loyalty import _export
+    from airflow_provider_loyalty.export import loop as _export
 
     original = _export.ExportLoop.land_batch
 
@@ -252,7 +252,7 @@ def _zip_bytes(members: dict[str, bytes]) -> bytes:
 
 
 def _verify(tmp_path: Path, data: bytes, expected_rows: int = 1, **kwargs):
-    from airflow_provider_loyalty._batch import write_part
+    from airflow_provider_loyalty.export.archive import write_part
 
     path = tmp_path / "a.zip"
     path.write_bytes(data)
@@ -284,7 +284,7 @@ def test_corrupt_zip_and_bad_crc(tmp_path):
 
 
 def test_zip_bomb_caps(tmp_path):
-    from airflow_provider_loyalty._batch import ArchiveLimits
+    from airflow_provider_loyalty.export.archive import ArchiveLimits
 
     bomb = _zip_bytes({"t.csv": b"transaction_id\r\n" + b"x" * (8 * 1024 * 1024)})
     with pytest.raises(LoyaltyUnsafeDataError, match="zip bomb"):

@@ -16,8 +16,8 @@ import pytest
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyValidationError
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
-from tests.helpers import all_transaction_ids, point_connection_at, wait_for
-from tests.operator_driver import DeferralLog, context_for, run_with_deferrals
+from tests.support.helpers import all_transaction_ids, point_connection_at, wait_for
+from tests.support.operator_driver import DeferralLog, context_for, run_with_deferrals
 
 N = 5000
 PREFIX = "compliance/2023-09"
@@ -163,7 +163,7 @@ def test_crash_after_part_2_of_5_resumes_without_re_exporting(emulator, s3_bucke
         "deferrable": False,
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "tests.transfer_process", json.dumps(kwargs)],
+        [sys.executable, "-m", "tests.support.transfer_process", json.dumps(kwargs)],
         env=os.environ.copy(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,7 +1,7 @@
 """What the two export operators share: parameters, the export loop, deferral per batch.
 
 :class:`LoyaltyExportOperator` and :class:`LoyaltyTransactionsToS3Operator` differ only in the
-:class:`~airflow_provider_loyalty._sinks.PartSink` they build (:meth:`build_sink`).
+:class:`~airflow_provider_loyalty.export.sinks.PartSink` they build (:meth:`build_sink`).
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import BaseOperator, Context
 
-from airflow_provider_loyalty import _params
-from airflow_provider_loyalty._batch import ArchiveLimits
-from airflow_provider_loyalty._compat import default_deferrable
-from airflow_provider_loyalty._export import ExportLoop, ExportProgress, ExportSpec, result_of
-from airflow_provider_loyalty._protocol import failure_text, task_state
-from airflow_provider_loyalty._sinks import PartSink
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportTaskFailed, LoyaltyValidationError
+from airflow_provider_loyalty.export.archive import ArchiveLimits
+from airflow_provider_loyalty.export.loop import ExportLoop, ExportProgress, ExportSpec, result_of
+from airflow_provider_loyalty.export.sinks import PartSink
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger, result_from_event
+from airflow_provider_loyalty.utils import validation
+from airflow_provider_loyalty.utils.protocol import failure_text, task_state
 
 
 class LoyaltyExportBaseOperator(BaseOperator):
@@ -81,7 +81,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
         max_batches: int | None = None,
         poll_interval: float = 30.0,
         batch_timeout: float | timedelta = timedelta(hours=24),
-        deferrable: bool = default_deferrable(),
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         resume: bool = True,
         replace: bool = True,
         keep_zip: bool = False,
@@ -99,9 +99,9 @@ class LoyaltyExportBaseOperator(BaseOperator):
         self.export_task_id = export_task_id
         self.loyalty_conn_id = loyalty_conn_id
         self.max_batches = max_batches
-        self.poll_interval = _params.check_positive_number(poll_interval, "poll_interval")
+        self.poll_interval = validation.check_positive_number(poll_interval, "poll_interval")
         seconds = batch_timeout.total_seconds() if isinstance(batch_timeout, timedelta) else batch_timeout
-        self.batch_timeout = _params.check_positive_number(seconds, "batch_timeout")
+        self.batch_timeout = validation.check_positive_number(seconds, "batch_timeout")
         self.deferrable = deferrable
         self.resume = resume
         self.replace = replace
@@ -118,15 +118,15 @@ class LoyaltyExportBaseOperator(BaseOperator):
     def _validate_literals(self) -> None:
         """Fail at DAG-parse time on literal values that can never work (templates wait for run time)."""
         fields = (self.loyalty_program_id, self.points_currency_eid, self.points_currency_iid)
-        if not _params.is_template(self.loyalty_program_id):
-            _params.check_program_id(self.loyalty_program_id)
-        if not any(_params.is_template(value) for value in fields[1:]):
-            _params.check_currency(self.points_currency_eid, self.points_currency_iid)
+        if not validation.is_template(self.loyalty_program_id):
+            validation.check_program_id(self.loyalty_program_id)
+        if not any(validation.is_template(value) for value in fields[1:]):
+            validation.check_currency(self.points_currency_eid, self.points_currency_iid)
         ends = (self.date_from, self.date_to)
-        if all(value is not None and not _params.is_template(value) for value in ends):
-            _params.check_period(*ends)
-        if not _params.is_template(self.from_id):
-            _params.check_cursor(self.from_id)
+        if all(value is not None and not validation.is_template(value) for value in ends):
+            validation.check_period(*ends)
+        if not validation.is_template(self.from_id):
+            validation.check_cursor(self.from_id)
 
     # ------------------------------------------------------------------ to be provided by subclasses
 
@@ -161,7 +161,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
             date_from = start
         if date_to in (None, ""):
             # Airflow's interval end is exclusive; the API's date_to is inclusive (to the second).
-            date_to = _params.to_utc(end, "date_to").subtract(seconds=1)
+            date_to = validation.to_utc(end, "date_to").subtract(seconds=1)
         return ExportSpec.build(
             loyalty_program_id=self.loyalty_program_id,
             points_currency_eid=self.points_currency_eid,

@@ -1,9 +1,9 @@
 """The trigger's small async client of the loyalty API (aiohttp), for the triggerer's event loop.
 
 It speaks the same protocol as the sync hook through the shared pieces, so rules exist once:
-bodies via :func:`~airflow_provider_loyalty._codec.encode_body`, replies via
-:func:`~airflow_provider_loyalty._protocol.check_reply`, retries via
-:func:`~airflow_provider_loyalty._retry.retry_policy` (tenacity ``AsyncRetrying``, which sleeps
+bodies via :func:`~airflow_provider_loyalty.utils.codec.encode_body`, replies via
+:func:`~airflow_provider_loyalty.utils.protocol.check_reply`, retries via
+:func:`~airflow_provider_loyalty.utils.retry.retry_policy` (tenacity ``AsyncRetrying``, which sleeps
 with ``asyncio.sleep``). Nothing here blocks the loop: the connection comes from the async
 connection API, the TLS context (which loads CA files from disk) is built once per process in a
 worker thread and shared, and reply bodies are read incrementally under :data:`MAX_REPLY_BYTES`.
@@ -27,21 +27,21 @@ import aiohttp
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from tenacity import AsyncRetrying
 
-from airflow_provider_loyalty._codec import MIME_TYPES, encode_body
-from airflow_provider_loyalty._connection import (
-    USER_AGENT,
-    LoyaltyConnectionSettings,
-    ca_bundle_from_env,
-    settings_from_parts,
-)
-from airflow_provider_loyalty._protocol import MAX_REPLY_BYTES, STATUS_PATH, check_reply, data_object
-from airflow_provider_loyalty._retry import retry_policy
 from airflow_provider_loyalty.exceptions import (
     LoyaltyApiError,
     LoyaltyResponseError,
     LoyaltyTransientError,
     LoyaltyValidationError,
 )
+from airflow_provider_loyalty.utils.codec import MIME_TYPES, encode_body
+from airflow_provider_loyalty.utils.connection import (
+    USER_AGENT,
+    LoyaltyConnectionSettings,
+    ca_bundle_from_env,
+    settings_from_parts,
+)
+from airflow_provider_loyalty.utils.protocol import MAX_REPLY_BYTES, STATUS_PATH, check_reply, data_object
+from airflow_provider_loyalty.utils.retry import retry_policy
 
 _READ_CHUNK_BYTES = 64 * 1024
 # One TLS context per verify setting for the whole process (building one costs ~28 ms of CPU).

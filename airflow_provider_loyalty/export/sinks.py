@@ -7,7 +7,7 @@ as DESIGN.md fixes it::
     <location>/_manifest.json              written last: the completion marker
     <location>/_manifest.inprogress.json   checkpoint while an export is running
 
-The export loop (:mod:`airflow_provider_loyalty._export`) only speaks to this interface, so the
+The export loop (:mod:`airflow_provider_loyalty.export.loop`) only speaks to this interface, so the
 two export operators differ in nothing but the sink they build.
 """
 

@@ -4,7 +4,7 @@ Airflow 3 writes the DAG from its bundle (the DAGs folder) to the metadata DB be
 so the file's directory becomes ``AIRFLOW__CORE__DAGS_FOLDER``. Running in a subprocess keeps each
 run's Airflow state and logs apart and lets the test read everything Airflow printed.
 
-As a module: ``python -m tests.dag_runner <dag_file> <dag_id> [<logical_date>]`` prints one
+As a module: ``python -m tests.support.dag_runner <dag_file> <dag_id> [<logical_date>]`` prints one
 ``LOYALTY_DAG_RESULT <json>`` line.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MARKER = "LOYALTY_DAG_RESULT "
 
 
@@ -42,7 +42,7 @@ def run_dag_test(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         **env,
     }
-    command = [sys.executable, "-m", "tests.dag_runner", str(dag_file), dag_id]
+    command = [sys.executable, "-m", "tests.support.dag_runner", str(dag_file), dag_id]
     if logical_date:
         command.append(logical_date)
     done = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
-from airflow_provider_loyalty._codec import decode_body
-from airflow_provider_loyalty._connection import LoyaltyConnectionSettings
 from airflow_provider_loyalty.exceptions import (
     LoyaltyApiError,
     LoyaltyAuthError,
@@ -23,6 +21,8 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyTransientError,
     LoyaltyUnsafeDataError,
 )
+from airflow_provider_loyalty.utils.codec import decode_body
+from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
 
 EXPORT_PATH = "/api/v1.1/loyalty/transactions_export"
 STATUS_PATH = "/api/v1.1/tasks/status"

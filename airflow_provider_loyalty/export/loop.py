@@ -17,10 +17,6 @@ from typing import Any
 
 import pendulum
 
-from airflow_provider_loyalty import _params
-from airflow_provider_loyalty._batch import TAIL_WINDOW, ArchiveLimits, write_part
-from airflow_provider_loyalty._protocol import failure_text, task_state
-from airflow_provider_loyalty._sinks import CHECKPOINT_NAME, MANIFEST_NAME, PartSink, part_name
 from airflow_provider_loyalty.exceptions import (
     LoyaltyApiError,
     LoyaltyCursorError,
@@ -29,7 +25,11 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyNotFoundError,
     LoyaltyResponseError,
 )
+from airflow_provider_loyalty.export.archive import TAIL_WINDOW, ArchiveLimits, write_part
+from airflow_provider_loyalty.export.sinks import CHECKPOINT_NAME, MANIFEST_NAME, PartSink, part_name
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.utils import validation
+from airflow_provider_loyalty.utils.protocol import failure_text, task_state
 
 MANIFEST_FORMAT_VERSION = 1
 
@@ -65,15 +65,15 @@ class ExportSpec:
         from_id: Any = None,
     ) -> ExportSpec:
         """Validate user input (rendered templates) into a spec; errors name the parameter."""
-        currency = _params.check_currency(points_currency_eid, points_currency_iid)
-        start, end = _params.check_period(date_from, date_to)
+        currency = validation.check_currency(points_currency_eid, points_currency_iid)
+        start, end = validation.check_period(date_from, date_to)
         return cls(
-            loyalty_program_id=_params.check_program_id(loyalty_program_id),
+            loyalty_program_id=validation.check_program_id(loyalty_program_id),
             points_currency_eid=currency.get("points_currency_eid"),
             points_currency_iid=currency.get("points_currency_iid"),
             date_from=start,
             date_to=end,
-            from_id=_params.check_cursor(from_id),
+            from_id=validation.check_cursor(from_id),
         )
 
 

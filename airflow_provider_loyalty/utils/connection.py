@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow_provider_loyalty._params import check_content_type, check_positive_number
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
+from airflow_provider_loyalty.utils.validation import check_content_type, check_positive_number
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 5

@@ -12,8 +12,8 @@ from typing import Any
 
 from tenacity import RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from airflow_provider_loyalty._connection import LoyaltyConnectionSettings
 from airflow_provider_loyalty.exceptions import LoyaltyTransientError
+from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
 
 
 def retry_policy(settings: LoyaltyConnectionSettings, log: logging.Logger | Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Run LoyaltyTransactionsToS3Operator in a process of its own (the "worker" a test can SIGKILL).
 
-Usage: ``python -m tests.transfer_process '<json operator kwargs>'``; connections come from the
+Usage: ``python -m tests.support.transfer_process '<json operator kwargs>'``; connections come from the
 environment (``AIRFLOW_CONN_LOYALTY_DEFAULT``, ``AIRFLOW_CONN_AWS_DEFAULT``). Prints the manifest
 as one JSON line on success.
 """
@@ -11,7 +11,7 @@ import json
 import sys
 
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
-from tests.operator_driver import context_for
+from tests.support.operator_driver import context_for
 
 
 def main(argv: list[str]) -> int:

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from airflow_provider_loyalty import _batch
+from airflow_provider_loyalty.export import archive
 from airflow_provider_loyalty.exceptions import LoyaltyVerificationError
 
 
@@ -40,24 +40,24 @@ def _ids(data: bytes) -> list[str]:
 @pytest.mark.parametrize("block", [7, 64, 1000, 1 << 20])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_any_block_size_gives_the_same_part(tmp_path, monkeypatch, block, seed):
-    monkeypatch.setattr(_batch, "_BLOCK", block)
+    monkeypatch.setattr(archive, "_BLOCK", block)
     data = _csv(300, seed)
     out = io.BytesIO()
-    stats = _batch.write_part(_archive(tmp_path, {"t.csv": data}), out, expected_rows=300)
+    stats = archive.write_part(_archive(tmp_path, {"t.csv": data}), out, expected_rows=300)
     assert out.getvalue() == data  # byte for byte
     assert stats.rows == stats.archive_rows == 300
-    assert stats.tail_ids == _ids(data)[-_batch.TAIL_WINDOW :]
+    assert stats.tail_ids == _ids(data)[-archive.TAIL_WINDOW :]
 
 
 @pytest.mark.parametrize("block", [5, 100, 1 << 20])
 def test_members_join_under_one_header_and_head_duplicates_drop(tmp_path, monkeypatch, block):
-    monkeypatch.setattr(_batch, "_BLOCK", block)
+    monkeypatch.setattr(archive, "_BLOCK", block)
     first, second = _csv(50, 7, "\n"), _csv(40, 8, "\n")
     second = second.replace(b"id-0", b"id-9")  # other ids in the second member
     second = second.rstrip(b"\n")  # its last record has no line break
     out = io.BytesIO()
     skip = frozenset({"id-000000", "id-000001"})
-    stats = _batch.write_part(
+    stats = archive.write_part(
         _archive(tmp_path, {"a.csv": first, "b.csv": second}), out, expected_rows=90, skip_ids=skip
     )
     ids = _ids(out.getvalue())
@@ -68,14 +68,14 @@ def test_members_join_under_one_header_and_head_duplicates_drop(tmp_path, monkey
 
 
 def test_unterminated_quote_is_not_valid_csv(tmp_path, monkeypatch):
-    monkeypatch.setattr(_batch, "_BLOCK", 16)
+    monkeypatch.setattr(archive, "_BLOCK", 16)
     data = b'transaction_id,description\r\nid-1,"never closed\r\nid-2,x\r\n'
     with pytest.raises(LoyaltyVerificationError):
-        _batch.write_part(_archive(tmp_path, {"t.csv": data}), io.BytesIO(), expected_rows=2)
+        archive.write_part(_archive(tmp_path, {"t.csv": data}), io.BytesIO(), expected_rows=2)
 
 
 def test_non_utf8_is_refused(tmp_path):
     with pytest.raises(LoyaltyVerificationError, match="UTF-8"):
-        _batch.write_part(
+        archive.write_part(
             _archive(tmp_path, {"t.csv": b"transaction_id\r\n\xff\xfe\r\n"}), io.BytesIO(), expected_rows=1
         )

@@ -1,0 +1,1 @@
+"""Shared test support: helpers, the operator driver, the dag.test() runner, a transfer process."""
