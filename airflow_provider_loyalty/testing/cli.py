@@ -8,6 +8,7 @@ Prints exactly one line, ``loyalty-emulator listening on http://HOST:PORT`` (the
 ``--port 0``), once the socket is bound. ``--config`` takes a JSON object of
 :class:`~airflow_provider_loyalty.testing.EmulatorConfig` fields; explicit flags override it.
 ``--faults`` takes a JSON list of :class:`~airflow_provider_loyalty.testing.FaultRule` objects.
+Fields without a flag (``created_at_timeline``, ``member_history_sizes``...) go in ``--config``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from airflow_provider_loyalty.testing.config import CURSOR_MODES, HASHED_FILE_STYLES, EmulatorConfig
+from airflow_provider_loyalty.testing.config import (
+    CSV_LINE_ENDINGS,
+    CSV_STYLES,
+    CURSOR_MODES,
+    EMPTY_EXPORT_STYLES,
+    EXPIRED_FILE_STATUSES,
+    HASHED_FILE_STYLES,
+    PROGRESS_STYLES,
+    EmulatorConfig,
+)
 from airflow_provider_loyalty.testing.server import LoyaltyEmulator
 
 __all__ = ["build_parser", "main"]
@@ -42,6 +52,17 @@ _FLAG_FIELDS = {
     "hashed_file_style": "hashed_file_style",
     "period_start": "period_start",
     "period_end": "period_end",
+    "progress_style": "progress_style",
+    "zip_members": "zip_members",
+    "csv_style": "csv_style",
+    "csv_bom": "csv_bom",
+    "csv_line_ending": "csv_line_ending",
+    "empty_export_style": "empty_export_style",
+    "file_ttl": "file_ttl",
+    "expired_file_status": "expired_file_status",
+    "max_concurrent_requests": "max_concurrent_requests",
+    "concurrency_retry_after": "concurrency_retry_after",
+    "prebuilt_files": "prebuilt_files",
 }
 
 
@@ -64,6 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hashed-file-style", choices=HASHED_FILE_STYLES, help="hashed_file name style")
     parser.add_argument("--period-start", help="RFC3339 first created_at")
     parser.add_argument("--period-end", help="RFC3339 last created_at")
+    parser.add_argument("--progress-style", choices=PROGRESS_STYLES, help="progress as int or decimal")
+    parser.add_argument("--zip-members", type=int, help="CSV members per zip (rows split evenly)")
+    parser.add_argument("--csv-style", choices=CSV_STYLES, help="stray_quotes: some unquoted fields hold a quote")
+    parser.add_argument(
+        "--csv-bom", action="store_const", const=True, default=None, help="start each CSV with a UTF-8 BOM"
+    )
+    parser.add_argument("--csv-line-ending", choices=CSV_LINE_ENDINGS, help="crlf (default) or lf")
+    parser.add_argument("--empty-export-style", choices=EMPTY_EXPORT_STYLES, help="how an empty batch looks")
+    parser.add_argument("--file-ttl", type=float, help="seconds a completed task's file stays downloadable")
+    parser.add_argument(
+        "--expired-file-status", type=int, choices=EXPIRED_FILE_STATUSES, help="HTTP status of an expired file"
+    )
+    parser.add_argument("--max-concurrent-requests", type=int, help="answer 429 above this many requests at once")
+    parser.add_argument("--concurrency-retry-after", type=float, help="Retry-After of those 429 answers")
+    parser.add_argument(
+        "--prebuilt-files",
+        action="store_const",
+        const=True,
+        default=None,
+        help="build each zip once on disk and serve it with Content-Length",
+    )
     parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
     return parser
 

@@ -7,9 +7,10 @@ millions of rows costs O(1) memory and any row can be produced on demand.
   for the program dataset, ``(member + 1) << 32 | index`` for member histories) zero-padded, so the
   lexicographic order of ids equals the index order and :func:`index_from_transaction_id` recovers the
   prefix from any id. The remaining digits come from a hash of ``(seed, stream, index)``.
-* ``created_at`` grows monotonically (non-decreasing, whole seconds) with the index across the
-  configured period, so the rows inside ``[date_from, date_to]`` form a contiguous index range found by
-  bisection (:meth:`TransactionStream.index_range`), never by scanning.
+* ``created_at`` grows monotonically (non-decreasing, whole seconds) with the index: spread evenly
+  across the configured period, or taken from an explicit timeline (one RFC3339 time per row, see
+  :func:`parse_timeline`). Either way the rows inside ``[date_from, date_to]`` form a contiguous
+  index range found by bisection (:meth:`TransactionStream.index_range`), never by scanning.
 * Some descriptions contain commas, double quotes and newlines so CSV quoting is exercised;
   ``row_padding`` appends that many filler characters to every description (for benchmarks).
 """
@@ -24,7 +25,7 @@ import io
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,15 +33,17 @@ from typing import Any
 __all__ = [
     "TRANSACTION_FIELDS",
     "TransactionStream",
+    "csv_header",
     "format_rfc3339",
     "index_from_transaction_id",
     "member_stream",
     "parse_rfc3339",
+    "parse_timeline",
     "program_stream",
     "transaction_to_csv_row",
 ]
 
-#: Transaction fields in seed 001 order; also the CSV column order of export files.
+#: Transaction fields in the order of the account transactions endpoint; also the CSV column order of exports.
 TRANSACTION_FIELDS: tuple[str, ...] = (
     "transaction_id",
     "transaction_eid",
@@ -102,12 +105,42 @@ def parse_rfc3339(value: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def format_rfc3339(timestamp: int) -> str:
-    """Format whole POSIX seconds as RFC3339 UTC (``2023-09-01T12:34:56Z``).
+def format_rfc3339(timestamp: float) -> str:
+    """Format POSIX seconds as RFC3339 UTC (``2023-09-01T12:34:56Z``; fractions as microseconds).
 
     :param timestamp: POSIX timestamp in seconds.
     """
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    if isinstance(timestamp, int):  # the per-row path: whole seconds
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    whole = int(timestamp // 1)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    micros = round((timestamp - whole) * 1_000_000)
+    if micros == 0:
+        return text + "Z"
+    if micros >= 1_000_000:
+        return format_rfc3339(whole + 1)
+    return f"{text}.{micros:06d}".rstrip("0") + "Z"
+
+
+def parse_timeline(values: Sequence[str]) -> tuple[int, ...]:
+    """Parse an explicit ``created_at`` timeline: RFC3339 whole-second times, non-decreasing.
+
+    :param values: one RFC3339 date-time per transaction, e.g. ``["2023-09-30T12:00:00Z", ...]``.
+    :return: whole POSIX seconds per transaction.
+    :raises ValueError: naming the first entry that is not a whole-second RFC3339 time or that
+        goes back in time.
+    """
+    stamps: list[int] = []
+    for position, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ValueError(f"entry {position}: expected an RFC3339 string, got {value!r}")
+        stamp = parse_rfc3339(value)
+        if stamp != int(stamp):
+            raise ValueError(f"entry {position}: {value!r} has a fraction of a second (whole seconds only)")
+        if stamps and stamp < stamps[-1]:
+            raise ValueError(f"entry {position}: {value!r} is before the previous entry (must be non-decreasing)")
+        stamps.append(int(stamp))
+    return tuple(stamps)
 
 
 def index_from_transaction_id(transaction_id: str) -> int:
@@ -138,6 +171,8 @@ class TransactionStream:
     :param period_end: POSIX seconds of the last ``created_at``.
     :param prefix_base: added to the index to form the 12-hex-digit id prefix.
     :param row_padding: filler characters appended to every description.
+    :param timeline: if set, row ``i``'s ``created_at`` is ``timeline[i]`` (whole POSIX seconds,
+        non-decreasing, ``count`` entries) instead of a point spread evenly over the period.
     """
 
     seed: int
@@ -147,10 +182,16 @@ class TransactionStream:
     period_end: int
     prefix_base: int = 0
     row_padding: int = 0
+    timeline: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.count < 0:
             raise ValueError("count must be >= 0")
+        if self.timeline is not None:
+            if len(self.timeline) != self.count:
+                raise ValueError(f"timeline has {len(self.timeline)} entries for {self.count} transactions")
+            if any(a > b for a, b in zip(self.timeline, self.timeline[1:], strict=False)):
+                raise ValueError("timeline must be non-decreasing")
         if self.period_end < self.period_start:
             raise ValueError("period end must not be before period start")
         if self.prefix_base + self.count - 1 > _MAX_PREFIX:
@@ -167,6 +208,8 @@ class TransactionStream:
 
         :param index: 0-based row index.
         """
+        if self.timeline is not None:
+            return self.timeline[index]
         if self.count <= 1:
             return self.period_start
         return self.period_start + (index * (self.period_end - self.period_start)) // (self.count - 1)
@@ -198,8 +241,8 @@ class TransactionStream:
     def first_index_after(self, transaction_id: str, lo: int, hi: int, *, inclusive: bool) -> int:
         """First index in ``[lo, hi)`` whose id is ``> transaction_id`` (``>=`` when ``inclusive``).
 
-        Ids compare as lowercase strings, so ids from elsewhere (other seeds, the seed's example
-        ``a1b2c3d4-...``) still give a well-defined position.
+        Ids compare as lowercase strings, so ids from elsewhere (other seeds, the documentation's
+        example ``a1b2c3d4-...``) still give a well-defined position.
 
         :param transaction_id: the cursor.
         :param lo: range start.
@@ -211,7 +254,7 @@ class TransactionStream:
         return find(range(self.count), key, lo=lo, hi=hi, key=self.transaction_id)
 
     def transaction(self, index: int) -> dict[str, Any]:
-        """Row ``index`` as a dict with API types (seed 001), keys in :data:`TRANSACTION_FIELDS` order.
+        """Row ``index`` as a dict with the account endpoint's types, keys in :data:`TRANSACTION_FIELDS` order.
 
         :param index: 0-based row index.
         """
@@ -259,15 +302,6 @@ class TransactionStream:
             "canceled": d[31] % 20 == 0,
         }
 
-    def iter_csv_rows(self, lo: int, hi: int) -> Iterator[list[str]]:
-        """CSV cells (strings, :data:`TRANSACTION_FIELDS` order) of rows ``lo..hi-1``.
-
-        :param lo: first index.
-        :param hi: end index (exclusive).
-        """
-        for index in range(lo, hi):
-            yield transaction_to_csv_row(self.transaction(index))
-
 
 def _tenths(value: int) -> str:
     sign = "-" if value < 0 else ""
@@ -296,23 +330,35 @@ def transaction_to_csv_row(transaction: dict[str, Any]) -> list[str]:
     return cells
 
 
-def csv_header() -> str:
-    r"""Return the CSV header line (``\r\n`` terminated)."""
+def csv_header(line_ending: str = "\r\n") -> str:
+    r"""Return the CSV header line.
+
+    :param line_ending: the line terminator (``\r\n`` as RFC 4180, or ``\n``).
+    """
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\r\n").writerow(TRANSACTION_FIELDS)
+    csv.writer(buf, lineterminator=line_ending).writerow(TRANSACTION_FIELDS)
     return buf.getvalue()
 
 
 def program_stream(
-    seed: int, transactions: int, period_start: str, period_end: str, row_padding: int = 0
+    seed: int,
+    transactions: int,
+    period_start: str,
+    period_end: str,
+    row_padding: int = 0,
+    created_at_timeline: Sequence[str] | None = None,
 ) -> TransactionStream:
     """Return the program's export dataset (id prefix == row index).
+
+    Transaction ids depend only on ``seed`` and the row index, never on the timeline or the period.
 
     :param seed: dataset seed.
     :param transactions: number of rows.
     :param period_start: RFC3339 start of the period.
     :param period_end: RFC3339 end of the period.
     :param row_padding: filler characters appended to every description.
+    :param created_at_timeline: explicit ``created_at`` per row (see :func:`parse_timeline`);
+        ``period_start`` / ``period_end`` are then not used for rows.
     """
     return TransactionStream(
         seed=seed,
@@ -321,6 +367,7 @@ def program_stream(
         period_start=int(parse_rfc3339(period_start)),
         period_end=int(parse_rfc3339(period_end)),
         row_padding=row_padding,
+        timeline=None if created_at_timeline is None else parse_timeline(created_at_timeline),
     )
 
 

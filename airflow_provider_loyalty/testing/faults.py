@@ -25,7 +25,23 @@ Kinds and their ``params``:
                            ``"error"``) and ``text`` as ``error_text``/``message``; sticky.
 ``task_never_finishes``    (export or status) tasks created while the rule fires stay
                            ``in_progress`` forever; ``task_ids`` (list) pins existing tasks.
+``download_gone``          (download) the file is gone for this request: ``http_status``
+                           (default 404; 410 or 200 too) with ``error`` 1008 and ``text``
+                           (default ``"File expired"``); ``format`` (``json``/``xml``) forces the
+                           envelope's format. Use ``LoyaltyEmulator.expire_files`` for good.
+``download_error_envelope``  (download) an API error instead of the zip: ``http_status`` (default
+                           200) with ``error`` = ``code`` (default 1000), ``error_text`` = ``text``
+                           (default ``"Internal error"``), as ``format`` (default ``json``).
+``short_batch``            (download) the zip's CSV holds one row fewer than ``total``. Only the
+                           first ``downloads`` (default 1) downloads of each batch (its period and
+                           ``from_id``) are short: later ones, from the same task or from a task
+                           created again from the same ``from_id``, are complete.
+``zip_bomb_members``       (download) after the CSV, ``members`` (default 64) extra members of
+                           ``member_bytes`` (default 1,048,000: just under 1 MiB) copies of
+                           ``byte`` (default ``"0"``), deflated at level 9 (about 1000:1).
 =========================  ==================================================================
+
+Every applied fault is counted per kind in ``stats()["faults_applied"]``.
 """
 
 from __future__ import annotations
@@ -36,7 +52,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["ENDPOINTS", "FAULT_KINDS", "TRANSPORT_KINDS", "FaultRule", "FaultSet"]
+__all__ = ["DOWNLOAD_KINDS", "ENDPOINTS", "FAULT_KINDS", "TRANSPORT_KINDS", "FaultRule", "FaultSet"]
 
 #: Endpoint names a rule can target (``*`` matches all four).
 ENDPOINTS: frozenset[str] = frozenset({"export", "status", "download", "account", "*"})
@@ -44,8 +60,19 @@ ENDPOINTS: frozenset[str] = frozenset({"export", "status", "download", "account"
 TRANSPORT_KINDS: frozenset[str] = frozenset(
     {"http_500", "http_503", "rate_limit", "reset", "slow", "truncate", "api_error"}
 )
+#: Kinds that change what a download of a completed task's file answers.
+DOWNLOAD_KINDS: frozenset[str] = frozenset(
+    {"download_gone", "download_error_envelope", "short_batch", "zip_bomb_members"}
+)
 #: All supported kinds.
-FAULT_KINDS: frozenset[str] = TRANSPORT_KINDS | {"task_failed", "task_never_finishes"}
+FAULT_KINDS: frozenset[str] = TRANSPORT_KINDS | DOWNLOAD_KINDS | {"task_failed", "task_never_finishes"}
+#: Integer params and their minimum, per kind (checked when a rule is built).
+_INT_PARAMS: dict[str, dict[str, int]] = {
+    "download_gone": {"http_status": 100},
+    "download_error_envelope": {"http_status": 100, "code": 0},
+    "short_batch": {"downloads": 1},
+    "zip_bomb_members": {"members": 1, "member_bytes": 1},
+}
 
 
 @dataclass
@@ -83,6 +110,20 @@ class FaultRule:
             raise ValueError("FaultRule: give count or probability, not both")
         if not isinstance(self.params, dict):
             raise ValueError("FaultRule.params: expected a dict")
+        self._check_params()
+
+    def _check_params(self) -> None:
+        for name, minimum in _INT_PARAMS.get(self.kind, {}).items():
+            value = self.params.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+                raise ValueError(f"FaultRule.params.{name}: expected an int >= {minimum}, got {value!r}")
+        fmt = self.params.get("format")
+        if self.kind in DOWNLOAD_KINDS and fmt is not None and fmt not in ("json", "xml"):
+            raise ValueError(f"FaultRule.params.format: expected 'json' or 'xml', got {fmt!r}")
+        byte = self.params.get("byte")
+        bad_byte = not isinstance(byte, str) or len(byte) != 1 or not byte.isascii()
+        if self.kind == "zip_bomb_members" and byte is not None and bad_byte:
+            raise ValueError(f"FaultRule.params.byte: expected one ASCII character, got {byte!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FaultRule:

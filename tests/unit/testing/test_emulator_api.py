@@ -351,7 +351,8 @@ def test_download_before_completion_is_not_found(emulator_factory: Any, client_f
     emulator = emulator_factory(transactions=10, task_duration=0.2, hashed_file_style="plain")
     c = client_factory(emulator)
     task_id = c.export()
-    (hashed_file,) = emulator._files  # the name exists before the task completes
+    (task,) = emulator.export_tasks()  # the name exists before the task completes
+    hashed_file = task["hashed_file"]
     assert c.download(hashed_file).status_code == 404
     assert c.wait(task_id)["result"]["hashed_file"] == hashed_file
     assert c.download(hashed_file).status_code == 200
@@ -427,7 +428,7 @@ def test_cursor_modes(emulator_factory: Any, client_factory: Any, mode: str, fmt
     c = client_factory(emulator, fmt)
     batches, results = walk(c)
     all_ids = [i for b in batches for i in b]
-    expected = [emulator._tasks[next(iter(emulator._tasks))].stream.transaction_id(i) for i in range(2500)]
+    expected = emulator.expected_ids()
     assert len(batches) == 3
     if mode == "inclusive":
         # the boundary row repeats at the start of each following batch

@@ -23,6 +23,10 @@ def test_fault_kinds_are_the_documented_ones() -> None:
         "api_error",
         "task_failed",
         "task_never_finishes",
+        "download_gone",
+        "download_error_envelope",
+        "short_batch",
+        "zip_bomb_members",
     }
 
 

@@ -1,0 +1,245 @@
+r"""Export files: a zip of CSV members holding one batch's rows, written as a stream.
+
+A :class:`zipfile.ZipFile` writes into any non-seekable sink (an HTTP chunked writer, a file on
+disk), so memory stays flat for multi-GiB exports, and the bytes are the same whichever sink
+receives them. Deterministic: fixed ``ZipInfo`` date 2023-10-01 00:00:00, rows from the
+deterministic dataset, so re-downloads are identical.
+
+Each CSV member has the header row of :data:`~airflow_provider_loyalty.testing.data.TRANSACTION_FIELDS`
+and its share of the rows (``ArchiveSpec.members`` members split the rows evenly), quoted as
+``csv.QUOTE_MINIMAL`` with lines ending in ``\r\n`` (or ``\n``; newlines inside quoted descriptions
+are ``\n``), booleans ``true``/``false`` and ``custom_json`` as a JSON string. The
+``stray_quotes`` style also writes some unquoted fields with a ``"`` inside (``prod_12 5" screen``,
+``prod_7 12"``), exactly as ``csv.reader`` (excel dialect) still reads them as one field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import zipfile
+from dataclasses import dataclass
+from typing import Protocol
+
+from airflow_provider_loyalty.testing.config import EmulatorConfig
+from airflow_provider_loyalty.testing.data import TRANSACTION_FIELDS, TransactionStream, transaction_to_csv_row
+
+__all__ = ["ArchiveSpec", "BatchRows", "FillerMembers", "ZipSink", "member_names", "write_export_zip"]
+
+_ZIP_DATE = (2023, 10, 1, 0, 0, 0)
+_CSV_FLUSH = 256 * 1024
+_BOM = b"\xef\xbb\xbf"
+_LINE_ENDINGS = {"crlf": "\r\n", "lf": "\n"}
+_NEEDS_QUOTES = re.compile(r'[",\r\n]')
+_STRAY_COLUMN = TRANSACTION_FIELDS.index("product_eid")
+_FILLER_BLOCK = 64 * 1024
+
+
+class ZipSink(Protocol):
+    """Where a zip is written: any binary writer without ``seek``/``tell``."""
+
+    def write(self, data: bytes, /) -> int:
+        """Write ``data``; return its length."""
+
+    def flush(self) -> None:
+        """Flush buffered bytes (the zip's end record calls it)."""
+
+    def close(self) -> None:
+        """Called by nobody here (the zip does not own the sink); present for ``zipfile``'s typing."""
+
+
+@dataclass(frozen=True)
+class ArchiveSpec:
+    """How an export task's zip is laid out (captured from the config when the task is created).
+
+    :param compresslevel: deflate level 0..9.
+    :param members: CSV members; the rows are split evenly over them, each with the header.
+    :param csv_style: ``standard`` or ``stray_quotes``.
+    :param csv_bom: start each member with a UTF-8 byte order mark.
+    :param line_ending: ``crlf`` or ``lf``.
+    :param empty_style: how a batch without rows looks (``header_only``, ``zero_byte_csv``,
+        ``no_member``; the ``hashed_file`` styles zip a header-only member).
+    """
+
+    compresslevel: int = 6
+    members: int = 1
+    csv_style: str = "standard"
+    csv_bom: bool = False
+    line_ending: str = "crlf"
+    empty_style: str = "header_only"
+
+    @classmethod
+    def from_config(cls, config: EmulatorConfig) -> ArchiveSpec:
+        """Capture the file fields of ``config``.
+
+        :param config: the emulator's configuration.
+        """
+        return cls(
+            compresslevel=config.zip_compresslevel,
+            members=config.zip_members,
+            csv_style=config.csv_style,
+            csv_bom=config.csv_bom,
+            line_ending=config.csv_line_ending,
+            empty_style=config.empty_export_style,
+        )
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """The rows ``lo..hi-1`` of ``stream`` that one export task holds.
+
+    :param stream: the dataset.
+    :param lo: first row index.
+    :param hi: end row index (exclusive).
+    :param stem: member name stem (``Transactions_loyalty_...``).
+    """
+
+    stream: TransactionStream
+    lo: int
+    hi: int
+    stem: str
+
+    @property
+    def total(self) -> int:
+        """Number of rows."""
+        return self.hi - self.lo
+
+
+@dataclass(frozen=True)
+class FillerMembers:
+    """Extra, highly compressible members appended after the CSV (a zip-bomb shape).
+
+    :param count: how many members.
+    :param size: uncompressed bytes per member.
+    :param byte: the byte each member repeats.
+    """
+
+    count: int
+    size: int
+    byte: bytes = b"0"
+
+
+def member_names(stem: str, members: int) -> list[str]:
+    """Return the CSV member names of a zip with ``members`` members.
+
+    :param stem: the name stem.
+    :param members: member count (1: ``<stem>.csv``; more: ``<stem>_001.csv`` ...).
+    """
+    if members == 1:
+        return [f"{stem}.csv"]
+    return [f"{stem}_{k:03d}.csv" for k in range(1, members + 1)]
+
+
+def write_export_zip(
+    sink: ZipSink,
+    batch: BatchRows,
+    spec: ArchiveSpec,
+    *,
+    drop_last_row: bool = False,
+    filler: FillerMembers | None = None,
+) -> int:
+    """Stream the batch's zip into ``sink``; return the CSV bytes written (filler excluded).
+
+    :param sink: a non-seekable binary writer.
+    :param batch: the rows.
+    :param spec: the layout.
+    :param drop_last_row: leave out the batch's last row (a short batch: CSV rows < ``total``).
+    :param filler: extra compressible members after the CSV members.
+    """
+    hi = batch.hi - 1 if drop_last_row and batch.total > 0 else batch.hi
+    csv_bytes = 0
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=spec.compresslevel) as archive:
+        if batch.total == 0 and spec.empty_style == "no_member":
+            pass
+        elif batch.total == 0 and spec.empty_style == "zero_byte_csv":
+            for name in member_names(batch.stem, spec.members):
+                with archive.open(_member_info(name, spec.compresslevel), "w"):
+                    pass
+        else:
+            slices = _split(batch.lo, hi, spec.members)
+            for name, (lo, end) in zip(member_names(batch.stem, spec.members), slices, strict=True):
+                csv_bytes += _write_csv_member(archive, name, batch.stream, lo, end, spec)
+        if filler is not None:
+            _write_filler(archive, filler)
+    return csv_bytes
+
+
+def _split(lo: int, hi: int, members: int) -> list[tuple[int, int]]:
+    base, extra = divmod(max(0, hi - lo), members)
+    slices: list[tuple[int, int]] = []
+    start = lo
+    for k in range(members):
+        end = start + base + (1 if k < extra else 0)
+        slices.append((start, end))
+        start = end
+    return slices
+
+
+def _member_info(name: str, compresslevel: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3
+    info.external_attr = 0o644 << 16
+    try:
+        info.compress_level = compresslevel  # type: ignore[attr-defined]  # Python >= 3.13
+    except AttributeError:
+        info._compresslevel = compresslevel  # type: ignore[attr-defined]
+    return info
+
+
+def _write_csv_member(
+    archive: zipfile.ZipFile, name: str, stream: TransactionStream, lo: int, hi: int, spec: ArchiveSpec
+) -> int:
+    # Unseekable output: ZIP64 must be decided up front from a generous size estimate.
+    estimate = 4096 + (hi - lo) * (1024 + stream.row_padding)
+    terminator = _LINE_ENDINGS[spec.line_ending]
+    stray = spec.csv_style == "stray_quotes"
+    written = 0
+    with archive.open(_member_info(name, spec.compresslevel), "w", force_zip64=estimate > zipfile.ZIP64_LIMIT) as out:
+        if spec.csv_bom:
+            written += out.write(_BOM)
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator=terminator, quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(TRANSACTION_FIELDS)
+        for index in range(lo, hi):
+            cells = transaction_to_csv_row(stream.transaction(index))
+            stray_text = _stray_quote_text(index) if stray else None
+            if stray_text is None:
+                writer.writerow(cells)
+            else:
+                cells[_STRAY_COLUMN] += stray_text
+                text.write(_line_with_unquoted(cells, _STRAY_COLUMN, terminator))
+            if text.tell() >= _CSV_FLUSH:
+                written += out.write(text.getvalue().encode("utf-8"))
+                text.seek(0)
+                text.truncate()
+        written += out.write(text.getvalue().encode("utf-8"))
+    return written
+
+
+def _stray_quote_text(index: int) -> str | None:
+    """The stray-quote suffix of row ``index``'s ``product_eid``, if it gets one."""
+    if index % 3 == 1:
+        return ' 5" screen'
+    if index % 7 == 2:
+        return ' 12"'
+    return None
+
+
+def _line_with_unquoted(cells: list[str], column: int, terminator: str) -> str:
+    """A CSV line quoted as ``QUOTE_MINIMAL`` except cell ``column``, written as it is."""
+    parts = [
+        cell if i == column or not _NEEDS_QUOTES.search(cell) else '"' + cell.replace('"', '""') + '"'
+        for i, cell in enumerate(cells)
+    ]
+    return ",".join(parts) + terminator
+
+
+def _write_filler(archive: zipfile.ZipFile, filler: FillerMembers) -> None:
+    block = filler.byte[:1] * _FILLER_BLOCK
+    for k in range(filler.count):
+        with archive.open(_member_info(f"filler_{k:04d}.csv", 9), "w") as out:
+            left = filler.size
+            while left > 0:
+                left -= out.write(block[: min(left, _FILLER_BLOCK)])
