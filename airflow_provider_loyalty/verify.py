@@ -1,0 +1,405 @@
+"""Re-check a landed export against its manifest: :func:`verify_manifest` and ``loyalty-verify``.
+
+Every part the manifest lists is read again, as a stream, and its stored bytes, SHA-256 and data
+rows are compared with the manifest; the export location is listed for objects the manifest does not
+list (strays). Files whose names start with ``_`` (the manifest, the in-progress checkpoint, a
+lease, staging areas) are bookkeeping and only reported as notes.
+
+Exit codes of ``loyalty-verify``: 0 intact, 1 not intact, 2 cannot check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import posixpath
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Importing Airflow may log (e.g. its configuration in unit-test mode) before any logging is set up;
+# the command's stdout is its report, so those lines go to stderr.
+with contextlib.redirect_stdout(sys.stderr):
+    from airflow_provider_loyalty.exceptions import LoyaltyError
+from airflow_provider_loyalty.verify_parts import measure_part
+from airflow_provider_loyalty.verify_storage import ObjectMissing, StorageError, Store, open_store
+
+__all__ = ["CannotVerifyError", "PartProblem", "VerifyReport", "main", "verify_manifest"]
+
+MANIFEST_NAME = "_manifest.json"
+OUTPUT_FORMATS = ("csv", "csv.gz", "parquet")
+EXIT_INTACT, EXIT_NOT_INTACT, EXIT_CANNOT_CHECK = 0, 1, 2
+#: A manifest is metadata (about 300 bytes a part): anything larger is not one.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+_SHA256_HEX = frozenset("0123456789abcdef")
+_BOOKKEEPING_MEANING = {
+    "_manifest.inprogress.json": "an export is in progress here, or one stopped before finishing (its checkpoint)",
+    "_lease.json": "an export holds this location's lease (one is writing, or one stopped without releasing it)",
+    "_staging": "parts staged by an export or a re-run that has not switched over yet",
+    "_parts": "parts of an export in progress",
+}
+
+
+class CannotVerifyError(LoyaltyError):
+    """The export cannot be checked: manifest missing, unreadable or not a manifest; access denied;
+    unknown scheme; missing bucket or connection. ``loyalty-verify`` exits 2."""
+
+
+@dataclass(frozen=True)
+class PartProblem:
+    """One reason an export is not intact.
+
+    :param kind: ``missing``, ``bytes``, ``sha256``, ``rows``, ``unreadable`` (the part does not
+        parse as its format), ``stray`` (an object the manifest does not list), ``duplicate`` (a
+        part listed twice), ``foreign`` (a part on another storage system) or ``totals``.
+    :param part: the part's key as the manifest writes it (for a stray: its name under the location).
+    :param detail: what was expected and what was found, for people.
+    :param expected: the manifest's value, when there is one.
+    :param actual: the stored value, when there is one.
+    """
+
+    kind: str
+    part: str
+    detail: str
+    expected: int | str | None = None
+    actual: int | str | None = None
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of :func:`verify_manifest`.
+
+    :param manifest: where the manifest was read (URL or local path, without credentials).
+    :param output_format: the parts' format (``csv``, ``csv.gz`` or ``parquet``).
+    :param intact: every listed part is stored as the manifest says and nothing else is there.
+    :param problems: why it is not intact, one entry per part and kind.
+    :param unchecked: what could not be checked (access denied on a part, no pyarrow for Parquet rows).
+    :param notes: bookkeeping found at the location (an export in progress, a lease ...).
+    :param parts_listed: parts the manifest lists.
+    :param parts_checked: parts read to the end.
+    :param rows: data rows counted in the parts read.
+    :param bytes: bytes of the parts read.
+    """
+
+    manifest: str
+    output_format: str
+    intact: bool = False
+    problems: list[PartProblem] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    parts_listed: int = 0
+    parts_checked: int = 0
+    rows: int = 0
+    bytes: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 intact, 1 not intact, 2 cannot check (something unchecked and nothing found wrong)."""
+        if self.problems:
+            return EXIT_NOT_INTACT
+        return EXIT_CANNOT_CHECK if self.unchecked else EXIT_INTACT
+
+    @property
+    def status(self) -> str:
+        """``intact``, ``not intact`` or ``cannot check``."""
+        return {EXIT_INTACT: "intact", EXIT_NOT_INTACT: "not intact"}.get(self.exit_code, "cannot check")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data, with ``status`` and ``exit_code``."""
+        return {"status": self.status, "exit_code": self.exit_code, **asdict(self)}
+
+    def to_text(self) -> str:
+        """One line per problem, unchecked item and note, then a summary line."""
+        lines = [f"  {problem.kind:<10} {problem.part}: {problem.detail}" for problem in self.problems]
+        lines += [f"  {'unchecked':<10} {item}" for item in self.unchecked]
+        lines += [f"  {'note':<10} {note}" for note in self.notes]
+        read = f"{self.parts_checked} of {self.parts_listed} parts read, {self.rows:,} rows, {_mib(self.bytes)}"
+        if self.problems:
+            kinds = ", ".join(f"{count} {kind}" for kind, count in Counter(p.kind for p in self.problems).items())
+            summary = f"NOT INTACT: {self.manifest}: {len(self.problems)} problem(s) ({kinds}); {read}"
+        elif self.unchecked:
+            summary = f"CANNOT CHECK: {self.manifest}: {len(self.unchecked)} item(s) unchecked; {read}"
+        else:
+            summary = f"INTACT: {self.manifest}: {read}, as the manifest says; no stray objects"
+        return "\n".join([*lines, summary])
+
+
+@dataclass(frozen=True)
+class _ListedPart:
+    index: int
+    key: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+def verify_manifest(location: Any, *, conn_id: str | None = None) -> VerifyReport:
+    """Re-read every part of a landed export and compare it with the export's manifest.
+
+    Streams every part (memory stays flat for any size), so it can run in a worker right after the
+    export. Raises :class:`CannotVerifyError` when the manifest cannot be read or is not one.
+
+    :param location: the manifest's location, or its directory / prefix (then ``_manifest.json``
+        under it): a local path, ``file://``, ``s3://bucket/prefix`` or any ``ObjectStoragePath``
+        URL; an ``ObjectStoragePath``; or an export operator's return value (its ``manifest`` and,
+        for the S3 transfer, ``bucket``).
+    :param conn_id: the connection to read with (``s3://`` defaults to ``aws_default``).
+    """
+    raw_location, conn_id = _location_of(location, conn_id)
+    try:
+        store, path = open_store(raw_location, conn_id)
+        if store.is_directory_reference(path, raw_location):
+            path = posixpath.join(path.rstrip("/"), MANIFEST_NAME)
+        document = _read_manifest(store, path)
+    except ObjectMissing as missing:
+        raise CannotVerifyError(f"no manifest: {missing}") from None
+    except StorageError as error:
+        raise CannotVerifyError(str(error)) from None
+    listed, output_format = _parse_manifest(document, store.display(path))
+    return _Verification(store, path, document, listed, output_format).run()
+
+
+def _location_of(location: Any, conn_id: str | None) -> tuple[str, str | None]:
+    if isinstance(location, Mapping):
+        where = location.get("manifest")
+        if not isinstance(where, str) or not where:
+            raise CannotVerifyError("the export result given has no 'manifest' location")
+        bucket = location.get("bucket")
+        if isinstance(bucket, str) and bucket and "://" not in where:
+            where = f"s3://{bucket}/{where.lstrip('/')}"
+        return where, conn_id
+    protocol, path = getattr(location, "protocol", None), getattr(location, "path", None)
+    if isinstance(protocol, str) and isinstance(path, str):  # an ObjectStoragePath
+        conn_id = conn_id or getattr(location, "conn_id", None)
+        return (path if protocol in ("", "file", "local") else f"{protocol}://{path}"), conn_id
+    return os.fspath(location), conn_id
+
+
+def _read_manifest(store: Store, path: str) -> Any:
+    buffer = bytearray()
+    for chunk in store.iter_chunks(path):
+        buffer += chunk
+        if len(buffer) > MAX_MANIFEST_BYTES:
+            raise CannotVerifyError(f"{store.display(path)} is larger than {_mib(MAX_MANIFEST_BYTES)}: not a manifest")
+    try:
+        return json.loads(bytes(buffer))
+    except (ValueError, RecursionError):
+        raise CannotVerifyError(f"{store.display(path)} is not JSON: not a manifest") from None
+
+
+def _parse_manifest(document: Any, where: str) -> tuple[list[_ListedPart], str]:
+    def refuse(reason: str) -> CannotVerifyError:
+        return CannotVerifyError(f"{where} is not a manifest: {reason}")
+
+    if not isinstance(document, dict):
+        raise refuse(f"a JSON {type(document).__name__} instead of an object")
+    if "format_version" not in document:
+        raise refuse("no format_version")
+    if document["format_version"] != 1 or isinstance(document["format_version"], bool):
+        raise CannotVerifyError(f"{where}: format_version {document['format_version']!r} is not supported (1 is)")
+    output_format = document.get("output_format") or "csv"
+    if output_format not in OUTPUT_FORMATS:
+        raise refuse(f"output_format {output_format!r}, expected one of {', '.join(OUTPUT_FORMATS)}")
+    parts = document.get("parts")
+    if not isinstance(parts, list):
+        raise refuse("parts is missing or not a list")
+    listed = []
+    for index, part in enumerate(parts):
+        if not isinstance(part, dict):
+            raise refuse(f"parts[{index}] is not an object")
+        key, sha256 = part.get("key"), part.get("sha256")
+        if not isinstance(key, str) or not key:
+            raise refuse(f"parts[{index}].key is missing or not a string")
+        if not isinstance(sha256, str) or len(sha256) != 64 or not set(sha256.lower()) <= _SHA256_HEX:
+            raise refuse(f"parts[{index}].sha256 is not a hex SHA-256")
+        counts = [part.get(name) for name in ("rows", "bytes")]
+        for name, value in zip(("rows", "bytes"), counts, strict=True):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise refuse(f"parts[{index}].{name} is {value!r}, expected a whole number >= 0")
+        listed.append(_ListedPart(index, key, int(part["rows"]), int(part["bytes"]), sha256.lower()))
+    return listed, output_format
+
+
+class _Verification:
+    """One run of the checks over one manifest; collects the report."""
+
+    def __init__(
+        self, store: Store, manifest_path: str, document: dict[str, Any], listed: list[_ListedPart], fmt: str
+    ) -> None:
+        self.store, self.manifest_path, self.document, self.listed = store, manifest_path, document, listed
+        self.directory = posixpath.dirname(manifest_path)
+        self.report = VerifyReport(manifest=store.display(manifest_path), output_format=fmt, parts_listed=len(listed))
+        self.recorded_directory = self._recorded_directory()
+
+    def run(self) -> VerifyReport:
+        seen: dict[str, int] = {}
+        for part in self.listed:
+            path = self._resolve(part.key)
+            if path is None:
+                self._problem("foreign", part.key, f"not on the manifest's storage ({self.report.manifest})")
+            elif path in seen:
+                self._problem("duplicate", part.key, f"listed twice: parts[{seen[path]}] and parts[{part.index}]")
+            else:
+                seen[path] = part.index
+                self._check_part(part, path)
+        self._check_totals()
+        self._look_for_strays(set(seen))
+        self.report.intact = not self.report.problems and not self.report.unchecked
+        return self.report
+
+    def _recorded_directory(self) -> str | None:
+        """The directory the manifest says it was written to, when it was read somewhere else."""
+        recorded = self.document.get("manifest")
+        if not isinstance(recorded, str) or "/" not in recorded:
+            return None
+        if "://" in recorded or self.store.keys_are_bucket_keys:
+            if self._resolve_plainly(recorded) == self.manifest_path:
+                return None
+            self.report.notes.append(f"the manifest records its location as {recorded}: parts are read beside it here")
+        return recorded.rsplit("/", 1)[0]
+
+    def _resolve(self, key: str) -> str | None:
+        recorded = self.recorded_directory
+        if recorded is not None and key.startswith(recorded + "/"):
+            return posixpath.join(self.directory, key[len(recorded) + 1 :])
+        return self._resolve_plainly(key)
+
+    def _resolve_plainly(self, key: str) -> str | None:
+        if "://" not in key:
+            return self.store.path_of_bare_key(key, self.manifest_path)
+        if key.split("://", 1)[0].lower() not in self.store.schemes:
+            return None
+        return self.store.path_of_url(key)
+
+    def _problem(self, kind: str, part: str, detail: str, expected: Any = None, actual: Any = None) -> None:
+        self.report.problems.append(PartProblem(kind, part, detail, expected, actual))
+
+    def _check_part(self, part: _ListedPart, path: str) -> None:
+        try:
+            measured = measure_part(self.store, path, self.report.output_format)
+        except ObjectMissing:
+            self._problem("missing", part.key, f"listed in the manifest, not found at {self.store.display(path)}")
+            return
+        except StorageError as error:
+            self.report.unchecked.append(f"{part.key}: {error}")
+            return
+        if measured.rows_unchecked is not None and measured.rows_unchecked not in self.report.unchecked:
+            self.report.unchecked.append(measured.rows_unchecked)
+        self.report.parts_checked += 1
+        self.report.bytes += measured.bytes
+        self.report.rows += measured.rows or 0
+        if measured.bytes != part.bytes:
+            detail = f"{measured.bytes:,} bytes stored, the manifest says {part.bytes:,}"
+            self._problem("bytes", part.key, detail, part.bytes, measured.bytes)
+        if measured.sha256 != part.sha256:
+            detail = f"sha256 {measured.sha256[:12]}… stored, the manifest says {part.sha256[:12]}…"
+            self._problem("sha256", part.key, detail, part.sha256, measured.sha256)
+        if measured.unreadable is not None:
+            self._problem(
+                "unreadable", part.key, f"not a valid {self.report.output_format} part: {measured.unreadable}"
+            )
+        elif measured.rows is not None and measured.rows != part.rows:
+            detail = f"{measured.rows:,} data rows stored, the manifest says {part.rows:,}"
+            self._problem("rows", part.key, detail, part.rows, measured.rows)
+
+    def _check_totals(self) -> None:
+        for total, name in (
+            (sum(p.rows for p in self.listed), "total_rows"),
+            (sum(p.bytes for p in self.listed), "total_bytes"),
+        ):
+            claimed = self.document.get(name)
+            if claimed is not None and claimed != total:
+                self._problem(
+                    "totals", name, f"the manifest says {claimed!r}, its parts add up to {total:,}", claimed, total
+                )
+
+    def _look_for_strays(self, listed: set[str]) -> None:
+        listed_stems = {
+            posixpath.basename(p).split(".", 1)[0] for p in listed if posixpath.dirname(p) == self.directory
+        }
+        bookkeeping: Counter[str] = Counter()
+        folders: set[str] = set()
+        archives = 0
+        try:
+            for path in self.store.list_paths(self.directory):
+                if path == self.manifest_path or path in listed:
+                    continue
+                name = path[len(self.directory) + 1 :] if path.startswith(self.directory + "/") else path
+                top = name.split("/", 1)[0]
+                if top.startswith("_"):
+                    bookkeeping[top] += 1
+                    if "/" in name:
+                        folders.add(top)
+                elif "/" not in name and name.endswith(".zip") and name[: -len(".zip")] in listed_stems:
+                    archives += 1
+                else:
+                    self._problem("stray", name, f"not listed in the manifest: {self.store.display(path)}")
+        except StorageError as error:
+            self.report.unchecked.append(f"objects not listed in the manifest cannot be looked for: {error}")
+        for top, count in sorted(bookkeeping.items()):
+            what = f"{top}/ ({count} object(s))" if top in folders else top
+            self.report.notes.append(f"{what}: {_BOOKKEEPING_MEANING.get(top, 'bookkeeping, not a part')}")
+        if archives:
+            self.report.notes.append(f"{archives} part-NNNNN.zip archive(s) kept as downloaded (keep_zip), not parts")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB"
+
+
+def _quiet_airflow_logs() -> None:
+    """Airflow and the AWS hooks log to stdout; the command's stdout is its report (--json)."""
+    try:
+        from airflow.sdk.log import configure_logging
+
+        configure_logging(log_level="ERROR", output=sys.stderr, colored_console_log=False)
+    except (ImportError, TypeError):  # older Airflow: its stdlib loggers only
+        import logging
+
+        logging.getLogger("airflow").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``loyalty-verify <location> [--aws-conn-id ID | --conn-id ID] [--json]``; returns the exit code.
+
+    :param argv: the arguments (``sys.argv[1:]`` when ``None``).
+    """
+    parser = argparse.ArgumentParser(
+        prog="loyalty-verify",
+        description="Re-check a landed loyalty export against its manifest. "
+        "Exit 0 intact, 1 not intact, 2 cannot check.",
+    )
+    parser.add_argument(
+        "location", help="the manifest, or the export's directory / prefix (local, file://, s3://, ...)"
+    )
+    connection = parser.add_mutually_exclusive_group()
+    connection.add_argument(
+        "--aws-conn-id", dest="conn_id", metavar="ID", help="AWS connection for s3:// (default aws_default)"
+    )
+    connection.add_argument("--conn-id", dest="conn_id", metavar="ID", help="Airflow connection of the object store")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    _quiet_airflow_logs()
+    try:
+        report = verify_manifest(args.location, conn_id=args.conn_id)
+    except CannotVerifyError as error:
+        return _cannot_check(str(error), as_json=args.json)
+    except Exception as error:
+        return _cannot_check(f"unexpected {type(error).__name__}: {error}", as_json=args.json)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    return report.exit_code
+
+
+def _cannot_check(message: str, *, as_json: bool) -> int:
+    print(f"loyalty-verify: cannot check: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"status": "cannot check", "exit_code": EXIT_CANNOT_CHECK, "error": message}))
+    return EXIT_CANNOT_CHECK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
