@@ -15,9 +15,6 @@ are ``\n``), booleans ``true``/``false`` and ``custom_json`` as a JSON string. T
 
 from __future__ import annotations
 
-import csv
-import io
-import re
 import zipfile
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,13 +22,12 @@ from typing import Protocol
 from airflow_provider_loyalty.testing.config import EmulatorConfig
 from airflow_provider_loyalty.testing.data import TRANSACTION_FIELDS, TransactionStream, transaction_to_csv_row
 
-__all__ = ["ArchiveSpec", "BatchRows", "FillerMembers", "ZipSink", "member_names", "write_export_zip"]
+__all__ = ["ArchiveSpec", "BatchRows", "FillerMembers", "ZipSink", "csv_line", "member_names", "write_export_zip"]
 
 _ZIP_DATE = (2023, 10, 1, 0, 0, 0)
-_CSV_FLUSH = 256 * 1024
+_CSV_FLUSH = 256 * 1024  # characters buffered before they are written to the zip member
 _BOM = b"\xef\xbb\xbf"
 _LINE_ENDINGS = {"crlf": "\r\n", "lf": "\n"}
-_NEEDS_QUOTES = re.compile(r'[",\r\n]')
 _STRAY_COLUMN = TRANSACTION_FIELDS.index("product_eid")
 _FILLER_BLOCK = 64 * 1024
 
@@ -199,22 +195,23 @@ def _write_csv_member(
     with archive.open(_member_info(name, spec.compresslevel), "w", force_zip64=estimate > zipfile.ZIP64_LIMIT) as out:
         if spec.csv_bom:
             written += out.write(_BOM)
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator=terminator, quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(TRANSACTION_FIELDS)
+        lines = [csv_line(list(TRANSACTION_FIELDS), terminator)]
+        size = 0
         for index in range(lo, hi):
             cells = transaction_to_csv_row(stream.transaction(index))
             stray_text = _stray_quote_text(index) if stray else None
             if stray_text is None:
-                writer.writerow(cells)
+                line = csv_line(cells, terminator)
             else:
                 cells[_STRAY_COLUMN] += stray_text
-                text.write(_line_with_unquoted(cells, _STRAY_COLUMN, terminator))
-            if text.tell() >= _CSV_FLUSH:
-                written += out.write(text.getvalue().encode("utf-8"))
-                text.seek(0)
-                text.truncate()
-        written += out.write(text.getvalue().encode("utf-8"))
+                line = csv_line(cells, terminator, unquoted=_STRAY_COLUMN)
+            lines.append(line)
+            size += len(line)
+            if size >= _CSV_FLUSH:
+                written += out.write("".join(lines).encode("utf-8"))
+                lines.clear()
+                size = 0
+        written += out.write("".join(lines).encode("utf-8"))
     return written
 
 
@@ -227,12 +224,22 @@ def _stray_quote_text(index: int) -> str | None:
     return None
 
 
-def _line_with_unquoted(cells: list[str], column: int, terminator: str) -> str:
-    """A CSV line quoted as ``QUOTE_MINIMAL`` except cell ``column``, written as it is."""
-    parts = [
-        cell if i == column or not _NEEDS_QUOTES.search(cell) else '"' + cell.replace('"', '""') + '"'
-        for i, cell in enumerate(cells)
-    ]
+def csv_line(cells: list[str], terminator: str, unquoted: int | None = None) -> str:
+    r"""One CSV record as ``csv.writer`` writes it with ``QUOTE_MINIMAL`` (excel dialect).
+
+    A cell holding ``"``, ``,``, ``\r`` or ``\n`` is quoted, its quotes doubled. Byte-identical to
+    ``csv.writer`` for records of two or more cells (with a ``\n`` terminator ``csv.writer`` leaves a
+    lone ``\r`` unquoted; this quotes it), and several times faster on long cells.
+
+    :param cells: the cells.
+    :param terminator: the line ending.
+    :param unquoted: a cell index written as it is, never quoted (for stray quotes).
+    """
+    parts = []
+    for i, cell in enumerate(cells):
+        if i != unquoted and ('"' in cell or "," in cell or "\n" in cell or "\r" in cell):
+            cell = '"' + cell.replace('"', '""') + '"'
+        parts.append(cell)
     return ",".join(parts) + terminator
 
 

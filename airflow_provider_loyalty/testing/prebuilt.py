@@ -82,6 +82,12 @@ class PrebuiltFiles:
         self._executor: ThreadPoolExecutor | None = None
         self._cancelled = threading.Event()
 
+    @property
+    def directory(self) -> Path | None:
+        """The temporary directory of the current files (``None`` until a build starts)."""
+        with self._lock:
+            return self._directory
+
     def submit(self, name: str, build: Callable[[ZipSink], int]) -> Future[PrebuiltFile]:
         """Start building file ``name``; ``build(sink)`` writes the zip and returns its CSV bytes.
 

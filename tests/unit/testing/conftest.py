@@ -1,4 +1,4 @@
-"""Helpers for the emulator tests: a tiny real HTTP client of the seed API (``requests``)."""
+"""Helpers for the emulator tests: a tiny real HTTP client of the loyalty API (``requests``)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ EXPORT_PARAMS: dict[str, Any] = {"loyalty_program_id": 123, "points_currency_eid
 
 
 def to_xml(params: dict[str, Any]) -> bytes:
-    """Encode a flat request dict as the seed's ``<xml>`` body."""
+    """Encode a flat request dict as the API's ``<xml>`` body."""
     parts = []
     for key, value in params.items():
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
@@ -51,6 +51,18 @@ def xml_to_obj(element: Any) -> Any:
 def download_path(hashed_file: str) -> str:
     """Percent-encode each segment of a hashed_file, as the provider does."""
     return "/api/download/" + "/".join(quote(segment, safe="") for segment in hashed_file.split("/"))
+
+
+def zip_members(content: bytes) -> list[tuple[str, bytes]]:
+    """Return (name, bytes) of every member of a zip, in order, after a CRC check."""
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        assert archive.testzip() is None
+        return [(name, archive.read(name)) for name in archive.namelist()]
+
+
+def csv_rows(data: bytes) -> list[list[str]]:
+    """Every record of a CSV member (header included), as ``csv.reader`` reads it."""
+    return list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
 
 
 def read_csv_from_zip(content: bytes) -> tuple[list[str], list[list[str]], str]:
@@ -74,6 +86,8 @@ class Client:
     to_xml = staticmethod(to_xml)
     download_path = staticmethod(download_path)
     read_csv_from_zip = staticmethod(read_csv_from_zip)
+    zip_members = staticmethod(zip_members)
+    csv_rows = staticmethod(csv_rows)
 
     def __init__(self, emulator: LoyaltyEmulator, fmt: str = "json") -> None:
         self.emulator = emulator

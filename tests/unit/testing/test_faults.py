@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import time
+import zipfile
 from typing import Any
 
 import pytest
@@ -263,3 +265,118 @@ def test_reset_is_a_tcp_rst(emulator: LoyaltyEmulator) -> None:
         with pytest.raises(ConnectionResetError):
             while sock.recv(65536):
                 pass
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"endpoint": "download", "kind": "short_batch", "params": {"downloads": 0}},
+        {"endpoint": "download", "kind": "zip_bomb_members", "params": {"members": "64"}},
+        {"endpoint": "download", "kind": "zip_bomb_members", "params": {"byte": "00"}},
+        {"endpoint": "download", "kind": "download_gone", "params": {"format": "yaml"}},
+        {"endpoint": "download", "kind": "download_error_envelope", "params": {"http_status": True}},
+    ],
+)
+def test_download_kind_params_are_validated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"FaultRule\.params"):
+        FaultRule.from_dict(bad)
+
+
+def test_failed_task_error_fields_are_xml_text(emulator: LoyaltyEmulator, client_factory: Any) -> None:
+    c = client_factory(emulator, "xml")
+    task_id = c.export()
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "Disk full"})])
+    raw = c.post(c.STATUS, {"task_id": task_id}).content
+    assert b"<status>failed</status>" in raw
+    assert b"<error_text>Disk full</error_text>" in raw
+    assert b"<message>Disk full</message>" in raw
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "accept"),
+    [({}, 404, "json"), ({"http_status": 200, "format": "xml"}, 200, "xml"), ({"http_status": 410}, 410, "json")],
+)
+def test_download_gone(
+    emulator: LoyaltyEmulator, json_client: Any, params: dict[str, Any], status: int, accept: str
+) -> None:
+    hashed = json_client.wait(json_client.export())["result"]["hashed_file"]
+    emulator.set_faults([FaultRule(endpoint="download", kind="download_gone", count=1, params=params)])
+    response = json_client.download(hashed)
+    assert response.status_code == status
+    assert response.headers["Content-Type"].startswith(f"application/{accept}")
+    if accept == "json":
+        assert response.json() == {"error": 1008, "error_text": "File expired"}
+    else:
+        assert b"<error>1008</error>" in response.content
+        assert b"<error_text>File expired</error_text>" in response.content
+    assert json_client.download(hashed).status_code == 200  # one request only, unlike expire_files()
+    assert emulator.stats()["faults_applied"] == {"download_gone": 1}
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_download_error_envelope(emulator: LoyaltyEmulator, json_client: Any, fmt: str) -> None:
+    hashed = json_client.wait(json_client.export())["result"]["hashed_file"]
+    rule = FaultRule(
+        endpoint="download",
+        kind="download_error_envelope",
+        count=1,
+        params={"code": 4001, "text": "Export file is being regenerated", "format": fmt},
+    )
+    emulator.set_faults([rule])
+    response = json_client.download(hashed)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith(f"application/{fmt}")
+    if fmt == "json":
+        assert response.json() == {"error": 4001, "error_text": "Export file is being regenerated"}
+    else:
+        assert response.content.startswith(b"<xml>")
+        assert b"<error>4001</error><error_text>Export file is being regenerated</error_text>" in response.content
+    assert not response.content.startswith(b"PK")
+    assert json_client.download(hashed).content.startswith(b"PK")
+    assert emulator.stats()["faults_applied"] == {"download_error_envelope": 1}
+
+
+def test_short_batch_once_per_batch(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    emulator.set_faults([FaultRule(endpoint="download", kind="short_batch")])
+    first = json_client.wait(json_client.export())["result"]
+
+    def rows(result: dict[str, Any]) -> list[list[str]]:
+        return list(json_client.read_csv_from_zip(json_client.download(result["hashed_file"]).content)[1])
+
+    short = rows(first)
+    assert len(short) == first["total"] - 1 == 999  # verification must fail
+    full = rows(first)
+    assert len(full) == 1000  # the same task downloaded again is complete
+    assert [r[0] for r in short] == [r[0] for r in full[:-1]]
+    again = json_client.wait(json_client.export())["result"]  # re-created from the same (absent) cursor
+    assert len(rows(again)) == 1000
+    second = json_client.wait(json_client.export(from_id=first["next_from_id"]))["result"]
+    assert len(rows(second)) == 999  # another batch: its own first download is short
+    assert emulator.stats()["faults_applied"] == {"short_batch": 2}
+
+
+def test_short_batch_downloads_param(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    emulator.set_faults([FaultRule(endpoint="download", kind="short_batch", params={"downloads": 2})])
+    hashed = json_client.wait(json_client.export())["result"]["hashed_file"]
+    counts = [len(json_client.read_csv_from_zip(json_client.download(hashed).content)[1]) for _ in range(3)]
+    assert counts == [999, 999, 1000]
+
+
+def test_zip_bomb_members(emulator: LoyaltyEmulator, json_client: Any) -> None:
+    hashed = json_client.wait(json_client.export())["result"]["hashed_file"]
+    emulator.set_faults([FaultRule(endpoint="download", kind="zip_bomb_members", count=1, params={"members": 20})])
+    content = json_client.download(hashed).content
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        infos = archive.infolist()
+        assert archive.testzip() is None
+    csv_member, *filler = infos
+    assert csv_member.filename.endswith(".csv")
+    assert len(filler) == 20
+    for info in filler:
+        assert info.file_size == 1_048_000 < 1 << 20  # each just under 1 MiB
+        assert info.file_size / info.compress_size > 900
+    assert len(content) < 200_000  # 20 MiB unpacked
+    normal = json_client.download(hashed).content
+    with zipfile.ZipFile(io.BytesIO(normal)) as archive:
+        assert len(archive.namelist()) == 1
+    assert emulator.stats()["faults_applied"] == {"zip_bomb_members": 1}

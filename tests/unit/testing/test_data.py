@@ -14,6 +14,7 @@ from airflow_provider_loyalty.testing.data import (
     index_from_transaction_id,
     member_stream,
     parse_rfc3339,
+    parse_timeline,
     program_stream,
     transaction_to_csv_row,
 )
@@ -21,7 +22,7 @@ from airflow_provider_loyalty.testing.data import (
 START, END = "2023-09-01T00:00:00Z", "2023-09-30T23:59:59Z"
 
 
-def test_fields_follow_seed_001() -> None:
+def test_fields_follow_the_account_transactions_endpoint() -> None:
     assert TRANSACTION_FIELDS[0] == "transaction_id"
     assert TRANSACTION_FIELDS[-1] == "canceled"
     assert len(TRANSACTION_FIELDS) == 21
@@ -101,3 +102,43 @@ def test_parse_rfc3339_rejects(bad: str) -> None:
 def test_parse_rfc3339_accepts_offsets_and_fractions() -> None:
     assert parse_rfc3339("2023-09-01T02:00:00+02:00") == parse_rfc3339(START)
     assert parse_rfc3339("2023-09-01T00:00:00.123456789Z") - parse_rfc3339(START) == pytest.approx(0.123456, abs=1e-6)
+
+
+def test_timeline_sets_created_at_and_keeps_ids() -> None:
+    timeline = ["2023-09-30T12:00:00Z", "2023-09-30T12:00:00Z", "2023-10-02T00:00:00Z"]
+    pinned = program_stream(0, 3, START, END, created_at_timeline=timeline)
+    spread = program_stream(0, 3, START, END)
+    assert [pinned.transaction(i)["created_at"] for i in range(3)] == timeline
+    assert [pinned.transaction_id(i) for i in range(3)] == [spread.transaction_id(i) for i in range(3)]
+    assert pinned.index_range(parse_rfc3339("2023-09-30T12:00:00Z"), parse_rfc3339("2023-10-01T00:00:00Z")) == (0, 2)
+
+
+@pytest.mark.parametrize(
+    ("timeline", "message"),
+    [
+        (["2023-09-02T00:00:00Z", "2023-09-01T00:00:00Z"], "entry 1: .* non-decreasing"),
+        (["2023-09-01T00:00:00.1Z"], "entry 0: .*whole seconds"),
+        (["2023-09-01"], "RFC3339"),
+    ],
+)
+def test_parse_timeline_rejects(timeline: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_timeline(timeline)
+
+
+def test_stream_checks_timeline_length() -> None:
+    with pytest.raises(ValueError, match="2 entries for 3 transactions"):
+        program_stream(0, 3, START, END, created_at_timeline=[START, END])
+
+
+@pytest.mark.parametrize(
+    ("stamp", "text"),
+    [
+        (1693526400, START),
+        (1693526400.0, START),
+        (1693526400.25, "2023-09-01T00:00:00.25Z"),
+        (1693526399.9999996, START),
+    ],
+)
+def test_format_rfc3339(stamp: float, text: str) -> None:
+    assert format_rfc3339(stamp) == text
