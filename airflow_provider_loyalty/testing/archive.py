@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from airflow_provider_loyalty.testing.config import EmulatorConfig
-from airflow_provider_loyalty.testing.data import TRANSACTION_FIELDS, TransactionStream, transaction_to_csv_row
+from airflow_provider_loyalty.testing.data import (
+    TRANSACTION_FIELDS,
+    TransactionStream,
+    csv_header,
+    transaction_to_csv_row,
+)
 
 __all__ = ["ArchiveSpec", "BatchRows", "FillerMembers", "ZipSink", "csv_line", "member_names", "write_export_zip"]
 
@@ -195,7 +200,7 @@ def _write_csv_member(
     with archive.open(_member_info(name, spec.compresslevel), "w", force_zip64=estimate > zipfile.ZIP64_LIMIT) as out:
         if spec.csv_bom:
             written += out.write(_BOM)
-        lines = [csv_line(list(TRANSACTION_FIELDS), terminator)]
+        lines = [csv_header(terminator)]
         size = 0
         for index in range(lo, hi):
             cells = transaction_to_csv_row(stream.transaction(index))

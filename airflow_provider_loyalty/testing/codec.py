@@ -1,4 +1,4 @@
-"""JSON and XML bodies of the loyalty API, as the seed shows them.
+"""JSON and XML bodies of the loyalty API, as its documentation shows them.
 
 XML documents have an ``<xml>`` root; scalars are child elements with text, nested dicts are child
 elements with children, lists are repeated child elements (``<data><transaction>...</transaction></data>``,

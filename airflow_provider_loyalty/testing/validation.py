@@ -9,7 +9,8 @@ numbers (not strings, floats or booleans), XML integers digit text; ``from_id`` 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from airflow_provider_loyalty.testing.config import EmulatorConfig
 from airflow_provider_loyalty.testing.data import parse_rfc3339
@@ -19,6 +20,7 @@ __all__ = ["RequestParams", "check_program_and_currency", "parse_from_id", "pars
 
 _UUID_RE = re.compile(r"^[0-9A-Za-z]{8}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{4}-[0-9A-Za-z]{12}$")
 _INT_TEXT_RE = re.compile(r"^[+-]?\d+$")
+_T = TypeVar("_T")
 
 
 class RequestParams:
@@ -41,21 +43,13 @@ class RequestParams:
         return value is not None and value != ""
 
     def get_int(self, name: str, required: bool) -> int | None:
-        """Return an integer parameter.
+        """Return an integer parameter (XML: digit text; JSON: a number, not a float or boolean).
 
         :param name: parameter name.
         :param required: raise when absent.
         :raises ApiError: (1001) when absent but required, or not an integer.
         """
-        if not self._check_present(name, required):
-            return None
-        value = self.body[name]
-        if self.is_xml:
-            if isinstance(value, str) and _INT_TEXT_RE.match(value):
-                return int(value)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise invalid(name, f"expected int, got {describe(value)}")
+        return self._get(name, required, self._as_int, "int")
 
     def get_str(self, name: str, required: bool) -> str | None:
         """Return a string parameter.
@@ -64,12 +58,7 @@ class RequestParams:
         :param required: raise when absent.
         :raises ApiError: (1001) when absent but required, or not a string.
         """
-        if not self._check_present(name, required):
-            return None
-        value = self.body[name]
-        if not isinstance(value, str):
-            raise invalid(name, f"expected string, got {describe(value)}")
-        return value
+        return self._get(name, required, _as_str, "string")
 
     def get_str_or_int(self, name: str, required: bool) -> str | None:
         """Return a parameter that may be a string or an integer, as text.
@@ -78,21 +67,33 @@ class RequestParams:
         :param required: raise when absent.
         :raises ApiError: (1001) when absent but required, or of another type.
         """
-        if not self._check_present(name, required):
+        return self._get(name, required, _as_str_or_int, "string or int")
+
+    def _get(self, name: str, required: bool, convert: Callable[[Any], _T | None], expected: str) -> _T | None:
+        if not self.present(name):
+            if required:
+                raise invalid(name, "required")
             return None
         value = self.body[name]
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise invalid(name, f"expected string or int, got {describe(value)}")
-        return value
+        converted = convert(value)
+        if converted is None:
+            raise invalid(name, f"expected {expected}, got {describe(value)}")
+        return converted
 
-    def _check_present(self, name: str, required: bool) -> bool:
-        if self.present(name):
-            return True
-        if required:
-            raise invalid(name, "required")
-        return False
+    def _as_int(self, value: Any) -> int | None:
+        if self.is_xml:
+            return int(value) if isinstance(value, str) and _INT_TEXT_RE.match(value) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _as_str_or_int(value: Any) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _as_str(value)
 
 
 def describe(value: Any) -> str:

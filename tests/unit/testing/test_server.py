@@ -1,0 +1,43 @@
+"""LoyaltyEmulator: lifecycle, and its independence from the provider it checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
+
+
+def test_stop_closes_keepalive_connections() -> None:
+    emulator = LoyaltyEmulator(EmulatorConfig(transactions=10)).start()
+    session = requests.Session()
+    session.get(emulator.url + "/_emulator/health", timeout=5)
+    assert emulator.stats()["open_connections"] == 1
+    started = time.monotonic()
+    emulator.stop()
+    assert time.monotonic() - started < 3
+    with pytest.raises(requests.ConnectionError):
+        session.get(emulator.url + "/_emulator/health", timeout=5)
+    emulator.stop()  # idempotent
+
+
+def test_imports_nothing_from_the_provider() -> None:
+    code = (
+        "import sys, airflow_provider_loyalty.testing as t\n"
+        "with t.LoyaltyEmulator(t.EmulatorConfig(transactions=1)): pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('airflow_provider_loyalty')"
+        " and not m.startswith('airflow_provider_loyalty.testing')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "['airflow_provider_loyalty']"  # the package root (its version) only
+
+
+def test_config_can_be_replaced_while_running(emulator: LoyaltyEmulator) -> None:
+    emulator.config = EmulatorConfig(transactions=7, task_duration=0)
+    assert emulator.api.config is emulator.config
+    assert emulator.expected_ids() == emulator.expected_ids(None, None)
+    assert len(emulator.expected_ids()) == 7
