@@ -68,6 +68,9 @@ class PartProblem:
     expected: int | str | None = None
     actual: int | str | None = None
 
+    def __str__(self) -> str:
+        return f"{self.kind} {self.part}: {self.detail}"
+
 
 @dataclass
 class VerifyReport:
@@ -348,7 +351,7 @@ class _Verification:
 
 
 def _mib(size: int) -> str:
-    return f"{size / 2**20:,.1f} MiB"
+    return f"{size:,} bytes" if size < 2**20 else f"{size / 2**20:,.1f} MiB"
 
 
 def _quiet_airflow_logs() -> None:

@@ -119,6 +119,8 @@ class LocalStore(Store):
         return self._open(path)
 
     def _open(self, path: str) -> BinaryIO:
+        if os.path.exists(path) and not os.path.isfile(path):  # a device or FIFO named by a manifest: never read
+            raise ObjectMissing(f"{path} is not a regular file")
         try:
             return open(path, "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):

@@ -288,6 +288,26 @@ def test_blank_lines_are_not_rows(tmp_path: Path) -> None:
     assert verify_manifest(tmp_path).intact
 
 
+def test_hostile_part_keys_are_problems_not_reads(tmp_path: Path) -> None:
+    manifest = land_local(tmp_path, parts=1)
+    listed = manifest["parts"][0]
+    manifest["parts"] += [
+        dict(listed),  # the same part twice
+        {**listed, "key": "s3://elsewhere/part-00000.csv"},  # another storage system than the manifest's
+        {**listed, "key": "file:///dev/zero"},  # endless: must not be read
+    ]
+    (tmp_path / "_manifest.json").write_text(json.dumps(manifest))
+
+    report = verify_manifest(tmp_path)
+
+    assert [(problem.kind, problem.part) for problem in report.problems if problem.kind != "totals"] == [
+        ("duplicate", listed["key"]),
+        ("foreign", "s3://elsewhere/part-00000.csv"),
+        ("missing", "file:///dev/zero"),
+    ]
+    assert report.parts_checked == 1
+
+
 def test_a_moved_export_is_read_where_its_manifest_is(tmp_path: Path) -> None:
     manifest = land_local(tmp_path / "landed")
     manifest["manifest"] = f"file://{tmp_path}/landed/_manifest.json"
@@ -605,3 +625,54 @@ def test_memory_stays_flat_verifying_a_200_mib_part(tmp_path: Path) -> None:
     assert report.intact, report.problems
     assert report.bytes == size and report.rows == blocks * rows_per_block
     assert peak - baseline < 64 * 2**20, f"RSS grew by {(peak - baseline) / 2**20:.1f} MiB"
+
+
+# --- the documented DAG example (docs/verify.rst includes it from here) ------------------------------
+
+
+def build_verified_export_dag():
+    # [START howto_verify_task]
+    from airflow.sdk import DAG, task
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
+    from airflow_provider_loyalty.verify import verify_manifest
+
+    @task(retries=2)
+    def verify_export(export: dict) -> dict:
+        """Fail the run unless the landed export is exactly what its manifest lists."""
+        report = verify_manifest(export)  # the export's XCom names its manifest (and bucket)
+        print(report.to_text())
+        if report.problems:  # a part missing, altered or unlisted: no retry can fix that
+            raise AirflowFailException(report.to_text())
+        if report.unchecked:  # e.g. access denied on a part: worth a retry
+            raise RuntimeError(report.to_text())
+        return {"manifest": report.manifest, "rows": report.rows, "bytes": report.bytes}
+
+    with DAG("loyalty_export_verified", schedule=None) as dag:
+        export = LoyaltyTransactionsToS3Operator(
+            task_id="export",
+            loyalty_program_id=123,
+            points_currency_eid="bonus_points",
+            s3_bucket="compliance",
+            s3_key_prefix="loyalty/{{ data_interval_start | ds }}",
+        )
+        verify_export(export.output)
+    # [END howto_verify_task]
+    return dag
+
+
+def test_documented_verify_task_fails_the_run_unless_intact(s3_bucket: str, s3_client) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    dag = build_verified_export_dag()
+    verify_task = dag.get_task("verify_export")
+    assert verify_task.upstream_task_ids == {"export"}
+    land_s3(s3_client, s3_bucket, "loyalty/2023-09-01")
+    xcom = {"manifest": "loyalty/2023-09-01/_manifest.json", "bucket": s3_bucket}  # as the S3 transfer returns it
+
+    assert verify_task.python_callable(xcom)["rows"] == 123
+
+    s3_client.put_object(Bucket=s3_bucket, Key="loyalty/2023-09-01/part-00003.csv", Body=HEADER.encode())
+    with pytest.raises(AirflowFailException, match=r"stray +part-00003\.csv"):
+        verify_task.python_callable(xcom)
