@@ -129,7 +129,7 @@ def test_https(tmp_path: Path) -> None:
 def test_max_concurrent_requests_answers_429(emulator_factory: Any, client_factory: Any) -> None:
     emulator = emulator_factory(transactions=10, max_concurrent_requests=2, concurrency_retry_after=0.5)
     task_id = client_factory(emulator).export()
-    emulator.set_faults([FaultRule(endpoint="status", kind="slow", params={"seconds": 1.0})])
+    emulator.set_faults([FaultRule(endpoint="status", kind="slow", params={"seconds": 2.0})])  # all six overlap
     callers = 6
     barrier = threading.Barrier(callers)
 
