@@ -369,7 +369,10 @@ def _quiet_airflow_logs() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``loyalty-verify <location> [--aws-conn-id ID | --conn-id ID] [--json]``; returns the exit code.
 
-    :param argv: the arguments (``sys.argv[1:]`` when ``None``).
+    :param argv: the arguments. ``None`` means the program itself runs (console script,
+        ``python -m``): it reads ``sys.argv[1:]`` and, owning the process, keeps Airflow's log lines
+        below ERROR out of the way. Called with arguments (tests, other programs), it leaves the
+        process's logging set-up alone.
     """
     parser = argparse.ArgumentParser(
         prog="loyalty-verify",
@@ -386,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     connection.add_argument("--conn-id", dest="conn_id", metavar="ID", help="Airflow connection of the object store")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    _quiet_airflow_logs()
+    if argv is None:
+        _quiet_airflow_logs()
     try:
         report = verify_manifest(args.location, conn_id=args.conn_id)
     except CannotVerifyError as error:

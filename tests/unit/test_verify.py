@@ -356,7 +356,7 @@ def test_parquet_rows_without_pyarrow_cannot_be_checked(tmp_path: Path) -> None:
     (tmp_path / "_manifest.json").write_text(json.dumps(manifest_for([("part-00000.parquet", body, 10)], "parquet")))
     no_pyarrow = (
         "import sys; sys.modules['pyarrow'] = None; sys.modules['pyarrow.parquet'] = None\n"
-        "from airflow_provider_loyalty.verify import main; sys.exit(main(sys.argv[1:]))"
+        "from airflow_provider_loyalty.verify import main; sys.exit(main())"
     )
     result = run_cli(str(tmp_path), "--json", code=no_pyarrow)
     assert result.returncode == 2, result.stderr
