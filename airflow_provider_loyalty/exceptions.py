@@ -3,18 +3,26 @@
 Every error is an :class:`~airflow.exceptions.AirflowException`, so Airflow fails (or retries) the
 task with a readable message. Messages say what was expected, what arrived and which parameter or
 response field it was; they never contain the API token.
+
+Errors that a retry cannot fix are *final*: they also derive from ``AirflowFailException``, so
+Airflow fails the task at once instead of spending its retries. Final: validation errors, auth
+errors, redirects (a wrong Base URL), and a misbehaving cursor (a loop, ``max_batches``).
 """
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 
 class LoyaltyError(AirflowException):
     """Base class of every error raised by the loyalty provider."""
 
 
-class LoyaltyValidationError(LoyaltyError, ValueError):
+class LoyaltyFinalError(LoyaltyError, AirflowFailException):
+    """Base class of the errors a retry cannot fix: Airflow fails the task without retrying."""
+
+
+class LoyaltyValidationError(LoyaltyFinalError, ValueError):
     """A parameter given to the provider is invalid; raised before any request is sent.
 
     :param parameter: name of the offending parameter.
@@ -43,8 +51,13 @@ class LoyaltyApiError(LoyaltyError):
         super().__init__(f"Loyalty API ({where}): {text}" if where else f"Loyalty API: {text}")
 
 
-class LoyaltyAuthError(LoyaltyApiError):
+class LoyaltyAuthError(LoyaltyApiError, LoyaltyFinalError):
     """The token was refused (HTTP 401/403). Never retried."""
+
+
+class LoyaltyRedirectError(LoyaltyApiError, LoyaltyFinalError):
+    """The API answered with a redirect; it is never followed (the token stays on the configured
+    host). The text names where it points and what to change in the connection."""
 
 
 class LoyaltyNotFoundError(LoyaltyApiError):
@@ -92,5 +105,42 @@ class LoyaltyVerificationError(LoyaltyError):
     """A downloaded batch failed verification (corrupt zip, CRC, row count)."""
 
 
-class LoyaltyCursorError(LoyaltyError):
+class LoyaltyCursorError(LoyaltyFinalError):
     """The export cursor misbehaved: ``next_from_id`` repeated, or more batches than ``max_batches``."""
+
+
+class LoyaltyBatchUnusableError(LoyaltyError):
+    """A completed batch cannot be landed: its file is gone or it failed verification, also after
+    the batch was created again from the same cursor. Says what was tried."""
+
+
+class LoyaltyEmptyExportError(LoyaltyError):
+    """The period holds no transactions and the operator was asked ``fail_on_empty=True``."""
+
+
+class LoyaltyLocationBusyError(LoyaltyError):
+    """Another export writes at the output location (it holds the location's lease).
+
+    :param location: the output location.
+    :param holder: who holds the lease, as it recorded itself.
+    """
+
+    def __init__(self, location: str, holder: str, message: str) -> None:
+        self.location = location
+        self.holder = holder
+        super().__init__(message)
+
+
+class LoyaltyStorageError(LoyaltyError):
+    """Reading or writing the output location failed; names the location and the connection.
+
+    The store's own error is chained (``__cause__``).
+    """
+
+
+class LoyaltyExportStopped(LoyaltyError):
+    """The export was stopped (``on_kill``: the task was cleared or marked failed)."""
+
+
+class LoyaltyTlsError(LoyaltyApiError, LoyaltyFinalError):
+    """The TLS handshake with the API failed (certificate not trusted, or no TLS at all there)."""

@@ -46,7 +46,7 @@ def _ours(content_type: str) -> int:
 def _naive(url: str, token: str, content_type: str) -> int:
     import requests
 
-    from airflow_provider_loyalty.utils.codec import ACCOUNT_LIST_FIELDS, MIME_TYPES, decode_body, encode_body
+    from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, MIME_TYPES, decode_body, encode_body
 
     headers = {"Authorization": f"Bearer {token}", "Content-Type": MIME_TYPES[content_type]}
     count = 0
@@ -59,7 +59,7 @@ def _naive(url: str, token: str, content_type: str) -> int:
             headers=headers,
             timeout=60,
         )
-        document = decode_body(reply.content, reply.headers.get("Content-Type"), list_fields=ACCOUNT_LIST_FIELDS)
+        document = decode_body(reply.content, reply.headers.get("Content-Type"), schema=ACCOUNT_SCHEMA)
         records = document.get("data") or []
         count += len(records)
         from_id = document.get("next_from_id") or None
@@ -171,7 +171,7 @@ def _xml_parse_costs(emulator: EmulatorProcess) -> dict[str, float]:
 
     import requests
 
-    from airflow_provider_loyalty.utils.codec import ACCOUNT_LIST_FIELDS, decode_body, encode_body
+    from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, decode_body, encode_body
 
     costs: dict[str, float] = {}
     pages: dict[str, tuple[bytes, str]] = {}
@@ -186,7 +186,7 @@ def _xml_parse_costs(emulator: EmulatorProcess) -> dict[str, float]:
         pages[content_type] = (reply.content, reply.headers.get("Content-Type", ""))
         body, header = pages[content_type]
         costs[f"codec_{content_type}_ms"] = _cpu_ms(
-            lambda body=body, header=header: decode_body(body, header, list_fields=ACCOUNT_LIST_FIELDS)
+            lambda body=body, header=header: decode_body(body, header, schema=ACCOUNT_SCHEMA)
         )
     # The C-accelerated ElementTree, in a fresh interpreter (defusedxml swaps in the pure-Python parser).
     sample = WORK_ROOT / "paging" / "page.xml"

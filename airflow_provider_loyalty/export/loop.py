@@ -1,134 +1,104 @@
-"""The export loop, once: create → wait → download → verify → land the part → next cursor.
+"""The export loop, once: create → wait → download → verify → land → checkpoint, until the period ends.
 
-Both export operators drive this loop and differ only in their :class:`PartSink`. The loop's
-state (:class:`ExportProgress`) holds primitives only, so it can ride in trigger kwargs across
-deferrals and be checkpointed to the sink after every part; a retry after a crash resumes from
-the checkpoint instead of re-exporting from the start, and re-attaches to an export task that
-was still running.
+Both export operators drive it through one step function, :meth:`ExportLoop.advance`: it lands
+every batch it can and returns :class:`Finished` (the manifest) or :class:`Waiting` (an export task
+still runs). A worker waits by handing it a :class:`~airflow_provider_loyalty.export.fetch.Prefetcher`
+(then it never returns ``Waiting``: batch N+1 is created, waited for and downloaded in the
+background while batch N is verified and landed); a deferrable operator defers on ``Waiting``
+— exactly where the wait would start — having landed batch N and created batch N+1 first.
+
+State lives in the checkpoint at the location (:mod:`~airflow_provider_loyalty.export.progress`),
+written after every change a retry must know about, so a retry after a crash resumes after the last
+landed part and re-attaches to the export tasks already created. A batch whose file is gone or that
+fails verification is created again from the same cursor (at most :data:`MAX_RECREATIONS` times),
+never replayed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pendulum
 
 from airflow_provider_loyalty.exceptions import (
     LoyaltyApiError,
+    LoyaltyAuthError,
+    LoyaltyBatchUnusableError,
     LoyaltyCursorError,
     LoyaltyError,
-    LoyaltyExportTaskFailed,
+    LoyaltyExportStopped,
+    LoyaltyFinalError,
     LoyaltyNotFoundError,
-    LoyaltyResponseError,
+    LoyaltyTransientError,
+    LoyaltyVerificationError,
 )
-from airflow_provider_loyalty.export.archive import TAIL_WINDOW, ArchiveLimits, write_part
-from airflow_provider_loyalty.export.sinks import CHECKPOINT_NAME, MANIFEST_NAME, PartSink, part_name
-from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
-from airflow_provider_loyalty.utils import validation
-from airflow_provider_loyalty.utils.protocol import failure_text, task_state
+from airflow_provider_loyalty.export.archive import ArchiveLimits, PartStats, write_part
+from airflow_provider_loyalty.export.fetch import BatchFetcher, FetchedBatch, Prefetcher
+from airflow_provider_loyalty.export.layout import (
+    CHECKPOINT_NAME,
+    MANIFEST_NAME,
+    RECORDS_DIR,
+    STAGING_DIR,
+    part_name,
+    record_name,
+    staged,
+)
+from airflow_provider_loyalty.export.lease import LocationLease, WriterIdentity
+from airflow_provider_loyalty.export.progress import EXPORTING, ExportProgress, PartRecord, PendingTask
+from airflow_provider_loyalty.export.seal import Sealer
+from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument
+from airflow_provider_loyalty.export.spec import ExportSpec, describe_period, period_of
+from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
+from airflow_provider_loyalty.utils.export_status import ExportResult, ExportTaskState, ExportTaskStatus
 
-MANIFEST_FORMAT_VERSION = 1
+#: How many times a batch whose file is gone, or that fails verification, is created again.
+MAX_RECREATIONS = 2
 
 
 @dataclass(frozen=True)
-class ExportSpec:
-    """What to export: validated, in the API's formats, JSON-safe.
+class Waiting:
+    """The export waits for an export task that is still running."""
 
-    :param loyalty_program_id: the loyalty program.
-    :param points_currency_eid: external currency id (or ``None``).
-    :param points_currency_iid: internal currency id (or ``None``).
-    :param date_from: period start, RFC3339 UTC.
-    :param date_to: period end, RFC3339 UTC.
-    :param from_id: the cursor the export starts from (``None``: the beginning of the period).
-    """
-
-    loyalty_program_id: int
-    points_currency_eid: str | None
-    points_currency_iid: int | None
-    date_from: str
-    date_to: str
-    from_id: str | None = None
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        loyalty_program_id: Any,
-        points_currency_eid: Any,
-        points_currency_iid: Any,
-        date_from: Any,
-        date_to: Any,
-        from_id: Any = None,
-    ) -> ExportSpec:
-        """Validate user input (rendered templates) into a spec; errors name the parameter."""
-        currency = validation.check_currency(points_currency_eid, points_currency_iid)
-        start, end = validation.check_period(date_from, date_to)
-        return cls(
-            loyalty_program_id=validation.check_program_id(loyalty_program_id),
-            points_currency_eid=currency.get("points_currency_eid"),
-            points_currency_iid=currency.get("points_currency_iid"),
-            date_from=start,
-            date_to=end,
-            from_id=validation.check_cursor(from_id),
-        )
+    export_task_id: str
 
 
-@dataclass
-class ExportProgress:
-    """Where an export stands; primitives only (deferral kwargs and checkpoint document).
+@dataclass(frozen=True)
+class Finished:
+    """The export is sealed: its manifest."""
 
-    :param spec: the export it belongs to (as a dict).
-    :param parts: manifest entries of the parts landed so far.
-    :param cursor: ``from_id`` of the next batch.
-    :param pending_task_id: an export task created for the next batch, not yet landed.
-    :param tail_ids: trailing transaction ids of the last part (boundary de-duplication).
-    :param duplicates_dropped: boundary duplicates left out so far.
-    :param started_at: when the export began (RFC3339).
-    """
+    manifest: dict[str, Any]
 
-    spec: dict[str, Any]
-    parts: list[dict[str, Any]] = field(default_factory=list)
-    cursor: str | None = None
-    pending_task_id: str | None = None
-    tail_ids: list[str] = field(default_factory=list)
-    duplicates_dropped: int = 0
-    started_at: str = ""
 
-    @property
-    def exhausted(self) -> bool:
-        """Every batch has landed (the last part had no ``next_from_id``): only sealing is left.
+Step = Waiting | Finished
 
-        A checkpoint in this state is what a crash between the last part and the manifest leaves.
-        """
-        return bool(self.parts) and not self.parts[-1].get("next_from_id") and not self.pending_task_id
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form, for trigger kwargs and the checkpoint."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, document: dict[str, Any]) -> ExportProgress:
-        """Rebuild from :meth:`to_dict`'s output."""
-        return cls(**{key: document[key] for key in cls.__dataclass_fields__ if key in document})
+class _BatchUnusable(Exception):
+    """This batch cannot be landed (file gone, verification failed): create it again."""
 
 
 class ExportLoop:
-    """Runs one export through a :class:`PartSink`.
+    """Runs one export into a :class:`~airflow_provider_loyalty.export.sinks.PartSink`.
 
     :param hook: the API hook.
     :param spec: what to export.
     :param sink: where parts, checkpoint and manifest land.
+    :param identity: who writes (for the location's lease).
     :param max_batches: fail rather than run more batches than this (``None``: no cap).
     :param poll_interval: seconds between status polls when waiting in the worker.
     :param batch_timeout: seconds one export task may take before the loop gives up.
     :param resume: continue from a checkpoint of the same export left by a failed attempt.
-    :param replace: replace a finished export already at the location (else fail).
+    :param replace: replace a finished export of the same period at the location (else fail).
     :param keep_zip: also store each batch's original archive as ``part-NNNNN.zip``.
+    :param fail_on_empty: a period without transactions is an error instead of an empty manifest.
     :param limits: zip bomb caps.
+    :param max_download_bytes: the largest batch file accepted.
     :param log: logger for the per-batch lines.
     """
 
@@ -138,13 +108,16 @@ class ExportLoop:
         hook: LoyaltyHook,
         spec: ExportSpec,
         sink: PartSink,
+        identity: WriterIdentity,
         max_batches: int | None = None,
         poll_interval: float = 30.0,
         batch_timeout: float = 24 * 3600.0,
         resume: bool = True,
         replace: bool = True,
         keep_zip: bool = False,
+        fail_on_empty: bool = False,
         limits: ArchiveLimits | None = None,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
         log: Any,
     ) -> None:
         self.hook = hook
@@ -157,244 +130,411 @@ class ExportLoop:
         self.replace = replace
         self.keep_zip = keep_zip
         self.limits = limits or ArchiveLimits()
+        self.max_download_bytes = max_download_bytes
         self.log = log
+        self.stop_event = threading.Event()
+        self.lease = LocationLease(sink, identity, spec.period, log, stop=self.stop_event)
+        self.sealer = Sealer(sink, spec, keep_zip=keep_zip, fail_on_empty=fail_on_empty, log=log)
+        self.workdir = tempfile.mkdtemp(prefix="loyalty-export-")
+        self.fetcher = self._fetcher(hook)
+        self.adopted: dict[str, Any] | None = None
+        self._created: set[str] = set()  # export tasks created by this attempt
+
+    def _fetcher(self, hook: LoyaltyHook) -> BatchFetcher:
+        return BatchFetcher(
+            hook,
+            self.workdir,
+            poll_interval=self.poll_interval,
+            batch_timeout=self.batch_timeout,
+            max_download_bytes=self.max_download_bytes,
+            stop=self.stop_event,
+            log=self.log,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
-    def begin_spec(self) -> dict[str, Any]:
-        """The spec as it is stored in progress and checkpoint documents."""
-        return asdict(self.spec)
+    def begin(self, *, max_wait: float | None = None) -> ExportProgress:
+        """Take the location, then resume this export's checkpoint or start afresh.
 
-    def begin(self) -> ExportProgress:
-        """Resume from a checkpoint of this same export, or start afresh at the location."""
-        spec = self.begin_spec()
-        checkpoint = self.sink.read_json(CHECKPOINT_NAME) if self.resume else None
-        if checkpoint and checkpoint.get("spec") == spec:
-            progress = self._verified_resume(ExportProgress.from_dict(checkpoint))
-            if progress is not None:
-                self.log.info(
-                    "Resuming export at %s after %d landed part(s), cursor %s%s",
-                    self.sink.describe(),
-                    len(progress.parts),
-                    progress.cursor,
-                    f", re-attaching to export task {progress.pending_task_id}" if progress.pending_task_id else "",
-                )
-                return progress
-        if self.sink.read_json(MANIFEST_NAME) is not None:
-            if not self.replace:
-                raise LoyaltyError(
-                    f"{self.sink.describe()} already holds a finished export ({MANIFEST_NAME}); "
-                    "set replace=True to replace it"
-                )
-            # The old set stops being "complete" now; a failure from here on leaves no manifest.
-            self.sink.delete([MANIFEST_NAME])
-        progress = ExportProgress(
-            spec=spec, cursor=self.spec.from_id, started_at=pendulum.now("UTC").to_iso8601_string()
-        )
-        self._checkpoint(progress)
-        return progress
-
-    def checkpointed_progress(self) -> ExportProgress:
-        """The progress of this export as last checkpointed at the sink (the source of truth)."""
-        checkpoint = self.sink.read_json(CHECKPOINT_NAME)
-        if not checkpoint or checkpoint.get("spec") != self.begin_spec():
-            raise LoyaltyError(
-                f"no checkpoint of this export at {self.sink.describe()}; it was removed while the task waited"
-            )
-        return ExportProgress.from_dict(checkpoint)
-
-    def _verified_resume(self, progress: ExportProgress) -> ExportProgress | None:
-        """Trust the checkpoint only if every part it lists is stored with its recorded size.
-
-        A part that vanished means the location was tampered with; the boundary ids needed to
-        continue exactly-once are then gone too, so the export starts afresh instead.
+        :param max_wait: seconds to wait for another export of the same period writing there.
         """
-        for part in progress.parts:
-            if self.sink.size_of(part["name"]) != part["bytes"]:
-                self.log.warning("Part %s of the checkpoint is missing or resized; starting afresh", part["name"])
-                return None
+        self.lease.acquire(max_wait=self.batch_timeout if max_wait is None else max_wait)
+        if self.lease.waited_since is not None:
+            self.adopted = self._manifest_finished_since(self.lease.waited_since)
+        progress = self._resumable_checkpoint() if self.adopted is None else None
+        if progress is not None:
+            progress.recreations = []  # each try gets its own attempts at a batch
+            self.log.info(
+                "Resuming the export at %s after %d landed part(s), cursor %s%s",
+                self.sink.describe(),
+                progress.parts_landed,
+                progress.cursor,
+                f"; re-attaching to export task(s) {[task.task_id for task in progress.pending]}"
+                if progress.pending
+                else "",
+            )
+            return progress
+        staged_run = False
+        if self.adopted is None:
+            staged_run = self._check_finished_export()
+            self.sink.delete([*self.sink.sizes(RECORDS_DIR), *self.sink.sizes(STAGING_DIR)])  # an abandoned export's
+        progress = ExportProgress(
+            spec=self.spec.to_dict(),
+            writer=self.lease.identity.describe(),
+            staged=staged_run,
+            started_at=pendulum.now("UTC").to_iso8601_string(),
+            cursor=self.spec.from_id,
+        )
+        if self.adopted is None:
+            self._checkpoint(progress)
         return progress
+
+    def adopt_task(self, progress: ExportProgress, export_task_id: str) -> None:
+        """Use an export task created elsewhere (same spec and cursor) as the first batch."""
+        if progress.batches_done == 0 and not progress.pending:
+            progress.pending = [PendingTask(export_task_id, progress.cursor)]
+            self._checkpoint(progress)
 
     def run(self, progress: ExportProgress | None = None) -> dict[str, Any]:
-        """The whole export in this worker (non-deferrable mode); returns the manifest.
-
-        :param progress: where to start (from :meth:`begin`); begins afresh or resumes if omitted.
-        """
+        """The whole export in this worker, batch N+1 fetched while batch N lands; the manifest."""
         progress = progress or self.begin()
-        while not progress.exhausted:
-            export_task_id = self.start_batch(progress)
-            result = self.wait(export_task_id)
-            if not self.land_batch(progress, export_task_id, result):
-                break
-        return self.finish(progress)
+        prefetcher = Prefetcher(self._fetcher(self.hook.fork()))
+        try:
+            step = self.advance(progress, prefetcher=prefetcher)
+        finally:
+            prefetcher.close()
+        assert isinstance(step, Finished)
+        return step.manifest
 
-    def start_batch(self, progress: ExportProgress) -> str:
-        """Create the next batch's export task, or re-attach to the one a crashed attempt made."""
-        if len(progress.parts) >= (self.max_batches or float("inf")):
+    def stop(self) -> None:
+        """Stop promptly (``on_kill``): waits and downloads end, temporary files go."""
+        self.stop_event.set()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def close(self, *, release: bool = True) -> None:
+        """Remove the temporary files; give the location up unless the export only paused (deferral)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if release:
+            with contextlib.suppress(LoyaltyError):
+                self.lease.release()
+        self.hook.close()
+
+    # ------------------------------------------------------------------ the step function
+
+    def advance(
+        self,
+        progress: ExportProgress,
+        *,
+        prefetcher: Prefetcher | None = None,
+        completed: ExportTaskStatus | None = None,
+    ) -> Step:
+        """Land every batch that can be landed now; stop when finished or when a task still runs.
+
+        :param progress: where the export stands (from :meth:`begin`).
+        :param prefetcher: fetch in the background and wait in this worker (never ``Waiting``).
+        :param completed: the final status of the current task, as a trigger reported it.
+        """
+        if self.adopted is not None:
+            self.lease.release()
+            return Finished(self.adopted)
+        while True:
+            self._check_stop()
+            self.lease.renew()
+            if progress.phase != EXPORTING or progress.exhausted:
+                return Finished(self.sealer.seal(progress))
+            current = self._current_task(progress)
+            try:
+                fetched = self._fetched_or_waiting(current, prefetcher, completed)
+                completed = None
+                if fetched is None:
+                    return Waiting(current.task_id)
+                self._land_fetched(progress, current, fetched, prefetcher)
+            except _BatchUnusable as unusable:
+                if prefetcher is not None:
+                    prefetcher.discard()
+                self._recreate(progress, current, str(unusable))
+
+    def _fetched_or_waiting(
+        self, task: PendingTask, prefetcher: Prefetcher | None, completed: ExportTaskStatus | None
+    ) -> FetchedBatch | None:
+        """The task's final status (and its file, when a prefetcher got it), or ``None`` if it runs."""
+        try:
+            if completed is not None and completed.export_task_id == task.task_id:
+                return FetchedBatch(task, completed)
+            if prefetcher is not None:
+                return prefetcher.take(task, on_wait=self.lease.renew)
+            status = self.hook.get_export_task_status(task.task_id)
+        except (LoyaltyExportStopped, LoyaltyAuthError, LoyaltyTransientError):
+            raise
+        except (LoyaltyNotFoundError, LoyaltyVerificationError) as error:
+            raise _BatchUnusable(str(error)) from None
+        except LoyaltyApiError as error:
+            if _file_gone(error):
+                raise _BatchUnusable(str(error)) from None
+            raise
+        return FetchedBatch(task, status) if status.state.is_terminal else None
+
+    def _land_fetched(
+        self, progress: ExportProgress, current: PendingTask, fetched: FetchedBatch, prefetcher: Prefetcher | None
+    ) -> None:
+        status = fetched.status
+        if status.state is ExportTaskState.FAILED:
+            if current.task_id in self._created:
+                status.raise_for_failure()  # the API's own failure: the task fails (a retry creates it again)
+            raise _BatchUnusable(
+                f"export task {current.task_id} had ended with status {status.status!r}: {status.failure_text}"
+            )
+        result = status.completed_result()
+        self._check_cursor(progress, current, result)
+        following = self._create_next(progress, result)
+        if prefetcher is not None and following is not None:
+            prefetcher.start(following)
+        if fetched.archive is None and result.hashed_file is not None:
+            fetched = self._download(current, status)
+        self._land(progress, current, result, fetched)
+
+    # ------------------------------------------------------------------ batches
+
+    def _current_task(self, progress: ExportProgress) -> PendingTask:
+        """The export task of the next batch: one already created (re-attached), or a new one."""
+        if progress.pending:
+            return progress.pending[0]
+        if self.max_batches is not None and progress.batches_done >= self.max_batches:
             raise LoyaltyCursorError(
                 f"max_batches={self.max_batches} reached and the API still returns a next_from_id "
                 f"({progress.cursor!r}); raise max_batches or check the cursor"
             )
-        if progress.pending_task_id and self._still_usable(progress.pending_task_id):
-            return progress.pending_task_id
-        progress.pending_task_id = self.hook.create_transactions_export(
+        task = PendingTask(self._create(progress.cursor), progress.cursor)
+        progress.pending = [task]
+        self._checkpoint(progress)
+        return task
+
+    def _create_next(self, progress: ExportProgress, result: ExportResult) -> PendingTask | None:
+        """Create the following batch's export task now, before this batch lands (the server works
+        while we verify); recorded in the checkpoint, so a retry re-attaches to it."""
+        cursor = result.next_from_id
+        if cursor is None or (self.max_batches is not None and progress.batches_done + 1 >= self.max_batches):
+            return None
+        if len(progress.pending) > 1:
+            if progress.pending[1].from_id == cursor:
+                return progress.pending[1]
+            del progress.pending[1:]
+        task = PendingTask(self._create(cursor), cursor)
+        progress.pending.append(task)
+        self._checkpoint(progress)
+        return task
+
+    def _create(self, cursor: str | None) -> str:
+        task_id = self.hook.create_transactions_export(
             loyalty_program_id=self.spec.loyalty_program_id,
             points_currency_eid=self.spec.points_currency_eid,
             points_currency_iid=self.spec.points_currency_iid,
             date_from=self.spec.date_from,
             date_to=self.spec.date_to,
-            from_id=progress.cursor,
+            from_id=cursor,
         )
-        self._checkpoint(progress)
-        return progress.pending_task_id
+        self._created.add(task_id)
+        return task_id
 
-    def _still_usable(self, export_task_id: str) -> bool:
+    def _download(self, task: PendingTask, status: ExportTaskStatus) -> FetchedBatch:
         try:
-            status = self.hook.get_task_status(export_task_id)
-        except (LoyaltyNotFoundError, LoyaltyApiError) as err:
-            self.log.warning("Cannot re-attach to export task %s (%s); creating a new one", export_task_id, err)
-            return False
-        if task_state(status.get("status")) == "failure":
-            self.log.warning("Export task %s had failed; creating a new one", export_task_id)
-            return False
-        self.log.info("Re-attached to export task %s (status %s)", export_task_id, status.get("status"))
-        return True
+            return self.fetcher.download(task, status)
+        except (LoyaltyNotFoundError, LoyaltyApiError) as error:
+            if isinstance(error, LoyaltyNotFoundError) or _file_gone(error):
+                raise _BatchUnusable(f"the file of export task {task.task_id} cannot be downloaded: {error}") from None
+            raise
 
-    def wait(self, export_task_id: str) -> dict[str, Any]:
-        """Poll the task in this worker until it completes; return its ``result``."""
-        deadline = time.monotonic() + self.batch_timeout
-        while True:
-            status = self.hook.get_task_status(export_task_id)
-            state = task_state(status.get("status"))
-            if state == "success":
-                return result_of(export_task_id, status)
-            if state == "failure":
-                raise LoyaltyExportTaskFailed(
-                    export_task_id, str(status.get("status")), failure_text(status, self.hook.settings.token)
-                )
-            self.log.info("Export task %s: %s, %s%%", export_task_id, status.get("status"), status.get("progress"))
-            if time.monotonic() + self.poll_interval > deadline:
-                raise LoyaltyError(
-                    f"Export task {export_task_id} did not complete within batch_timeout={self.batch_timeout:.0f}s"
-                )
-            time.sleep(self.poll_interval)
-
-    def land_batch(self, progress: ExportProgress, export_task_id: str, result: dict[str, Any]) -> bool:
-        """Download, verify and store one completed batch; return whether another batch follows."""
-        total = result.get("total")
-        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-            raise LoyaltyResponseError(f"export task {export_task_id}: expected result.total >= 0, got {total!r}")
-        next_from_id = result.get("next_from_id") or None
-        if next_from_id is not None and not isinstance(next_from_id, str):
-            raise LoyaltyResponseError(f"export task {export_task_id}: result.next_from_id is not a string")
-        index = len(progress.parts)
-        name = part_name(index)
+    def _land(self, progress: ExportProgress, task: PendingTask, result: ExportResult, fetched: FetchedBatch) -> None:
+        """Verify the batch, store its part and record, and move the checkpoint past it."""
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="loyalty-batch-") as workdir:
-            archive = os.path.join(workdir, "batch.zip")
-            part_file = os.path.join(workdir, name)
-            downloaded = self.hook.download_export(result.get("hashed_file"), archive)  # type: ignore[arg-type]
-            with open(part_file, "wb") as sink:
-                stats = write_part(
-                    archive,
-                    sink,
-                    expected_rows=total,
-                    skip_ids=frozenset(progress.tail_ids),
-                    limits=self.limits,
-                )
-            location = self.sink.put_file(name, part_file)
-            if self.keep_zip:
-                self.sink.put_file(part_name(index, "zip"), archive)
-        elapsed = max(time.monotonic() - started, 1e-6)
-        self._check_cursor(progress, next_from_id)
-        progress.parts.append(
-            {
-                "key": location,
-                "name": name,
-                "rows": stats.rows,
-                "bytes": stats.bytes,
-                "sha256": stats.sha256,
-                "export_task_id": export_task_id,
-                "from_id": progress.cursor,
-                "next_from_id": next_from_id or "",
-                "duplicates_dropped": stats.duplicates_dropped,
-            }
-        )
+        index = progress.parts_landed
+        name = part_name(index, self.spec.output_format)
+        part_file = os.path.join(self.workdir, name)
+        stats = self._verify(task, result, fetched, part_file, frozenset(progress.tail_ids))
+        if stats.rows:
+            self._store(progress, index, name, part_file, fetched.archive)
+            record = PartRecord(
+                index,
+                name,
+                stats.rows,
+                stats.bytes,
+                stats.sha256,
+                task.task_id,
+                task.from_id,
+                result.next_from_id or "",
+                stats.duplicates_dropped,
+            )
+            self.sink.write_json(record_name(index), record.to_dict())
+            progress.parts_landed += 1
+            progress.rows += stats.rows
+            progress.bytes += stats.bytes
+            progress.tail_ids = stats.tail_ids
+        progress.batches_done += 1
         progress.duplicates_dropped += stats.duplicates_dropped
-        progress.tail_ids = stats.tail_ids[-TAIL_WINDOW:] if stats.tail_ids else progress.tail_ids
-        progress.cursor = next_from_id
-        progress.pending_task_id = None
+        progress.remember_cursor(task.from_id)
+        progress.cursor = result.next_from_id
+        progress.exhausted = result.next_from_id is None
+        progress.pending = progress.pending[1:]
+        progress.recreations = []
         self._checkpoint(progress)
-        self.log.info(
-            "batch %d: %s, %d rows, %.1f MiB, %.1f MiB/s%s",
-            index,
-            export_task_id,
-            stats.rows,
-            stats.bytes / 2**20,
-            (downloaded + stats.bytes) / 2**20 / elapsed,
-            f", {stats.duplicates_dropped} boundary duplicate(s) dropped" if stats.duplicates_dropped else "",
-        )
-        return next_from_id is not None
+        for path in (part_file, fetched.archive):
+            if path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        self._log_batch(progress.batches_done - 1, task, stats, fetched, time.monotonic() - started)
 
-    def _check_cursor(self, progress: ExportProgress, next_from_id: str | None) -> None:
-        if next_from_id is None:
-            return
-        used = {part["from_id"] for part in progress.parts} | {progress.cursor}
-        if next_from_id in used:
+    def _verify(
+        self, task: PendingTask, result: ExportResult, fetched: FetchedBatch, part_file: str, skip: frozenset[str]
+    ) -> PartStats:
+        if fetched.archive is None:  # an empty batch without a file (total 0, checked by ExportResult)
+            return PartStats()
+        try:
+            with open(part_file, "wb") as sink:
+                extra: dict[str, Any] = (
+                    {} if self.spec.output_format == "csv" else {"output_format": self.spec.output_format}
+                )
+                return write_part(
+                    fetched.archive, sink, expected_rows=result.total, skip_ids=skip, limits=self.limits, **extra
+                )
+        except LoyaltyVerificationError as error:
+            raise _BatchUnusable(f"the file of export task {task.task_id} failed verification: {error}") from None
+
+    def _store(self, progress: ExportProgress, index: int, name: str, part_file: str, archive: str | None) -> None:
+        self.sink.put_file(staged(name) if progress.staged else name, part_file)
+        if self.keep_zip and archive:
+            zip_name = part_name(index, "zip")
+            self.sink.put_file(staged(zip_name) if progress.staged else zip_name, archive)
+
+    def _recreate(self, progress: ExportProgress, task: PendingTask, reason: str) -> None:
+        """Give up an unusable batch and create it again from the same cursor, a bounded number of times."""
+        progress.recreations.append({"export_task_id": task.task_id, "reason": reason[:500]})
+        progress.pending = []  # the next batch was created from this one's result: drop it too
+        self._checkpoint(progress)
+        if len(progress.recreations) > MAX_RECREATIONS:
+            tried = "; ".join(f"{item['export_task_id']}: {item['reason']}" for item in progress.recreations)
+            raise LoyaltyBatchUnusableError(
+                f"the batch from cursor {progress.cursor!r} could not be landed after creating it "
+                f"{len(progress.recreations)} times ({tried})"
+            )
+        self.log.warning(
+            "%s; creating the batch again from cursor %s (attempt %d of %d)",
+            reason,
+            progress.cursor,
+            len(progress.recreations) + 1,
+            MAX_RECREATIONS + 1,
+        )
+
+    def _check_cursor(self, progress: ExportProgress, task: PendingTask, result: ExportResult) -> None:
+        following = result.next_from_id
+        if following is not None and (following == task.from_id or following in progress.recent_cursors):
             raise LoyaltyCursorError(
-                f"the API returned next_from_id {next_from_id!r}, a cursor already used; the export would loop"
+                f"export task {task.task_id} returned next_from_id {following!r}, a cursor already used; "
+                "the export would loop"
             )
 
-    def finish(self, progress: ExportProgress) -> dict[str, Any]:
-        """Remove stale parts, write the manifest last, drop the checkpoint; return the manifest."""
-        manifest = build_manifest(self.spec, progress)
-        keep = {part["name"] for part in progress.parts}
-        if self.keep_zip:
-            keep |= {part_name(index, "zip") for index in range(len(progress.parts))}
-        stale = self.sink.stale_parts(keep)
-        if stale:
-            self.log.info("Deleting %d stale part(s) of an earlier export: %s", len(stale), ", ".join(stale[:5]))
-            self.sink.delete(stale)
-        manifest["manifest"] = self.sink.write_json(MANIFEST_NAME, manifest)
-        self.sink.delete([CHECKPOINT_NAME])
+    def _log_batch(
+        self, number: int, task: PendingTask, stats: PartStats, fetched: FetchedBatch, seconds: float
+    ) -> None:
+        rate = (fetched.downloaded + stats.bytes) / 2**20 / max(seconds + fetched.seconds, 1e-6)
+        dropped = f", {stats.duplicates_dropped} boundary duplicate(s) dropped" if stats.duplicates_dropped else ""
         self.log.info(
-            "Export complete: %d part(s), %d rows, %.1f MiB, manifest %s",
-            len(progress.parts),
-            manifest["total_rows"],
-            manifest["total_bytes"] / 2**20,
-            manifest["manifest"],
+            "batch %d: %s, %d rows, %.1f MiB, %.1f MiB/s%s",
+            number,
+            task.task_id,
+            stats.rows,
+            stats.bytes / 2**20,
+            rate,
+            dropped,
+        )
+
+    # ------------------------------------------------------------------ the location
+
+    def _resumable_checkpoint(self) -> ExportProgress | None:
+        """This export's checkpoint, if it can be trusted; anything else is logged and ignored."""
+        if not self.resume:
+            return None
+        try:
+            document = self.sink.read_json(CHECKPOINT_NAME)
+            if document is None:
+                return None
+            progress = ExportProgress.from_dict(document)
+        except (UnreadableDocument, ValueError, KeyError, TypeError) as error:
+            self.log.warning(
+                "The checkpoint at %s cannot be read (%s); starting the export afresh", self.sink.describe(), error
+            )
+            return None
+        if progress.spec != self.spec.to_dict():
+            self.log.info("The checkpoint at %s is of another export; starting afresh", self.sink.describe())
+            return None
+        if progress.phase != EXPORTING:
+            return progress  # sealing or cleaning up: the sealer knows what is where
+        area = STAGING_DIR if progress.staged else ""
+        stored, records = self.sink.sizes(area), self.sink.sizes(RECORDS_DIR)
+        for index in range(progress.parts_landed):
+            name = part_name(index, self.spec.output_format)
+            if (staged(name) if area else name) not in stored or record_name(index) not in records:
+                self.log.warning("Part %s of the checkpoint is missing; starting the export afresh", name)
+                return None
+        return progress
+
+    def _check_finished_export(self) -> bool:
+        """Whether a finished export of this period is at the location (then this one is staged);
+        a finished export of another period, or one not to be replaced, is an error."""
+        location = self.sink.describe()
+        try:
+            manifest = self.sink.read_json(MANIFEST_NAME)
+        except UnreadableDocument as error:
+            if not self.replace:
+                raise LoyaltyFinalError(
+                    f"{location} holds an unreadable {MANIFEST_NAME} ({error}); set replace=True to replace it"
+                ) from None
+            self.log.warning("%s holds an unreadable %s (%s); it will be replaced", location, MANIFEST_NAME, error)
+            return False
+        if manifest is None:
+            return False
+        if period_of(manifest) != self.spec.period:
+            raise LoyaltyFinalError(
+                f"{location} holds a finished export of another period ({describe_period(period_of(manifest))}); "
+                f"this export is {self.spec.describe_period()}. replace=True only replaces an export of the same "
+                "period: give each period its own location"
+            )
+        if not self.replace:
+            raise LoyaltyFinalError(
+                f"{location} already holds a finished export of this period ({MANIFEST_NAME}); "
+                "set replace=True to replace it"
+            )
+        self.log.info("A finished export of this period is at %s; the new parts are staged until complete", location)
+        return True
+
+    def _manifest_finished_since(self, since: float) -> dict[str, Any] | None:
+        """The manifest an export of the same period finished while we waited for it, if any."""
+        try:
+            manifest = self.sink.read_json(MANIFEST_NAME)
+        except UnreadableDocument:
+            return None
+        if manifest is None or period_of(manifest) != self.spec.period:
+            return None
+        completed = pendulum.parse(str(manifest.get("completed_at") or "1970-01-01T00:00:00Z"))
+        if not isinstance(completed, pendulum.DateTime) or completed.timestamp() < since:
+            return None
+        self.log.info(
+            "The export of the same period that held %s finished meanwhile; using its manifest", self.sink.describe()
         )
         return manifest
 
     def _checkpoint(self, progress: ExportProgress) -> None:
         self.sink.write_json(CHECKPOINT_NAME, progress.to_dict())
 
-
-def result_of(export_task_id: str, status: dict[str, Any]) -> dict[str, Any]:
-    """The ``result`` object of a completed task's status, or a clear error."""
-    result = status.get("result")
-    if not isinstance(result, dict):
-        raise LoyaltyResponseError(f"export task {export_task_id} completed without a result object")
-    return result
+    def _check_stop(self) -> None:
+        if self.stop_event.is_set():
+            raise LoyaltyExportStopped(f"the export at {self.sink.describe()} was stopped")
 
 
-def build_manifest(spec: ExportSpec, progress: ExportProgress) -> dict[str, Any]:
-    """The manifest (DESIGN.md schema): metadata only, never rows."""
-    parts = [
-        {key: part[key] for key in ("key", "rows", "bytes", "sha256", "export_task_id", "from_id", "next_from_id")}
-        for part in progress.parts
-    ]
-    return {
-        "format_version": MANIFEST_FORMAT_VERSION,
-        "loyalty_program_id": spec.loyalty_program_id,
-        "points_currency_eid": spec.points_currency_eid,
-        "points_currency_iid": spec.points_currency_iid,
-        "date_from": spec.date_from,
-        "date_to": spec.date_to,
-        "parts": parts,
-        "total_rows": sum(part["rows"] for part in progress.parts),
-        "total_bytes": sum(part["bytes"] for part in progress.parts),
-        "duplicates_dropped": progress.duplicates_dropped,
-        "started_at": progress.started_at,
-        "completed_at": pendulum.now("UTC").to_iso8601_string(),
-    }
+def _file_gone(error: LoyaltyApiError) -> bool:
+    """An API error in place of a batch's file: it expired or was removed (not auth, not a fault)."""
+    return not isinstance(error, LoyaltyAuthError | LoyaltyTransientError) and error.http_status in (
+        None,
+        200,
+        404,
+        410,
+    )

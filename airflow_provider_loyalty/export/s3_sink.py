@@ -1,14 +1,31 @@
-"""Parts in S3 through the amazon provider's ``S3Hook`` (managed multipart upload from disk)."""
+"""Parts in S3 through the amazon provider's ``S3Hook`` (managed multipart upload from disk).
+
+Small documents use S3's conditional writes (``If-None-Match: *`` to create, ``If-Match: <ETag>``
+to replace), so the lease of a location is exact on S3. Every failure is a
+:class:`~airflow_provider_loyalty.exceptions.LoyaltyStorageError` naming the bucket, the key and
+the AWS connection, with botocore's error chained.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyStorageError
 from airflow_provider_loyalty.export.sinks import PartSink
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+_CODE_IN_TEXT = re.compile(r"\((\w+)\) when calling")
+_HINTS = {
+    "NoSuchBucket": "create the bucket, or fix s3_bucket",
+    "AccessDenied": "the AWS connection's credentials may not write there",
+    "InvalidAccessKeyId": "check the AWS connection's credentials",
+    "SignatureDoesNotMatch": "check the AWS connection's secret key",
+}
 
 
 class S3PartSink(PartSink):
@@ -29,40 +46,145 @@ class S3PartSink(PartSink):
         self.prefix = prefix.strip("/")
         self.encrypt = encrypt
 
+    @contextlib.contextmanager
+    def _storage(self, what: str, key: str | None = None) -> Iterator[None]:
+        """Any S3 failure, as our typed error naming the bucket, the key and the connection."""
+        try:
+            yield
+        except LoyaltyError:
+            raise
+        except Exception as err:
+            code = _error_code(err)
+            where = f"s3://{self.bucket}/{key if key is not None else self.prefix + '/'}"
+            hint = f" ({_HINTS[code]})" if code in _HINTS else ""
+            raise LoyaltyStorageError(
+                f"S3 {what} failed at {where} with aws_conn_id={self.hook.aws_conn_id!r}: "
+                f"{code or type(err).__name__}: {_error_message(err)}{hint}"
+            ) from err
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client of the hook."""
+        return self.hook.get_conn()
+
     def key(self, name: str) -> str:
         """The S3 key of a file of this export."""
         return f"{self.prefix}/{name}" if self.prefix else name
 
+    def url(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.key(name)}"
+
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}/"
 
-    def put_file(self, name: str, local_path: str) -> str:
-        key = self.key(name)
-        self.hook.load_file(local_path, key, bucket_name=self.bucket, replace=True, encrypt=self.encrypt)
-        return key
+    def _upload_args(self) -> dict[str, Any]:
+        args = dict(self.hook.extra_args or {})
+        if self.encrypt:
+            args["ServerSideEncryption"] = "AES256"
+        return args
 
-    def size_of(self, name: str) -> int | None:
-        head = self.hook.head_object(self.key(name), bucket_name=self.bucket)
-        return None if head is None else int(head["ContentLength"])
-
-    def read_json(self, name: str) -> dict[str, Any] | None:
+    def put_file(self, name: str, local_path: str) -> None:
         key = self.key(name)
-        if not self.hook.check_for_key(key, bucket_name=self.bucket):
-            return None
-        document = json.loads(self.hook.read_key(key, bucket_name=self.bucket))
-        return document if isinstance(document, dict) else None
+        with self._storage("upload", key):
+            self.hook.load_file(local_path, key, bucket_name=self.bucket, replace=True, encrypt=self.encrypt)
 
-    def write_json(self, name: str, document: dict[str, Any]) -> str:
+    def read_bytes(self, name: str) -> bytes | None:
         key = self.key(name)
-        payload = json.dumps(document, indent=2).encode("utf-8")
-        self.hook.load_bytes(payload, key, bucket_name=self.bucket, replace=True, encrypt=self.encrypt)
-        return key
+        with self._storage("read", key):
+            try:
+                reply = self.client.get_object(Bucket=self.bucket, Key=key)
+            except Exception as err:
+                if _error_code(err) in ("NoSuchKey", "404"):
+                    return None
+                raise
+            payload: bytes = reply["Body"].read()
+            return payload
+
+    def tagged(self, name: str) -> tuple[dict[str, Any], str] | None:
+        """A JSON document and its ETag (what ``If-Match`` compares)."""
+        from airflow_provider_loyalty.export.sinks import decode_document
+
+        key = self.key(name)
+        with self._storage("read", key):
+            try:
+                reply = self.client.get_object(Bucket=self.bucket, Key=key)
+            except Exception as err:
+                if _error_code(err) in ("NoSuchKey", "404"):
+                    return None
+                raise
+            return decode_document(name, reply["Body"].read()), str(reply["ETag"])
+
+    def write_bytes(self, name: str, payload: bytes) -> None:
+        key = self.key(name)
+        with self._storage("write", key):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=payload, **self._upload_args())
+
+    def create_exclusive(self, name: str, payload: bytes) -> str | None:
+        key = self.key(name)
+        with self._storage("create", key):
+            try:
+                reply = self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=payload, IfNoneMatch="*", **self._upload_args()
+                )
+            except Exception as err:
+                if _error_code(err) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    return None
+                raise
+            return str(reply["ETag"])
+
+    def replace_if(self, name: str, payload: bytes, tag: str) -> str | None:
+        key = self.key(name)
+        with self._storage("replace", key):
+            try:
+                reply = self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=payload, IfMatch=tag, **self._upload_args()
+                )
+            except Exception as err:
+                if _error_code(err) in ("PreconditionFailed", "412", "NoSuchKey", "ConditionalRequestConflict"):
+                    return None
+                raise
+            return str(reply["ETag"])
 
     def delete(self, names: list[str]) -> None:
-        if names:
-            self.hook.delete_objects(self.bucket, [self.key(name) for name in names])
+        if not names:
+            return
+        with self._storage("delete"):
+            for start in range(0, len(names), 1000):
+                self.hook.delete_objects(self.bucket, [self.key(name) for name in names[start : start + 1000]])
 
-    def list_names(self) -> list[str]:
-        listing_prefix = f"{self.prefix}/" if self.prefix else ""
-        keys = self.hook.list_keys(bucket_name=self.bucket, prefix=listing_prefix, delimiter="/")
-        return sorted(key[len(listing_prefix) :] for key in keys)
+    def sizes(self, directory: str = "") -> dict[str, int]:
+        root = self.key(directory.strip("/")) if directory else self.prefix
+        listing_prefix = f"{root}/" if root else ""
+        strip = f"{self.prefix}/" if self.prefix else ""
+        found: dict[str, int] = {}
+        with self._storage("list", listing_prefix):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=listing_prefix, Delimiter="/"):
+                for item in page.get("Contents", []):
+                    found[item["Key"][len(strip) :]] = int(item["Size"])
+        return found
+
+    def move(self, source: str, target: str) -> None:
+        source_key, target_key = self.key(source), self.key(target)
+        with self._storage("copy", target_key):
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": source_key},
+                self.bucket,
+                target_key,
+                ExtraArgs=self._upload_args() or None,
+            )
+
+
+def _error_code(err: BaseException) -> str:
+    response = getattr(err, "response", None)
+    if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+        return str(response["Error"]["Code"])
+    found = _CODE_IN_TEXT.search(str(err))  # boto3's transfer errors wrap the ClientError as text
+    return found.group(1) if found else ""
+
+
+def _error_message(err: BaseException) -> str:
+    response = getattr(err, "response", None)
+    if isinstance(response, dict) and response.get("Error", {}).get("Message"):
+        return str(response["Error"]["Message"])
+    return str(err)[:300]

@@ -1,76 +1,130 @@
-"""Where verified parts land, and the checkpoint that makes an export resumable.
+"""Where verified parts land: the storage primitives an export needs, for every kind of location.
 
-A sink owns one output location (a directory, an object-storage prefix or an S3 prefix) laid out
-as DESIGN.md fixes it::
+A sink owns one output location (a local directory, an object-storage prefix or an S3 prefix; the
+names under it are in :mod:`~airflow_provider_loyalty.export.layout`). The export loop only speaks
+to :class:`PartSink`, so the two export operators differ in nothing but the sink they build.
 
-    <location>/part-00000.csv, part-00001.csv, ...
-    <location>/_manifest.json              written last: the completion marker
-    <location>/_manifest.inprogress.json   checkpoint while an export is running
+What the loop relies on:
 
-The export loop (:mod:`airflow_provider_loyalty.export.loop`) only speaks to this interface, so the
-two export operators differ in nothing but the sink they build.
+* small JSON documents are replaced atomically (a reader sees the old or the new one, never half);
+* :meth:`PartSink.create_exclusive` creates a document only if it does not exist, and
+  :meth:`PartSink.replace_if` replaces one only if it is still the version read (the lease);
+* a document that is not valid JSON reads as :class:`UnreadableDocument`, never a parser error.
+
+Local directories and ``file://`` get all three exactly (temporary name + rename, ``link``, and a
+lock file); S3 gets them from conditional writes (``If-None-Match`` / ``If-Match``); other object
+stores get atomic single-object writes and best-effort conditions (write, then read back).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
-import re
+import os
 import shutil
+import tempfile
+import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any
 
-from airflow.sdk import ObjectStoragePath
+from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-MANIFEST_NAME = "_manifest.json"
-CHECKPOINT_NAME = "_manifest.inprogress.json"
-_PART_NAME = re.compile(r"^part-\d{5,}\.(csv|zip)$")
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyStorageError
+
 _COPY_CHUNK = 8 * 1024 * 1024
 
 
-def part_name(index: int, suffix: str = "csv") -> str:
-    """``part-00000.csv`` for batch 0 (the original archive: ``part-00000.zip``)."""
-    return f"part-{index:05d}.{suffix}"
+class UnreadableDocument(LoyaltyError):
+    """A stored JSON document exists but cannot be read (half-written, not JSON, not an object)."""
 
 
-def is_part_name(name: str) -> bool:
-    """Whether a file name is one of ours (a part or a kept archive)."""
-    return bool(_PART_NAME.match(name))
+def encode_document(document: dict[str, Any]) -> bytes:
+    """How JSON documents are stored."""
+    return json.dumps(document, indent=2).encode("utf-8")
+
+
+def decode_document(name: str, payload: bytes) -> dict[str, Any]:
+    """A stored document, or :class:`UnreadableDocument` naming it."""
+    try:
+        document = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise UnreadableDocument(f"{name} is not valid JSON ({type(err).__name__}: {str(err)[:120]})") from None
+    if not isinstance(document, dict):
+        raise UnreadableDocument(f"{name} holds {type(document).__name__}, expected a JSON object")
+    return document
+
+
+def content_tag(payload: bytes) -> str:
+    """A version tag of a document's bytes (what :meth:`PartSink.replace_if` compares)."""
+    return hashlib.sha256(payload).hexdigest()
 
 
 class PartSink(ABC):
-    """An output location for parts, the manifest and the in-progress checkpoint."""
+    """An output location: parts, the manifest, the checkpoint, records and the lease."""
 
     @abstractmethod
     def describe(self) -> str:
         """A human-readable location for logs and errors (never with credentials)."""
 
     @abstractmethod
-    def put_file(self, name: str, local_path: str) -> str:
-        """Store a local file under ``name``; return its location (key or URI) for the manifest."""
+    def url(self, name: str) -> str:
+        """The full URL of a stored object (``s3://bucket/key``, ``file:///dir/name``)."""
+
+    def key(self, name: str) -> str:
+        """How the manifest names a part (the S3 sink: the key in its bucket; otherwise the URL)."""
+        return self.url(name)
 
     @abstractmethod
-    def size_of(self, name: str) -> int | None:
-        """Size of a stored object, or ``None`` when it does not exist."""
+    def put_file(self, name: str, local_path: str) -> None:
+        """Store a local file under ``name`` (replacing what is there)."""
 
     @abstractmethod
-    def read_json(self, name: str) -> dict[str, Any] | None:
-        """A small JSON document stored under ``name``, or ``None`` when absent."""
+    def read_bytes(self, name: str) -> bytes | None:
+        """A small stored object's bytes, or ``None`` when absent."""
 
     @abstractmethod
-    def write_json(self, name: str, document: dict[str, Any]) -> str:
-        """Store a small JSON document under ``name``; return its location."""
+    def write_bytes(self, name: str, payload: bytes) -> None:
+        """Store a small object atomically (replacing what is there)."""
+
+    @abstractmethod
+    def create_exclusive(self, name: str, payload: bytes) -> str | None:
+        """Create a small object only if none exists; its tag, or ``None`` when one existed."""
+
+    @abstractmethod
+    def replace_if(self, name: str, payload: bytes, tag: str) -> str | None:
+        """Replace a small object only if it still has ``tag``; the new tag, or ``None`` if it changed."""
 
     @abstractmethod
     def delete(self, names: list[str]) -> None:
         """Delete stored objects (missing ones are ignored)."""
 
     @abstractmethod
-    def list_names(self) -> list[str]:
-        """Names of the objects directly under the location."""
+    def sizes(self, directory: str = "") -> dict[str, int]:
+        """Names (relative to the location) and sizes of the objects directly under ``directory``."""
 
-    def stale_parts(self, keep: set[str]) -> list[str]:
-        """Our part/archive files that the finished export did not produce."""
-        return sorted(name for name in self.list_names() if is_part_name(name) and name not in keep)
+    @abstractmethod
+    def move(self, source: str, target: str) -> None:
+        """Put the object ``source`` under the name ``target`` too; ``source`` stays until deleted."""
+
+    def tagged(self, name: str) -> tuple[dict[str, Any], str] | None:
+        """A JSON document and its tag, or ``None`` when absent; :class:`UnreadableDocument` if broken."""
+        payload = self.read_bytes(name)
+        if payload is None:
+            return None
+        return decode_document(name, payload), content_tag(payload)
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """A JSON document, or ``None`` when absent; :class:`UnreadableDocument` if broken."""
+        found = self.tagged(name)
+        return None if found is None else found[0]
+
+    def write_json(self, name: str, document: dict[str, Any]) -> str:
+        """Store a JSON document atomically; return its URL."""
+        self.write_bytes(name, encode_document(document))
+        return self.url(name)
 
 
 class ObjectStorageSink(PartSink):
@@ -86,61 +140,197 @@ class ObjectStorageSink(PartSink):
         elif "://" in str(output_path):
             self.base = ObjectStoragePath(str(output_path), conn_id=conn_id)
         else:
-            self.base = ObjectStoragePath(f"file://{_absolute(str(output_path))}")
-        self.base.mkdir(parents=True, exist_ok=True)
+            self.base = ObjectStoragePath(f"file://{os.path.abspath(os.path.expanduser(str(output_path)))}")
+        self.local_root: str | None = (
+            str(self.base.path) if (self.base.protocol or "file") in ("file", "local") else None
+        )
+        with self._storage("create the output location"):
+            if self.local_root is not None:
+                os.makedirs(self.local_root, exist_ok=True)
+            else:
+                self.base.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _storage(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except LoyaltyError:
+            raise
+        except Exception as err:
+            raise LoyaltyStorageError(f"could not {what} at {self.describe()}: {type(err).__name__}: {err}") from err
 
     def describe(self) -> str:
         return object_location(self.base)
 
-    def _path(self, name: str) -> ObjectStoragePath:
-        return self.base / name
+    def url(self, name: str) -> str:
+        return object_location(self.base / name)
 
-    def put_file(self, name: str, local_path: str) -> str:
-        target = self._path(name)
-        with open(local_path, "rb") as source, target.open("wb") as sink:
-            shutil.copyfileobj(source, sink, _COPY_CHUNK)
-        return object_location(target)
+    def _local(self, name: str) -> str:
+        assert self.local_root is not None
+        return os.path.join(self.local_root, *name.split("/"))
 
-    def size_of(self, name: str) -> int | None:
-        target = self._path(name)
+    def put_file(self, name: str, local_path: str) -> None:
+        with self._storage(f"store {name}"):
+            if self.local_root is not None:
+                target = self._local(name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                temporary = f"{target}.{uuid.uuid4().hex}.tmp"
+                try:
+                    shutil.copyfile(local_path, temporary)
+                    os.replace(temporary, target)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temporary)
+                return
+            target_path = self.base / name
+            with open(local_path, "rb") as source, target_path.open("wb") as sink:
+                shutil.copyfileobj(source, sink, _COPY_CHUNK)
+
+    def read_bytes(self, name: str) -> bytes | None:
+        with self._storage(f"read {name}"):
+            if self.local_root is not None:
+                try:
+                    with open(self._local(name), "rb") as handle:
+                        return handle.read()
+                except FileNotFoundError:
+                    return None
+            target = self.base / name
+            if not target.exists():
+                return None
+            with target.open("rb") as handle:
+                payload: bytes = handle.read()
+                return payload
+
+    def write_bytes(self, name: str, payload: bytes) -> None:
+        with self._storage(f"write {name}"):
+            if self.local_root is not None:
+                self._write_local(self._local(name), payload)
+                return
+            with (self.base / name).open("wb") as handle:
+                handle.write(payload)
+
+    @staticmethod
+    def _write_local(target: str, payload: bytes) -> None:
+        """Write to a temporary name in the same directory, flush it to disk, rename it over."""
+        directory = os.path.dirname(target)
+        os.makedirs(directory, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
         try:
-            return int(target.stat().st_size) if target.exists() else None
-        except FileNotFoundError:
-            return None
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
 
-    def read_json(self, name: str) -> dict[str, Any] | None:
-        target = self._path(name)
-        if not target.exists():
-            return None
-        with target.open("rb") as handle:
-            document = json.loads(handle.read().decode("utf-8"))
-        return document if isinstance(document, dict) else None
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """An exclusive lock beside a local document, for compare-and-replace across processes."""
+        lock_path = self._local(name) + ".lock"
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
-    def write_json(self, name: str, document: dict[str, Any]) -> str:
-        target = self._path(name)
-        payload = json.dumps(document, indent=2, sort_keys=False).encode("utf-8")
-        with target.open("wb") as handle:
-            handle.write(payload)
-        return object_location(target)
+    def create_exclusive(self, name: str, payload: bytes) -> str | None:
+        with self._storage(f"create {name}"):
+            if self.local_root is not None:
+                target = self._local(name)
+                descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
+                try:
+                    with os.fdopen(descriptor, "wb") as handle:
+                        handle.write(payload)
+                    os.link(temporary, target)  # atomic, and fails if the name exists
+                except FileExistsError:
+                    return None
+                finally:
+                    os.unlink(temporary)
+                return content_tag(payload)
+            if (self.base / name).exists():
+                return None
+            self.write_bytes(name, payload)
+            return content_tag(payload) if self.read_bytes(name) == payload else None
+
+    def replace_if(self, name: str, payload: bytes, tag: str) -> str | None:
+        with self._storage(f"replace {name}"):
+            if self.local_root is not None:
+                with self._locked(name):
+                    current = self.read_bytes(name)
+                    if current is None or content_tag(current) != tag:
+                        return None
+                    self._write_local(self._local(name), payload)
+                return content_tag(payload)
+            current = self.read_bytes(name)
+            if current is None or content_tag(current) != tag:
+                return None
+            self.write_bytes(name, payload)
+            return content_tag(payload)
 
     def delete(self, names: list[str]) -> None:
-        for name in names:
-            target = self._path(name)
-            if target.exists():
-                target.unlink()
+        with self._storage("delete files"):
+            for name in names:
+                if self.local_root is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._local(name))
+                    continue
+                target = self.base / name
+                if target.exists():
+                    target.unlink()
 
-    def list_names(self) -> list[str]:
-        if not self.base.exists():
-            return []
-        return sorted(child.name for child in self.base.iterdir())
+    def sizes(self, directory: str = "") -> dict[str, int]:
+        prefix = f"{directory.strip('/')}/" if directory else ""
+        with self._storage("list files"):
+            if self.local_root is not None:
+                root = self._local(directory) if directory else self.local_root
+                try:
+                    entries = list(os.scandir(root))
+                except FileNotFoundError:
+                    return {}
+                return {prefix + entry.name: entry.stat().st_size for entry in entries if _is_stored_file(entry)}
+            root_path = self.base / directory if directory else self.base
+            if not root_path.exists():
+                return {}
+            return {prefix + child.name: int(child.stat().st_size) for child in root_path.iterdir() if child.is_file()}
+
+    def move(self, source: str, target: str) -> None:
+        with self._storage(f"move {source} to {target}"):
+            if self.local_root is not None:  # a hard link: no copy, and the source stays until deleted
+                temporary = f"{self._local(target)}.{uuid.uuid4().hex}.tmp"
+                os.link(self._local(source), temporary)
+                os.replace(temporary, self._local(target))
+                return
+            with (self.base / source).open("rb") as reader, (self.base / target).open("wb") as writer:
+                shutil.copyfileobj(reader, writer, _COPY_CHUNK)
+
+
+def publish_file(local_path: str, target: ObjectStoragePath) -> None:
+    """Put a finished local file at ``target`` in one step: a rename on local disk, a single upload
+    (an object appears only once complete) elsewhere. What was at ``target`` stays until then."""
+    if (target.protocol or "file") in ("file", "local"):
+        destination = str(target.path)
+        os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+        temporary = f"{destination}.{uuid.uuid4().hex}.tmp"
+        try:
+            shutil.copyfile(local_path, temporary)
+            os.replace(temporary, destination)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(local_path, "rb") as source, target.open("wb") as sink:
+        shutil.copyfileobj(source, sink, _COPY_CHUNK)
+
+
+def _is_stored_file(entry: os.DirEntry[str]) -> bool:
+    """A stored object, not a temporary name or a lock file of ours."""
+    return entry.is_file() and not entry.name.startswith(".tmp-") and not entry.name.endswith((".lock", ".tmp"))
 
 
 def object_location(path: ObjectStoragePath) -> str:
     """``protocol://path`` of a stored object, without the connection id ObjectStoragePath keeps."""
     return f"{path.protocol or 'file'}://{path.path}"
-
-
-def _absolute(path: str) -> str:
-    import os
-
-    return os.path.abspath(os.path.expanduser(path))

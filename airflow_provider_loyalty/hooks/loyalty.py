@@ -2,51 +2,53 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from typing import IO, Any
 
 import requests
-from airflow.providers.common.compat.sdk import mask_secret
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from requests.adapters import HTTPAdapter
 from tenacity import Retrying
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from airflow_provider_loyalty.exceptions import (
     LoyaltyApiError,
     LoyaltyAuthError,
     LoyaltyCursorError,
     LoyaltyError,
+    LoyaltyExportStopped,
+    LoyaltyRedirectError,
     LoyaltyResponseError,
-    LoyaltyTransientError,
-    LoyaltyValidationError,
+    LoyaltyUnsafeDataError,
 )
 from airflow_provider_loyalty.utils import validation
-from airflow_provider_loyalty.utils.codec import ACCOUNT_LIST_FIELDS, MIME_TYPES, encode_body
-from airflow_provider_loyalty.utils.connection import (
-    USER_AGENT,
-    LoyaltyConnectionSettings,
-    ca_bundle_from_env,
-    settings_from_parts,
-)
+from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, ENVELOPE_SCHEMA, MIME_TYPES, STATUS_SCHEMA, Schema
+from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnectionSettings, settings_from_parts
 from airflow_provider_loyalty.utils.connection_form import UI_FIELD_BEHAVIOUR
+from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.protocol import (
     ACCOUNT_PATH,
+    DOWNLOAD_PREFIX,
     EXPORT_PATH,
-    MAX_REPLY_BYTES,
     STATUS_PATH,
+    carries_envelope,
     check_reply,
     data_object,
     download_url,
+    encode_request,
 )
+from airflow_provider_loyalty.utils.redaction import token_redacted
 from airflow_provider_loyalty.utils.retry import retry_policy
+from airflow_provider_loyalty.utils.transport import ReplyBuffer, transport_error
 
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+#: Largest download the hook streams to disk unless told otherwise (a batch's zip).
+DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024**3
 
 
 class _NoRedirectSession(requests.Session):
@@ -72,19 +74,9 @@ class _BearerAuth(requests.auth.AuthBase):
         return "_BearerAuth(***)"
 
 
-@contextmanager
-def _transport_errors(path: str) -> Iterator[None]:
-    """Map requests/urllib3 failures to typed errors; TLS failures are not retried."""
-    try:
-        yield
-    except LoyaltyError:
-        raise
-    except requests.exceptions.SSLError as err:
-        raise LoyaltyApiError(None, f"{path}: TLS verification failed: {err}", None) from None
-    except requests.exceptions.Timeout:
-        raise LoyaltyTransientError(None, f"{path}: timed out", None) from None
-    except (requests.exceptions.RequestException, Urllib3HTTPError, OSError) as err:
-        raise LoyaltyTransientError(None, f"{path}: connection failed ({type(err).__name__})", None) from None
+def _looks_like_envelope(first_bytes: bytes) -> bool:
+    """A zip starts with ``PK``; a JSON or XML error envelope with ``{`` or ``<``."""
+    return first_bytes.lstrip()[:1] in (b"{", b"<")
 
 
 class LoyaltyHook(BaseHook):
@@ -96,7 +88,9 @@ class LoyaltyHook(BaseHook):
     decoded by their own Content-Type and checked for the ``error`` / ``error_text`` envelope.
     Transient failures (429 with ``Retry-After``, 5xx, timeouts, resets) are retried with
     exponential backoff and jitter; auth and validation errors never are. Redirects are not
-    followed, so the token is only ever sent to the configured host.
+    followed, so the token is only ever sent to the configured host. No error leaving the hook
+    contains the token. :class:`~airflow_provider_loyalty.hooks.loyalty_async.LoyaltyAsyncHook` is
+    the same API for triggers, on asyncio.
 
     .. seealso:: :ref:`howto/connection:loyalty` for the connection's fields.
 
@@ -142,6 +136,8 @@ class LoyaltyHook(BaseHook):
     def settings(self) -> LoyaltyConnectionSettings:
         """The connection's settings, read once; the token is registered with the secrets masker."""
         conn = self.get_connection(self.loyalty_conn_id)
+        if conn.password:
+            mask_secret(conn.password)
         settings = settings_from_parts(
             host=conn.host,
             password=conn.password,
@@ -153,23 +149,31 @@ class LoyaltyHook(BaseHook):
         mask_secret(settings.token)
         return settings
 
+    def fork(self) -> LoyaltyHook:
+        """A hook on the same connection and settings with a session of its own, for another thread
+        (a ``requests.Session`` is not shared across threads). The connection is not read again."""
+        twin = type(self)(self.loyalty_conn_id)
+        twin._overrides = dict(self._overrides)
+        twin.__dict__["settings"] = self.settings
+        return twin
+
     @cached_property
     def session(self) -> requests.Session:
-        """The hook's HTTP session: keep-alive, Bearer auth, proxies and CA bundle from the environment."""
+        """The hook's HTTP session: keep-alive, Bearer auth, proxies and CA bundle of the connection."""
+        settings = self.settings
         session = _NoRedirectSession()
         # Auth as an AuthBase (not a bare header): requests then never replaces it with ~/.netrc.
-        session.auth = _BearerAuth(self.settings.token)
-        session.headers.update(
-            {
-                "User-Agent": USER_AGENT,
-                "Accept": f"{MIME_TYPES[self.settings.content_type]}, */*;q=0.5",
-            }
-        )
+        session.auth = _BearerAuth(settings.token)
+        session.headers.update({"User-Agent": USER_AGENT, "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5"})
         # The environment (proxies, REQUESTS_CA_BUNDLE) is read once here, not re-scanned by requests on
         # every call; ``verify`` also goes with each request so nothing can override verify_ssl/ca_bundle.
         session.trust_env = False
-        session.proxies.update(requests.utils.get_environ_proxies(self.settings.base_url))
+        proxy = settings.proxy_for(settings.base_url)
+        if proxy:
+            session.proxies.update({settings.base_url.split("://", 1)[0]: proxy})
         session.verify = self._verify
+        if settings.client_cert:
+            session.cert = settings.client_cert
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
@@ -178,7 +182,7 @@ class LoyaltyHook(BaseHook):
     @cached_property
     def _verify(self) -> bool | str:
         """``verify`` for requests: the connection's setting, or the environment's CA bundle."""
-        return ca_bundle_from_env(self.settings.verify)
+        return self.settings.effective_verify()
 
     def close(self) -> None:
         """Close the session's pooled connections."""
@@ -188,24 +192,25 @@ class LoyaltyHook(BaseHook):
 
     # ------------------------------------------------------------------ transport
 
+    def _token(self) -> str | None:
+        settings = self.__dict__.get("settings")
+        return settings.token if settings is not None else None
+
     def _retrying(self) -> Retrying:
         return Retrying(**retry_policy(self.settings, self.log))
 
-    def _post(self, path: str, payload: dict[str, Any], list_fields: frozenset[str] = frozenset()) -> dict[str, Any]:
+    def _post(self, path: str, payload: dict[str, Any], schema: Schema = ENVELOPE_SCHEMA) -> dict[str, Any]:
         """POST a body to an API path, with retries; return the checked envelope."""
-        content_type = self.settings.content_type
-        body = encode_body(payload, content_type)
-        headers = {"Content-Type": MIME_TYPES[content_type]}
-        for attempt in self._retrying():
-            with attempt:
-                return self._post_once(path, body, headers, list_fields)
+        with token_redacted(self._token()):
+            body, headers = encode_request(payload, self.settings.content_type)
+            for attempt in self._retrying():
+                with attempt:
+                    return self._post_once(path, body, headers, schema)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    def _post_once(
-        self, path: str, body: bytes, headers: dict[str, str], list_fields: frozenset[str]
-    ) -> dict[str, Any]:
+    def _post_once(self, path: str, body: bytes, headers: dict[str, str], schema: Schema) -> dict[str, Any]:
         started = time.monotonic()
-        with _transport_errors(path):
+        try:
             response = self.session.post(
                 self.settings.url(path),
                 data=body,
@@ -217,28 +222,23 @@ class LoyaltyHook(BaseHook):
             )
             with response:
                 reply = self._read_capped(response, path)
+        except Exception as error:
+            raise transport_error(self.settings, path, error) from None
         self.log.debug("POST %s -> HTTP %s in %.0f ms", path, response.status_code, 1000 * (time.monotonic() - started))
         return check_reply(
             http_status=response.status_code,
             headers=response.headers,
             body=reply,
             token=self.settings.token,
-            list_fields=list_fields,
+            schema=schema,
         )
 
     @staticmethod
     def _read_capped(response: requests.Response, path: str) -> bytes:
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
-            raise LoyaltyResponseError(f"{path}: reply of {declared} bytes is over the {MAX_REPLY_BYTES} byte cap")
-        chunks: list[bytes] = []
-        size = 0
+        buffer = ReplyBuffer(path, response.headers)
         for chunk in response.iter_content(64 * 1024):
-            size += len(chunk)
-            if size > MAX_REPLY_BYTES:
-                raise LoyaltyResponseError(f"{path}: reply is over the {MAX_REPLY_BYTES} byte cap")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            buffer.add(chunk)
+        return buffer.body()
 
     # ------------------------------------------------------------------ export API
 
@@ -255,8 +255,10 @@ class LoyaltyHook(BaseHook):
         """Create an export task of a program's points transactions over a period.
 
         :param loyalty_program_id: the loyalty program.
-        :param date_from: period start (inclusive): datetime or RFC3339 string.
-        :param date_to: period end (inclusive): datetime or RFC3339 string.
+        :param date_from: period start (inclusive): datetime, date or RFC3339 string; a date means
+            its first second.
+        :param date_to: period end (inclusive): datetime, date or RFC3339 string; a date means its
+            last second.
         :param points_currency_eid: external points currency id (or give the iid).
         :param points_currency_iid: internal points currency id (or give the eid).
         :param from_id: cursor: the ``next_from_id`` of the previous batch.
@@ -271,65 +273,104 @@ class LoyaltyHook(BaseHook):
             "from_id": validation.check_cursor(from_id),
         }
         data = data_object(self._post(EXPORT_PATH, payload), "transactions_export")
-        task_id = data.get("task_id")
-        if not isinstance(task_id, str) or not task_id:
-            raise LoyaltyResponseError(f"transactions_export: expected data.task_id to be a string, got {task_id!r}")
+        try:
+            task_id = validation.check_task_id(data.get("task_id"), "data.task_id")
+        except LoyaltyError as error:
+            raise LoyaltyResponseError(f"transactions_export: {error}") from None
         self.log.info("Export task %s created (%s .. %s, from_id=%s)", task_id, start, end, from_id)
         return task_id
 
     def get_task_status(self, export_task_id: str) -> dict[str, Any]:
-        """Poll an export task: ``{"status", "progress", "result"?}`` as the API returned it.
+        """Poll an export task: the ``data`` object of ``tasks/status`` as the API returned it.
 
         :param export_task_id: the id returned by :meth:`create_transactions_export`.
         """
-        if not isinstance(export_task_id, str) or not export_task_id.strip():
-            raise LoyaltyValidationError("export_task_id", f"expected a task id string, got {export_task_id!r}")
-        return data_object(self._post(STATUS_PATH, {"task_id": export_task_id}), "tasks/status")
+        validation.check_task_id(export_task_id)
+        return data_object(self._post(STATUS_PATH, {"task_id": export_task_id}, STATUS_SCHEMA), "tasks/status")
 
-    def download_export(self, hashed_file: str, destination: str | os.PathLike[str] | IO[bytes]) -> int:
+    def get_export_task_status(self, export_task_id: str) -> ExportTaskStatus:
+        """Poll an export task and interpret the reply (state, checked result, failure text).
+
+        :param export_task_id: the id returned by :meth:`create_transactions_export`.
+        """
+        data = self.get_task_status(export_task_id)
+        with token_redacted(self._token()):
+            return ExportTaskStatus.from_reply(export_task_id, data, self.settings.token)
+
+    def download_export(
+        self,
+        hashed_file: str,
+        destination: str | os.PathLike[str] | IO[bytes],
+        *,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        stop: threading.Event | None = None,
+    ) -> int:
         """Stream an export's zip to a path or a binary file object; return the bytes written.
 
-        The body is written in chunks as it arrives, never held in memory. Truncated bodies,
-        resets and 5xx are retried from the start (the destination is rewound); the URL is built
-        by :func:`~airflow_provider_loyalty.utils.protocol.download_url`, which refuses any
-        ``hashed_file`` that would leave ``/api/download/`` on the connection's host.
+        The body is written in chunks as it arrives, never held in memory, and refused past
+        ``max_bytes``. Truncated bodies, resets and 5xx are retried from the start (the destination
+        is rewound). The URL is built by :func:`~airflow_provider_loyalty.utils.protocol.download_url`,
+        which refuses any ``hashed_file`` that would leave ``/api/download/`` on the connection's
+        host. An error envelope in place of the file (e.g. HTTP 200 with "File expired") raises the
+        API's typed error with its text.
 
         :param hashed_file: the ``result.hashed_file`` of a completed export task.
         :param destination: a file path, or a seekable binary file object opened for writing.
+        :param max_bytes: the largest download accepted.
+        :param stop: set it (from another thread or a signal handler) to stop the download.
         """
-        url = download_url(self.settings, hashed_file)
-        for attempt in self._retrying():
-            with attempt:
-                if isinstance(destination, str | os.PathLike):
-                    with open(destination, "wb") as sink:
-                        return self._download_once(url, sink)
-                destination.seek(0)
-                destination.truncate()
-                return self._download_once(url, destination)
+        with token_redacted(self._token()):
+            url = download_url(self.settings, hashed_file)
+            for attempt in self._retrying():
+                with attempt:
+                    if isinstance(destination, str | os.PathLike):
+                        with open(destination, "wb") as sink:
+                            return self._download_once(url, sink, max_bytes, stop)
+                    destination.seek(0)
+                    destination.truncate()
+                    return self._download_once(url, destination, max_bytes, stop)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    def _download_once(self, url: str, sink: IO[bytes]) -> int:
+    def _download_once(self, url: str, sink: IO[bytes], max_bytes: int, stop: threading.Event | None) -> int:
         started = time.monotonic()
         written = 0
-        with _transport_errors("/api/download/"):
+        try:
             response = self.session.get(
                 url, timeout=self.settings.timeout, stream=True, allow_redirects=False, verify=self._verify
             )
             with response:
-                if response.status_code != 200:
-                    check_reply(
-                        http_status=response.status_code,
-                        headers=response.headers,
-                        body=self._read_capped(response, "/api/download/"),
-                        token=self.settings.token,
-                    )
-                    raise LoyaltyResponseError(f"download: unexpected HTTP {response.status_code}")
-                for chunk in response.iter_content(DOWNLOAD_CHUNK_BYTES):
-                    sink.write(chunk)
+                chunks = response.iter_content(DOWNLOAD_CHUNK_BYTES)
+                first = next(chunks, b"") if response.status_code == 200 else b""
+                if response.status_code != 200 or carries_envelope(response.headers) or _looks_like_envelope(first):
+                    self._raise_for_envelope(response, first, chunks)
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise LoyaltyUnsafeDataError(f"download of {declared} bytes is over max_download_bytes={max_bytes}")
+                for chunk in itertools.chain((first,), chunks):
+                    if stop is not None and stop.is_set():
+                        raise LoyaltyExportStopped("download stopped: the task is being killed")
                     written += len(chunk)
+                    if written > max_bytes:
+                        raise LoyaltyUnsafeDataError(f"download is over max_download_bytes={max_bytes}; stopped")
+                    sink.write(chunk)
+        except Exception as error:
+            raise transport_error(self.settings, DOWNLOAD_PREFIX, error) from None
         elapsed = max(time.monotonic() - started, 1e-9)
         self.log.debug("Downloaded %d bytes in %.2f s (%.1f MiB/s)", written, elapsed, written / elapsed / 2**20)
         return written
+
+    def _raise_for_envelope(self, response: requests.Response, first: bytes, rest: Iterator[bytes]) -> None:
+        """The API answered the download with its envelope instead of a file: raise what it says."""
+        buffer = ReplyBuffer(DOWNLOAD_PREFIX, response.headers)
+        for chunk in itertools.chain((first,), rest):
+            buffer.add(chunk)
+        check_reply(
+            http_status=response.status_code, headers=response.headers, body=buffer.body(), token=self.settings.token
+        )
+        raise LoyaltyResponseError(
+            f"download: expected a zip file, got HTTP {response.status_code} "
+            f"({response.headers.get('Content-Type') or 'no Content-Type'}) with a success envelope"
+        )
 
     # ------------------------------------------------------------------ account API
 
@@ -378,18 +419,19 @@ class LoyaltyHook(BaseHook):
         return self._account_page(payload)
 
     def _account_payload(self, *, loyalty_program_id: int, matching: str, limit: int, **fields: Any) -> dict[str, Any]:
+        currency = validation.check_currency(
+            fields.pop("points_currency_eid", None), fields.pop("points_currency_iid", None)
+        )
         return {
             "token": self.settings.token,
             "loyalty_program_id": validation.check_program_id(loyalty_program_id),
-            **validation.check_currency(
-                fields.pop("points_currency_eid", None), fields.pop("points_currency_iid", None)
-            ),
+            **currency,
             **validation.check_matching(matching, **fields),
             "limit": validation.check_limit(limit),
         }
 
     def _account_page(self, payload: dict[str, Any]) -> dict[str, Any]:
-        envelope = self._post(ACCOUNT_PATH, payload, list_fields=ACCOUNT_LIST_FIELDS)
+        envelope = self._post(ACCOUNT_PATH, payload, ACCOUNT_SCHEMA)
         records = envelope.get("data")
         if records is None or records == "":
             records = []
@@ -438,21 +480,46 @@ class LoyaltyHook(BaseHook):
     # ------------------------------------------------------------------ UI
 
     def test_connection(self) -> tuple[bool, str]:
-        """The UI's Test button: reach the API and check that it accepts the token.
+        """The UI's Test button: ``(True, ...)`` only when the API accepted an authenticated call.
 
-        Asks for the status of a task id that cannot exist: "not found" proves the host answers
-        and the token was accepted, without creating anything.
+        It asks for the status of an export task id that cannot exist, which creates nothing. The
+        API accepted the token when it answers ``error`` 0, or says that this task is not found
+        (HTTP 404 with its error envelope) while a path that does not exist is answered differently
+        (so a wrong Base URL whose every path is "not found" does not pass). Anything else — an auth
+        refusal, an error inside an HTTP 200, a 4xx, a redirect (with where it points) — is
+        ``(False, <the API's text>)``.
         """
+        probe = f"task_connection-test-{uuid.uuid4()}"
         try:
-            self.get_task_status(f"task_connection-test-{uuid.uuid4()}")
-        except LoyaltyAuthError as err:
-            return False, f"The API refused the token: {err.text}"
-        except LoyaltyApiError as err:
-            if err.http_status is not None and err.http_status < 500:
-                return True, "Connection successful: the API answered and accepted the token."
-            return False, f"The API answered with an error: {err}"
-        except LoyaltyError as err:
-            return False, str(err)
-        except Exception as err:
-            return False, f"{type(err).__name__}: {err}"
-        return True, "Connection successful."
+            with token_redacted(self._token()):
+                try:
+                    self.get_task_status(probe)
+                except LoyaltyApiError as error:
+                    if error.http_status != 404 or error.code is None:
+                        raise
+                    return self._probe_confirms(error)
+                return True, "Connection successful: the API accepted the token."
+        except LoyaltyAuthError as error:
+            return False, f"The API refused the token: {error.text}"
+        except LoyaltyRedirectError as error:
+            return False, error.text
+        except LoyaltyApiError as error:
+            return False, f"The API did not accept the call: {error}"
+        except LoyaltyError as error:
+            return False, str(error)
+        except Exception as error:
+            return False, f"{type(error).__name__}: {error}"
+        finally:
+            self.close()
+
+    def _probe_confirms(self, not_found: LoyaltyApiError) -> tuple[bool, str]:
+        """Whether "task not found" came from the status endpoint, not from a Base URL that misses the API."""
+        try:
+            self._post(f"{STATUS_PATH}/connection-test-{uuid.uuid4().hex}", {"task_id": "none"})
+        except LoyaltyApiError as unknown_path:
+            if (unknown_path.http_status, unknown_path.code) == (not_found.http_status, not_found.code):
+                return False, (
+                    f"Every path answers HTTP 404 (error {not_found.code}: {not_found.text}); check that the "
+                    "Base URL points at the API (scheme, host and path prefix)"
+                )
+        return True, "Connection successful: the API accepted the token (the test task id is unknown, as expected)."

@@ -2,6 +2,7 @@
 
 :class:`LoyaltyExportOperator` and :class:`LoyaltyTransactionsToS3Operator` differ only in the
 :class:`~airflow_provider_loyalty.export.sinks.PartSink` they build (:meth:`build_sink`).
+Only for internal usage.
 """
 
 from __future__ import annotations
@@ -12,22 +13,33 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow.providers.common.compat.sdk import conf
-from airflow.sdk import BaseOperator, Context
+import pendulum
+from airflow.providers.common.compat.sdk import BaseOperator, Context, conf
 
-from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportTaskFailed, LoyaltyValidationError
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyValidationError, LoyaltyVerificationError
 from airflow_provider_loyalty.export.archive import ArchiveLimits
-from airflow_provider_loyalty.export.loop import ExportLoop, ExportProgress, ExportSpec, result_of
+from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME
+from airflow_provider_loyalty.export.lease import WriterIdentity
+from airflow_provider_loyalty.export.loop import ExportLoop, Finished, Step
+from airflow_provider_loyalty.export.manifest import xcom_summary
+from airflow_provider_loyalty.export.progress import ExportProgress
 from airflow_provider_loyalty.export.sinks import PartSink
-from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
-from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger, result_from_event
+from airflow_provider_loyalty.export.spec import ExportSpec, check_output_format
+from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
+from airflow_provider_loyalty.operators.lineage import operator_lineage
+from airflow_provider_loyalty.operators.links import LoyaltyManifestLink
+from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger, status_from_event
 from airflow_provider_loyalty.utils import validation
-from airflow_provider_loyalty.utils.protocol import failure_text, task_state
+
+#: How long a deferred export keeps its location beyond the trigger's deadline.
+_LEASE_GRACE = 600.0
 
 
 class LoyaltyExportBaseOperator(BaseOperator):
     """
     Export a loyalty program's points transactions of a period, batch after batch, verified.
+
+    :meta private:
 
     Subclasses decide where parts land. See :class:`LoyaltyExportOperator` and
     :class:`LoyaltyTransactionsToS3Operator` for the parameters they add.
@@ -35,14 +47,17 @@ class LoyaltyExportBaseOperator(BaseOperator):
     :param loyalty_program_id: the loyalty program. (templated)
     :param points_currency_eid: external points currency id; give this or the iid. (templated)
     :param points_currency_iid: internal points currency id; give this or the eid. (templated)
-    :param date_from: period start, inclusive; datetime or RFC3339. Defaults to the run's
-        ``data_interval_start``. (templated)
-    :param date_to: period end, inclusive; datetime or RFC3339. Defaults to one second before the
-        run's ``data_interval_end`` (the API's end is inclusive, Airflow's is not). (templated)
+    :param date_from: period start, inclusive: a datetime, a date (its first second) or RFC3339.
+        Defaults to the run's ``data_interval_start``. Naive values are read in
+        ``[core] default_timezone``. (templated)
+    :param date_to: period end, inclusive: a datetime, a date (its last second) or RFC3339.
+        Defaults to one second before the run's ``data_interval_end``. (templated)
     :param from_id: start from this transaction id instead of the period's beginning. (templated)
     :param export_task_id: adopt an export task created elsewhere (e.g. waited for by
         :class:`LoyaltyExportTaskSensor`) as the first batch instead of creating one; it must have
         been created with the same program, currency, period and ``from_id``. (templated)
+    :param output_format: ``csv`` (default), ``csv.gz`` or ``parquet`` (needs the ``[parquet]``
+        extra). (templated)
     :param loyalty_conn_id: the ``loyalty`` connection.
     :param max_batches: fail instead of running more export batches than this (default: no cap).
     :param poll_interval: seconds between export task status checks.
@@ -50,8 +65,14 @@ class LoyaltyExportBaseOperator(BaseOperator):
     :param deferrable: wait for each export task in the triggerer instead of holding a worker
         slot. Defaults to ``[operators] default_deferrable``.
     :param resume: after a failed attempt, continue from its checkpoint instead of from scratch.
-    :param replace: replace a finished export already at the output location (else fail).
+    :param replace: replace a finished export of the same period at the output location (else
+        fail). An export of another period there is always an error.
     :param keep_zip: also store each batch's original archive next to its part.
+    :param fail_on_empty: fail when the period holds no transactions (default: an empty period is
+        a valid export, with a manifest of ``total_rows`` 0 and no parts).
+    :param verify: re-read every part against the manifest right after it is written
+        (:func:`~airflow_provider_loyalty.verify.verify_manifest`).
+    :param max_download_bytes: the largest batch file accepted (streamed; the download stops there).
     :param max_uncompressed_bytes: zip bomb cap: largest uncompressed size of one batch.
     :param max_compression_ratio: zip bomb cap: largest expansion ratio of an archive member.
     """
@@ -64,8 +85,10 @@ class LoyaltyExportBaseOperator(BaseOperator):
         "date_to",
         "from_id",
         "export_task_id",
+        "output_format",
     )
     ui_color = "#f4e3ff"
+    operator_extra_links = (LoyaltyManifestLink(),)
 
     def __init__(
         self,
@@ -77,6 +100,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
         date_to: Any = None,
         from_id: str | None = None,
         export_task_id: str | None = None,
+        output_format: str = "csv",
         loyalty_conn_id: str = LoyaltyHook.default_conn_name,
         max_batches: int | None = None,
         poll_interval: float = 30.0,
@@ -85,6 +109,9 @@ class LoyaltyExportBaseOperator(BaseOperator):
         resume: bool = True,
         replace: bool = True,
         keep_zip: bool = False,
+        fail_on_empty: bool = False,
+        verify: bool = False,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
         max_uncompressed_bytes: int = ArchiveLimits.max_uncompressed_bytes,
         max_compression_ratio: float = ArchiveLimits.max_compression_ratio,
         **kwargs: Any,
@@ -97,8 +124,9 @@ class LoyaltyExportBaseOperator(BaseOperator):
         self.date_to = date_to
         self.from_id = from_id
         self.export_task_id = export_task_id
+        self.output_format = output_format
         self.loyalty_conn_id = loyalty_conn_id
-        self.max_batches = max_batches
+        self.max_batches = validation.check_optional_positive_int(max_batches, "max_batches")
         self.poll_interval = validation.check_positive_number(poll_interval, "poll_interval")
         seconds = batch_timeout.total_seconds() if isinstance(batch_timeout, timedelta) else batch_timeout
         self.batch_timeout = validation.check_positive_number(seconds, "batch_timeout")
@@ -106,27 +134,35 @@ class LoyaltyExportBaseOperator(BaseOperator):
         self.resume = resume
         self.replace = replace
         self.keep_zip = keep_zip
+        self.fail_on_empty = fail_on_empty
+        self.verify = verify
+        self.max_download_bytes = int(validation.check_positive_number(max_download_bytes, "max_download_bytes"))
         self.archive_limits = ArchiveLimits(
-            max_uncompressed_bytes=int(max_uncompressed_bytes), max_compression_ratio=float(max_compression_ratio)
+            max_uncompressed_bytes=int(
+                validation.check_positive_number(max_uncompressed_bytes, "max_uncompressed_bytes")
+            ),
+            max_compression_ratio=validation.check_positive_number(max_compression_ratio, "max_compression_ratio"),
         )
-        if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)):
-            raise LoyaltyValidationError("max_batches", f"expected a positive integer or None, got {max_batches!r}")
-        if max_batches is not None and max_batches < 1:
-            raise LoyaltyValidationError("max_batches", f"expected a positive integer or None, got {max_batches!r}")
+        self._loop: ExportLoop | None = None
+        self._manifest_url: str | None = None
         self._validate_literals()
 
     def _validate_literals(self) -> None:
         """Fail at DAG-parse time on literal values that can never work (templates wait for run time)."""
-        fields = (self.loyalty_program_id, self.points_currency_eid, self.points_currency_iid)
+        currency = (self.points_currency_eid, self.points_currency_iid)
         if not validation.is_template(self.loyalty_program_id):
             validation.check_program_id(self.loyalty_program_id)
-        if not any(validation.is_template(value) for value in fields[1:]):
-            validation.check_currency(self.points_currency_eid, self.points_currency_iid)
+        if not any(validation.is_template(value) for value in currency):
+            validation.check_currency(*currency)
         ends = (self.date_from, self.date_to)
         if all(value is not None and not validation.is_template(value) for value in ends):
             validation.check_period(*ends)
         if not validation.is_template(self.from_id):
             validation.check_cursor(self.from_id)
+        if not validation.is_template(self.output_format):
+            check_output_format(self.output_format)
+        if self.export_task_id is not None and not validation.is_template(self.export_task_id):
+            validation.check_task_id(self.export_task_id)
 
     # ------------------------------------------------------------------ to be provided by subclasses
 
@@ -134,7 +170,14 @@ class LoyaltyExportBaseOperator(BaseOperator):
     def build_sink(self, context: Context, spec: ExportSpec) -> PartSink:
         """Where this operator lands parts, checkpoint and manifest."""
 
-    # ------------------------------------------------------------------ shared machinery
+    def on_manifest(self, context: Context, manifest: dict[str, Any]) -> None:
+        """Hook for subclasses (asset events, lineage), called once the manifest is written."""
+
+    def verify_conn_id(self) -> str | None:
+        """The connection :func:`~airflow_provider_loyalty.verify.verify_manifest` reads the location with."""
+        return None
+
+    # ------------------------------------------------------------------ the export
 
     @property
     def hook(self) -> LoyaltyHook:
@@ -158,10 +201,10 @@ class LoyaltyExportBaseOperator(BaseOperator):
                     "with a data-interval timetable (CronDataIntervalTimetable) or pass the period explicitly",
                 )
         if date_from in (None, ""):
-            date_from = start
+            date_from = pendulum.instance(start)  # type: ignore[arg-type]
         if date_to in (None, ""):
             # Airflow's interval end is exclusive; the API's date_to is inclusive (to the second).
-            date_to = validation.to_utc(end, "date_to").subtract(seconds=1)
+            date_to = pendulum.instance(end).subtract(seconds=1)  # type: ignore[arg-type]
         return ExportSpec.build(
             loyalty_program_id=self.loyalty_program_id,
             points_currency_eid=self.points_currency_eid,
@@ -169,6 +212,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
             date_from=date_from,
             date_to=date_to,
             from_id=self.from_id,
+            output_format=self.output_format,
         )
 
     def export_loop(self, context: Context) -> ExportLoop:
@@ -178,88 +222,132 @@ class LoyaltyExportBaseOperator(BaseOperator):
             hook=self.hook,
             spec=spec,
             sink=self.build_sink(context, spec),
+            identity=WriterIdentity.from_context(context),
             max_batches=self.max_batches,
             poll_interval=self.poll_interval,
             batch_timeout=self.batch_timeout,
             resume=self.resume,
             replace=self.replace,
             keep_zip=self.keep_zip,
+            fail_on_empty=self.fail_on_empty,
             limits=self.archive_limits,
+            max_download_bytes=self.max_download_bytes,
             log=self.log,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Run the export; in deferrable mode, defer once per batch that is not ready at once."""
-        loop = self.export_loop(context)
-        progress = loop.begin()
-        if self.export_task_id and not progress.parts and not progress.pending_task_id:
-            progress.pending_task_id = str(self.export_task_id)  # adopted: re-attached like a resumed task
-        if not self.deferrable:
-            return self.on_manifest(context, loop.run(progress))
-        return self._advance(context, loop, progress)
-
-    def _advance(self, context: Context, loop: ExportLoop, progress: ExportProgress) -> dict[str, Any]:
-        """Start batches and land those already complete; defer on the first that is still running."""
-        while True:
-            if progress.exhausted:  # resumed after a crash between the last part and the manifest
-                return self.on_manifest(context, loop.finish(progress))
-            export_task_id = loop.start_batch(progress)
-            status = self.hook.get_task_status(export_task_id)
-            state = task_state(status.get("status"))
-            if state == "failure":
-                raise LoyaltyExportTaskFailed(
-                    export_task_id, str(status.get("status")), failure_text(status, self.hook.settings.token)
-                )
-            if state == "running":
-                self.defer(
-                    trigger=LoyaltyExportTaskTrigger(
-                        export_task_id=export_task_id,
-                        loyalty_conn_id=self.loyalty_conn_id,
-                        poll_interval=self.poll_interval,
-                        deadline=time.time() + self.batch_timeout,
-                    ),
-                    method_name="execute_complete",
-                    kwargs={"progress": progress.to_dict(), "export_task_id": export_task_id},
-                )
-            if not loop.land_batch(progress, export_task_id, result_of(export_task_id, status)):
-                return self.on_manifest(context, loop.finish(progress))
+        """Run the export: in this worker (batch N+1 fetched while N lands), or deferring per batch."""
+        loop = self._loop = self.export_loop(context)
+        with _closing_unless_deferred(loop):
+            progress = loop.begin()
+            if self.export_task_id:
+                loop.adopt_task(progress, validation.check_task_id(self.export_task_id))
+            if not self.deferrable:
+                return self._finish(context, loop.run(progress))
+            return self._after(context, loop, loop.advance(progress))
 
     def execute_complete(
-        self,
-        context: Context,
-        event: dict[str, Any] | None = None,
-        progress: dict[str, Any] | None = None,
-        export_task_id: str | None = None,
+        self, context: Context, event: dict[str, Any] | None = None, export_task_id: str | None = None
     ) -> dict[str, Any]:
-        """Resume after the trigger fired: land the batch, then start the next or finish.
-
-        ``progress`` and ``export_task_id`` are the primitives the operator deferred with. Where a
-        runner hands back only the event (``dag.test()`` in Airflow 3.3 does), the export task id
-        comes from the event and the progress from the checkpoint the loop wrote before deferring.
-        """
+        """Resume after the trigger fired: land the batch, create the next, defer again or finish."""
         if export_task_id is None and isinstance(event, dict):
             export_task_id = event.get("export_task_id")
-        if not export_task_id:
-            raise LoyaltyError("execute_complete: no export_task_id in the deferral kwargs or the trigger event")
-        try:
-            result = result_from_event(event, export_task_id)
-        except LoyaltyError:
-            raise
-        except Exception as err:  # AirflowSensorTimeout is for sensors; an operator just fails (and may retry)
-            raise LoyaltyError(f"Waiting for export task {export_task_id} failed: {err}") from None
-        loop = self.export_loop(context)
-        state = ExportProgress.from_dict(progress) if progress else loop.checkpointed_progress()
-        if state.spec != loop.begin_spec():
-            raise LoyaltyError("the rendered export parameters changed while the task was deferred")
-        if state.pending_task_id != export_task_id:
-            raise LoyaltyError(
-                f"execute_complete: the trigger reported export task {export_task_id}, "
-                f"but the export was waiting for {state.pending_task_id}"
-            )
-        if not loop.land_batch(state, export_task_id, result):
-            return self.on_manifest(context, loop.finish(state))
-        return self._advance(context, loop, state)
+        status = status_from_event(event, export_task_id)
+        loop = self._loop = self.export_loop(context)
+        with _closing_unless_deferred(loop):
+            progress = loop.begin()
+            return self._after(context, loop, loop.advance(progress, completed=status))
 
-    def on_manifest(self, context: Context, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Hook for subclasses (asset events, lineage); returns the manifest pushed to XCom."""
-        return manifest
+    def _after(self, context: Context, loop: ExportLoop, step: Step) -> dict[str, Any]:
+        """Finish, or defer exactly where the wait for an export task starts."""
+        if isinstance(step, Finished):
+            return self._finish(context, step.manifest)
+        deadline = self._deadline(context)
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            raise LoyaltyError(f"timed out waiting for export task {step.export_task_id} (the task's deadline passed)")
+        loop.lease.renew(until=deadline + _LEASE_GRACE)
+        self.log.info("Deferring: export task %s still runs (poll every %g s)", step.export_task_id, self.poll_interval)
+        self.defer(
+            trigger=LoyaltyExportTaskTrigger(
+                export_task_id=step.export_task_id,
+                loyalty_conn_id=self.loyalty_conn_id,
+                poll_interval=self.poll_interval,
+                deadline=deadline,
+            ),
+            method_name="execute_complete",
+            kwargs={"export_task_id": step.export_task_id},
+            timeout=timedelta(seconds=remaining),
+        )
+        raise AssertionError("unreachable: defer() raises")  # pragma: no cover
+
+    def _deadline(self, context: Context) -> float:
+        """When waiting must end: one batch's timeout, and never past ``execution_timeout``."""
+        deadline = time.time() + self.batch_timeout
+        if self.execution_timeout is not None:
+            ti = context.get("ti")
+            started = getattr(ti, "start_date", None)
+            began = started.timestamp() if started is not None else time.time()
+            deadline = min(deadline, began + self.execution_timeout.total_seconds())
+        return deadline
+
+    def _finish(self, context: Context, manifest: dict[str, Any]) -> dict[str, Any]:
+        self._manifest_url = str(manifest["manifest"])
+        self.on_manifest(context, manifest)
+        if self.verify:
+            self._verify(manifest)
+        return xcom_summary(manifest)
+
+    def _verify(self, manifest: dict[str, Any]) -> None:
+        from airflow_provider_loyalty.verify import verify_manifest
+
+        report = verify_manifest(manifest, conn_id=self.verify_conn_id())
+        if not report.intact:
+            raise LoyaltyVerificationError(f"the export at {manifest['manifest']} does not verify:\n{report.to_text()}")
+        self.log.info("Verified %s: %d part(s) intact", manifest["manifest"], report.parts_checked)
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Name the export task when Airflow fails a deferral at its timeout (no triggerer answered)."""
+        error = str((next_kwargs or {}).get("error") or "")
+        if next_method == "__fail__" and "timeout" in error.lower():
+            raise LoyaltyError(
+                f"timed out waiting for export task {self._waited_for(context)}: the deferral reached the task's "
+                f"deadline (execution_timeout={self.execution_timeout}, batch_timeout={self.batch_timeout:.0f}s) "
+                "and no triggerer reported the task as finished"
+            )
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def _waited_for(self, context: Context) -> str:
+        try:
+            loop = self.export_loop(context)
+            document = loop.sink.read_json(CHECKPOINT_NAME)
+            pending = ExportProgress.from_dict(document or {}).pending
+            return pending[0].task_id if pending else "(unknown)"
+        except Exception:
+            return "(unknown: the checkpoint could not be read)"
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the API's transactions as input, the export's location as the one output."""
+        location = self._manifest_url.rsplit("/", 1)[0] if self._manifest_url else None
+        return operator_lineage(self.hook.settings.base_url, self.loyalty_program_id, location)
+
+    def on_kill(self) -> None:
+        """Stop the export promptly; the checkpoint keeps the pending export task for the next try."""
+        if self._loop is not None:
+            self._loop.stop()
+
+
+class _closing_unless_deferred:
+    """Clean the loop's temporary files on the way out; give the location up unless the task defers."""
+
+    def __init__(self, loop: ExportLoop) -> None:
+        self.loop = loop
+
+    def __enter__(self) -> ExportLoop:
+        return self.loop
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        from airflow.providers.common.compat.sdk import TaskDeferred
+
+        deferred = exc_type is not None and issubclass(exc_type, TaskDeferred)
+        self.loop.close(release=not deferred)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context, ObjectStoragePath
+from airflow.providers.common.compat.sdk import BaseOperator, Context, ObjectStoragePath
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError, LoyaltyVerificationError
-from airflow_provider_loyalty.export.loop import ExportSpec
-from airflow_provider_loyalty.export.sinks import ObjectStorageSink, PartSink, object_location
+from airflow_provider_loyalty.export.sinks import ObjectStorageSink, PartSink, object_location, publish_file
+from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOperator
+from airflow_provider_loyalty.operators.lineage import operator_lineage
 from airflow_provider_loyalty.utils import validation
 
 __all__ = ["LoyaltyAccountTransactionsOperator", "LoyaltyExportOperator"]
@@ -55,6 +58,10 @@ class LoyaltyExportOperator(LoyaltyExportBaseOperator):
         """Parts go under ``output_path``."""
         return ObjectStorageSink(self.output_path, conn_id=self.output_conn_id)
 
+    def verify_conn_id(self) -> str | None:
+        """``verify=True`` reads the location with ``output_conn_id``."""
+        return self.output_conn_id
+
 
 class LoyaltyAccountTransactionsOperator(BaseOperator):
     """
@@ -62,7 +69,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
 
     Pages ``POST /api/v1.1/loyalty/account/transactions`` with ``from_id`` / ``limit`` until
     ``next_from_id`` is empty, one page in memory at a time, and checks the rows written against
-    the API's ``total_count``. Map it over many members with ``.partial(...).expand(email=[...])``.
+    the API's ``total_count``. Map it over many members with ``.partial(...).expand(member_email=[...])``.
     A member the API does not find fails the task (``LoyaltyNotFoundError``); a member without
     transactions gives an empty file and ``rows == 0``.
 
@@ -71,7 +78,8 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
 
     :param loyalty_program_id: the loyalty program. (templated)
     :param matching: how the member is found: ``email``, ``phone``, ``profile_id`` or ``custom``.
-    :param email: member email, with ``matching="email"``. (templated)
+    :param member_email: the member's email, with ``matching="email"`` (not ``email``: that is
+        ``BaseOperator``'s list of alert recipients, and must never be a customer). (templated)
     :param phone: member phone in international format, with ``matching="phone"``. (templated)
     :param profile_id: member profile id, with ``matching="profile_id"``. (templated)
     :param field_name: custom field name, with ``matching="custom"``. (templated)
@@ -88,7 +96,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "loyalty_program_id",
-        "email",
+        "member_email",
         "phone",
         "profile_id",
         "field_name",
@@ -104,7 +112,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         loyalty_program_id: int | str,
         matching: str,
         output_path: str | ObjectStoragePath,
-        email: str | None = None,
+        member_email: str | None = None,
         phone: str | None = None,
         profile_id: str | None = None,
         field_name: str | None = None,
@@ -119,7 +127,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         super().__init__(**kwargs)
         self.loyalty_program_id = loyalty_program_id
         self.matching = matching
-        self.email = email
+        self.member_email = member_email
         self.phone = phone
         self.profile_id = profile_id
         self.field_name = field_name
@@ -137,7 +145,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
 
     def _member(self) -> dict[str, Any]:
         return {
-            "email": self.email,
+            "email": self.member_email,
             "phone": self.phone,
             "profile_id": self.profile_id,
             "field_name": self.field_name,
@@ -154,21 +162,44 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
             text += f"member-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
         if "://" in text:
             return ObjectStoragePath(text, conn_id=self.output_conn_id)
-        import os
-
         return ObjectStoragePath(f"file://{os.path.abspath(os.path.expanduser(text))}")
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Page the member's history into the JSON Lines file; return path, rows and total_count."""
-        member_fields = validation.check_matching(self.matching, **self._member())
+        """Page the member's history into the JSON Lines file; return path, rows and total_count.
+
+        The file is written under a temporary name and published only once complete and checked,
+        so a failed run leaves the previous file untouched.
+        """
+        try:
+            member_fields = validation.check_matching(self.matching, **self._member())
+        except LoyaltyValidationError as error:
+            if error.parameter == "email":
+                raise LoyaltyValidationError("member_email", 'required (a string) when matching="email"') from None
+            raise
         validation.check_program_id(self.loyalty_program_id)
         validation.check_currency(self.points_currency_eid, self.points_currency_iid)
         target = self._target(member_fields)
-        target.parent.mkdir(parents=True, exist_ok=True)
         hook = LoyaltyHook(self.loyalty_conn_id)
+        with tempfile.TemporaryDirectory(prefix="loyalty-member-") as workdir:
+            local = os.path.join(workdir, "history.jsonl")
+            rows, total_count = self._write_history(hook, local)
+            publish_file(local, target)
+        self.log.info("Member history: %d transaction(s) written to %s", rows, object_location(target))
+        self._written = object_location(target)
+        return {"path": self._written, "rows": rows, "total_count": total_count}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the API's transactions as input, the history file as the output."""
+        return operator_lineage(
+            LoyaltyHook(self.loyalty_conn_id).settings.base_url,
+            self.loyalty_program_id,
+            getattr(self, "_written", None),
+        )
+
+    def _write_history(self, hook: LoyaltyHook, local: str) -> tuple[int, int | None]:
         rows = 0
         total_count: int | None = None
-        with target.open("wb") as sink:
+        with open(local, "wb") as sink:
             for page in hook.iter_account_transaction_pages(
                 loyalty_program_id=self.loyalty_program_id,
                 matching=self.matching,
@@ -186,5 +217,4 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
             raise LoyaltyVerificationError(
                 f"member history: wrote {rows} transactions but the API's total_count says {total_count}"
             )
-        self.log.info("Member history: %d transaction(s) written to %s", rows, object_location(target))
-        return {"path": object_location(target), "rows": rows, "total_count": total_count}
+        return rows, total_count

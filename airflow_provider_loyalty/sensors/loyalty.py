@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowSkipException, BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
+from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger, result_from_event
-from airflow_provider_loyalty.utils.protocol import failure_text, task_state
+from airflow_provider_loyalty.utils.export_status import ExportTaskState
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -73,24 +73,19 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         :param context: the task context.
         :raises LoyaltyExportTaskFailed: the task ended in a failure state (skips with ``soft_fail``).
         """
-        data = self.hook.get_task_status(self.export_task_id)
-        status = data.get("status")
-        state = task_state(status)
-        if state == "success":
-            result = data.get("result")
-            if not isinstance(result, dict):
-                raise LoyaltyResponseError(
-                    f"tasks/status: expected data.result to be an object, got {type(result).__name__}"
-                )
-            self.log.info("Export task %s completed: %s rows", self.export_task_id, result.get("total", "?"))
-            return PokeReturnValue(is_done=True, xcom_value=result)
-        if state == "failure":
-            text = failure_text(data, self.hook.settings.token)
-            error = LoyaltyExportTaskFailed(self.export_task_id, str(status), text)
-            if self.soft_fail:
-                raise AirflowSkipException(f"Skipping (soft_fail): {error}") from error
-            raise error
-        self.log.info("Export task %s: %s, progress %s%%", self.export_task_id, status, data.get("progress", "?"))
+        status = self.hook.get_export_task_status(self.export_task_id)
+        if status.state is ExportTaskState.FAILED:
+            try:
+                status.raise_for_failure()
+            except LoyaltyExportTaskFailed as error:
+                if self.soft_fail:
+                    raise AirflowSkipException(f"Skipping (soft_fail): {error}") from error
+                raise
+        if status.state is ExportTaskState.COMPLETED:
+            result = status.completed_result()
+            self.log.info("Export task %s completed: %s rows", self.export_task_id, result.total)
+            return PokeReturnValue(is_done=True, xcom_value=result.raw)
+        self.log.info("Export task %s: %s", self.export_task_id, status.describe())
         return PokeReturnValue(is_done=False)
 
     def execute(self, context: Context) -> Any:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import Context
+from airflow.providers.common.compat.sdk import Context
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
-from airflow_provider_loyalty.export.loop import ExportSpec
+from airflow_provider_loyalty.export.layout import MANIFEST_NAME
 from airflow_provider_loyalty.export.s3_sink import S3PartSink
-from airflow_provider_loyalty.export.sinks import MANIFEST_NAME, PartSink
+from airflow_provider_loyalty.export.sinks import PartSink
+from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOperator
+from airflow_provider_loyalty.operators.lineage import asset_uri
 from airflow_provider_loyalty.utils.validation import is_template
 
 __all__ = ["LoyaltyTransactionsToS3Operator"]
@@ -28,10 +30,11 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
     marker: a manifest exists only for a complete, verified export. Parts are uploaded with the
     amazon provider's ``S3Hook`` (managed multipart from a temporary file; memory stays flat).
 
-    Re-running the same interval replaces the set (stale parts of the earlier run are deleted
-    before the new manifest is written). A retry after a crash resumes after the last part the
-    checkpoint ``_manifest.inprogress.json`` proves landed, re-attaching to an export task that
-    was still running, instead of re-exporting from the start.
+    One writer per prefix: an export holds a lease on its prefix (S3 conditional writes); an export
+    of another period there fails at once, naming the holder. Re-running the same period replaces
+    the set, staging the new parts until they are complete, so the prefix always holds the previous
+    true manifest or the new one. A retry after a crash resumes after the last landed part,
+    re-attaching to the export tasks already created, instead of re-exporting from the start.
 
     .. seealso::
         :ref:`howto/operator:LoyaltyTransactionsToS3Operator`
@@ -45,13 +48,16 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
     :param extra_upload_args: further boto3 ``ExtraArgs`` for every upload (e.g. ``ACL``).
     :param transfer_config_args: boto3 ``TransferConfig`` arguments (multipart threshold, chunk
         size, concurrency).
-    :param replace: replace a finished export already under the prefix (else fail).
-    :param keep_zip: also store each batch's original archive as ``part-NNNNN.zip``.
 
     All parameters of :class:`~airflow_provider_loyalty.operators.export_base.LoyaltyExportBaseOperator`
     apply: ``loyalty_program_id``, ``points_currency_eid`` | ``points_currency_iid``,
-    ``date_from``, ``date_to``, ``from_id``, ``loyalty_conn_id``, ``max_batches``,
-    ``poll_interval``, ``batch_timeout``, ``deferrable``, ``resume``.
+    ``date_from``, ``date_to``, ``from_id``, ``export_task_id``, ``output_format``,
+    ``loyalty_conn_id``, ``max_batches``, ``poll_interval``, ``batch_timeout``, ``deferrable``,
+    ``resume``, ``replace``, ``keep_zip``, ``fail_on_empty``, ``verify``, ``max_download_bytes``.
+
+    Unless ``outlets`` are given, the task's outlet is an asset per program and currency (the
+    literal part of the prefix): each finished export emits an event whose ``extra`` carries the
+    manifest's ``s3://`` URL, its row count and its number of parts.
     """
 
     template_fields: Sequence[str] = (*LoyaltyExportBaseOperator.template_fields, "s3_bucket", "s3_key_prefix")
@@ -79,9 +85,16 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         self.sse_kms_key_id = sse_kms_key_id
         self.extra_upload_args = dict(extra_upload_args or {})
         self.transfer_config_args = transfer_config_args
-        if "outlets" not in kwargs and not is_template(s3_bucket):
-            kwargs["outlets"] = [_manifest_asset(s3_bucket, s3_key_prefix)]
+        if "outlets" not in kwargs:
+            kwargs["outlets"] = default_outlets({**kwargs, "s3_bucket": s3_bucket, "s3_key_prefix": s3_key_prefix})
         super().__init__(**kwargs)
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """As :meth:`BaseOperator.partial`; mapped exports get the same default asset outlet."""
+        if "outlets" not in kwargs:
+            kwargs["outlets"] = default_outlets(kwargs)
+        return super().partial(**kwargs)
 
     def key_prefix(self, spec: ExportSpec) -> str:
         """The rendered prefix, or the default one built from the export's parameters."""
@@ -107,51 +120,51 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         )
         return S3PartSink(hook, str(self.s3_bucket), self.key_prefix(spec), encrypt=self.encrypt)
 
-    def on_manifest(self, context: Context, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Attach the manifest's location and counts to the asset event of the outlet."""
+    def verify_conn_id(self) -> str | None:
+        """``verify=True`` reads the bucket with ``aws_conn_id``."""
+        return self.aws_conn_id
+
+    def on_manifest(self, context: Context, manifest: dict[str, Any]) -> None:
+        """Attach the manifest's location and counts to the asset event of each outlet."""
         manifest["bucket"] = self.s3_bucket
         outlet_events = context.get("outlet_events")
-        if outlet_events is not None:
-            for outlet in self.outlets:
-                try:
-                    outlet_events[outlet].extra = {
-                        "manifest": f"s3://{self.s3_bucket}/{manifest['manifest']}",
-                        "total_rows": manifest["total_rows"],
-                        "parts": len(manifest["parts"]),
-                    }
-                except (KeyError, TypeError):
-                    self.log.debug("Outlet %r takes no asset event extra", outlet)
-        self._last_manifest = manifest
-        return manifest
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage: the API's transactions as input, the S3 parts as outputs."""
-        try:
-            from airflow.providers.common.compat.openlineage.facet import Dataset
-            from airflow.providers.openlineage.extractors import OperatorLineage
-        except ImportError:  # the openlineage provider is optional
-            return None
-        manifest = getattr(self, "_last_manifest", None) or {}
-        hook = self.hook
-        source = Dataset(
-            namespace=hook.settings.base_url,
-            name=f"loyalty_program/{self.loyalty_program_id}/points_transactions",
-        )
-        outputs = [Dataset(namespace=f"s3://{self.s3_bucket}", name=part["key"]) for part in manifest.get("parts", [])]
-        return OperatorLineage(inputs=[source], outputs=outputs)
+        if outlet_events is None:
+            return
+        for outlet in self.outlets:
+            try:
+                outlet_events[outlet].extra = {
+                    "manifest": manifest["manifest"],
+                    "total_rows": manifest["total_rows"],
+                    "parts": len(manifest["parts"]),
+                }
+            except (KeyError, TypeError):
+                self.log.debug("Outlet %r takes no asset event extra", outlet)
 
 
-def _manifest_asset(bucket: str, prefix: str | None) -> Any:
-    """An Asset for the manifest, so downstream DAGs can be scheduled on finished exports.
-
-    A templated or default prefix changes per run; the asset then names the literal part of the
-    key space (``s3://bucket/<prefix up to the first template>``) and each event's ``extra``
-    carries the exact manifest key.
-    """
+def default_outlets(params: dict[str, Any]) -> list[Any]:
+    """The task's default asset, or none while its bucket is not known (templated or mapped)."""
+    bucket = params.get("s3_bucket")
+    if not isinstance(bucket, str) or not bucket or is_template(bucket):
+        return []
     from airflow.sdk import Asset
 
-    literal = prefix if prefix and not is_template(prefix) else None
-    if literal is not None:
-        return Asset(uri=f"s3://{bucket}/{literal.strip('/')}/{MANIFEST_NAME}")
-    root = (prefix or DEFAULT_PREFIX).split("{", 1)[0].rstrip("/=").rsplit("/", 1)[0]
-    return Asset(uri=f"s3://{bucket}/{root}/{MANIFEST_NAME}")
+    return [Asset(uri=default_asset_uri(bucket, params))]
+
+
+def default_asset_uri(bucket: str, params: dict[str, Any]) -> str:
+    """The asset of an export: its manifest for a literal prefix; otherwise the literal part of the
+    key space, per program and currency for the default prefix (each event's ``extra`` then names
+    the exact manifest)."""
+    prefix = params.get("s3_key_prefix")
+    if isinstance(prefix, str) and prefix and not is_template(prefix):
+        return asset_uri(bucket, f"{prefix.strip('/')}/{MANIFEST_NAME}")
+    if prefix:  # templated: the part before the first template
+        root = str(prefix).split("{", 1)[0].rsplit("/", 1)[0]
+        return asset_uri(bucket, f"{root}/{MANIFEST_NAME}" if root else MANIFEST_NAME)
+    program, eid, iid = (
+        params.get(name) for name in ("loyalty_program_id", "points_currency_eid", "points_currency_iid")
+    )
+    currency = eid if eid not in (None, "") else (f"iid-{iid}" if iid not in (None, "") else None)
+    if program in (None, "") or currency is None or is_template(program) or is_template(currency):
+        return asset_uri(bucket, f"loyalty/transactions/{MANIFEST_NAME}")
+    return asset_uri(bucket, f"loyalty/transactions/program={program}/currency={currency}/{MANIFEST_NAME}")

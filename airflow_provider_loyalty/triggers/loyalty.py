@@ -15,28 +15,23 @@ and is shared by the sensor and the export operators.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportTaskFailed, LoyaltyValidationError
-from airflow_provider_loyalty.hooks.loyalty_async import AsyncLoyaltyClient, async_settings
-from airflow_provider_loyalty.utils.protocol import failure_text, redact, task_state
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyValidationError
+from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, startup_gate
+from airflow_provider_loyalty.utils import validation
+from airflow_provider_loyalty.utils.export_status import ExportResult, ExportTaskState, ExportTaskStatus
+from airflow_provider_loyalty.utils.redaction import scrub
 
 EVENT_STATUSES = frozenset({"success", "error", "timeout"})
 
 #: Time a first status check may take even when the deadline has already passed (a trigger resumed
 #: late on another triggerer still looks once: a task that completed meanwhile is a success).
 _FIRST_POLL_GRACE = 30.0
-
-
-def _check_task_id(export_task_id: Any) -> str:
-    if not isinstance(export_task_id, str) or not export_task_id.strip():
-        raise LoyaltyValidationError("export_task_id", f"expected a task id string, got {export_task_id!r}")
-    return export_task_id
 
 
 class LoyaltyExportTaskTrigger(BaseTrigger):
@@ -67,16 +62,9 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         max_retries: int | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.export_task_id = _check_task_id(export_task_id)
+        self.export_task_id = validation.check_task_id(export_task_id)
         self.loyalty_conn_id = loyalty_conn_id
-        if (
-            isinstance(poll_interval, bool)
-            or not isinstance(poll_interval, int | float)
-            or not math.isfinite(poll_interval)
-            or poll_interval <= 0
-        ):
-            raise LoyaltyValidationError("poll_interval", f"expected seconds > 0, got {poll_interval!r}")
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = validation.check_positive_number(poll_interval, "poll_interval")
         if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
             raise LoyaltyValidationError("deadline", f"expected epoch seconds or None, got {deadline!r}")
         self.deadline = None if deadline is None else float(deadline)
@@ -110,6 +98,10 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.time()
 
+    def _next_sleep(self) -> float:
+        remaining = self._remaining()
+        return self.poll_interval if remaining is None else max(0.0, min(self.poll_interval, remaining))
+
     def _event(self, status: str, **fields: Any) -> dict[str, Any]:
         return {"status": status, "export_task_id": self.export_task_id, **fields}
 
@@ -123,74 +115,96 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         )
 
     async def _wait(self) -> dict[str, Any]:
-        token = ""
-        last_status: str | None = None
-        last_progress: Any = None
+        hook = LoyaltyAsyncHook(self.loyalty_conn_id, content_type=self.content_type, max_retries=self.max_retries)
         try:
-            settings = await async_settings(
-                self.loyalty_conn_id, {"content_type": self.content_type, "max_retries": self.max_retries}
-            )
-            token = settings.token
-            async with AsyncLoyaltyClient(settings, self.log) as client:
-                polls = 0
-                while True:
-                    remaining = self._remaining()
-                    if remaining is not None and remaining <= 0 and polls > 0:
-                        return self._timeout_event(last_status)
-                    budget = None if remaining is None else max(remaining, 0.0 if polls else _FIRST_POLL_GRACE)
-                    try:
-                        async with asyncio.timeout(budget):
-                            data = await client.get_task_status(self.export_task_id)
-                    except TimeoutError:
-                        return self._timeout_event(last_status)
-                    polls += 1
-                    event = self._event_for(data, token)
-                    if event is not None:
-                        return event
-                    status_now = (str(data.get("status")), data.get("progress", "?"))
-                    if status_now != (last_status, last_progress):  # a log line per change, not per poll
-                        self.log.info(
-                            "Export task %s: %s, progress %s%% (check %d)", self.export_task_id, *status_now, polls
-                        )
-                    last_status, last_progress = status_now
-                    remaining = self._remaining()
-                    await asyncio.sleep(
-                        self.poll_interval if remaining is None else max(0.0, min(self.poll_interval, remaining))
-                    )
+            async with startup_gate():  # the first step: connection read, session open, first request
+                await hook.__aenter__()
+                polls, status = 1, await self._poll(hook, first=True)
+            while status is not None and not status.state.is_terminal:
+                remaining = self._remaining()
+                await asyncio.sleep(
+                    self.poll_interval if remaining is None else max(0.0, min(self.poll_interval, remaining))
+                )
+                if remaining is not None and self._remaining() <= 0:  # type: ignore[operator]
+                    return self._timeout_event(status.status)
+                previous, status = status, await self._poll(hook, first=False)
+                polls += 1
+                if status is not None and (status.status, status.progress) != (previous.status, previous.progress):
+                    self.log.info("Export task %s: %s (check %d)", self.export_task_id, status.describe(), polls)
+            return self._terminal_event(status)
         except Exception as err:
             # Any failure becomes the one error event: the sensor or operator decides what it means.
-            message = redact(str(err) or type(err).__name__, token)
+            settings = hook.settings
+            message = str(scrub(err, settings.token if settings else None)) or type(err).__name__
             self.log.warning("Waiting for export task %s failed: %s", self.export_task_id, message)
             return self._event("error", message=message)
+        finally:
+            await hook.aclose()
 
-    def _event_for(self, data: Mapping[str, Any], token: str) -> dict[str, Any] | None:
-        """The terminal event for one status reply, or ``None`` while the task still runs."""
-        status = data.get("status")
-        if not isinstance(status, str) or not status.strip():
-            return self._event(
-                "error", message=f"tasks/status: expected data.status to be a status word, got {status!r}"
+    async def _poll(self, hook: LoyaltyAsyncHook, *, first: bool) -> ExportTaskStatus | None:
+        """One status check within the time left (``None``: the deadline passed during it)."""
+        remaining = self._remaining()
+        budget = None if remaining is None else max(remaining, _FIRST_POLL_GRACE if first else 0.0)
+        try:
+            async with asyncio.timeout(budget):
+                return await hook.get_export_task_status(self.export_task_id)
+        except TimeoutError:
+            return None
+
+    def _terminal_event(self, status: ExportTaskStatus | None) -> dict[str, Any]:
+        """The one event for how the wait ended."""
+        if status is None:
+            return self._timeout_event(None)
+        if status.state is ExportTaskState.FAILED:
+            self.log.warning(
+                "Export task %s ended with status %r: %s", self.export_task_id, status.status, status.failure_text
             )
-        state = task_state(status)
-        if state == "success":
-            result = data.get("result")
-            if not isinstance(result, dict):
-                return self._event(
-                    "error",
-                    message=f"tasks/status: expected data.result to be an object, got {type(result).__name__}",
-                )
-            self.log.info("Export task %s completed: %s rows", self.export_task_id, result.get("total", "?"))
-            return self._event("success", result=result)
-        if state == "failure":
-            text = failure_text(data, token)
-            self.log.warning("Export task %s ended with status %r: %s", self.export_task_id, status, text)
-            return self._event("error", message=text, task_status=status)
-        return None
+            return self._event("error", message=status.failure_text, task_status=status.status)
+        result = status.completed_result()
+        self.log.info("Export task %s completed: %s rows", self.export_task_id, result.total)
+        return self._event("success", result=result.raw)
+
+
+def _checked_event(event: Any, export_task_id: str | None) -> tuple[str, str, str]:
+    """The event's status, export task id and message, after checking it is one of this trigger's."""
+    if not isinstance(event, Mapping):
+        raise LoyaltyError(f"expected a trigger event dict, got {type(event).__name__}")
+    status = event.get("status")
+    if status not in EVENT_STATUSES:
+        raise LoyaltyError(f"trigger event: expected status one of {sorted(EVENT_STATUSES)}, got {status!r}")
+    event_task_id = event.get("export_task_id")
+    if export_task_id is not None and event_task_id != export_task_id:
+        raise LoyaltyError(f"trigger event: expected export_task_id {export_task_id!r}, got {event_task_id!r}")
+    return str(status), str(event_task_id), str(event.get("message") or "no message")
+
+
+def status_from_event(event: Any, export_task_id: str | None = None) -> ExportTaskStatus:
+    """The export task's final status as a :class:`LoyaltyExportTaskTrigger` event reports it.
+
+    For operators that wait per batch: a failed export task comes back as a ``FAILED`` status (the
+    caller decides), anything else that went wrong raises.
+
+    :param event: the event the trigger emitted (as handed to ``execute_complete``).
+    :param export_task_id: the export task the caller waited for; checked against the event.
+    :raises LoyaltyError: a ``timeout`` event ("timed out waiting for export task …"), any other
+        ``error`` event, or an event that is not of this trigger.
+    """
+    status, task_id, message = _checked_event(event, export_task_id)
+    if status == "timeout":
+        raise LoyaltyError(f"timed out waiting for export task {task_id}: {message}")
+    if status == "error":
+        task_status = event.get("task_status")
+        if not task_status:
+            raise LoyaltyError(f"Waiting for export task {task_id} failed: {message}")
+        return ExportTaskStatus(task_id, str(task_status), ExportTaskState.FAILED, failure_text=message)
+    result = ExportResult.from_reply(task_id, event.get("result"))
+    return ExportTaskStatus(task_id, "completed", ExportTaskState.COMPLETED, 100, result)
 
 
 def result_from_event(event: Any, export_task_id: str | None = None) -> dict[str, Any]:
     """Validate a :class:`LoyaltyExportTaskTrigger` event and return the export task's ``result``.
 
-    For ``execute_complete`` methods (the sensor, the export operators).
+    For the sensor's ``execute_complete``.
 
     :param event: the event the trigger emitted (as handed to ``execute_complete``).
     :param export_task_id: the export task the caller waited for; checked against the event.
@@ -200,24 +214,8 @@ def result_from_event(event: Any, export_task_id: str | None = None) -> dict[str
     """
     from airflow.providers.common.compat.sdk import AirflowSensorTimeout
 
-    if not isinstance(event, Mapping):
-        raise LoyaltyError(f"expected a trigger event dict, got {type(event).__name__}")
-    status = event.get("status")
-    if status not in EVENT_STATUSES:
-        raise LoyaltyError(f"trigger event: expected status one of {sorted(EVENT_STATUSES)}, got {status!r}")
-    event_task_id = event.get("export_task_id")
-    if export_task_id is not None and event_task_id != export_task_id:
-        raise LoyaltyError(f"trigger event: expected export_task_id {export_task_id!r}, got {event_task_id!r}")
-    task_id = str(event_task_id)
-    message = str(event.get("message") or "no message")
+    status, _, message = _checked_event(event, export_task_id)
     if status == "timeout":
         raise AirflowSensorTimeout(message)
-    if status == "error":
-        task_status = event.get("task_status")
-        if task_status:
-            raise LoyaltyExportTaskFailed(task_id, str(task_status), message)
-        raise LoyaltyError(f"Waiting for export task {task_id} failed: {message}")
-    result = event.get("result")
-    if not isinstance(result, dict):
-        raise LoyaltyError(f"trigger event: expected 'result' to be an object, got {type(result).__name__}")
-    return result
+    final = status_from_event(event, export_task_id)
+    return final.completed_result().raw

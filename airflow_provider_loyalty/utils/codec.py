@@ -1,20 +1,26 @@
 """Request and response bodies in both of the API's content types.
 
-The API speaks JSON or XML (an ``<xml>`` root whose children are the fields, as the seed shows).
-Replies are decoded by their own Content-Type, so a JSON reply to an XML request still parses.
-XML that could carry a DTD is parsed with :mod:`defusedxml` (no DTDs, no entities, no external
-fetches); a UTF-8 body with no ``<!`` at all cannot, and takes the C parser directly. Scalars
-arrive as text and are coerced to the types the API documents. Lists (the account endpoint's
-``data``) are repeated child elements.
+The API speaks JSON or XML (an ``<xml>`` root whose children are the fields, as its documentation
+shows). Replies are decoded by their own Content-Type, so a JSON reply to an XML request still
+parses. XML that could carry a DTD is parsed with :mod:`defusedxml` (no DTDs, no entities, no
+external fetches); a UTF-8 body with no ``<!`` at all cannot, and takes the C parser directly.
+
+XML carries every scalar as text. Each endpoint has a :data:`Schema` naming its documented typed
+fields at their documented place (``data.result.total``, not any ``total`` anywhere): those, and
+only those, are coerced, in JSON replies too (a number sent as a string is still a number), so the
+two formats decode alike and merchant-defined objects (``custom_json``) are never touched. Lists
+(the account endpoint's ``data``) are repeated child elements in XML.
 
 Anything that does not decode raises :class:`LoyaltyResponseError`, never a parser's own error.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Union
 from xml.etree.ElementTree import Element, SubElement, fromstring, tostring
 
 import defusedxml.ElementTree as SafeET
@@ -22,28 +28,40 @@ from defusedxml import DefusedXmlException
 
 from airflow_provider_loyalty.exceptions import LoyaltyResponseError
 
-MIME_TYPES = {"json": "application/json", "xml": "application/xml"}
 
-# Field types documented by the seeds. Names are unique across endpoints, so one table serves all.
-INT_FIELDS = frozenset(
-    {
-        "error",
-        "loyalty_program_id",
-        "points_currency_iid",
-        "progress",
-        "loyalty_id",
-        "total",
-        "total_count",
-        "promo_iid",
-        "source_iid",
-        "source_subiid",
-    }
-)
-BOOL_FIELDS = frozenset({"is_api", "is_temp", "canceled"})
-# The account endpoint's ``data`` is a list: in XML a parent element with repeated children.
-ACCOUNT_LIST_FIELDS = frozenset({"data"})
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
+class FieldType(enum.Enum):
+    """The documented type of a scalar field."""
+
+    INT = "integer"
+    NUMBER = "number"
+    BOOL = "boolean"
+
+
+#: A reply's documented typed fields: a field name maps to its type, to the schema of a nested
+#: object, or to a one-element list holding the schema of each item of a list.
+Schema = Mapping[str, Union[FieldType, "Schema", list["Schema"]]]
+
+_INT, _NUMBER, _BOOL = FieldType.INT, FieldType.NUMBER, FieldType.BOOL
+#: Every reply: the envelope.
+ENVELOPE_SCHEMA: Schema = {"error": _INT}
+#: ``tasks/status``.
+STATUS_SCHEMA: Schema = {
+    "error": _INT,
+    "data": {
+        "progress": _NUMBER,
+        "result": {"total": _INT, "loyalty_id": _INT, "points_currency_iid": _INT, "is_api": _BOOL},
+    },
+}
+#: ``loyalty/account/transactions``: ``data`` is a list of transactions.
+ACCOUNT_SCHEMA: Schema = {
+    "error": _INT,
+    "total_count": _INT,
+    "data": [{"promo_iid": _INT, "source_iid": _INT, "source_subiid": _INT, "is_temp": _BOOL, "canceled": _BOOL}],
+}
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+MIME_TYPES = {"json": "application/json", "xml": "application/xml"}
 
 
 def encode_body(payload: dict[str, Any], content_type: str) -> bytes:
@@ -69,20 +87,18 @@ def _xml_append(parent: Element, key: str, value: Any) -> None:
         child.text = str(value)
 
 
-def decode_body(
-    body: bytes, content_type_header: str | None, *, list_fields: frozenset[str] = frozenset()
-) -> dict[str, Any]:
+def decode_body(body: bytes, content_type_header: str | None, *, schema: Schema = ENVELOPE_SCHEMA) -> dict[str, Any]:
     """Decode a reply body into a dict, choosing the format from its Content-Type header.
 
     :param body: the raw reply bytes (already size-capped by the caller).
     :param content_type_header: the reply's ``Content-Type``; sniffed from the body when unknown.
-    :param list_fields: XML fields that are lists (repeated children), even with zero or one child.
+    :param schema: the endpoint's documented typed fields (lists, in XML, come from it too).
     """
     kind = _kind_of(content_type_header, body)
-    document = _decode_json(body) if kind == "json" else _decode_xml(body, list_fields)
+    document = _decode_json(body) if kind == "json" else _decode_xml(body, schema)
     if not isinstance(document, dict):
         raise LoyaltyResponseError(f"expected a {kind.upper()} object at the top level, got {type(document).__name__}")
-    return document
+    return coerce(document, schema)
 
 
 def _kind_of(content_type_header: str | None, body: bytes) -> str:
@@ -117,7 +133,7 @@ def _plainly_safe(body: bytes) -> bool:
     return declared is None or declared.group(1).lower() in (b"utf-8", b"utf8", b"us-ascii", b"ascii")
 
 
-def _decode_xml(body: bytes, list_fields: frozenset[str]) -> Any:
+def _decode_xml(body: bytes, schema: Schema) -> Any:
     try:
         if _plainly_safe(body):
             root = fromstring(body)  # noqa: S314 - no DTD possible: checked just above
@@ -129,12 +145,11 @@ def _decode_xml(body: bytes, list_fields: frozenset[str]) -> Any:
         raise LoyaltyResponseError(f"reply is not valid XML: {str(err)[:200]}") from None
     if root.tag != "xml":
         raise LoyaltyResponseError(f"expected an <xml> root element, got <{root.tag}>")
-    return _element_to_value(root, list_fields, is_list=False)
+    return _xml_object(root, schema)
 
 
-def _element_to_value(element: Element, list_fields: frozenset[str], *, is_list: bool) -> Any:
-    if is_list:
-        return [_element_to_value(child, list_fields, is_list=False) for child in element]
+def _xml_object(element: Element, schema: Schema | None) -> dict[str, Any] | str:
+    """An element with children as a dict (lists where the schema has them); a leaf as its text."""
     if len(element) == 0:
         return element.text if element.text is not None else ""
     result: dict[str, Any] = {}
@@ -142,40 +157,65 @@ def _element_to_value(element: Element, list_fields: frozenset[str], *, is_list:
         tag = child.tag
         if tag in result:
             raise LoyaltyResponseError(f"XML field <{tag}> appears more than once under <{element.tag}>")
-        if len(child) == 0 and tag not in list_fields:  # a scalar: the common case, without recursing
+        shape = schema.get(tag) if schema is not None else None
+        if isinstance(shape, list):
+            result[tag] = [_xml_object(item, shape[0]) for item in child]
+        elif len(child) == 0:  # a scalar: the common case, without a call
             result[tag] = child.text if child.text is not None else ""
         else:
-            result[tag] = _element_to_value(child, list_fields, is_list=tag in list_fields)
-    return coerce_fields(result)
+            result[tag] = _xml_object(child, shape if isinstance(shape, Mapping) else None)
+    return result
 
 
-def coerce_fields(record: dict[str, Any]) -> dict[str, Any]:
-    """Coerce the documented int and bool fields of one object from text (XML) to their types."""
-    for key in INT_FIELDS.intersection(record):
-        if isinstance(record[key], str):
-            record[key] = _to_int(key, record[key])
-    for key in BOOL_FIELDS.intersection(record):
-        if isinstance(record[key], str):
-            record[key] = _to_bool(key, record[key])
-    return record
+def coerce(document: dict[str, Any], schema: Schema) -> dict[str, Any]:
+    """Coerce the schema's documented fields of a decoded reply from text to their types, in place.
+
+    Other fields, and everything inside objects the schema does not describe, stay as they came.
+    """
+    _coerce_object(document, schema, "")
+    return document
 
 
-def _to_int(key: str, text: str) -> int | None:
+def _coerce_object(record: dict[str, Any], schema: Schema, path: str) -> None:
+    for key, shape in schema.items():
+        if key not in record:
+            continue
+        value = record[key]
+        where = f"{path}{key}"
+        if isinstance(shape, FieldType):
+            if isinstance(value, str):
+                record[key] = _coerce_text(shape, value, where)
+        elif isinstance(shape, list):
+            if value == "":
+                record[key] = value = []  # an empty XML list element
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    if isinstance(item, dict):
+                        _coerce_object(item, shape[0], f"{where}[{index}].")
+        elif isinstance(value, dict):
+            _coerce_object(value, shape, f"{where}.")
+
+
+def _coerce_text(kind: FieldType, text: str, where: str) -> int | float | bool | None:
     stripped = text.strip()
     if not stripped:
         return None
-    try:
-        return int(stripped)
-    except ValueError:
-        raise LoyaltyResponseError(f"field {key!r}: expected an integer, got {stripped[:40]!r}") from None
-
-
-def _to_bool(key: str, text: str) -> bool | None:
-    lowered = text.strip().lower()
-    if not lowered:
-        return None
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise LoyaltyResponseError(f"field {key!r}: expected true or false, got {lowered[:40]!r}")
+    if kind is FieldType.BOOL:
+        lowered = stripped.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+    else:
+        try:
+            return int(stripped)
+        except ValueError:
+            if kind is FieldType.NUMBER:
+                try:
+                    number = float(stripped)
+                except ValueError:
+                    pass
+                else:
+                    if number == number and number not in (float("inf"), float("-inf")):
+                        return number
+    raise LoyaltyResponseError(f"field {where!r}: expected {kind.value}, got {stripped[:40]!r}")

@@ -1,19 +1,27 @@
 """The loyalty connection's settings, read once from an Airflow connection.
 
-Shared by the sync hook (requests) and the trigger's async client (aiohttp), so both read the
-connection the same way: host = base URL, password = API token, extras = client settings.
+Shared by the sync and the async hook, so both read the connection the same way: host = base URL,
+password = API token, extras = client settings. Extras arrive as JSON values or as text (URI form,
+the UI); each is checked and converted here, naming the extra when it is wrong. The http provider's
+names for the same things (``verify``, ``proxies``, ``cert``) are accepted as aliases; an unknown
+key is logged with the closest known one, since a misspelt setting would otherwise do nothing.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
-from airflow_provider_loyalty.utils.validation import check_content_type, check_positive_number
+from airflow_provider_loyalty.utils import validation
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 5
@@ -21,10 +29,29 @@ DEFAULT_RETRY_BACKOFF = 1.0
 DEFAULT_MAX_RETRY_WAIT = 60.0
 USER_AGENT = "airflow-provider-loyalty"
 
+#: Extras the connection understands (the form's four fields and the advanced ones).
+KNOWN_EXTRAS = frozenset(
+    {
+        "content_type",
+        "timeout",
+        "verify_ssl",
+        "max_retries",
+        "retry_backoff",
+        "max_retry_wait",
+        "ca_bundle",
+        "client_cert",
+        "proxies",
+        "token",
+    }
+)
+#: The http provider's names, accepted for the same settings.
+EXTRA_ALIASES = {"verify": "verify_ssl", "cert": "client_cert", "proxy": "proxies"}
+_CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+
 
 @dataclass(frozen=True)
 class LoyaltyConnectionSettings:
-    """Everything a client needs to talk to the API; built by :func:`settings_from_connection`.
+    """Everything a client needs to talk to the API; built by :func:`settings_from_parts`.
 
     :param base_url: scheme, host, port and optional path prefix, without a trailing slash.
     :param token: the API token (a secret: ``repr`` hides it).
@@ -34,6 +61,10 @@ class LoyaltyConnectionSettings:
     :param max_retries: retries of transient failures.
     :param retry_backoff: base of the exponential backoff, in seconds.
     :param max_retry_wait: cap of a single backoff wait (also caps ``Retry-After``).
+    :param proxies: proxy URL per scheme (``{"https": "http://proxy:3128"}``); empty: the standard
+        ``HTTP(S)_PROXY`` / ``NO_PROXY`` environment variables decide.
+    :param client_cert: a client certificate (PEM path, optionally with its key) for mutual TLS.
+    :param scheme_assumed: the Host had no scheme and https was assumed (errors then say so).
     """
 
     base_url: str
@@ -44,6 +75,9 @@ class LoyaltyConnectionSettings:
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
     max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
+    proxies: dict[str, str] = field(default_factory=dict)
+    client_cert: str | tuple[str, str] | None = None
+    scheme_assumed: bool = False
 
     @property
     def netloc(self) -> str:
@@ -65,23 +99,37 @@ class LoyaltyConnectionSettings:
         """An absolute URL for an API path such as ``/api/v1.1/tasks/status``."""
         return f"{self.base_url}{path}"
 
+    def effective_verify(self) -> bool | str:
+        """The CA bundle in effect: the connection's own, else (when simply on) ``REQUESTS_CA_BUNDLE``
+        / ``CURL_CA_BUNDLE`` / ``SSL_CERT_FILE`` from the environment, as requests would pick, so the
+        sync and async hooks verify against the same bundle."""
+        if self.verify is True:
+            for name in _CA_BUNDLE_VARIABLES:
+                if os.environ.get(name):
+                    return os.environ[name]
+        return self.verify
 
-def ca_bundle_from_env(verify: bool | str) -> bool | str:
-    """The CA bundle in effect: the connection's own, else (when simply on) ``REQUESTS_CA_BUNDLE`` /
-    ``CURL_CA_BUNDLE`` / ``SSL_CERT_FILE`` from the environment, as requests would pick; both of the
-    provider's clients verify against the same bundle."""
-    if verify is True:
-        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
-            if os.environ.get(name):
-                return os.environ[name]
-    return verify
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy for ``url``: the connection's ``proxies``, else ``HTTP(S)_PROXY`` unless
+        ``NO_PROXY`` exempts its host (read from the environment only, no lookups)."""
+        parts = urlsplit(url)
+        if self.proxies:
+            return self.proxies.get(parts.scheme) or self.proxies.get("all")
+        proxy = urllib.request.getproxies_environment().get(parts.scheme)
+        if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or ""):  # type: ignore[attr-defined]
+            return None
+        return proxy
 
 
-def normalize_base_url(host: str | None, schema: str | None = None, port: int | None = None) -> str:
-    """``example.com`` → ``https://example.com``; keeps an explicit scheme, port and path prefix."""
+def normalize_base_url(host: str | None, schema: str | None = None, port: int | None = None) -> tuple[str, bool]:
+    """``example.com`` → ``https://example.com``; keeps an explicit scheme, port and path prefix.
+
+    :return: the base URL, and whether https was assumed for a Host without a scheme.
+    """
     raw = (host or "").strip()
     if not raw:
         raise LoyaltyValidationError("host", "the loyalty connection needs a Host (the API base URL)")
+    assumed = "://" not in raw and not schema
     if "://" not in raw:
         raw = f"{schema or 'https'}://{raw}"
     parts = urlsplit(raw)
@@ -92,32 +140,79 @@ def normalize_base_url(host: str | None, schema: str | None = None, port: int | 
     netloc = parts.netloc
     if port and parts.port is None:
         netloc = f"{netloc}:{port}"
-    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}", assumed
 
 
-def _as_bool(value: Any, parameter: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0", "yes", "no"}:
-        return value.strip().lower() in {"true", "1", "yes"}
-    raise LoyaltyValidationError(parameter, f"expected true or false, got {value!r}")
+def check_token(raw: Any) -> str:
+    """The API token: surrounding whitespace removed (a pasted newline); inner control characters
+    and non-ASCII refused. The error never quotes the token."""
+    token = str(raw).strip() if raw is not None else ""
+    if not token:
+        raise LoyaltyValidationError("password", "the loyalty connection needs the API token in its Password field")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in token):
+        raise LoyaltyValidationError(
+            "password", "the API token contains a line break or another control character; paste it again"
+        )
+    if not token.isascii():
+        raise LoyaltyValidationError(
+            "password", "the API token contains non-ASCII characters; an HTTP header cannot carry them"
+        )
+    return token
 
 
-def _as_int(value: Any, parameter: str) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise LoyaltyValidationError(parameter, f"expected a non-negative integer, got {value!r}")
-    return value
-
-
-def _as_number(value: Any, parameter: str) -> float:
-    if isinstance(value, str):
+def _extras(extra: dict[str, Any] | str | None) -> dict[str, Any]:
+    if isinstance(extra, str):
         try:
-            value = float(value)
+            extra = json.loads(extra) if extra.strip() else {}
         except ValueError:
-            raise LoyaltyValidationError(parameter, f"expected a number, got {value!r}") from None
-    return check_positive_number(value, parameter)
+            raise LoyaltyValidationError("extra", "the connection's Extra is not valid JSON") from None
+    if extra is not None and not isinstance(extra, dict):
+        raise LoyaltyValidationError("extra", f"expected a JSON object, got {type(extra).__name__}")
+    options: dict[str, Any] = {}
+    for key, value in (extra or {}).items():
+        if value is None or value == "":
+            continue  # a field left empty in the form: the default applies
+        name = EXTRA_ALIASES.get(key, key)
+        if name not in KNOWN_EXTRAS:
+            close = difflib.get_close_matches(key, sorted(KNOWN_EXTRAS | set(EXTRA_ALIASES)), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            log.warning("The loyalty connection's extra %r is not a known setting and is ignored%s", key, hint)
+            continue
+        options[name] = value
+    return options
+
+
+def _verify(options: dict[str, Any]) -> bool | str:
+    raw = options.get("verify_ssl", True)
+    if isinstance(raw, str) and raw.strip().lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        return raw.strip()  # the http provider's ``verify`` may be a CA bundle path
+    verify: bool | str = validation.parse_bool(raw, "verify_ssl")
+    if verify and options.get("ca_bundle"):
+        verify = str(options["ca_bundle"])
+    return verify
+
+
+def _proxies(raw: Any) -> dict[str, str]:
+    if raw in (None, "", {}):
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip().startswith("{") else {"http": raw, "https": raw}
+        except ValueError:
+            raise LoyaltyValidationError("proxies", "expected a proxy URL or a JSON object of them") from None
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise LoyaltyValidationError("proxies", f'expected {{"https": "http://proxy:3128"}} or a URL, got {raw!r}')
+    return dict(raw)
+
+
+def _client_cert(raw: Any) -> str | tuple[str, str] | None:
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list | tuple) and len(raw) == 2 and all(isinstance(part, str) for part in raw):
+        return (raw[0], raw[1])
+    raise LoyaltyValidationError("client_cert", "expected a PEM path, or [certificate path, key path]")
 
 
 def settings_from_parts(
@@ -130,26 +225,21 @@ def settings_from_parts(
     overrides: dict[str, Any] | None = None,
 ) -> LoyaltyConnectionSettings:
     """Build settings from a connection's fields; ``overrides`` (hook arguments) win over extras."""
-    if isinstance(extra, str):
-        try:
-            extra = json.loads(extra) if extra.strip() else {}
-        except ValueError:
-            raise LoyaltyValidationError("extra", "the connection's Extra is not valid JSON") from None
-    options: dict[str, Any] = dict(extra or {})
+    options = _extras(extra)
     options.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    token = password or options.pop("token", None)
-    if not token:
-        raise LoyaltyValidationError("password", "the loyalty connection needs the API token in its Password field")
-    verify: bool | str = _as_bool(options.get("verify_ssl", True), "verify_ssl")
-    if verify and options.get("ca_bundle"):
-        verify = str(options["ca_bundle"])
+    base_url, assumed = normalize_base_url(host, schema if schema in ("http", "https") else None, port)
     return LoyaltyConnectionSettings(
-        base_url=normalize_base_url(host, schema if schema in ("http", "https") else None, port),
-        token=str(token),
-        content_type=check_content_type(options.get("content_type") or "json"),
-        timeout=_as_number(options.get("timeout", DEFAULT_TIMEOUT), "timeout"),
-        verify=verify,
-        max_retries=_as_int(options.get("max_retries", DEFAULT_MAX_RETRIES), "max_retries"),
-        retry_backoff=_as_number(options.get("retry_backoff", DEFAULT_RETRY_BACKOFF), "retry_backoff"),
-        max_retry_wait=_as_number(options.get("max_retry_wait", DEFAULT_MAX_RETRY_WAIT), "max_retry_wait"),
+        base_url=base_url,
+        token=check_token(password or options.get("token")),
+        content_type=validation.check_content_type(options.get("content_type") or "json"),
+        timeout=validation.parse_seconds(options.get("timeout", DEFAULT_TIMEOUT), "timeout"),
+        verify=_verify(options),
+        max_retries=validation.parse_count(options.get("max_retries", DEFAULT_MAX_RETRIES), "max_retries"),
+        retry_backoff=validation.parse_seconds(options.get("retry_backoff", DEFAULT_RETRY_BACKOFF), "retry_backoff"),
+        max_retry_wait=validation.parse_seconds(
+            options.get("max_retry_wait", DEFAULT_MAX_RETRY_WAIT), "max_retry_wait"
+        ),
+        proxies=_proxies(options.get("proxies")),
+        client_cert=_client_cert(options.get("client_cert")),
+        scheme_assumed=assumed,
     )

@@ -1,8 +1,9 @@
-"""The API's wire protocol, shared by the sync hook and the trigger's async client.
+"""The API's wire protocol, shared by the sync and the async hook.
 
 Endpoint paths, how a reply becomes data or a typed error (HTTP status, the ``error`` /
-``error_text`` envelope, ``Retry-After``), export task status words, and the one safe way to turn
-a server-supplied ``hashed_file`` into a download URL.
+``error_text`` envelope, ``Retry-After``, redirects), and the one safe way to turn a
+server-supplied ``hashed_file`` into a download URL. What an export task's status means is
+:mod:`airflow_provider_loyalty.utils.export_status`.
 """
 
 from __future__ import annotations
@@ -10,63 +11,40 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from airflow_provider_loyalty.exceptions import (
     LoyaltyApiError,
     LoyaltyAuthError,
     LoyaltyNotFoundError,
+    LoyaltyRedirectError,
     LoyaltyResponseError,
     LoyaltyTransientError,
     LoyaltyUnsafeDataError,
 )
-from airflow_provider_loyalty.utils.codec import decode_body
+from airflow_provider_loyalty.utils.codec import ENVELOPE_SCHEMA, MIME_TYPES, Schema, decode_body, encode_body
 from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
+from airflow_provider_loyalty.utils.redaction import redact
 
 EXPORT_PATH = "/api/v1.1/loyalty/transactions_export"
 STATUS_PATH = "/api/v1.1/tasks/status"
 ACCOUNT_PATH = "/api/v1.1/loyalty/account/transactions"
 DOWNLOAD_PREFIX = "/api/download/"
 
-#: Largest JSON/XML reply body read into memory (downloads are streamed, not capped by this).
-MAX_REPLY_BYTES = 32 * 1024 * 1024
 
-SUCCESS_STATUSES = frozenset({"completed"})
-FAILURE_STATUSES = frozenset({"failed", "error", "canceled", "cancelled"})
-
-TaskState = Literal["success", "failure", "running"]
+_ENVELOPE_MEDIA = ("json", "xml")
 
 
-def task_state(status: Any) -> TaskState:
-    """Map the API's status word (any case) to success, failure or still running."""
-    word = str(status or "").strip().lower()
-    if word in SUCCESS_STATUSES:
-        return "success"
-    if word in FAILURE_STATUSES:
-        return "failure"
-    return "running"
+def encode_request(payload: dict[str, Any], content_type: str) -> tuple[bytes, dict[str, str]]:
+    """A request's body and its ``Content-Type`` header, in the connection's content type."""
+    return encode_body(payload, content_type), {"Content-Type": MIME_TYPES[content_type]}
 
 
-def failure_text(data: Mapping[str, Any], token: str) -> str:
-    """The API's explanation of a failed task, from whichever field carries it, token removed.
-
-    :param data: the status ``data`` of the failed task.
-    :param token: the API token; server text goes into exceptions and logs, so it is redacted here.
-    """
-    for key in ("error_text", "message", "error", "reason"):
-        value = data.get(key)
-        if value not in (None, "", 0):
-            return redact(str(value), token)
-    result = data.get("result")
-    if isinstance(result, Mapping):
-        return failure_text(result, token)
-    return "the API gave no reason"
-
-
-def redact(text: str, token: str) -> str:
-    """Remove the token from text that may have come from the server."""
-    return text.replace(token, "***") if token else text
+def carries_envelope(headers: Mapping[str, str]) -> bool:
+    """Whether a reply declares a JSON or XML body: an envelope, where a file was expected."""
+    content_type = (headers.get("Content-Type") or "").lower()
+    return any(media in content_type for media in _ENVELOPE_MEDIA)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -91,7 +69,7 @@ def check_reply(
     headers: Mapping[str, str],
     body: bytes,
     token: str,
-    list_fields: frozenset[str] = frozenset(),
+    schema: Schema = ENVELOPE_SCHEMA,
 ) -> dict[str, Any]:
     """Turn one reply into its decoded envelope, or raise the typed error it stands for.
 
@@ -99,12 +77,12 @@ def check_reply(
     :param headers: the reply's headers (case-insensitive mapping).
     :param body: the reply's body, already read within :data:`MAX_REPLY_BYTES`.
     :param token: the API token, removed from any text that goes into an exception.
-    :param list_fields: XML fields that are lists for this endpoint.
+    :param schema: the endpoint's documented typed fields (see :mod:`~airflow_provider_loyalty.utils.codec`).
     """
     content_type = headers.get("Content-Type")
     envelope: dict[str, Any] | None
     try:
-        envelope = decode_body(body, content_type, list_fields=list_fields) if body.strip() else None
+        envelope = decode_body(body, content_type, schema=schema) if body.strip() else None
     except LoyaltyResponseError:
         if http_status < 400:
             raise
@@ -121,9 +99,7 @@ def check_reply(
     if http_status == 404:
         raise LoyaltyNotFoundError(code, text, http_status)
     if 300 <= http_status < 400:
-        raise LoyaltyApiError(
-            code, f"unexpected redirect (HTTP {http_status}); redirects are not followed", http_status
-        )
+        raise LoyaltyRedirectError(code, redirect_text(http_status, headers.get("Location")), http_status)
     if http_status >= 400:
         raise LoyaltyApiError(code, text, http_status)
     if envelope is None:
@@ -133,6 +109,18 @@ def check_reply(
     if code != 0:
         raise LoyaltyApiError(code, text, http_status)
     return envelope
+
+
+def redirect_text(http_status: int, location: str | None) -> str:
+    """What a redirect means for a user: where it points, and what to change."""
+    target = (location or "").strip()
+    if not target:
+        return f"unexpected redirect (HTTP {http_status}); redirects are not followed"
+    shown = target[:200]
+    hint = "put that scheme and host in the connection's Base URL"
+    if shown.startswith("https://"):
+        hint = "the API wants https: put https:// in the connection's Base URL"
+    return f"the API redirects (HTTP {http_status}) to {shown}; redirects are not followed: {hint}"
 
 
 def _envelope_code(envelope: Mapping[str, Any] | None) -> int | None:

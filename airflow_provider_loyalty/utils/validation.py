@@ -1,13 +1,15 @@
 """Validation of the parameters users give the provider, before any request is sent.
 
 Every function raises :class:`~airflow_provider_loyalty.exceptions.LoyaltyValidationError` naming
-the parameter. They are used by the hook (last line of defence), by operators at DAG-parse time
-(for literal values) and again at task start (for rendered templates).
+the parameter. They are used by the hooks (last line of defence), by operators at DAG-parse time
+(for literal values) and again at task start (for rendered templates), and by the connection
+settings (for extras, which arrive as text from the UI or a URI).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from typing import Any
 
@@ -20,11 +22,74 @@ LIMIT_RANGE = (1, 100)
 CONTENT_TYPES = ("json", "xml")
 
 _TEMPLATE_MARKERS = ("{{", "{%")
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
 
 def is_template(value: Any) -> bool:
     """Whether ``value`` is a not-yet-rendered Jinja string (checked again at task start)."""
     return isinstance(value, str) and any(marker in value for marker in _TEMPLATE_MARKERS)
+
+
+# ---------------------------------------------------------------------------------------- scalars
+
+
+def parse_bool(value: Any, parameter: str) -> bool:
+    """A boolean, or its usual spellings as text (``true``/``false``, ``1``/``0``, ``yes``/``no``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise LoyaltyValidationError(parameter, f"expected true or false, got {value!r}")
+
+
+def parse_count(value: Any, parameter: str) -> int:
+    """A non-negative integer, or its digits as text."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LoyaltyValidationError(parameter, f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def parse_seconds(value: Any, parameter: str) -> float:
+    """A number of seconds > 0, or its text."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise LoyaltyValidationError(parameter, f"expected a number, got {value!r}") from None
+    return check_positive_number(value, parameter)
+
+
+def check_positive_number(value: Any, parameter: str, *, allow_zero: bool = False) -> float:
+    """A finite number > 0 (or >= 0): poll intervals, timeouts."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise LoyaltyValidationError(parameter, f"expected a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise LoyaltyValidationError(parameter, f"expected a number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+def check_optional_positive_int(value: Any, parameter: str) -> int | None:
+    """``None``, or an integer >= 1 (caps such as ``max_batches``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LoyaltyValidationError(parameter, f"expected a positive integer or None, got {value!r}")
+    return value
+
+
+def check_content_type(content_type: Any) -> str:
+    """``json`` or ``xml`` (case-insensitive); also accepts the MIME types."""
+    if isinstance(content_type, str):
+        normalized = content_type.strip().lower().removeprefix("application/")
+        if normalized in CONTENT_TYPES:
+            return normalized
+    raise LoyaltyValidationError("content_type", f"expected 'json' or 'xml', got {content_type!r}")
+
+
+# ---------------------------------------------------------------------------------------- API ids
 
 
 def check_program_id(loyalty_program_id: Any) -> int:
@@ -60,45 +125,6 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
     return {"points_currency_iid": iid}
 
 
-def to_utc(value: Any, parameter: str) -> pendulum.DateTime:
-    """Parse a datetime, pendulum value or RFC3339 / ISO-8601 string into an aware UTC datetime.
-
-    Naive datetimes are taken as UTC (Airflow's convention for data intervals).
-    """
-    if isinstance(value, dt.datetime):
-        parsed = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-        return pendulum.instance(parsed).in_timezone("UTC")
-    if isinstance(value, dt.date):
-        return pendulum.datetime(value.year, value.month, value.day, tz="UTC")
-    if isinstance(value, str) and value.strip():
-        try:
-            parsed_any = pendulum.parse(value.strip(), tz="UTC")
-        except (ValueError, pendulum.parsing.exceptions.ParserError) as err:
-            raise LoyaltyValidationError(parameter, f"expected an RFC3339 date-time, got {value!r}") from err
-        if not isinstance(parsed_any, pendulum.DateTime):
-            if isinstance(parsed_any, pendulum.Date):
-                return pendulum.datetime(parsed_any.year, parsed_any.month, parsed_any.day, tz="UTC")
-            raise LoyaltyValidationError(parameter, f"expected an RFC3339 date-time, got {value!r}")
-        return parsed_any.in_timezone("UTC")
-    raise LoyaltyValidationError(parameter, f"expected a datetime or RFC3339 string, got {value!r}")
-
-
-def format_rfc3339(value: dt.datetime) -> str:
-    """Format as the API's RFC3339 UTC form, to the second: ``2023-09-01T00:00:00Z``."""
-    return pendulum.instance(value).in_timezone("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def check_period(date_from: Any, date_to: Any) -> tuple[str, str]:
-    """Both ends parse and ``date_from <= date_to``; return them in the API's format."""
-    start = to_utc(date_from, "date_from")
-    end = to_utc(date_to, "date_to")
-    if start > end:
-        raise LoyaltyValidationError(
-            "date_from", f"must not be after date_to ({format_rfc3339(start)} > {format_rfc3339(end)})"
-        )
-    return format_rfc3339(start), format_rfc3339(end)
-
-
 _UUIDISH = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 
 
@@ -111,8 +137,20 @@ def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:
     return from_id
 
 
+def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str:
+    """An export task id as the API returned it: a non-empty string without control characters."""
+    if (
+        not isinstance(export_task_id, str)
+        or not export_task_id.strip()
+        or any(ord(char) < 0x20 or ord(char) == 0x7F for char in export_task_id)
+        or len(export_task_id) > 256
+    ):
+        raise LoyaltyValidationError(parameter, f"expected an export task id string, got {export_task_id!r}")
+    return export_task_id
+
+
 def check_limit(limit: Any) -> int:
-    """Page size of the account endpoint: an integer in 1..100."""
+    """Page size of the account transactions endpoint: an integer in 1..100."""
     low, high = LIMIT_RANGE
     if isinstance(limit, bool) or not isinstance(limit, int) or not low <= limit <= high:
         raise LoyaltyValidationError("limit", f"expected an integer in {low}..{high}, got {limit!r}")
@@ -128,7 +166,11 @@ def check_matching(
     field_name: Any = None,
     field_value: Any = None,
 ) -> dict[str, Any]:
-    """How the member is looked up; return the request fields it becomes."""
+    """How the member is looked up; return the request fields it becomes.
+
+    The member's address is checked here under the API's field name ``email``; operators call
+    their parameter ``member_email`` and say so in their own errors.
+    """
     if matching not in MATCHING_MODES:
         raise LoyaltyValidationError("matching", f"expected one of {', '.join(MATCHING_MODES)}; got {matching!r}")
     if matching == "custom":
@@ -150,19 +192,78 @@ def check_matching(
     return {"matching": matching, matching: companion}
 
 
-def check_content_type(content_type: Any) -> str:
-    """``json`` or ``xml`` (case-insensitive); also accepts the MIME types."""
-    if isinstance(content_type, str):
-        normalized = content_type.strip().lower().removeprefix("application/")
-        if normalized in CONTENT_TYPES:
-            return normalized
-    raise LoyaltyValidationError("content_type", f"expected 'json' or 'xml', got {content_type!r}")
+# ---------------------------------------------------------------------------------------- periods
 
 
-def check_positive_number(value: Any, parameter: str, *, allow_zero: bool = False) -> float:
-    """A number > 0 (or >= 0): poll intervals, timeouts."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise LoyaltyValidationError(parameter, f"expected a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise LoyaltyValidationError(parameter, f"expected a number {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return float(value)
+def default_timezone() -> pendulum.Timezone | pendulum.FixedTimezone:
+    """Airflow's ``[core] default_timezone`` (UTC when unset), in which naive values are read."""
+    from airflow.providers.common.compat.sdk import conf
+
+    name = str(conf.get("core", "default_timezone", fallback="utc") or "utc").strip()
+    if name.lower() == "system":
+        local: Any = pendulum.local_timezone()  # type: ignore[operator]
+        return local  # type: ignore[no-any-return]
+    try:
+        zone: Any = pendulum.timezone(name)  # type: ignore[operator]
+    except Exception:  # an invalid name is Airflow's own config error; read naive values as UTC then
+        zone = pendulum.UTC
+    return zone  # type: ignore[no-any-return]
+
+
+def _parsed(value: Any, parameter: str) -> pendulum.DateTime | pendulum.Date:
+    """A date-only value as a Date, anything with a time as a DateTime (naive if it had no offset)."""
+    if isinstance(value, dt.datetime):
+        return pendulum.instance(value) if value.tzinfo is not None else pendulum.naive(*value.timetuple()[:6])
+    if isinstance(value, dt.date):
+        return pendulum.Date(value.year, value.month, value.day)
+    if isinstance(value, str) and value.strip():
+        try:
+            parsed = pendulum.parse(value.strip(), exact=True, tz=None)
+        except (ValueError, OverflowError, pendulum.parsing.exceptions.ParserError):
+            raise LoyaltyValidationError(parameter, f"expected an RFC3339 date-time or a date, got {value!r}") from None
+        if isinstance(parsed, pendulum.DateTime | pendulum.Date) and not isinstance(parsed, pendulum.Time):
+            return parsed
+    raise LoyaltyValidationError(parameter, f"expected a datetime, a date or an RFC3339 string, got {value!r}")
+
+
+def period_bound(value: Any, parameter: str, *, end: bool) -> pendulum.DateTime:
+    """One end of an export period as an aware UTC datetime, to the second.
+
+    A date-only value (``"2023-09-30"``, a :class:`datetime.date`, ``{{ ds }}``) means the whole day
+    in ``[core] default_timezone``: its first second as a start, its last second as an end (the
+    API's ``date_to`` is inclusive). Naive datetimes are read in the same timezone; values with an
+    offset keep it.
+
+    :param value: what the user gave (rendered).
+    :param parameter: the parameter's name, for errors.
+    :param end: whether this is the period's end (``date_to``).
+    """
+    parsed = _parsed(value, parameter)
+    zone = default_timezone()
+    if not isinstance(parsed, pendulum.DateTime):
+        day_start = pendulum.datetime(parsed.year, parsed.month, parsed.day, tz=zone)
+        moment = day_start.add(days=1).subtract(seconds=1) if end else day_start
+    elif parsed.tzinfo is None:
+        moment = pendulum.datetime(
+            parsed.year, parsed.month, parsed.day, parsed.hour, parsed.minute, parsed.second, tz=zone
+        )
+    else:
+        moment = parsed
+    return moment.in_timezone("UTC").replace(microsecond=0)
+
+
+def format_rfc3339(value: dt.datetime) -> str:
+    """The API's RFC3339 UTC form to the second, ``2023-09-01T00:00:00Z`` (4-digit years always)."""
+    utc = pendulum.instance(value).in_timezone("UTC")
+    return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
+
+
+def check_period(date_from: Any, date_to: Any) -> tuple[str, str]:
+    """Both ends parse and ``date_from <= date_to``; return them in the API's format."""
+    start = period_bound(date_from, "date_from", end=False)
+    finish = period_bound(date_to, "date_to", end=True)
+    if start > finish:
+        raise LoyaltyValidationError(
+            "date_from", f"must not be after date_to ({format_rfc3339(start)} > {format_rfc3339(finish)})"
+        )
+    return format_rfc3339(start), format_rfc3339(finish)

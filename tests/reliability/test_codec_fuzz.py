@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyUnsafeDataError
-from airflow_provider_loyalty.utils.codec import decode_body
+from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, ENVELOPE_SCHEMA, STATUS_SCHEMA, Schema, decode_body
 from airflow_provider_loyalty.utils.connection import settings_from_parts
 from airflow_provider_loyalty.utils.protocol import check_reply, download_url
 
@@ -34,7 +34,7 @@ CONTENT_TYPES = st.sampled_from(
     [None, "", "application/json", "application/xml", "text/xml; charset=utf-8", "text/html", "application/zip"]
 )
 STATUSES = st.sampled_from([200, 200, 200, 201, 204, 301, 302, 400, 401, 403, 404, 409, 429, 500, 502, 503])
-LIST_FIELDS = st.sampled_from([frozenset(), frozenset({"data"})])
+SCHEMAS = st.sampled_from([ENVELOPE_SCHEMA, STATUS_SCHEMA, ACCOUNT_SCHEMA])
 RETRY_AFTER = st.one_of(st.none(), st.text(max_size=40), st.integers(-10, 10**6).map(str))
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30))
@@ -78,7 +78,7 @@ def xml_documents(draw: Any) -> bytes:
     return tostring(root, encoding="utf-8")
 
 
-def check(body: bytes, status: int, content_type: str | None, list_fields: frozenset[str], retry_after=None) -> None:
+def check(body: bytes, status: int, content_type: str | None, schema: Schema, retry_after=None) -> None:
     headers = requests.structures.CaseInsensitiveDict()
     if content_type is not None:
         headers["Content-Type"] = content_type
@@ -86,7 +86,7 @@ def check(body: bytes, status: int, content_type: str | None, list_fields: froze
         headers["Retry-After"] = retry_after
     error: LoyaltyError | None = None
     try:
-        envelope = check_reply(http_status=status, headers=headers, body=body, token=TOKEN, list_fields=list_fields)
+        envelope = check_reply(http_status=status, headers=headers, body=body, token=TOKEN, schema=schema)
     except LoyaltyError as err:
         error = err
     if error is not None:
@@ -96,9 +96,9 @@ def check(body: bytes, status: int, content_type: str | None, list_fields: froze
     assert 200 <= status < 300
 
 
-def decode(body: bytes, content_type: str | None, list_fields: frozenset[str]) -> None:
+def decode(body: bytes, content_type: str | None, schema: Schema) -> None:
     try:
-        document = decode_body(body, content_type, list_fields=list_fields)
+        document = decode_body(body, content_type, schema=schema)
     except LoyaltyError:
         return
     assert isinstance(document, dict)
@@ -112,27 +112,27 @@ def decode(body: bytes, content_type: str | None, list_fields: frozenset[str]) -
     body=st.binary(max_size=400),
     status=STATUSES,
     content_type=CONTENT_TYPES,
-    list_fields=LIST_FIELDS,
+    schema=SCHEMAS,
     retry_after=RETRY_AFTER,
 )
-def test_arbitrary_bytes_only_raise_typed_errors(body, status, content_type, list_fields, retry_after):
-    check(body, status, content_type, list_fields, retry_after)
-    decode(body, content_type, list_fields)
+def test_arbitrary_bytes_only_raise_typed_errors(body, status, content_type, schema, retry_after):
+    check(body, status, content_type, schema, retry_after)
+    decode(body, content_type, schema)
 
 
 @FAST
-@given(document=st.one_of(envelopes, json_values), status=STATUSES, content_type=CONTENT_TYPES, list_fields=LIST_FIELDS)
-def test_arbitrary_json_documents_only_raise_typed_errors(document, status, content_type, list_fields):
+@given(document=st.one_of(envelopes, json_values), status=STATUSES, content_type=CONTENT_TYPES, schema=SCHEMAS)
+def test_arbitrary_json_documents_only_raise_typed_errors(document, status, content_type, schema):
     body = json.dumps(document).encode()
-    check(body, status, content_type, list_fields)
-    decode(body, content_type, list_fields)
+    check(body, status, content_type, schema)
+    decode(body, content_type, schema)
 
 
 @FAST
-@given(body=xml_documents(), status=STATUSES, content_type=CONTENT_TYPES, list_fields=LIST_FIELDS)
-def test_arbitrary_xml_documents_only_raise_typed_errors(body, status, content_type, list_fields):
-    check(body, status, content_type, list_fields)
-    decode(body, content_type, list_fields)
+@given(body=xml_documents(), status=STATUSES, content_type=CONTENT_TYPES, schema=SCHEMAS)
+def test_arbitrary_xml_documents_only_raise_typed_errors(body, status, content_type, schema):
+    check(body, status, content_type, schema)
+    decode(body, content_type, schema)
 
 
 @FAST
@@ -202,9 +202,9 @@ def test_download_url_refuses_non_strings(value):
 
 @pytest.mark.slow
 @SLOW
-@given(body=st.binary(max_size=2000), status=STATUSES, content_type=CONTENT_TYPES, list_fields=LIST_FIELDS)
-def test_arbitrary_bytes_only_raise_typed_errors_long(body, status, content_type, list_fields):
-    check(body, status, content_type, list_fields)
+@given(body=st.binary(max_size=2000), status=STATUSES, content_type=CONTENT_TYPES, schema=SCHEMAS)
+def test_arbitrary_bytes_only_raise_typed_errors_long(body, status, content_type, schema):
+    check(body, status, content_type, schema)
 
 
 @pytest.mark.slow

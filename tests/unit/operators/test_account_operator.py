@@ -29,7 +29,7 @@ def make_operator(tmp_path, **kwargs) -> LoyaltyAccountTransactionsOperator:
         "loyalty_program_id": 123,
         "points_currency_eid": "bonus_points",
         "matching": "email",
-        "email": "member0@example.com",
+        "member_email": "member0@example.com",
         "output_path": str(tmp_path / "member.jsonl"),
         **kwargs,
     }
@@ -57,9 +57,9 @@ def test_250_transactions_in_3_pages(emulator: LoyaltyEmulator, tmp_path):
 @pytest.mark.parametrize(
     "member",
     [
-        {"matching": "phone", "email": None, "phone": "+15550000003"},
-        {"matching": "profile_id", "email": None, "profile_id": "profile_3"},
-        {"matching": "custom", "email": None, "field_name": "user_id", "field_value": 3},
+        {"matching": "phone", "member_email": None, "phone": "+15550000003"},
+        {"matching": "profile_id", "member_email": None, "profile_id": "profile_3"},
+        {"matching": "custom", "member_email": None, "field_name": "user_id", "field_value": 3},
     ],
 )
 def test_each_matching_mode(emulator: LoyaltyEmulator, tmp_path, member):
@@ -67,10 +67,10 @@ def test_each_matching_mode(emulator: LoyaltyEmulator, tmp_path, member):
 
 
 def test_member_without_transactions_and_unknown_member(emulator: LoyaltyEmulator, tmp_path):
-    empty = make_operator(tmp_path, email="member2@example.com").execute({})
+    empty = make_operator(tmp_path, member_email="member2@example.com").execute({})
     assert (empty["rows"], empty["total_count"]) == (0, 0)
     with pytest.raises(LoyaltyNotFoundError):
-        make_operator(tmp_path, email="nobody@example.com").execute({})
+        make_operator(tmp_path, member_email="nobody@example.com").execute({})
 
 
 def test_directory_output_names_files_without_pii(emulator: LoyaltyEmulator, tmp_path):
@@ -83,9 +83,9 @@ def test_directory_output_names_files_without_pii(emulator: LoyaltyEmulator, tmp
     ("kwargs", "parameter"),
     [
         ({"matching": "nickname"}, "matching"),
-        ({"matching": "phone", "email": None}, "phone"),
-        ({"matching": "custom", "email": None, "field_name": "user_id"}, "field_value"),
-        ({"matching": "custom", "email": None, "field_value": 1}, "field_name"),
+        ({"matching": "phone", "member_email": None}, "phone"),
+        ({"matching": "custom", "member_email": None, "field_name": "user_id"}, "field_value"),
+        ({"matching": "custom", "member_email": None, "field_value": 1}, "field_name"),
         ({"limit": 0}, "limit"),
         ({"limit": 101}, "limit"),
         ({"points_currency_iid": 1}, "points_currency_eid/points_currency_iid"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_loyalty.exceptions import (
+    LoyaltyBatchUnusableError,
     LoyaltyCursorError,
     LoyaltyError,
     LoyaltyExportTaskFailed,
@@ -107,6 +109,7 @@ def test_rows_are_copied_byte_for_byte(emulator: LoyaltyEmulator, tmp_path):
 
 def test_deferrable_and_worker_modes_give_identical_parts(emulator: LoyaltyEmulator, tmp_path):
     in_worker = make_operator(tmp_path / "a").execute(context_for())
+    emulator.config.task_duration = 1.0  # each next batch still runs when the previous one has landed
     log = DeferralLog()
     deferred = run_with_deferrals(make_operator(tmp_path / "b", deferrable=True), context_for(), log)
     assert log.deferrals >= 3 and all(event["status"] == "success" for event in log.events)
@@ -144,13 +147,18 @@ def test_failed_task_in_deferrable_mode(emulator: LoyaltyEmulator, tmp_path):
     assert not (tmp_path / "_manifest.json").exists()
 
 
-def test_rerun_after_failure_leaves_no_old_manifest(emulator: LoyaltyEmulator, tmp_path):
+def test_failed_rerun_keeps_the_previous_export_provable(emulator: LoyaltyEmulator, tmp_path):
+    """A re-run stages its parts: when it fails, the last complete export and its parts stay as they were."""
     make_operator(tmp_path).execute(context_for())
-    assert (tmp_path / "_manifest.json").exists()
-    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "boom"})])
-    with pytest.raises(LoyaltyExportTaskFailed):
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    emulator.config.batch_size = 700
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", count=None, params={"text": "boom"})])
+    with pytest.raises(LoyaltyExportTaskFailed, match="boom"):
         make_operator(tmp_path, resume=False).execute(context_for())
-    assert not (tmp_path / "_manifest.json").exists()
+    after = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    assert {name: after[name] for name in before} == before  # manifest and every part byte-identical
+    manifest = json.loads(before["_manifest.json"])
+    assert csv_ids(part_paths(tmp_path, manifest)) == all_transaction_ids(emulator)
 
 
 def test_rerun_replaces_the_set(emulator: LoyaltyEmulator, tmp_path):
@@ -169,15 +177,20 @@ def test_replace_false_refuses_to_overwrite(emulator: LoyaltyEmulator, tmp_path)
         make_operator(tmp_path, replace=False).execute(context_for())
 
 
-def test_row_count_mismatch_fails(emulator: LoyaltyEmulator, tmp_path, monkeypatch):
+def test_row_count_mismatch_is_created_again_then_fails(emulator: LoyaltyEmulator, tmp_path, monkeypatch):
+    """A batch that keeps failing verification is created again from its cursor, twice, then the
+    task fails saying what was tried (never a replay of the same task)."""
     from airflow_provider_loyalty.export import loop as _export
 
     real = _export.write_part
     monkeypatch.setattr(
         _export, "write_part", lambda *a, **k: real(*a, **{**k, "expected_rows": k["expected_rows"] + 1})
     )
-    with pytest.raises(LoyaltyVerificationError, match="row count mismatch"):
+    with pytest.raises(LoyaltyBatchUnusableError, match="row count mismatch") as caught:
         make_operator(tmp_path).execute(context_for())
+    assert "after creating it 3 times" in str(caught.value)
+    first_batches = [task for task in emulator.export_tasks() if task["from_id"] is None]
+    assert len(first_batches) == 3 and all(task["task_id"] in str(caught.value) for task in first_batches)
     assert not (tmp_path / "_manifest.json").exists()
 
 
@@ -193,15 +206,15 @@ def test_looping_cursor_is_caught(emulator: LoyaltyEmulator, tmp_path):
     operator = make_operator(tmp_path, max_batches=50)
     from airflow_provider_loyalty.export import loop as _export
 
-    original = _export.ExportLoop.land_batch
+    original = _export.ExportLoop._check_cursor
 
-    def land_with_repeated_cursor(self, progress, task_id, result):
-        if progress.parts:
-            result = {**result, "next_from_id": progress.parts[-1]["next_from_id"]}
-        return original(self, progress, task_id, result)
+    def repeat_the_cursor(self, progress, task, result):
+        if progress.recent_cursors:
+            result = dataclasses.replace(result, next_from_id=progress.recent_cursors[-1])
+        return original(self, progress, task, result)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_export.ExportLoop, "land_batch", land_with_repeated_cursor)
+        patch.setattr(_export.ExportLoop, "_check_cursor", repeat_the_cursor)
         with pytest.raises(LoyaltyCursorError, match="already used"):
             operator.execute(context_for())
     assert stuck() is None

@@ -125,15 +125,27 @@ def test_rerun_with_other_batch_size_leaves_one_consistent_set(emulator, s3_buck
     assert ids_in_s3(s3_client, s3_bucket, second) == all_transaction_ids(emulator)
 
 
-def test_failure_before_completion_leaves_no_manifest(emulator, s3_bucket, s3_client):
-    make_operator(s3_bucket).execute(context_for())  # an earlier complete export of the interval
+def test_failed_rerun_keeps_the_previous_export_provable(emulator, s3_bucket, s3_client):
+    first = make_operator(s3_bucket).execute(context_for())  # an earlier complete export of the interval
+    before = {key: s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() for key in keys_under(s3_client, s3_bucket)}
+    emulator.config.batch_size = 700
     emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "export quota"})])
     with pytest.raises(LoyaltyExportTaskFailed, match="export quota"):
         make_operator(s3_bucket, resume=False).execute(context_for())
+    for key, body in before.items():  # the old manifest and every part it lists, byte-identical
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
+    assert_true_manifest(s3_client, s3_bucket, first)
+
+
+def test_failure_of_a_first_export_leaves_no_manifest(emulator, s3_bucket, s3_client):
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "export quota"})])
+    with pytest.raises(LoyaltyExportTaskFailed, match="export quota"):
+        make_operator(s3_bucket).execute(context_for())
     assert f"{PREFIX}/_manifest.json" not in keys_under(s3_client, s3_bucket)
 
 
 def test_deferrable_mode_gives_the_same_set(emulator, s3_bucket, s3_client):
+    emulator.config.task_duration = 1.0  # each next batch still runs when the previous one has landed
     log = DeferralLog()
     manifest = run_with_deferrals(make_operator(s3_bucket, deferrable=True), context_for(), log)
     assert log.deferrals >= 5
@@ -145,10 +157,11 @@ def test_default_prefix_and_asset_outlet(emulator, s3_bucket, s3_client):
     operator = make_operator(s3_bucket, s3_key_prefix=None)
     manifest = operator.execute(context_for())
     assert manifest["manifest"] == (
-        "loyalty/transactions/program=123/currency=bonus_points/20230901T000000Z_20230930T235959Z/_manifest.json"
+        f"s3://{s3_bucket}/loyalty/transactions/program=123/currency=bonus_points/"
+        "20230901T000000Z_20230930T235959Z/_manifest.json"
     )
-    (asset,) = operator.outlets
-    assert asset.uri == f"s3://{s3_bucket}/loyalty/transactions/_manifest.json"
+    (asset,) = operator.outlets  # one asset per program and currency
+    assert asset.uri == f"s3://{s3_bucket}/loyalty/transactions/program=123/currency=bonus_points/_manifest.json"
 
 
 def test_crash_after_part_2_of_5_resumes_without_re_exporting(emulator, s3_bucket, s3_client, tmp_path):
@@ -175,7 +188,7 @@ def test_crash_after_part_2_of_5_resumes_without_re_exporting(emulator, s3_bucke
         except s3_client.exceptions.NoSuchKey:
             return False
         checkpoint = json.loads(body)
-        return len(checkpoint["parts"]) == 3 and bool(checkpoint["pending_task_id"])
+        return checkpoint["parts_landed"] == 3 and len(checkpoint["pending"]) == 1
 
     wait_for(part_3_running, timeout=60, what="parts 0-2 to land and part 3's export task to start")
     worker.send_signal(signal.SIGKILL)
@@ -190,15 +203,15 @@ def test_crash_after_part_2_of_5_resumes_without_re_exporting(emulator, s3_bucke
     assert f"{PREFIX}/_manifest.inprogress.json" not in keys_under(s3_client, s3_bucket)
 
 
-def test_openlineage_facets_name_the_api_input_and_the_s3_parts(emulator, s3_bucket):
+def test_openlineage_facets_name_the_api_input_and_the_export_prefix(emulator, s3_bucket):
     pytest.importorskip("airflow.providers.openlineage")
     operator = make_operator(s3_bucket)
-    manifest = operator.execute(context_for())
+    operator.execute(context_for())
     lineage = operator.get_openlineage_facets_on_complete(None)
     (source,) = lineage.inputs
     assert source.namespace == emulator.url
     assert source.name == "loyalty_program/123/points_transactions"
-    assert [(out.namespace, out.name) for out in lineage.outputs] == [
-        (f"s3://{s3_bucket}", part["key"]) for part in manifest["parts"]
+    assert [(out.namespace, out.name) for out in lineage.outputs] == [  # one dataset per export, not per part
+        (f"s3://{s3_bucket}", PREFIX)
     ]
     assert emulator.token not in repr(lineage)

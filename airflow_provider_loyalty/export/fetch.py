@@ -1,0 +1,152 @@
+"""Getting a batch's file: wait for its export task, download its zip to a work directory.
+
+:class:`BatchFetcher` does it in the calling thread; :class:`Prefetcher` does it for the *next*
+batch in a background thread (its own HTTP session) while the current batch is verified and
+landed, so the download of batch N+1 overlaps the verification and upload of batch N. At most one
+batch is fetched ahead, and each sits on disk, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportStopped
+from airflow_provider_loyalty.export.progress import PendingTask
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
+
+
+@dataclass
+class FetchedBatch:
+    """A batch whose export task ended, with its file on disk (if it completed and has one).
+
+    :param task: the export task.
+    :param status: its final status.
+    :param archive: the downloaded zip, or ``None`` (failed task, or an empty batch without a file).
+    :param downloaded: bytes downloaded.
+    :param seconds: time spent downloading.
+    """
+
+    task: PendingTask
+    status: ExportTaskStatus
+    archive: str | None = None
+    downloaded: int = 0
+    seconds: float = 0.0
+
+
+class BatchFetcher:
+    """Waits for export tasks and downloads their files.
+
+    :param hook: the API hook (used from one thread only).
+    :param workdir: where downloads go.
+    :param poll_interval: seconds between status checks.
+    :param batch_timeout: seconds one export task may take.
+    :param max_download_bytes: the largest download accepted.
+    :param stop: set to stop waiting and downloading.
+    :param log: logger.
+    """
+
+    def __init__(
+        self,
+        hook: LoyaltyHook,
+        workdir: str,
+        *,
+        poll_interval: float,
+        batch_timeout: float,
+        max_download_bytes: int,
+        stop: threading.Event,
+        log: Any,
+    ) -> None:
+        self.hook = hook
+        self.workdir = workdir
+        self.poll_interval = poll_interval
+        self.batch_timeout = batch_timeout
+        self.max_download_bytes = max_download_bytes
+        self.stop = stop
+        self.log = log
+
+    def wait(self, task: PendingTask, on_wait: Callable[[], None] | None = None) -> ExportTaskStatus:
+        """Poll until the task ends (or ``batch_timeout`` passes); return its final status."""
+        deadline = time.monotonic() + self.batch_timeout
+        last = ""
+        while True:
+            status = self.hook.get_export_task_status(task.task_id)
+            if status.state.is_terminal:
+                return status
+            if status.describe() != last:
+                self.log.info("Export task %s: %s", task.task_id, status.describe())
+                last = status.describe()
+            if time.monotonic() + self.poll_interval > deadline:
+                raise LoyaltyError(
+                    f"Export task {task.task_id} did not complete within batch_timeout={self.batch_timeout:.0f}s"
+                )
+            if on_wait is not None:
+                on_wait()
+            if self.stop.wait(self.poll_interval):
+                raise LoyaltyExportStopped(f"stopped while waiting for export task {task.task_id}")
+
+    def download(self, task: PendingTask, status: ExportTaskStatus) -> FetchedBatch:
+        """Download a completed task's file (nothing for an empty batch without one)."""
+        result = status.completed_result()
+        if result.hashed_file is None:
+            return FetchedBatch(task, status)
+        archive = os.path.join(self.workdir, f"{task.task_id}.zip")
+        started = time.monotonic()
+        size = self.hook.download_export(result.hashed_file, archive, max_bytes=self.max_download_bytes, stop=self.stop)
+        return FetchedBatch(task, status, archive, size, time.monotonic() - started)
+
+    def fetch(self, task: PendingTask, on_wait: Callable[[], None] | None = None) -> FetchedBatch:
+        """Wait for the task, then download its file if it completed."""
+        status = self.wait(task, on_wait)
+        return self.download(task, status) if status.result is not None else FetchedBatch(task, status)
+
+
+class Prefetcher:
+    """Fetches export tasks in one background thread, one ahead of the batch being landed.
+
+    :param fetcher: a fetcher with a hook of its own (see :meth:`LoyaltyHook.fork`).
+    """
+
+    def __init__(self, fetcher: BatchFetcher) -> None:
+        self.fetcher = fetcher
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loyalty-prefetch")
+        self._futures: dict[str, Future[FetchedBatch]] = {}
+
+    def start(self, task: PendingTask) -> None:
+        """Begin fetching ``task`` in the background (once)."""
+        if task.task_id not in self._futures:
+            self._futures[task.task_id] = self._pool.submit(self.fetcher.fetch, task)
+
+    def take(self, task: PendingTask, on_wait: Callable[[], None] | None = None) -> FetchedBatch:
+        """The fetched batch of ``task`` (fetching it now if it was not started); re-raises its error."""
+        self.start(task)
+        future = self._futures[task.task_id]
+        try:
+            while True:
+                try:
+                    return future.result(timeout=5.0)
+                except FutureTimeout:
+                    if on_wait is not None:
+                        on_wait()
+                    if self.fetcher.stop.is_set():
+                        raise LoyaltyExportStopped(f"stopped while fetching export task {task.task_id}") from None
+        finally:
+            if future.done():
+                del self._futures[task.task_id]
+
+    def discard(self) -> None:
+        """Forget batches fetched ahead (their files are removed with the work directory)."""
+        self._futures.clear()
+
+    def close(self) -> None:
+        """Stop the background thread (a running fetch sees the stop event)."""
+        self.fetcher.stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.fetcher.hook.close()

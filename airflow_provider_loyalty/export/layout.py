@@ -1,0 +1,50 @@
+"""The names of everything an export writes at its location.
+
+::
+
+    <location>/part-00000.csv, part-00001.csv, ...   the parts of the finished export
+    <location>/_manifest.json                        written last: the completion marker
+    <location>/_manifest.inprogress.json             the checkpoint while an export runs (small)
+    <location>/_lease.json                           who writes here now, until when
+    <location>/_parts/part-00000.json ...            one record per landed part, written once
+    <location>/_staging/part-00000.csv ...           a re-run's parts, until they replace the old set
+
+Names starting with ``_`` are bookkeeping, never data: a verifier reading the location ignores
+them, and an export only ever deletes its own kinds of names.
+"""
+
+from __future__ import annotations
+
+import re
+
+MANIFEST_NAME = "_manifest.json"
+CHECKPOINT_NAME = "_manifest.inprogress.json"
+LEASE_NAME = "_lease.json"
+RECORDS_DIR = "_parts"
+STAGING_DIR = "_staging"
+
+#: ``output_format`` -> the parts' file suffix.
+PART_SUFFIXES = {"csv": "csv", "csv.gz": "csv.gz", "parquet": "parquet"}
+OUTPUT_FORMATS = tuple(PART_SUFFIXES)
+_PART_NAME = re.compile(r"^part-\d{5,}\.(csv|csv\.gz|parquet|zip)$")
+
+
+def part_name(index: int, output_format: str = "csv") -> str:
+    """``part-00000.csv`` for batch 0 in CSV; ``part-00000.zip`` for a kept original archive."""
+    suffix = "zip" if output_format == "zip" else PART_SUFFIXES[output_format]
+    return f"part-{index:05d}.{suffix}"
+
+
+def is_part_name(name: str) -> bool:
+    """Whether a file name is one of ours (a part in any format, or a kept archive)."""
+    return bool(_PART_NAME.match(name))
+
+
+def record_name(index: int) -> str:
+    """Where the record of part ``index`` is kept while the export runs."""
+    return f"{RECORDS_DIR}/part-{index:05d}.json"
+
+
+def staged(name: str) -> str:
+    """The staging name of a part of a re-run."""
+    return f"{STAGING_DIR}/{name}"

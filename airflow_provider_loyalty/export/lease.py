@@ -1,0 +1,238 @@
+"""One location, one writer: the lease an export holds on its output location while it writes.
+
+The lease is a small document (``_lease.json``) naming the writer (its Airflow task instance,
+try, host and a per-attempt id), the period it exports and until when it holds the location. It
+is created only if absent and replaced only if unchanged (see
+:meth:`~airflow_provider_loyalty.export.sinks.PartSink.create_exclusive`). When an export finds a
+lease held by someone else:
+
+* the same task instance (a retry after a crash, or the task resuming after a deferral) takes it
+  over at once: Airflow never runs two tries of one task instance together;
+* an expired lease (its writer died) is taken over;
+* a live lease of a *different* period fails at once, naming the location and the holder;
+* a live lease of the *same* period from another task is waited for: when it is released the
+  waiting export finds that export's manifest (and adopts it) or its checkpoint (and resumes it).
+
+The writer renews its lease on every batch; a deferring writer extends it to the trigger's
+deadline. Released at the end of the export, also when the export fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pendulum
+
+from airflow_provider_loyalty.exceptions import LoyaltyExportStopped, LoyaltyLocationBusyError
+from airflow_provider_loyalty.export.layout import LEASE_NAME
+from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument, encode_document
+from airflow_provider_loyalty.export.spec import describe_period
+
+#: How long a writer working in a worker holds the location without renewing it.
+DEFAULT_LEASE_SECONDS = 600.0
+#: How often a waiting export looks at the lease again.
+WAIT_POLL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class WriterIdentity:
+    """Who writes: an Airflow task instance (when there is one) and this attempt.
+
+    :param task: ``dag_id/run_id/task_id/map_index`` of the task instance, or ``None``.
+    :param try_number: the task instance's try.
+    :param writer_id: unique per attempt at the export (per ``execute`` call).
+    :param host: the host name and process id.
+    """
+
+    task: str | None
+    try_number: int | None
+    writer_id: str
+    host: str
+
+    @classmethod
+    def from_context(cls, context: Any) -> WriterIdentity:
+        """The identity of the task instance in an Airflow context (``None`` fields outside one)."""
+        ti = context.get("ti") if hasattr(context, "get") else None
+        task = None
+        if ti is not None and getattr(ti, "task_id", None):
+            task = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
+        return cls(
+            task=task,
+            try_number=getattr(ti, "try_number", None) if ti is not None else None,
+            writer_id=uuid.uuid4().hex,
+            host=f"{socket.gethostname()}:{os.getpid()}",
+        )
+
+    def describe(self) -> str:
+        """``task dag/run/task/-1 (try 2) on host:pid``."""
+        who = f"task {self.task} (try {self.try_number})" if self.task else "an export outside any Airflow task"
+        return f"{who} on {self.host}"
+
+
+def _holder_text(document: dict[str, Any]) -> str:
+    task = document.get("task")
+    who = f"task {task} (try {document.get('try_number')})" if task else "an export outside any Airflow task"
+    expires = document.get("expires") or "?"
+    return f"{who} on {document.get('host', '?')}, lease valid until {expires}"
+
+
+class LocationLease:
+    """Take, renew and release the lease of one output location.
+
+    :param sink: the location.
+    :param identity: who we are.
+    :param period: the period we export (see :attr:`ExportSpec.period`).
+    :param log: logger.
+    :param seconds: how long a renewal holds the location.
+    :param stop: set to stop waiting for another writer.
+    """
+
+    def __init__(
+        self,
+        sink: PartSink,
+        identity: WriterIdentity,
+        period: dict[str, Any],
+        log: Any,
+        *,
+        seconds: float = DEFAULT_LEASE_SECONDS,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.sink = sink
+        self.identity = identity
+        self.period = period
+        self.log = log
+        self.seconds = seconds
+        self.stop = stop or threading.Event()
+        self._tag: str | None = None
+        self._renewed_at = 0.0
+        self.waited_since: float | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether we hold the lease now."""
+        return self._tag is not None
+
+    def _document(self, until: float) -> bytes:
+        return encode_document(
+            {
+                "writer_id": self.identity.writer_id,
+                "task": self.identity.task,
+                "try_number": self.identity.try_number,
+                "host": self.identity.host,
+                **self.period,
+                "acquired_at": pendulum.now("UTC").to_iso8601_string(),
+                "expires_at": until,
+                "expires": pendulum.from_timestamp(until, tz="UTC").to_iso8601_string(),
+            }
+        )
+
+    def acquire(self, max_wait: float) -> None:
+        """Take the location, waiting up to ``max_wait`` seconds for a same-period writer.
+
+        :raises LoyaltyLocationBusyError: a different period holds it, or the wait ran out.
+        """
+        started = time.monotonic()
+        while True:
+            try:
+                found = self.sink.tagged(LEASE_NAME)
+            except UnreadableDocument:
+                found = ({}, "")  # a torn lease document: nobody can prove they hold it
+            if found is None:
+                self._tag = self.sink.create_exclusive(LEASE_NAME, self._document(time.time() + self.seconds))
+                if self._tag is not None:
+                    return self._took("took")
+                continue
+            holder, tag = found
+            if self._may_take_over(holder):
+                self._tag = (
+                    self.sink.replace_if(LEASE_NAME, self._document(time.time() + self.seconds), tag) if tag else None
+                )
+                if self._tag is None and not tag:
+                    self.sink.delete([LEASE_NAME])  # unreadable: remove it and create ours
+                    continue
+                if self._tag is not None:
+                    return self._took(f"took over from {_holder_text(holder)}")
+                continue  # it changed meanwhile: look again
+            self._wait_or_fail(holder, started, max_wait)
+
+    def _may_take_over(self, holder: dict[str, Any]) -> bool:
+        if not holder or holder.get("writer_id") == self.identity.writer_id:
+            return True
+        expires_at = holder.get("expires_at")
+        if not isinstance(expires_at, int | float) or expires_at < time.time():
+            return True
+        if holder.get("task") is not None:
+            return bool(holder.get("task") == self.identity.task)
+        # Outside Airflow nothing tells a crashed attempt from a live one: same period, same export.
+        same_period = {name: holder.get(name) for name in self.period} == self.period
+        return self.identity.task is None and same_period
+
+    def _wait_or_fail(self, holder: dict[str, Any], started: float, max_wait: float) -> None:
+        location = self.sink.describe()
+        theirs = {name: holder.get(name) for name in self.period}
+        if theirs != self.period:
+            raise LoyaltyLocationBusyError(
+                location,
+                _holder_text(holder),
+                f"{location} is being written by another export ({describe_period(theirs)}): {_holder_text(holder)}. "
+                f"This export ({describe_period(self.period)}) needs a location of its own: give each period its "
+                f"own output path/prefix. If that writer is gone, delete {location}{LEASE_NAME}.",
+            )
+        if self.waited_since is None:
+            self.waited_since = time.time()
+            self.log.info(
+                "Another export of the same period writes at %s (%s); waiting for it", location, _holder_text(holder)
+            )
+        if time.monotonic() - started > max_wait:
+            raise LoyaltyLocationBusyError(
+                location, _holder_text(holder), f"{location}: waited {max_wait:.0f} s for {_holder_text(holder)}"
+            )
+        if self.stop.wait(WAIT_POLL_SECONDS):
+            raise LoyaltyExportStopped("stopped while waiting for another export's lease")
+
+    def _took(self, how: str) -> None:
+        self._renewed_at = time.monotonic()
+        self.log.debug("Lease of %s %s", self.sink.describe(), how)
+
+    def renew(self, until: float | None = None, *, force: bool = False) -> None:
+        """Extend the lease (to ``until``, epoch seconds, or by its usual length).
+
+        Cheap to call often: without ``until``/``force`` it writes only when a third of the lease
+        has passed since the last renewal.
+
+        :raises LoyaltyLocationBusyError: the lease was taken by someone else meanwhile.
+        """
+        if self._tag is None:
+            return
+        if until is None and not force and time.monotonic() - self._renewed_at < self.seconds / 3:
+            return
+        expiry = until if until is not None else time.time() + self.seconds
+        tag = self.sink.replace_if(LEASE_NAME, self._document(expiry), self._tag)
+        if tag is None:
+            self._tag = None
+            raise LoyaltyLocationBusyError(
+                self.sink.describe(),
+                "another writer",
+                f"{self.sink.describe()}: the lease was taken by another export while this one wrote "
+                "(it had expired); stopping rather than writing over it",
+            )
+        self._tag = tag
+        self._renewed_at = time.monotonic()
+
+    def release(self) -> None:
+        """Give the location up (only if the lease is still ours)."""
+        if self._tag is None:
+            return
+        try:
+            found = self.sink.tagged(LEASE_NAME)
+        except UnreadableDocument:
+            found = None
+        if found is not None and found[1] == self._tag:
+            self.sink.delete([LEASE_NAME])
+        self._tag = None

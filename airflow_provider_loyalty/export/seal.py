@@ -1,0 +1,147 @@
+"""Sealing an export: check what is stored, switch the manifest, clean up.
+
+At every instant the location holds either the previous true manifest or the new one:
+
+* first export at a location: parts were written under their final names; the manifest is
+  written once every stored part has been checked against its record;
+* a re-run over a finished export of the same period: parts were staged under ``_staging/``. The
+  switch-over manifest (listing the staged parts) replaces the old one in one write; the staged
+  parts are then moved to their final names and the final manifest written; only then are the
+  old set's extra parts and the staging area removed.
+
+Every step is recorded in the checkpoint (``phase``), so a crash anywhere is resumed by the retry.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pendulum
+
+from airflow_provider_loyalty.exceptions import LoyaltyEmptyExportError, LoyaltyError, LoyaltyVerificationError
+from airflow_provider_loyalty.export.layout import (
+    CHECKPOINT_NAME,
+    MANIFEST_NAME,
+    RECORDS_DIR,
+    STAGING_DIR,
+    is_part_name,
+    part_name,
+    record_name,
+    staged,
+)
+from airflow_provider_loyalty.export.manifest import build_manifest
+from airflow_provider_loyalty.export.progress import CLEANUP, SEALING, ExportProgress, PartRecord
+from airflow_provider_loyalty.export.sinks import PartSink
+from airflow_provider_loyalty.export.spec import ExportSpec
+
+_READERS = 8
+
+
+class Sealer:
+    """Seals one export at its sink.
+
+    :param sink: the location.
+    :param spec: the export.
+    :param keep_zip: original archives are kept beside the parts.
+    :param fail_on_empty: an export without a single transaction is an error, not an empty manifest.
+    :param log: logger.
+    """
+
+    def __init__(self, sink: PartSink, spec: ExportSpec, *, keep_zip: bool, fail_on_empty: bool, log: Any) -> None:
+        self.sink = sink
+        self.spec = spec
+        self.keep_zip = keep_zip
+        self.fail_on_empty = fail_on_empty
+        self.log = log
+
+    def seal(self, progress: ExportProgress) -> dict[str, Any]:
+        """Finish the export; return the final manifest."""
+        if progress.phase == CLEANUP:
+            manifest = self.sink.read_json(MANIFEST_NAME)
+            if manifest is not None:
+                self._clean_up(progress)
+                return manifest
+        records = self.read_records(progress)
+        self._check_stored(progress, records)
+        if self.fail_on_empty and not any(record.rows for record in records):
+            self.discard(progress)
+            raise LoyaltyEmptyExportError(
+                f"the period ({self.spec.describe_period()}) holds no transactions and fail_on_empty=True; "
+                "no manifest was written"
+            )
+        completed_at = pendulum.now("UTC").to_iso8601_string()
+        if progress.staged:
+            progress.phase = SEALING
+            self._checkpoint(progress)
+            self._write_manifest(progress, records, completed_at, in_staging=True)  # the switch
+            for record in records:
+                for name in self._names_of(record):
+                    self.sink.move(staged(name), name)
+        manifest = self._write_manifest(progress, records, completed_at, in_staging=False)
+        progress.phase = CLEANUP
+        self._checkpoint(progress)
+        self._clean_up(progress)
+        return manifest
+
+    def read_records(self, progress: ExportProgress) -> list[PartRecord]:
+        """The records of every landed part, in order (read in parallel: there may be thousands)."""
+        names = [record_name(index) for index in range(progress.parts_landed)]
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:
+            documents = list(pool.map(self.sink.read_json, names))
+        missing = [name for name, document in zip(names, documents, strict=True) if document is None]
+        if missing:
+            raise LoyaltyError(f"{self.sink.describe()}: the records {missing[:3]} of landed parts are gone")
+        return [PartRecord.from_dict(document) for document in documents if document is not None]
+
+    def _names_of(self, record: PartRecord) -> list[str]:
+        return [record.name, part_name(record.index, "zip")] if self.keep_zip else [record.name]
+
+    def _check_stored(self, progress: ExportProgress, records: list[PartRecord]) -> None:
+        """Every part is stored with the size its record gives (one listing, no downloads)."""
+        area = STAGING_DIR if progress.staged else ""  # staged parts stay until the cleanup
+        stored = self.sink.sizes(area)
+        for record in records:
+            name = f"{area}/{record.name}" if area else record.name
+            if stored.get(name) != record.bytes:
+                self.discard(progress)
+                raise LoyaltyVerificationError(
+                    f"{self.sink.url(name)} is stored with {stored.get(name)} bytes, but {record.bytes} were "
+                    "written: the location was changed while the export ran. No manifest was written; the "
+                    "next try starts the export afresh"
+                )
+
+    def _write_manifest(
+        self, progress: ExportProgress, records: list[PartRecord], completed_at: str, *, in_staging: bool
+    ) -> dict[str, Any]:
+        manifest = build_manifest(
+            self.spec,
+            progress,
+            records,
+            self.sink,
+            completed_at=completed_at,
+            in_staging=in_staging,
+            keep_zip=self.keep_zip,
+        )
+        self.sink.write_json(MANIFEST_NAME, manifest)
+        return manifest
+
+    def _clean_up(self, progress: ExportProgress) -> None:
+        """Remove what the finished export does not list: old parts, staging, records, checkpoint."""
+        keep = {name for index in range(progress.parts_landed) for name in self._index_names(index)}
+        stale = [name for name in self.sink.sizes() if is_part_name(name) and name not in keep]
+        if stale:
+            self.log.info("Deleting %d part(s) the new manifest does not list: %s", len(stale), ", ".join(stale[:5]))
+        self.sink.delete(stale + list(self.sink.sizes(STAGING_DIR)) + list(self.sink.sizes(RECORDS_DIR)))
+        self.sink.delete([CHECKPOINT_NAME])
+
+    def _index_names(self, index: int) -> list[str]:
+        names = [part_name(index, self.spec.output_format)]
+        return [*names, part_name(index, "zip")] if self.keep_zip else names
+
+    def discard(self, progress: ExportProgress) -> None:
+        """Forget the unfinished export (checkpoint and records), so the next try starts afresh."""
+        self.sink.delete([CHECKPOINT_NAME, *(record_name(index) for index in range(progress.parts_landed))])
+
+    def _checkpoint(self, progress: ExportProgress) -> None:
+        self.sink.write_json(CHECKPOINT_NAME, progress.to_dict())

@@ -1,0 +1,37 @@
+"""OpenLineage and Airflow assets of the loyalty operators: one dataset per export, not per part.
+
+Only for internal usage. The input is always the API's points transactions of one program; the
+output is where the export (or the member history) landed — the export's location as a whole, so
+a lineage graph shows one node per export however many parts it has, and never the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+#: Characters kept as they are in an asset URI's path (others are percent-encoded, so a ``#`` or
+#: ``?`` in a key prefix cannot turn into a fragment or a query).
+_URI_SAFE = "/=-_.~:@!$&'()*+,;"
+
+
+def asset_uri(bucket: str, key: str) -> str:
+    """``s3://bucket/key`` with the key percent-encoded where it must be."""
+    return f"s3://{bucket}/{quote(key.strip('/'), safe=_URI_SAFE)}"
+
+
+def operator_lineage(api_base_url: str, loyalty_program_id: Any, output_url: str | None) -> Any:
+    """An ``OperatorLineage`` with the API as input and one output dataset (``None`` without the
+    openlineage provider)."""
+    try:
+        from airflow.providers.common.compat.openlineage.facet import Dataset
+        from airflow.providers.openlineage.extractors import OperatorLineage
+    except ImportError:  # the openlineage provider is optional
+        return None
+    source = Dataset(namespace=api_base_url, name=f"loyalty_program/{loyalty_program_id}/points_transactions")
+    outputs = []
+    if output_url:
+        parts = urlsplit(output_url)
+        namespace = f"{parts.scheme}://{parts.netloc}" if parts.netloc else parts.scheme or "file"
+        outputs.append(Dataset(namespace=namespace, name=parts.path.strip("/") if parts.netloc else parts.path))
+    return OperatorLineage(inputs=[source], outputs=outputs)

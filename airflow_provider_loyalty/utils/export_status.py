@@ -1,0 +1,151 @@
+"""What an export task's status reply means, defined once.
+
+``POST /api/v1.1/tasks/status`` answers with a status word, a progress and, once completed, a
+``result``. :class:`ExportTaskStatus` turns one reply into: a state (completed / failed / still
+running), the validated :class:`ExportResult`, and the API's failure text (token removed). The
+hooks build it, and the export loop, the sensor and the trigger only ask it; nobody else branches on
+raw status words or re-validates a result.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
+from airflow_provider_loyalty.utils.redaction import redact
+
+COMPLETED_WORDS = frozenset({"completed"})
+FAILED_WORDS = frozenset({"failed", "error", "canceled", "cancelled"})
+_FAILURE_TEXT_FIELDS = ("error_text", "message", "error", "reason")
+
+
+class ExportTaskState(enum.Enum):
+    """Where an export task stands. Any status word the API may add later counts as running."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @classmethod
+    def of(cls, status_word: Any) -> ExportTaskState:
+        """The state a status word (any case, surrounding spaces ignored) stands for."""
+        word = str(status_word or "").strip().lower()
+        if word in COMPLETED_WORDS:
+            return cls.COMPLETED
+        if word in FAILED_WORDS:
+            return cls.FAILED
+        return cls.RUNNING
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the task will not change any more."""
+        return self is not ExportTaskState.RUNNING
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The ``result`` of a completed export task, checked.
+
+    :param total: data rows of the batch (the API's ``total``).
+    :param hashed_file: the file to download; ``None`` only for an empty batch that has no file.
+    :param next_from_id: the cursor of the next batch; ``None`` when the period is exhausted.
+    :param raw: the result object as the API sent it (what the sensor returns).
+    """
+
+    total: int
+    hashed_file: str | None
+    next_from_id: str | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_reply(cls, export_task_id: str, result: Any) -> ExportResult:
+        """Check a completed task's ``result`` object.
+
+        An empty batch may say "nothing" without a file (``hashed_file`` empty or absent) when its
+        ``total`` is 0; with rows it must name one.
+        """
+        where = f"export task {export_task_id}"
+        if not isinstance(result, Mapping):
+            raise LoyaltyResponseError(f"{where} completed without a result object (got {type(result).__name__})")
+        total = result.get("total")
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise LoyaltyResponseError(f"{where}: expected result.total to be an integer >= 0, got {total!r}")
+        next_from_id = result.get("next_from_id")
+        if next_from_id is not None and not isinstance(next_from_id, str):
+            raise LoyaltyResponseError(f"{where}: expected result.next_from_id to be a string, got {next_from_id!r}")
+        hashed_file = result.get("hashed_file")
+        if hashed_file is not None and not isinstance(hashed_file, str):
+            raise LoyaltyResponseError(f"{where}: expected result.hashed_file to be a string, got {hashed_file!r}")
+        if not (hashed_file or "").strip():
+            if total:
+                raise LoyaltyResponseError(f"{where} completed with {total} rows but without a hashed_file")
+            hashed_file = None
+        return cls(total=total, hashed_file=hashed_file, next_from_id=next_from_id or None, raw=dict(result))
+
+
+@dataclass(frozen=True)
+class ExportTaskStatus:
+    """One status reply of an export task, interpreted.
+
+    :param export_task_id: the task.
+    :param status: the API's status word, as sent.
+    :param state: what the word means.
+    :param progress: the API's progress (percent), if it sent one.
+    :param result: the checked result, for a completed task.
+    :param failure_text: the API's explanation, for a failed task (token removed).
+    """
+
+    export_task_id: str
+    status: str
+    state: ExportTaskState
+    progress: Any = None
+    result: ExportResult | None = None
+    failure_text: str | None = None
+
+    @classmethod
+    def from_reply(cls, export_task_id: str, data: Mapping[str, Any], token: str | None) -> ExportTaskStatus:
+        """Interpret the ``data`` object of a ``tasks/status`` reply.
+
+        :param export_task_id: the task the reply is about.
+        :param data: the reply's ``data``.
+        :param token: the API token, removed from the failure text.
+        """
+        status = data.get("status")
+        if not isinstance(status, str) or not status.strip():
+            raise LoyaltyResponseError(f"tasks/status: expected data.status to be a status word, got {status!r}")
+        state = ExportTaskState.of(status)
+        completed, failed = state is ExportTaskState.COMPLETED, state is ExportTaskState.FAILED
+        result = ExportResult.from_reply(export_task_id, data.get("result")) if completed else None
+        failure = redact(_failure_text(data), token) if failed else None
+        return cls(export_task_id, status, state, data.get("progress"), result, failure)
+
+    def raise_for_failure(self) -> None:
+        """Raise :class:`LoyaltyExportTaskFailed` with the API's text if the task failed."""
+        if self.state is ExportTaskState.FAILED:
+            raise LoyaltyExportTaskFailed(self.export_task_id, self.status, self.failure_text or "")
+
+    def completed_result(self) -> ExportResult:
+        """The result of a completed task; raises for a failed one, and for one still running."""
+        self.raise_for_failure()
+        if self.result is None:
+            raise LoyaltyResponseError(f"export task {self.export_task_id} is still {self.status!r}, not completed")
+        return self.result
+
+    def describe(self) -> str:
+        """``in_progress, 54%`` — for log lines."""
+        return f"{self.status}, {self.progress if self.progress is not None else '?'}%"
+
+
+def _failure_text(data: Mapping[str, Any]) -> str:
+    """The API's explanation of a failed task, from whichever field carries it."""
+    for key in _FAILURE_TEXT_FIELDS:
+        value = data.get(key)
+        if value not in (None, "", 0, "0"):
+            return str(value)
+    result = data.get("result")
+    if isinstance(result, Mapping):
+        return _failure_text(result)
+    return "the API gave no reason"

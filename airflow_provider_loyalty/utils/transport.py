@@ -1,0 +1,116 @@
+"""What the sync and the async hook share about the transport: one cap on reply sizes, and one
+mapping of transport failures (requests, urllib3, aiohttp, ssl, sockets) to typed errors."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+
+from airflow_provider_loyalty.exceptions import (
+    LoyaltyError,
+    LoyaltyResponseError,
+    LoyaltyTlsError,
+    LoyaltyTransientError,
+)
+from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
+
+#: Largest JSON/XML reply body read into memory (downloads are streamed, capped separately).
+MAX_REPLY_BYTES = 32 * 1024 * 1024
+# OpenSSL's words for "the other side does not speak TLS" (a plain-HTTP server on that port).
+_NOT_TLS_MARKERS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "HTTP_REQUEST")
+
+
+class ReplyBuffer:
+    """Collects a reply body chunk by chunk and refuses it past ``limit`` bytes.
+
+    :param path: the endpoint, for the error.
+    :param headers: the reply's headers: a declared ``Content-Length`` over the cap fails at once.
+    :param limit: the cap.
+    """
+
+    def __init__(self, path: str, headers: Mapping[str, str], limit: int = MAX_REPLY_BYTES) -> None:
+        self.path = path
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        declared = headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise LoyaltyResponseError(f"{path}: reply of {declared} bytes is over the {limit} byte cap")
+
+    def add(self, chunk: bytes) -> None:
+        """Append a chunk; raise once the body grows over the cap."""
+        self._size += len(chunk)
+        if self._size > self.limit:
+            raise LoyaltyResponseError(f"{self.path}: reply is over the {self.limit} byte cap")
+        self._chunks.append(chunk)
+
+    def body(self) -> bytes:
+        """The whole body."""
+        return b"".join(self._chunks)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not item for item in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _tls_failure(error: BaseException) -> BaseException | None:
+    for item in _chain(error):
+        if isinstance(item, ssl.SSLError) or type(item).__name__ in (
+            "SSLError",
+            "ClientSSLError",
+            "ClientConnectorSSLError",
+            "ClientConnectorCertificateError",
+        ):
+            return item
+    return None
+
+
+def tls_error(settings: LoyaltyConnectionSettings, path: str, cause: BaseException) -> LoyaltyTlsError:
+    """A TLS failure, explained: a plain-HTTP server behind an https URL is a configuration issue,
+    not an untrusted certificate."""
+    text = str(cause)
+    if any(marker in text.upper() for marker in _NOT_TLS_MARKERS):
+        why = (
+            "https was assumed because the Base URL has no scheme"
+            if settings.scheme_assumed
+            else "the Base URL says https"
+        )
+        return LoyaltyTlsError(
+            None,
+            f"{path}: {settings.netloc} does not speak TLS (it looks like a plain-HTTP server); {why}. "
+            f"If the API is served over plain HTTP, put http:// in the connection's Base URL",
+            None,
+        )
+    return LoyaltyTlsError(
+        None,
+        f"{path}: TLS verification failed for {settings.netloc}: {text[:300]}. Trust its CA with the "
+        "connection's ca_bundle extra (or REQUESTS_CA_BUNDLE), or set verify_ssl false for a test server",
+        None,
+    )
+
+
+def transport_error(settings: LoyaltyConnectionSettings, path: str, error: BaseException) -> LoyaltyError:
+    """The typed error a transport failure stands for: TLS failures are final, timeouts, resets,
+    refused connections and cut-short bodies are transient (retried)."""
+    if isinstance(error, LoyaltyError):
+        return error
+    tls = _tls_failure(error)
+    if tls is not None:
+        return tls_error(settings, path, tls)
+    names = {type(item).__name__ for item in _chain(error)}
+    if isinstance(error, TimeoutError) or names & {"Timeout", "ReadTimeout", "ConnectTimeout", "ServerTimeoutError"}:
+        return LoyaltyTransientError(None, f"{path}: timed out", None)
+    if names & {
+        "ClientPayloadError",
+        "ChunkedEncodingError",
+        "IncompleteRead",
+        "ProtocolError",
+        "ContentDecodingError",
+    }:
+        return LoyaltyTransientError(None, f"{path}: reply body cut short ({type(error).__name__})", None)
+    return LoyaltyTransientError(None, f"{path}: connection failed ({type(error).__name__})", None)
