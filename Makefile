@@ -1,34 +1,55 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv and installs
 # what it needs (uv, from PyPI, into the project's own virtualenv); nothing is done by hand.
+# The other virtualenvs (.venv-min, .venv-mid, .venv-lowest, .venv-dist) are made by .venv's uv.
 PYTHON ?= python3
 VENV ?= .venv
 VENV_MIN ?= .venv-min
+VENV_MID ?= .venv-mid
+VENV_LOWEST ?= .venv-lowest
+VENV_DIST ?= .venv-dist
 AIRFLOW_SPEC ?= apache-airflow>=3.3,<3.4
 AIRFLOW_MIN_SPEC ?= apache-airflow>=3.1,<3.2
+AIRFLOW_MID_SPEC ?= apache-airflow>=3.2,<3.3
+# Airflow 3.1's UI builds a connection form from the hook's wtforms widgets, and only where wtforms
+# can be imported (it comes with the FAB provider); 3.2 and newer read `conn-fields` instead.
+UI_31_EXTRA ?= wtforms>=3.1
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
-BIN_MIN := $(VENV_MIN)/bin
+UV := $(BIN)/uv
 INSTALLED := $(VENV)/.installed
 INSTALLED_MIN := $(VENV_MIN)/.installed
+INSTALLED_MID := $(VENV_MID)/.installed
+INSTALLED_LOWEST := $(VENV_LOWEST)/.installed
 
-.PHONY: help venv test test-min test-slow lint typecheck unit docs screenshots demo bench clean
+.PHONY: help venv test test-min test-mid test-lowest test-slow lint typecheck unit docs screenshots demo bench \
+	dist clean
 
 help:
-	@echo "make demo      run the example DAG through real Airflow against the emulator and a loopback S3"
-	@echo "make test      lint, type-check, docs and the whole test suite (Airflow 3.3.x)"
-	@echo "make test-min  unit tests against the lowest supported Airflow (3.1.x)"
-	@echo "make test-slow the long reliability variants (chaos at scale, more crash trials)"
-	@echo "make bench     benchmarks; figures go to docs/benchmarks.md"
-	@echo "make docs      Sphinx docs, warnings as errors"
-	@echo "make screenshots  refresh docs/img/connection-form.png from the browser test"
+	@echo "make demo         run the example DAG through real Airflow against the emulator and a loopback S3"
+	@echo "make test         the full gate on Airflow 3.3.x: lint, type-check, docs, then the whole suite"
+	@echo "make unit         only the unit tests on Airflow 3.3.x; quick selections: make unit PYTEST_ARGS='-k hook'"
+	@echo "make test-min     unit and browser tests on Airflow 3.1.x, newest other dependencies (.venv-min)"
+	@echo "make test-mid     unit tests on Airflow 3.2.x, newest other dependencies (.venv-mid)"
+	@echo "make test-lowest  unit tests with every direct dependency at its declared floor (.venv-lowest)"
+	@echo "make test-cluster CeleryExecutor cluster (Postgres, Redis, two workers, two triggerers), a backfill with failures"
+	@echo "make test-slow    the long reliability variants (chaos at scale, more crash trials)"
+	@echo "make lint         ruff check and ruff format --check"
+	@echo "make typecheck    mypy (strict) over the package"
+	@echo "make docs         Sphinx docs into docs/_build/html, warnings as errors"
+	@echo "make dist         wheel and sdist into dist/, twine check, install the wheel into a clean virtualenv"
+	@echo "make screenshots  refresh docs/img/connection-form.png from the browser test (Airflow 3.3.x)"
+	@echo "make bench        benchmarks; figures go to docs/benchmarks.md"
+	@echo "make venv         only create .venv (provider editable, Airflow 3.3.x, dev and docs tools)"
+	@echo "make clean        remove the virtualenvs, dist/ and build output"
+	@echo "PYTEST_ARGS='...' is passed to pytest by every test target."
 
-$(BIN)/uv:
+$(UV):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade uv
 
-$(INSTALLED): pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev,docs]" "$(AIRFLOW_SPEC)"
+$(INSTALLED): pyproject.toml | $(UV)
+	$(UV) pip install --quiet --python $(BIN)/python -e ".[dev,docs]" "$(AIRFLOW_SPEC)"
 	@touch $@
 
 venv: $(INSTALLED)
@@ -49,23 +70,54 @@ test: lint typecheck docs
 test-slow: $(INSTALLED)
 	@scripts/run-pytest $(BIN)/pytest -m slow $(PYTEST_ARGS)
 
-$(BIN_MIN)/uv:
-	$(PYTHON) -m venv $(VENV_MIN)
-	$(BIN_MIN)/python -m pip install --quiet --upgrade uv
+# One virtualenv per supported Airflow line, made by .venv's uv. `uv pip install` upgrades to the
+# newest versions the spec allows whenever pyproject.toml changes.
+%/bin/python: | $(UV)
+	$(UV) venv --quiet --python $(PYTHON) $*
 
-$(INSTALLED_MIN): pyproject.toml | $(BIN_MIN)/uv
-	$(BIN_MIN)/uv pip install --quiet --python $(BIN_MIN)/python -e ".[test]" "$(AIRFLOW_MIN_SPEC)"
+$(INSTALLED_MIN): pyproject.toml | $(VENV_MIN)/bin/python
+	$(UV) pip install --quiet --python $(VENV_MIN)/bin/python -e ".[test]" "$(AIRFLOW_MIN_SPEC)" "$(UI_31_EXTRA)"
+	@touch $@
+
+$(INSTALLED_MID): pyproject.toml | $(VENV_MID)/bin/python
+	$(UV) pip install --quiet --python $(VENV_MID)/bin/python -e ".[test]" "$(AIRFLOW_MID_SPEC)"
+	@touch $@
+
+# The declared floors, resolved with the project's own requirements as the root: every direct
+# dependency at the lowest version it allows, everything else as new as a user would get today.
+# `uv pip sync` makes the virtualenv exactly that set, also after a floor moved.
+$(INSTALLED_LOWEST): pyproject.toml | $(VENV_LOWEST)/bin/python
+	$(UV) pip compile --quiet pyproject.toml --extra test --resolution lowest-direct \
+		--python $(VENV_LOWEST)/bin/python -o $(VENV_LOWEST)/requirements.txt
+	$(UV) pip sync --quiet --python $(VENV_LOWEST)/bin/python $(VENV_LOWEST)/requirements.txt
+	$(UV) pip install --quiet --python $(VENV_LOWEST)/bin/python --no-deps -e .
 	@touch $@
 
 test-min: $(INSTALLED_MIN)
-	@$(BIN_MIN)/python -c "import airflow; print('Airflow', airflow.__version__)"
-	@scripts/run-pytest $(BIN_MIN)/pytest tests/unit $(PYTEST_ARGS)
+	@$(VENV_MIN)/bin/python -c "import airflow; print('Airflow', airflow.__version__)"
+	@scripts/run-pytest $(VENV_MIN)/bin/pytest tests/unit tests/browser $(PYTEST_ARGS)
+
+test-mid: $(INSTALLED_MID)
+	@$(VENV_MID)/bin/python -c "import airflow; print('Airflow', airflow.__version__)"
+	@scripts/run-pytest $(VENV_MID)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test-lowest: $(INSTALLED_LOWEST)
+	@$(VENV_LOWEST)/bin/python scripts/check_floors.py --extra test
+	@scripts/run-pytest $(VENV_LOWEST)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 docs: $(INSTALLED)
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 screenshots: $(INSTALLED)
 	UPDATE_SCREENSHOTS=1 $(BIN)/pytest tests/browser -k save
+
+# What a package index gets: build, check the metadata, then install the wheel alone into a clean
+# virtualenv and ask Airflow there whether it sees the provider.
+dist: | $(UV)
+	rm -rf dist
+	$(UV) build --quiet --out-dir dist
+	$(UV) tool run --quiet --from "twine>=6.1" twine check --strict dist/*
+	$(BIN)/python scripts/check_dist.py --uv $(UV) --python $(PYTHON) --venv $(VENV_DIST) dist
 
 demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
@@ -74,4 +126,22 @@ bench: $(INSTALLED)
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) $(VENV_MIN) docs/_build .demo .bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_MIN) $(VENV_MID) $(VENV_LOWEST) $(VENV_DIST) dist docs/_build .demo .bench .pytest_cache \
+		.mypy_cache .ruff_cache
+
+# make test-cluster: the provider on production-shaped Airflow (issue 16). PostgreSQL and Redis
+# from Debian's packages (installed when missing), the Celery provider and the PostgreSQL drivers
+# into .venv, then tests/cluster: CeleryExecutor with two workers and two triggerers, a 14-day
+# backfill with a worker and a triggerer killed, a deadline while deferred, rate limits.
+CLUSTER_SPEC ?= apache-airflow-providers-celery>=3.10 celery>=5.5,<5.7 psycopg2-binary>=2.9 asyncpg>=0.29
+INSTALLED_CLUSTER := $(VENV)/.installed-cluster
+
+.PHONY: test-cluster
+
+$(INSTALLED_CLUSTER): $(INSTALLED)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python "$(AIRFLOW_SPEC)" $(foreach spec,$(CLUSTER_SPEC),"$(spec)")
+	@touch $@
+
+test-cluster: $(INSTALLED_CLUSTER)
+	scripts/cluster/install-system-packages
+	@LOYALTY_CLUSTER=1 scripts/run-pytest $(BIN)/pytest tests/cluster -m cluster -p no:cacheprovider $(PYTEST_ARGS)
