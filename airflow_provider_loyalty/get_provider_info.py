@@ -23,7 +23,7 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {
                 "integration-name": _INTEGRATION,
-                "external-doc-url": "https://example.com/api/v1.1/",
+                "external-doc-url": "https://github.com/airflow-provider-loyalty/airflow-provider-loyalty/blob/main/docs/index.rst",
                 "tags": ["service"],
             }
         ],
