@@ -47,6 +47,21 @@ def only(paths: list[Path], what: str) -> Path:
     return paths[0]
 
 
+def documentation_url(wheel: Path) -> str:
+    """The ``Documentation`` project URL of the wheel's metadata.
+
+    :param wheel: the built wheel.
+    """
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata_name,) = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+        metadata = Parser().parsestr(archive.read(metadata_name).decode("utf-8"))
+    for value in metadata.get_all("Project-URL") or []:
+        label, _, url = value.partition(",")
+        if label.strip() == "Documentation":
+            return url.strip()
+    raise DistError(f"{wheel.name}: no Documentation project URL")
+
+
 def check_wheel(wheel: Path) -> None:
     """LICENSE, NOTICE, project URLs, classifiers and absolute README links in the wheel.
 
@@ -131,6 +146,20 @@ def check_installed(wheel: Path, uv: str, python: str, venv: Path) -> None:
             [str(venv / "bin" / "python"), "-c", "import airflow; print(airflow.__version__)"], env=env, cwd=home
         )
         print(f"clean virtualenv: Airflow {airflow_version.strip()} lists {PACKAGE} {listed[PACKAGE]}")
+        info = run(
+            [
+                str(venv / "bin" / "python"),
+                "-c",
+                "import json; from airflow_provider_loyalty.get_provider_info import get_provider_info; "
+                "print(json.dumps(get_provider_info()))",
+            ],
+            env=env,
+            cwd=home,
+        )
+        doc_urls = {item.get("external-doc-url") for item in json.loads(info.splitlines()[-1])["integrations"]}
+        if doc_urls != {documentation_url(wheel)}:
+            raise DistError(f"external-doc-url {doc_urls} is not the Documentation URL {documentation_url(wheel)}")
+        print(f"clean virtualenv: external-doc-url is the Documentation URL ({documentation_url(wheel)})")
         for script in console_scripts(wheel):
             run([str(venv / "bin" / script), "--help"], env=env, cwd=home)
             print(f"clean virtualenv: {script} --help answers")
