@@ -12,14 +12,25 @@ from __future__ import annotations
 import asyncio
 import importlib
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pendulum
 from airflow.providers.common.compat.sdk import TaskDeferred
 
 
+def task_instance(
+    task_id: str = "export", run_id: str = "run", dag_id: str = "tests", map_index: int = -1, try_number: int = 1
+) -> SimpleNamespace:
+    """A stand-in for the task instance in a context: who writes, for the location's lease."""
+    return SimpleNamespace(
+        dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, try_number=try_number, start_date=None
+    )
+
+
 def context_for(start: str = "2023-09-01T00:00:00Z", end: str = "2023-10-01T00:00:00Z", **extra: Any) -> dict[str, Any]:
-    """A minimal task context: the data interval the export operators default to."""
+    """A minimal task context: the data interval the export operators default to (``ti=`` adds a
+    task instance, see :func:`task_instance`)."""
     return {
         "data_interval_start": pendulum.parse(start),
         "data_interval_end": pendulum.parse(end),

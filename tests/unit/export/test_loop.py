@@ -1,0 +1,193 @@
+"""The export loop against the emulator: retries that recover, empty periods, on_kill, pipelining.
+
+Each test would have failed on 2c35e55 (the first round's loop).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_loyalty.exceptions import (
+    LoyaltyEmptyExportError,
+    LoyaltyExportStopped,
+    LoyaltyResponseError,
+    LoyaltyTransientError,
+)
+from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, MANIFEST_NAME
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
+from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from tests.support.helpers import all_transaction_ids, csv_ids, point_connection_at, wait_for
+from tests.support.operator_driver import DeferralLog, context_for, run_with_deferrals, task_instance
+
+N = 3000
+
+
+@pytest.fixture
+def loyalty_emulator_config() -> EmulatorConfig:
+    return EmulatorConfig(transactions=N, batch_size=1000, task_duration=0.05)
+
+
+@pytest.fixture
+def emulator(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch) -> LoyaltyEmulator:
+    point_connection_at(monkeypatch, loyalty_emulator, max_retries=0)
+    return loyalty_emulator
+
+
+def make_operator(output: Path, **kwargs) -> LoyaltyExportOperator:
+    params = {
+        "task_id": "export",
+        "loyalty_program_id": 123,
+        "points_currency_eid": "bonus_points",
+        "output_path": str(output),
+        "poll_interval": 0.05,
+        "deferrable": False,
+        **kwargs,
+    }
+    return LoyaltyExportOperator(**params)
+
+
+def landed_ids(output: Path, manifest: dict) -> list[str]:
+    return csv_ids([str(output / Path(part["key"]).name) for part in manifest["parts"]])
+
+
+def tasks_from(emulator: LoyaltyEmulator, cursor: str | None) -> list[dict]:
+    return [task for task in emulator.export_tasks() if task["from_id"] == cursor]
+
+
+def checkpoint(output: Path) -> dict:
+    return json.loads((output / CHECKPOINT_NAME).read_text())
+
+
+# ---------------------------------------------------------------------------------------- 13.1
+
+
+def test_retry_creates_again_a_batch_whose_file_is_gone(emulator: LoyaltyEmulator, tmp_path):
+    """A retry re-attaches to the checkpoint's export task; its file has expired meanwhile, so the
+    batch is created again from the same cursor instead of failing on every retry."""
+    emulator.set_faults([FaultRule(endpoint="download", kind="http_503", count=1)])
+    with pytest.raises(LoyaltyTransientError):
+        make_operator(tmp_path).execute(context_for(ti=task_instance()))
+    (pending,) = checkpoint(tmp_path)["pending"][:1]
+    assert emulator.expire_files() >= 1
+    manifest = make_operator(tmp_path).execute(context_for(ti=task_instance(try_number=2)))
+    assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+    first = tasks_from(emulator, None)
+    assert [task["task_id"] for task in first][0] == pending["task_id"] and len(first) == 2
+    assert manifest["parts"][0]["export_task_id"] == first[1]["task_id"]
+
+
+def test_a_batch_that_fails_verification_is_created_again(emulator: LoyaltyEmulator, tmp_path):
+    emulator.set_faults([FaultRule(endpoint="download", kind="short_batch", count=1)])
+    manifest = make_operator(tmp_path).execute(context_for())
+    assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+    assert len(tasks_from(emulator, None)) == 2  # the short file's task was given up, once
+
+
+def test_an_error_envelope_in_place_of_the_file_is_created_again(emulator: LoyaltyEmulator, tmp_path):
+    emulator.set_faults(
+        [FaultRule(endpoint="download", kind="download_error_envelope", count=1, params={"text": "File expired"})]
+    )
+    manifest = make_operator(tmp_path).execute(context_for())
+    assert manifest["total_rows"] == N
+    assert len(tasks_from(emulator, None)) == 2
+
+
+def test_an_adopted_running_task_is_checkpointed_before_deferral(emulator: LoyaltyEmulator, tmp_path):
+    emulator.config.task_duration = 1.0
+    adopted = LoyaltyHook().create_transactions_export(
+        loyalty_program_id=123, points_currency_eid="bonus_points", date_from="2023-09-01", date_to="2023-09-30"
+    )
+    log = DeferralLog()
+    manifest = run_with_deferrals(make_operator(tmp_path, export_task_id=adopted, deferrable=True), context_for(), log)
+    assert log.deferrals >= 1 and log.events[0]["export_task_id"] == adopted
+    assert manifest["parts"][0]["export_task_id"] == adopted
+    assert [task["task_id"] for task in tasks_from(emulator, None)] == [adopted]
+    assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+
+
+# ---------------------------------------------------------------------------------------- 13.10
+
+
+@pytest.mark.parametrize(
+    "style", ["header_only", "zero_byte_csv", "no_member", "empty_hashed_file", "missing_hashed_file"]
+)
+def test_an_empty_period_is_a_manifest_of_zero_rows(emulator: LoyaltyEmulator, tmp_path, style):
+    emulator.config.empty_export_style = style
+    context = context_for("2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z")  # no transactions then
+    manifest = make_operator(tmp_path).execute(context)
+    assert (manifest["total_rows"], manifest["parts"]) == (0, [])
+    assert json.loads((tmp_path / MANIFEST_NAME).read_text())["total_rows"] == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == [MANIFEST_NAME]
+
+
+def test_fail_on_empty_fails_and_leaves_no_manifest(emulator: LoyaltyEmulator, tmp_path):
+    context = context_for("2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z")
+    with pytest.raises(LoyaltyEmptyExportError, match="no transactions"):
+        make_operator(tmp_path, fail_on_empty=True).execute(context)
+    assert not (tmp_path / MANIFEST_NAME).exists() and not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_rows_without_a_file_stay_an_error(emulator: LoyaltyEmulator, tmp_path):
+    emulator.config.hashed_file_override = ""
+    with pytest.raises(LoyaltyResponseError, match="without a hashed_file"):
+        make_operator(tmp_path).execute(context_for())
+    assert not (tmp_path / MANIFEST_NAME).exists()
+
+
+# ---------------------------------------------------------------------------------------- 13.13
+
+
+def test_on_kill_stops_the_loop_promptly_and_the_next_try_re_attaches(emulator: LoyaltyEmulator, tmp_path):
+    emulator.config.task_duration = 30.0
+    operator = make_operator(tmp_path)
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            operator.execute(context_for(ti=task_instance()))
+        except BaseException as error:  # the thread reports what stopped it
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    wait_for(lambda: (tmp_path / CHECKPOINT_NAME).exists() and checkpoint(tmp_path)["pending"], what="a pending task")
+    workdir = operator._loop.workdir
+    assert os.path.isdir(workdir)
+    operator.on_kill()
+    worker.join(10)
+    assert not worker.is_alive(), "on_kill did not stop the export"
+    assert isinstance(outcome.get("error"), LoyaltyExportStopped)
+    assert not os.path.exists(workdir)  # temporary batch files removed
+    (pending,) = checkpoint(tmp_path)["pending"]
+    emulator.config.task_duration = 0.05
+    emulator.api.tasks.get(pending["task_id"]).duration = 0.0  # the server finishes the pending task
+    manifest = make_operator(tmp_path).execute(context_for(ti=task_instance(try_number=2)))
+    assert manifest["parts"][0]["export_task_id"] == pending["task_id"]  # re-attached, not re-created
+    assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+
+
+# ---------------------------------------------------------------------------------------- 15.1
+
+
+def test_worker_mode_creates_the_next_batch_before_landing_this_one(emulator: LoyaltyEmulator, tmp_path):
+    """Batch N+1's export task exists before part N is landed (the server works while we verify)."""
+    created_before_part: list[int] = []
+    operator = make_operator(tmp_path)
+    loop_module = __import__("airflow_provider_loyalty.export.loop", fromlist=["ExportLoop"])
+    original = loop_module.ExportLoop._land
+
+    def land(self, progress, task, result, fetched):
+        created_before_part.append(len(emulator.export_tasks()))
+        return original(self, progress, task, result, fetched)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop_module.ExportLoop, "_land", land)
+        manifest = operator.execute(context_for())
+    assert created_before_part == [2, 3, 3]  # parts 0 and 1 land with the next task already created
+    assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)

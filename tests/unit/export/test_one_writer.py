@@ -1,0 +1,204 @@
+"""One location, one writer (issue 19): concurrent and repeated exports never corrupt or lose a
+complete export. Local directories and moto's S3 server, against the emulator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyFinalError, LoyaltyLocationBusyError
+from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, LEASE_NAME, MANIFEST_NAME
+from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
+from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
+from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
+from airflow_provider_loyalty.verify import verify_manifest
+from tests.support.helpers import point_connection_at, wait_for
+from tests.support.operator_driver import context_for, task_instance
+
+SEPTEMBER = ("2023-09-01T00:00:00Z", "2023-10-01T00:00:00Z")
+OCTOBER = ("2023-10-01T00:00:00Z", "2023-11-01T00:00:00Z")
+PREFIX = "shared/location"
+
+
+@pytest.fixture
+def loyalty_emulator_config() -> EmulatorConfig:
+    return EmulatorConfig(transactions=4000, batch_size=1000, task_duration=0.05, period_end="2023-10-31T23:59:59Z")
+
+
+@pytest.fixture
+def emulator(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch) -> LoyaltyEmulator:
+    point_connection_at(monkeypatch, loyalty_emulator)
+    return loyalty_emulator
+
+
+@pytest.fixture(params=["local", "s3"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Operator arguments for one shared location, local or on the loopback S3 server."""
+    if request.param == "local":
+        return {"output_path": str(tmp_path / "location")}
+    bucket = request.getfixturevalue("s3_bucket")
+    return {"s3_bucket": bucket, "s3_key_prefix": PREFIX}
+
+
+def make_operator(target: dict[str, Any], **kwargs: Any) -> Any:
+    params = {
+        "task_id": "export",
+        "loyalty_program_id": 123,
+        "points_currency_eid": "bonus_points",
+        "poll_interval": 0.05,
+        "deferrable": False,
+        **target,
+        **kwargs,
+    }
+    cls = LoyaltyTransactionsToS3Operator if "s3_bucket" in target else LoyaltyExportOperator
+    return cls(**params)
+
+
+def stored(
+    target: dict[str, Any], request: pytest.FixtureRequest | None = None, s3_client: Any = None
+) -> dict[str, bytes]:
+    """Every object at the location, by name, with its bytes."""
+    if "output_path" in target:
+        root = Path(target["output_path"])
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    listing = s3_client.list_objects_v2(Bucket=target["s3_bucket"], Prefix=PREFIX + "/")
+    return {
+        item["Key"][len(PREFIX) + 1 :]: s3_client.get_object(Bucket=target["s3_bucket"], Key=item["Key"])["Body"].read()
+        for item in listing.get("Contents", [])
+    }
+
+
+def manifest_location(target: dict[str, Any]) -> str:
+    if "output_path" in target:
+        return f"{target['output_path']}/{MANIFEST_NAME}"
+    return f"s3://{target['s3_bucket']}/{PREFIX}/{MANIFEST_NAME}"
+
+
+def test_two_periods_at_one_location_at_once_one_wins_the_other_fails_fast(
+    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
+):
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    emulator.config.task_duration = 1.0
+    outcome: dict[str, Any] = {}
+
+    def september() -> None:
+        try:
+            outcome["manifest"] = make_operator(target).execute(context_for(*SEPTEMBER, ti=task_instance(run_id="sep")))
+        except BaseException as error:
+            outcome["error"] = error
+
+    writer = threading.Thread(target=september)
+    writer.start()
+    wait_for(lambda: LEASE_NAME in stored(target, s3_client=s3_client), what="the first export to take the location")
+    with pytest.raises(LoyaltyLocationBusyError) as busy:
+        make_operator(target).execute(context_for(*OCTOBER, ti=task_instance(run_id="oct")))
+    assert "tests/sep/export" in str(busy.value) and busy.value.location in str(busy.value)
+    writer.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    report = verify_manifest(manifest_location(target), conn_id="aws_default" if s3_client else None)
+    assert report.intact, report.to_text()
+    assert json.loads(stored(target, s3_client=s3_client)[MANIFEST_NAME])["date_to"] == "2023-09-30T23:59:59Z"
+
+
+def test_a_re_run_killed_halfway_leaves_the_previous_export_byte_identical(
+    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
+):
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    make_operator(target).execute(context_for(*SEPTEMBER))
+    before = stored(target, s3_client=s3_client)
+    emulator.config.task_duration = 1.0
+    emulator.config.batch_size = 700
+    kwargs = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points", "poll_interval": 0.05, **target}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.export_process", json.dumps(kwargs)],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(
+            lambda: any(name.startswith("_staging/part-00001") for name in stored(target, s3_client=s3_client)),
+            timeout=240,  # the worker process imports Airflow first: slow on a busy machine
+            what="the re-run to stage two parts",
+        )
+    except AssertionError:
+        worker.kill()
+        raise AssertionError(worker.communicate(timeout=10)[1].decode()[-3000:]) from None
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    after = stored(target, s3_client=s3_client)
+    assert {name: after[name] for name in before} == before  # old manifest and every part it lists
+    report = verify_manifest(manifest_location(target), conn_id="aws_default" if s3_client else None)
+    assert report.intact, report.to_text()
+
+
+def test_two_runs_of_the_same_period_at_once_end_with_the_same_true_manifest(
+    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
+):
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    emulator.config.task_duration = 0.5
+    results: dict[str, Any] = {}
+
+    def run(run_id: str) -> None:
+        try:
+            results[run_id] = make_operator(target).execute(context_for(*SEPTEMBER, ti=task_instance(run_id=run_id)))
+        except BaseException as error:
+            results[run_id] = error
+
+    runs = [threading.Thread(target=run, args=(name,)) for name in ("manual", "scheduled")]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(180)
+    assert all(isinstance(value, dict) for value in results.values()), results
+    assert results["manual"]["parts"] == results["scheduled"]["parts"]
+    final = json.loads(stored(target, s3_client=s3_client)[MANIFEST_NAME])
+    assert final["parts"] == results["manual"]["parts"]
+    assert verify_manifest(manifest_location(target), conn_id="aws_default" if s3_client else None).intact
+
+
+def test_replace_only_replaces_an_export_of_the_same_period(emulator: LoyaltyEmulator, target: dict[str, Any], request):
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    make_operator(target).execute(context_for(*SEPTEMBER))
+    before = stored(target, s3_client=s3_client)
+    with pytest.raises(LoyaltyFinalError, match="another period") as refused:
+        make_operator(target, replace=True).execute(context_for(*OCTOBER))
+    assert "2023-09-01" in str(refused.value) and "2023-10-01" in str(refused.value)
+    assert stored(target, s3_client=s3_client) == before
+
+
+def test_a_stale_lease_of_a_crashed_writer_expires(emulator: LoyaltyEmulator, tmp_path):
+    location = tmp_path / "location"
+    location.mkdir()
+    (location / LEASE_NAME).write_text(
+        json.dumps({"writer_id": "gone", "task": "tests/other/export/-1", "loyalty_program_id": 1, "expires_at": 0})
+    )
+    manifest = make_operator({"output_path": str(location)}).execute(context_for(*SEPTEMBER, ti=task_instance()))
+    assert manifest["total_rows"] > 0 and not (location / LEASE_NAME).exists()
+
+
+def test_torn_bookkeeping_documents_are_typed_errors_or_a_fresh_start(emulator: LoyaltyEmulator, tmp_path):
+    """A half-written checkpoint is logged and the export starts afresh; a half-written manifest is
+    replaced with replace=True and a clear error otherwise — never a raw JSONDecodeError."""
+    location = tmp_path / "location"
+    target = {"output_path": str(location)}
+    make_operator(target).execute(context_for(*SEPTEMBER))
+    (location / CHECKPOINT_NAME).write_bytes(b'{"format_version": 2, "spec": {"loyalty_pro')
+    (location / MANIFEST_NAME).write_bytes(b'{"format_version": 1, "parts": [{"key": "par')
+    with pytest.raises(LoyaltyError, match="unreadable") as refused:
+        make_operator(target, replace=False).execute(context_for(*SEPTEMBER))
+    assert "JSONDecodeError" not in type(refused.value).__name__
+    manifest = make_operator(target, replace=True).execute(context_for(*SEPTEMBER))
+    assert verify_manifest(str(location / MANIFEST_NAME)).intact
+    assert hashlib.sha256((location / MANIFEST_NAME).read_bytes()).hexdigest()
+    assert manifest["total_rows"] == len(emulator.expected_ids("2023-09-01T00:00:00Z", "2023-09-30T23:59:59Z"))
