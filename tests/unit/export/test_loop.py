@@ -78,7 +78,7 @@ def test_retry_creates_again_a_batch_whose_file_is_gone(emulator: LoyaltyEmulato
     manifest = make_operator(tmp_path).execute(context_for(ti=task_instance(try_number=2)))
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
     first = tasks_from(emulator, None)
-    assert [task["task_id"] for task in first][0] == pending["task_id"] and len(first) == 2
+    assert first[0]["task_id"] == pending["task_id"] and len(first) == 2
     assert manifest["parts"][0]["export_task_id"] == first[1]["task_id"]
 
 
