@@ -27,5 +27,5 @@ with DAG(
         matching="email",
         limit=100,
         output_path=OUTPUT + "/members/{{ run_id | replace(':', '_') }}/member-{{ ti.map_index }}.jsonl",
-    ).expand(email=MEMBERS)
+    ).expand(member_email=MEMBERS)
     # [END howto_operator_loyalty_account_transactions]

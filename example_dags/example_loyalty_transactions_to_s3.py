@@ -30,7 +30,9 @@ CURRENCY_EID = os.environ.get("LOYALTY_EXAMPLE_CURRENCY_EID", "bonus_points")
 POLL_INTERVAL = float(os.environ.get("LOYALTY_EXAMPLE_POLL_INTERVAL", "30"))
 
 # [START howto_asset_loyalty_manifest]
-LOYALTY_MANIFESTS = Asset(uri=f"s3://{BUCKET}/loyalty/transactions/_manifest.json", name="loyalty_manifests")
+# One asset per program and currency: each event's extra names the exact day's manifest. (Its name
+# defaults to the URI, so a second bucket is a second asset rather than a clash of names.)
+LOYALTY_MANIFESTS = Asset(uri=f"s3://{BUCKET}/loyalty/transactions/program={PROGRAM_ID}/_manifest.json")
 # [END howto_asset_loyalty_manifest]
 
 with DAG(

@@ -243,6 +243,13 @@ class ExportLoop:
             if progress.phase != EXPORTING or progress.exhausted:
                 return Finished(self.sealer.seal(progress))
             current = self._current_task(progress)
+            if completed is not None and completed.export_task_id != current.task_id:
+                self.log.warning(
+                    "Ignoring a trigger event for export task %s: the export waits for %s (checking it instead)",
+                    completed.export_task_id,
+                    current.task_id,
+                )
+                completed = None
             try:
                 fetched = self._fetched_or_waiting(current, prefetcher, completed)
                 completed = None

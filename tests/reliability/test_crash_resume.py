@@ -60,7 +60,15 @@ def checkpoint_parts(s3_client, bucket: str, prefix: str) -> int:
         body = s3_client.get_object(Bucket=bucket, Key=f"{prefix}/_manifest.inprogress.json")["Body"].read()
     except s3_client.exceptions.NoSuchKey:
         return 0
-    return len(json.loads(body)["parts"])
+    return int(json.loads(body)["parts_landed"])
+
+
+def checkpoint_document(s3_client, bucket: str, prefix: str) -> dict | None:
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=f"{prefix}/_manifest.inprogress.json")["Body"].read()
+    except s3_client.exceptions.NoSuchKey:
+        return None
+    return json.loads(body)
 
 
 def crash_trial(emulator: LoyaltyEmulator, s3_client, bucket: str, seed: int, index: int) -> Trial:
@@ -181,3 +189,39 @@ def test_crash_after_the_last_part_landed_resumes_to_finish(
     run_with_deferrals(make_s3_operator(s3_bucket, prefix, deferrable=deferrable), context_for())  # the retry
     assert_true_manifest(s3_client, s3_bucket, prefix, all_transaction_ids(emulator))
     assert emulator.stats()["export_tasks_created"] == BATCHES, "the retry re-exported a finished export"
+
+
+def test_sigkill_while_two_batches_overlap_resumes_both(emulator, s3_client, s3_bucket):
+    """The worker pipelines: batch N+1's export task exists (and is checkpointed) while part N is
+    landed. Killed exactly then, the retry re-attaches to both tasks: no batch is created twice."""
+    emulator.config.task_duration = 1.5  # the next batch is still running while this one lands
+    prefix = "crash/overlap"
+    kwargs = {**PROGRAM, "s3_bucket": s3_bucket, "s3_key_prefix": prefix, "poll_interval": 0.05, "deferrable": False}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.transfer_process", json.dumps(kwargs)],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def overlapping() -> dict | None:
+            document = checkpoint_document(s3_client, s3_bucket, prefix)
+            return document if document and len(document["pending"]) == 2 and document["parts_landed"] >= 1 else None
+
+        at_kill = wait_for(overlapping, timeout=240, interval=0.02, what="two batches in flight")
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    tasks_before = emulator.stats()["export_tasks_created"]
+    make_s3_operator(s3_bucket, prefix).execute(context_for())  # the retry
+    assert_true_manifest(s3_client, s3_bucket, prefix, all_transaction_ids(emulator))
+    created = emulator.stats()["export_tasks_created"]
+    print(
+        f"[crash-resume] overlap: killed with parts_landed={at_kill['parts_landed']} and 2 pending tasks; "
+        f"tasks before retry {tasks_before}, after {created} (batches {BATCHES})"
+    )
+    assert created <= BATCHES + 1
+    pending_ids = [task["task_id"] for task in at_kill["pending"]]
+    landed = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=f"{prefix}/_manifest.json")["Body"].read())
+    assert pending_ids == [part["export_task_id"] for part in landed["parts"]][at_kill["parts_landed"] :][:2]
