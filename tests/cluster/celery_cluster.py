@@ -9,7 +9,7 @@ triggerer (``worker-3`` ...) after one was killed.
 Failure detection is shortened so a test sees recovery in seconds, not the production defaults'
 minutes: a task whose worker died is failed (and retried) after ``task_instance_heartbeat_timeout``
 (20 s), a task lost in a dead worker's prefetch is re-queued after ``task_queued_timeout`` (60 s),
-a triggerer without heartbeat for 5 s loses its triggers to the other one, and expired deferrals
+a triggerer without heartbeat for 10 s loses its triggers to the other one, and expired deferrals
 are checked every second.
 """
 
@@ -29,7 +29,7 @@ WORKER_CONCURRENCY = 2
 #: Seconds without a task heartbeat before the scheduler fails the task instance (it then retries).
 TASK_HEARTBEAT_TIMEOUT = 20
 #: Seconds without a triggerer heartbeat before its triggers go to another triggerer.
-TRIGGERER_HEALTH_CHECK_THRESHOLD = 5
+TRIGGERER_HEALTH_CHECK_THRESHOLD = 10
 
 
 def worker_component(name: str) -> Component:
@@ -170,7 +170,7 @@ class CeleryAirflowCluster(AirflowCluster):
 
     # ------------------------------------------------------------------ readiness
 
-    def wait_until_ready(self, timeout: float = 180.0) -> None:
+    def wait_until_ready(self, timeout: float = 300.0) -> None:
         """Wait for the api-server, both triggerers' heartbeats and every worker's Celery readiness.
 
         :param timeout: seconds.

@@ -20,7 +20,7 @@ from airflow_provider_loyalty.testing import FaultRule
 from tests.cluster.celery_cluster import CeleryAirflowCluster
 from tests.cluster.expectations import DEADLINE_DAG, DEADLINE_TIMEOUT, EXPORT_TASK, day, prepare_emulator
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300, func_only=True)]
 
 #: How late the failure may come: the scheduler's deferral timeout check (every second here), then
 #: queueing the resumed task, a worker starting it and the failure being recorded.

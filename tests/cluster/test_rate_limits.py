@@ -26,7 +26,7 @@ from tests.cluster.expectations import (
     prepare_emulator,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(360)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(360, func_only=True)]
 
 RUNS = 8
 #: Requests the API serves at once; above that it answers 429 with ``Retry-After``.
@@ -47,7 +47,6 @@ def test_eight_runs_at_once_within_the_api_rate_limit(
     started = time.monotonic()
     cluster.backfill(
         RATE_LIMITED_DAG,
-        ROWS_PER_DAY,
         day(0).date().isoformat(),
         day(RUNS - 1).date().isoformat(),
         max_active_runs=RUNS,

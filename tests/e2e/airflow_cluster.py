@@ -208,7 +208,7 @@ class AirflowCluster:
         if migrate.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{migrate.stdout[-4000:]}\n{migrate.stderr[-4000:]}")
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = 240.0) -> None:
         """Migrate the database, start all components and wait until the api-server is healthy.
 
         :param timeout: seconds to wait for the api-server.
