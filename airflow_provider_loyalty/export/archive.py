@@ -1,56 +1,77 @@
-"""Verify one downloaded export batch and turn it into a part file.
+"""Verify one downloaded export batch and turn it into a part.
 
-A batch counts only after its archive proves sound: the zip opens, every member has a safe name
-and passes its CRC check, the archive stays under the size and compression-ratio caps, the CSV
-parses (quoted commas and newlines included) and its data rows equal the API's ``total``.
+A batch counts only after its archive proves sound: the zip opens, every member has a safe name,
+is stored or deflated and passes its CRC check; every member and the archive as a whole stay under
+the size and compression-ratio caps (checked from the zip's directory before anything is
+inflated); every CSV member parses exactly as ``csv.reader`` reads it
+(:mod:`~airflow_provider_loyalty.export.csv_records`), its rows have the header's width, and the
+data rows of all members equal the API's ``total``.
 
-Rows are copied to the part byte for byte as the server wrote them; the only rows left out are
-boundary duplicates — ids already written at the end of the previous batch, found at the start
-of the next — which is how the output holds every transaction exactly once whether the API reads
-``from_id`` as inclusive or exclusive. Memory stays bounded: a few blocks of a few MiB plus a small
-window of trailing ids, whatever the batch size.
+Rows are copied to the part byte for byte as the server wrote them (or converted, for Parquet:
+:mod:`~airflow_provider_loyalty.export.part_formats`); the only rows left out are boundary
+duplicates — ids already written at the end of the previous batch, found at the start of the
+next — which is how the output holds every transaction exactly once whether the API reads
+``from_id`` as inclusive or exclusive. Memory stays bounded: a few blocks, the record at hand and
+a small window of trailing ids, whatever the batch size.
+
+Empty batches: with ``expected_rows == 0`` a zip with no member, a 0-byte CSV member, or a member
+with only its header row are all valid; nothing is written to the part (``PartStats.rows == 0``,
+``bytes == 0``), and the caller does not land one.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
+import os
 import zipfile
 import zlib
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
 from airflow_provider_loyalty.exceptions import LoyaltyUnsafeDataError, LoyaltyVerificationError
+from airflow_provider_loyalty.export.csv_records import FIELD_SIZE_LIMIT, BatchRecords
+from airflow_provider_loyalty.export.part_formats import check_output_format, open_part_writer, part_suffix
 
 ID_COLUMN = "transaction_id"
 #: How many trailing ids of a batch are remembered to drop boundary duplicates in the next one.
 TAIL_WINDOW = 1000
-_CHUNK = 1024 * 1024
-# Verification reads the CSV in blocks of this size. Memory is a few blocks at a time, and a block
-# of text costs up to 4 bytes a character in a str: 256 KiB keeps the peak small at the same speed.
+# Members are read in blocks of this size. Memory is a few blocks at a time, and a block of text
+# costs up to 4 bytes a character in a str: 256 KiB keeps the peak small at the same speed.
 _BLOCK = 256 * 1024
-# csv's default field limit (128 KiB) is lower than a long description may be; still bounded.
-csv.field_size_limit(16 * 1024 * 1024)
+# Compression methods whose inflation zipfile bounds per read (bzip2 and lzma it does not).
+_BOUNDED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """Caps that make a zip bomb fail closed instead of filling the disk.
+    """Caps that make a zip bomb fail closed instead of filling the disk or the memory.
 
-    :param max_uncompressed_bytes: largest total uncompressed size of one batch's archive.
-    :param max_compression_ratio: largest uncompressed/compressed ratio of a member over 1 MiB.
+    Every cap is checked against the zip's directory before anything is inflated; inflation then
+    never reads a member past its declared size, so a member that lies about it fails its checks.
+
+    :param max_uncompressed_bytes: largest uncompressed size of one member and of the whole archive.
+    :param max_compression_ratio: largest uncompressed/compressed ratio of every member and of the
+        archive as a whole (compressed sizes count at most the archive's size on disk).
+    :param max_line_bytes: longest physical CSV line verification holds in memory.
     """
 
     max_uncompressed_bytes: int = 32 * 1024**3
     max_compression_ratio: float = 200.0
+    max_line_bytes: int = FIELD_SIZE_LIMIT
 
 
 @dataclass
 class PartStats:
-    """What one verified batch contributed: counts, size and digest of the part written."""
+    """What one verified batch contributed: counts, size and digest of the part written.
+
+    :param rows: data rows written to the part.
+    :param archive_rows: data rows in the archive (boundary duplicates included).
+    :param duplicates_dropped: boundary duplicates left out.
+    :param bytes: bytes stored in the part (compressed for ``csv.gz``); 0 when no row was written.
+    :param sha256: hex SHA-256 of the stored bytes.
+    :param tail_ids: ids of the last rows written, for the next batch's ``skip_ids``.
+    :param output_format: the part's format.
+    """
 
     rows: int = 0
     archive_rows: int = 0
@@ -58,56 +79,25 @@ class PartStats:
     bytes: int = 0
     sha256: str = ""
     tail_ids: list[str] = field(default_factory=list)
+    output_format: str = "csv"
 
+    @property
+    def is_empty(self) -> bool:
+        """No row was written (an empty batch, or boundary duplicates only): the part holds nothing
+        (``bytes == 0``) and need not be landed."""
+        return self.rows == 0
 
-class _HashingWriter:
-    """Writes text as UTF-8 to a binary sink, counting bytes and hashing them on the way."""
-
-    def __init__(self, sink: IO[bytes]) -> None:
-        self._sink = sink
-        self._digest = hashlib.sha256()
-        self.bytes = 0
-
-    def write_text(self, text: str) -> None:
-        self.write_bytes(text.encode("utf-8"))
-
-    def write_bytes(self, data: bytes) -> None:
-        self._digest.update(data)
-        self._sink.write(data)
-        self.bytes += len(data)
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
-
-
-class _RecordCapture:
-    """Feeds lines to ``csv.reader`` and keeps the raw text of the record being read.
-
-    ``csv.reader`` pulls lines only until the current record is complete, so after each record
-    the buffer holds exactly that record's original text (several lines when a quoted field
-    contains newlines).
-    """
-
-    def __init__(self, lines: Iterator[str]) -> None:
-        self._lines = lines
-        self.buffer: list[str] = []
-
-    def __iter__(self) -> _RecordCapture:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self._lines)
-        self.buffer.append(line)
-        return line
-
-    def take(self) -> str:
-        raw = "".join(self.buffer)
-        self.buffer.clear()
-        return raw
+    @property
+    def suffix(self) -> str:
+        """The part's file name suffix (``csv``, ``csv.gz``, ``parquet``)."""
+        return part_suffix(self.output_format)
 
 
 def check_member_name(name: str) -> None:
-    """Refuse archive member names that could escape a directory or hide what they are."""
+    """Refuse archive member names that could escape a directory or hide what they are.
+
+    :param name: a member name from the zip's directory.
+    """
     shown = repr(name[:120])
     if not name or any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
         raise LoyaltyUnsafeDataError(f"zip member name {shown} is empty or contains control characters")
@@ -117,66 +107,63 @@ def check_member_name(name: str) -> None:
         raise LoyaltyUnsafeDataError(f"zip member name {shown} contains a '..' or '.' segment")
 
 
-def _data_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> list[zipfile.ZipInfo]:
-    members = [info for info in archive.infolist() if not info.is_dir()]
-    for info in archive.infolist():
+def check_archive_caps(members: list[zipfile.ZipInfo], archive_bytes: int, limits: ArchiveLimits) -> None:
+    """Hold every member and the archive as a whole to the size and ratio caps, before inflating.
+
+    A compressed size counts at most ``archive_bytes``: a directory cannot claim more compressed
+    data than the file holds to make a ratio look small.
+
+    :param members: the data members.
+    :param archive_bytes: the archive's size on disk.
+    :param limits: the caps.
+    :raises LoyaltyUnsafeDataError: naming the member (or the archive), its size or ratio and the cap.
+    """
+    total = compressed = 0
+    for info in members:
+        name = info.filename
+        if info.file_size > limits.max_uncompressed_bytes:
+            raise LoyaltyUnsafeDataError(
+                f"zip member {name!r} expands to {info.file_size} bytes, "
+                f"over the cap of {limits.max_uncompressed_bytes} bytes (max_uncompressed_bytes)"
+            )
+        member_compressed = min(info.compress_size, archive_bytes)
+        _check_ratio(f"zip member {name!r}", info.file_size, member_compressed, limits)
+        total += info.file_size
+        compressed += member_compressed
+    if total > limits.max_uncompressed_bytes:
+        raise LoyaltyUnsafeDataError(
+            f"the archive expands to {total} bytes, over the cap of {limits.max_uncompressed_bytes} bytes "
+            "(max_uncompressed_bytes)"
+        )
+    _check_ratio("the archive as a whole", total, min(compressed, archive_bytes), limits)
+
+
+def _check_ratio(what: str, size: int, compressed: int, limits: ArchiveLimits) -> None:
+    ratio = size / max(compressed, 1)
+    if ratio > limits.max_compression_ratio:
+        raise LoyaltyUnsafeDataError(
+            f"{what} expands {ratio:.0f}x ({size} bytes from {compressed}), over the cap of "
+            f"{limits.max_compression_ratio:g}x (max_compression_ratio): refused as a possible zip bomb"
+        )
+
+
+def _data_members(archive: zipfile.ZipFile, archive_bytes: int, limits: ArchiveLimits) -> list[zipfile.ZipInfo]:
+    entries = archive.infolist()
+    for info in entries:
         check_member_name(info.filename)
-    if not members:
-        raise LoyaltyVerificationError("the archive holds no files; expected one or more CSV files")
-    total = 0
+    members = [info for info in entries if not info.is_dir()]
     for info in members:
         if not info.filename.lower().endswith(".csv"):
             raise LoyaltyVerificationError(f"zip member {info.filename!r} is not a .csv file")
-        total += info.file_size
-        ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > _CHUNK and ratio > limits.max_compression_ratio:
+        if info.flag_bits & 0x1:
+            raise LoyaltyVerificationError(f"zip member {info.filename!r} is encrypted")
+        if info.compress_type not in _BOUNDED_METHODS:
             raise LoyaltyUnsafeDataError(
-                f"zip member {info.filename!r} expands {ratio:.0f}x (cap {limits.max_compression_ratio:.0f}x): "
-                "refused as a possible zip bomb"
+                f"zip member {info.filename!r} uses compression method {info.compress_type}; only stored and "
+                "deflated members are read (their inflation stays bounded)"
             )
-    if total > limits.max_uncompressed_bytes:
-        raise LoyaltyUnsafeDataError(
-            f"the archive expands to {total} bytes, over the cap of {limits.max_uncompressed_bytes} bytes"
-        )
+    check_archive_caps(members, archive_bytes, limits)
     return members
-
-
-def _record_chunks(stream: IO[bytes]) -> Iterator[tuple[bytes, bool]]:
-    """Read a CSV byte stream in blocks that each end on a record boundary.
-
-    A newline ends a record only outside quotes; with RFC 4180 quoting (``""`` escapes a quote)
-    that is where the count of ``"`` since the block's start is even. Yields ``(block, last)``.
-    """
-    carry = b""
-    while True:
-        block = stream.read(_BLOCK)
-        if not block:
-            if carry:
-                yield carry, True
-            return
-        data = carry + block if carry else block
-        end = _last_record_end(data)
-        if end < 0:
-            carry = data
-            continue
-        yield data[: end + 1], False
-        carry = data[end + 1 :]
-
-
-def _last_record_end(data: bytes) -> int:
-    position = data.rfind(b"\n")
-    while position >= 0:
-        if data.count(b'"', 0, position) % 2 == 0:
-            return position
-        position = data.rfind(b"\n", 0, position)
-    return -1
-
-
-def _decode(block: bytes, name: str, *, first: bool) -> str:
-    try:
-        return block.decode("utf-8-sig" if first else "utf-8")
-    except UnicodeDecodeError as err:
-        raise LoyaltyVerificationError(f"zip member {name!r} is not UTF-8 text ({err.reason})") from None
 
 
 def write_part(
@@ -184,126 +171,91 @@ def write_part(
     part: IO[bytes],
     *,
     expected_rows: int,
-    skip_ids: frozenset[str] = frozenset(),
+    skip_ids: Iterable[str] = frozenset(),
     limits: ArchiveLimits | None = None,
+    output_format: str = "csv",
 ) -> PartStats:
-    """Verify a downloaded archive and write its CSV rows to ``part``.
+    """Verify a downloaded archive and write its rows to ``part`` in ``output_format``.
 
     :param archive_path: the downloaded zip on local disk.
-    :param part: binary sink of the part (header + rows, UTF-8).
+    :param part: binary sink of the part; nothing is written to it when no row is.
     :param expected_rows: the API's ``total`` for this batch: data rows the archive must hold.
     :param skip_ids: transaction ids already written at the end of the previous batch.
     :param limits: zip bomb caps.
+    :param output_format: ``csv`` (default), ``csv.gz`` or ``parquet`` (see
+        :mod:`~airflow_provider_loyalty.export.part_formats`).
     :return: counts, bytes, sha256 of the part and the trailing ids for the next batch.
+    :raises LoyaltyVerificationError: the batch failed verification.
+    :raises LoyaltyUnsafeDataError: the archive was refused for safety (names, caps).
+    :raises LoyaltyValidationError: an unknown ``output_format``, or ``parquet`` without pyarrow.
     """
+    output_format = check_output_format(output_format)
     limits = limits or ArchiveLimits()
-    writer = _HashingWriter(part)
-    stats = PartStats()
-    tail: deque[str] = deque(maxlen=TAIL_WINDOW)
-    header: list[str] | None = None
+    writer = open_part_writer(output_format, part)
+    records = BatchRecords(
+        writer,
+        id_column=ID_COLUMN,
+        skip_ids=skip_ids,
+        tail_window=TAIL_WINDOW,
+        block_size=_BLOCK,
+        max_line_bytes=limits.max_line_bytes,
+    )
+    finished = False
+    try:
+        _read_archive(archive_path, records, limits)
+        _check_row_count(records, expected_rows)
+        writer.finish()
+        finished = True
+    finally:
+        if not finished:
+            writer.discard()
+    return PartStats(
+        rows=records.rows,
+        archive_rows=records.archive_rows,
+        duplicates_dropped=records.duplicates_dropped,
+        bytes=writer.bytes,
+        sha256=writer.sha256,
+        tail_ids=list(records.tail),
+        output_format=output_format,
+    )
+
+
+def _read_archive(archive_path: str, records: BatchRecords, limits: ArchiveLimits) -> None:
     try:
         with zipfile.ZipFile(archive_path) as archive:
-            for info in _data_members(archive, limits):
+            for info in _data_members(archive, os.path.getsize(archive_path), limits):
                 with archive.open(info) as member:
-                    header = _copy_member(member, info.filename, header, writer, stats, skip_ids, tail)
+                    inflated = records.read_member(member, info.filename)
+                if inflated != info.file_size:
+                    raise LoyaltyVerificationError(
+                        f"the downloaded archive is corrupt: zip member {info.filename!r} inflates to "
+                        f"{inflated} bytes, its directory says {info.file_size}"
+                    )
     except (zipfile.BadZipFile, zlib.error) as err:
         raise LoyaltyVerificationError(f"the downloaded archive is corrupt: {err}") from None
     except (zipfile.LargeZipFile, NotImplementedError, EOFError) as err:
         raise LoyaltyVerificationError(f"the downloaded archive cannot be read: {err}") from None
-    if stats.archive_rows != expected_rows:
+
+
+def _check_row_count(records: BatchRecords, expected_rows: int) -> None:
+    if records.archive_rows == expected_rows:
+        return
+    if records.header is None:
         raise LoyaltyVerificationError(
-            f"row count mismatch: the archive holds {stats.archive_rows} data rows; "
-            f"the API's total says {expected_rows}"
+            f"row count mismatch: the archive holds no CSV header and no rows (no member, or only empty "
+            f"members); the API's total says {expected_rows}"
         )
-    stats.bytes = writer.bytes
-    stats.sha256 = writer.hexdigest()
-    stats.tail_ids = list(tail)
-    return stats
+    raise LoyaltyVerificationError(
+        f"row count mismatch: the archive holds {records.archive_rows} data rows; the API's total says {expected_rows}"
+    )
 
 
-def _copy_member(
-    member: IO[bytes],
-    name: str,
-    header: list[str] | None,
-    writer: _HashingWriter,
-    stats: PartStats,
-    skip_ids: frozenset[str],
-    tail: deque[str],
-) -> list[str]:
-    """Verify and copy one CSV member; return its header.
-
-    The member's first block goes record by record (its header, and boundary duplicates at the
-    start of the batch, may be left out); every later block is parsed for verification and then
-    copied as one piece, byte for byte, which keeps verification close to the speed of unzipping.
-    """
-    member_header: list[str] | None = None
-    line_end = "\n"
-    width = id_index = 0
-    at_head = True  # until the header and any boundary duplicates after it have gone by
-    for number, (block, last) in enumerate(_record_chunks(member)):
-        text = _decode(block, name, first=number == 0)
-        try:
-            if at_head:
-                capture = _RecordCapture(iter(io.StringIO(text, newline="")))
-                reader = csv.reader(capture, strict=True)
-                if member_header is None:
-                    member_header = next(reader, None)
-                    raw_header = capture.take()
-                    if member_header is None:
-                        break
-                    if ID_COLUMN not in member_header:
-                        raise LoyaltyVerificationError(
-                            f"zip member {name!r}: the CSV header has no {ID_COLUMN!r} column"
-                        )
-                    if header is not None and member_header != header:
-                        raise LoyaltyVerificationError(
-                            f"zip member {name!r}: its CSV header differs from the first member's"
-                        )
-                    line_end = "\r\n" if raw_header.endswith("\r\n") else "\n"
-                    if header is None:
-                        writer.write_text(_terminated(raw_header, line_end))
-                    width, id_index = len(member_header), member_header.index(ID_COLUMN)
-                for row in reader:
-                    raw = capture.take()
-                    if not _count_row(row, name, width, stats):
-                        continue
-                    if at_head and row[id_index] in skip_ids:
-                        stats.duplicates_dropped += 1
-                        continue
-                    at_head = False
-                    writer.write_text(_terminated(raw, line_end))
-                    tail.append(row[id_index])
-                    stats.rows += 1
-                continue
-            rows = 0
-            for row in csv.reader(io.StringIO(text, newline=""), strict=True):
-                if _count_row(row, name, width, stats):
-                    tail.append(row[id_index])
-                    rows += 1
-            stats.rows += rows
-            writer.write_bytes(block if not last or block.endswith(b"\n") else block + line_end.encode())
-        except csv.Error as err:
-            raise LoyaltyVerificationError(f"zip member {name!r} is not valid CSV: {err}") from None
-    if member_header is None:
-        raise LoyaltyVerificationError(f"zip member {name!r} is empty; expected a CSV header row")
-    return member_header
-
-
-def _count_row(row: list[str], name: str, width: int, stats: PartStats) -> bool:
-    """Count a data row after checking its width; blank lines are not records."""
-    if not row:
-        return False
-    stats.archive_rows += 1
-    if len(row) != width:
-        raise LoyaltyVerificationError(
-            f"zip member {name!r}, data row {stats.archive_rows}: {len(row)} fields, the header has {width}"
-        )
-    return True
-
-
-def _terminated(raw: str, line_end: str) -> str:
-    """Make sure a record ends with a line break (the last record of a file may not)."""
-    return raw if raw.endswith(("\n", "\r")) else raw + line_end
-
-
-__all__ = ["ID_COLUMN", "TAIL_WINDOW", "ArchiveLimits", "PartStats", "check_member_name", "write_part"]
+__all__ = [
+    "ID_COLUMN",
+    "TAIL_WINDOW",
+    "ArchiveLimits",
+    "PartStats",
+    "check_archive_caps",
+    "check_member_name",
+    "write_part",
+]

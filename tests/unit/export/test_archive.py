@@ -1,16 +1,24 @@
-"""Block-wise verification must equal a plain CSV parse, wherever block boundaries fall."""
+"""A batch counts only when its archive is sound: blocks, members, zip bomb caps, empty batches.
+
+The CSV reading itself (exact as csv.reader, linear) is tested in ``test_csv_records.py``, the
+part formats in ``test_part_formats.py``.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import random
+import struct
+import tracemalloc
 import zipfile
 
 import pytest
 
+from airflow_provider_loyalty.exceptions import LoyaltyUnsafeDataError, LoyaltyVerificationError
 from airflow_provider_loyalty.export import archive
-from airflow_provider_loyalty.exceptions import LoyaltyVerificationError
+
+MiB = 1024 * 1024
 
 
 def _csv(rows: int, seed: int, line_end: str = "\r\n") -> bytes:
@@ -24,11 +32,13 @@ def _csv(rows: int, seed: int, line_end: str = "\r\n") -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _archive(tmp_path, members: dict[str, bytes]) -> str:
+def _archive(
+    tmp_path, members: dict[str, bytes], compresslevel: int | None = None, method: int = zipfile.ZIP_DEFLATED
+) -> str:
     path = tmp_path / "batch.zip"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(path, "w", method, compresslevel=compresslevel) as out:
         for name, data in members.items():
-            archive.writestr(name, data)
+            out.writestr(name, data)
     return str(path)
 
 
@@ -67,11 +77,31 @@ def test_members_join_under_one_header_and_head_duplicates_drop(tmp_path, monkey
     assert out.getvalue().count(b"transaction_id") == 1
 
 
-def test_unterminated_quote_is_not_valid_csv(tmp_path, monkeypatch):
+def test_an_unterminated_quote_reads_as_csv_reader_reads_it(tmp_path, monkeypatch):
+    """csv.reader (strict=False) ends an open quoted field at the end of input: one row here, not two."""
     monkeypatch.setattr(archive, "_BLOCK", 16)
     data = b'transaction_id,description\r\nid-1,"never closed\r\nid-2,x\r\n'
-    with pytest.raises(LoyaltyVerificationError):
-        archive.write_part(_archive(tmp_path, {"t.csv": data}), io.BytesIO(), expected_rows=2)
+    path = _archive(tmp_path, {"t.csv": data})
+    with pytest.raises(LoyaltyVerificationError, match="holds 1 data rows"):
+        archive.write_part(path, io.BytesIO(), expected_rows=2)
+    out = io.BytesIO()
+    assert archive.write_part(path, out, expected_rows=1).tail_ids == ["id-1"]
+    assert out.getvalue() == data  # no line break added inside the open field
+
+
+def test_rows_after_a_member_that_ends_inside_quotes_are_refused(tmp_path):
+    """Joined in one part, the next member's rows would become part of the open field."""
+    first = b'transaction_id,d\r\nid-1,"open\r\n'
+    second = b"transaction_id,d\r\nid-2,x\r\n"
+    with pytest.raises(
+        LoyaltyVerificationError, match=r"'a.csv' ends inside an open quoted field and zip member 'b.csv'"
+    ):
+        archive.write_part(_archive(tmp_path, {"a.csv": first, "b.csv": second}), io.BytesIO(), expected_rows=2)
+    header_only = b"transaction_id,d\r\n"
+    stats = archive.write_part(
+        _archive(tmp_path, {"a.csv": first, "b.csv": header_only}), io.BytesIO(), expected_rows=1
+    )
+    assert stats.rows == 1
 
 
 def test_non_utf8_is_refused(tmp_path):
@@ -79,3 +109,168 @@ def test_non_utf8_is_refused(tmp_path):
         archive.write_part(
             _archive(tmp_path, {"t.csv": b"transaction_id\r\n\xff\xfe\r\n"}), io.BytesIO(), expected_rows=1
         )
+
+
+def test_a_bom_is_dropped_and_every_member_may_have_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(archive, "_BLOCK", 4)
+    bom = b"\xef\xbb\xbf"
+    first, second = b"transaction_id,a\r\nid-1,x\r\n", b"transaction_id,a\r\nid-2,y\r\n"
+    out = io.BytesIO()
+    archive.write_part(_archive(tmp_path, {"a.csv": bom + first, "b.csv": bom + second}), out, expected_rows=2)
+    assert out.getvalue() == first + b"id-2,y\r\n"
+
+
+def test_boundary_duplicates_are_dropped_at_the_start_of_the_batch_only(tmp_path):
+    data = b"transaction_id\r\nid-1\r\n\r\nid-2\r\nid-3\r\nid-1\r\n"
+    out = io.BytesIO()
+    stats = archive.write_part(_archive(tmp_path, {"t.csv": data}), out, expected_rows=4, skip_ids=["id-1", "id-2"])
+    assert (stats.rows, stats.duplicates_dropped, stats.tail_ids) == (2, 2, ["id-3", "id-1"])
+    assert out.getvalue() == b"transaction_id\r\nid-3\r\nid-1\r\n"
+
+
+# ---------------------------------------------------------------------------------------- empty batches
+
+
+def _empty_batches(tmp_path) -> dict[str, str]:
+    return {
+        "header only": _archive(tmp_path / "a", {"t.csv": b"transaction_id,amount\r\n"}),
+        "0-byte member": _archive(tmp_path / "b", {"t.csv": b""}),
+        "no member": _archive(tmp_path / "c", {}),
+        "blank lines only": _archive(tmp_path / "d", {"t.csv": b"\r\n\r\n"}),
+    }
+
+
+@pytest.mark.parametrize("output_format", ["csv", "csv.gz", "parquet"])
+def test_an_empty_batch_is_valid_when_the_api_says_zero_rows(tmp_path, output_format):
+    for directory in "abcd":
+        (tmp_path / directory).mkdir()
+    for kind, path in _empty_batches(tmp_path).items():
+        out = io.BytesIO()
+        stats = archive.write_part(path, out, expected_rows=0, output_format=output_format)
+        assert (stats.rows, stats.archive_rows, stats.bytes, stats.is_empty) == (0, 0, 0, True), kind
+        assert out.getvalue() == b"", kind  # nothing to land
+        with pytest.raises(LoyaltyVerificationError, match=r"row count mismatch.*total says 1"):
+            archive.write_part(path, io.BytesIO(), expected_rows=1, output_format=output_format)
+
+
+def test_boundary_duplicates_only_write_nothing(tmp_path):
+    out = io.BytesIO()
+    stats = archive.write_part(
+        _archive(tmp_path, {"t.csv": b"transaction_id\r\nid-1\r\n"}), out, expected_rows=1, skip_ids={"id-1"}
+    )
+    assert (stats.rows, stats.duplicates_dropped, stats.is_empty, out.getvalue()) == (0, 1, True, b"")
+
+
+# ---------------------------------------------------------------------------------------- zip bomb caps
+
+
+def test_many_members_just_under_1_mib_at_a_high_ratio_are_refused(tmp_path):
+    """The old cap skipped members under 1 MiB: many of them at ~1000x each passed."""
+    member = b"transaction_id\r\n" + b"0" * (MiB - 64)
+    path = _archive(tmp_path, {f"m{i:02d}.csv": member for i in range(8)}, compresslevel=9)
+    with pytest.raises(
+        LoyaltyUnsafeDataError, match=r"zip member 'm00.csv' expands \d+x .* over the cap of 200x"
+    ) as caught:
+        archive.write_part(path, io.BytesIO(), expected_rows=0)
+    assert "zip bomb" in str(caught.value)
+
+
+def test_a_small_member_over_the_ratio_is_refused(tmp_path):
+    path = _archive(tmp_path, {"t.csv": b"transaction_id\r\n" + b"\r\n" * 40_000}, compresslevel=9)
+    with pytest.raises(LoyaltyUnsafeDataError, match=r"zip member 't\.csv' expands"):
+        archive.write_part(path, io.BytesIO(), expected_rows=0)
+    assert (
+        archive.write_part(
+            path, io.BytesIO(), expected_rows=0, limits=archive.ArchiveLimits(max_compression_ratio=1e6)
+        ).rows
+        == 0
+    )
+
+
+def _info(name: str, size: int, compressed: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.file_size, info.compress_size = size, compressed
+    return info
+
+
+def test_caps_hold_for_the_archive_as_a_whole():
+    limits = archive.ArchiveLimits(max_uncompressed_bytes=1000, max_compression_ratio=10)
+    archive.check_archive_caps([_info("a.csv", 600, 100), _info("b.csv", 400, 100)], 10_000, limits)
+    with pytest.raises(LoyaltyUnsafeDataError, match=r"the archive expands to 1001 bytes, over the cap of 1000 bytes"):
+        archive.check_archive_caps([_info("a.csv", 601, 100), _info("b.csv", 400, 100)], 10_000, limits)
+    with pytest.raises(LoyaltyUnsafeDataError, match=r"zip member 'b.csv' expands to 1001 bytes, over the cap of 1000"):
+        archive.check_archive_caps([_info("a.csv", 1, 1), _info("b.csv", 1001, 1000)], 10_000, limits)
+    # A directory claiming more compressed bytes than the file holds: the file's size counts.
+    claims = [_info("a.csv", 500, 5000), _info("b.csv", 500, 5000)]
+    archive.check_archive_caps(claims, 10_000, limits)
+    with pytest.raises(
+        LoyaltyUnsafeDataError, match=r"the archive as a whole expands 12x \(1000 bytes from 80\), over the cap of 10x"
+    ):
+        archive.check_archive_caps(
+            claims, 80, archive.ArchiveLimits(max_uncompressed_bytes=10_000, max_compression_ratio=10)
+        )
+
+
+def test_a_member_lying_about_its_size_is_read_no_further_than_declared(tmp_path):
+    data = b"transaction_id\r\n" + b"0123456789abcdef\r\n" * (4 * MiB // 18)
+    blob = bytearray(_zip_bytes({"t.csv": data}))
+    declared = 4096
+    struct.pack_into("<I", blob, blob.index(b"PK\x03\x04") + 22, declared)  # local header
+    struct.pack_into("<I", blob, blob.index(b"PK\x01\x02") + 24, declared)  # central directory
+    path = tmp_path / "liar.zip"
+    path.write_bytes(bytes(blob))
+    out = io.BytesIO()
+    tracemalloc.start()
+    try:
+        with pytest.raises(LoyaltyVerificationError, match="corrupt"):
+            archive.write_part(str(path), out, expected_rows=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(out.getvalue()) <= declared
+    assert peak < 2 * MiB
+
+
+def _zip_bytes(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as out:
+        for name, data in members.items():
+            out.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_members_whose_inflation_zipfile_does_not_bound_are_refused(tmp_path, method):
+    path = tmp_path / "a.zip"
+    path.write_bytes(_zip_bytes({"t.csv": b"transaction_id\r\nid-1\r\n"}, method))
+    with pytest.raises(LoyaltyUnsafeDataError, match="compression method"):
+        archive.write_part(str(path), io.BytesIO(), expected_rows=1)
+
+
+def test_memory_stays_bounded_whatever_the_batch_size(tmp_path):
+    rng = random.Random(3)
+    rows = [b"id-%08d,%s,%d.%d\r\n" % (i, rng.randbytes(40).hex().encode(), i, i % 10) for i in range(120_000)]
+    data = b"transaction_id,description,amount\r\n" + b"".join(rows)
+    path = _archive(tmp_path, {"t.csv": data}, compresslevel=1)
+    del rows
+    sink = _CountingSink()
+    tracemalloc.start()
+    try:
+        stats = archive.write_part(path, sink, expected_rows=120_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (stats.rows, stats.bytes, sink.size) == (120_000, len(data), len(data))
+    assert len(data) > 11 * MiB and peak < 4 * MiB, f"peak {peak / MiB:.1f} MiB for {len(data) / MiB:.0f} MiB of CSV"
+
+
+class _CountingSink(io.RawIOBase):
+    def __init__(self) -> None:
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        self.size += len(data)
+        return len(data)

@@ -1,0 +1,403 @@
+r"""Read a batch's CSV members exactly as ``csv.reader`` does, in one linear pass.
+
+Only for internal usage of :mod:`airflow_provider_loyalty.export.archive`. :meta private:
+
+What counts is what ``csv.reader`` (excel dialect, default settings, the field size limit below)
+reads from the whole member decoded as UTF-8 (a leading byte order mark dropped) and split into
+lines as ``io.StringIO(text, newline="")`` splits them: the same records, the same errors. A data
+row is a non-empty record after the header (the first non-empty record); blank lines are not rows.
+
+How it stays exact, linear and fast:
+
+* A member is read in blocks cut just after their last line break (:func:`line_blocks`), so no
+  line spans two blocks; a line break is one ASCII byte, so a block also ends on a whole UTF-8
+  character and decodes on its own.
+* ONE ``csv.reader`` reads the whole member, fed the lines of block after block through a chain
+  of C iterators: a quoted field running over many lines and blocks needs no boundary guessing.
+* ``csv.reader`` pulls lines only until the record at hand is complete, never further. While the
+  head of the batch is read (a member's header, then any boundary duplicates), every line is also
+  kept, so after each record the kept lines are exactly that record's raw text: the header and
+  the first rows are copied (or left out) record by record. From the next block on, blocks are
+  copied to the part whole, byte for byte, while the same reader counts and checks their rows.
+* After the last line an empty line is fed. It changes no record (in an open quoted field it adds
+  nothing; elsewhere it is a blank record) and shows whether the member ended inside an open
+  quoted field, which ``csv.reader`` accepts at the end of its input: such a member may not be
+  followed by rows of another member in the same part, or they would become part of that field.
+
+Memory: a few blocks, the record at hand, and one physical line, however long, up to
+``max_line_bytes``: a longer line is the one thing refused here that ``csv.reader`` would read
+(the parts' verifier, ``loyalty-verify``, bounds lines the same way).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Protocol
+
+from airflow_provider_loyalty.exceptions import LoyaltyVerificationError
+
+if TYPE_CHECKING:
+    from _csv import Reader
+
+#: ``csv``'s default field limit (128 KiB) is lower than a long description may be; still bounded.
+FIELD_SIZE_LIMIT = 16 * 1024 * 1024
+csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
+
+_BOM = b"\xef\xbb\xbf"
+_LINE_BREAKS = (b"\n", b"\r")
+_END_PROBE = ("",)  # fed after a member's last line: see the module docstring
+_ROWS_PER_CALL = 4096  # rows handed to a row-taking sink at a time
+# Characters str.splitlines() also breaks at, which io.StringIO(newline="") does not: \v \f \x1c-\x1e
+# (ASCII) and U+0085, U+2028, U+2029 (as UTF-8). A block without any splits the same both ways.
+_ASCII_ONLY_BREAKS = (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e")
+_OTHER_BREAKS = (*_ASCII_ONLY_BREAKS, b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
+
+
+class RecordSink(Protocol):
+    """Where verified records go: the part writer of one output format."""
+
+    @property
+    def takes_rows(self) -> bool:
+        """True: it wants parsed rows (:meth:`write_rows`); False: raw CSV bytes (:meth:`write_raw`)."""
+
+    def start(self, header: list[str], raw_header: bytes) -> None:
+        """Begin the part with the batch's header; called once, just before the first row."""
+
+    def write_raw(self, data: bytes) -> None:
+        """Append raw CSV bytes: whole records, as the server wrote them."""
+
+    def write_rows(self, rows: list[list[str]]) -> None:
+        """Append parsed data rows."""
+
+
+def line_blocks(stream: IO[bytes], block_size: int, max_line_bytes: int, name: str) -> Iterator[bytes]:
+    r"""Read ``stream`` in blocks that each end just after a line break (the last one may not).
+
+    A line break is ``\n``, ``\r\n`` or a ``\r`` not followed by ``\n``: where
+    ``io.StringIO(newline="")`` ends a line. A ``\r`` that ends a read waits for the next byte.
+    Every byte is searched once, so a line of any length costs time linear in its length.
+
+    :param stream: the member's bytes.
+    :param block_size: bytes per read.
+    :param max_line_bytes: refuse a line longer than this rather than hold it.
+    :param name: the member's name, for errors.
+    """
+    pending: list[bytes] = []
+    pending_bytes = 0
+    while chunk := stream.read(block_size):
+        cut = _after_last_line_break(chunk)
+        if cut:
+            pending.append(chunk[:cut])
+            yield b"".join(pending)
+            rest = chunk[cut:]
+            pending, pending_bytes = ([rest], len(rest)) if rest else ([], 0)
+        elif pending and pending[-1].endswith(b"\r") and not chunk.startswith(b"\n"):
+            yield b"".join(pending)  # that last \r was a line break on its own
+            pending, pending_bytes = [chunk], len(chunk)
+        else:
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+        if pending_bytes > max_line_bytes:
+            raise LoyaltyVerificationError(
+                f"zip member {name!r} has a line longer than {max_line_bytes} bytes (max_line_bytes); "
+                "refused rather than held in memory"
+            )
+    if pending:
+        yield b"".join(pending)
+
+
+def _after_last_line_break(chunk: bytes) -> int:
+    """Index just after the last certain line break in ``chunk``; 0 when there is none."""
+    newline = chunk.rfind(b"\n")
+    carriage = chunk.rfind(b"\r", newline + 1)
+    if 0 <= carriage < len(chunk) - 1:
+        return carriage + 1  # a \r followed by something other than \n
+    return newline + 1
+
+
+def _lines(text: str, block: bytes) -> Iterable[str]:
+    """The lines of ``text`` as ``io.StringIO(text, newline="")`` splits them.
+
+    ``str.splitlines`` is several times faster and splits the same unless the block holds one of
+    the characters only it breaks at.
+    """
+    breaks = _ASCII_ONLY_BREAKS if len(text) == len(block) else _OTHER_BREAKS
+    if any(other in block for other in breaks):
+        return io.StringIO(text, newline="")
+    return text.splitlines(keepends=True)
+
+
+class _KeptLines:
+    """Hands one block's lines to ``csv.reader`` and keeps each one in a shared list."""
+
+    def __init__(self, lines: Iterator[str], kept: list[str]) -> None:
+        self._lines = lines
+        self._kept = kept
+
+    def __iter__(self) -> _KeptLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self._kept.append(line)
+        return line
+
+
+class BatchRecords:
+    """Verifies a batch's CSV members one after another and sends their rows to a sink.
+
+    Results after the last member: :attr:`header`, :attr:`archive_rows`, :attr:`rows`,
+    :attr:`duplicates_dropped` and :attr:`tail`.
+
+    :param sink: the part writer.
+    :param id_column: the column holding the transaction id (the header must have it).
+    :param skip_ids: ids written at the end of the previous batch: rows with these ids at the start
+        of this batch (before any row is written) are boundary duplicates and are left out.
+    :param tail_window: how many ids of the last rows written to remember for the next batch.
+    :param block_size: bytes per read of a member.
+    :param max_line_bytes: longest physical line held in memory.
+    """
+
+    def __init__(
+        self,
+        sink: RecordSink,
+        *,
+        id_column: str,
+        skip_ids: Iterable[str],
+        tail_window: int,
+        block_size: int,
+        max_line_bytes: int,
+    ) -> None:
+        self._sink = sink
+        self._raw = not sink.takes_rows
+        self._id_column = id_column
+        self._skip_ids = skip_ids if isinstance(skip_ids, frozenset | set) else frozenset(skip_ids)
+        self._block_size = block_size
+        self._max_line_bytes = max_line_bytes
+        #: The batch's header (the first member's); ``None`` while no member had one.
+        self.header: list[str] | None = None
+        #: Data rows read, boundary duplicates included.
+        self.archive_rows = 0
+        #: Data rows sent to the part.
+        self.rows = 0
+        #: Boundary duplicates left out.
+        self.duplicates_dropped = 0
+        #: Ids of the last rows sent to the part, oldest first.
+        self.tail: deque[str] = deque(maxlen=tail_window)
+        self._raw_header = b""
+        self._line_end = b"\n"
+        self._at_head = True  # no row written yet: rows with skipped ids are still left out
+        self._started = False
+        self._ended_open: str | None = None  # a member that ended inside an open quoted field
+        # Per member, reset by read_member:
+        self._name = ""
+        self._member_header: list[str] | None = None
+        self._width = self._id_index = 0
+        self._member_rows = 0
+        self._bulk = False
+        self._kept: list[str] = []
+        self._rows: list[list[str]] = []  # parsed rows waiting for a row-taking sink
+        self._bytes_read = 0
+        self._member_wrote = False
+        self._last_byte = b""
+
+    # ------------------------------------------------------------------ one member
+
+    def read_member(self, stream: IO[bytes], name: str) -> int:
+        """Verify one CSV member and send its rows on; return the bytes read from ``stream``.
+
+        :param stream: the member's inflated bytes.
+        :param name: its name in the archive, for errors.
+        """
+        self._name = name
+        self._member_header = None
+        self._width = self._id_index = self._member_rows = self._bytes_read = 0
+        self._bulk = self._member_wrote = False
+        self._kept = []
+        reader = csv.reader(itertools.chain.from_iterable(self._line_sources(stream)))
+        last: list[str] = []
+        try:
+            for last in reader:
+                if self._bulk:  # the reader just crossed into a block copied whole
+                    self._bulk_record(last, reader.line_num)
+                    last = self._read_bulk(reader, last)
+                    break
+                self._head_record(last, reader.line_num)
+        except csv.Error as err:
+            raise LoyaltyVerificationError(
+                f"zip member {name!r} is not valid CSV (line {reader.line_num}): {err}"
+            ) from None
+        if self._kept and not self._at_head:
+            self._write_raw("".join(self._kept).encode("utf-8"))
+        self._kept = []
+        self._flush_rows()
+        if last:  # the end probe gave no blank record: the last quoted field is still open
+            self._ended_open = name
+        elif self._member_wrote and self._last_byte not in _LINE_BREAKS:
+            self._write_raw(self._line_end)  # the next member's rows must start on a line of their own
+        return self._bytes_read
+
+    def _line_sources(self, stream: IO[bytes]) -> Iterator[Iterable[str]]:
+        """Each block's lines for the one ``csv.reader``, then the end probe.
+
+        Head blocks go through :class:`_KeptLines`. Once the head is over, each block is copied to
+        the part whole before its lines go to the reader (pure C iteration from there).
+        """
+        first = True
+        for block in line_blocks(stream, self._block_size, self._max_line_bytes, self._name):
+            self._bytes_read += len(block)
+            if first and block.startswith(_BOM):
+                block = block[len(_BOM) :]
+            first = False
+            text = self._decode(block)
+            if not self._bulk and not self._at_head and self._member_header is not None:
+                self._bulk = True
+                if self._kept:  # the head block's rest, and the start of a record still open
+                    self._write_raw("".join(self._kept).encode("utf-8"))
+                    self._kept = []
+            lines = _lines(text, block)
+            if self._bulk:
+                self._write_raw(block)
+                yield lines
+            else:
+                yield _KeptLines(iter(lines), self._kept)
+        yield _END_PROBE
+
+    def _decode(self, block: bytes) -> str:
+        try:
+            return block.decode("utf-8")
+        except UnicodeDecodeError as err:
+            where = self._bytes_read - len(block) + err.start
+            raise LoyaltyVerificationError(
+                f"zip member {self._name!r} is not UTF-8 text (byte {where}: {err.reason})"
+            ) from None
+
+    def _head_record(self, record: list[str], line: int) -> None:
+        """One record of a block read line by line: the kept lines end with its raw text."""
+        if self._member_header is None:
+            raw = "".join(self._kept)
+            self._kept.clear()
+            if record:  # blank lines before the header are dropped
+                self._take_header(record, raw)
+        elif not self._at_head:
+            self._bulk_record(record, line)  # its lines stay kept until they are copied together
+        else:
+            raw = "".join(self._kept)
+            self._kept.clear()
+            if not record:
+                return  # a blank line before the first row written
+            self._check_width(record, line)
+            if record[self._id_index] in self._skip_ids:
+                self.duplicates_dropped += 1
+                return
+            self._at_head = False
+            if self._raw:
+                self._write_raw(raw.encode("utf-8"))
+            else:
+                self._write_rows([record])
+            self.tail.append(record[self._id_index])
+            self.rows += 1
+
+    def _take_header(self, record: list[str], raw: str) -> None:
+        if self._id_column not in record:
+            raise LoyaltyVerificationError(
+                f"zip member {self._name!r}: the CSV header has no {self._id_column!r} column"
+            )
+        if self.header is not None and record != self.header:
+            raise LoyaltyVerificationError(f"zip member {self._name!r}: its CSV header differs from the first member's")
+        self._member_header = record
+        self._width, self._id_index = len(record), record.index(self._id_column)
+        if self.header is None:
+            self.header = record
+            self._line_end = b"\r\n" if raw.endswith("\r\n") else b"\n"
+            encoded = raw.encode("utf-8")
+            self._raw_header = encoded if encoded.endswith(_LINE_BREAKS) else encoded + self._line_end
+
+    def _check_width(self, record: list[str], line: int) -> None:
+        self.archive_rows += 1
+        self._member_rows += 1
+        if len(record) != self._width:
+            raise LoyaltyVerificationError(
+                f"zip member {self._name!r}, data row {self._member_rows} (line {line}): "
+                f"{len(record)} fields, the header has {self._width}"
+            )
+
+    def _bulk_record(self, record: list[str], line: int) -> None:
+        """A row after the head: its raw text is copied with its block; count, check, remember."""
+        if record:
+            self._check_width(record, line)
+            if not self._raw:
+                self._write_rows([record])
+            self.tail.append(record[self._id_index])
+            self.rows += 1
+
+    def _read_bulk(self, reader: Reader, record: list[str]) -> list[str]:
+        """The rest of the member, its blocks already copied: count and check every row.
+
+        :param reader: the member's reader.
+        :param record: the record read just before.
+        :return: the last record read: the end probe's blank record unless a quoted field was open.
+        """
+        width, id_index, remember, raw = self._width, self._id_index, self.tail.append, self._raw
+        rows: list[list[str]] = []
+        count = 0
+        for record in reader:
+            if len(record) == width:
+                remember(record[id_index])
+                count += 1
+                if not raw:
+                    rows.append(record)
+                    if len(rows) >= _ROWS_PER_CALL:
+                        self._write_rows(rows)
+                        rows = []
+            elif record:
+                self._add_rows(count)
+                self._check_width(record, reader.line_num)  # raises
+        self._add_rows(count)
+        self._write_rows(rows)
+        return record
+
+    def _add_rows(self, count: int) -> None:
+        self.archive_rows += count
+        self._member_rows += count
+        self.rows += count
+
+    # ------------------------------------------------------------------ output
+
+    def _write_raw(self, data: bytes) -> None:
+        if not self._raw or not data:
+            return
+        self._begin_part()
+        self._sink.write_raw(data)
+        self._member_wrote = True
+        self._last_byte = data[-1:]
+
+    def _write_rows(self, rows: list[list[str]]) -> None:
+        """Queue parsed rows for a row-taking sink; they go on in batches of ``_ROWS_PER_CALL``."""
+        self._rows.extend(rows)
+        if len(self._rows) >= _ROWS_PER_CALL:
+            self._flush_rows()
+
+    def _flush_rows(self) -> None:
+        if self._rows:
+            self._begin_part()
+            self._sink.write_rows(self._rows)
+            self._rows = []
+
+    def _begin_part(self) -> None:
+        if self._ended_open is not None:
+            raise LoyaltyVerificationError(
+                f"zip member {self._ended_open!r} ends inside an open quoted field and zip member {self._name!r} "
+                "has rows after it: joined in one part, they would become part of that field"
+            )
+        if not self._started:
+            assert self.header is not None
+            self._started = True
+            self._sink.start(self.header, self._raw_header)
+
+
+__all__ = ["FIELD_SIZE_LIMIT", "BatchRecords", "RecordSink", "line_blocks"]
