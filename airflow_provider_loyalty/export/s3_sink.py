@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyStorageError
-from airflow_provider_loyalty.export.sinks import PartSink
+from airflow_provider_loyalty.export.sinks import PartSink, decode_document
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -88,30 +88,32 @@ class S3PartSink(PartSink):
         with self._storage("upload", key):
             self.hook.load_file(local_path, key, bucket_name=self.bucket, replace=True, encrypt=self.encrypt)
 
-    def read_bytes(self, name: str) -> bytes | None:
+    def _get(self, name: str) -> dict[str, Any] | None:
+        """The object's GET reply (body unread), or ``None`` when it does not exist."""
         key = self.key(name)
         with self._storage("read", key):
             try:
-                reply = self.client.get_object(Bucket=self.bucket, Key=key)
+                reply: dict[str, Any] = self.client.get_object(Bucket=self.bucket, Key=key)
             except Exception as err:
                 if _error_code(err) in ("NoSuchKey", "404"):
                     return None
                 raise
+            return reply
+
+    def read_bytes(self, name: str) -> bytes | None:
+        reply = self._get(name)
+        if reply is None:
+            return None
+        with self._storage("read", self.key(name)):
             payload: bytes = reply["Body"].read()
             return payload
 
     def tagged(self, name: str) -> tuple[dict[str, Any], str] | None:
         """A JSON document and its ETag (what ``If-Match`` compares)."""
-        from airflow_provider_loyalty.export.sinks import decode_document
-
-        key = self.key(name)
-        with self._storage("read", key):
-            try:
-                reply = self.client.get_object(Bucket=self.bucket, Key=key)
-            except Exception as err:
-                if _error_code(err) in ("NoSuchKey", "404"):
-                    return None
-                raise
+        reply = self._get(name)
+        if reply is None:
+            return None
+        with self._storage("read", self.key(name)):
             return decode_document(name, reply["Body"].read()), str(reply["ETag"])
 
     def write_bytes(self, name: str, payload: bytes) -> None:

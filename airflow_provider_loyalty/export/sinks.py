@@ -171,20 +171,7 @@ class ObjectStorageSink(PartSink):
 
     def put_file(self, name: str, local_path: str) -> None:
         with self._storage(f"store {name}"):
-            if self.local_root is not None:
-                target = self._local(name)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                temporary = f"{target}.{uuid.uuid4().hex}.tmp"
-                try:
-                    shutil.copyfile(local_path, temporary)
-                    os.replace(temporary, target)
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(temporary)
-                return
-            target_path = self.base / name
-            with open(local_path, "rb") as source, target_path.open("wb") as sink:
-                shutil.copyfileobj(source, sink, _COPY_CHUNK)
+            publish_file(local_path, self.base / name)
 
     def read_bytes(self, name: str) -> bytes | None:
         with self._storage(f"read {name}"):
