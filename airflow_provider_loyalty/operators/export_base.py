@@ -318,13 +318,19 @@ class LoyaltyExportBaseOperator(BaseOperator):
         return super().resume_execution(next_method, next_kwargs, context)
 
     def _waited_for(self, context: Context) -> str:
+        """The export task the checkpoint waits for (for the message of a timed-out deferral)."""
         try:
             loop = self.export_loop(context)
+        except Exception:
+            return "(unknown: the export's parameters do not render)"
+        try:
             document = loop.sink.read_json(CHECKPOINT_NAME)
             pending = ExportProgress.from_dict(document or {}).pending
             return pending[0].task_id if pending else "(unknown)"
         except Exception:
             return "(unknown: the checkpoint could not be read)"
+        finally:
+            loop.close(release=False)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the API's transactions as input, the export's location as the one output."""

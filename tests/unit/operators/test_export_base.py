@@ -1,0 +1,101 @@
+"""What every loyalty operator shares: deadlines while deferred, and no name clash with BaseOperator."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pendulum
+import pytest
+from airflow.providers.common.compat.sdk import BaseOperator, BaseSensorOperator, TaskDeferred
+
+from airflow_provider_loyalty.exceptions import LoyaltyError
+from airflow_provider_loyalty.operators.loyalty import LoyaltyAccountTransactionsOperator, LoyaltyExportOperator
+from airflow_provider_loyalty.sensors.loyalty import LoyaltyExportTaskSensor
+from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
+from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
+from tests.support.helpers import point_connection_at
+from tests.support.operator_driver import context_for
+
+EXPORT = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points"}
+OPERATORS = [
+    (LoyaltyExportOperator, BaseOperator, {**EXPORT, "output_path": "/tmp/out"}),
+    (LoyaltyTransactionsToS3Operator, BaseOperator, {**EXPORT, "s3_bucket": "bucket"}),
+    (
+        LoyaltyAccountTransactionsOperator,
+        BaseOperator,
+        {**EXPORT, "matching": "email", "member_email": "m@example.com", "output_path": "/tmp/m.jsonl"},
+    ),
+    (LoyaltyExportTaskSensor, BaseSensorOperator, {"export_task_id": "task_1"}),
+]
+
+
+@pytest.mark.parametrize(("operator", "base", "required"), OPERATORS, ids=lambda value: getattr(value, "__name__", ""))
+def test_no_parameter_or_attribute_shadows_the_base_operator(operator, base, required):
+    """E.g. ``email`` on an operator is Airflow's alert recipient list: a member's address there
+    would email a customer the task's error text. None of our parameters or attributes may be one
+    of the base operator's (apart from the base's own parameters we pass on to it)."""
+    forwarded = set(inspect.signature(base.__init__).parameters)
+    parameters = set(inspect.signature(operator.__init__).parameters) - {"self", "kwargs"} - forwarded
+    base_attributes = set(vars(base(task_id="base")))
+    attributes = set(vars(operator(task_id="ours", **required))) - base_attributes
+    clashes = sorted(name for name in parameters | attributes if hasattr(base, name) or name in base_attributes)
+    assert clashes == [], f"{operator.__name__} shadows {base.__name__}: {clashes}"
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> LoyaltyEmulator:
+    with LoyaltyEmulator(EmulatorConfig(transactions=500, batch_size=1000, task_duration=60.0)) as emulator:
+        point_connection_at(monkeypatch, emulator)
+        yield emulator
+
+
+def test_a_deferral_carries_the_time_left_of_execution_timeout(emulator: LoyaltyEmulator, tmp_path):
+    operator = LoyaltyExportOperator(
+        task_id="export",
+        loyalty_program_id=123,
+        points_currency_eid="bonus_points",
+        output_path=str(tmp_path),
+        deferrable=True,
+        poll_interval=1,
+        execution_timeout=timedelta(seconds=120),
+    )
+    started = pendulum.now("UTC").subtract(seconds=30)
+    ti = SimpleNamespace(dag_id="d", run_id="r", task_id="export", map_index=-1, try_number=1, start_date=started)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context_for(ti=ti))
+    left = deferred.value.timeout.total_seconds()
+    assert 80 < left <= 90  # 120 s from the task's start, 30 s of which had passed
+    assert abs(deferred.value.trigger.deadline - (started.timestamp() + 120)) < 1
+    waited_for = deferred.value.kwargs["export_task_id"]
+
+    # No triggerer ever answered: Airflow fails the deferral at its timeout; the message names the task.
+    with pytest.raises(LoyaltyError, match=f"timed out waiting for export task {waited_for}"):
+        operator.resume_execution("__fail__", {"error": "Trigger/execution timeout"}, context_for(ti=ti))
+    # A triggerer did answer, with its own timeout event: the same words.
+    event = {"status": "timeout", "export_task_id": waited_for, "message": "did not finish before the deadline"}
+    with pytest.raises(LoyaltyError, match=f"timed out waiting for export task {waited_for}"):
+        operator.execute_complete(context_for(ti=ti), event=event)
+
+
+def test_a_deadline_already_passed_fails_instead_of_deferring(emulator: LoyaltyEmulator, tmp_path):
+    operator = LoyaltyExportOperator(
+        task_id="export",
+        loyalty_program_id=123,
+        points_currency_eid="bonus_points",
+        output_path=str(tmp_path),
+        deferrable=True,
+        execution_timeout=timedelta(seconds=5),
+    )
+    ti = SimpleNamespace(
+        dag_id="d",
+        run_id="r",
+        task_id="export",
+        map_index=-1,
+        try_number=1,
+        start_date=pendulum.from_timestamp(time.time() - 60),
+    )
+    with pytest.raises(LoyaltyError, match="timed out waiting for export task"):
+        operator.execute(context_for(ti=ti))
