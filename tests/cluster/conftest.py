@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Generator, Iterator
@@ -76,9 +77,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 
 @pytest.fixture(scope="session")
-def cluster_logs() -> Path:
-    """The session's log directory: services, Airflow processes and task logs stay here."""
-    return Path(tempfile.mkdtemp(prefix="loyalty-cluster-logs-"))
+def cluster_logs(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """The session's log directory: services, Airflow processes and task logs. Outside pytest's
+    numbered temp dirs (other pytest sessions prune those); kept when a test failed."""
+    logs = Path(tempfile.mkdtemp(prefix="loyalty-cluster-logs-"))
+    yield logs
+    if request.session.testsfailed:
+        print(f"cluster logs kept in {logs}")
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -307,7 +307,7 @@ class AirflowCluster:
 
     # ------------------------------------------------------------------ commands and state
 
-    def airflow(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def airflow(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run an ``airflow`` CLI command against this cluster.
 
         :param args: the command's arguments.

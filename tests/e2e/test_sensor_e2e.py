@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ import pytest
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
 from tests.e2e.airflow_cluster import AirflowCluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400, func_only=True)]
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "tests" / "dags"
@@ -43,7 +45,20 @@ def emulator() -> Iterator[LoyaltyEmulator]:
 
 
 @pytest.fixture(scope="module")
-def cluster(emulator: LoyaltyEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowCluster]:
+def airflow_home(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """The cluster's AIRFLOW_HOME, outside pytest's numbered temp dirs (other pytest sessions on the
+    machine prune those, running cluster or not); removed afterwards unless a test failed."""
+    home = Path(tempfile.mkdtemp(prefix="loyalty-e2e-airflow-home-"))
+    failed_before = request.session.testsfailed
+    yield home
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(home, ignore_errors=True)
+    else:
+        print(f"Airflow home and process logs kept in {home}")
+
+
+@pytest.fixture(scope="module")
+def cluster(emulator: LoyaltyEmulator, airflow_home: Path) -> Iterator[AirflowCluster]:
     connection = {"conn_type": "loyalty", "host": emulator.url, "password": emulator.token}
     env = {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -51,7 +66,7 @@ def cluster(emulator: LoyaltyEmulator, tmp_path_factory: pytest.TempPathFactory)
         "LOYALTY_TEST_POKE_INTERVAL": "0.5",
     }
     started = time.monotonic()
-    cluster = AirflowCluster(home=tmp_path_factory.mktemp("airflow_home"), dags_folder=DAGS, env=env)
+    cluster = AirflowCluster(home=airflow_home, dags_folder=DAGS, env=env)
     try:
         cluster.start()
         cluster.wait_for_dag(DAG_ID)
