@@ -20,16 +20,20 @@ Modules, one concern each: :mod:`~.server` (:class:`LoyaltyEmulator`: lifecycle 
 :mod:`~.streaming` (download bodies), :mod:`~.control` (``/_emulator/`` endpoints),
 :mod:`~.faults` (fault rules), :mod:`~.stats` (counters), :mod:`~.config`, :mod:`~.data` and
 :mod:`~.dataset` (synthetic transactions), :mod:`~.codec` (JSON and XML bodies),
-:mod:`~.errors` (the error envelope).
+:mod:`~.errors` (the error envelope). Beside the emulator, for offline DAG tests: :mod:`~.s3`
+(moto's S3 server on loopback) and :mod:`~.airflow_db` (a temporary Airflow home with a migrated
+metadata DB, for ``dag.test()``).
 
-Pytest users get the fixtures automatically: the package registers this plugin under the ``pytest11``
-entry point (with plugin autoload disabled, pass ``-p loyalty_emulator``);
+Pytest users get the fixtures automatically (:mod:`~.pytest_plugin`: the emulator, a loopback S3 and
+its bucket, a metadata DB): the package registers this plugin under the ``pytest11`` entry point
+(with plugin autoload disabled, pass ``-p loyalty_emulator``);
 the console script ``loyalty-emulator`` (or ``python -m airflow_provider_loyalty.testing``) serves it
 from the command line.
 """
 
 from __future__ import annotations
 
+from airflow_provider_loyalty.testing.airflow_db import AirflowTestDb, migrate_airflow_home, use_airflow_home
 from airflow_provider_loyalty.testing.config import (
     CSV_LINE_ENDINGS,
     CSV_STYLES,
@@ -44,6 +48,13 @@ from airflow_provider_loyalty.testing.data import TRANSACTION_FIELDS
 from airflow_provider_loyalty.testing.dataset import expected_transaction_ids
 from airflow_provider_loyalty.testing.errors import ERROR_CODES
 from airflow_provider_loyalty.testing.faults import FAULT_KINDS, FaultRule
+from airflow_provider_loyalty.testing.s3 import (
+    LoopbackS3,
+    S3ServerUnavailable,
+    aws_connection_json,
+    moto_s3_server,
+    unique_bucket_name,
+)
 from airflow_provider_loyalty.testing.server import LoyaltyEmulator
 
 __all__ = [
@@ -57,8 +68,16 @@ __all__ = [
     "HASHED_FILE_STYLES",
     "PROGRESS_STYLES",
     "TRANSACTION_FIELDS",
+    "AirflowTestDb",
     "EmulatorConfig",
     "FaultRule",
+    "LoopbackS3",
     "LoyaltyEmulator",
+    "S3ServerUnavailable",
+    "aws_connection_json",
     "expected_transaction_ids",
+    "migrate_airflow_home",
+    "moto_s3_server",
+    "unique_bucket_name",
+    "use_airflow_home",
 ]
