@@ -63,7 +63,7 @@ def test_member_history(loyalty_connection, tmp_path):
         loyalty_program_id=123,
         points_currency_eid="bonus_points",
         matching="email",
-        email="member0@example.com",  # the emulator's member 0 has 250 transactions
+        member_email="member0@example.com",  # the emulator's member 0 has 250 transactions
         output_path=str(tmp_path / "member0.jsonl"),
     )
     assert history.execute(context={})["rows"] == 250
