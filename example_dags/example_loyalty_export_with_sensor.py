@@ -32,7 +32,10 @@ with DAG(
     def create_export_task() -> str:
         """Start the export on the platform; its task id goes to XCom."""
         return LoyaltyHook().create_transactions_export(
-            loyalty_program_id=123, points_currency_eid="bonus_points", **PERIOD
+            loyalty_program_id=123,
+            points_currency_eid="bonus_points",
+            date_from=PERIOD["date_from"],
+            date_to=PERIOD["date_to"],
         )
 
     export_task_id = create_export_task()
