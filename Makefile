@@ -10,9 +10,6 @@ VENV_DIST ?= .venv-dist
 AIRFLOW_SPEC ?= apache-airflow>=3.3,<3.4
 AIRFLOW_MIN_SPEC ?= apache-airflow>=3.1,<3.2
 AIRFLOW_MID_SPEC ?= apache-airflow>=3.2,<3.3
-# Airflow 3.1's UI builds a connection form from the hook's wtforms widgets, and only where wtforms
-# can be imported (it comes with the FAB provider); 3.2 and newer read `conn-fields` instead.
-UI_31_EXTRA ?= wtforms>=3.1
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
@@ -76,7 +73,7 @@ test-slow: $(INSTALLED)
 	$(UV) venv --quiet --python $(PYTHON) $*
 
 $(INSTALLED_MIN): pyproject.toml | $(VENV_MIN)/bin/python
-	$(UV) pip install --quiet --python $(VENV_MIN)/bin/python -e ".[test]" "$(AIRFLOW_MIN_SPEC)" "$(UI_31_EXTRA)"
+	$(UV) pip install --quiet --python $(VENV_MIN)/bin/python -e ".[test]" "$(AIRFLOW_MIN_SPEC)"
 	@touch $@
 
 $(INSTALLED_MID): pyproject.toml | $(VENV_MID)/bin/python

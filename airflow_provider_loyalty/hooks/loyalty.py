@@ -29,7 +29,7 @@ from airflow_provider_loyalty.exceptions import (
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, ENVELOPE_SCHEMA, MIME_TYPES, STATUS_SCHEMA, Schema
 from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnectionSettings, settings_from_parts
-from airflow_provider_loyalty.utils.connection_form import UI_FIELD_BEHAVIOUR
+from airflow_provider_loyalty.utils.connection_form import connection_form_widgets, hook_field_behaviour
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.protocol import (
     ACCOUNT_PATH,
@@ -128,9 +128,14 @@ class LoyaltyHook(BaseHook):
         }
 
     @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The form's four extra fields for Airflow 3.1's UI (3.2 and newer read ``conn-fields``)."""
+        return connection_form_widgets()
+
+    @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Hidden and relabelled fields of the connection form (also in ``get_provider_info``)."""
-        return UI_FIELD_BEHAVIOUR
+        """Hidden and relabelled fields for Airflow 3.1's UI (3.2 and newer read ``ui-field-behaviour``)."""
+        return hook_field_behaviour()
 
     @cached_property
     def settings(self) -> LoyaltyConnectionSettings:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,3 +63,41 @@ class PortlessTestShim:
             self.rewrites += 1
             response = route.fetch(post_data=json.dumps({**body, "port": None}))
         route.fulfill(response=response)
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height of a PNG, from its IHDR chunk."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    width, height = struct.unpack(">II", png[16:24])
+    return width, height
+
+
+def side_by_side(context: Any, pictures: list[bytes], path: Path, gap: int = 24) -> None:
+    """Write ``pictures`` next to each other, top-aligned on white, as one PNG at ``path``.
+
+    Composed by the same browser (a page of ``<img>`` elements), so no imaging library is needed.
+
+    :param context: the Playwright browser context.
+    :param pictures: PNG screenshots, left to right.
+    :param path: where the composed PNG goes.
+    :param gap: pixels between two pictures (and around them).
+    """
+    sizes = [png_size(picture) for picture in pictures]
+    width = sum(w for w, _ in sizes) + gap * (len(pictures) + 1)
+    height = max(h for _, h in sizes) + 2 * gap
+    images = "".join(
+        f'<img style="display:block" src="data:image/png;base64,{base64.b64encode(picture).decode()}">'
+        for picture in pictures
+    )
+    tab = context.new_page()
+    try:
+        tab.set_viewport_size({"width": width, "height": height})
+        tab.set_content(
+            f'<body style="margin:0;padding:{gap}px;display:flex;gap:{gap}px;align-items:flex-start;'
+            f'background:#fff">{images}</body>'
+        )
+        tab.wait_for_function("Array.from(document.images).every(image => image.complete)")
+        tab.screenshot(path=str(path))
+    finally:
+        tab.close()
