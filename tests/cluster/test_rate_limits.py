@@ -4,8 +4,9 @@ The recipe of docs/production.rst: one Airflow pool per loyalty connection, as m
 API allows concurrent requests. The DAG's export task runs in the ``loyalty_default`` pool of
 :data:`API_CONCURRENCY` slots, so at most that many exports download, upload or create export
 tasks at once; the deferred waits do not hold a slot, and their status polls (from both
-triggerers) may still push the API over its limit now and then: those 429s carry
-``Retry-After`` and the provider's retry policy absorbs them. Every run must end exact.
+triggerers, against an API that takes a quarter of a second per request) push it over its limit:
+those 429s carry ``Retry-After`` and the provider's retry policy absorbs them. Every run must end
+exact, and the API must really have refused requests.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_loyalty.testing import FaultRule
 from tests.cluster.celery_cluster import CeleryAirflowCluster, RunInfo
 from tests.cluster.expectations import (
     EXPORT_TASK,
@@ -32,15 +34,24 @@ RUNS = 8
 #: Requests the API serves at once; above that it answers 429 with ``Retry-After``.
 API_CONCURRENCY = 2
 POOL = "loyalty_default"
+#: Seconds the API takes to answer each request.
+API_LATENCY = 0.25
 
 
 def test_eight_runs_at_once_within_the_api_rate_limit(
     cluster: CeleryAirflowCluster, emulator: Any, s3_client: Any, fresh_bucket: str, cluster_figures: list[str]
 ) -> None:
-    # One batch a day here: the point is runs at once, and every batch costs two task starts.
+    # One batch a day here: the point is runs at once, and every batch costs two task starts. Export
+    # tasks that run long enough for all eight runs to wait at once, and an API that takes
+    # API_LATENCY seconds per request, as a real one does: the polls overlap and pass the limit.
     prepare_emulator(
-        emulator, batch_size=ROWS_PER_DAY, max_concurrent_requests=API_CONCURRENCY, concurrency_retry_after=0.5
+        emulator,
+        batch_size=ROWS_PER_DAY,
+        task_duration=8.0,
+        max_concurrent_requests=API_CONCURRENCY,
+        concurrency_retry_after=0.5,
     )
+    emulator.set_faults([FaultRule(endpoint="*", kind="slow", params={"seconds": API_LATENCY})])
     cluster.ensure_running("triggerer", 2)
     cluster.ensure_running("worker", 2)
     cluster.set_pool(POOL, API_CONCURRENCY)
@@ -83,3 +94,4 @@ def test_eight_runs_at_once_within_the_api_rate_limit(
         )
     assert peaks["runs"] == RUNS, f"the {RUNS} runs never ran all at once (peak {peaks['runs']})"
     assert peaks["in_pool"] <= API_CONCURRENCY, peaks
+    assert stats["concurrency_rejections"] > 0, "the API's limit was never reached: the test proved nothing"
