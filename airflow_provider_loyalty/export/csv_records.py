@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Protocol
@@ -50,6 +51,9 @@ csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
 _BOM = b"\xef\xbb\xbf"
 _LINE_BREAKS = (b"\n", b"\r")
 _END_PROBE = ("",)  # fed after a member's last line: see the module docstring
+_BLOCK_PROBE = ("",)  # fed after a block read by csv.reader: tells whether its last record ended
+_MAX_CARRY = 64 * 1024  # a record open at the end of a plain block waits for the next block up to this size
+_AFTER_QUOTES = re.compile(rb'"[^",\r\n]')  # quotes followed by other text (searched both ways)
 _ROWS_PER_CALL = 4096  # rows handed to a row-taking sink at a time
 # Characters str.splitlines() also breaks at, which io.StringIO(newline="") does not: \v \f \x1c-\x1e
 # (ASCII) and U+0085, U+2028, U+2029 (as UTF-8). A block without any splits the same both ways.
@@ -131,6 +135,50 @@ def _lines(text: str, block: bytes) -> Iterable[str]:
     return text.splitlines(keepends=True)
 
 
+def plain_rows(block: bytes, width: int) -> tuple[int, int] | None:
+    """``(rows, end)``: the data rows of ``block[:end]`` when how ``csv.reader`` reads it is plain.
+
+    ``block`` starts where a record starts and ends after a line break (or at the end of the
+    member). ``end`` is its length, unless the block ends inside a quoted field: then ``end`` is
+    where that field's record starts (0 if at the block's start), and the rest waits for more.
+
+    Plain means: every ``"`` opens a field (at the start, or after a comma or a line break),
+    closes one (before a comma, a line break or the end), or is half of a doubled quote inside
+    one; no NUL; no field can pass the field size limit; every non-blank line has the header's
+    width. Then ``csv.reader`` reads each quoted field as one field, and with the quoted fields'
+    insides taken out, each record is one line whose commas separate its fields: rows and widths
+    are counted by a few C-speed passes instead of a parse. Anything else (a stray quote, a row of
+    another width, ...) gets ``None``, and the block goes to ``csv.reader``, which gives the exact
+    answer or error.
+
+    :param block: a line-aligned block, starting at a record boundary.
+    :param width: the header's number of fields.
+    """
+    if b"\x00" in block or len(block) > csv.field_size_limit():
+        return None
+    parts = block.split(b'"')  # outside quotes at even indices, inside at odd ones
+    end = len(block)
+    if len(parts) % 2 == 0:  # a quoted field still open at the end: stop before its record
+        for index in range(len(parts) - 2, -1, -2):
+            piece = parts[index]
+            cut = max(piece.rfind(b"\n"), piece.rfind(b"\r")) + 1
+            if cut:
+                end = sum(map(len, parts[:index])) + index + cut
+                parts = [*parts[:index], piece[:cut]]
+                break
+        else:
+            return 0, 0
+    # What is outside quotes; each piece inside them becomes one quote, a marker.
+    outside = b'"'.join(parts[0::2])
+    if len(parts) > 1 and (_AFTER_QUOTES.search(outside) or _AFTER_QUOTES.search(outside[::-1])):
+        return None  # a quote inside an unquoted field, or text right after a closing quote
+    lines = outside.splitlines()  # bytes split at \r, \n and \r\n only, as csv lines are
+    rows = len(lines) - lines.count(b"")
+    commas = list(map(bytes.count, lines, itertools.repeat(b",")))
+    fits = commas.count(width - 1) == rows if width > 1 else not any(commas)
+    return (rows, end) if fits else None
+
+
 class _KeptLines:
     """Hands one block's lines to ``csv.reader`` and keeps each one in a shared list."""
 
@@ -204,6 +252,10 @@ class BatchRecords:
         self._bytes_read = 0
         self._member_wrote = False
         self._last_byte = b""
+        self._probing = False  # a block probe is with the reader
+        self._at_boundary = False  # the reader has ended every record it was given
+        self._plain_tail: deque[tuple[bytes, int]] = deque()  # plain blocks whose ids are not remembered yet
+        self._plain_tail_rows = 0
 
     # ------------------------------------------------------------------ one member
 
@@ -216,25 +268,26 @@ class BatchRecords:
         self._name = name
         self._member_header = None
         self._width = self._id_index = self._member_rows = self._bytes_read = 0
-        self._bulk = self._member_wrote = False
+        self._bulk = self._member_wrote = self._probing = self._at_boundary = False
         self._kept = []
         reader = csv.reader(itertools.chain.from_iterable(self._line_sources(stream)))
         last: list[str] = []
         try:
             for last in reader:
                 if self._bulk:  # the reader just crossed into a block copied whole
-                    self._bulk_record(last, reader.line_num)
+                    self._bulk_record(last)
                     last = self._read_bulk(reader, last)
                     break
-                self._head_record(last, reader.line_num)
+                self._head_record(last)
         except csv.Error as err:
             raise LoyaltyVerificationError(
-                f"zip member {name!r} is not valid CSV (line {reader.line_num}): {err}"
+                f"zip member {name!r} is not valid CSV after data row {self._member_rows}: {err}"
             ) from None
         if self._kept and not self._at_head:
             self._write_raw("".join(self._kept).encode("utf-8"))
         self._kept = []
         self._flush_rows()
+        self._remember_plain_tail()
         if last:  # the end probe gave no blank record: the last quoted field is still open
             self._ended_open = name
         elif self._member_wrote and self._last_byte not in _LINE_BREAKS:
@@ -244,39 +297,92 @@ class BatchRecords:
     def _line_sources(self, stream: IO[bytes]) -> Iterator[Iterable[str]]:
         """Each block's lines for the one ``csv.reader``, then the end probe.
 
-        Head blocks go through :class:`_KeptLines`. Once the head is over, each block is copied to
-        the part whole before its lines go to the reader (pure C iteration from there).
+        Head blocks go through :class:`_KeptLines`. After the head, each block is copied to the
+        part whole: counted without a parse where it is plain (:func:`plain_rows`), else
+        handed to the reader (pure C iteration) and followed by a block probe.
         """
         first = True
+        carry, carry_at = b"", 0  # the start of a record still open at the end of a plain block
         for block in line_blocks(stream, self._block_size, self._max_line_bytes, self._name):
+            at = self._bytes_read
             self._bytes_read += len(block)
             if first and block.startswith(_BOM):
-                block = block[len(_BOM) :]
+                block, at = block[len(_BOM) :], at + len(_BOM)
             first = False
-            text = self._decode(block)
             if not self._bulk and not self._at_head and self._member_header is not None:
                 self._bulk = True
                 if self._kept:  # the head block's rest, and the start of a record still open
                     self._write_raw("".join(self._kept).encode("utf-8"))
                     self._kept = []
-            lines = _lines(text, block)
-            if self._bulk:
-                self._write_raw(block)
-                yield lines
-            else:
-                yield _KeptLines(iter(lines), self._kept)
+            if not self._bulk:
+                yield _KeptLines(iter(_lines(self._decode(block, at), block)), self._kept)
+                continue
+            if carry:
+                block, at, carry = carry + block, carry_at, b""
+            if self._raw and self._at_boundary:
+                block, carry, at, carry_at = self._take_plain(block, at)
+                if not block:
+                    continue
+            yield from self._to_reader(block, at)
+        if carry:
+            yield from self._to_reader(carry, carry_at)
         yield _END_PROBE
 
-    def _decode(self, block: bytes) -> str:
+    def _to_reader(self, block: bytes, at: int) -> Iterator[Iterable[str]]:
+        """Copy a block to the part and hand its lines to the reader, then probe (raw parts)."""
+        self._remember_plain_tail()
+        self._write_raw(block)
+        self._at_boundary = False
+        yield _lines(self._decode(block, at), block)
+        if self._raw:
+            self._probing = True
+            yield _BLOCK_PROBE
+            self._probing = False
+
+    def _take_plain(self, block: bytes, at: int) -> tuple[bytes, bytes, int, int]:
+        """Count, check and copy the plain part of a block that starts at a record boundary.
+
+        Returns what the reader must read, what waits for the next block (a record still open
+        at the end of this one), and where each starts in the member.
+        """
+        plain = plain_rows(block, self._width)
+        if plain is None:
+            return block, b"", at, 0
+        rows, end = plain
+        if end:
+            counted = block[:end] if end < len(block) else block
+            if not counted.isascii():
+                self._decode(counted, at)  # valid UTF-8, or the error
+            self._write_raw(counted)
+            self._add_rows(rows)
+            self._plain_tail.append((counted, rows))
+            self._plain_tail_rows += rows
+            window = self.tail.maxlen or 0
+            while len(self._plain_tail) > 1 and self._plain_tail_rows - self._plain_tail[0][1] >= window:
+                self._plain_tail_rows -= self._plain_tail.popleft()[1]
+        rest = block[end:]
+        if len(rest) > _MAX_CARRY:
+            return rest, b"", at + end, 0  # a long open record: the reader takes it
+        return b"", rest, 0, at + end
+
+    def _remember_plain_tail(self) -> None:
+        """Read the ids of the last plain blocks' rows into the tail (in order, before any later row)."""
+        while self._plain_tail:
+            block, _ = self._plain_tail.popleft()
+            for record in csv.reader(io.StringIO(block.decode("utf-8"), newline="")):
+                if record:
+                    self.tail.append(record[self._id_index])
+        self._plain_tail_rows = 0
+
+    def _decode(self, block: bytes, at: int) -> str:
         try:
             return block.decode("utf-8")
         except UnicodeDecodeError as err:
-            where = self._bytes_read - len(block) + err.start
             raise LoyaltyVerificationError(
-                f"zip member {self._name!r} is not UTF-8 text (byte {where}: {err.reason})"
+                f"zip member {self._name!r} is not UTF-8 text (byte {at + err.start}: {err.reason})"
             ) from None
 
-    def _head_record(self, record: list[str], line: int) -> None:
+    def _head_record(self, record: list[str]) -> None:
         """One record of a block read line by line: the kept lines end with its raw text."""
         if self._member_header is None:
             raw = "".join(self._kept)
@@ -284,13 +390,13 @@ class BatchRecords:
             if record:  # blank lines before the header are dropped
                 self._take_header(record, raw)
         elif not self._at_head:
-            self._bulk_record(record, line)  # its lines stay kept until they are copied together
+            self._bulk_record(record)  # its lines stay kept until they are copied together
         else:
             raw = "".join(self._kept)
             self._kept.clear()
             if not record:
                 return  # a blank line before the first row written
-            self._check_width(record, line)
+            self._check_width(record)
             if record[self._id_index] in self._skip_ids:
                 self.duplicates_dropped += 1
                 return
@@ -317,23 +423,25 @@ class BatchRecords:
             encoded = raw.encode("utf-8")
             self._raw_header = encoded if encoded.endswith(_LINE_BREAKS) else encoded + self._line_end
 
-    def _check_width(self, record: list[str], line: int) -> None:
+    def _check_width(self, record: list[str]) -> None:
         self.archive_rows += 1
         self._member_rows += 1
         if len(record) != self._width:
             raise LoyaltyVerificationError(
-                f"zip member {self._name!r}, data row {self._member_rows} (line {line}): "
+                f"zip member {self._name!r}, data row {self._member_rows}: "
                 f"{len(record)} fields, the header has {self._width}"
             )
 
-    def _bulk_record(self, record: list[str], line: int) -> None:
+    def _bulk_record(self, record: list[str]) -> None:
         """A row after the head: its raw text is copied with its block; count, check, remember."""
         if record:
-            self._check_width(record, line)
+            self._check_width(record)
             if not self._raw:
                 self._write_rows([record])
             self.tail.append(record[self._id_index])
             self.rows += 1
+        elif self._probing:
+            self._at_boundary = True
 
     def _read_bulk(self, reader: Reader, record: list[str]) -> list[str]:
         """The rest of the member, its blocks already copied: count and check every row.
@@ -345,19 +453,24 @@ class BatchRecords:
         width, id_index, remember, raw = self._width, self._id_index, self.tail.append, self._raw
         rows: list[list[str]] = []
         count = 0
-        for record in reader:
-            if len(record) == width:
-                remember(record[id_index])
-                count += 1
-                if not raw:
-                    rows.append(record)
-                    if len(rows) >= _ROWS_PER_CALL:
-                        self._write_rows(rows)
-                        rows = []
-            elif record:
-                self._add_rows(count)
-                self._check_width(record, reader.line_num)  # raises
-        self._add_rows(count)
+        try:
+            for record in reader:
+                if len(record) == width:
+                    remember(record[id_index])
+                    count += 1
+                    if not raw:
+                        rows.append(record)
+                        if len(rows) >= _ROWS_PER_CALL:
+                            self._write_rows(rows)
+                            rows = []
+                elif record:
+                    self._add_rows(count)
+                    count = 0
+                    self._check_width(record)  # raises
+                elif self._probing:  # the block probe came back as a blank record: no record is open
+                    self._at_boundary = True
+        finally:
+            self._add_rows(count)
         self._write_rows(rows)
         return record
 
@@ -400,4 +513,4 @@ class BatchRecords:
             self._sink.start(self.header, self._raw_header)
 
 
-__all__ = ["FIELD_SIZE_LIMIT", "BatchRecords", "RecordSink", "line_blocks"]
+__all__ = ["FIELD_SIZE_LIMIT", "BatchRecords", "RecordSink", "line_blocks", "plain_rows"]

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from airflow_provider_loyalty.exceptions import LoyaltyVerificationError
 from airflow_provider_loyalty.export import archive
-from airflow_provider_loyalty.export.csv_records import FIELD_SIZE_LIMIT, line_blocks
+from airflow_provider_loyalty.export.csv_records import FIELD_SIZE_LIMIT, line_blocks, plain_rows
 
 MiB = 1024 * 1024
 
@@ -209,19 +209,17 @@ def test_a_stray_quote_in_an_unquoted_field_is_valid():
         assert (stats.rows, part) == (9, data)
 
 
-def test_a_row_of_another_width_names_the_member_row_and_line():
+def test_a_row_of_another_width_names_the_member_and_row():
     data = b'transaction_id,a\r\nid-1,"x\r\ny"\r\nid-2\r\n'
     for block in (3, 1 << 20):
-        with pytest.raises(
-            LoyaltyVerificationError, match=r"'t.csv', data row 2 \(line 4\): 1 fields, the header has 2"
-        ):
+        with pytest.raises(LoyaltyVerificationError, match=r"'t\.csv', data row 2: 1 fields, the header has 2"):
             _write_part(data, block, expected_rows=2)
 
 
 def test_width_is_checked_after_the_head_too():
     rows = b"".join(b"id-%d,%d\r\n" % (i, i) for i in range(2000))
     data = b"transaction_id,a\r\n" + rows + b"id-x,1,2\r\n" + rows
-    with pytest.raises(LoyaltyVerificationError, match=r"data row 2001 \(line 2002\): 3 fields"):
+    with pytest.raises(LoyaltyVerificationError, match=r"data row 2001: 3 fields"):
         _write_part(data, 4096, expected_rows=4001)
 
 
@@ -305,3 +303,49 @@ def test_the_field_limit_is_the_modules():
     field = os.urandom(FIELD_SIZE_LIMIT // 8).hex().encode()  # a 4 MiB field that does not compress
     stats, _ = _write_part(b"transaction_id,a\r\nid-1," + field + b"\r\n", 1 << 18, expected_rows=1)
     assert stats.rows == 1
+
+
+_plain_alphabet = st.sampled_from(['"', '""', ",", "\r", "\n", "\r\n", "a", "b", " ", "é", "\x00", "\x0b"])
+
+
+@given(
+    text=st.one_of(
+        csv_members().map(lambda member: member[0].decode("utf-8", "replace").lstrip("\ufeff")),
+        st.lists(_plain_alphabet, max_size=40).map("".join),
+    ),
+    width=st.integers(1, 4),
+)
+@settings(max_examples=600, deadline=None)
+@example(text='a,"b\r\nc"\r\n"x""y",z\r\n\r\n', width=2)
+def test_a_block_counted_without_a_parse_reads_the_same_with_csv_reader(text, width):
+    """When plain_rows answers, csv.reader agrees on what it counted: accepted, same rows, same width."""
+    block = text.encode()
+    plain = plain_rows(block, width)
+    if plain is None:
+        return
+    rows, end = plain
+    counted = block[:end].decode()
+    records = [record for record in csv.reader(io.StringIO(counted, newline="")) if record]
+    assert len(records) == rows
+    assert all(len(record) == width for record in records)
+    assert not _ends_inside_quotes(counted)  # it ends where a record ends (the rest waits for more)
+
+
+def test_plain_blocks_are_most_blocks_of_ordinary_csv():
+    rows = b"".join(b'id-%d,"{""k"":""v%d""}","two\nlines, ""q"""\r\n' % (i, i) for i in range(3000))
+    data = b"transaction_id,json,text\r\n" + rows
+    counted = []
+    real = plain_rows
+
+    def spy(block: bytes, width: int):
+        counted.append(real(block, width))
+        return counted[-1]
+
+    with mock.patch("airflow_provider_loyalty.export.csv_records.plain_rows", spy):
+        stats, part = _write_part(data, 1000, expected_rows=3000)
+    assert (stats.rows, part) == (3000, data)
+    assert sum(1 for plain in counted if plain is not None) > 0.8 * len(counted) > 50
+    assert stats.tail_ids == [f"id-{i}" for i in range(2000, 3000)]
+    bad = data + b'id-x,"{}"\r\n'
+    with pytest.raises(LoyaltyVerificationError, match=r"data row 3001: 2 fields"):
+        _write_part(bad, 1000, expected_rows=3001)
