@@ -8,14 +8,16 @@ settings (for extras, which arrive as text from the UI or a URI).
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import re
 from typing import Any
 
-import pendulum
-
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
+
+# Export periods have their own module; their checks are reachable from here like every other one.
+from airflow_provider_loyalty.utils.periods import check_period as check_period
+from airflow_provider_loyalty.utils.periods import format_rfc3339 as format_rfc3339
+from airflow_provider_loyalty.utils.periods import period_bound as period_bound
 
 MATCHING_MODES = ("email", "phone", "profile_id", "custom")
 LIMIT_RANGE = (1, 100)
@@ -190,80 +192,3 @@ def check_matching(
     if companion in (None, "") or not isinstance(companion, str):
         raise LoyaltyValidationError(matching, f'required (a string) when matching="{matching}"; got {companion!r}')
     return {"matching": matching, matching: companion}
-
-
-# ---------------------------------------------------------------------------------------- periods
-
-
-def default_timezone() -> pendulum.Timezone | pendulum.FixedTimezone:
-    """Airflow's ``[core] default_timezone`` (UTC when unset), in which naive values are read."""
-    from airflow.providers.common.compat.sdk import conf
-
-    name = str(conf.get("core", "default_timezone", fallback="utc") or "utc").strip()
-    if name.lower() == "system":
-        local: Any = pendulum.local_timezone()  # type: ignore[operator]
-        return local  # type: ignore[no-any-return]
-    try:
-        zone: Any = pendulum.timezone(name)  # type: ignore[operator]
-    except Exception:  # an invalid name is Airflow's own config error; read naive values as UTC then
-        zone = pendulum.UTC
-    return zone  # type: ignore[no-any-return]
-
-
-def _parsed(value: Any, parameter: str) -> pendulum.DateTime | pendulum.Date:
-    """A date-only value as a Date, anything with a time as a DateTime (naive if it had no offset)."""
-    if isinstance(value, dt.datetime):
-        return pendulum.instance(value) if value.tzinfo is not None else pendulum.naive(*value.timetuple()[:6])
-    if isinstance(value, dt.date):
-        return pendulum.Date(value.year, value.month, value.day)
-    if isinstance(value, str) and value.strip():
-        try:
-            parsed = pendulum.parse(value.strip(), exact=True, tz=None)
-        except (ValueError, OverflowError, pendulum.parsing.exceptions.ParserError):
-            raise LoyaltyValidationError(parameter, f"expected an RFC3339 date-time or a date, got {value!r}") from None
-        if isinstance(parsed, pendulum.DateTime | pendulum.Date) and not isinstance(parsed, pendulum.Time):
-            return parsed
-    raise LoyaltyValidationError(parameter, f"expected a datetime, a date or an RFC3339 string, got {value!r}")
-
-
-def period_bound(value: Any, parameter: str, *, end: bool) -> pendulum.DateTime:
-    """One end of an export period as an aware UTC datetime, to the second.
-
-    A date-only value (``"2023-09-30"``, a :class:`datetime.date`, ``{{ ds }}``) means the whole day
-    in ``[core] default_timezone``: its first second as a start, its last second as an end (the
-    API's ``date_to`` is inclusive). Naive datetimes are read in the same timezone; values with an
-    offset keep it.
-
-    :param value: what the user gave (rendered).
-    :param parameter: the parameter's name, for errors.
-    :param end: whether this is the period's end (``date_to``).
-    """
-    parsed = _parsed(value, parameter)
-    zone = default_timezone()
-    if not isinstance(parsed, pendulum.DateTime):
-        day_start = pendulum.datetime(parsed.year, parsed.month, parsed.day, tz=zone)
-        moment = day_start.add(days=1).subtract(seconds=1) if end else day_start
-    elif parsed.tzinfo is None:
-        moment = pendulum.datetime(
-            parsed.year, parsed.month, parsed.day, parsed.hour, parsed.minute, parsed.second, tz=zone
-        )
-    else:
-        moment = parsed
-    return moment.in_timezone("UTC").replace(microsecond=0)
-
-
-def format_rfc3339(value: dt.datetime) -> str:
-    """The API's RFC3339 UTC form to the second, ``2023-09-01T00:00:00Z`` (4-digit years always)."""
-    utc = pendulum.instance(value).in_timezone("UTC")
-    return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
-
-
-def check_period(date_from: Any, date_to: Any) -> tuple[str, str]:
-    """Both ends parse and ``date_from <= date_to``; return them in the API's format."""
-    start = period_bound(date_from, "date_from", end=False)
-    finish = period_bound(date_to, "date_to", end=True)
-    if start > finish:
-        raise LoyaltyValidationError(
-            "date_from", f"must not be after date_to ({format_rfc3339(start)} > {format_rfc3339(finish)})"
-        )
-    return format_rfc3339(start), format_rfc3339(finish)

@@ -1,0 +1,150 @@
+"""Export periods: what the ends of ``date_from`` .. ``date_to`` mean, and how the API reads them.
+
+The API takes RFC3339 UTC instants to the second, both ends inclusive. Users give datetimes, dates,
+or text (``"2023-09-30"``, what ``{{ ds }}`` renders, or an RFC3339 date-time). The rules:
+
+* A date-only value means whole days: as ``date_from`` its first second, as ``date_to`` its last
+  second, in Airflow's ``[core] default_timezone`` (so a day of 23 or 25 hours stays whole).
+* A value without an offset (naive datetime or text) is a wall-clock time in that timezone. A
+  wall-clock time that happens twice (the hour repeated when DST ends) is read so that the period
+  is widest (a start at its first occurrence, an end at its second); one that never happens (the
+  hour skipped when DST starts) is the first instant after the skip for a start and the last
+  instant before it for an end.
+* A value with an offset keeps it.
+* Fractions of a second are dropped (the API counts whole seconds, and an operator's default end,
+  ``data_interval_end`` - 1 s, then meets the next run's start exactly).
+
+Only for internal usage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+import pendulum
+
+from airflow_provider_loyalty.exceptions import LoyaltyValidationError
+
+_UTC = dt.UTC
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}")
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?")
+_EXPECTED = "expected a datetime, a date, or text such as '2023-09-30' or '2023-09-30T23:59:59Z'"
+
+
+def default_timezone() -> dt.tzinfo:
+    """Airflow's ``[core] default_timezone`` (UTC when unset), read at each call."""
+    from airflow.providers.common.compat.sdk import conf
+
+    name = str(conf.get("core", "default_timezone", fallback="utc") or "utc").strip()
+    if name.lower() == "system":
+        local: dt.tzinfo = pendulum.local_timezone()  # type: ignore[operator]
+        return local
+    try:
+        zone: dt.tzinfo = pendulum.timezone(name)  # type: ignore[operator]
+    except Exception:  # an invalid name is Airflow's own config error; read naive values as UTC then
+        zone = _UTC
+    return zone
+
+
+def parse_period_value(value: Any, parameter: str) -> dt.date | dt.datetime:
+    """A date-only value as a :class:`~datetime.date`, anything with a time as a datetime.
+
+    Text is accepted in the RFC3339 / ISO 8601 shapes only (``2023-09-30``, ``20230930`` as
+    ``{{ ds_nodash }}`` renders, ``2023-09-30T23:59:59Z``, with a space for the ``T``, an optional
+    fraction and an optional offset); words such as ``now`` and partial dates such as ``2023-09``
+    are refused rather than guessed.
+
+    :param value: what the user gave (rendered).
+    :param parameter: the parameter's name, for errors.
+    """
+    if isinstance(value, dt.date):  # datetimes too
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper()
+        try:
+            if _DATE_ONLY.fullmatch(text):
+                return dt.date.fromisoformat(text)
+            if _DATE_TIME.fullmatch(text):
+                return dt.datetime.fromisoformat(text)
+        except ValueError as error:
+            raise LoyaltyValidationError(parameter, f"{_EXPECTED}; got {value[:80]!r} ({error})") from None
+    shown = repr(value[:80]) if isinstance(value, str) else f"{type(value).__name__} {str(value)[:80]!r}"
+    raise LoyaltyValidationError(parameter, f"{_EXPECTED}; got {shown}")
+
+
+def _readings(wall: dt.datetime, zone: dt.tzinfo) -> list[dt.datetime]:
+    """The UTC instants at which the clocks of ``zone`` show ``wall`` (none, one or two)."""
+    candidates = {wall.replace(tzinfo=zone, fold=fold).astimezone(_UTC) for fold in (0, 1)}
+    return sorted(moment for moment in candidates if moment.astimezone(zone).replace(tzinfo=None) == wall)
+
+
+def _skip_instant(wall: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
+    """The instant the clocks jumped over ``wall`` (a wall time that does not exist in ``zone``).
+
+    The two fold readings of ``wall`` bracket the jump; the offset changes exactly once between
+    them, found by bisection to the microsecond.
+    """
+    low, high = sorted(wall.replace(tzinfo=zone, fold=fold).astimezone(_UTC) for fold in (0, 1))
+    before = low.astimezone(zone).utcoffset()
+    while high - low > dt.timedelta(microseconds=1):
+        middle = low + (high - low) / 2
+        if middle.astimezone(zone).utcoffset() == before:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def _in_zone(wall: dt.datetime, zone: dt.tzinfo, *, end: bool) -> dt.datetime:
+    """A wall-clock time of ``zone`` as a UTC instant, read so the period is widest."""
+    readings = _readings(wall, zone)
+    if readings:
+        return readings[-1] if end else readings[0]
+    jump = _skip_instant(wall, zone)
+    return jump - dt.timedelta(seconds=1) if end else jump
+
+
+def period_bound(value: Any, parameter: str, *, end: bool) -> dt.datetime:
+    """One end of an export period as an aware UTC datetime, to the second (see the module doc).
+
+    :param value: what the user gave (rendered): a datetime, a date, or text.
+    :param parameter: the parameter's name, for errors.
+    :param end: whether this is the period's end (``date_to``).
+    """
+    parsed = parse_period_value(value, parameter)
+    try:
+        if not isinstance(parsed, dt.datetime):
+            wall = dt.datetime.combine(parsed, dt.time(23, 59, 59) if end else dt.time(0, 0, 0))
+            moment = _in_zone(wall, default_timezone(), end=end)
+        elif parsed.tzinfo is None or parsed.utcoffset() is None:
+            moment = _in_zone(parsed.replace(tzinfo=None), default_timezone(), end=end)
+        else:
+            moment = parsed.astimezone(_UTC)
+    except (OverflowError, ValueError):
+        raise LoyaltyValidationError(
+            parameter, f"{value!s:.80} is outside the years 1..9999 once read in UTC"
+        ) from None
+    return moment.replace(microsecond=0)
+
+
+def format_rfc3339(value: dt.datetime) -> str:
+    """The API's RFC3339 UTC form to the second, ``2023-09-01T00:00:00Z`` (4-digit years always)."""
+    utc = value.astimezone(_UTC) if value.tzinfo is not None else value
+    return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
+
+
+def check_period(date_from: Any, date_to: Any) -> tuple[str, str]:
+    """Both ends parse and ``date_from <= date_to``; return them in the API's format.
+
+    :param date_from: the period's start (inclusive).
+    :param date_to: the period's end (inclusive).
+    """
+    start = period_bound(date_from, "date_from", end=False)
+    finish = period_bound(date_to, "date_to", end=True)
+    if start > finish:
+        raise LoyaltyValidationError(
+            "date_from", f"must not be after date_to ({format_rfc3339(start)} > {format_rfc3339(finish)})"
+        )
+    return format_rfc3339(start), format_rfc3339(finish)
