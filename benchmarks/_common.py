@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,7 @@ class BenchResult:
     :param markdown: the benchmark's section of ``docs/benchmarks.md`` (tables and explanations).
     :param wall_seconds: how long the benchmark took, setup included.
     :param load: ``os.getloadavg()`` before and after.
+    :param data: series the charts are drawn from (see :mod:`benchmarks.charts`).
     """
 
     bench: str
@@ -67,6 +69,7 @@ class BenchResult:
     markdown: str = ""
     wall_seconds: float = 0.0
     load: dict[str, list[float]] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def missed(self) -> list[Figure]:
@@ -89,7 +92,7 @@ LIBRARIES = (
     "boto3",
     "botocore",
     "moto",
-    "asgiref",
+    "matplotlib",
 )
 
 
@@ -224,7 +227,11 @@ def airflow_env(workdir: Path, **connections: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        # Children import Airflow afresh: compile it once into .bench/ rather than in every child
+        # (with PYTHONDONTWRITEBYTECODE each child spends seconds compiling Airflow's sources).
+        "PYTHONPYCACHEPREFIX": str(WORK_ROOT / "pycache"),
     }
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     for conn_id, document in connections.items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = document
     return env
@@ -295,13 +302,16 @@ class RssSampler:
 
     :param pid: the process (default: this one).
     :param interval: seconds between samples.
+    :param keep: keep every sample with its time, for :meth:`timeline`.
     """
 
-    def __init__(self, pid: int | str = "self", interval: float = 0.01) -> None:
+    def __init__(self, pid: int | str = "self", interval: float = 0.01, keep: bool = False) -> None:
         self.pid = pid
         self.interval = interval
+        self.keep = keep
         self.peak = 0
         self.samples = 0
+        self.kept: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -313,6 +323,8 @@ class RssSampler:
                 return
             self.peak = max(self.peak, value)
             self.samples += 1
+            if self.keep:
+                self.kept.append((time.perf_counter(), value))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
@@ -324,6 +336,19 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def timeline(self, origin: float, baseline: int, every: float) -> list[tuple[float, float]]:
+        """``(seconds since origin, MiB above baseline)``: the largest sample of each ``every`` seconds.
+
+        :param origin: ``time.perf_counter()`` at the start.
+        :param baseline: RSS the growth is measured from.
+        :param every: width of the time buckets.
+        """
+        buckets: dict[int, int] = {}
+        for when, value in self.kept:
+            slot = int((when - origin) / every)
+            buckets[slot] = max(buckets.get(slot, 0), value)
+        return [(round(slot * every, 3), round((value - baseline) / MIB, 2)) for slot, value in sorted(buckets.items())]
 
 
 def machine_info() -> dict[str, str]:
@@ -375,6 +400,13 @@ def machine_info() -> dict[str, str]:
 def load_average() -> list[float]:
     """1/5/15-minute load averages, rounded."""
     return [round(value, 2) for value in os.getloadavg()]
+
+
+def gzip_level() -> int | str:
+    """The gzip level of the provider's ``csv.gz`` parts (``export/part_formats.py:GZIP_LEVEL``)."""
+    from airflow_provider_loyalty.export import part_formats
+
+    return getattr(part_formats, "GZIP_LEVEL", "unknown")
 
 
 def human_bytes(count: float) -> str:

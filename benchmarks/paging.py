@@ -1,10 +1,16 @@
-"""Benchmark 3 — paging a member's history with ``LoyaltyHook.iter_account_transactions``.
+"""Benchmark 4 — paging a member's history with ``LoyaltyHook.iter_account_transactions``.
 
-100,000 records at ``limit=100`` (the emulator's ``member_history_sizes=[100000]``, member
-``member0@example.com``), in JSON and in XML (the connection's ``content_type``), against a naive
-baseline in the same run: a new ``requests.post`` per page (no session, so a new TCP connection
-each time) with the same bodies, decoded by the same codec. TCP connections are counted by the
+30,000 records at ``limit=100`` (the emulator's ``member_history_sizes=[30000]``, member
+``member0@example.com``), in JSON and in XML (the connection's ``content_type``), against two
+plain clients in the same run, with the same bodies decoded by the same codec: a naive one (a new
+``requests.post`` per page: no session, so a new TCP connection each time) and a bare session (one
+``requests.Session``, nothing else: no reply checks, no retries). The bare session splits the
+hook's page into the codec, ``requests`` and the hook's own wrapping. TCP connections are counted by the
 emulator (``/_emulator/stats`` ``connections``), which runs in its own process.
+
+The targets are the client's CPU per 100-record page (this process's CPU over the iteration /
+pages): what the provider controls, whatever the emulator spends building pages. Each client runs
+:data:`REPEATS` times; the run with the median CPU per page counts.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from benchmarks._common import (
 
 MEMBER = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points", "matching": "email"}
 EMAIL = "member0@example.com"
-TARGETS = {"json": 20_000, "xml": 10_000}
-#: Each measurement is repeated and the fastest run kept (the machine is shared; see the docs).
+#: Client CPU milliseconds per 100-record page, at most.
+TARGETS = {"json": 0.6, "xml": 3.0}
+#: Each measurement is repeated and the median run kept (the machine is shared; see the docs).
 REPEATS = 3
 
 
@@ -43,17 +50,23 @@ def _ours(content_type: str) -> int:
     return count
 
 
-def _naive(url: str, token: str, content_type: str) -> int:
+def _plain(url: str, token: str, content_type: str, *, session: bool) -> int:
+    """Page with plain ``requests`` and the provider's codec: nothing else (no checks, no retries).
+
+    :param session: one ``requests.Session`` for every page (else ``requests.post``: a new TCP
+        connection per page, the naive client).
+    """
     import requests
 
     from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, MIME_TYPES, decode_body, encode_body
 
     headers = {"Authorization": f"Bearer {token}", "Content-Type": MIME_TYPES[content_type]}
+    client: Any = requests.Session() if session else requests
     count = 0
     from_id: str | None = None
     while True:
         payload: dict[str, Any] = {"token": token, **MEMBER, "email": EMAIL, "limit": 100, "from_id": from_id}
-        reply = requests.post(
+        reply = client.post(
             url + "/api/v1.1/loyalty/account/transactions",
             data=encode_body(payload, content_type),
             headers=headers,
@@ -64,6 +77,8 @@ def _naive(url: str, token: str, content_type: str) -> int:
         count += len(records)
         from_id = document.get("next_from_id") or None
         if not from_id or not records:
+            if session:
+                client.close()
             return count
 
 
@@ -88,10 +103,10 @@ def _measure(emulator: EmulatorProcess, action: Any) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> BenchResult:
-    """Run the paging benchmark (100,000 records; ``quick``: 20,000)."""
+    """Run the paging benchmark (30,000 records; ``quick``: 20,000)."""
     started = time.perf_counter()
     result = BenchResult(bench="paging", load={"before": load_average()})
-    size = 20_000 if quick else 100_000
+    size = 20_000 if quick else 30_000
     workdir = WORK_ROOT / "paging"
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AIRFLOW_HOME", str(workdir / "airflow-home"))
@@ -101,51 +116,59 @@ def run(quick: bool = False) -> BenchResult:
         os.environ["AIRFLOW_CONN_LOYALTY_DEFAULT"] = loyalty_connection_json(emulator.url, emulator.token)
         _ours("json")  # warm-up: imports, connection lookup
         repeats = 1 if quick else REPEATS
+        clients = {
+            "naive": lambda ct: _plain(emulator.url, emulator.token, ct, session=False),
+            "session": lambda ct: _plain(emulator.url, emulator.token, ct, session=True),
+            "ours": _ours,
+        }
         for content_type in ("json", "xml"):
-            for mode in ("naive", "ours"):
-                trials = [
-                    _measure(
-                        emulator,
-                        (lambda ct=content_type: _naive(emulator.url, emulator.token, ct))
-                        if mode == "naive"
-                        else (lambda ct=content_type: _ours(ct)),
-                    )
-                    for _ in range(repeats)
-                ]
-                best = max(trials, key=lambda trial: trial["records_per_s"])
-                best["all_records_per_s"] = [trial["records_per_s"] for trial in trials]
-                runs[f"{content_type}/{mode}"] = best
-                run = best
+            trials: dict[str, list[dict[str, Any]]] = {mode: [] for mode in clients}
+            for _ in range(repeats):  # round after round: a changing load weighs on every client alike
+                for mode, client in clients.items():
+                    trial = _measure(emulator, lambda client=client, ct=content_type: client(ct))
+                    trial["client_ms_per_page"] = 1000 * trial["client_cpu_s"] / max(trial["pages"], 1)
+                    trials[mode].append(trial)
+            for mode, mode_trials in trials.items():
+                run = sorted(mode_trials, key=lambda trial: trial["client_ms_per_page"])[len(mode_trials) // 2]
+                run["all_client_ms_per_page"] = [trial["client_ms_per_page"] for trial in mode_trials]
+                run["all_records_per_s"] = [trial["records_per_s"] for trial in mode_trials]
+                runs[f"{content_type}/{mode}"] = run
                 print(
                     f"  paging/{content_type}/{mode}: {run['records']:,} records, {run['records_per_s']:,.0f}/s, "
-                    f"{run['connections']} TCP connection(s), CPU ms/page client "
-                    f"{1000 * run['client_cpu_s'] / max(run['pages'], 1):.2f} emulator "
-                    f"{1000 * run['emulator_cpu_s'] / max(run['pages'], 1):.2f}",
+                    f"{run['connections']} TCP connection(s), CPU ms/page client {run['client_ms_per_page']:.2f} "
+                    f"emulator {1000 * run['emulator_cpu_s'] / max(run['pages'], 1):.2f}",
                     flush=True,
                 )
         parse = _xml_parse_costs(emulator)
     for content_type in ("json", "xml"):
         ours, naive = runs[f"{content_type}/ours"], runs[f"{content_type}/naive"]
         complete = ours["records"] == size
+        name = content_type.upper()
         result.figures += [
             Figure(
                 "paging",
-                f"{content_type.upper()} records/s (hook, {size:,} records)",
-                round(ours["records_per_s"]),
-                "records/s",
-                f">= {TARGETS[content_type]:,}",
-                ours["records_per_s"] >= TARGETS[content_type] and complete,
+                f"{name} page of 100 records: client CPU (hook)",
+                round(ours["client_ms_per_page"], 3),
+                "ms",
+                f"<= {TARGETS[content_type]} ms",
+                ours["client_ms_per_page"] <= TARGETS[content_type] and complete,
             ),
             Figure(
                 "paging",
-                f"{content_type.upper()} TCP connections (hook)",
-                ours["connections"],
-                "",
-                "1",
-                ours["connections"] == 1,
+                f"{name} page of 100 records: client CPU (naive client)",
+                round(naive["client_ms_per_page"], 3),
+                "ms",
             ),
-            Figure("paging", f"{content_type.upper()} records/s (naive)", round(naive["records_per_s"]), "records/s"),
-            Figure("paging", f"{content_type.upper()} TCP connections (naive)", naive["connections"], ""),
+            Figure(
+                "paging",
+                f"{name} page of 100 records: client CPU (bare session)",
+                round(runs[f"{content_type}/session"]["client_ms_per_page"], 3),
+                "ms",
+            ),
+            Figure("paging", f"{name} records/s (hook, {size:,} records)", round(ours["records_per_s"]), "records/s"),
+            Figure("paging", f"{name} records/s (naive)", round(naive["records_per_s"]), "records/s"),
+            Figure("paging", f"{name} TCP connections (hook)", ours["connections"], "", "1", ours["connections"] == 1),
+            Figure("paging", f"{name} TCP connections (naive)", naive["connections"], ""),
         ]
     result.load["after"] = load_average()
     result.wall_seconds = time.perf_counter() - started
@@ -188,6 +211,9 @@ def _xml_parse_costs(emulator: EmulatorProcess) -> dict[str, float]:
         costs[f"codec_{content_type}_ms"] = _cpu_ms(
             lambda body=body, header=header: decode_body(body, header, schema=ACCOUNT_SCHEMA)
         )
+        costs[f"encode_{content_type}_ms"] = _cpu_ms(
+            lambda payload=payload, content_type=content_type: encode_body(payload, content_type), calls=200
+        )
     # The C-accelerated ElementTree, in a fresh interpreter (defusedxml swaps in the pure-Python parser).
     sample = WORK_ROOT / "paging" / "page.xml"
     sample.write_bytes(pages["xml"][0])
@@ -208,59 +234,60 @@ def _xml_parse_costs(emulator: EmulatorProcess) -> dict[str, float]:
     return costs
 
 
-def _ceiling(runs: dict[str, dict[str, Any]], parse: dict[str, float]) -> str:
-    """What the emulator alone allows, and how much of each page the client spends."""
-    parts = []
+def _verdicts(runs: dict[str, dict[str, Any]], parse: dict[str, float], size: int) -> str:
+    """Per content type: the client's CPU per page against its target, and where it goes."""
+    lines = []
     for content_type in ("json", "xml"):
-        run = runs[f"{content_type}/ours"]
-        pages = max(run["pages"], 1)
-        client, server = 1000 * run["client_cpu_s"] / pages, 1000 * run["emulator_cpu_s"] / pages
-        parts.append(
-            f"{content_type.upper()}: client {client:.2f} ms + emulator {server:.2f} ms of CPU per 100-record page; "
-            f"the emulator alone caps the loop at ~{100_000 / max(server, 1e-9):,.0f} records/s, "
-            f"client + emulator at ~{100_000 / max(client + server, 1e-9):,.0f} records/s"
+        ours, naive, bare = (runs[f"{content_type}/{mode}"] for mode in ("ours", "naive", "session"))
+        client, bare_ms = ours["client_ms_per_page"], bare["client_ms_per_page"]
+        server = 1000 * ours["emulator_cpu_s"] / max(ours["pages"], 1)
+        codec = parse[f"encode_{content_type}_ms"] + parse[f"codec_{content_type}_ms"]
+        target = TARGETS[content_type]
+        met = client <= target and ours["records"] == size
+        text = (
+            f"* **{content_type.upper()}: {client:.2f} ms of client CPU per page (target <= {target} ms "
+            f"{'met' if met else 'MISSED'}).** Same run: naive client {naive['client_ms_per_page']:.2f} ms, bare "
+            f"session {bare_ms:.2f} ms, emulator {server:.2f} ms. The page split: the codec {codec:.2f} ms "
+            f"(encode {parse[f'encode_{content_type}_ms']:.3f} + decode {parse[f'codec_{content_type}_ms']:.2f}, "
+            f"measured alone), `requests` with a session {bare_ms - codec:.2f} ms (bare session - codec), the "
+            f"hook's own wrapping (auth, reply checks, retry wrapper, typed errors) {client - bare_ms:.2f} ms "
+            "(hook - bare session)."
         )
-    xml = runs["xml/ours"]
-    budget = 100_000 / TARGETS["xml"] - 1000 * xml["emulator_cpu_s"] / max(xml["pages"], 1)
-    client = 1000 * xml["client_cpu_s"] / max(xml["pages"], 1)
-    naive = runs["xml/naive"]
-    spread = max(
-        100 * (max(trials) / min(trials) - 1)
-        for trials in (run.get("all_records_per_s") or [1.0] for run in (xml, naive))
-    )
-    verdict = (
-        f"The XML loop met its target of {TARGETS['xml']:,} records/s."
-        if xml["records_per_s"] >= TARGETS["xml"]
-        else f"For XML to reach {TARGETS['xml']:,} records/s against this emulator, the client must spend "
-        f"under {budget:.1f} ms per page (encode, HTTP, decode); it spent {client:.2f} ms, of which decoding "
-        f"the reply is {parse['codec_xml_ms']:.2f} ms (C parse {parse['c_elementtree_parse_ms']:.2f} ms, the rest "
-        f"conversion to typed dicts); the other {client - parse['codec_xml_ms']:.2f} ms is the rest of the page "
-        "(encoding the request, `requests`, the hook's reply checks and retry wrapper), not broken down in "
-        f"this run (the naive XML client spent {1000 * naive['client_cpu_s'] / max(naive['pages'], 1):.2f} ms "
-        f"per page in total, and the XML rows' records/s vary by up to {spread:.0f}% between trials). What "
-        "would fix it is not established. A cProfile of the XML loop (20,000 records) shows the client "
-        "waiting on the emulator's socket for about 40% of its time; the decode's conversion to dicts "
-        "(`_element_to_value` + `coerce_fields`) has since been made leaner (about a third less CPU)."
-        if budget > 0
-        else f"The emulator alone spends more than {100_000 / TARGETS['xml']:.0f} ms per XML page, so no "
-        f"client could reach {TARGETS['xml']:,} records/s against it on this machine."
-    )
-    return "Per page in this run - " + "; ".join(parts) + ". " + verdict
+        if not met:
+            share = max(bare_ms - codec, 0.0) / max(client, 1e-9)
+            text += (
+                f" Measured cause: `requests` is {100 * share:.0f}% of the page and the codec "
+                f"{100 * codec / max(client, 1e-9):.0f}%; "
+                + (
+                    f"a bare session alone ({bare_ms:.2f} ms) is over the target in this run, so no wrapping "
+                    "around `requests` and this codec meets it on this machine as loaded"
+                    if bare_ms > target
+                    else "the bare session meets the target, so the hook's own wrapping is what misses it"
+                )
+                + " (all runs of the hook: "
+                + ", ".join(f"{value:.2f}" for value in ours["all_client_ms_per_page"])
+                + " ms). Cutting it further would take a lighter HTTP layer than `requests` for paging "
+                "(not measured here) or a quieter machine to measure on."
+            )
+        lines.append(text)
+    return "\n".join(lines)
 
 
 def _markdown(runs: dict[str, dict[str, Any]], size: int, parse: dict[str, float]) -> str:
     names = {
         "ours": "`LoyaltyHook.iter_account_transactions` (one session)",
         "naive": "naive: `requests.post` per page, no session",
+        "session": "bare session: one `requests.Session`, the codec, nothing else",
     }
     rows = []
     for key, run in runs.items():
         content_type, mode = key.split("/")
         rows.append(
             f"| {content_type.upper()} | {names[mode]} | {run['records']:,} | {run['pages']:,} | "
-            f"{run['wall_s']:.2f} | **{run['records_per_s']:,.0f}** | **{run['connections']:,}** | "
-            f"{1000 * run['client_cpu_s'] / max(run['pages'], 1):.2f} | "
-            f"{1000 * run['emulator_cpu_s'] / max(run['pages'], 1):.2f} |"
+            f"{run['wall_s']:.2f} | {run['records_per_s']:,.0f} | {run['connections']:,} | "
+            f"**{run['client_ms_per_page']:.2f}** | {1000 * run['emulator_cpu_s'] / max(run['pages'], 1):.2f} | "
+            + ", ".join(f"{value:.2f}" for value in run["all_client_ms_per_page"])
+            + " |"
         )
     return "\n".join(
         [
@@ -268,41 +295,26 @@ def _markdown(runs: dict[str, dict[str, Any]], size: int, parse: dict[str, float
             "",
             f"* Emulator in its own process, `member_history_sizes=[{size}]`; member `{EMAIL}`, program 123, "
             "currency `bonus_points`, `limit=100`. The client runs in the runner's process.",
-            "* Connections = TCP connections the emulator accepted during the iteration. CPU per page is "
-            "split between the client (this process) and the emulator (its process), which shows which "
-            "side paces the loop.",
+            "* Client CPU per page = this process's CPU seconds over the iteration / pages; the emulator's CPU "
+            "is measured in its own process. Connections = TCP connections the emulator accepted during the "
+            f"iteration. Each client ran {REPEATS} times, round after round; the table shows the run with the "
+            "median client CPU.",
             "",
             "| format | client | records | pages | wall s | records/s | TCP connections | client CPU ms/page "
-            "| emulator CPU ms/page |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| emulator CPU ms/page | client CPU ms/page, all runs |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
             *rows,
             "",
-            f"Each row is the fastest of {REPEATS} runs (all runs' records/s: "
-            + "; ".join(
-                f"{key} " + ", ".join(f"{value:,.0f}" for value in run.get("all_records_per_s", []))
-                for key, run in runs.items()
-            )
-            + ").",
+            "### Where a page's client CPU goes",
             "",
-            "### Where a page's time goes",
+            "The loop is sequential (the next request needs this page's `next_from_id`). Decoding a 100-record "
+            f"page alone: JSON {parse['codec_json_ms']:.2f} ms ({parse['json_page_bytes'] / 1024:.0f} KiB), XML "
+            f"{parse['codec_xml_ms']:.2f} ms ({parse['xml_page_bytes'] / 1024:.0f} KiB). XML without `<!` is parsed "
+            f"by the C ElementTree ({parse['c_elementtree_parse_ms']:.2f} ms on these bytes, against "
+            f"{parse['defusedxml_parse_ms']:.2f} ms through `defusedxml`'s parser); anything else still goes "
+            "through `defusedxml` (`utils/codec.py`).",
             "",
-            "The loop is strictly sequential (the next request needs this page's `next_from_id`), so a "
-            "page costs the client's CPU plus the emulator's CPU plus the loopback round trip; on a shared "
-            "2-core machine the scheduling of the two processes adds to that. The emulator builds every "
-            "record on the fly (hashing, formatting, JSON/XML encoding), so its share is not ours; the "
-            "client's share is what the provider controls. Decoding one 100-record page in this process: "
-            f"JSON {parse['codec_json_ms']:.2f} ms ({parse['json_page_bytes'] / 1024:.0f} KiB); "
-            f"XML {parse['codec_xml_ms']:.2f} ms ({parse['xml_page_bytes'] / 1024:.0f} KiB); "
-            "the parse uses the C-accelerated ElementTree "
-            f"({parse['c_elementtree_parse_ms']:.2f} ms on these bytes, against "
-            f"{parse['defusedxml_parse_ms']:.2f} ms with `defusedxml`'s pure-Python `XMLParser`), because the "
-            "body has no `<!` and so can carry no DTD or entity (`_codec.py:_plainly_safe`; anything else "
-            "still goes through `defusedxml`); the rest is `_codec.py:_element_to_value` / `coerce_fields` "
-            "turning ~24 elements per record into typed dicts. The hook's session resolves proxies and the "
-            "CA bundle from the environment once (`trust_env=False`), so `requests` no longer re-scans "
-            "`os.environ` on every page.",
-            "",
-            _ceiling(runs, parse),
+            _verdicts(runs, parse, size),
         ]
     )
 
