@@ -4,7 +4,7 @@ The recipe of docs/production.rst: one Airflow pool per loyalty connection, as m
 API allows concurrent requests. The DAG's export task runs in the ``loyalty_default`` pool of
 :data:`API_CONCURRENCY` slots, so at most that many exports download, upload or create export
 tasks at once; the deferred waits do not hold a slot, and their status polls (from both
-triggerers, against an API that takes a quarter of a second per request) push it over its limit:
+triggerers, against an API that takes 0.4 s per request) push it over its limit:
 those 429s carry ``Retry-After`` and the provider's retry policy absorbs them. Every run must end
 exact, and the API must really have refused requests.
 """
@@ -35,7 +35,7 @@ RUNS = 8
 API_CONCURRENCY = 2
 POOL = "loyalty_default"
 #: Seconds the API takes to answer each request.
-API_LATENCY = 0.25
+API_LATENCY = 0.4
 
 
 def test_eight_runs_at_once_within_the_api_rate_limit(
@@ -47,7 +47,7 @@ def test_eight_runs_at_once_within_the_api_rate_limit(
     prepare_emulator(
         emulator,
         batch_size=ROWS_PER_DAY,
-        task_duration=8.0,
+        task_duration=12.0,
         max_concurrent_requests=API_CONCURRENCY,
         concurrency_retry_after=0.5,
     )
