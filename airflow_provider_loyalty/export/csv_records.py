@@ -18,8 +18,13 @@ How it stays exact, linear and fast:
   head of the batch is read (a member's header, then any boundary duplicates), every line is also
   kept, so after each record the kept lines are exactly that record's raw text: the header and
   the first rows are copied (or left out) record by record. From the next block on, blocks are
-  copied to the part whole, byte for byte, while the same reader counts and checks their rows.
-* After the last line an empty line is fed. It changes no record (in an open quoted field it adds
+  copied to the part whole, byte for byte, and their rows counted and checked.
+* Most of those blocks need no parse at all: a block that starts where a record starts and whose
+  quoting is plain is counted by a few C-speed passes (:func:`plain_rows`, about twice as fast as
+  ``csv.reader`` on the API's CSV); any other block goes to the same reader, which gives the
+  exact answer or error. An empty line fed after each block the reader reads tells whether it is
+  at a record boundary again (it is a blank record there, and nothing inside a quoted field).
+* After the last line an empty line is fed as well. It changes no record (in an open quoted field it adds
   nothing; elsewhere it is a blank record) and shows whether the member ended inside an open
   quoted field, which ``csv.reader`` accepts at the end of its input: such a member may not be
   followed by rows of another member in the same part, or they would become part of that field.

@@ -40,7 +40,9 @@ PARQUET_INSTALL_HINT = "output_format='parquet' needs pyarrow: pip install 'airf
 #: Parquet column types of the transaction fields (account transactions endpoint); other columns
 #: are strings. ``amount`` and the balances stay strings: the API sends them as decimal text of no
 #: documented scale, and a string keeps every digit as sent where a fixed-scale decimal would have
-#: to guess a scale and could round or refuse values. Empty fields of non-string columns are nulls.
+#: to guess a scale and could round or refuse values. Timestamps are RFC3339 times to the second,
+#: read into UTC (``timestamp[s, UTC]``; Parquet has no seconds unit, so the file stores and
+#: readers see milliseconds). Empty fields of non-string columns are nulls.
 PARQUET_TYPES: dict[str, str] = {
     "promo_iid": "int64",
     "source_iid": "int64",
@@ -254,7 +256,6 @@ class ParquetPartWriter(PartWriter):
     def __init__(self, sink: IO[bytes]) -> None:
         super().__init__(sink)
         self._pa = _pyarrow()
-        self._header: list[str] = []
         self._schema: pa.Schema | None = None
         self._writer: Any = None
         self._batches: list[pa.RecordBatch] = []
@@ -270,7 +271,6 @@ class ParquetPartWriter(PartWriter):
 
         pa = self._pa
         types = {"int64": pa.int64(), "timestamp": pa.timestamp("s", tz="UTC"), "bool": pa.bool_()}
-        self._header = header
         self._schema = pa.schema(
             [pa.field(name, types.get(PARQUET_TYPES.get(name, ""), pa.string())) for name in header]
         )
@@ -285,6 +285,8 @@ class ParquetPartWriter(PartWriter):
         pa = self._pa
         columns = [self._column(index, values) for index, values in enumerate(zip(*rows, strict=True))]
         batch = pa.RecordBatch.from_arrays(columns, schema=self._schema)
+        if self._held_rows + batch.num_rows > ROW_GROUP_ROWS:
+            self._write_row_group()
         self._batches.append(batch)
         self._held_rows += batch.num_rows
         self._held_bytes += batch.nbytes
@@ -312,7 +314,7 @@ class ParquetPartWriter(PartWriter):
     def _write_row_group(self) -> None:
         if self._batches:
             table = self._pa.Table.from_batches(self._batches, schema=self._schema)
-            self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             self._batches = []
             self._held_rows = self._held_bytes = 0
 

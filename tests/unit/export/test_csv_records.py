@@ -170,7 +170,7 @@ def csv_members(draw: st.DrawFn) -> tuple[bytes, list[str]]:
 
 
 @given(member=csv_members(), block=st.integers(1, 96), skip_count=st.integers(0, 4))
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(member=(b'transaction_id,d\r\nid-1,5" screen\r\nid-2,"x\r\ny"\r\n', ["id-1", "id-2"]), block=3, skip_count=0)
 @example(member=(b'transaction_id,d\r\nid-1,"open\r\nid-2,x', ["id-1"]), block=5, skip_count=0)
 @example(member=("transaction_id,d\nid-1,é😀€\n".encode(), ["id-1"]), block=1, skip_count=0)
@@ -315,7 +315,7 @@ _plain_alphabet = st.sampled_from(['"', '""', ",", "\r", "\n", "\r\n", "a", "b",
     ),
     width=st.integers(1, 4),
 )
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=500, deadline=None)
 @example(text='a,"b\r\nc"\r\n"x""y",z\r\n\r\n', width=2)
 def test_a_block_counted_without_a_parse_reads_the_same_with_csv_reader(text, width):
     """When plain_rows answers, csv.reader agrees on what it counted: accepted, same rows, same width."""
