@@ -58,6 +58,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-module": "airflow_provider_loyalty.transfers.loyalty_to_s3",
             }
         ],
+        "extra-links": ["airflow_provider_loyalty.operators.links.LoyaltyManifestLink"],
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider_loyalty.hooks.loyalty.LoyaltyHook",
