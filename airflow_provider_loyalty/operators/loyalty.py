@@ -24,11 +24,12 @@ __all__ = ["LoyaltyAccountTransactionsOperator", "LoyaltyExportOperator"]
 
 class LoyaltyExportOperator(LoyaltyExportBaseOperator):
     """
-    Export points transactions of a period as verified CSV parts in a directory or object store.
+    Export points transactions of a period as verified parts in a directory or object store.
 
     Creates an export task, waits for it (in the worker, or deferred to the triggerer), downloads
-    and verifies its zip, writes ``part-NNNNN.csv``, and follows ``next_from_id`` until the period
-    is exhausted; ``_manifest.json`` is written last. Returns the manifest (metadata only).
+    and verifies its zip, writes ``part-NNNNN.csv`` (or ``.csv.gz`` / ``.parquet``), and follows
+    ``next_from_id`` until the period is exhausted; ``_manifest.json`` is written last. Returns the
+    manifest (metadata only; without its ``parts`` list above 100 parts).
 
     .. seealso::
         :ref:`howto/operator:LoyaltyExportOperator`
@@ -37,10 +38,9 @@ class LoyaltyExportOperator(LoyaltyExportBaseOperator):
         ``s3://`` ...). Shared storage is the choice for multi-worker deployments. (templated)
     :param output_conn_id: connection of the object store in ``output_path``, if any.
 
-    All parameters of :class:`~airflow_provider_loyalty.operators.export_base.LoyaltyExportBaseOperator`
-    apply: ``loyalty_program_id``, ``points_currency_eid`` | ``points_currency_iid``,
-    ``date_from``, ``date_to``, ``from_id``, ``loyalty_conn_id``, ``max_batches``,
-    ``poll_interval``, ``batch_timeout``, ``deferrable``, ``resume``, ``replace``, ``keep_zip``.
+    Every parameter of both export operators applies too (program, currency, period,
+    ``output_format``, ``deferrable``, ``fail_on_empty``, ``verify``, limits …): see
+    :ref:`howto/operator:export-parameters`.
     """
 
     template_fields: Sequence[str] = (*LoyaltyExportBaseOperator.template_fields, "output_path")

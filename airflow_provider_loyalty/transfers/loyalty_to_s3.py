@@ -49,11 +49,9 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
     :param transfer_config_args: boto3 ``TransferConfig`` arguments (multipart threshold, chunk
         size, concurrency).
 
-    All parameters of :class:`~airflow_provider_loyalty.operators.export_base.LoyaltyExportBaseOperator`
-    apply: ``loyalty_program_id``, ``points_currency_eid`` | ``points_currency_iid``,
-    ``date_from``, ``date_to``, ``from_id``, ``export_task_id``, ``output_format``,
-    ``loyalty_conn_id``, ``max_batches``, ``poll_interval``, ``batch_timeout``, ``deferrable``,
-    ``resume``, ``replace``, ``keep_zip``, ``fail_on_empty``, ``verify``, ``max_download_bytes``.
+    Every parameter of both export operators applies too (program, currency, period,
+    ``output_format``, ``deferrable``, ``fail_on_empty``, ``verify``, limits …): see
+    :ref:`howto/operator:export-parameters`.
 
     Unless ``outlets`` are given, the task's outlet is an asset per program and currency (the
     literal part of the prefix): each finished export emits an event whose ``extra`` carries the
