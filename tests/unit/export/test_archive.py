@@ -32,11 +32,9 @@ def _csv(rows: int, seed: int, line_end: str = "\r\n") -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _archive(
-    tmp_path, members: dict[str, bytes], compresslevel: int | None = None, method: int = zipfile.ZIP_DEFLATED
-) -> str:
+def _archive(tmp_path, members: dict[str, bytes], compresslevel: int | None = None) -> str:
     path = tmp_path / "batch.zip"
-    with zipfile.ZipFile(path, "w", method, compresslevel=compresslevel) as out:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as out:
         for name, data in members.items():
             out.writestr(name, data)
     return str(path)
