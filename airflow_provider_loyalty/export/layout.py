@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import re
 
+from airflow_provider_loyalty.export.part_formats import part_suffix
+
 MANIFEST_NAME = "_manifest.json"
 CHECKPOINT_NAME = "_manifest.inprogress.json"
 LEASE_NAME = "_lease.json"
 RECORDS_DIR = "_parts"
 STAGING_DIR = "_staging"
 
-#: ``output_format`` -> the parts' file suffix.
-PART_SUFFIXES = {"csv": "csv", "csv.gz": "csv.gz", "parquet": "parquet"}
-OUTPUT_FORMATS = tuple(PART_SUFFIXES)
 _PART_NAME = re.compile(r"^part-\d{5,}\.(csv|csv\.gz|parquet|zip)$")
 
 
 def part_name(index: int, output_format: str = "csv") -> str:
     """``part-00000.csv`` for batch 0 in CSV; ``part-00000.zip`` for a kept original archive."""
-    suffix = "zip" if output_format == "zip" else PART_SUFFIXES[output_format]
+    suffix = "zip" if output_format == "zip" else part_suffix(output_format)
     return f"part-{index:05d}.{suffix}"
 
 

@@ -358,7 +358,7 @@ class ExportLoop:
         name = part_name(index, self.spec.output_format)
         part_file = os.path.join(self.workdir, name)
         stats = self._verify(task, result, fetched, part_file, frozenset(progress.tail_ids))
-        if stats.rows:
+        if not stats.is_empty:
             self._store(progress, index, name, part_file, fetched.archive)
             record = PartRecord(
                 index,
@@ -397,11 +397,13 @@ class ExportLoop:
             return PartStats()
         try:
             with open(part_file, "wb") as sink:
-                extra: dict[str, Any] = (
-                    {} if self.spec.output_format == "csv" else {"output_format": self.spec.output_format}
-                )
                 return write_part(
-                    fetched.archive, sink, expected_rows=result.total, skip_ids=skip, limits=self.limits, **extra
+                    fetched.archive,
+                    sink,
+                    expected_rows=result.total,
+                    skip_ids=skip,
+                    limits=self.limits,
+                    output_format=self.spec.output_format,
                 )
         except LoyaltyVerificationError as error:
             raise _BatchUnusable(f"the file of export task {task.task_id} failed verification: {error}") from None

@@ -5,21 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from airflow_provider_loyalty.exceptions import LoyaltyValidationError
-from airflow_provider_loyalty.export.layout import OUTPUT_FORMATS
+from airflow_provider_loyalty.export.part_formats import check_output_format
 from airflow_provider_loyalty.utils import validation
 
 #: The fields that say which transactions an export holds (what ``replace`` compares).
 PERIOD_FIELDS = ("loyalty_program_id", "points_currency_eid", "points_currency_iid", "date_from", "date_to")
-
-
-def check_output_format(output_format: Any) -> str:
-    """``csv``, ``csv.gz`` or ``parquet``."""
-    if output_format not in OUTPUT_FORMATS:
-        raise LoyaltyValidationError(
-            "output_format", f"expected one of {', '.join(OUTPUT_FORMATS)}; got {output_format!r}"
-        )
-    return str(output_format)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME
 from airflow_provider_loyalty.export.lease import WriterIdentity
 from airflow_provider_loyalty.export.loop import ExportLoop, Finished, Step
 from airflow_provider_loyalty.export.manifest import xcom_summary
+from airflow_provider_loyalty.export.part_formats import check_output_format
 from airflow_provider_loyalty.export.progress import ExportProgress
 from airflow_provider_loyalty.export.sinks import PartSink
-from airflow_provider_loyalty.export.spec import ExportSpec, check_output_format
+from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
 from airflow_provider_loyalty.operators.lineage import operator_lineage
 from airflow_provider_loyalty.operators.links import LoyaltyManifestLink
