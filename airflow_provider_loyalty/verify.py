@@ -25,13 +25,13 @@ from typing import Any
 # the command's stdout is its report, so those lines go to stderr.
 with contextlib.redirect_stdout(sys.stderr):
     from airflow_provider_loyalty.exceptions import LoyaltyError
+from airflow_provider_loyalty.export.layout import MANIFEST_NAME
+from airflow_provider_loyalty.export.part_formats import OUTPUT_FORMATS
 from airflow_provider_loyalty.verify_parts import measure_part
 from airflow_provider_loyalty.verify_storage import ObjectMissing, StorageError, Store, open_store
 
 __all__ = ["CannotVerifyError", "PartProblem", "VerifyReport", "main", "verify_manifest"]
 
-MANIFEST_NAME = "_manifest.json"
-OUTPUT_FORMATS = ("csv", "csv.gz", "parquet")
 EXIT_INTACT, EXIT_NOT_INTACT, EXIT_CANNOT_CHECK = 0, 1, 2
 #: A manifest is metadata (about 300 bytes a part): anything larger is not one.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024

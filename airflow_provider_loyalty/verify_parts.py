@@ -19,11 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
+from airflow_provider_loyalty.export.csv_records import FIELD_SIZE_LIMIT as FIELD_LIMIT  # also raises csv's limit
 from airflow_provider_loyalty.verify_storage import Store
 
 # The export verifies batches with this field limit (export/archive.py); rows are counted alike.
-FIELD_LIMIT = 16 * 1024 * 1024
-csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
 _BUFFER_BYTES = 1024 * 1024
 NO_PYARROW = "rows of parquet parts cannot be checked: pyarrow is not installed (the [parquet] extra)"
 
