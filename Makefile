@@ -68,7 +68,8 @@ test-slow: $(INSTALLED)
 	@scripts/run-pytest $(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 # One virtualenv per supported Airflow line, made by .venv's uv. `uv pip install` upgrades to the
-# newest versions the spec allows whenever pyproject.toml changes.
+# newest versions the spec allows whenever pyproject.toml changes. Each run has its own pytest
+# temp directory under build/, so runs side by side (.ci/run) never prune each other's.
 %/bin/python: | $(UV)
 	$(UV) venv --quiet --python $(PYTHON) $*
 
@@ -92,15 +93,15 @@ $(INSTALLED_LOWEST): pyproject.toml | $(VENV_LOWEST)/bin/python
 
 test-min: $(INSTALLED_MIN)
 	@$(VENV_MIN)/bin/python -c "import airflow; print('Airflow', airflow.__version__)"
-	@scripts/run-pytest $(VENV_MIN)/bin/pytest tests/unit tests/browser $(PYTEST_ARGS)
+	@scripts/run-pytest $(VENV_MIN)/bin/pytest tests/unit tests/browser --basetemp=build/pytest/test-min $(PYTEST_ARGS)
 
 test-mid: $(INSTALLED_MID)
 	@$(VENV_MID)/bin/python -c "import airflow; print('Airflow', airflow.__version__)"
-	@scripts/run-pytest $(VENV_MID)/bin/pytest tests/unit $(PYTEST_ARGS)
+	@scripts/run-pytest $(VENV_MID)/bin/pytest tests/unit --basetemp=build/pytest/test-mid $(PYTEST_ARGS)
 
 test-lowest: $(INSTALLED_LOWEST)
 	@$(VENV_LOWEST)/bin/python scripts/check_floors.py --extra test
-	@scripts/run-pytest $(VENV_LOWEST)/bin/pytest tests/unit $(PYTEST_ARGS)
+	@scripts/run-pytest $(VENV_LOWEST)/bin/pytest tests/unit --basetemp=build/pytest/test-lowest $(PYTEST_ARGS)
 
 docs: $(INSTALLED)
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
@@ -123,8 +124,8 @@ bench: $(INSTALLED)
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) $(VENV_MIN) $(VENV_MID) $(VENV_LOWEST) $(VENV_DIST) dist docs/_build .demo .bench .pytest_cache \
-		.mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_MIN) $(VENV_MID) $(VENV_LOWEST) $(VENV_DIST) dist build docs/_build .demo .bench \
+		.pytest_cache .mypy_cache .ruff_cache
 
 # make test-cluster: the provider on production-shaped Airflow (issue 16). PostgreSQL and Redis
 # from Debian's packages (installed when missing), the Celery provider and the PostgreSQL drivers
