@@ -13,8 +13,6 @@ from typing import IO, Any
 
 import requests
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
-from requests.adapters import HTTPAdapter
-from tenacity import Retrying
 
 from airflow_provider_loyalty.exceptions import (
     LoyaltyApiError,
@@ -27,8 +25,8 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyUnsafeDataError,
 )
 from airflow_provider_loyalty.utils import validation
-from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, ENVELOPE_SCHEMA, MIME_TYPES, STATUS_SCHEMA, Schema
-from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnectionSettings, settings_from_parts
+from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, ENVELOPE_SCHEMA, STATUS_SCHEMA, Schema
+from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings, settings_from_parts
 from airflow_provider_loyalty.utils.connection_form import connection_form_widgets, hook_field_behaviour
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.protocol import (
@@ -43,35 +41,13 @@ from airflow_provider_loyalty.utils.protocol import (
     encode_request,
 )
 from airflow_provider_loyalty.utils.redaction import token_redacted
-from airflow_provider_loyalty.utils.retry import retry_policy
+from airflow_provider_loyalty.utils.retry import call_with_retries, retry_policy
+from airflow_provider_loyalty.utils.sync_transport import ApiPoster, build_session
 from airflow_provider_loyalty.utils.transport import ReplyBuffer, transport_error
 
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 #: Largest download the hook streams to disk unless told otherwise (a batch's zip).
 DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024**3
-
-
-class _NoRedirectSession(requests.Session):
-    """A session that never resolves redirects: a 3xx comes back unread, so :func:`check_reply`
-    reports it (not retried) and its body stays under the reply cap. (With ``allow_redirects=False``
-    plain ``requests`` still reads the 3xx body whole to prepare ``Response.next``.)"""
-
-    def get_redirect_target(self, resp: requests.Response) -> None:
-        return None
-
-
-class _BearerAuth(requests.auth.AuthBase):
-    """``Authorization: Bearer <token>``; ``repr`` never shows the token."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self._token}"
-        return request
-
-    def __repr__(self) -> str:
-        return "_BearerAuth(***)"
 
 
 def _looks_like_envelope(first_bytes: bytes) -> bool:
@@ -165,85 +141,52 @@ class LoyaltyHook(BaseHook):
     @cached_property
     def session(self) -> requests.Session:
         """The hook's HTTP session: keep-alive, Bearer auth, proxies and CA bundle of the connection."""
-        settings = self.settings
-        session = _NoRedirectSession()
-        # Auth as an AuthBase (not a bare header): requests then never replaces it with ~/.netrc.
-        session.auth = _BearerAuth(settings.token)
-        session.headers.update({"User-Agent": USER_AGENT, "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5"})
-        # The environment (proxies, REQUESTS_CA_BUNDLE) is read once here, not re-scanned by requests on
-        # every call; ``verify`` also goes with each request so nothing can override verify_ssl/ca_bundle.
-        session.trust_env = False
-        proxy = settings.proxy_for(settings.base_url)
-        if proxy:
-            session.proxies.update({settings.base_url.split("://", 1)[0]: proxy})
-        session.verify = self._verify
-        if settings.client_cert:
-            session.cert = settings.client_cert
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        return session
+        return build_session(self.settings)
 
     @cached_property
-    def _verify(self) -> bool | str:
-        """``verify`` for requests: the connection's setting, or the environment's CA bundle."""
-        return self.settings.effective_verify()
+    def _poster(self) -> ApiPoster:
+        """The API's POSTs, each endpoint's request prepared once (see :mod:`~.utils.sync_transport`)."""
+        return ApiPoster(self.session, self.settings)
+
+    @cached_property
+    def _retry_policy(self) -> dict[str, Any]:
+        """The retry policy of this hook's settings, built once."""
+        return retry_policy(self.settings, self.log)
 
     def close(self) -> None:
         """Close the session's pooled connections."""
-        if "session" in self.__dict__:
-            self.session.close()
-            del self.__dict__["session"]
+        self.__dict__.pop("_poster", None)
+        session = self.__dict__.pop("session", None)
+        if session is not None:
+            session.close()
 
     # ------------------------------------------------------------------ transport
 
-    def _token(self) -> str | None:
-        settings = self.__dict__.get("settings")
-        return settings.token if settings is not None else None
-
-    def _retrying(self) -> Retrying:
-        return Retrying(**retry_policy(self.settings, self.log))
+    def _token(self) -> str:
+        """The API token (reading the connection if not done yet), for :func:`token_redacted`."""
+        return self.settings.token
 
     def _post(self, path: str, payload: dict[str, Any], schema: Schema = ENVELOPE_SCHEMA) -> dict[str, Any]:
         """POST a body to an API path, with retries; return the checked envelope."""
         with token_redacted(self._token()):
             body, headers = encode_request(payload, self.settings.content_type)
-            for attempt in self._retrying():
-                with attempt:
-                    return self._post_once(path, body, headers, schema)
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+            return call_with_retries(self._retry_policy, lambda: self._post_once(path, body, headers, schema))
 
     def _post_once(self, path: str, body: bytes, headers: dict[str, str], schema: Schema) -> dict[str, Any]:
         started = time.monotonic()
         try:
-            response = self.session.post(
-                self.settings.url(path),
-                data=body,
-                headers=headers,
-                timeout=self.settings.timeout,
-                stream=True,
-                allow_redirects=False,
-                verify=self._verify,
-            )
-            with response:
-                reply = self._read_capped(response, path)
+            status, reply_headers, reply = self._poster.post(path, body, headers)
         except Exception as error:
             raise transport_error(self.settings, path, error) from None
-        self.log.debug("POST %s -> HTTP %s in %.0f ms", path, response.status_code, 1000 * (time.monotonic() - started))
+        self.log.debug("POST %s -> HTTP %s in %.0f ms", path, status, 1000 * (time.monotonic() - started))
         return check_reply(
-            http_status=response.status_code,
-            headers=response.headers,
+            http_status=status,
+            headers=reply_headers,
             body=reply,
             token=self.settings.token,
             schema=schema,
+            conn_id=self.loyalty_conn_id,
         )
-
-    @staticmethod
-    def _read_capped(response: requests.Response, path: str) -> bytes:
-        buffer = ReplyBuffer(path, response.headers)
-        for chunk in response.iter_content(64 * 1024):
-            buffer.add(chunk)
-        return buffer.body()
 
     # ------------------------------------------------------------------ export API
 
@@ -326,23 +269,22 @@ class LoyaltyHook(BaseHook):
         """
         with token_redacted(self._token()):
             url = download_url(self.settings, hashed_file)
-            for attempt in self._retrying():
-                with attempt:
-                    if isinstance(destination, str | os.PathLike):
-                        with open(destination, "wb") as sink:
-                            return self._download_once(url, sink, max_bytes, stop)
-                    destination.seek(0)
-                    destination.truncate()
-                    return self._download_once(url, destination, max_bytes, stop)
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+            def attempt() -> int:
+                if isinstance(destination, str | os.PathLike):
+                    with open(destination, "wb") as sink:
+                        return self._download_once(url, sink, max_bytes, stop)
+                destination.seek(0)
+                destination.truncate()
+                return self._download_once(url, destination, max_bytes, stop)
+
+            return call_with_retries(self._retry_policy, attempt)
 
     def _download_once(self, url: str, sink: IO[bytes], max_bytes: int, stop: threading.Event | None) -> int:
         started = time.monotonic()
         written = 0
         try:
-            response = self.session.get(
-                url, timeout=self.settings.timeout, stream=True, allow_redirects=False, verify=self._verify
-            )
+            response = self.session.get(url, timeout=self.settings.timeout, stream=True, allow_redirects=False)
             with response:
                 chunks = response.iter_content(DOWNLOAD_CHUNK_BYTES)
                 first = next(chunks, b"") if response.status_code == 200 else b""
@@ -370,7 +312,11 @@ class LoyaltyHook(BaseHook):
         for chunk in itertools.chain((first,), rest):
             buffer.add(chunk)
         check_reply(
-            http_status=response.status_code, headers=response.headers, body=buffer.body(), token=self.settings.token
+            http_status=response.status_code,
+            headers=response.headers,
+            body=buffer.body(),
+            token=self.settings.token,
+            conn_id=self.loyalty_conn_id,
         )
         raise LoyaltyResponseError(
             f"download: expected a zip file, got HTTP {response.status_code} "

@@ -29,7 +29,6 @@ from typing import Any
 import aiohttp
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import BaseHook
-from tenacity import AsyncRetrying
 
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.codec import ENVELOPE_SCHEMA, MIME_TYPES, STATUS_SCHEMA, Schema
@@ -37,7 +36,7 @@ from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnect
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.protocol import STATUS_PATH, check_reply, data_object, encode_request
 from airflow_provider_loyalty.utils.redaction import token_redacted
-from airflow_provider_loyalty.utils.retry import retry_policy
+from airflow_provider_loyalty.utils.retry import call_with_retries_async, retry_policy
 from airflow_provider_loyalty.utils.transport import ReplyBuffer, transport_error
 
 _READ_CHUNK_BYTES = 64 * 1024
@@ -92,6 +91,49 @@ class LoyaltyAsyncHook(BaseHook):
         async with LoyaltyAsyncHook("loyalty_default") as hook:
             status = await hook.get_export_task_status("task_…")
 
+    In a trigger of your own (the provider's
+    :class:`~airflow_provider_loyalty.triggers.loyalty.LoyaltyExportTaskTrigger` is the complete
+    one: deadline, progress logging); this example is run by the test suite::
+
+        import asyncio
+
+        from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+        from airflow_provider_loyalty.exceptions import LoyaltyError
+        from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, startup_gate
+
+
+        class ExportFinishedTrigger(BaseTrigger):
+            def __init__(self, export_task_id: str, loyalty_conn_id: str = "loyalty_default", poll_interval=60.0):
+                super().__init__()
+                self.export_task_id = export_task_id
+                self.loyalty_conn_id = loyalty_conn_id
+                self.poll_interval = poll_interval
+
+            def serialize(self):
+                return f"{type(self).__module__}.{type(self).__qualname__}", {
+                    "export_task_id": self.export_task_id,
+                    "loyalty_conn_id": self.loyalty_conn_id,
+                    "poll_interval": self.poll_interval,
+                }
+
+            async def run(self):
+                hook = LoyaltyAsyncHook(self.loyalty_conn_id)
+                try:
+                    async with startup_gate():  # many triggers starting at once queue here
+                        await hook.open()
+                        status = await hook.get_export_task_status(self.export_task_id)
+                    while not status.state.is_terminal:
+                        await asyncio.sleep(self.poll_interval)
+                        status = await hook.get_export_task_status(self.export_task_id)
+                    result = status.result.raw if status.result else None
+                    event = {"status": status.state.value, "message": status.failure_text, "result": result}
+                except LoyaltyError as error:  # its text never holds the token
+                    event = {"status": "error", "message": str(error)}
+                finally:
+                    await hook.aclose()  # also when the trigger is cancelled
+                yield TriggerEvent(event)
+
     Redirects are not followed (the token is only sent to the configured host); the token travels
     in the ``Authorization`` header only and no error leaving the hook contains it. Proxies come
     from the connection's ``proxies`` extra or ``HTTP(S)_PROXY`` / ``NO_PROXY``; ``~/.netrc`` is
@@ -144,9 +186,18 @@ class LoyaltyAsyncHook(BaseHook):
         return self.settings
 
     async def __aenter__(self) -> LoyaltyAsyncHook:
-        """Read the connection and open the session (the shared TLS context is built off the loop)."""
-        with token_redacted(self.settings.token if self.settings else None):
-            settings = await self.get_settings()
+        """:meth:`open` the hook."""
+        return await self.open()
+
+    async def open(self) -> LoyaltyAsyncHook:
+        """Read the connection and open the session (the shared TLS context is built off the loop).
+
+        Opening an open hook does nothing; :meth:`aclose` (or leaving ``async with``) closes it.
+        """
+        if self._session is not None:
+            return self
+        settings = await self.get_settings()
+        with token_redacted(settings.token):
             if settings.base_url.startswith("https://"):
                 self._ssl = await _ssl_for(settings)
             self._proxy = settings.proxy_for(settings.base_url)
@@ -201,10 +252,9 @@ class LoyaltyAsyncHook(BaseHook):
         settings = await self.get_settings()
         with token_redacted(settings.token):
             body, headers = encode_request(payload, settings.content_type)
-            async for attempt in AsyncRetrying(**self._retry_policy):
-                with attempt:
-                    return await self._post_once(settings, path, body, headers, schema)
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+            return await call_with_retries_async(
+                self._retry_policy, lambda: self._post_once(settings, path, body, headers, schema)
+            )
 
     async def _post_once(
         self, settings: LoyaltyConnectionSettings, path: str, body: bytes, headers: dict[str, str], schema: Schema
@@ -225,5 +275,10 @@ class LoyaltyAsyncHook(BaseHook):
             raise transport_error(settings, path, error) from None
         self.log.debug("POST %s -> HTTP %s in %.0f ms", path, status, 1000 * (time.monotonic() - started))
         return check_reply(
-            http_status=status, headers=reply_headers, body=buffer.body(), token=settings.token, schema=schema
+            http_status=status,
+            headers=reply_headers,
+            body=buffer.body(),
+            token=settings.token,
+            schema=schema,
+            conn_id=self.loyalty_conn_id,
         )

@@ -70,6 +70,7 @@ def check_reply(
     body: bytes,
     token: str,
     schema: Schema = ENVELOPE_SCHEMA,
+    conn_id: str | None = None,
 ) -> dict[str, Any]:
     """Turn one reply into its decoded envelope, or raise the typed error it stands for.
 
@@ -78,15 +79,9 @@ def check_reply(
     :param body: the reply's body, already read within :data:`MAX_REPLY_BYTES`.
     :param token: the API token, removed from any text that goes into an exception.
     :param schema: the endpoint's documented typed fields (see :mod:`~airflow_provider_loyalty.utils.codec`).
+    :param conn_id: the Airflow connection the token came from, named in an auth error.
     """
-    content_type = headers.get("Content-Type")
-    envelope: dict[str, Any] | None
-    try:
-        envelope = decode_body(body, content_type, schema=schema) if body.strip() else None
-    except LoyaltyResponseError:
-        if http_status < 400:
-            raise
-        envelope = None  # an HTML error page from a proxy: the status says enough
+    envelope = _decoded(http_status, headers.get("Content-Type"), body, schema)
     code = _envelope_code(envelope)
     text = redact(str((envelope or {}).get("error_text") or f"HTTP {http_status}"), token)
 
@@ -95,7 +90,7 @@ def check_reply(
     if http_status >= 500:
         raise LoyaltyTransientError(code, text, http_status, parse_retry_after(headers.get("Retry-After")))
     if http_status in (401, 403):
-        raise LoyaltyAuthError(code, text, http_status)
+        raise LoyaltyAuthError(code, auth_text(text, conn_id), http_status)
     if http_status == 404:
         raise LoyaltyNotFoundError(code, text, http_status)
     if 300 <= http_status < 400:
@@ -109,6 +104,35 @@ def check_reply(
     if code != 0:
         raise LoyaltyApiError(code, text, http_status)
     return envelope
+
+
+def _decoded(http_status: int, content_type: str | None, body: bytes, schema: Schema) -> dict[str, Any] | None:
+    """The reply's envelope; ``None`` for an empty body or an error page that is no envelope.
+
+    Only a success needs the endpoint's fields: when they do not decode, the envelope alone is
+    tried, so an API error (``error`` != 0, or an HTTP error status) is reported with its own
+    text rather than as an undecodable field of a reply that was never a success.
+    """
+    if not body.strip():
+        return None
+    try:
+        return decode_body(body, content_type, schema=schema)
+    except LoyaltyResponseError:
+        try:
+            envelope = decode_body(body, content_type, schema=ENVELOPE_SCHEMA)
+        except LoyaltyResponseError:
+            if http_status < 400:
+                raise
+            return None  # an HTML error page from a proxy: the status says enough
+        if http_status < 400 and _envelope_code(envelope) in (0, None):
+            raise
+        return envelope
+
+
+def auth_text(api_text: str, conn_id: str | None) -> str:
+    """An auth refusal, with the API's words and which connection's token it refused."""
+    which = f"the token of connection {conn_id!r}" if conn_id else "the token"
+    return f"{api_text} (the API refused {which}: check the API token in its Password field)"
 
 
 def redirect_text(http_status: int, location: str | None) -> str:

@@ -1,4 +1,4 @@
-"""One retry policy for every client of the API (sync hook and async trigger client).
+"""One retry policy for every client of the API (the sync and the async hook).
 
 Retried: :class:`LoyaltyTransientError` only (429, 5xx, timeouts, resets, truncated bodies),
 at most ``max_retries`` times, with full-jitter exponential backoff; a ``Retry-After`` the server
@@ -8,12 +8,22 @@ sent wins over the backoff (capped). Auth, validation and other API errors are n
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from tenacity import RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from airflow_provider_loyalty.exceptions import LoyaltyTransientError
 from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
+
+T = TypeVar("T")
 
 
 def retry_policy(settings: LoyaltyConnectionSettings, log: logging.Logger | Any) -> dict[str, Any]:
@@ -44,3 +54,49 @@ def retry_policy(settings: LoyaltyConnectionSettings, log: logging.Logger | Any)
         "before_sleep": before_sleep,
         "reraise": True,
     }
+
+
+def call_with_retries(policy: dict[str, Any], call: Callable[[], T]) -> T:
+    """``call()`` under a retry policy (:func:`retry_policy`).
+
+    The first attempt runs bare: a call that succeeds, the common case, pays nothing for tenacity's
+    bookkeeping. A transient failure of it is replayed to tenacity as its first attempt, so the
+    retries, waits and log lines are exactly the policy's.
+
+    :param policy: keyword arguments of ``tenacity.Retrying``.
+    :param call: one attempt.
+    """
+    try:
+        return call()
+    except LoyaltyTransientError as failure:
+        first: LoyaltyTransientError | None = failure
+
+    def attempt() -> T:
+        nonlocal first
+        if first is not None:
+            failure, first = first, None
+            raise failure
+        return call()
+
+    return Retrying(**policy)(attempt)
+
+
+async def call_with_retries_async(policy: dict[str, Any], call: Callable[[], Awaitable[T]]) -> T:
+    """:func:`call_with_retries` for coroutines: tenacity's ``AsyncRetrying`` waits with ``asyncio.sleep``.
+
+    :param policy: keyword arguments of ``tenacity.AsyncRetrying``.
+    :param call: one attempt.
+    """
+    try:
+        return await call()
+    except LoyaltyTransientError as failure:
+        first: LoyaltyTransientError | None = failure
+
+    async def attempt() -> T:
+        nonlocal first
+        if first is not None:
+            failure, first = first, None
+            raise failure
+        return await call()
+
+    return await AsyncRetrying(**policy)(attempt)

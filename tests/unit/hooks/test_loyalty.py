@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 import zipfile
@@ -13,13 +14,16 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyApiError,
     LoyaltyAuthError,
     LoyaltyError,
+    LoyaltyExportTaskFailed,
     LoyaltyNotFoundError,
+    LoyaltyTlsError,
     LoyaltyTransientError,
     LoyaltyUnsafeDataError,
     LoyaltyValidationError,
 )
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from tests.reliability.support import fake_api, loopback_server, send
 from tests.support.helpers import point_connection_at, requests_seen, wait_for
 
 PERIOD = {"date_from": "2023-09-01T00:00:00Z", "date_to": "2023-09-30T23:59:59Z"}
@@ -366,3 +370,303 @@ def test_token_never_in_logs_urls_or_errors(
     texts += [entry["path"] for entry in loyalty_emulator.stats()["request_log"]]
     assert any("retry" in text for text in texts)  # the scan really saw the retry log lines
     assert not [text for text in texts if token in text]
+
+
+# ---------------------------------------------------------------------- date-only periods (issue 13.3)
+
+TIMELINE = [
+    "2023-09-29T23:59:59Z",
+    "2023-09-30T00:00:00Z",
+    "2023-09-30T12:00:00Z",
+    "2023-09-30T23:59:59Z",
+    "2023-10-01T00:00:00Z",
+]
+
+
+def _csv_created_at(archive_path) -> list[str]:
+    import csv
+
+    with zipfile.ZipFile(archive_path) as archive:
+        (member,) = archive.namelist()
+        text = archive.read(member).decode("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    return [row["created_at"] for row in rows]
+
+
+@pytest.mark.parametrize("day", ["2023-09-30", "date"])
+def test_a_date_only_period_exports_the_whole_day(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, content_type: str, day: str
+) -> None:
+    import datetime as dt
+
+    value = dt.date(2023, 9, 30) if day == "date" else day
+    config = EmulatorConfig(transactions=len(TIMELINE), created_at_timeline=TIMELINE, task_duration=0.0)
+    with LoyaltyEmulator(config) as emulator:
+        point_connection_at(monkeypatch, emulator, content_type=content_type)
+        hook = LoyaltyHook()
+        task_id = hook.create_transactions_export(
+            loyalty_program_id=123, points_currency_eid="bonus_points", date_from=value, date_to=value
+        )
+        assert emulator.stats()["export_tasks_by_period"] == {"2023-09-30T00:00:00Z/2023-09-30T23:59:59Z": 1}
+        result = _wait_completed(hook, task_id)["result"]
+        hook.download_export(result["hashed_file"], tmp_path / "day.zip")
+    assert result["total"] == 3
+    assert _csv_created_at(tmp_path / "day.zip") == TIMELINE[1:4]  # 12:00:00 and the day's last second too
+
+
+# ---------------------------------------------------------------------- replies both formats may carry (issue 13.6)
+
+
+@pytest.fixture
+def decimal_progress(loyalty_emulator: LoyaltyEmulator) -> LoyaltyEmulator:
+    loyalty_emulator.config.update({"progress_style": "decimal", "task_duration": 0.4})
+    return loyalty_emulator
+
+
+def test_decimal_progress_is_a_number(hook: LoyaltyHook, decimal_progress: LoyaltyEmulator) -> None:
+    task_id = hook.create_transactions_export(**EXPORT)
+    status = hook.get_export_task_status(task_id)
+    assert not status.state.is_terminal
+    assert isinstance(status.progress, float) and 0 <= status.progress < 100
+    assert status.describe().endswith("%")
+
+
+def test_a_failed_task_in_xml_raises_task_failed_with_the_api_text(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator
+) -> None:
+    task_id = hook.create_transactions_export(**EXPORT)
+    loyalty_emulator.set_faults(
+        [FaultRule(endpoint="status", kind="task_failed", params={"status": "error", "text": "quota 7 exceeded"})]
+    )
+    status = hook.get_export_task_status(task_id)
+    with pytest.raises(LoyaltyExportTaskFailed) as caught:
+        status.raise_for_failure()
+    assert (caught.value.status, caught.value.text) == ("error", "quota 7 exceeded")
+
+
+def _xml_reply(handler, body: str, status: int = 200) -> None:
+    send(handler, status, body.encode(), "application/xml; charset=utf-8")
+
+
+def test_text_error_fields_of_a_failed_task_in_xml_are_not_coerced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``data.error`` is text here; on 2c35e55 every ``error`` was read as the envelope's integer."""
+    failed = (
+        "<xml><data><status>failed</status><progress>12.5</progress><error>disk full</error>"
+        "<error_text>node 7 out of space</error_text><reason>storage</reason></data>"
+        "<error>0</error><error_text>Successful operation</error_text></xml>"
+    )
+    with loopback_server(fake_api(status=lambda handler, _: _xml_reply(handler, failed))) as server:
+        _point_at_server(monkeypatch, server.url, content_type="xml")
+        status = LoyaltyHook().get_export_task_status("task_1")
+    assert status.progress == 12.5
+    with pytest.raises(LoyaltyExportTaskFailed, match="node 7 out of space"):
+        status.raise_for_failure()
+
+
+def test_merchant_fields_named_like_documented_ones_survive_xml(monkeypatch: pytest.MonkeyPatch) -> None:
+    page = (
+        "<xml><data><transaction><transaction_id>t1</transaction_id><promo_iid>42</promo_iid>"
+        "<is_temp>false</is_temp><custom_json><total>99.90</total><error>none</error>"
+        "<tags><item>a</item><item>b</item></tags></custom_json></transaction></data>"
+        "<next_from_id></next_from_id><total_count>1</total_count><error>0</error><error_text>ok</error_text></xml>"
+    )
+
+    def account(handler, _server) -> None:
+        _xml_reply(handler, page)
+
+    def respond(handler, server) -> None:
+        if handler.path.endswith("/account/transactions"):
+            return account(handler, server)
+        return fake_api()(handler, server)
+
+    with loopback_server(respond) as server:
+        _point_at_server(monkeypatch, server.url, content_type="xml")
+        (record,) = LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com")
+    assert record["promo_iid"] == 42 and record["is_temp"] is False
+    assert record["custom_json"] == {"total": "99.90", "error": "none", "tags": ["a", "b"]}
+
+
+# ---------------------------------------------------------------------- test_connection (issue 13.7, 20.3)
+
+
+SERVER_TOKEN = "t0ken-value"
+
+
+def _point_at_server(monkeypatch: pytest.MonkeyPatch, url: str, *, token: str = SERVER_TOKEN, **extra) -> None:
+    options = {"retry_backoff": 0.01, "max_retries": 0, **extra}
+    connection = {"conn_type": "loyalty", "host": url, "password": token, "extra": options}
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+
+
+def _json_reply(handler, status: int, document: dict, **headers: str) -> None:
+    send(handler, status, json.dumps(document).encode(), "application/json", **headers)
+
+
+def _everywhere(status: int, document: dict | None = None, content_type: str = "application/json", **headers: str):
+    body = json.dumps(document).encode() if document is not None else b"<html><body>Not Found</body></html>"
+
+    def respond(handler, _server) -> None:
+        send(handler, status, body, content_type if document is not None else "text/html", **headers)
+
+    return respond
+
+
+def test_test_connection_true_only_with_an_accepted_token(
+    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, content_type: str
+) -> None:
+    point_connection_at(monkeypatch, loyalty_emulator, content_type=content_type)
+    assert LoyaltyHook().test_connection() == (
+        True,
+        "Connection successful: the API accepted the token (the test task id is unknown, as expected).",
+    )
+    point_connection_at(monkeypatch, loyalty_emulator, content_type=content_type, token="wrong-token-123")
+    ok, message = LoyaltyHook().test_connection()
+    assert ok is False
+    assert "Authentication failed: invalid token" in message  # the API's own text
+    assert "refused the token of connection 'loyalty_default'" in message
+    assert "wrong-token-123" not in message
+    assert requests_seen(loyalty_emulator, "export") == 0  # nothing was created
+
+
+@pytest.mark.parametrize(
+    ("responder", "expected"),
+    [
+        (_everywhere(200, {"error": 1002, "error_text": "Invalid token"}), "Invalid token"),
+        (_everywhere(400, {"error": 1001, "error_text": "Bad request: missing header"}), "Bad request: missing header"),
+        (_everywhere(402, {"error": 1009, "error_text": "Payment required"}), "Payment required"),
+        (_everywhere(403, {"error": 1002, "error_text": "Forbidden for this IP"}), "Forbidden for this IP"),
+        (
+            _everywhere(301, {"error": 0, "error_text": "Moved"}, Location="https://api.example.com/"),
+            "redirects (HTTP 301) to https://api.example.com/; redirects are not followed: the API wants https: "
+            "put https:// in the connection's Base URL",
+        ),
+        (_everywhere(404, {"error": 1003, "error_text": "Not found"}), "Every path answers HTTP 404"),
+        (_everywhere(404), "HTTP 404"),
+    ],
+    ids=["200-error-envelope", "400", "402", "403", "301-to-https", "404-everywhere", "html-404"],
+)
+def test_test_connection_false_with_the_reason(monkeypatch: pytest.MonkeyPatch, responder, expected: str) -> None:
+    with loopback_server(responder) as server:
+        _point_at_server(monkeypatch, server.url)
+        ok, message = LoyaltyHook().test_connection()
+        assert server.requests[0].path == "/api/v1.1/tasks/status"
+    assert ok is False, message
+    assert expected in message
+    assert "t0ken-value" not in message
+
+
+def test_test_connection_true_when_only_the_task_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API answers "task not found" with its envelope while unknown paths are an HTML 404."""
+
+    def respond(handler, server) -> None:
+        if handler.path == "/api/v1.1/tasks/status":
+            return _json_reply(handler, 404, {"error": 1003, "error_text": "Export task not found"})
+        return _everywhere(404)(handler, server)
+
+    with loopback_server(respond) as server:
+        _point_at_server(monkeypatch, server.url)
+        ok, message = LoyaltyHook().test_connection()
+    assert ok is True, message
+
+
+def test_test_connection_explains_an_assumed_https(
+    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host_port = loyalty_emulator.url.removeprefix("http://")
+    _point_at_server(monkeypatch, host_port, token=loyalty_emulator.token)
+    ok, message = LoyaltyHook().test_connection()
+    assert ok is False
+    assert "https was assumed because the Base URL has no scheme" in message
+    assert "put http:// in the connection's Base URL" in message
+
+
+def test_a_plain_http_server_behind_an_assumed_https_says_what_to_change(
+    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _point_at_server(monkeypatch, loyalty_emulator.url.removeprefix("http://"), token=loyalty_emulator.token)
+    with pytest.raises(LoyaltyTlsError) as caught:
+        LoyaltyHook().create_transactions_export(**EXPORT)
+    message = str(caught.value)
+    assert "does not speak TLS (it looks like a plain-HTTP server)" in message
+    assert "https was assumed because the Base URL has no scheme" in message
+    assert "put http:// in the connection's Base URL" in message
+    assert "TLS verification failed" not in message  # the certificate was never the problem
+
+
+def test_an_auth_error_names_the_connection(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    point_connection_at(monkeypatch, loyalty_emulator, conn_id="loyalty_eu", token="wrong-token-123")
+    with pytest.raises(LoyaltyAuthError) as caught:
+        LoyaltyHook("loyalty_eu").get_task_status("task_x")
+    assert "refused the token of connection 'loyalty_eu'" in str(caught.value)
+    assert "Authentication failed: invalid token" in str(caught.value)
+
+
+# ---------------------------------------------------------------------- API errors on the download (issue 13.8)
+
+
+def _completed(hook: LoyaltyHook) -> str:
+    return str(_wait_completed(hook, hook.create_transactions_export(**EXPORT))["result"]["hashed_file"])
+
+
+@pytest.mark.parametrize(("http_status", "fmt"), [(200, "json"), (200, "xml"), (500, "json"), (409, "xml")], ids=str)
+def test_an_error_envelope_instead_of_the_file_is_the_api_error(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, tmp_path, http_status: int, fmt: str
+) -> None:
+    hashed_file = _completed(hook)
+    text = "Export storage unavailable"
+    params = {"http_status": http_status, "code": 1010, "text": text, "format": fmt}
+    loyalty_emulator.set_faults([FaultRule(endpoint="download", kind="download_error_envelope", params=params)])
+    with pytest.raises(LoyaltyApiError) as caught:
+        hook.download_export(hashed_file, tmp_path / "b.zip")
+    assert (caught.value.code, caught.value.text, caught.value.http_status) == (1010, text, http_status)
+    assert "corrupt" not in str(caught.value) and "zip" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("http_status", "fmt"), [(404, "json"), (410, "xml"), (200, "json"), (200, "xml")], ids=str)
+def test_a_gone_file_is_the_api_error_with_its_text(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, tmp_path, http_status: int, fmt: str
+) -> None:
+    hashed_file = _completed(hook)
+    params = {"http_status": http_status, "format": fmt}
+    loyalty_emulator.set_faults([FaultRule(endpoint="download", kind="download_gone", params=params)])
+    with pytest.raises(LoyaltyApiError) as caught:
+        hook.download_export(hashed_file, tmp_path / "b.zip")
+    assert (caught.value.code, caught.value.text, caught.value.http_status) == (1008, "File expired", http_status)
+    assert not isinstance(caught.value, LoyaltyTransientError)
+    assert requests_seen(loyalty_emulator, "download") == 1  # not retried
+
+
+@pytest.mark.parametrize("expired_status", [404, 410, 200])
+def test_an_expired_file_by_ttl_is_the_api_error(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, tmp_path, expired_status: int
+) -> None:
+    loyalty_emulator.config.update({"file_ttl": 0.0, "expired_file_status": expired_status})
+    hashed_file = _completed(hook)
+    with pytest.raises(LoyaltyApiError, match="File expired") as caught:
+        hook.download_export(hashed_file, tmp_path / "b.zip")
+    assert caught.value.http_status == expired_status
+
+
+@pytest.fixture
+def big_files(loyalty_emulator: LoyaltyEmulator) -> LoyaltyEmulator:
+    # About 9 MiB per batch zip: far more than socket buffers can hold ahead of the reader.
+    loyalty_emulator.config.update({"row_padding": 400, "zip_compresslevel": 0, "batch_size": 20_000})
+    loyalty_emulator.config.update({"transactions": 20_000})
+    return loyalty_emulator
+
+
+@pytest.mark.parametrize("prebuilt", [False, True], ids=["chunked", "content-length"])
+def test_max_download_bytes_stops_the_stream(
+    hook: LoyaltyHook, big_files: LoyaltyEmulator, tmp_path, prebuilt: bool
+) -> None:
+    big_files.config.update({"prebuilt_files": prebuilt})
+    hashed_file = _completed(hook)
+    limit = 256 * 1024
+    with pytest.raises(LoyaltyUnsafeDataError, match=f"max_download_bytes={limit}"):
+        hook.download_export(hashed_file, tmp_path / "b.zip", max_bytes=limit)
+    assert (tmp_path / "b.zip").stat().st_size <= limit
+    stats = big_files.stats()
+    assert stats["downloads_completed"] == 0
+    assert requests_seen(big_files, "download") == 1  # refused, not retried
+    written = hook.download_export(hashed_file, tmp_path / "whole.zip")  # the same file without a cap
+    assert written > 32 * limit

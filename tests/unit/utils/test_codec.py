@@ -1,0 +1,339 @@
+"""The reply codec (``utils/codec.py``): the JSON and the XML form of one reply decode alike.
+
+The differential test draws a reply of every endpoint (create export; task status running with an
+integer or decimal progress, completed, failed with text error fields; an account page; an error
+envelope) full of random merchant data (``custom_json`` and extra fields: strings, nested objects,
+lists, names that clash with documented fields such as ``total``, ``error``, ``progress``), writes
+it as JSON and as XML the way the API does (scalars as text, lists as repeated children, the
+seed's line breaks between elements or none), and requires both to decode to the reply itself.
+
+What XML cannot say, the generator avoids, and only that: an empty element (JSON's ``{}``, ``[]``
+and ``null`` all become ``<x/>``, read back as ``""``) — so merchant objects have a field, merchant
+lists two items (one item is an object of one field in XML) and merchant strings are never null;
+characters XML 1.0 cannot carry at all (most C0 controls, surrogates, U+FFFE/U+FFFF); field names
+that are not XML names.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+from xml.sax.saxutils import escape
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_provider_loyalty.exceptions import LoyaltyResponseError
+from airflow_provider_loyalty.utils.codec import (
+    ACCOUNT_SCHEMA,
+    ENVELOPE_SCHEMA,
+    STATUS_SCHEMA,
+    Schema,
+    decode_body,
+    encode_body,
+)
+
+EXAMPLES = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+# ------------------------------------------------------------------------------------------ XML as the API writes it
+
+
+def to_xml(document: dict[str, Any], *, pretty: bool, list_item: str = "item") -> bytes:
+    """``<xml>`` with one child per field; a list as repeated children; ``&#13;`` for a CR."""
+    parts: list[str] = []
+    newline = "\n" if pretty else ""
+
+    def write(name: str, value: Any) -> None:
+        if isinstance(value, dict):
+            parts.append(f"<{name}>{newline}")
+            for key, item in value.items():
+                write(key, item)
+            parts.append(f"</{name}>{newline}")
+        elif isinstance(value, list):
+            parts.append(f"<{name}>{newline}")
+            for item in value:
+                write("transaction" if name == "data" else list_item, item)
+            parts.append(f"</{name}>{newline}")
+        elif value is None:
+            parts.append(f"<{name}/>{newline}")
+        else:
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            parts.append(f"<{name}>{escape(text, {chr(13): '&#13;'})}</{name}>{newline}")
+
+    write("xml", document)
+    return "".join(parts).encode("utf-8")
+
+
+# ------------------------------------------------------------------------------------------ strategies
+
+XML_CHARS = st.one_of(
+    st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters="\ufffe\uffff"),
+    st.sampled_from("\t\n\r\x7f\x85 &<>]"),
+)
+XML_TEXT = st.text(XML_CHARS, max_size=12)
+CLASHING_NAMES = ["total", "error", "error_text", "progress", "data", "result", "status", "is_api", "task_id",
+                  "next_from_id", "hashed_file", "total_count", "canceled", "custom_json", "item", "transaction"]  # fmt: skip
+_NAME_START = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
+XML_NAMES = st.builds(str.__add__, st.sampled_from(_NAME_START), st.text(_NAME_START + "0123456789.-", max_size=8))
+NAMES = st.one_of(st.sampled_from(CLASHING_NAMES), XML_NAMES)
+MERCHANT_VALUES = st.recursive(
+    XML_TEXT,
+    lambda inner: st.dictionaries(NAMES, inner, min_size=1, max_size=4) | st.lists(inner, min_size=2, max_size=4),
+    max_leaves=6,
+)
+MERCHANT_OBJECTS = st.dictionaries(NAMES, MERCHANT_VALUES, min_size=1, max_size=4)
+INTS = st.integers(-(2**63), 2**63)
+PROGRESS = st.one_of(
+    st.integers(0, 100), st.floats(0, 100, allow_nan=False), st.floats(allow_nan=False, allow_infinity=False)
+)
+
+
+@functools.cache
+def extras(documented: frozenset[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """Merchant fields beside the documented ones of one object (never replacing one of them)."""
+    names = NAMES.filter(lambda name: name not in documented)
+    return st.dictionaries(names, MERCHANT_VALUES, max_size=3)
+
+
+@st.composite
+def documented(
+    draw: Any, fields: dict[str, st.SearchStrategy[Any]], optional: bool = True, reserved: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Documented fields (some left out unless not ``optional``) plus merchant ones; ``reserved``:
+    other documented names of this object, filled in by the caller."""
+    chosen = {name: draw(strategy) for name, strategy in fields.items() if not optional or draw(st.booleans())}
+    return {**draw(extras(frozenset(fields) | reserved)), **chosen}
+
+
+RESULT = frozenset({"result"})
+#: Every documented top-level field of any endpoint.
+TOP_LEVEL = frozenset({"data", "next_from_id", "total_count", "error", "error_text"})
+
+
+def envelope(data: Any, **more: Any) -> dict[str, Any]:
+    """A success reply; ``more``: other top-level fields (merchant ones never named like these)."""
+    return {**more, "data": data, "error": 0, "error_text": "Successful operation"}
+
+
+@st.composite
+def create_replies(draw: Any) -> tuple[dict[str, Any], Schema]:
+    return envelope(draw(documented({"task_id": XML_TEXT}, optional=False))), ENVELOPE_SCHEMA
+
+
+@st.composite
+def running_replies(draw: Any) -> tuple[dict[str, Any], Schema]:
+    status = draw(st.sampled_from(["in_progress", "queued", "pending", "processing"]))
+    data = draw(documented({"status": st.just(status), "progress": PROGRESS | st.none()}, False, RESULT))
+    return envelope(data), STATUS_SCHEMA
+
+
+@st.composite
+def completed_replies(draw: Any) -> tuple[dict[str, Any], Schema]:
+    result = draw(
+        documented(
+            {
+                "hashed_file": XML_TEXT,
+                "is_api": st.booleans(),
+                "loyalty_id": INTS,
+                "next_from_id": XML_TEXT,
+                "points_currency_iid": INTS,
+                "total": INTS | st.none(),
+            }
+        )
+    )
+    data = draw(documented({"status": st.just("completed"), "progress": PROGRESS}, False, RESULT))
+    return envelope({**data, "result": result}), STATUS_SCHEMA
+
+
+@st.composite
+def failed_replies(draw: Any) -> tuple[dict[str, Any], Schema]:
+    word = draw(st.sampled_from(["failed", "error", "canceled", "cancelled", "FAILED"]))
+    texts = {name: XML_TEXT for name in ("error", "error_text", "message", "reason")}
+    data = draw(documented({"status": st.just(word), "progress": PROGRESS, **texts}, True, RESULT))
+    return envelope({**data, "status": word}), STATUS_SCHEMA
+
+
+TRANSACTION = {
+    "transaction_id": XML_TEXT,
+    "transaction_eid": XML_TEXT,
+    "created_at": XML_TEXT,
+    "amount": XML_TEXT,
+    "promo_iid": INTS | st.none(),
+    "source_iid": INTS,
+    "source_subiid": INTS,
+    "is_temp": st.booleans(),
+    "canceled": st.booleans() | st.none(),
+    "custom_json": MERCHANT_OBJECTS,
+}
+
+
+@st.composite
+def account_replies(draw: Any) -> tuple[dict[str, Any], Schema]:
+    records = draw(st.lists(documented(TRANSACTION).filter(bool), max_size=4))
+    merchant = draw(extras(TOP_LEVEL))
+    page = {**merchant, "next_from_id": draw(XML_TEXT), "total_count": draw(INTS)}
+    return envelope(records, **page), ACCOUNT_SCHEMA
+
+
+@st.composite
+def error_replies(draw: Any) -> tuple[dict[str, Any], Schema]:
+    reply = {
+        "error": draw(INTS.filter(bool)),
+        "error_text": draw(XML_TEXT),
+        **draw(extras(TOP_LEVEL)),
+    }
+    return reply, draw(st.sampled_from([ENVELOPE_SCHEMA, STATUS_SCHEMA, ACCOUNT_SCHEMA]))
+
+
+REPLIES = st.one_of(
+    create_replies(), running_replies(), completed_replies(), failed_replies(), account_replies(), error_replies()
+)
+STRINGIFIED = {"error", "total", "loyalty_id", "points_currency_iid", "is_api", "progress", "total_count",
+               "promo_iid", "source_iid", "source_subiid", "is_temp", "canceled"}  # fmt: skip
+
+
+def stringify_documented(value: Any, schema: Any) -> Any:
+    """The reply with its documented typed scalars sent as strings (a lenient server's JSON)."""
+    if isinstance(schema, list):
+        return [stringify_documented(item, schema[0]) for item in value] if isinstance(value, list) else value
+    if not isinstance(schema, dict) or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for key, shape in schema.items():
+        if key not in out:
+            continue
+        if isinstance(shape, dict | list):
+            out[key] = stringify_documented(out[key], shape)
+        elif key in STRINGIFIED and out[key] is not None:
+            out[key] = ("true" if out[key] else "false") if isinstance(out[key], bool) else str(out[key])
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the differential test
+
+
+@EXAMPLES
+@given(reply=REPLIES, pretty=st.booleans(), list_item=st.sampled_from(["item", "value", "entry"]))
+def test_json_and_xml_of_one_reply_decode_to_the_reply(reply: tuple[dict[str, Any], Schema], pretty, list_item):
+    document, schema = reply
+    from_json = decode_body(json.dumps(document).encode(), "application/json", schema=schema)
+    from_xml = decode_body(to_xml(document, pretty=pretty, list_item=list_item), "application/xml", schema=schema)
+    assert from_json == document
+    assert from_xml == document
+    # A lenient server's JSON, with the documented typed scalars sent as text, decodes alike too.
+    lenient = json.dumps(stringify_documented(document, schema)).encode()
+    assert decode_body(lenient, "application/json; charset=utf-8", schema=schema) == document
+
+
+# ------------------------------------------------------------------------------------------ the cases of issue 13.6
+
+
+def test_merchant_fields_named_like_documented_ones_are_left_alone() -> None:
+    record = {
+        "transaction_id": "t1",
+        "is_temp": False,
+        "custom_json": {"total": "99.90", "error": "none", "progress": "x"},
+    }
+    document = envelope([record], total_count=1, next_from_id="")
+    for body, header in (
+        (json.dumps(document).encode(), "application/json"),
+        (to_xml(document, pretty=True), "text/xml"),
+    ):
+        decoded = decode_body(body, header, schema=ACCOUNT_SCHEMA)
+        assert decoded["data"][0]["custom_json"] == {"total": "99.90", "error": "none", "progress": "x"}
+
+
+def test_a_decimal_progress_is_a_number_in_both_formats() -> None:
+    document = envelope({"status": "in_progress", "progress": 42.5})
+    assert (
+        decode_body(to_xml(document, pretty=False), "application/xml", schema=STATUS_SCHEMA)["data"]["progress"] == 42.5
+    )
+    assert decode_body(json.dumps(document).encode(), "application/json", schema=STATUS_SCHEMA) == document
+
+
+def test_a_failed_tasks_text_error_fields_stay_text() -> None:
+    document = envelope({"status": "failed", "progress": 10, "error": "disk full", "error_text": "node 7"})
+    decoded = decode_body(to_xml(document, pretty=True), "application/xml", schema=STATUS_SCHEMA)
+    assert decoded["data"] == {"status": "failed", "progress": 10, "error": "disk full", "error_text": "node 7"}
+
+
+def test_the_seeds_own_xml_example_decodes_with_its_types() -> None:
+    body = b"""<xml>
+<data>
+<status>completed</status>
+<progress>100</progress>
+<result>
+<hashed_file>jvIX/Transactions_loyalty_1_1_2023-09-01T00 00 00Z_2026-09-30T23 59 59Z.zip</hashed_file>
+<is_api>true</is_api>
+<loyalty_id>1</loyalty_id>
+<next_from_id>1148b0b0-d33d-4d27-b582-8058ce7fc740</next_from_id>
+<points_currency_iid>0</points_currency_iid>
+<total>1000</total>
+</result>
+</data>
+<error>0</error>
+<error_text>Successful operation</error_text>
+</xml>"""
+    result = decode_body(body, "application/xml", schema=STATUS_SCHEMA)["data"]["result"]
+    assert (result["total"], result["is_api"], result["loyalty_id"], result["points_currency_iid"]) == (
+        1000,
+        True,
+        1,
+        0,
+    )
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3])
+def test_a_documented_list_has_any_length_in_xml(count: int) -> None:
+    records = [{"transaction_id": f"t{n}", "promo_iid": n} for n in range(count)]
+    body = to_xml(envelope(records, total_count=count), pretty=False)
+    assert decode_body(body, "application/xml", schema=ACCOUNT_SCHEMA)["data"] == records
+
+
+def test_a_merchant_list_in_xml_is_a_list() -> None:
+    document = envelope(
+        [{"transaction_id": "t", "custom_json": {"tags": ["a", "b", "c"], "nested": [{"k": "1"}, {"k": "2"}]}}]
+    )
+    decoded = decode_body(to_xml(document, pretty=False), "application/xml", schema=ACCOUNT_SCHEMA)
+    assert decoded["data"][0]["custom_json"] == {"tags": ["a", "b", "c"], "nested": [{"k": "1"}, {"k": "2"}]}
+
+
+def test_empty_elements_are_none_for_typed_fields_and_text_otherwise() -> None:
+    body = b"<xml><data><status>completed</status><progress/><result><total/><hashed_file/></result></data><error>0</error></xml>"
+    data = decode_body(body, "application/xml", schema=STATUS_SCHEMA)["data"]
+    assert data == {"status": "completed", "progress": None, "result": {"total": None, "hashed_file": ""}}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"<xml><a>1</a><a>2</a><b>3</b><error>0</error></xml>", "<a> appears more than once under <xml>"),
+        (b"<xml><error>zero</error></xml>", "field 'error': expected integer"),
+        (b"<xml><data><progress>fast</progress></data><error>0</error></xml>", "field 'data.progress'"),
+        (b"<html><body>502</body></html>", "expected an <xml> root element"),
+        (b"<xml>" + b"<a>" * 5000 + b"x" + b"</a>" * 5000 + b"</xml>", "nested too deeply"),
+        (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e "boom">]><xml><error>&e;</error></xml>', "refused for safety"),
+    ],
+)
+def test_what_cannot_be_decoded_is_a_typed_error(body: bytes, expected: str) -> None:
+    with pytest.raises(LoyaltyResponseError, match=expected.replace("(", r"\(").replace("[", r"\[")):
+        decode_body(body, "application/xml", schema=STATUS_SCHEMA)
+
+
+def test_a_json_reply_to_an_xml_request_still_decodes() -> None:
+    assert decode_body(b'{"error": "0", "data": {"task_id": "t"}}', None) == {"error": 0, "data": {"task_id": "t"}}
+    assert decode_body(b"  <xml><error>0</error></xml>", None) == {"error": 0}
+
+
+# ------------------------------------------------------------------------------------------ request bodies
+
+
+def test_request_bodies_leave_out_none_and_write_booleans_as_words() -> None:
+    payload = {"task_id": "t&<1>", "from_id": None, "flag": True, "limit": 20}
+    assert json.loads(encode_body(payload, "json")) == {"task_id": "t&<1>", "flag": True, "limit": 20}
+    assert (
+        encode_body(payload, "xml")
+        == b"<xml><task_id>t&amp;&lt;1&gt;</task_id><flag>true</flag><limit>20</limit></xml>"
+    )
