@@ -272,3 +272,63 @@ class _CountingSink(io.RawIOBase):
     def write(self, data) -> int:  # type: ignore[override]
         self.size += len(data)
         return len(data)
+
+
+# ------------------------------------------------------------- moved from the operator's tests
+
+
+def _zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _verify(tmp_path, data: bytes, expected_rows: int = 1, **kwargs):
+    from airflow_provider_loyalty.export.archive import write_part
+
+    path = tmp_path / "a.zip"
+    path.write_bytes(data)
+    return write_part(str(path), io.BytesIO(), expected_rows=expected_rows, **kwargs)
+
+
+CSV = b'transaction_id,description\r\nid-1,"a, ""quoted""\nline"\r\n'
+
+
+def test_verification_accepts_quoted_newlines(tmp_path):
+    stats = _verify(tmp_path, _zip_of({"t.csv": CSV}))
+    assert (stats.rows, stats.tail_ids) == (1, ["id-1"])
+
+
+@pytest.mark.parametrize("name", ["../evil.csv", "/abs.csv", "a/../../b.csv", "C:\\x.csv", "dir\\x.csv"])
+def test_unsafe_member_names(tmp_path, name):
+    with pytest.raises(LoyaltyUnsafeDataError):
+        _verify(tmp_path, _zip_of({name: CSV}))
+
+
+def test_corrupt_zip_and_bad_crc(tmp_path):
+    with pytest.raises(LoyaltyVerificationError, match="corrupt"):
+        _verify(tmp_path, b"PK\x03\x04 definitely not a zip")
+    good = bytearray(_zip_of({"t.csv": CSV * 50}))
+    start = good.find(b"t.csv") + len(b"t.csv")
+    good[start + 10] ^= 0xFF  # flip a byte of the compressed data
+    with pytest.raises(LoyaltyVerificationError):
+        _verify(tmp_path, bytes(good), expected_rows=50)
+
+
+def test_zip_bomb_caps(tmp_path):
+    from airflow_provider_loyalty.export.archive import ArchiveLimits
+
+    bomb = _zip_of({"t.csv": b"transaction_id\r\n" + b"x" * (8 * 1024 * 1024)})
+    with pytest.raises(LoyaltyUnsafeDataError, match="zip bomb"):
+        _verify(tmp_path, bomb)
+    with pytest.raises(LoyaltyUnsafeDataError, match="over the cap"):
+        _verify(tmp_path, _zip_of({"t.csv": CSV}), limits=ArchiveLimits(max_uncompressed_bytes=10))
+
+
+def test_wrong_field_count_and_missing_id_column(tmp_path):
+    with pytest.raises(LoyaltyVerificationError, match="fields"):
+        _verify(tmp_path, _zip_of({"t.csv": b"transaction_id,a\r\nx\r\n"}))
+    with pytest.raises(LoyaltyVerificationError, match="transaction_id"):
+        _verify(tmp_path, _zip_of({"t.csv": b"id,a\r\nx,y\r\n"}))
