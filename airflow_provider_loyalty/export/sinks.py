@@ -201,7 +201,7 @@ class ObjectStorageSink(PartSink):
         """Write to a temporary name in the same directory, flush it to disk, rename it over."""
         directory = os.path.dirname(target)
         os.makedirs(directory, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        descriptor, temporary = _temporary_file(directory)
         try:
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(payload)
@@ -214,8 +214,10 @@ class ObjectStorageSink(PartSink):
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
-        """An exclusive lock beside a local document, for compare-and-replace across processes."""
-        lock_path = self._local(name) + ".lock"
+        """An exclusive lock on a local document, for compare-and-replace across processes. The lock
+        file lives in the temporary directory, so nothing but data and documents is at the location."""
+        digest = hashlib.sha256(self._local(name).encode()).hexdigest()[:32]
+        lock_path = os.path.join(tempfile.gettempdir(), f"loyalty-lock-{digest}")
         with open(lock_path, "a") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
@@ -227,7 +229,7 @@ class ObjectStorageSink(PartSink):
         with self._storage(f"create {name}"):
             if self.local_root is not None:
                 target = self._local(name)
-                descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
+                descriptor, temporary = _temporary_file(os.path.dirname(target))
                 try:
                     with os.fdopen(descriptor, "wb") as handle:
                         handle.write(payload)
@@ -263,6 +265,9 @@ class ObjectStorageSink(PartSink):
                 if self.local_root is not None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self._local(name))
+                    if "/" in name:  # a bookkeeping folder (_parts/, _staging/) goes once empty
+                        with contextlib.suppress(OSError):
+                            os.rmdir(os.path.dirname(self._local(name)))
                     continue
                 target = self.base / name
                 if target.exists():
@@ -292,6 +297,12 @@ class ObjectStorageSink(PartSink):
                 return
             with (self.base / source).open("rb") as reader, (self.base / target).open("wb") as writer:
                 shutil.copyfileobj(reader, writer, _COPY_CHUNK)
+
+
+def _temporary_file(directory: str) -> tuple[int, str]:
+    """A new file beside its final name, with the mode a plain write gets (``mkstemp`` gives 0600)."""
+    path = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
 
 
 def publish_file(local_path: str, target: ObjectStoragePath) -> None:

@@ -191,3 +191,11 @@ def test_worker_mode_creates_the_next_batch_before_landing_this_one(emulator: Lo
         manifest = operator.execute(context_for())
     assert created_before_part == [2, 3, 3]  # parts 0 and 1 land with the next task already created
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+
+
+def test_a_finished_local_export_leaves_only_its_manifest_and_parts(emulator: LoyaltyEmulator, tmp_path):
+    manifest = make_operator(tmp_path).execute(context_for())
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == sorted([MANIFEST_NAME, *(Path(part["key"]).name for part in manifest["parts"])])
+    modes = {(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
+    assert len(modes) == 1  # the manifest is as readable as the parts
