@@ -1,5 +1,6 @@
-"""One location, one writer (issue 19): concurrent and repeated exports never corrupt or lose a
-complete export. Local directories and moto's S3 server, against the emulator."""
+"""One location, one writer (export/lease.py, and the staged switch of export/seal.py): concurrent and
+repeated exports never corrupt or lose a complete export. Local directories and moto's S3 server,
+against the emulator."""
 
 from __future__ import annotations
 
