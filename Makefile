@@ -93,14 +93,17 @@ $(INSTALLED_LOWEST): pyproject.toml | $(VENV_LOWEST)/bin/python
 
 test-min: $(INSTALLED_MIN)
 	@$(VENV_MIN)/bin/python -c "import airflow; print('Airflow', airflow.__version__)"
+	@mkdir -p build/pytest
 	@scripts/run-pytest $(VENV_MIN)/bin/pytest tests/unit tests/browser --basetemp=build/pytest/test-min $(PYTEST_ARGS)
 
 test-mid: $(INSTALLED_MID)
 	@$(VENV_MID)/bin/python -c "import airflow; print('Airflow', airflow.__version__)"
+	@mkdir -p build/pytest
 	@scripts/run-pytest $(VENV_MID)/bin/pytest tests/unit --basetemp=build/pytest/test-mid $(PYTEST_ARGS)
 
 test-lowest: $(INSTALLED_LOWEST)
 	@$(VENV_LOWEST)/bin/python scripts/check_floors.py --extra test
+	@mkdir -p build/pytest
 	@scripts/run-pytest $(VENV_LOWEST)/bin/pytest tests/unit --basetemp=build/pytest/test-lowest $(PYTEST_ARGS)
 
 docs: $(INSTALLED)
