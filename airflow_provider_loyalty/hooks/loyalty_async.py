@@ -99,7 +99,6 @@ class LoyaltyAsyncHook(BaseHook):
 
         from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-        from airflow_provider_loyalty.exceptions import LoyaltyError
         from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, startup_gate
 
 
@@ -128,7 +127,7 @@ class LoyaltyAsyncHook(BaseHook):
                         status = await hook.get_export_task_status(self.export_task_id)
                     result = status.result.raw if status.result else None
                     event = {"status": status.state.value, "message": status.failure_text, "result": result}
-                except LoyaltyError as error:  # its text never holds the token
+                except Exception as error:  # no error leaving the hook holds the token
                     event = {"status": "error", "message": str(error)}
                 finally:
                     await hook.aclose()  # also when the trigger is cancelled
@@ -261,7 +260,7 @@ class LoyaltyAsyncHook(BaseHook):
     ) -> dict[str, Any]:
         session = self._session
         if session is None:
-            raise RuntimeError("LoyaltyAsyncHook used outside 'async with'")
+            raise RuntimeError("LoyaltyAsyncHook is not open: use it in 'async with', or await open() first")
         started = time.monotonic()
         try:
             async with session.post(

@@ -2,16 +2,19 @@
 
 Server text (``error_text``, failure reasons) and library errors (``http.client`` quotes a whole
 header it refuses) can carry the token. Every exception leaving the hooks and the trigger passes
-:func:`token_redacted`; text built from server data passes :func:`redact`. Besides the token itself,
-its URL-encoded form and the ``Authorization`` header value are removed.
+:func:`token_redacted` (or :func:`scrub`), which cleans the exception and every exception it links
+to; text built from server data passes :func:`redact`. Besides the token itself, its URL-encoded
+forms and its escaped forms (Python ``repr``, JSON, XML) are removed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from urllib.parse import quote, quote_plus
+from xml.sax.saxutils import escape as xml_escape
 
 from airflow_provider_loyalty.exceptions import LoyaltyError
 
@@ -19,7 +22,15 @@ MASK = "***"
 
 
 def _forms(token: str) -> list[str]:
-    forms = {token, quote(token, safe=""), quote_plus(token), repr(token)[1:-1]}
+    """The token as it may appear in text: itself, URL-encoded, and escaped by repr, JSON or XML."""
+    forms = {
+        token,
+        quote(token, safe=""),
+        quote_plus(token),
+        repr(token)[1:-1],
+        json.dumps(token)[1:-1],
+        xml_escape(token),
+    }
     return sorted((form for form in forms if form), key=len, reverse=True)
 
 
@@ -32,35 +43,61 @@ def redact(text: str, token: str | None) -> str:
     return text
 
 
+def _texts(error: BaseException) -> list[str]:
+    texts = [str(error), repr(error), *(str(arg) for arg in error.args)]
+    texts += [value for value in vars(error).values() if isinstance(value, str)] if hasattr(error, "__dict__") else []
+    return texts
+
+
 def _mentions(error: BaseException, token: str) -> bool:
-    texts = [str(error), *(str(arg) for arg in error.args)]
-    texts += [str(value) for value in vars(error).values() if isinstance(value, str)]
-    return any(form in text for text in texts for form in _forms(token))
+    forms = _forms(token)
+    return any(form in text for text in _texts(error) for form in forms)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and every exception it was raised from or while handling (cause and context)."""
+    seen: list[BaseException] = []
+    pending: list[BaseException] = [error]
+    while pending:
+        item = pending.pop()
+        if any(item is known for known in seen):
+            continue
+        seen.append(item)
+        pending += [linked for linked in (item.__cause__, item.__context__) if linked is not None]
+    return seen
+
+
+_TEXT_ATTRIBUTES = ("strerror", "filename", "filename2", "msg", "reason", "message", "text")
+
+
+def _redact_in_place(error: BaseException, token: str) -> None:
+    """Remove the token from an exception's arguments and text attributes."""
+    with suppress(AttributeError, TypeError):  # an exception type that forbids it keeps its args
+        error.args = tuple(redact(arg, token) if isinstance(arg, str) else arg for arg in error.args)
+    names = set(vars(error)) if hasattr(error, "__dict__") else set()
+    for name in names | set(_TEXT_ATTRIBUTES):
+        value = getattr(error, name, None)
+        if isinstance(value, str) and value:
+            with suppress(AttributeError, TypeError):  # read-only: computed from what is redacted
+                setattr(error, name, redact(value, token))
 
 
 def scrub(error: BaseException, token: str | None) -> BaseException:
-    """``error`` itself when it does not mention the token; otherwise a redacted equivalent.
+    """``error`` without the token: redacted in place, through its whole cause/context chain.
 
-    Our own errors keep their type (their text and arguments are redacted in place); any other
-    exception becomes a :class:`LoyaltyError` naming its type, so ``http.client``'s quote of a
-    refused header never reaches a log.
+    What an exception links to (``__cause__``, ``__context__``) is what a traceback, a log
+    handler or an error tracker may print too, so every exception of the chain is cleaned. Our
+    own errors keep their type; any other exception whose text still holds the token after that
+    (one that computes its text from hidden state) becomes a :class:`LoyaltyError` naming its type.
     """
     if not token:
         return error
-    if isinstance(error, LoyaltyError):
-        if _mentions(error, token):
-            error.args = tuple(redact(arg, token) if isinstance(arg, str) else arg for arg in error.args)
-            for name, value in list(vars(error).items()):
-                if isinstance(value, str):
-                    setattr(error, name, redact(value, token))
-        chained = error.__cause__ or error.__context__
-        if chained is not None and _mentions(chained, token):
-            error.__cause__ = None
-            error.__suppress_context__ = True
+    for item in _chain(error):
+        if _mentions(item, token):
+            _redact_in_place(item, token)
+    if isinstance(error, LoyaltyError) or not _mentions(error, token):
         return error
-    if not _mentions(error, token) and not (error.__cause__ and _mentions(error.__cause__, token)):
-        return error
-    return LoyaltyError(f"{type(error).__name__}: {redact(str(error), token)}")
+    return LoyaltyError(f"{type(error).__name__} (its text held the API token and was withheld)")
 
 
 @contextmanager

@@ -18,6 +18,20 @@ from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
 MAX_REPLY_BYTES = 32 * 1024 * 1024
 # OpenSSL's words for "the other side does not speak TLS" (a plain-HTTP server on that port).
 _NOT_TLS_MARKERS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "HTTP_REQUEST")
+# Exception type names (requests, urllib3, http.client, aiohttp) of a timeout, and of a body cut short.
+_TIMEOUTS = frozenset(
+    {"Timeout", "ReadTimeout", "ConnectTimeout", "ReadTimeoutError", "ConnectTimeoutError", "ServerTimeoutError"}
+)
+_CUT_SHORT = frozenset(
+    {
+        "ClientPayloadError",
+        "ChunkedEncodingError",
+        "IncompleteRead",
+        "ProtocolError",
+        "ContentDecodingError",
+        "DecodeError",
+    }
+)
 
 
 class ReplyBuffer:
@@ -96,21 +110,28 @@ def tls_error(settings: LoyaltyConnectionSettings, path: str, cause: BaseExcepti
 
 def transport_error(settings: LoyaltyConnectionSettings, path: str, error: BaseException) -> LoyaltyError:
     """The typed error a transport failure stands for: TLS failures are final, timeouts, resets,
-    refused connections and cut-short bodies are transient (retried)."""
+    refused connections and cut-short bodies are transient (retried), a request the HTTP library
+    refuses to send is neither (not retried).
+
+    :param settings: the connection's settings (named in TLS advice).
+    :param path: the endpoint, for the message.
+    :param error: what the HTTP library raised.
+    """
     if isinstance(error, LoyaltyError):
         return error
     tls = _tls_failure(error)
     if tls is not None:
         return tls_error(settings, path, tls)
-    names = {type(item).__name__ for item in _chain(error)}
-    if isinstance(error, TimeoutError) or names & {"Timeout", "ReadTimeout", "ConnectTimeout", "ServerTimeoutError"}:
+    chain = _chain(error)
+    names = {type(item).__name__ for item in chain}
+    if any(isinstance(item, TimeoutError) for item in chain) or names & _TIMEOUTS:
         return LoyaltyTransientError(None, f"{path}: timed out", None)
-    if names & {
-        "ClientPayloadError",
-        "ChunkedEncodingError",
-        "IncompleteRead",
-        "ProtocolError",
-        "ContentDecodingError",
-    }:
+    if names & _CUT_SHORT:
         return LoyaltyTransientError(None, f"{path}: reply body cut short ({type(error).__name__})", None)
+    if isinstance(error, ValueError | TypeError):
+        # Raised before anything was sent: a header or URL the HTTP library refuses. No retry helps.
+        return LoyaltyError(
+            f"{path}: the request could not be sent ({type(error).__name__}); check the connection's "
+            "Base URL and API token for characters an HTTP request cannot carry"
+        )
     return LoyaltyTransientError(None, f"{path}: connection failed ({type(error).__name__})", None)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_loyalty.exceptions import LoyaltyError
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyTransientError
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.sensors.loyalty import LoyaltyExportTaskSensor
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
@@ -150,3 +150,233 @@ def test_sensor_poke_failure_text_is_redacted(echoing_emulator):
         sensor.poke(context_for())
     assert "denied" in str(caught.value)
     assert TOKEN not in str(caught.value), f"token in the exception: {caught.value}"
+
+
+# ------------------------------------------------------------------------------------- every kind of token
+#
+# Tokens a platform may hand out or a person may paste: spaces, URL-reserved characters (which the URI
+# form of the connection must percent-encode), characters JSON, XML and repr() escape, and pasted ones
+# with surrounding blanks (stripped). Each one works, sync and async, in both connection forms and both
+# content types, and none of its spellings appears in an exception (its whole cause/context chain and
+# traceback), a log line or a trigger event, even when the server echoes it in every error text.
+
+TOKENS = {
+    "spaces": ("tok with spaces 7c1e9a4b", "tok with spaces 7c1e9a4b"),
+    "url-reserved": ("a/b?c#d&e=f+g%h 7c1e9a4b", "a/b?c#d&e=f+g%h 7c1e9a4b"),
+    "escaped": ('q"uote\\back<&>slash 7c1e9a4b', 'q"uote\\back<&>slash 7c1e9a4b'),
+    "trailing-newline": ("pasted-token-7c1e9a4b\n", "pasted-token-7c1e9a4b"),
+    "surrounding-blanks": ("  \tpadded-token-7c1e9a4b \r\n", "padded-token-7c1e9a4b"),
+}
+REFUSED_TOKENS = {
+    "inner-newline": "first-half-7c1e9a4b\nsecond-half-0f3e6a9c",
+    "inner-tab": "first-half-7c1e9a4b\tsecond-half-0f3e6a9c",
+    "nul": "first-half-7c1e9a4b\x00second-half-0f3e6a9c",
+    "del": "first-half-7c1e9a4b\x7fsecond-half-0f3e6a9c",
+    "non-ascii": "first-half-7c1e9a4b-tökén-second-half-0f3e6a9c",
+}
+FORMS = ["json-form/json", "uri-form/xml"]
+
+
+def spellings(token: str) -> set[str]:
+    """The token as any text might hold it (the same forms ``utils/redaction.py`` removes, and more)."""
+    import json as _json
+    from urllib.parse import quote, quote_plus
+    from xml.sax.saxutils import escape
+
+    return {token, quote(token, safe=""), quote(token), quote_plus(token), repr(token)[1:-1],
+            _json.dumps(token)[1:-1], escape(token), token.encode("unicode_escape").decode()}  # fmt: skip
+
+
+def connect(monkeypatch, emulator: LoyaltyEmulator, pasted: str, form: str, **extra) -> None:
+    from urllib.parse import quote, urlencode
+
+    connection_form, content_type = form.split("/")
+    options = {"content_type": content_type, "retry_backoff": 0.01, "max_retry_wait": 1, "max_retries": 2, **extra}
+    if connection_form == "json-form":
+        value = json.dumps({"conn_type": "loyalty", "host": emulator.url, "password": pasted, "extra": options})
+    else:
+        host = quote(emulator.url, safe="")
+        value = f"loyalty://:{quote(pasted, safe='')}@{host}?{urlencode(options)}"
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", value)
+
+
+def exception_texts(error: BaseException) -> list[str]:
+    """Everything an exception can show: its chain's texts, arguments, attributes and the traceback."""
+    import traceback
+
+    texts = ["".join(traceback.format_exception(error))]
+    pending, seen = [error], []
+    while pending:
+        item = pending.pop()
+        if any(item is known for known in seen):
+            continue
+        seen.append(item)
+        texts += [str(item), repr(item), repr(item.args), repr(getattr(item, "__dict__", {}))]
+        pending += [linked for linked in (item.__cause__, item.__context__) if linked is not None]
+    return texts
+
+
+def leaks(token: str, texts: list[str]) -> list[str]:
+    forms = spellings(token)
+    return [text[:300] for text in texts if any(form in text for form in forms)]
+
+
+def echo_faults(token: str) -> list[FaultRule]:
+    """Every endpoint's errors echo the token back (retried ones too, so retry log lines carry it)."""
+    echo = f"request by {token} refused"
+    return [
+        FaultRule(endpoint="export", kind="api_error", count=1, params={"code": 1001, "text": echo}),
+        FaultRule(endpoint="status", kind="http_503", count=1, params={"text": echo}),
+        FaultRule(endpoint="status", kind="task_failed", params={"text": echo}),
+        FaultRule(endpoint="account", kind="api_error", params={"code": 1001, "text": echo}),
+        FaultRule(endpoint="download", kind="download_error_envelope", params={"text": echo}),
+    ]
+
+
+@pytest.fixture
+def token_emulator() -> LoyaltyEmulator:
+    with LoyaltyEmulator(EmulatorConfig(transactions=300, batch_size=100, task_duration=0.0)) as emulator:
+        yield emulator
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kind", list(TOKENS))
+def test_every_kind_of_token_works_and_never_leaks_sync(
+    token_emulator, monkeypatch, caplog, capfd, tmp_path, kind: str, form: str
+) -> None:
+    import logging
+
+    from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+
+    pasted, token = TOKENS[kind]
+    token_emulator.config.token = token
+    connect(monkeypatch, token_emulator, pasted, form)
+    caplog.set_level(logging.DEBUG)
+    hook = LoyaltyHook()
+    assert hook.settings.token == token
+    task_id = hook.create_transactions_export(**PROGRAM, date_from="2023-09-01", date_to="2023-09-30")
+    result = hook.get_export_task_status(task_id).completed_result()
+    assert hook.download_export(result.hashed_file, tmp_path / "b.zip") > 0
+    member = {**PROGRAM, "matching": "email", "email": "member0@example.com"}
+    assert len(list(hook.iter_account_transactions(**member))) == 250  # the token also travels in this body
+
+    token_emulator.set_faults(echo_faults(token))
+    texts: list[str] = []
+    calls = [
+        lambda: hook.create_transactions_export(**PROGRAM, date_from="2023-09-01", date_to="2023-09-30"),
+        lambda: hook.download_export(result.hashed_file, tmp_path / "c.zip"),
+        lambda: list(hook.iter_account_transactions(**member)),
+        lambda: hook.get_export_task_status(task_id).raise_for_failure(),  # fails the task for good
+    ]
+    for call in calls:
+        with pytest.raises(LoyaltyError) as caught:
+            call()
+        assert "request by *** refused" in str(caught.value), caught.value
+        texts += exception_texts(caught.value)
+    assert token_emulator.stats()["faults_applied"]["http_503"] == 1  # a retry was logged with the echo
+    texts += [record.getMessage() for record in caplog.records] + list(capfd.readouterr())
+    assert any("retry 1 of 2" in text for text in texts)
+    assert leaks(token, texts) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kind", list(TOKENS))
+def test_every_kind_of_token_works_and_never_leaks_async(
+    token_emulator, monkeypatch, caplog, capfd, kind: str, form: str
+) -> None:
+    import asyncio
+    import logging
+
+    from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+    from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
+    from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger
+
+    pasted, token = TOKENS[kind]
+    token_emulator.config.token = token
+    connect(monkeypatch, token_emulator, pasted, form)
+    caplog.set_level(logging.DEBUG)
+    task_ids = [
+        LoyaltyHook().create_transactions_export(**PROGRAM, date_from="2023-09-01", date_to="2023-09-30")
+        for _ in range(2)
+    ]
+
+    async def scenario() -> list[str]:
+        texts: list[str] = []
+        async with LoyaltyAsyncHook() as hook:
+            assert (await hook.get_export_task_status(task_ids[0])).completed_result().total == 100
+            token_emulator.set_faults(echo_faults(token))
+            with pytest.raises(LoyaltyError) as caught:
+                (await hook.get_export_task_status(task_ids[0])).raise_for_failure()
+            texts += exception_texts(caught.value)
+        events = [event.payload async for event in LoyaltyExportTaskTrigger(task_ids[1], poll_interval=0.05).run()]
+        assert events[0]["status"] == "error" and "request by *** refused" in events[0]["message"], events
+        return [*texts, json.dumps(events)]
+
+    texts = asyncio.run(scenario())
+    texts += [record.getMessage() for record in caplog.records] + list(capfd.readouterr())
+    assert any("retry 1 of 2" in text for text in texts)
+    assert leaks(token, texts) == []
+
+
+@pytest.mark.parametrize("kind", list(REFUSED_TOKENS))
+def test_a_token_no_header_can_carry_is_refused_without_quoting_it(token_emulator, monkeypatch, kind: str) -> None:
+    import asyncio
+
+    from airflow_provider_loyalty.exceptions import LoyaltyValidationError
+    from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+    from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
+    from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger
+
+    token = REFUSED_TOKENS[kind]
+    connect(monkeypatch, token_emulator, token, "json-form/json")
+    with pytest.raises(LoyaltyValidationError) as sync_error:
+        _ = LoyaltyHook().settings  # reading the connection parses the token
+    assert sync_error.value.parameter == "password"
+    ok, message = LoyaltyHook().test_connection()
+    assert ok is False and "API token" in message
+
+    async def scenario() -> tuple[BaseException, list[dict]]:
+        with pytest.raises(LoyaltyValidationError) as async_error:
+            await LoyaltyAsyncHook().open()
+        events = [event.payload async for event in LoyaltyExportTaskTrigger("task_x").run()]
+        return async_error.value, events
+
+    async_error, events = asyncio.run(scenario())
+    texts = [*exception_texts(sync_error.value), *exception_texts(async_error), message, json.dumps(events)]
+    assert token_emulator.stats()["requests_total"] == 0  # refused before anything was sent
+    for half in ("first-half-7c1e9a4b", "second-half-0f3e6a9c"):
+        assert not [text for text in texts if half in text]
+
+
+def test_errors_raised_by_http_libraries_themselves_are_redacted(token_emulator, monkeypatch) -> None:
+    """``http.client`` quotes a header value it refuses, aiohttp may too: force a token past the parse
+    checks into the settings, and no text of what leaves the hooks holds it."""
+    import asyncio
+    import dataclasses
+
+    from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+    from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
+
+    forced = "forced-7c1e9a4b\nInjected: header-0f3e6a9c"
+    connect(monkeypatch, token_emulator, "valid-token", "json-form/json")
+    hook = LoyaltyHook()
+    hook.__dict__["settings"] = dataclasses.replace(hook.settings, token=forced)
+    with pytest.raises(LoyaltyError) as sync_error:
+        hook.get_task_status("task_x")
+
+    async def scenario() -> BaseException:
+        async_hook = LoyaltyAsyncHook()
+        async_hook.settings = dataclasses.replace(await async_hook.get_settings(), token=forced)
+        with pytest.raises(LoyaltyError) as caught:
+            async with async_hook:
+                await async_hook.get_task_status("task_x")
+        return caught.value
+
+    async_error = asyncio.run(scenario())
+    for error in (sync_error.value, async_error):
+        assert "the request could not be sent" in str(error)
+        assert not isinstance(error, LoyaltyTransientError)  # no retry can help
+        texts = exception_texts(error)
+        assert any("ValueError" in text for text in texts)  # the library's error is still in the chain ...
+        assert leaks(forced, texts) == [] and not [t for t in texts if "header-0f3e6a9c" in t]  # ... cleaned
+    assert token_emulator.stats()["requests_total"] == 0

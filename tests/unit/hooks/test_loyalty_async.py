@@ -1,0 +1,270 @@
+"""LoyaltyAsyncHook on its own, as a user's trigger would use it, against loopback servers.
+
+The emulator serves the API; tiny ``http.server`` scripts play what the emulator cannot (a
+redirecting API). TLS cases live in ``tests/reliability/test_tls.py`` with the certificate they
+need, token cases in ``tests/reliability/test_token_secrecy.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+from airflow_provider_loyalty.exceptions import (
+    LoyaltyAuthError,
+    LoyaltyExportTaskFailed,
+    LoyaltyNotFoundError,
+    LoyaltyRedirectError,
+    LoyaltyTlsError,
+    LoyaltyTransientError,
+)
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.hooks.loyalty_async import STARTUP_CONCURRENCY, LoyaltyAsyncHook, startup_gate
+from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from airflow_provider_loyalty.utils.export_status import ExportTaskState
+from tests.reliability.support import loopback_server, send
+from tests.support.helpers import point_connection_at, requests_seen
+
+EXPORT = {
+    "loyalty_program_id": 123,
+    "points_currency_eid": "bonus_points",
+    "date_from": "2023-09-01T00:00:00Z",
+    "date_to": "2023-09-30T23:59:59Z",
+}
+
+
+@pytest.fixture
+def loyalty_emulator_config() -> EmulatorConfig:
+    return EmulatorConfig(transactions=2500, batch_size=1000, task_duration=0.0)
+
+
+@pytest.fixture(params=["json", "xml"])
+def content_type(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def connected(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, content_type: str) -> LoyaltyEmulator:
+    point_connection_at(monkeypatch, loyalty_emulator, content_type=content_type, max_retries=3)
+    return loyalty_emulator
+
+
+def create_export() -> str:
+    hook = LoyaltyHook()
+    try:
+        return hook.create_transactions_export(**EXPORT)
+    finally:
+        hook.close()
+
+
+# ------------------------------------------------------------------------------------------ status
+
+
+async def test_status_of_a_running_and_a_completed_task(connected: LoyaltyEmulator) -> None:
+    connected.config.update({"task_duration": 0.5, "progress_style": "decimal"})
+    task_id = create_export()
+    async with LoyaltyAsyncHook() as hook:
+        running = await hook.get_export_task_status(task_id)
+        assert running.state is ExportTaskState.RUNNING and isinstance(running.progress, float)
+        deadline = time.monotonic() + 10
+        status = running
+        while not status.state.is_terminal and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            status = await hook.get_export_task_status(task_id)
+    assert status.state is ExportTaskState.COMPLETED
+    result = status.completed_result()
+    assert result.total == 1000 and result.next_from_id and result.hashed_file
+    assert result.raw["is_api"] is True and isinstance(result.raw["loyalty_id"], int)
+
+
+async def test_a_failed_task_carries_the_api_text(connected: LoyaltyEmulator) -> None:
+    task_id = create_export()
+    connected.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "disk full on node 7"})])
+    async with LoyaltyAsyncHook() as hook:
+        status = await hook.get_export_task_status(task_id)
+    with pytest.raises(LoyaltyExportTaskFailed, match="disk full on node 7"):
+        status.raise_for_failure()
+
+
+async def test_an_unknown_task_is_not_found(connected: LoyaltyEmulator) -> None:
+    async with LoyaltyAsyncHook() as hook:
+        with pytest.raises(LoyaltyNotFoundError) as caught:
+            await hook.get_task_status("task_does-not-exist")
+    assert (caught.value.code, caught.value.http_status) == (1003, 404)
+
+
+async def test_using_a_hook_that_is_not_open_says_so(connected: LoyaltyEmulator) -> None:
+    with pytest.raises(RuntimeError, match="open"):
+        await LoyaltyAsyncHook().get_task_status("task_x")
+
+
+# ------------------------------------------------------------------------------------------ retries and refusals
+
+
+@pytest.mark.parametrize(("kind", "params"), [("http_503", {}), ("rate_limit", {"retry_after": 0.3})])
+async def test_transient_failures_are_retried(connected: LoyaltyEmulator, kind: str, params: dict[str, Any]) -> None:
+    task_id = create_export()
+    connected.set_faults([FaultRule(endpoint="status", kind=kind, count=2, params=params)])
+    started = time.monotonic()
+    async with LoyaltyAsyncHook() as hook:
+        status = await hook.get_export_task_status(task_id)
+    assert status.state is ExportTaskState.COMPLETED
+    assert requests_seen(connected, "status") == 3
+    if kind == "rate_limit":
+        assert time.monotonic() - started >= 0.6  # Retry-After honoured twice
+
+
+async def test_the_retry_budget_is_max_retries(connected: LoyaltyEmulator) -> None:
+    connected.set_faults([FaultRule(endpoint="status", kind="http_503")])
+    async with LoyaltyAsyncHook(max_retries=2) as hook:
+        with pytest.raises(LoyaltyTransientError) as caught:
+            await hook.get_task_status("task_x")
+    assert caught.value.http_status == 503
+    assert requests_seen(connected, "status") == 3
+
+
+async def test_an_auth_error_is_final_names_the_connection_and_hides_the_token(
+    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    point_connection_at(monkeypatch, loyalty_emulator, conn_id="loyalty_eu", token="wrong-token-0123456789")
+    async with LoyaltyAsyncHook("loyalty_eu") as hook:
+        with pytest.raises(LoyaltyAuthError) as caught:
+            await hook.get_task_status("task_x")
+    message = str(caught.value)
+    assert "Authentication failed: invalid token" in message
+    assert "refused the token of connection 'loyalty_eu'" in message
+    assert "wrong-token-0123456789" not in message
+    assert requests_seen(loyalty_emulator) == 1
+
+
+async def test_a_redirect_is_refused_and_the_token_never_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    with loopback_server() as elsewhere:
+
+        def redirect(handler, _server) -> None:
+            send(handler, 302, b"", "text/plain", Location=f"{elsewhere.url}/api/v1.1/tasks/status")
+
+        with loopback_server(redirect) as api:
+            connection = {"conn_type": "loyalty", "host": api.url, "password": "redirect-token-value"}
+            monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+            async with LoyaltyAsyncHook() as hook:
+                with pytest.raises(LoyaltyRedirectError) as caught:
+                    await hook.get_task_status("task_x")
+            assert len(api.requests) == 1  # never retried
+        assert elsewhere.requests == []  # never followed
+    assert f"to {elsewhere.url}/api/v1.1/tasks/status" in str(caught.value)
+
+
+async def test_an_assumed_https_against_plain_http_says_what_to_change(
+    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection = {"conn_type": "loyalty", "host": loyalty_emulator.url.removeprefix("http://"), "password": "x"}
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+    async with LoyaltyAsyncHook() as hook:
+        with pytest.raises(LoyaltyTlsError) as caught:
+            await hook.get_task_status("task_x")
+    message = str(caught.value)
+    assert "https was assumed because the Base URL has no scheme" in message
+    assert "put http:// in the connection's Base URL" in message
+
+
+# ------------------------------------------------------------------------------------------ lifecycle
+
+
+async def test_cancellation_closes_the_session(connected: LoyaltyEmulator) -> None:
+    connected.set_faults([FaultRule(endpoint="status", kind="slow", params={"seconds": 1.0})])
+    hook = LoyaltyAsyncHook()
+
+    async def poll() -> None:
+        async with hook:
+            await hook.get_task_status("task_x")
+
+    poller = asyncio.ensure_future(poll())
+    deadline = time.monotonic() + 10
+    while connected.stats()["requests_in_flight"] == 0:
+        assert time.monotonic() < deadline, "the request never reached the emulator"
+        await asyncio.sleep(0.01)
+    session = hook._session
+    assert session is not None and not session.closed
+    poller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await poller
+    assert session.closed and hook._session is None
+    while connected.stats()["open_connections"]:
+        assert time.monotonic() < deadline, "the connection stayed open"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_startup_gate_limits_concurrent_first_steps(connected: LoyaltyEmulator) -> None:
+    task_id = create_export()
+    connected.set_faults([FaultRule(endpoint="status", kind="slow", params={"seconds": 0.2})])
+
+    async def first_step(gated: bool) -> None:
+        hook = LoyaltyAsyncHook()
+        try:
+            if gated:
+                async with startup_gate():
+                    await hook.open()
+                    await hook.get_export_task_status(task_id)
+            else:
+                await hook.open()
+                await hook.get_export_task_status(task_id)
+        finally:
+            await hook.aclose()
+
+    await asyncio.gather(*(first_step(gated=True) for _ in range(4 * STARTUP_CONCURRENCY)))
+    gated_peak = connected.stats()["requests_in_flight_peak"]
+    await asyncio.gather(*(first_step(gated=False) for _ in range(4 * STARTUP_CONCURRENCY)))
+    ungated_peak = connected.stats()["requests_in_flight_peak"]
+    assert 1 < gated_peak <= STARTUP_CONCURRENCY
+    assert ungated_peak > STARTUP_CONCURRENCY  # the gate, not the server, held them back
+
+
+def test_each_event_loop_has_its_own_gate() -> None:
+    async def gate() -> asyncio.Semaphore:
+        return startup_gate()
+
+    first, second = asyncio.run(gate()), asyncio.run(gate())
+    assert first is not second
+    assert first._value == second._value == STARTUP_CONCURRENCY  # a fresh gate per loop
+
+
+# ------------------------------------------------------------------------------------------ the documented example
+
+
+def _docstring_example() -> str:
+    doc = LoyaltyAsyncHook.__doc__ or ""
+    block = doc.split("this example is run by the test suite::", 1)[1].split("\n    Redirects", 1)[0]
+    return textwrap.dedent(block)
+
+
+async def test_the_documented_trigger_example_runs(
+    connected: LoyaltyEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = tmp_path / "user_triggers.py"
+    module.write_text(_docstring_example())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_triggers", raising=False)
+    from user_triggers import ExportFinishedTrigger  # type: ignore[import-not-found]
+
+    connected.config.update({"task_duration": 0.3})
+    task_id = create_export()
+    trigger = ExportFinishedTrigger(task_id, poll_interval=0.05)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "user_triggers.ExportFinishedTrigger" and json.loads(json.dumps(kwargs)) == kwargs
+    events = [event.payload async for event in trigger.run()]
+    assert len(events) == 1 and events[0]["status"] == "completed"
+    assert events[0]["result"]["total"] == 1000
+    assert requests_seen(connected, "status") >= 2
+
+    connected.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "quota exceeded"})])
+    (failed,) = [event.payload async for event in ExportFinishedTrigger(create_export(), poll_interval=0.05).run()]
+    assert failed == {"status": "failed", "message": "quota exceeded", "result": None}
+
+    (refused,) = [event.payload async for event in ExportFinishedTrigger("task_x", loyalty_conn_id="nope").run()]
+    assert refused["status"] == "error" and "nope" in refused["message"]
