@@ -42,7 +42,8 @@ from typing import Any
 from benchmarks._common import MIB, WORK_ROOT, BenchResult, Figure, gzip_level, load_average
 
 TARGET_MIB_S = 146.0
-#: The last commit with the verifier the 146 MiB/s target was measured on (before the exact-CSV rewrite).
+#: The last commit with the verifier the 146 MiB/s target was measured with (before the exact-CSV
+#: rewrite): its ``export/archive.py`` is ``_batch.py`` of 233629d, the code of the 2026-11-22 run.
 REFERENCE_COMMIT = "bdc0efe1d0da2f3bea4cde16863b0a8cd47ec964"
 REPEATS = 2
 BASE_ROWS = 20_000
