@@ -4,7 +4,8 @@
 ``member0@example.com``), in JSON and in XML (the connection's ``content_type``), against two
 plain clients in the same run, with the same bodies decoded by the same codec: a naive one (a new
 ``requests.post`` per page: no session, so a new TCP connection each time) and a bare session (one
-``requests.Session``, nothing else: no reply checks, no retries). The bare session splits the
+``requests.Session`` with ``trust_env=False`` as the hook's, nothing else: no reply checks, no
+retries). The bare session splits the
 hook's page into the codec, ``requests`` and the hook's own wrapping. TCP connections are counted by the
 emulator (``/_emulator/stats`` ``connections``), which runs in its own process.
 
@@ -53,15 +54,19 @@ def _ours(content_type: str) -> int:
 def _plain(url: str, token: str, content_type: str, *, session: bool) -> int:
     """Page with plain ``requests`` and the provider's codec: nothing else (no checks, no retries).
 
-    :param session: one ``requests.Session`` for every page (else ``requests.post``: a new TCP
-        connection per page, the naive client).
+    :param session: one ``requests.Session`` for every page, reading the environment (proxies, CA
+        bundle) once as the hook's does (``trust_env=False``); else ``requests.post``: a new TCP
+        connection per page, the naive client.
     """
     import requests
 
     from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, MIME_TYPES, decode_body, encode_body
 
     headers = {"Authorization": f"Bearer {token}", "Content-Type": MIME_TYPES[content_type]}
-    client: Any = requests.Session() if session else requests
+    client: Any = requests
+    if session:
+        client = requests.Session()
+        client.trust_env = False  # as the hook's session: the environment is not re-read per request
     count = 0
     from_id: str | None = None
     while True:
@@ -277,7 +282,7 @@ def _markdown(runs: dict[str, dict[str, Any]], size: int, parse: dict[str, float
     names = {
         "ours": "`LoyaltyHook.iter_account_transactions` (one session)",
         "naive": "naive: `requests.post` per page, no session",
-        "session": "bare session: one `requests.Session`, the codec, nothing else",
+        "session": "bare session: one `requests.Session` (`trust_env=False`, as the hook's), the codec, nothing else",
     }
     rows = []
     for key, run in runs.items():
