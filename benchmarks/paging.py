@@ -5,9 +5,9 @@
 plain clients in the same run, with the same bodies decoded by the same codec: a naive one (a new
 ``requests.post`` per page: no session, so a new TCP connection each time) and a bare session (one
 ``requests.Session`` with ``trust_env=False`` as the hook's, nothing else: no reply checks, no
-retries). The bare session splits the
-hook's page into the codec, ``requests`` and the hook's own wrapping. TCP connections are counted by the
-emulator (``/_emulator/stats`` ``connections``), which runs in its own process.
+retries). The bare session splits the hook's page into the codec, ``requests`` and the hook's own
+wrapping. TCP connections are counted by the emulator (``/_emulator/stats`` ``connections``), which
+runs in its own process.
 
 The targets are the client's CPU per 100-record page (this process's CPU over the iteration /
 pages): what the provider controls, whatever the emulator spends building pages. Each client runs
