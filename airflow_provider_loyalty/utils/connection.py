@@ -44,7 +44,7 @@ KNOWN_EXTRAS = frozenset(
         "token",
     }
 )
-#: The http provider's names, accepted for the same settings.
+#: The http provider's names, accepted for the same settings (``verify`` naming a file: ``ca_bundle``).
 EXTRA_ALIASES = {"verify": "verify_ssl", "cert": "client_cert", "proxy": "proxies"}
 _CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 
@@ -169,24 +169,33 @@ def _extras(extra: dict[str, Any] | str | None) -> dict[str, Any]:
     if extra is not None and not isinstance(extra, dict):
         raise LoyaltyValidationError("extra", f"expected a JSON object, got {type(extra).__name__}")
     options: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for key, value in (extra or {}).items():
         if value is None or value == "":
             continue  # a field left empty in the form: the default applies
         name = EXTRA_ALIASES.get(key, key)
+        if key == "verify" and isinstance(value, str) and not validation.is_bool_word(value):
+            name = "ca_bundle"  # the http provider's ``verify`` may name a CA bundle
         if name not in KNOWN_EXTRAS:
-            close = difflib.get_close_matches(key, sorted(KNOWN_EXTRAS | set(EXTRA_ALIASES)), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            log.warning("The loyalty connection's extra %r is not a known setting and is ignored%s", key, hint)
+            log.warning("The loyalty connection's extra %r is not a known setting and is ignored; %s", key, _hint(key))
             continue
-        options[name] = value
+        if name in options and options[name] != value:
+            raise LoyaltyValidationError(
+                name, f"given twice with different values, as {given_as[name]!r} and as {key!r}; keep one"
+            )
+        options[name], given_as[name] = value, key
     return options
 
 
+def _hint(key: str) -> str:
+    """The known extra closest to a misspelt one (or the list of them when none is close)."""
+    names = sorted(KNOWN_EXTRAS | set(EXTRA_ALIASES))
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.0)
+    return f"did you mean {close[0]!r}? (known: {', '.join(names)})"
+
+
 def _verify(options: dict[str, Any]) -> bool | str:
-    raw = options.get("verify_ssl", True)
-    if isinstance(raw, str) and raw.strip().lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-        return raw.strip()  # the http provider's ``verify`` may be a CA bundle path
-    verify: bool | str = validation.parse_bool(raw, "verify_ssl")
+    verify: bool | str = validation.parse_bool(options.get("verify_ssl", True), "verify_ssl")
     if verify and options.get("ca_bundle"):
         verify = str(options["ca_bundle"])
     return verify

@@ -36,6 +36,11 @@ def is_template(value: Any) -> bool:
 # ---------------------------------------------------------------------------------------- scalars
 
 
+def is_bool_word(text: str) -> bool:
+    """Whether ``text`` is one of the usual spellings of a boolean (see :func:`parse_bool`)."""
+    return text.strip().lower() in _TRUE_WORDS | _FALSE_WORDS
+
+
 def parse_bool(value: Any, parameter: str) -> bool:
     """A boolean, or its usual spellings as text (``true``/``false``, ``1``/``0``, ``yes``/``no``)."""
     if isinstance(value, bool):

@@ -3,7 +3,7 @@
 An HTTPS emulator with a certificate the test makes itself (``openssl`` CLI): the default
 connection refuses it with a clear, typed error that is not retried; the same connection with the
 certificate as its ``ca_bundle`` extra, or with ``verify_ssl`` false, runs a whole export — in the
-worker (requests) and through the trigger (httpx).
+worker (requests) and through the trigger (aiohttp). ``LoyaltyAsyncHook`` is checked on its own too.
 """
 
 from __future__ import annotations
@@ -130,3 +130,27 @@ def test_ca_bundle_wins_over_requests_ca_bundle_env(monkeypatch, https_emulator,
     connect(monkeypatch, https_emulator, ca_bundle=str(certificate[0]))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", ssl.get_default_verify_paths().cafile or "/nonexistent-ca.pem")
     assert export(tmp_path)["total_rows"] == N
+
+
+def test_the_async_hook_verifies_by_default_and_trusts_a_private_ca(monkeypatch, https_emulator, certificate):
+    import asyncio
+
+    from airflow_provider_loyalty.exceptions import LoyaltyNotFoundError, LoyaltyTlsError
+    from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
+
+    async def status_of_an_unknown_task() -> BaseException:
+        async with LoyaltyAsyncHook() as hook:
+            try:
+                await hook.get_task_status("task_x")
+            except LoyaltyError as error:
+                return error
+        raise AssertionError("an unknown task was found")
+
+    connect(monkeypatch, https_emulator)
+    refused = asyncio.run(status_of_an_unknown_task())
+    assert isinstance(refused, LoyaltyTlsError) and "TLS verification failed" in str(refused), refused
+    assert https_emulator.stats()["connections"] == 1, "the TLS failure was retried"
+    for extra in ({"ca_bundle": str(certificate[0])}, {"verify": str(certificate[0])}, {"verify_ssl": False}):
+        connect(monkeypatch, https_emulator, **extra)
+        answered = asyncio.run(status_of_an_unknown_task())
+        assert isinstance(answered, LoyaltyNotFoundError), (extra, answered)  # the handshake passed

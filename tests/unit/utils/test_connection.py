@@ -1,0 +1,304 @@
+"""Connection settings (``utils/connection.py``): extras, the http provider's names, proxies, tokens.
+
+Proxies are proven end to end: a tiny forward proxy on loopback counts what passes through it,
+between the sync and the async hook and the emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from airflow_provider_loyalty.exceptions import LoyaltyValidationError
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
+from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
+from airflow_provider_loyalty.utils.connection import check_token, normalize_base_url, settings_from_parts
+from tests.support.helpers import point_connection_at, requests_seen
+
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+)
+
+
+def settings(**extra: Any):
+    return settings_from_parts(host="https://api.example.com", password="token-value", extra=extra)
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+# ------------------------------------------------------------------------------------------ extras
+
+
+def test_the_form_fields_and_their_defaults() -> None:
+    default = settings()
+    assert (default.content_type, default.timeout, default.verify, default.max_retries) == ("json", 60.0, True, 5)
+    given = settings(content_type="XML", timeout="7.5", verify_ssl="false", max_retries="2")
+    assert (given.content_type, given.timeout, given.verify, given.max_retries) == ("xml", 7.5, False, 2)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "expected"),
+    [
+        ({"verify": False}, "verify", False),
+        ({"verify": "false"}, "verify", False),
+        ({"verify": "/etc/ssl/private-ca.pem"}, "verify", "/etc/ssl/private-ca.pem"),
+        ({"cert": "/etc/ssl/client.pem"}, "client_cert", "/etc/ssl/client.pem"),
+        (
+            {"cert": ["/etc/ssl/client.pem", "/etc/ssl/client.key"]},
+            "client_cert",
+            ("/etc/ssl/client.pem", "/etc/ssl/client.key"),
+        ),
+        ({"proxies": {"https": "http://proxy:3128"}}, "proxies", {"https": "http://proxy:3128"}),
+        ({"proxies": '{"https": "http://proxy:3128"}'}, "proxies", {"https": "http://proxy:3128"}),
+        ({"proxy": "http://proxy:3128"}, "proxies", {"http": "http://proxy:3128", "https": "http://proxy:3128"}),
+    ],
+    ids=["verify", "verify-text", "verify-ca-path", "cert", "cert-and-key", "proxies", "proxies-text", "proxy"],
+)
+def test_the_http_providers_names_are_aliases(extra: dict[str, Any], field: str, expected: Any) -> None:
+    assert getattr(settings(**extra), field) == expected
+
+
+def test_an_alias_and_its_setting_with_different_values_is_an_error() -> None:
+    with pytest.raises(LoyaltyValidationError) as caught:
+        settings(verify_ssl=True, verify=False)
+    assert caught.value.parameter == "verify_ssl"
+    assert "'verify_ssl'" in str(caught.value) and "'verify'" in str(caught.value)
+    assert settings(verify_ssl=False, verify=False).verify is False  # the same value twice is fine
+
+
+@pytest.mark.parametrize(
+    ("key", "closest"),
+    [("verfy_ssl", "verify_ssl"), ("max_retry", "max_retries"), ("contenttype", "content_type"), ("timout", "timeout")],
+)
+def test_an_unknown_extra_is_a_warning_naming_the_closest_known_key(
+    caplog: pytest.LogCaptureFixture, key: str, closest: str
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_loyalty.utils.connection"):
+        result = settings(**{key: "1"})
+    (record,) = [r for r in caplog.records if r.name == "airflow_provider_loyalty.utils.connection"]
+    assert f"extra {key!r} is not a known setting and is ignored" in record.getMessage()
+    assert f"did you mean {closest!r}?" in record.getMessage()
+    assert result == settings()  # ignored
+
+
+@pytest.mark.parametrize(
+    ("extra", "parameter"),
+    [
+        ({"content_type": "yaml"}, "content_type"),
+        ({"timeout": "soon"}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"verify_ssl": "perhaps please"}, "verify_ssl"),
+        ({"proxies": ["http://proxy"]}, "proxies"),
+        ({"cert": 42}, "client_cert"),
+    ],
+)
+def test_bad_extras_name_the_field(extra: dict[str, Any], parameter: str) -> None:
+    with pytest.raises(LoyaltyValidationError) as caught:
+        settings(**extra)
+    assert caught.value.parameter == parameter or parameter in str(caught.value)
+
+
+def test_verify_naming_a_file_is_the_ca_bundle() -> None:
+    # The http provider's ``verify`` may be a CA bundle path; ``verify_ssl`` is a yes/no field.
+    assert settings(verify="/etc/ssl/private-ca.pem") == settings(ca_bundle="/etc/ssl/private-ca.pem")
+    with pytest.raises(LoyaltyValidationError, match="verify_ssl: expected true or false"):
+        settings(verify_ssl="/etc/ssl/private-ca.pem")
+    with pytest.raises(LoyaltyValidationError, match="given twice"):
+        settings(verify="/etc/ssl/a.pem", ca_bundle="/etc/ssl/b.pem")
+
+
+# ------------------------------------------------------------------------------------------ base URL and token
+
+
+@pytest.mark.parametrize(
+    ("host", "schema", "port", "expected"),
+    [
+        ("example.com", None, None, ("https://example.com", True)),
+        ("http://127.0.0.1:8080/", None, None, ("http://127.0.0.1:8080", False)),
+        ("example.com", "http", 8080, ("http://example.com:8080", False)),
+        ("https://example.com/loyalty/", None, None, ("https://example.com/loyalty", False)),
+    ],
+)
+def test_base_urls(host: str, schema: str | None, port: int | None, expected: tuple[str, bool]) -> None:
+    assert normalize_base_url(host, schema, port) == expected
+
+
+@pytest.mark.parametrize("host", ["", "ftp://example.com", "https://user:pw@example.com", "https://x.com/?a=1"])
+def test_bad_base_urls_name_the_host(host: str) -> None:
+    with pytest.raises(LoyaltyValidationError) as caught:
+        normalize_base_url(host)
+    assert caught.value.parameter == "host"
+
+
+@pytest.mark.parametrize(
+    ("raw", "token"),
+    [("abc def", "abc def"), ("tok\n", "tok"), ("  tok \r\n", "tok"), ("a/b?c#d&e=f+g%h", "a/b?c#d&e=f+g%h")],
+)
+def test_tokens_lose_only_their_surrounding_blanks(raw: str, token: str) -> None:
+    assert check_token(raw) == token
+
+
+@pytest.mark.parametrize("raw", ["secret-1\nsecret-2", "secret-1\x00secret-2", "secret-1\x7fsecret-2", "sécret-1"])
+def test_tokens_no_header_can_carry_are_refused_unquoted(raw: str) -> None:
+    with pytest.raises(LoyaltyValidationError) as caught:
+        check_token(raw)
+    assert caught.value.parameter == "password"
+    assert "secret-1" not in str(caught.value) and "sécret" not in str(caught.value)
+
+
+def test_settings_never_show_the_token() -> None:
+    assert "token-value" not in repr(settings())
+
+
+# ------------------------------------------------------------------------------------------ proxies, for real
+
+
+@dataclass
+class ForwardProxy:
+    """What passed through the proxy."""
+
+    url: str
+    requests: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def forward_proxy() -> Iterator[ForwardProxy]:
+    """A plain-HTTP forward proxy on loopback: takes ``METHOD http://host:port/path``, forwards it."""
+    state = ForwardProxy(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _forward(self) -> None:
+            target = urlsplit(self.path)
+            state.requests.append(f"{self.command} {target.path}")
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            hop_by_hop = {"proxy-connection", "connection", "keep-alive", "proxy-authorization", "host"}
+            headers = {name: value for name, value in self.headers.items() if name.lower() not in hop_by_hop}
+            upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            try:
+                upstream.request(self.command, target.path, body=body, headers=headers)
+                reply = upstream.getresponse()
+                data = reply.read()
+            finally:
+                upstream.close()
+            self.send_response(reply.status)
+            for name, value in reply.getheaders():
+                if name.lower() not in {"transfer-encoding", "connection", "content-length", "keep-alive"}:
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _forward
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+EXPORT = {
+    "loyalty_program_id": 123,
+    "points_currency_eid": "bonus_points",
+    "date_from": "2023-09-01",
+    "date_to": "2023-09-30",
+}
+
+
+@pytest.fixture
+def loyalty_emulator_config() -> EmulatorConfig:
+    return EmulatorConfig(transactions=300, batch_size=100, task_duration=0.0)
+
+
+def sync_calls(tmp_path) -> None:
+    hook = LoyaltyHook()
+    task_id = hook.create_transactions_export(**EXPORT)
+    result = hook.get_export_task_status(task_id).completed_result()
+    assert hook.download_export(result.hashed_file, tmp_path / "b.zip") > 0
+    hook.close()
+
+
+def async_calls(task_id: str) -> None:
+    async def poll() -> None:
+        async with LoyaltyAsyncHook() as hook:
+            assert (await hook.get_export_task_status(task_id)).completed_result().total == 100
+
+    asyncio.run(poll())
+
+
+@pytest.mark.parametrize("how", ["proxies-extra", "proxy-alias", "env"])
+def test_requests_go_through_the_proxy(
+    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path, how: str
+) -> None:
+    with forward_proxy() as proxy:
+        extra: dict[str, Any] = {}
+        if how == "proxies-extra":
+            extra["proxies"] = {"http": proxy.url}
+        elif how == "proxy-alias":
+            extra["proxy"] = proxy.url
+        else:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        point_connection_at(monkeypatch, loyalty_emulator, **extra)
+        sync_calls(tmp_path)
+        assert proxy.requests[:2] == ["POST /api/v1.1/loyalty/transactions_export", "POST /api/v1.1/tasks/status"]
+        assert proxy.requests[2].startswith("GET /api/download/")
+        async_calls(LoyaltyHook().create_transactions_export(**EXPORT))
+        assert proxy.requests[-1] == "POST /api/v1.1/tasks/status"
+    assert len(proxy.requests) == requests_seen(loyalty_emulator) == 5  # every request, none around it
+
+
+def test_no_proxy_exempts_the_api_host(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path):
+    with forward_proxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+        point_connection_at(monkeypatch, loyalty_emulator)
+        sync_calls(tmp_path)
+        async_calls(LoyaltyHook().create_transactions_export(**EXPORT))
+    assert proxy.requests == []
+    assert requests_seen(loyalty_emulator) == 5
+
+
+def test_the_connections_proxies_win_over_the_environment(
+    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    with forward_proxy() as chosen, forward_proxy() as ambient:
+        monkeypatch.setenv("HTTP_PROXY", ambient.url)
+        point_connection_at(monkeypatch, loyalty_emulator, proxies=json.dumps({"http": chosen.url}))
+        sync_calls(tmp_path)
+    assert len(chosen.requests) == 3 and ambient.requests == []
