@@ -79,7 +79,33 @@ class Store(ABC):
         return raw.endswith("/") or not posixpath.basename(path).endswith(".json")
 
 
-class LocalStore(Store):
+class FileLikeStore(Store):
+    """A store whose objects open as binary files (:meth:`_open`): chunks and random access from there."""
+
+    @abstractmethod
+    def _open(self, path: str) -> BinaryIO:
+        """The object as a binary file; :class:`ObjectMissing` if there is none."""
+
+    @abstractmethod
+    def read_failure(self, path: str, error: OSError) -> str:
+        """What to say when reading fails."""
+
+    def iter_chunks(self, path: str) -> Iterator[bytes]:
+        with self._open(path) as handle:
+            while True:
+                try:
+                    chunk = handle.read(CHUNK_BYTES)
+                except OSError as error:
+                    raise StorageUnavailable(self.read_failure(path, error)) from None
+                if not chunk:
+                    return
+                yield chunk
+
+    def open_random_access(self, path: str) -> BinaryIO:
+        return self._open(path)
+
+
+class LocalStore(FileLikeStore):
     """Local files: plain paths and ``file://`` URLs."""
 
     schemes = ("file", "local")
@@ -104,19 +130,8 @@ class LocalStore(Store):
             return os.path.isdir(path)
         return super().is_directory_reference(path, raw)
 
-    def iter_chunks(self, path: str) -> Iterator[bytes]:
-        with self._open(path) as handle:
-            while True:
-                try:
-                    chunk = handle.read(CHUNK_BYTES)
-                except OSError as error:
-                    raise StorageUnavailable(f"reading {path} failed: {error.strerror or error}") from None
-                if not chunk:
-                    return
-                yield chunk
-
-    def open_random_access(self, path: str) -> BinaryIO:
-        return self._open(path)
+    def read_failure(self, path: str, error: OSError) -> str:
+        return f"reading {path} failed: {error.strerror or error}"
 
     def _open(self, path: str) -> BinaryIO:
         if os.path.exists(path) and not os.path.isfile(path):  # a device or FIFO named by a manifest: never read
@@ -253,7 +268,7 @@ class _S3RangeReader(io.RawIOBase):
         return len(data)
 
 
-class ObjectStorageStore(Store):
+class ObjectStorageStore(FileLikeStore):
     """Any other ``ObjectStoragePath`` scheme, through the fsspec filesystem Airflow attaches to it.
 
     :param scheme: the URL scheme (``gcs``, ``abfs``, ``s3a`` ...).
@@ -279,19 +294,8 @@ class ObjectStorageStore(Store):
     def path_of_bare_key(self, key: str, manifest_path: str) -> str:
         return f"{_split(manifest_path)[0]}/{key}"
 
-    def iter_chunks(self, path: str) -> Iterator[bytes]:
-        with self._open(path) as handle:
-            while True:
-                try:
-                    chunk = handle.read(CHUNK_BYTES)
-                except OSError as error:
-                    raise StorageUnavailable(f"reading {self.display(path)} failed: {type(error).__name__}") from None
-                if not chunk:
-                    return
-                yield chunk
-
-    def open_random_access(self, path: str) -> BinaryIO:
-        return self._open(path)
+    def read_failure(self, path: str, error: OSError) -> str:
+        return f"reading {self.display(path)} failed: {type(error).__name__}"
 
     def _open(self, path: str) -> BinaryIO:
         try:
