@@ -386,7 +386,7 @@ class LoyaltyHook(BaseHook):
         records = envelope.get("data")
         if records is None or records == "":
             records = []
-        if not isinstance(records, list) or not all(isinstance(item, dict) for item in records):
+        if not isinstance(records, list) or not set(map(type, records)) <= {dict}:
             raise LoyaltyResponseError("account/transactions: expected 'data' to be a list of objects")
         total = envelope.get("total_count")
         if total is not None and (isinstance(total, bool) or not isinstance(total, int)):

@@ -283,13 +283,7 @@ def _coerce_fields(document: dict[str, Any], schema: _Compiled) -> None:
 
 
 def _coerce_object(record: dict[str, Any], schema: _Compiled) -> None:
-    for key, convert in schema.scalars:
-        value = record.get(key)
-        if value.__class__ is str:
-            try:
-                record[key] = convert(value)
-            except _BadField as bad:
-                raise bad.within(key) from None
+    _coerce_scalars(record, schema.scalars)
     for key, fields in schema.objects.items():
         value = record.get(key)
         if value.__class__ is dict:
@@ -302,12 +296,41 @@ def _coerce_object(record: dict[str, Any], schema: _Compiled) -> None:
         if value == "":
             record[key] = value = []  # an empty XML list element
         if value.__class__ is list:
-            for index, item in enumerate(value):
-                if item.__class__ is dict:
+            try:
+                _coerce_items(value, items)
+            except _BadField as bad:
+                raise bad.within(key) from None
+
+
+def _coerce_scalars(record: dict[str, Any], scalars: tuple[tuple[str, Callable[[str], Any]], ...]) -> None:
+    for key, convert in scalars:
+        value = record.get(key)
+        if value.__class__ is str:
+            try:
+                record[key] = convert(value)
+            except _BadField as bad:
+                raise bad.within(key) from None
+
+
+def _coerce_items(items: list[Any], schema: _Compiled) -> None:
+    """The items of a documented list; for flat items (a page of transactions) without a call each."""
+    for index, item in enumerate(items):
+        if item.__class__ is not dict:
+            continue
+        try:
+            if not schema.flat:
+                _coerce_object(item, schema)
+                continue
+            for key, convert in schema.scalars:
+                value = item.get(key)
+                if value.__class__ is str:
                     try:
-                        _coerce_object(item, items)
+                        item[key] = convert(value)
                     except _BadField as bad:
-                        raise bad.within(f"{key}[{index}]") from None
+                        raise bad.within(key) from None
+        except _BadField as bad:
+            bad.path = f"[{index}].{bad.path}"
+            raise
 
 
 def _to_int(text: str) -> int | None:

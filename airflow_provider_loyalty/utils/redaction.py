@@ -10,6 +10,7 @@ forms and its escaped forms (Python ``repr``, JSON, XML) are removed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -21,7 +22,8 @@ from airflow_provider_loyalty.exceptions import LoyaltyError
 MASK = "***"
 
 
-def _forms(token: str) -> list[str]:
+@functools.lru_cache(maxsize=16)
+def _forms(token: str) -> tuple[str, ...]:
     """The token as it may appear in text: itself, URL-encoded, and escaped by repr, JSON or XML."""
     forms = {
         token,
@@ -31,7 +33,7 @@ def _forms(token: str) -> list[str]:
         json.dumps(token)[1:-1],
         xml_escape(token),
     }
-    return sorted((form for form in forms if form), key=len, reverse=True)
+    return tuple(sorted((form for form in forms if form), key=len, reverse=True))
 
 
 def redact(text: str, token: str | None) -> str:

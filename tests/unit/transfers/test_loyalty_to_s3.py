@@ -127,7 +127,9 @@ def test_rerun_with_other_batch_size_leaves_one_consistent_set(emulator, s3_buck
 
 def test_failed_rerun_keeps_the_previous_export_provable(emulator, s3_bucket, s3_client):
     first = make_operator(s3_bucket).execute(context_for())  # an earlier complete export of the interval
-    before = {key: s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() for key in keys_under(s3_client, s3_bucket)}
+    before = {
+        key: s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() for key in keys_under(s3_client, s3_bucket)
+    }
     emulator.config.batch_size = 700
     emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "export quota"})])
     with pytest.raises(LoyaltyExportTaskFailed, match="export quota"):
