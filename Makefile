@@ -107,6 +107,7 @@ test-lowest: $(INSTALLED_LOWEST)
 	@scripts/run-pytest $(VENV_LOWEST)/bin/pytest tests/unit --basetemp=build/pytest/test-lowest $(PYTEST_ARGS)
 
 docs: $(INSTALLED)
+	scripts/install-system-packages docs
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 screenshots: $(INSTALLED)
@@ -144,5 +145,5 @@ $(INSTALLED_CLUSTER): $(INSTALLED)
 	@touch $@
 
 test-cluster: $(INSTALLED_CLUSTER)
-	scripts/cluster/install-system-packages
+	scripts/install-system-packages cluster
 	@LOYALTY_CLUSTER=1 scripts/run-pytest $(BIN)/pytest tests/cluster -m cluster -p no:cacheprovider $(PYTEST_ARGS)

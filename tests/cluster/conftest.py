@@ -6,7 +6,7 @@ S3 server, all on loopback, started once per session and stopped at its end.
 
 Not part of ``make test``: nothing here is collected unless ``LOYALTY_CLUSTER=1`` (the make target
 sets it, after installing the Celery provider and psycopg2 into ``.venv`` and the Debian packages
-with ``scripts/cluster/install-system-packages``). Each test records the figures it measured with
+with ``scripts/install-system-packages cluster``). Each test records the figures it measured with
 the ``cluster_figures`` fixture; they are printed in the pytest summary, and a failing test
 prints the tails of every process log (all logs stay in the session's temp dir).
 """

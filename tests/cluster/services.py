@@ -8,7 +8,7 @@ directory in a temp directory that user owns; fsync is off (a throwaway database
 :func:`redis_server` runs ``redis-server`` without persistence and yields its ``redis://`` URL.
 
 Both stop what they started (by process id) when the ``with`` block ends, and keep their logs in
-``log_dir`` for a failing test's report. ``scripts/cluster/install-system-packages`` installs the
+``log_dir`` for a failing test's report. ``scripts/install-system-packages cluster`` installs the
 packages (``postgresql``, ``redis-server``) when missing.
 """
 
@@ -70,7 +70,7 @@ def postgres_bindir() -> Path:
         return Path(os.path.realpath(on_path)).parent
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version_key)
     if not candidates:
-        raise RuntimeError("PostgreSQL is not installed: run scripts/cluster/install-system-packages")
+        raise RuntimeError("PostgreSQL is not installed: run scripts/install-system-packages cluster")
     return Path(candidates[-1]).parent
 
 
@@ -186,7 +186,7 @@ def redis_server(log_dir: Path, timeout: float = 30.0) -> Iterator[RedisServer]:
     """
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not installed: run scripts/cluster/install-system-packages")
+        raise RuntimeError("redis-server is not installed: run scripts/install-system-packages cluster")
     log_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="loyalty-cluster-redis-"))
     port = free_port()
