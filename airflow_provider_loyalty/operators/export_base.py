@@ -29,7 +29,7 @@ from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
 from airflow_provider_loyalty.operators.lineage import operator_lineage
 from airflow_provider_loyalty.operators.links import LoyaltyManifestLink
-from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger, status_from_event
+from airflow_provider_loyalty.triggers.loyalty import defer_until_done, status_from_event
 from airflow_provider_loyalty.utils import validation
 
 #: How long a deferred export keeps its location beyond the trigger's deadline.
@@ -269,18 +269,14 @@ class LoyaltyExportBaseOperator(BaseOperator):
             raise LoyaltyError(f"timed out waiting for export task {step.export_task_id} (the task's deadline passed)")
         loop.lease.renew(until=deadline + _LEASE_GRACE)
         self.log.info("Deferring: export task %s still runs (poll every %g s)", step.export_task_id, self.poll_interval)
-        self.defer(
-            trigger=LoyaltyExportTaskTrigger(
-                export_task_id=step.export_task_id,
-                loyalty_conn_id=self.loyalty_conn_id,
-                poll_interval=self.poll_interval,
-                deadline=deadline,
-            ),
-            method_name="execute_complete",
+        defer_until_done(
+            self,
+            export_task_id=step.export_task_id,
+            loyalty_conn_id=self.loyalty_conn_id,
+            poll_interval=self.poll_interval,
+            deadline=deadline,
             kwargs={"export_task_id": step.export_task_id},
-            timeout=timedelta(seconds=remaining),
         )
-        raise AssertionError("unreachable: defer() raises")  # pragma: no cover
 
     def _deadline(self, context: Context) -> float:
         """When waiting must end: one batch's timeout, and never past ``execution_timeout``."""

@@ -11,7 +11,7 @@ from airflow.providers.common.compat.sdk import AirflowSkipException, BaseSensor
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
-from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger, result_from_event
+from airflow_provider_loyalty.triggers.loyalty import defer_until_done, result_from_event
 from airflow_provider_loyalty.utils.export_status import ExportTaskState
 
 if TYPE_CHECKING:
@@ -109,15 +109,13 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             self.poke_interval,
             self.timeout,
         )
-        self.defer(
-            trigger=LoyaltyExportTaskTrigger(
-                export_task_id=self.export_task_id,
-                loyalty_conn_id=self.loyalty_conn_id,
-                poll_interval=self.poke_interval,
-                deadline=deadline,
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=max(0.0, deadline - time.time()) + _DEFERRAL_GRACE),
+        defer_until_done(
+            self,
+            export_task_id=self.export_task_id,
+            loyalty_conn_id=self.loyalty_conn_id,
+            poll_interval=self.poke_interval,
+            deadline=deadline,
+            grace=_DEFERRAL_GRACE,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -26,6 +27,9 @@ from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, start
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportResult, ExportTaskState, ExportTaskStatus
 from airflow_provider_loyalty.utils.redaction import scrub
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import BaseOperator
 
 EVENT_STATUSES = frozenset({"success", "error", "timeout"})
 
@@ -163,6 +167,45 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         result = status.completed_result()
         self.log.info("Export task %s completed: %s rows", self.export_task_id, result.total)
         return self._event("success", result=result.raw)
+
+
+def defer_until_done(
+    task: BaseOperator,
+    *,
+    export_task_id: str,
+    loyalty_conn_id: str,
+    poll_interval: float,
+    deadline: float,
+    kwargs: dict[str, Any] | None = None,
+    grace: float = 0.0,
+) -> NoReturn:
+    """Defer ``task`` to a :class:`LoyaltyExportTaskTrigger` until the export task ends or ``deadline`` passes.
+
+    The one place the sensor and the export operators defer: the trigger gets the deadline and the
+    deferral a timeout of the time left (plus ``grace``), so ``execution_timeout`` holds while deferred.
+    The task resumes in its ``execute_complete`` with the trigger's event and ``kwargs``.
+
+    :param task: the deferring operator.
+    :param export_task_id: the export task to wait for.
+    :param loyalty_conn_id: the connection the trigger polls with.
+    :param poll_interval: seconds between status polls.
+    :param deadline: epoch seconds after which the trigger emits a ``timeout`` event.
+    :param kwargs: passed to ``execute_complete`` besides the event.
+    :param grace: seconds the deferral's own timeout allows beyond ``deadline`` (so the trigger's
+        event, which says what timed out, normally comes first).
+    """
+    task.defer(
+        trigger=LoyaltyExportTaskTrigger(
+            export_task_id=export_task_id,
+            loyalty_conn_id=loyalty_conn_id,
+            poll_interval=poll_interval,
+            deadline=deadline,
+        ),
+        method_name="execute_complete",
+        kwargs=kwargs,
+        timeout=timedelta(seconds=max(0.0, deadline - time.time()) + grace),
+    )
+    raise AssertionError("unreachable: defer() raises")  # pragma: no cover
 
 
 def _checked_event(event: Any, export_task_id: str | None) -> tuple[str, str, str]:

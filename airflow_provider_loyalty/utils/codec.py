@@ -313,21 +313,15 @@ def _coerce_scalars(record: dict[str, Any], scalars: tuple[tuple[str, Callable[[
 
 
 def _coerce_items(items: list[Any], schema: _Compiled) -> None:
-    """The items of a documented list; for flat items (a page of transactions) without a call each."""
+    """The items of a documented list; flat items (a page of transactions) need only their scalars."""
     for index, item in enumerate(items):
         if item.__class__ is not dict:
             continue
         try:
-            if not schema.flat:
+            if schema.flat:
+                _coerce_scalars(item, schema.scalars)
+            else:
                 _coerce_object(item, schema)
-                continue
-            for key, convert in schema.scalars:
-                value = item.get(key)
-                if value.__class__ is str:
-                    try:
-                        item[key] = convert(value)
-                    except _BadField as bad:
-                        raise bad.within(key) from None
         except _BadField as bad:
             bad.path = f"[{index}].{bad.path}"
             raise
