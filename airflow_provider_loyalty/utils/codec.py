@@ -118,7 +118,8 @@ def _kind_of(content_type_header: str | None, body: bytes) -> str:
         return "json"
     if "xml" in header:
         return "xml"
-    return "xml" if body.lstrip()[:1] == b"<" else "json"
+    # A UTF-8 byte order mark or blank lines may come before either; no JSON text starts with "<".
+    return "xml" if body[:256].lstrip(b" \t\r\n\xef\xbb\xbf")[:1] == b"<" else "json"
 
 
 def _decode_json(body: bytes) -> Any:
@@ -168,6 +169,10 @@ def _decode_xml(body: bytes, schema: _Compiled) -> Any:
 
 
 def _parse_xml(body: bytes) -> Element:
+    # Blank lines before the declaration (a common server-side slip, also after a byte order mark)
+    # are not XML, but they change nothing: read the document from its first "<".
+    if body[:1] in (b" ", b"\t", b"\r", b"\n", b"\xef"):
+        body = body.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     try:
         if _plainly_safe(body):
             return fromstring(body)  # noqa: S314 - no DTD possible: checked just above

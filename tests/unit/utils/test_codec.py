@@ -337,3 +337,18 @@ def test_request_bodies_leave_out_none_and_write_booleans_as_words() -> None:
         encode_body(payload, "xml")
         == b"<xml><task_id>t&amp;&lt;1&gt;</task_id><flag>true</flag><limit>20</limit></xml>"
     )
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/octet-stream"])
+@pytest.mark.parametrize("prefix", [b"", b"\xef\xbb\xbf", b"\r\n  ", b"\xef\xbb\xbf\n"])
+def test_a_reply_without_a_telling_content_type_is_recognised_by_its_first_character(
+    content_type: str | None, prefix: bytes
+) -> None:
+    xml = (
+        prefix
+        + b'<?xml version="1.0"?>\n<xml><data><task_id>task_1</task_id></data><error>0</error><error_text/></xml>'
+    )
+    json_body = prefix + b'{"data": {"task_id": "task_1"}, "error": "0", "error_text": ""}'
+
+    for body in (xml, json_body):
+        assert decode_body(body, content_type) == {"data": {"task_id": "task_1"}, "error": 0, "error_text": ""}
