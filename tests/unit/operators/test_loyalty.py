@@ -9,6 +9,7 @@ import dataclasses
 import gzip
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,31 @@ def member_operator(tmp_path, **kwargs) -> LoyaltyAccountTransactionsOperator:
 def read_jsonl(path: str) -> list[dict]:
     with open(path.removeprefix("file://"), encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
+
+
+def csv_rows(payload: bytes) -> list[list[str]]:
+    """Every record of a CSV payload as ``csv.reader`` (excel dialect) reads it, header included."""
+    return list(csv.reader(io.StringIO(payload.decode("utf-8-sig"), newline="")))
+
+
+def zip_rows(path: Path) -> list[list[str]]:
+    """The records of every CSV member of an export zip, each member's header row dropped but the first."""
+    rows: list[list[str]] = []
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            member = csv_rows(archive.read(name))
+            rows.extend(member if not rows else member[1:])
+    return rows
+
+
+#: created_at of five transactions around 2023-09-30: the day holds the middle three.
+DAY_TIMELINE = [
+    "2023-09-29T23:59:59Z",
+    "2023-09-30T00:00:00Z",
+    "2023-09-30T12:00:00Z",
+    "2023-09-30T23:59:59Z",
+    "2023-10-01T00:00:00Z",
+]
 
 
 class TestLoyaltyExportOperator:
@@ -285,6 +311,92 @@ class TestLoyaltyExportOperator:
         assert manifest["parts"][0]["key"].startswith("file://")
         assert csv_ids(part_paths(tmp_path / "osp", manifest)) == all_transaction_ids(emulator)
 
+    def test_a_torn_manifest_at_a_file_url_is_a_typed_error_or_replaced(self, emulator: LoyaltyEmulator, tmp_path):
+        """Issue 13.2 on a ``file://`` output_path: a half-written ``_manifest.json`` is a LoyaltyError
+        saying it is unreadable (never a raw JSONDecodeError) unless replace=True replaces it."""
+        location = f"file://{tmp_path}/osp"
+        export_operator(location).execute(context_for())
+        (tmp_path / "osp" / "_manifest.json").write_bytes(b'{"format_version": 1, "parts": [{"key": "par')
+        with pytest.raises(LoyaltyError, match="unreadable") as refused:
+            export_operator(location, replace=False).execute(context_for())
+        assert not isinstance(refused.value, json.JSONDecodeError)
+        assert "_manifest.json" in str(refused.value)
+        manifest = export_operator(location, replace=True).execute(context_for())
+        assert manifest["total_rows"] == N
+        assert verify_manifest(f"{location}/_manifest.json").intact
+        assert csv_ids(part_paths(tmp_path / "osp", manifest)) == all_transaction_ids(emulator)
+
+    def test_stray_quotes_land_as_csv_reader_reads_what_was_served(self, emulator: LoyaltyEmulator, tmp_path):
+        """Issue 13.4 through the emulator: unquoted fields holding a ``"`` (``prod_12 5" screen``) are
+        valid CSV; every id lands and each part reads, with csv.reader, exactly as the zip served."""
+        emulator.config.csv_style = "stray_quotes"
+        manifest = export_operator(tmp_path, keep_zip=True).execute(context_for())
+        assert csv_ids(part_paths(tmp_path, manifest)) == emulator.expected_ids()
+        assert manifest["total_rows"] == N == len(emulator.expected_ids())
+        served_rows = 0
+        for index, part in enumerate(manifest["parts"]):
+            landed = csv_rows((tmp_path / Path(part["key"]).name).read_bytes())
+            served = zip_rows(tmp_path / f"part-{index:05d}.zip")
+            assert landed == served
+            assert len(landed) - 1 == part["rows"]
+            served_rows += len(served) - 1
+        assert served_rows == N
+        first_part = (tmp_path / "part-00000.csv").read_bytes()
+        header, *records = csv_rows(first_part)
+        products = [record[header.index("product_eid")] for record in records]
+        assert any(value.endswith(' 5" screen') for value in products)  # the knob really served stray quotes
+        assert b' 5" screen,' in first_part  # unquoted, byte for byte as served
+
+    def test_many_small_members_over_the_ratio_cap_are_refused(self, emulator: LoyaltyEmulator, tmp_path):
+        """Issue 13.5 through the emulator: a zip split into many members (8 CSV members, then 24 filler
+        members just under 1 MiB each, about 1000:1) is refused by the ratio cap — there is no size
+        below which a member escapes it — and nothing is manifested. The same CSV members alone land."""
+        emulator.config.zip_members = 8
+        fine = export_operator(tmp_path / "fine").execute(context_for())
+        assert csv_ids(part_paths(tmp_path / "fine", fine)) == all_transaction_ids(emulator)
+        emulator.set_faults(
+            [FaultRule(endpoint="download", kind="zip_bomb_members", params={"members": 24, "member_bytes": 1_000_000})]
+        )
+        with pytest.raises(LoyaltyUnsafeDataError, match=r"over the cap of 200x \(max_compression_ratio\)") as refused:
+            export_operator(tmp_path / "bomb").execute(context_for())
+        message = str(refused.value)
+        assert "zip bomb" in message
+        expanded = re.search(r"expands \d+x \((\d+) bytes from (\d+)\)", message)
+        assert expanded is not None and int(expanded.group(1)) < 1024 * 1024  # a member under 1 MiB
+        assert not (tmp_path / "bomb" / "_manifest.json").exists()
+        assert emulator.stats()["faults_applied"].get("zip_bomb_members", 0) >= 1
+
+    def test_max_download_bytes_stops_the_export_and_a_normal_value_lands(self, emulator: LoyaltyEmulator, tmp_path):
+        """Issue 13.5: the operator's ``max_download_bytes`` caps each batch file while it streams."""
+        with pytest.raises(LoyaltyUnsafeDataError, match="max_download_bytes=4096"):
+            export_operator(tmp_path, max_download_bytes=4096).execute(context_for())
+        assert not (tmp_path / "_manifest.json").exists()
+        assert requests_seen(emulator, "download") == 1  # refused, not retried
+        manifest = export_operator(tmp_path, max_download_bytes=64 * 1024 * 1024).execute(context_for())
+        assert csv_ids(part_paths(tmp_path, manifest)) == all_transaction_ids(emulator)
+        assert (tmp_path / "_manifest.json").exists()
+
+    def test_a_ds_template_exports_the_whole_day(self, emulator: LoyaltyEmulator, tmp_path):
+        """Issue 13.3: ``date_from``/``date_to`` = ``"{{ ds }}"`` rendered by Airflow's templating is the
+        whole day: the API is asked for 00:00:00..23:59:59 and the day's last second lands."""
+        import pendulum
+        from airflow.sdk import DAG
+
+        emulator.config.update({"transactions": len(DAY_TIMELINE), "created_at_timeline": DAY_TIMELINE})
+        with DAG("ds_day", schedule=None, start_date=pendulum.datetime(2023, 9, 1, tz="UTC")):
+            operator = export_operator(tmp_path, date_from="{{ ds }}", date_to="{{ ds }}")
+        logical_date = pendulum.datetime(2023, 9, 30, tz="UTC")
+        context = context_for(logical_date=logical_date, ds=logical_date.to_date_string())
+        operator.render_template_fields(context)
+        assert (operator.date_from, operator.date_to) == ("2023-09-30", "2023-09-30")
+        manifest = operator.execute(context)
+        assert emulator.stats()["export_tasks_by_period"] == {"2023-09-30T00:00:00Z/2023-09-30T23:59:59Z": 1}
+        assert (manifest["date_from"], manifest["date_to"]) == ("2023-09-30T00:00:00Z", "2023-09-30T23:59:59Z")
+        rows = csv_rows((tmp_path / "part-00000.csv").read_bytes())
+        created_at = [row[rows[0].index("created_at")] for row in rows[1:]]
+        assert created_at == DAY_TIMELINE[1:4]  # 23:59:59 of the day too
+        assert manifest["total_rows"] == 3
+
     # ---------------------------------------------------------------------- verification of archives
 
     def test_s3_object_storage_output_path(self, emulator: LoyaltyEmulator, s3_bucket, s3_client):
@@ -434,6 +546,27 @@ class TestLoyaltyAccountTransactionsOperator:
         assert (empty["rows"], empty["total_count"]) == (0, 0)
         with pytest.raises(LoyaltyNotFoundError):
             member_operator(tmp_path, member_email="nobody@example.com").execute({})
+
+    @pytest.mark.parametrize(
+        "fault",
+        [
+            FaultRule(endpoint="account", kind="http_503"),  # beyond the connection's retries
+            FaultRule(endpoint="account", kind="api_error", params={"code": 1001, "text": "Invalid token"}),
+        ],
+        ids=["503-beyond-retries", "api-error"],
+    )
+    def test_a_failed_rerun_keeps_the_previous_file(self, emulator: LoyaltyEmulator, tmp_path, fault):
+        """Issue 13.2: a re-run whose API now fails raises; the previous history file stays
+        byte-identical and no temporary file is left beside it."""
+        first = member_operator(tmp_path).execute({})
+        previous = (tmp_path / "member.jsonl").read_bytes()
+        assert first["rows"] == 250 and previous.count(b"\n") == 250
+        emulator.set_faults([fault])
+        with pytest.raises(LoyaltyError):
+            member_operator(tmp_path).execute({})
+        assert emulator.stats()["faults_applied"].get(fault.kind, 0) >= 1
+        assert (tmp_path / "member.jsonl").read_bytes() == previous
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["member.jsonl"]
 
     def test_directory_output_names_files_without_pii(self, emulator: LoyaltyEmulator, tmp_path):
         result = member_operator(tmp_path, output_path=f"{tmp_path}/members/").execute({})
