@@ -506,6 +506,68 @@ class TestOutputFormats:
         assert json.loads((tmp_path / "_manifest.json").read_text())["manifest"] == f"file://{tmp_path}/_manifest.json"
 
 
+LINK_DAG_SOURCE = """
+import os
+
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
+from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
+
+PERIOD = {"date_from": "2023-09-01", "date_to": "2023-09-30", "poll_interval": 0.1, "deferrable": False}
+CURRENCY = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points"}
+
+with DAG("loyalty_manifest_links", schedule=None, start_date=pendulum.datetime(2023, 9, 1, tz="UTC")) as dag:
+    LoyaltyExportOperator(task_id="to_disk", output_path=os.environ["LOYALTY_TEST_DIR"], **CURRENCY, **PERIOD)
+    LoyaltyTransactionsToS3Operator(
+        task_id="to_s3", s3_bucket=os.environ["LOYALTY_TEST_BUCKET"], s3_key_prefix="links/2023-09", **CURRENCY, **PERIOD
+    )
+"""
+
+
+def test_the_manifest_link_opens_the_manifest_each_export_wrote(airflow_db, s3_server, s3_bucket, tmp_path):
+    """Issue 18.3: the task view's "Export manifest" link, as Airflow computes it at the end of a real
+    ``dag.test()`` run (``get_link`` with the task instance's key, reading the XCom return value)
+    and stores it as the ``_link_LoyaltyManifestLink`` XCom: the S3 console URL of the manifest for
+    an S3 export, the manifest's ``file://`` URL for a local one."""
+    import sqlite3
+    import textwrap
+
+    from airflow_provider_loyalty.operators.links import LoyaltyManifestLink
+    from airflow_provider_loyalty.testing.s3 import aws_connection_json
+    from tests.support.dag_runner import run_dag_test
+
+    dag_file = tmp_path / "dags" / "loyalty_manifest_links.py"
+    dag_file.parent.mkdir()
+    dag_file.write_text(textwrap.dedent(LINK_DAG_SOURCE))
+    local = tmp_path / "export"
+    with LoyaltyEmulator(EmulatorConfig(transactions=600, batch_size=250, task_duration=0.0)) as emulator:
+        connection = {"conn_type": "loyalty", "host": emulator.url, "password": emulator.token}
+        env = {
+            "AIRFLOW_CONN_LOYALTY_DEFAULT": json.dumps(connection),
+            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection_json(s3_server),
+            "LOYALTY_TEST_DIR": str(local),
+            "LOYALTY_TEST_BUCKET": s3_bucket,
+        }
+        outcome = run_dag_test(dag_file, "loyalty_manifest_links", env)
+    assert outcome.tasks == {"to_disk": "success", "to_s3": "success"}, outcome.output[-4000:]
+    with sqlite3.connect(Path(airflow_db) / "airflow.db") as db:
+        stored = db.execute(
+            "SELECT task_id, key, value FROM xcom WHERE dag_id = 'loyalty_manifest_links' AND key IN (?, ?)",
+            (LoyaltyManifestLink().xcom_key, "return_value"),
+        ).fetchall()
+    values = {(task_id, key): json.loads(value) for task_id, key, value in stored}
+    links = {task_id: value for (task_id, key), value in values.items() if key != "return_value"}
+    assert links == {
+        "to_s3": f"https://s3.console.aws.amazon.com/s3/object/{s3_bucket}?prefix=links%2F2023-09%2F_manifest.json",
+        "to_disk": f"file://{local}/_manifest.json",
+    }
+    assert values[("to_s3", "return_value")]["manifest"] == f"s3://{s3_bucket}/links/2023-09/_manifest.json"
+    assert values[("to_disk", "return_value")]["manifest"] == links["to_disk"]
+    assert json.loads((local / "_manifest.json").read_text())["total_rows"] == 600
+
+
 class TestLoyaltyAccountTransactionsOperator:
     """LoyaltyAccountTransactionsOperator: a member's whole history as JSON Lines, mappable."""
 
@@ -567,6 +629,19 @@ class TestLoyaltyAccountTransactionsOperator:
         assert emulator.stats()["faults_applied"].get(fault.kind, 0) >= 1
         assert (tmp_path / "member.jsonl").read_bytes() == previous
         assert sorted(path.name for path in tmp_path.iterdir()) == ["member.jsonl"]
+
+    def test_openlineage_names_the_api_input_and_the_history_file(self, emulator: LoyaltyEmulator, tmp_path):
+        """Issue 18.3: the member operator's lineage is the API's transactions in, the one file out."""
+        pytest.importorskip("airflow.providers.openlineage")
+        operator = member_operator(tmp_path)
+        result = operator.execute({})
+        lineage = operator.get_openlineage_facets_on_complete(None)
+        assert [(source.namespace, source.name) for source in lineage.inputs] == [
+            (emulator.url, "loyalty_program/123/points_transactions")
+        ]
+        assert [(out.namespace, out.name) for out in lineage.outputs] == [("file", str(tmp_path / "member.jsonl"))]
+        assert result["path"] == f"file://{tmp_path / 'member.jsonl'}"
+        assert emulator.token not in repr(lineage)
 
     def test_directory_output_names_files_without_pii(self, emulator: LoyaltyEmulator, tmp_path):
         result = member_operator(tmp_path, output_path=f"{tmp_path}/members/").execute({})
