@@ -10,14 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyValidationError
+from airflow_provider_loyalty.exceptions import LoyaltyExportStopped, LoyaltyExportTaskFailed, LoyaltyValidationError
+from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, MANIFEST_NAME
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
 from tests.support.helpers import all_transaction_ids, point_connection_at, wait_for
-from tests.support.operator_driver import DeferralLog, context_for, run_with_deferrals
+from tests.support.operator_driver import DeferralLog, context_for, run_with_deferrals, task_instance
 
 N = 5000
 PREFIX = "compliance/2023-09"
@@ -164,6 +167,87 @@ def test_default_prefix_and_asset_outlet(emulator, s3_bucket, s3_client):
     )
     (asset,) = operator.outlets  # one asset per program and currency
     assert asset.uri == f"s3://{s3_bucket}/loyalty/transactions/program=123/currency=bonus_points/_manifest.json"
+
+
+def test_each_program_and_currency_has_its_own_default_asset():
+    """Issue 18.3: the default asset is per program and currency, so two exports of different
+    programs or currencies in one bucket never share an asset URI."""
+    currencies = [
+        {"loyalty_program_id": 123, "points_currency_eid": "bonus_points"},
+        {"loyalty_program_id": 456, "points_currency_eid": "bonus_points"},
+        {"loyalty_program_id": 123, "points_currency_eid": "miles"},
+        {"loyalty_program_id": 123, "points_currency_eid": None, "points_currency_iid": 7},
+    ]
+    uris = [make_operator("b", s3_key_prefix=None, **currency).outlets[0].uri for currency in currencies]
+    assert uris == [
+        "s3://b/loyalty/transactions/program=123/currency=bonus_points/_manifest.json",
+        "s3://b/loyalty/transactions/program=456/currency=bonus_points/_manifest.json",
+        "s3://b/loyalty/transactions/program=123/currency=miles/_manifest.json",
+        "s3://b/loyalty/transactions/program=123/currency=iid-7/_manifest.json",
+    ]
+
+
+def test_a_literal_prefix_with_reserved_characters_is_escaped_in_the_asset(emulator, s3_bucket, s3_client):
+    """Issue 19: a literal prefix holding ``#``, ``?`` and a space gives an asset URI Airflow accepts,
+    with no fragment or query, from which the stored manifest's key is recovered exactly."""
+    from airflow.sdk import Asset
+
+    prefix = "audit #7/why? yes/2023-09"
+    operator = make_operator(s3_bucket, s3_key_prefix=prefix)
+    (asset,) = operator.outlets
+    assert Asset(uri=asset.uri).uri == asset.uri  # Airflow takes it as it is
+    parts = urlsplit(asset.uri)
+    assert (parts.scheme, parts.netloc, parts.query, parts.fragment) == ("s3", s3_bucket, "", "")
+    assert " " not in asset.uri
+    key = unquote(parts.path.lstrip("/"))
+    assert key == f"{prefix}/{MANIFEST_NAME}"
+    manifest = operator.execute(context_for())
+    assert manifest["manifest"] == f"s3://{s3_bucket}/{key}"
+    stored = json.loads(s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    assert stored["total_rows"] == N
+    assert [part["key"] for part in stored["parts"]] == [f"{prefix}/part-0000{i}.csv" for i in range(5)]
+
+
+def test_on_kill_stops_promptly_and_the_next_try_re_attaches(emulator, s3_bucket, s3_client):
+    """Issue 13.13 for the S3 operator: on_kill ends the export at once, removes its temporary batch
+    files, and the checkpoint in S3 keeps the pending export task for the next try to re-attach to."""
+    emulator.config.task_duration = 30.0
+    operator = make_operator(s3_bucket)
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            operator.execute(context_for(ti=task_instance(task_id="to_s3")))
+        except BaseException as error:  # the thread reports what stopped it
+            outcome["error"] = error
+
+    def stored_checkpoint() -> dict | None:
+        try:
+            body = s3_client.get_object(Bucket=s3_bucket, Key=f"{PREFIX}/{CHECKPOINT_NAME}")["Body"].read()
+        except s3_client.exceptions.NoSuchKey:
+            return None
+        return json.loads(body)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    wait_for(lambda: (stored_checkpoint() or {}).get("pending"), timeout=60, what="a pending task in S3")
+    assert operator._loop is not None
+    workdir = operator._loop.workdir
+    assert os.path.isdir(workdir)
+    operator.on_kill()
+    worker.join(10)
+    assert not worker.is_alive(), "on_kill did not stop the export"
+    assert isinstance(outcome.get("error"), LoyaltyExportStopped)
+    assert not os.path.exists(workdir)  # temporary batch files removed
+    (pending,) = (stored_checkpoint() or {})["pending"]
+    assert f"{PREFIX}/{MANIFEST_NAME}" not in keys_under(s3_client, s3_bucket)
+    emulator.config.task_duration = 0.05
+    emulator.api.tasks.get(pending["task_id"]).duration = 0.0  # the server finishes the pending task
+    manifest = make_operator(s3_bucket).execute(context_for(ti=task_instance(task_id="to_s3", try_number=2)))
+    assert manifest["parts"][0]["export_task_id"] == pending["task_id"]  # re-attached, not re-created
+    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_transaction_ids(emulator)
+    assert_true_manifest(s3_client, s3_bucket, manifest)
+    assert f"{PREFIX}/{CHECKPOINT_NAME}" not in keys_under(s3_client, s3_bucket)
 
 
 def test_crash_after_part_2_of_5_resumes_without_re_exporting(emulator, s3_bucket, s3_client, tmp_path):
