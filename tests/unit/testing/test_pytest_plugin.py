@@ -109,21 +109,7 @@ def test_everything_is_restored_afterwards():
 """
 
 
-def _airflow_line() -> tuple[int, int]:
-    from importlib.metadata import version
-
-    major, minor = version("apache-airflow-core").split(".")[:2]
-    return int(major), int(minor)
-
-
 @pytest.mark.timeout(900)  # a migration and a whole dag.test() in a new process: slow on a busy machine
-@pytest.mark.xfail(
-    _airflow_line() == (3, 2),
-    reason="Airflow 3.2.2's dag.test() fails by itself with today's FastAPI/cadwyn/starlette (its execution API "
-    "does not build: 'needs a discriminator field', or 'no attribute svcs_registry'), a one-task DAG without "
-    "the provider included; install Airflow 3.2 with its constraints file",
-    strict=False,
-)
 def test_dag_test_works_in_a_fresh_project_with_no_setup(tmp_path: Path) -> None:
     project = tmp_path / "project"
     (project / "dags").mkdir(parents=True)
