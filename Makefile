@@ -10,9 +10,10 @@ VENV_DIST ?= .venv-dist
 AIRFLOW_SPEC ?= apache-airflow>=3.3,<3.4
 AIRFLOW_MIN_SPEC ?= apache-airflow>=3.1,<3.2
 AIRFLOW_MID_SPEC ?= apache-airflow>=3.2,<3.3
-# What Airflow 3.2.2's constraints file pins (fastapi 0.136.3, svcs 25.1.0); today's newest break its
-# execution API, so dag.test() fails for any DAG: fastapi>=0.156.1 'needs a discriminator field',
-# svcs>=26 'no attribute svcs_registry'. Bisected against a one-task DAG; the loosest bounds that work.
+# Airflow 3.2.2 shipped with older ones (resolved at its release, 2026-05-29: fastapi 0.136.3, svcs
+# 25.1.0, what its constraints file pins); today's newest break its own execution API, so dag.test()
+# fails for any DAG: fastapi>=0.156.1 'needs a discriminator field', svcs>=26 'no attribute
+# svcs_registry'. Bisected with a one-task DAG: the loosest bounds that work, each one needed.
 MID_CONSTRAINTS ?= "fastapi<0.156.1" "svcs<26"
 PYTEST_ARGS ?=
 
