@@ -25,7 +25,7 @@ from typing import Any
 # the command's stdout is its report, so those lines go to stderr.
 with contextlib.redirect_stdout(sys.stderr):
     from airflow_provider_loyalty.exceptions import LoyaltyError
-from airflow_provider_loyalty.export.layout import MANIFEST_NAME
+from airflow_provider_loyalty.export.layout import MANIFEST_NAME, TEMPORARY_PREFIX
 from airflow_provider_loyalty.export.part_formats import OUTPUT_FORMATS
 from airflow_provider_loyalty.verify_parts import measure_part
 from airflow_provider_loyalty.verify_storage import ObjectMissing, StorageError, Store, open_store
@@ -41,6 +41,7 @@ _BOOKKEEPING_MEANING = {
     "_lease.json": "an export holds this location's lease (one is writing, or one stopped without releasing it)",
     "_staging": "parts staged by an export or a re-run that has not switched over yet",
     "_parts": "parts of an export in progress",
+    f"{TEMPORARY_PREFIX}*": "local writes cut off mid-write by a stopped writer (never a part; safe to delete)",
 }
 
 
@@ -334,7 +335,7 @@ class _Verification:
                 name = path[len(self.directory) + 1 :] if path.startswith(self.directory + "/") else path
                 top = name.split("/", 1)[0]
                 if top.startswith("_"):
-                    bookkeeping[top] += 1
+                    bookkeeping[f"{TEMPORARY_PREFIX}*" if top.startswith(TEMPORARY_PREFIX) else top] += 1
                     if "/" in name:
                         folders.add(top)
                 elif "/" not in name and name.endswith(".zip") and name[: -len(".zip")] in listed_stems:
@@ -345,6 +346,7 @@ class _Verification:
             self.report.unchecked.append(f"objects not listed in the manifest cannot be looked for: {error}")
         for top, count in sorted(bookkeeping.items()):
             what = f"{top}/ ({count} object(s))" if top in folders else top
+            what = f"{top} ({count} object(s))" if top.endswith("*") else what
             self.report.notes.append(f"{what}: {_BOOKKEEPING_MEANING.get(top, 'bookkeeping, not a part')}")
         if archives:
             self.report.notes.append(f"{archives} part-NNNNN.zip archive(s) kept as downloaded (keep_zip), not parts")

@@ -348,8 +348,7 @@ def _require_connection(conn_id: str | None) -> None:
     """A connection named explicitly must exist (no silent fallback to another identity)."""
     if conn_id is None:
         return
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook
 
     try:
         BaseHook.get_connection(conn_id)

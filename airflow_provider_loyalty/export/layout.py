@@ -8,6 +8,8 @@
     <location>/_lease.json                           who writes here now, until when
     <location>/_parts/part-00000.json ...            one record per landed part, written once
     <location>/_staging/part-00000.csv ...           a re-run's parts, until they replace the old set
+    <location>/_tmp-<hex>                            a local write in flight, renamed over its name when
+                                                     complete (left only by a writer killed mid-write)
 
 Names starting with ``_`` are bookkeeping, never data: a verifier reading the location ignores
 them, and an export only ever deletes its own kinds of names.
@@ -16,6 +18,7 @@ them, and an export only ever deletes its own kinds of names.
 from __future__ import annotations
 
 import re
+import uuid
 
 from airflow_provider_loyalty.export.part_formats import part_suffix
 
@@ -24,6 +27,7 @@ CHECKPOINT_NAME = "_manifest.inprogress.json"
 LEASE_NAME = "_lease.json"
 RECORDS_DIR = "_parts"
 STAGING_DIR = "_staging"
+TEMPORARY_PREFIX = "_tmp-"
 
 _PART_NAME = re.compile(r"^part-\d{5,}\.(csv|csv\.gz|parquet|zip)$")
 
@@ -47,3 +51,8 @@ def record_name(index: int) -> str:
 def staged(name: str) -> str:
     """The staging name of a part of a re-run."""
     return f"{STAGING_DIR}/{name}"
+
+
+def temporary_name() -> str:
+    """A fresh name for a local write in flight (see the module docstring)."""
+    return f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}"

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyStorageError
+from airflow_provider_loyalty.export.layout import TEMPORARY_PREFIX, temporary_name
 
 _COPY_CHUNK = 8 * 1024 * 1024
 
@@ -291,7 +291,7 @@ class ObjectStorageSink(PartSink):
     def move(self, source: str, target: str) -> None:
         with self._storage(f"move {source} to {target}"):
             if self.local_root is not None:  # a hard link: no copy, and the source stays until deleted
-                temporary = f"{self._local(target)}.{uuid.uuid4().hex}.tmp"
+                temporary = os.path.join(os.path.dirname(self._local(target)), temporary_name())
                 os.link(self._local(source), temporary)
                 os.replace(temporary, self._local(target))
                 return
@@ -301,7 +301,7 @@ class ObjectStorageSink(PartSink):
 
 def _temporary_file(directory: str) -> tuple[int, str]:
     """A new file beside its final name, with the mode a plain write gets (``mkstemp`` gives 0600)."""
-    path = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+    path = os.path.join(directory, temporary_name())
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
 
 
@@ -311,7 +311,7 @@ def publish_file(local_path: str, target: ObjectStoragePath) -> None:
     if (target.protocol or "file") in ("file", "local"):
         destination = str(target.path)
         os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
-        temporary = f"{destination}.{uuid.uuid4().hex}.tmp"
+        temporary = os.path.join(os.path.dirname(destination) or ".", temporary_name())
         try:
             shutil.copyfile(local_path, temporary)
             os.replace(temporary, destination)
@@ -325,8 +325,8 @@ def publish_file(local_path: str, target: ObjectStoragePath) -> None:
 
 
 def _is_stored_file(entry: os.DirEntry[str]) -> bool:
-    """A stored object, not a temporary name or a lock file of ours."""
-    return entry.is_file() and not entry.name.startswith(".tmp-") and not entry.name.endswith((".lock", ".tmp"))
+    """A stored object, not a local write in flight."""
+    return entry.is_file() and not entry.name.startswith(TEMPORARY_PREFIX)
 
 
 def object_location(path: ObjectStoragePath) -> str:

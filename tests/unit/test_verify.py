@@ -18,6 +18,7 @@ from typing import Any
 import pendulum
 import pytest
 
+from airflow_provider_loyalty.export.layout import temporary_name
 from airflow_provider_loyalty.testing import EmulatorConfig
 from airflow_provider_loyalty.verify import CannotVerifyError, VerifyReport, main, verify_manifest
 
@@ -198,6 +199,8 @@ def test_bookkeeping_files_are_notes_not_strays(tmp_path: Path) -> None:
     (tmp_path / "_staging" / "run-2" / "part-00000.csv").write_text("x")
     (tmp_path / "_staging" / "run-2" / "part-00001.csv").write_text("y")
     (tmp_path / "part-00000.zip").write_bytes(b"PK")  # keep_zip=True: the archive beside its part
+    for _ in range(2):  # writes cut off by a SIGKILL before their rename
+        (tmp_path / temporary_name()).write_bytes(b"half a docu")
 
     report = verify_manifest(tmp_path)
 
@@ -207,6 +210,7 @@ def test_bookkeeping_files_are_notes_not_strays(tmp_path: Path) -> None:
     assert "_lease.json: an export holds this location's lease" in notes
     assert "_staging/ (2 object(s))" in notes
     assert "1 part-NNNNN.zip archive(s) kept as downloaded" in notes
+    assert "_tmp-* (2 object(s)): local writes cut off mid-write" in notes
 
 
 # --- altered exports: exit 1, naming the part --------------------------------------------------------
@@ -632,8 +636,8 @@ def test_memory_stays_flat_verifying_a_200_mib_part(tmp_path: Path) -> None:
 
 def build_verified_export_dag():
     # [START howto_verify_task]
+    from airflow.providers.common.compat.sdk import AirflowFailException  # on every Airflow 3 line
     from airflow.sdk import DAG, task
-    from airflow.sdk.exceptions import AirflowFailException
 
     from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
     from airflow_provider_loyalty.verify import verify_manifest
@@ -663,7 +667,7 @@ def build_verified_export_dag():
 
 
 def test_documented_verify_task_fails_the_run_unless_intact(s3_bucket: str, s3_client) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.providers.common.compat.sdk import AirflowFailException
 
     dag = build_verified_export_dag()
     verify_task = dag.get_task("verify_export")
