@@ -111,8 +111,8 @@ def check_program_id(loyalty_program_id: Any) -> int:
 
 def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[str, Any]:
     """Exactly one of the two currency ids; return it as the request field it becomes."""
-    has_eid = points_currency_eid not in (None, "")
-    has_iid = points_currency_iid not in (None, "")
+    has_eid = not _blank(points_currency_eid)  # a template that rendered nothing (or only blanks) gave none
+    has_iid = not _blank(points_currency_iid)
     if has_eid == has_iid:
         which = "both were given" if has_eid else "neither was given"
         raise LoyaltyValidationError("points_currency_eid/points_currency_iid", f"give exactly one of the two; {which}")
@@ -130,6 +130,10 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
             "points_currency_iid", f"expected a non-negative integer, got {points_currency_iid!r}"
         )
     return {"points_currency_iid": iid}
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 _UUIDISH = re.compile(r"^[0-9A-Za-z-]{1,64}$")

@@ -154,6 +154,7 @@ def test_member_without_history_and_unknown_member(hook: LoyaltyHook):
     [
         ("export", {"points_currency_iid": 1}, "points_currency_eid/points_currency_iid"),
         ("export", {"points_currency_eid": None}, "points_currency_eid/points_currency_iid"),
+        ("export", {"points_currency_eid": " \n"}, "points_currency_eid/points_currency_iid"),  # rendered blank
         ("export", {"date_from": "2023-10-01T00:00:00Z"}, "date_from"),
         ("export", {"date_to": "not a date"}, "date_to"),
         ("export", {"loyalty_program_id": "abc"}, "loyalty_program_id"),
