@@ -112,6 +112,16 @@ class LocationLease:
         self._tag: str | None = None
         self._renewed_at = 0.0
         self.waited_since: float | None = None
+        self.taken_from: dict[str, Any] | None = None
+
+    @property
+    def left_by_earlier_try(self) -> dict[str, Any] | None:
+        """The lease document this writer took over from an earlier try of the same task instance:
+        that try stopped (crashed, killed) without releasing the location."""
+        holder = self.taken_from
+        if not holder or self.identity.task is None or holder.get("task") != self.identity.task:
+            return None
+        return holder if holder.get("try_number") != self.identity.try_number else None
 
     @property
     def held(self) -> bool:
@@ -157,6 +167,7 @@ class LocationLease:
                     self.sink.delete([LEASE_NAME])  # unreadable: remove it and create ours
                     continue
                 if self._tag is not None:
+                    self.taken_from = holder
                     return self._took(f"took over from {_holder_text(holder)}")
                 continue  # it changed meanwhile: look again
             self._wait_or_fail(holder, started, max_wait)

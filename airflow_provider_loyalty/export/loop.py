@@ -161,6 +161,10 @@ class ExportLoop:
         self.lease.acquire(max_wait=self.batch_timeout if max_wait is None else max_wait)
         if self.lease.waited_since is not None:
             self.adopted = self._manifest_finished_since(self.lease.waited_since)
+        elif (earlier := self.lease.left_by_earlier_try) is not None:
+            # An earlier try of this task held the location until it died: if it finished the
+            # export before that (manifest written, lease not yet released), its manifest is ours.
+            self.adopted = self._manifest_finished_since(_epoch(earlier.get("acquired_at")))
         progress = self._resumable_checkpoint() if self.adopted is None else None
         if progress is not None:
             progress.recreations = []  # each try gets its own attempts at a batch
@@ -523,8 +527,7 @@ class ExportLoop:
             return None
         if manifest is None or period_of(manifest) != self.spec.period:
             return None
-        completed = pendulum.parse(str(manifest.get("completed_at") or "1970-01-01T00:00:00Z"))
-        if not isinstance(completed, pendulum.DateTime) or completed.timestamp() < since:
+        if _epoch(manifest.get("completed_at")) < since:
             return None
         self.log.info(
             "The export of the same period that held %s finished meanwhile; using its manifest", self.sink.describe()
@@ -537,6 +540,15 @@ class ExportLoop:
     def _check_stop(self) -> None:
         if self.stop_event.is_set():
             raise LoyaltyExportStopped(f"the export at {self.sink.describe()} was stopped")
+
+
+def _epoch(timestamp: Any) -> float:
+    """Epoch seconds of an ISO timestamp in a bookkeeping document; 0 when absent or unreadable."""
+    try:
+        parsed = pendulum.parse(str(timestamp)) if timestamp else None
+    except (ValueError, TypeError):
+        return 0.0
+    return parsed.timestamp() if isinstance(parsed, pendulum.DateTime) else 0.0
 
 
 def _file_gone(error: LoyaltyApiError) -> bool:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyFinalError, LoyaltyLocationBusyError
 from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, LEASE_NAME, MANIFEST_NAME
+from airflow_provider_loyalty.export.spec import period_of
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
@@ -176,6 +178,54 @@ def test_replace_only_replaces_an_export_of_the_same_period(emulator: LoyaltyEmu
         make_operator(target, replace=True).execute(context_for(*OCTOBER))
     assert "2023-09-01" in str(refused.value) and "2023-10-01" in str(refused.value)
     assert stored(target, s3_client=s3_client) == before
+
+
+@pytest.mark.parametrize("released", [False, True], ids=["died-before-releasing", "finished-cleanly"])
+def test_a_retry_adopts_the_export_its_earlier_try_finished_before_dying(
+    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest, released: bool
+):
+    """Try 1 writes the manifest and is killed before it releases the location (a worker SIGKILLed
+    in that instant, seen on the cluster). Try 2, with replace=True, must take that manifest, not
+    export the period again; a clean earlier finish (lease released) is replaced as asked."""
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    first = make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
+    created = emulator.stats()["export_tasks_created"]
+    if not released:  # the lease try 1 held when it died: renewed just before it sealed
+        manifest = json.loads(stored(target, s3_client=s3_client)[MANIFEST_NAME])
+        lease = {
+            "writer_id": "try-1",
+            "task": "tests/run/export/-1",
+            "try_number": 1,
+            "host": "worker-2:4242",
+            **period_of(manifest),
+            "acquired_at": manifest["started_at"],
+            "expires_at": time.time() + 3600,
+        }
+        write_document(target, LEASE_NAME, lease, s3_client)
+    before = stored(target, s3_client=s3_client)
+
+    second = make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=2)))
+
+    if released:
+        assert emulator.stats()["export_tasks_created"] > created  # replaced, as replace=True asks
+    else:
+        assert emulator.stats()["export_tasks_created"] == created  # nothing exported twice
+        assert second["manifest"] == first["manifest"] and second["total_rows"] == first["total_rows"]
+        after = stored(target, s3_client=s3_client)
+        assert {k: v for k, v in after.items() if k != LEASE_NAME} == {
+            k: v for k, v in before.items() if k != LEASE_NAME
+        }  # the finished export untouched
+        assert LEASE_NAME not in after  # and the location released
+    report = verify_manifest(manifest_location(target), conn_id="aws_default" if s3_client else None)
+    assert report.intact, report.problems
+
+
+def write_document(target: dict[str, Any], name: str, document: dict[str, Any], s3_client: Any) -> None:
+    payload = json.dumps(document).encode()
+    if "output_path" in target:
+        (Path(target["output_path"]) / name).write_bytes(payload)
+    else:
+        s3_client.put_object(Bucket=target["s3_bucket"], Key=f"{PREFIX}/{name}", Body=payload)
 
 
 def test_a_stale_lease_of_a_crashed_writer_expires(emulator: LoyaltyEmulator, tmp_path):
