@@ -19,6 +19,39 @@ import pendulum
 from airflow.providers.common.compat.sdk import TaskDeferred
 
 
+def local_export_operator(output: Any, **kwargs: Any) -> Any:
+    """A worker-mode ``LoyaltyExportOperator`` of program 123 / bonus_points into ``output``."""
+    from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
+
+    params = {
+        "task_id": "export",
+        "loyalty_program_id": 123,
+        "points_currency_eid": "bonus_points",
+        "output_path": str(output),
+        "poll_interval": 0.05,
+        "deferrable": False,
+        **kwargs,
+    }
+    return LoyaltyExportOperator(**params)
+
+
+def stop_with_on_kill(operator: Any, worker: Any, outcome: dict[str, Any]) -> None:
+    """Call ``on_kill`` while ``worker`` (a thread running the export) waits; check it stopped
+    promptly with :class:`LoyaltyExportStopped` and removed its temporary batch directory."""
+    import os
+
+    from airflow_provider_loyalty.exceptions import LoyaltyExportStopped
+
+    assert operator._loop is not None
+    workdir = operator._loop.workdir
+    assert os.path.isdir(workdir)
+    operator.on_kill()
+    worker.join(10)
+    assert not worker.is_alive(), "on_kill did not stop the export"
+    assert isinstance(outcome.get("error"), LoyaltyExportStopped)
+    assert not os.path.exists(workdir)  # temporary batch files removed
+
+
 def task_instance(
     task_id: str = "export", run_id: str = "run", dag_id: str = "tests", map_index: int = -1, try_number: int = 1
 ) -> SimpleNamespace:

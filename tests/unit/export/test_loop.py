@@ -6,7 +6,6 @@ Each test would have failed on 2c35e55 (the first round's loop).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -14,16 +13,21 @@ import pytest
 
 from airflow_provider_loyalty.exceptions import (
     LoyaltyEmptyExportError,
-    LoyaltyExportStopped,
     LoyaltyResponseError,
     LoyaltyTransientError,
 )
 from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, MANIFEST_NAME
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
-from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
 from tests.support.helpers import all_transaction_ids, csv_ids, point_connection_at, wait_for
-from tests.support.operator_driver import DeferralLog, context_for, run_with_deferrals, task_instance
+from tests.support.operator_driver import (
+    DeferralLog,
+    context_for,
+    local_export_operator,
+    run_with_deferrals,
+    stop_with_on_kill,
+    task_instance,
+)
 
 N = 3000
 
@@ -37,19 +41,6 @@ def loyalty_emulator_config() -> EmulatorConfig:
 def emulator(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch) -> LoyaltyEmulator:
     point_connection_at(monkeypatch, loyalty_emulator, max_retries=0)
     return loyalty_emulator
-
-
-def make_operator(output: Path, **kwargs) -> LoyaltyExportOperator:
-    params = {
-        "task_id": "export",
-        "loyalty_program_id": 123,
-        "points_currency_eid": "bonus_points",
-        "output_path": str(output),
-        "poll_interval": 0.05,
-        "deferrable": False,
-        **kwargs,
-    }
-    return LoyaltyExportOperator(**params)
 
 
 def landed_ids(output: Path, manifest: dict) -> list[str]:
@@ -72,10 +63,10 @@ def test_retry_creates_again_a_batch_whose_file_is_gone(emulator: LoyaltyEmulato
     batch is created again from the same cursor instead of failing on every retry."""
     emulator.set_faults([FaultRule(endpoint="download", kind="http_503", count=1)])
     with pytest.raises(LoyaltyTransientError):
-        make_operator(tmp_path).execute(context_for(ti=task_instance()))
+        local_export_operator(tmp_path).execute(context_for(ti=task_instance()))
     (pending,) = checkpoint(tmp_path)["pending"][:1]
     assert emulator.expire_files() >= 1
-    manifest = make_operator(tmp_path).execute(context_for(ti=task_instance(try_number=2)))
+    manifest = local_export_operator(tmp_path).execute(context_for(ti=task_instance(try_number=2)))
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
     first = tasks_from(emulator, None)
     assert first[0]["task_id"] == pending["task_id"] and len(first) == 2
@@ -84,7 +75,7 @@ def test_retry_creates_again_a_batch_whose_file_is_gone(emulator: LoyaltyEmulato
 
 def test_a_batch_that_fails_verification_is_created_again(emulator: LoyaltyEmulator, tmp_path):
     emulator.set_faults([FaultRule(endpoint="download", kind="short_batch", count=1)])
-    manifest = make_operator(tmp_path).execute(context_for())
+    manifest = local_export_operator(tmp_path).execute(context_for())
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
     assert len(tasks_from(emulator, None)) == 2  # the short file's task was given up, once
 
@@ -93,7 +84,7 @@ def test_an_error_envelope_in_place_of_the_file_is_created_again(emulator: Loyal
     emulator.set_faults(
         [FaultRule(endpoint="download", kind="download_error_envelope", count=1, params={"text": "File expired"})]
     )
-    manifest = make_operator(tmp_path).execute(context_for())
+    manifest = local_export_operator(tmp_path).execute(context_for())
     assert manifest["total_rows"] == N
     assert len(tasks_from(emulator, None)) == 2
 
@@ -104,7 +95,9 @@ def test_an_adopted_running_task_is_checkpointed_before_deferral(emulator: Loyal
         loyalty_program_id=123, points_currency_eid="bonus_points", date_from="2023-09-01", date_to="2023-09-30"
     )
     log = DeferralLog()
-    manifest = run_with_deferrals(make_operator(tmp_path, export_task_id=adopted, deferrable=True), context_for(), log)
+    manifest = run_with_deferrals(
+        local_export_operator(tmp_path, export_task_id=adopted, deferrable=True), context_for(), log
+    )
     assert log.deferrals >= 1 and log.events[0]["export_task_id"] == adopted
     assert manifest["parts"][0]["export_task_id"] == adopted
     assert [task["task_id"] for task in tasks_from(emulator, None)] == [adopted]
@@ -120,7 +113,7 @@ def test_an_adopted_running_task_is_checkpointed_before_deferral(emulator: Loyal
 def test_an_empty_period_is_a_manifest_of_zero_rows(emulator: LoyaltyEmulator, tmp_path, style):
     emulator.config.empty_export_style = style
     context = context_for("2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z")  # no transactions then
-    manifest = make_operator(tmp_path).execute(context)
+    manifest = local_export_operator(tmp_path).execute(context)
     assert (manifest["total_rows"], manifest["parts"]) == (0, [])
     assert json.loads((tmp_path / MANIFEST_NAME).read_text())["total_rows"] == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == [MANIFEST_NAME]
@@ -129,14 +122,14 @@ def test_an_empty_period_is_a_manifest_of_zero_rows(emulator: LoyaltyEmulator, t
 def test_fail_on_empty_fails_and_leaves_no_manifest(emulator: LoyaltyEmulator, tmp_path):
     context = context_for("2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z")
     with pytest.raises(LoyaltyEmptyExportError, match="no transactions"):
-        make_operator(tmp_path, fail_on_empty=True).execute(context)
+        local_export_operator(tmp_path, fail_on_empty=True).execute(context)
     assert not (tmp_path / MANIFEST_NAME).exists() and not (tmp_path / CHECKPOINT_NAME).exists()
 
 
 def test_rows_without_a_file_stay_an_error(emulator: LoyaltyEmulator, tmp_path):
     emulator.config.hashed_file_override = ""
     with pytest.raises(LoyaltyResponseError, match="without a hashed_file"):
-        make_operator(tmp_path).execute(context_for())
+        local_export_operator(tmp_path).execute(context_for())
     assert not (tmp_path / MANIFEST_NAME).exists()
 
 
@@ -145,7 +138,7 @@ def test_rows_without_a_file_stay_an_error(emulator: LoyaltyEmulator, tmp_path):
 
 def test_on_kill_stops_the_loop_promptly_and_the_next_try_re_attaches(emulator: LoyaltyEmulator, tmp_path):
     emulator.config.task_duration = 30.0
-    operator = make_operator(tmp_path)
+    operator = local_export_operator(tmp_path)
     outcome: dict[str, BaseException] = {}
 
     def run() -> None:
@@ -157,17 +150,11 @@ def test_on_kill_stops_the_loop_promptly_and_the_next_try_re_attaches(emulator: 
     worker = threading.Thread(target=run)
     worker.start()
     wait_for(lambda: (tmp_path / CHECKPOINT_NAME).exists() and checkpoint(tmp_path)["pending"], what="a pending task")
-    workdir = operator._loop.workdir
-    assert os.path.isdir(workdir)
-    operator.on_kill()
-    worker.join(10)
-    assert not worker.is_alive(), "on_kill did not stop the export"
-    assert isinstance(outcome.get("error"), LoyaltyExportStopped)
-    assert not os.path.exists(workdir)  # temporary batch files removed
+    stop_with_on_kill(operator, worker, outcome)
     (pending,) = checkpoint(tmp_path)["pending"]
     emulator.config.task_duration = 0.05
     emulator.api.tasks.get(pending["task_id"]).duration = 0.0  # the server finishes the pending task
-    manifest = make_operator(tmp_path).execute(context_for(ti=task_instance(try_number=2)))
+    manifest = local_export_operator(tmp_path).execute(context_for(ti=task_instance(try_number=2)))
     assert manifest["parts"][0]["export_task_id"] == pending["task_id"]  # re-attached, not re-created
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
 
@@ -178,7 +165,7 @@ def test_on_kill_stops_the_loop_promptly_and_the_next_try_re_attaches(emulator: 
 def test_worker_mode_creates_the_next_batch_before_landing_this_one(emulator: LoyaltyEmulator, tmp_path):
     """Batch N+1's export task exists before part N is landed (the server works while we verify)."""
     created_before_part: list[int] = []
-    operator = make_operator(tmp_path)
+    operator = local_export_operator(tmp_path)
     loop_module = __import__("airflow_provider_loyalty.export.loop", fromlist=["ExportLoop"])
     original = loop_module.ExportLoop._land
 
@@ -194,7 +181,7 @@ def test_worker_mode_creates_the_next_batch_before_landing_this_one(emulator: Lo
 
 
 def test_a_finished_local_export_leaves_only_its_manifest_and_parts(emulator: LoyaltyEmulator, tmp_path):
-    manifest = make_operator(tmp_path).execute(context_for())
+    manifest = local_export_operator(tmp_path).execute(context_for())
     names = sorted(path.name for path in tmp_path.iterdir())
     assert names == sorted([MANIFEST_NAME, *(Path(part["key"]).name for part in manifest["parts"])])
     modes = {(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}

@@ -30,22 +30,9 @@ from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyE
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
 from airflow_provider_loyalty.verify import verify_manifest
 from tests.support.helpers import all_transaction_ids, csv_ids, point_connection_at, requests_seen
-from tests.support.operator_driver import DeferralLog, context_for, run_with_deferrals
+from tests.support.operator_driver import DeferralLog, context_for, local_export_operator, run_with_deferrals
 
 N = 2500
-
-
-def export_operator(output: Path | str, **kwargs) -> LoyaltyExportOperator:
-    params = {
-        "task_id": "export",
-        "loyalty_program_id": 123,
-        "points_currency_eid": "bonus_points",
-        "output_path": str(output),
-        "poll_interval": 0.05,
-        "deferrable": False,
-        **kwargs,
-    }
-    return LoyaltyExportOperator(**params)
 
 
 def part_paths(output: Path, manifest: dict) -> list[str]:
@@ -137,7 +124,7 @@ class TestLoyaltyExportOperator:
         self, emulator: LoyaltyEmulator, tmp_path, cursor_mode
     ):
         emulator.config.cursor_mode = cursor_mode
-        manifest = export_operator(tmp_path).execute(context_for())
+        manifest = local_export_operator(tmp_path).execute(context_for())
         ids = csv_ids(part_paths(tmp_path, manifest))
         assert ids == all_transaction_ids(emulator)  # complete, in order, no duplicates
         assert len(manifest["parts"]) >= 3
@@ -152,7 +139,7 @@ class TestLoyaltyExportOperator:
     def test_manifest_matches_the_parts(self, emulator: LoyaltyEmulator, tmp_path):
         import hashlib
 
-        manifest = export_operator(tmp_path).execute(context_for())
+        manifest = local_export_operator(tmp_path).execute(context_for())
         assert manifest["format_version"] == 1
         assert (manifest["date_from"], manifest["date_to"]) == ("2023-09-01T00:00:00Z", "2023-09-30T23:59:59Z")
         assert manifest["points_currency_eid"] == "bonus_points" and manifest["points_currency_iid"] is None
@@ -171,7 +158,7 @@ class TestLoyaltyExportOperator:
         """The part holds the server's CSV bytes (quoted commas, quotes and newlines untouched)."""
         from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 
-        export_operator(tmp_path, keep_zip=True).execute(context_for())
+        local_export_operator(tmp_path, keep_zip=True).execute(context_for())
         with zipfile.ZipFile(tmp_path / "part-00000.zip") as archive:
             original = archive.read(archive.namelist()[0])
         assert (tmp_path / "part-00000.csv").read_bytes() == original
@@ -179,10 +166,10 @@ class TestLoyaltyExportOperator:
         assert LoyaltyHook is not None
 
     def test_deferrable_and_worker_modes_give_identical_parts(self, emulator: LoyaltyEmulator, tmp_path):
-        in_worker = export_operator(tmp_path / "a").execute(context_for())
+        in_worker = local_export_operator(tmp_path / "a").execute(context_for())
         emulator.config.task_duration = 1.0  # each next batch still runs when the previous one has landed
         log = DeferralLog()
-        deferred = run_with_deferrals(export_operator(tmp_path / "b", deferrable=True), context_for(), log)
+        deferred = run_with_deferrals(local_export_operator(tmp_path / "b", deferrable=True), context_for(), log)
         assert log.deferrals >= 3 and all(event["status"] == "success" for event in log.events)
         for kwargs in log.trigger_kwargs:
             json.dumps(kwargs)  # primitives only
@@ -195,7 +182,7 @@ class TestLoyaltyExportOperator:
     )
     def test_a_transient_fault_in_each_phase_is_survived(self, emulator: LoyaltyEmulator, tmp_path, endpoint, kind):
         emulator.set_faults([FaultRule(endpoint=endpoint, kind=kind, count=2, params={"retry_after": 0.05})])
-        manifest = export_operator(tmp_path).execute(context_for())
+        manifest = local_export_operator(tmp_path).execute(context_for())
         assert csv_ids(part_paths(tmp_path, manifest)) == all_transaction_ids(emulator)
         assert emulator.stats()["faults_applied"].get(kind) == 2
 
@@ -204,24 +191,24 @@ class TestLoyaltyExportOperator:
             [FaultRule(endpoint="status", kind="task_failed", params={"status": "error", "text": "disk full"})]
         )
         with pytest.raises(LoyaltyExportTaskFailed, match="disk full"):
-            export_operator(tmp_path).execute(context_for())
+            local_export_operator(tmp_path).execute(context_for())
         assert not (tmp_path / "_manifest.json").exists()
 
     def test_failed_task_in_deferrable_mode(self, emulator: LoyaltyEmulator, tmp_path):
         emulator.config.task_duration = 0.5
         emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "quota exceeded"})])
         with pytest.raises(LoyaltyError, match="quota exceeded"):
-            run_with_deferrals(export_operator(tmp_path, deferrable=True), context_for())
+            run_with_deferrals(local_export_operator(tmp_path, deferrable=True), context_for())
         assert not (tmp_path / "_manifest.json").exists()
 
     def test_failed_rerun_keeps_the_previous_export_provable(self, emulator: LoyaltyEmulator, tmp_path):
         """A re-run stages its parts: when it fails, the last complete export and its parts stay as they were."""
-        export_operator(tmp_path).execute(context_for())
+        local_export_operator(tmp_path).execute(context_for())
         before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
         emulator.config.batch_size = 700
         emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", count=None, params={"text": "boom"})])
         with pytest.raises(LoyaltyExportTaskFailed, match="boom"):
-            export_operator(tmp_path, resume=False).execute(context_for())
+            local_export_operator(tmp_path, resume=False).execute(context_for())
         after = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
         assert {name: after[name] for name in before} == before  # manifest and every part byte-identical
         manifest = json.loads(before["_manifest.json"])
@@ -229,17 +216,17 @@ class TestLoyaltyExportOperator:
 
     def test_rerun_replaces_the_set(self, emulator: LoyaltyEmulator, tmp_path):
         emulator.config.batch_size = 500
-        first = export_operator(tmp_path).execute(context_for())
+        first = local_export_operator(tmp_path).execute(context_for())
         emulator.config.batch_size = 1200
-        second = export_operator(tmp_path).execute(context_for())
+        second = local_export_operator(tmp_path).execute(context_for())
         assert len(first["parts"]) == 5 and len(second["parts"]) == 3
         assert sorted(p.name for p in tmp_path.glob("part-*")) == [f"part-0000{i}.csv" for i in range(3)]
         assert csv_ids(part_paths(tmp_path, second)) == all_transaction_ids(emulator)
 
     def test_replace_false_refuses_to_overwrite(self, emulator: LoyaltyEmulator, tmp_path):
-        export_operator(tmp_path).execute(context_for())
+        local_export_operator(tmp_path).execute(context_for())
         with pytest.raises(LoyaltyError, match="replace=True"):
-            export_operator(tmp_path, replace=False).execute(context_for())
+            local_export_operator(tmp_path, replace=False).execute(context_for())
 
     def test_row_count_mismatch_is_created_again_then_fails(self, emulator: LoyaltyEmulator, tmp_path, monkeypatch):
         """A batch that keeps failing verification is created again from its cursor, twice, then the
@@ -251,7 +238,7 @@ class TestLoyaltyExportOperator:
             _export, "write_part", lambda *a, **k: real(*a, **{**k, "expected_rows": k["expected_rows"] + 1})
         )
         with pytest.raises(LoyaltyBatchUnusableError, match="row count mismatch") as caught:
-            export_operator(tmp_path).execute(context_for())
+            local_export_operator(tmp_path).execute(context_for())
         assert "after creating it 3 times" in str(caught.value)
         first_batches = [task for task in emulator.export_tasks() if task["from_id"] is None]
         assert len(first_batches) == 3 and all(task["task_id"] in str(caught.value) for task in first_batches)
@@ -266,7 +253,7 @@ class TestLoyaltyExportOperator:
 
         # The emulator serves a real cursor; freeze it by exporting the same from_id forever.
         emulator.config.cursor_mode = "exclusive"
-        operator = export_operator(tmp_path, max_batches=50)
+        operator = local_export_operator(tmp_path, max_batches=50)
         from airflow_provider_loyalty.export import loop as _export
 
         original = _export.ExportLoop._check_cursor
@@ -284,30 +271,30 @@ class TestLoyaltyExportOperator:
 
     def test_max_batches_is_enforced(self, emulator: LoyaltyEmulator, tmp_path):
         with pytest.raises(LoyaltyCursorError, match="max_batches=2"):
-            export_operator(tmp_path, max_batches=2).execute(context_for())
+            local_export_operator(tmp_path, max_batches=2).execute(context_for())
         assert not (tmp_path / "_manifest.json").exists()
 
     def test_hostile_hashed_file_fails_closed(self, emulator: LoyaltyEmulator, tmp_path):
         emulator.config.hashed_file_override = "../../../etc/passwd"
         with pytest.raises(LoyaltyUnsafeDataError):
-            export_operator(tmp_path).execute(context_for())
+            local_export_operator(tmp_path).execute(context_for())
         assert requests_seen(emulator, "download") == 0
         assert not (tmp_path / "_manifest.json").exists()
 
     def test_date_defaults_and_validation(self, emulator: LoyaltyEmulator, tmp_path):
-        manifest = export_operator(tmp_path).execute(context_for("2023-09-10T00:00:00Z", "2023-09-11T00:00:00Z"))
+        manifest = local_export_operator(tmp_path).execute(context_for("2023-09-10T00:00:00Z", "2023-09-11T00:00:00Z"))
         assert (manifest["date_from"], manifest["date_to"]) == ("2023-09-10T00:00:00Z", "2023-09-10T23:59:59Z")
         assert 0 < manifest["total_rows"] < N
         with pytest.raises(LoyaltyValidationError, match="date_from"):
-            export_operator(tmp_path, date_from="2023-09-30", date_to="2023-09-01")
+            local_export_operator(tmp_path, date_from="2023-09-30", date_to="2023-09-01")
         with pytest.raises(LoyaltyValidationError, match="points_currency"):
-            export_operator(tmp_path, points_currency_iid=1)
+            local_export_operator(tmp_path, points_currency_iid=1)
         with pytest.raises(LoyaltyValidationError, match="max_batches"):
-            export_operator(tmp_path, max_batches=0)
+            local_export_operator(tmp_path, max_batches=0)
         assert requests_seen(emulator) > 0
 
     def test_object_storage_output_path(self, emulator: LoyaltyEmulator, tmp_path):
-        manifest = export_operator(f"file://{tmp_path}/osp").execute(context_for())
+        manifest = local_export_operator(f"file://{tmp_path}/osp").execute(context_for())
         assert manifest["parts"][0]["key"].startswith("file://")
         assert csv_ids(part_paths(tmp_path / "osp", manifest)) == all_transaction_ids(emulator)
 
@@ -315,13 +302,13 @@ class TestLoyaltyExportOperator:
         """Issue 13.2 on a ``file://`` output_path: a half-written ``_manifest.json`` is a LoyaltyError
         saying it is unreadable (never a raw JSONDecodeError) unless replace=True replaces it."""
         location = f"file://{tmp_path}/osp"
-        export_operator(location).execute(context_for())
+        local_export_operator(location).execute(context_for())
         (tmp_path / "osp" / "_manifest.json").write_bytes(b'{"format_version": 1, "parts": [{"key": "par')
         with pytest.raises(LoyaltyError, match="unreadable") as refused:
-            export_operator(location, replace=False).execute(context_for())
+            local_export_operator(location, replace=False).execute(context_for())
         assert not isinstance(refused.value, json.JSONDecodeError)
         assert "_manifest.json" in str(refused.value)
-        manifest = export_operator(location, replace=True).execute(context_for())
+        manifest = local_export_operator(location, replace=True).execute(context_for())
         assert manifest["total_rows"] == N
         assert verify_manifest(f"{location}/_manifest.json").intact
         assert csv_ids(part_paths(tmp_path / "osp", manifest)) == all_transaction_ids(emulator)
@@ -330,7 +317,7 @@ class TestLoyaltyExportOperator:
         """Issue 13.4 through the emulator: unquoted fields holding a ``"`` (``prod_12 5" screen``) are
         valid CSV; every id lands and each part reads, with csv.reader, exactly as the zip served."""
         emulator.config.csv_style = "stray_quotes"
-        manifest = export_operator(tmp_path, keep_zip=True).execute(context_for())
+        manifest = local_export_operator(tmp_path, keep_zip=True).execute(context_for())
         assert csv_ids(part_paths(tmp_path, manifest)) == emulator.expected_ids()
         assert manifest["total_rows"] == N == len(emulator.expected_ids())
         served_rows = 0
@@ -352,13 +339,13 @@ class TestLoyaltyExportOperator:
         members just under 1 MiB each, about 1000:1) is refused by the ratio cap — there is no size
         below which a member escapes it — and nothing is manifested. The same CSV members alone land."""
         emulator.config.zip_members = 8
-        fine = export_operator(tmp_path / "fine").execute(context_for())
+        fine = local_export_operator(tmp_path / "fine").execute(context_for())
         assert csv_ids(part_paths(tmp_path / "fine", fine)) == all_transaction_ids(emulator)
         emulator.set_faults(
             [FaultRule(endpoint="download", kind="zip_bomb_members", params={"members": 24, "member_bytes": 1_000_000})]
         )
         with pytest.raises(LoyaltyUnsafeDataError, match=r"over the cap of 200x \(max_compression_ratio\)") as refused:
-            export_operator(tmp_path / "bomb").execute(context_for())
+            local_export_operator(tmp_path / "bomb").execute(context_for())
         message = str(refused.value)
         assert "zip bomb" in message
         expanded = re.search(r"expands \d+x \((\d+) bytes from (\d+)\)", message)
@@ -369,10 +356,10 @@ class TestLoyaltyExportOperator:
     def test_max_download_bytes_stops_the_export_and_a_normal_value_lands(self, emulator: LoyaltyEmulator, tmp_path):
         """Issue 13.5: the operator's ``max_download_bytes`` caps each batch file while it streams."""
         with pytest.raises(LoyaltyUnsafeDataError, match="max_download_bytes=4096"):
-            export_operator(tmp_path, max_download_bytes=4096).execute(context_for())
+            local_export_operator(tmp_path, max_download_bytes=4096).execute(context_for())
         assert not (tmp_path / "_manifest.json").exists()
         assert requests_seen(emulator, "download") == 1  # refused, not retried
-        manifest = export_operator(tmp_path, max_download_bytes=64 * 1024 * 1024).execute(context_for())
+        manifest = local_export_operator(tmp_path, max_download_bytes=64 * 1024 * 1024).execute(context_for())
         assert csv_ids(part_paths(tmp_path, manifest)) == all_transaction_ids(emulator)
         assert (tmp_path / "_manifest.json").exists()
 
@@ -384,7 +371,7 @@ class TestLoyaltyExportOperator:
 
         emulator.config.update({"transactions": len(DAY_TIMELINE), "created_at_timeline": DAY_TIMELINE})
         with DAG("ds_day", schedule=None, start_date=pendulum.datetime(2023, 9, 1, tz="UTC")):
-            operator = export_operator(tmp_path, date_from="{{ ds }}", date_to="{{ ds }}")
+            operator = local_export_operator(tmp_path, date_from="{{ ds }}", date_to="{{ ds }}")
         logical_date = pendulum.datetime(2023, 9, 30, tz="UTC")
         context = context_for(logical_date=logical_date, ds=logical_date.to_date_string())
         operator.render_template_fields(context)
@@ -401,7 +388,7 @@ class TestLoyaltyExportOperator:
 
     def test_s3_object_storage_output_path(self, emulator: LoyaltyEmulator, s3_bucket, s3_client):
         """``output_path`` as an ``s3://`` ObjectStoragePath URL (fsspec/s3fs through the AWS connection)."""
-        manifest = export_operator(f"s3://{s3_bucket}/exports/run-1", output_conn_id="aws_default").execute(
+        manifest = local_export_operator(f"s3://{s3_bucket}/exports/run-1", output_conn_id="aws_default").execute(
             context_for()
         )
         keys = sorted(item["Key"] for item in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])

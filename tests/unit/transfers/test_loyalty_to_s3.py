@@ -16,12 +16,12 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from airflow_provider_loyalty.exceptions import LoyaltyExportStopped, LoyaltyExportTaskFailed, LoyaltyValidationError
+from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyValidationError
 from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, MANIFEST_NAME
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
 from tests.support.helpers import all_transaction_ids, point_connection_at, wait_for
-from tests.support.operator_driver import DeferralLog, context_for, run_with_deferrals, task_instance
+from tests.support.operator_driver import DeferralLog, context_for, run_with_deferrals, stop_with_on_kill, task_instance
 
 N = 5000
 PREFIX = "compliance/2023-09"
@@ -236,14 +236,7 @@ def test_on_kill_stops_promptly_and_the_next_try_re_attaches(emulator, s3_bucket
     wait_for(
         lambda: (stored_checkpoint(s3_client, s3_bucket) or {}).get("pending"), timeout=60, what="a pending task in S3"
     )
-    assert operator._loop is not None
-    workdir = operator._loop.workdir
-    assert os.path.isdir(workdir)
-    operator.on_kill()
-    worker.join(10)
-    assert not worker.is_alive(), "on_kill did not stop the export"
-    assert isinstance(outcome.get("error"), LoyaltyExportStopped)
-    assert not os.path.exists(workdir)  # temporary batch files removed
+    stop_with_on_kill(operator, worker, outcome)
     (pending,) = (stored_checkpoint(s3_client, s3_bucket) or {})["pending"]
     assert f"{PREFIX}/{MANIFEST_NAME}" not in keys_under(s3_client, s3_bucket)
     emulator.config.task_duration = 0.05
