@@ -506,7 +506,10 @@ def _analysis(summaries: dict[str, dict[str, Any]], triggers: int) -> str:
         "`https://` hosts, the retry policy is shared with the sync hook, and the first step of each trigger "
         "(connection read, session open, first request) passes a per-loop gate of "
         "`STARTUP_CONCURRENCY` triggers at a time, so a thousand triggers started together queue instead "
-        f"of running their first steps in one loop iteration. Memory: {ours['per_trigger_kib']:.0f} KiB per "
+        "of running their first steps in one loop iteration; after its first check each trigger polls on its own "
+        "phase of the interval (from its export task id: `LoyaltyExportTaskTrigger._next_sleep`), so triggers "
+        "started together, or held up together by a stall, spread over the interval instead of polling in step. "
+        f"Memory: {ours['per_trigger_kib']:.0f} KiB per "
         f"running trigger (target < {PER_TRIGGER_TARGET // 1024} KiB {'met' if memory_ok else 'MISSED'}).",
         f"* **CPU.** A status poll costs {ours['cpu_ms_per_poll']:.2f} ms of CPU in the trigger process "
         f"({ours['polls']:,} polls served in {ours['loop_seconds']:.0f} s); the process was busy "
@@ -573,11 +576,12 @@ def _analysis(summaries: dict[str, dict[str, Any]], triggers: int) -> str:
             f"{ours['cpu_ms_per_poll'] - bare['cpu_ms_per_poll']:.2f} ms more CPU per poll "
             f"({ours['cpu_ms_per_poll']:.2f} against {bare['cpu_ms_per_poll']:.2f} ms)."
         )
-        verdict += (
-            " What would flatten the bursts on the provider's side (not measured here): a random offset of up "
-            "to one `poll_interval` before each trigger's first poll, so triggers deferred together do not poll "
-            "in phase."
-        )
+        if ours["large_lags_in_full_gc"]:
+            verdict += (
+                " A full collection's pause is set by the process's heap, not by the provider: a triggerer "
+                "process that called `gc.freeze()` after start-up would leave Airflow's own objects out of it "
+                "(Airflow does so in its DAG processor and executors' workers, not in its triggerer)."
+            )
     if not events_ok:
         verdict += (
             f" Late events: the emulator answered {ours['polls']:,} status polls, "

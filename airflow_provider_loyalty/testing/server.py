@@ -214,8 +214,8 @@ class LoyaltyEmulator:
         bytes sent), ``download_csv_bytes``, ``downloads_completed``, ``downloads_gone`` (answers
         ``File expired`` for ``file_ttl`` / ``expire_files``), ``prebuilt_files_built``,
         ``concurrency_rejections`` (429 for ``max_concurrent_requests``), ``requests_in_flight``,
-        ``requests_in_flight_peak``, ``tasks`` and ``request_log`` (method, path, endpoint, status,
-        request_content_type, content_type, fault; never headers).
+        ``requests_in_flight_peak``, ``tasks`` and ``request_log`` (received_at: epoch seconds, method, path,
+        endpoint, status, request_content_type, content_type, fault; never headers).
         """
         server = self._server
         open_connections = len(server.open_sockets) if server is not None else 0

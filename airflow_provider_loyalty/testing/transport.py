@@ -196,6 +196,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         endpoint = route(path)
         request_type = self.headers.get("Content-Type", "")
         self._log_entry: dict[str, Any] = {
+            "received_at": time.time(),
             "method": self.command,
             "path": path,
             "endpoint": endpoint,

@@ -15,6 +15,8 @@ and is shared by the sensor and the export operators.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
@@ -48,7 +50,10 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
 
     :param export_task_id: the export task to wait for.
     :param loyalty_conn_id: the ``loyalty`` connection (Host = base URL, Password = API token).
-    :param poll_interval: seconds between status checks.
+    :param poll_interval: seconds between status checks. Each trigger checks on its own phase of the
+        interval (derived from ``export_task_id``), so triggers deferred together, or held up
+        together by a busy loop, do not check in step: the pause after the first check is between
+        half an interval and one and a half, every later one a whole interval.
     :param deadline: absolute time (epoch seconds) after which a ``timeout`` event is emitted;
         ``None`` waits without limit. Absolute, so a trigger resumed on another triggerer keeps
         its budget.
@@ -102,9 +107,28 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.time()
 
-    def _next_sleep(self) -> float:
+    def _phase(self) -> float:
+        """Where in each poll interval this trigger checks, as a fraction in ``[0, 1)``.
+
+        From the export task id: stable across resumptions, and spread evenly over the interval
+        across the many triggers a triggerer runs, whenever each of them started.
+        """
+        digest = hashlib.blake2b(self.export_task_id.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64
+
+    def _next_sleep(self, now: float) -> float:
+        """Seconds from ``now`` (the loop's clock) to the next check, capped by the deadline.
+
+        The next check is the first time on this trigger's grid (``(k + phase) * poll_interval``)
+        at least half an interval away. After a stall (a busy loop, a long garbage collection)
+        each trigger returns to its own phase: the checks of many triggers do not stay bunched.
+        """
+        interval = self.poll_interval
+        offset = self._phase() * interval
+        next_check = math.ceil((now + interval / 2 - offset) / interval) * interval + offset
         remaining = self._remaining()
-        return self.poll_interval if remaining is None else max(0.0, min(self.poll_interval, remaining))
+        pause = next_check - now
+        return pause if remaining is None else max(0.0, min(pause, remaining))
 
     def _event(self, status: str, **fields: Any) -> dict[str, Any]:
         return {"status": status, "export_task_id": self.export_task_id, **fields}
@@ -124,12 +148,10 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
             async with startup_gate():  # the first step: connection read, session open, first request
                 await hook.__aenter__()
                 polls, status = 1, await self._poll(hook, first=True)
+            loop = asyncio.get_running_loop()
             while status is not None and not status.state.is_terminal:
-                remaining = self._remaining()
-                await asyncio.sleep(
-                    self.poll_interval if remaining is None else max(0.0, min(self.poll_interval, remaining))
-                )
-                if remaining is not None and self._remaining() <= 0:  # type: ignore[operator]
+                await asyncio.sleep(self._next_sleep(loop.time()))
+                if self.deadline is not None and self._remaining() <= 0:  # type: ignore[operator]
                     return self._timeout_event(status.status)
                 previous, status = status, await self._poll(hook, first=False)
                 polls += 1

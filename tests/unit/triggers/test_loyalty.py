@@ -344,3 +344,67 @@ def test_trigger_never_blocks_the_event_loop(connected: LoyaltyEmulator) -> None
     assert event["status"] == "success"
     assert slow.messages == []
     assert worst_lag < 0.1, f"event loop lagged {worst_lag * 1000:.0f} ms"
+
+
+@pytest.mark.parametrize("now", [0.0, 7.3, 1_000_003.9])
+def test_each_trigger_checks_on_its_own_phase_of_the_interval(now: float) -> None:
+    """The pause lands on the trigger's grid, between half and one and a half intervals away."""
+    interval = 2.0
+    for number in range(200):
+        trigger = LoyaltyExportTaskTrigger(f"task_{number}", poll_interval=interval)
+        pause = trigger._next_sleep(now)
+        assert interval / 2 <= pause < interval * 1.5
+        assert ((now + pause) / interval - trigger._phase()) % 1.0 == pytest.approx(0.0, abs=1e-6) or (
+            (now + pause) / interval - trigger._phase()
+        ) % 1.0 == pytest.approx(1.0, abs=1e-6)
+        # A check on time is followed by the next one a whole interval later.
+        assert trigger._next_sleep(now + pause + 0.01) == pytest.approx(interval - 0.01)
+        # After a stall of any length the trigger is back on its own phase.
+        later = now + pause + 17.77
+        assert ((later + trigger._next_sleep(later)) / interval - trigger._phase()) % 1.0 in (
+            pytest.approx(0.0, abs=1e-6),
+            pytest.approx(1.0, abs=1e-6),
+        )
+
+
+def test_phases_spread_evenly_and_stay_put_across_resumptions() -> None:
+    phases = [LoyaltyExportTaskTrigger(f"task_{number:05d}")._phase() for number in range(2000)]
+    per_tenth = [sum(1 for phase in phases if tenth / 10 <= phase < (tenth + 1) / 10) for tenth in range(10)]
+    assert all(150 <= count <= 250 for count in per_tenth), per_tenth
+    # The phase comes from the task id only: the same trigger resumed elsewhere keeps it.
+    assert LoyaltyExportTaskTrigger("task_00042")._phase() == phases[42]
+
+
+def test_the_deadline_cuts_the_pause_short() -> None:
+    trigger = LoyaltyExportTaskTrigger("task_x", poll_interval=60.0, deadline=time.time() + 0.5)
+    assert 0.0 < trigger._next_sleep(0.0) <= 0.5
+    assert LoyaltyExportTaskTrigger("task_x", poll_interval=60.0, deadline=time.time() - 1)._next_sleep(0.0) == 0.0
+
+
+def test_triggers_started_together_do_not_poll_in_step(connected: LoyaltyEmulator) -> None:
+    """40 triggers start in one loop step; after their first checks, no tenth of the interval holds many."""
+    connected.set_faults([FaultRule(endpoint="export", kind="task_never_finishes")])
+    task_ids = [create_export() for _ in range(40)]
+    interval = 0.5
+
+    async def main() -> list[dict[str, Any]]:
+        deadline = time.time() + 2.6
+        return await asyncio.gather(
+            *(
+                run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=interval, deadline=deadline))
+                for task_id in task_ids
+            )
+        )
+
+    started = time.time()
+    events = asyncio.run(main())
+
+    assert [event["status"] for event in events] == ["timeout"] * len(task_ids)
+    polls = [entry["received_at"] for entry in connected.stats()["request_log"] if entry["endpoint"] == "status"]
+    later = sorted(when for when in polls if when > started + 0.3)[len(task_ids) // 2 :]  # after every first check
+    assert len(later) >= 3 * len(task_ids)  # each trigger checked about once per interval after its first
+    slots: dict[int, int] = {}
+    for when in later:
+        slot = int((when - started) / (interval / 10))
+        slots[slot] = slots.get(slot, 0) + 1
+    assert max(slots.values()) <= 15, sorted(slots.items())  # in step, all 40 would share one slot
