@@ -566,10 +566,10 @@ def _analysis(summaries: dict[str, dict[str, Any]], triggers: int) -> str:
         ) + (
             f"The control, which does nothing but post and read JSON, misses the same target in the same run "
             f"(p99 {bare['lag_p99_ms']:.1f} ms, max {bare['lag_max_ms']:.0f} ms) with the 1-minute load average "
-            f"at {load} on 2 cores: on this machine as loaded the lag is there whoever polls. The trigger's p99 "
+            f"at {load} on 2 cores: on this machine the lag is there whoever polls. The trigger's p99 "
             f"is {ours['lag_p99_ms'] / max(bare['lag_p99_ms'], 1e-9):.1f}x the control's and its own cost on top "
             f"is {ours['cpu_ms_per_poll'] - bare['cpu_ms_per_poll']:.2f} ms of CPU per poll (connection, reply "
-            "checks, typed status); a figure of the trigger alone needs a quiet machine."
+            "checks, typed status)."
             if control_misses
             else f"The control stays within the target in the same run (p99 {bare['lag_p99_ms']:.1f} ms, max "
             f"{bare['lag_max_ms']:.0f} ms), so the difference is the trigger's: "
