@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     started = time.perf_counter()
     load = {"before": load_average()}
+    machine = machine_info()  # before the run: the report's own files would make the tree look dirty
     results: list[BenchResult] = []
     failures: dict[str, str] = {}
     for name in selected:
@@ -200,9 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
         for path in charts.draw(results, output.parent / "img"):
             print(f"chart written to {path}", flush=True)
-        output.write_text(
-            render(results, failures, machine_info(), args.quick, started_at, wall, load), encoding="utf-8"
-        )
+        output.write_text(render(results, failures, machine, args.quick, started_at, wall, load), encoding="utf-8")
         print(f"report written to {output}", flush=True)
     missed = [figure for result in results for figure in result.missed]
     print(
