@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks._common import (
@@ -35,6 +36,7 @@ from benchmarks._common import (
 
 MEMBER = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points", "matching": "email"}
 EMAIL = "member0@example.com"
+ACCOUNT_PATH = "/api/v1.1/loyalty/account/transactions"
 #: Client CPU milliseconds per 100-record page, at most.
 TARGETS = {"json": 0.6, "xml": 3.0}
 #: Each measurement is repeated and the median run kept (the machine is shared; see the docs).
@@ -52,6 +54,31 @@ def _ours(content_type: str) -> int:
     return count
 
 
+#: ``post(body, headers) -> (reply body, reply Content-Type)``: one client's way of sending a page request.
+Poster = Callable[[bytes, dict[str, str]], tuple[bytes, str | None]]
+
+
+def _page_through(token: str, content_type: str, post: Poster) -> int:
+    """Page the member's history to the end with ``post`` and the provider's codec; return the records.
+
+    Nothing else: no reply checks, no retries. Each plain client supplies only its ``post``.
+    """
+    from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, MIME_TYPES, decode_body, encode_body
+
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": MIME_TYPES[content_type]}
+    count = 0
+    from_id: str | None = None
+    while True:
+        payload: dict[str, Any] = {"token": token, **MEMBER, "email": EMAIL, "limit": 100, "from_id": from_id}
+        body, reply_type = post(encode_body(payload, content_type), headers)
+        document = decode_body(body, reply_type, schema=ACCOUNT_SCHEMA)
+        records = document.get("data") or []
+        count += len(records)
+        from_id = document.get("next_from_id") or None
+        if not from_id or not records:
+            return count
+
+
 def _plain(url: str, token: str, content_type: str, *, session: bool) -> int:
     """Page with plain ``requests`` and the provider's codec: nothing else (no checks, no retries).
 
@@ -61,31 +88,20 @@ def _plain(url: str, token: str, content_type: str, *, session: bool) -> int:
     """
     import requests
 
-    from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, MIME_TYPES, decode_body, encode_body
-
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": MIME_TYPES[content_type]}
     client: Any = requests
     if session:
         client = requests.Session()
         client.trust_env = False  # as the hook's session: the environment is not re-read per request
-    count = 0
-    from_id: str | None = None
-    while True:
-        payload: dict[str, Any] = {"token": token, **MEMBER, "email": EMAIL, "limit": 100, "from_id": from_id}
-        reply = client.post(
-            url + "/api/v1.1/loyalty/account/transactions",
-            data=encode_body(payload, content_type),
-            headers=headers,
-            timeout=60,
-        )
-        document = decode_body(reply.content, reply.headers.get("Content-Type"), schema=ACCOUNT_SCHEMA)
-        records = document.get("data") or []
-        count += len(records)
-        from_id = document.get("next_from_id") or None
-        if not from_id or not records:
-            if session:
-                client.close()
-            return count
+
+    def post(body: bytes, headers: dict[str, str]) -> tuple[bytes, str | None]:
+        reply = client.post(f"{url}{ACCOUNT_PATH}", data=body, headers=headers, timeout=60)
+        return reply.content, reply.headers.get("Content-Type")
+
+    try:
+        return _page_through(token, content_type, post)
+    finally:
+        if session:
+            client.close()
 
 
 def _lightest(url: str, token: str, content_type: str) -> int:
@@ -97,26 +113,16 @@ def _lightest(url: str, token: str, content_type: str) -> int:
     import http.client
     from urllib.parse import urlsplit
 
-    from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, MIME_TYPES, decode_body, encode_body
-
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": MIME_TYPES[content_type]}
-    count = 0
-    from_id: str | None = None
+
+    def post(body: bytes, headers: dict[str, str]) -> tuple[bytes, str | None]:
+        connection.request("POST", ACCOUNT_PATH, body, headers)
+        reply = connection.getresponse()
+        return reply.read(), reply.getheader("Content-Type")
+
     try:
-        while True:
-            payload: dict[str, Any] = {"token": token, **MEMBER, "email": EMAIL, "limit": 100, "from_id": from_id}
-            connection.request(
-                "POST", "/api/v1.1/loyalty/account/transactions", encode_body(payload, content_type), headers
-            )
-            reply = connection.getresponse()
-            document = decode_body(reply.read(), reply.getheader("Content-Type"), schema=ACCOUNT_SCHEMA)
-            records = document.get("data") or []
-            count += len(records)
-            from_id = document.get("next_from_id") or None
-            if not from_id or not records:
-                return count
+        return _page_through(token, content_type, post)
     finally:
         connection.close()
 
@@ -247,7 +253,7 @@ def _xml_parse_costs(emulator: EmulatorProcess) -> dict[str, float]:
     for content_type in ("json", "xml"):
         payload = {"token": emulator.token, **MEMBER, "email": EMAIL, "limit": 100}
         reply = requests.post(
-            emulator.url + "/api/v1.1/loyalty/account/transactions",
+            emulator.url + ACCOUNT_PATH,
             data=encode_body(payload, content_type),
             headers={"Authorization": f"Bearer {emulator.token}", "Content-Type": f"application/{content_type}"},
             timeout=60,
