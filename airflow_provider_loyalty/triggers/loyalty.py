@@ -15,6 +15,7 @@ and is shared by the sensor and the export operators.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import time
@@ -107,6 +108,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.time()
 
+    @functools.cached_property
     def _phase(self) -> float:
         """Where in each poll interval this trigger checks, as a fraction in ``[0, 1)``.
 
@@ -124,7 +126,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         each trigger returns to its own phase: the checks of many triggers do not stay bunched.
         """
         interval = self.poll_interval
-        offset = self._phase() * interval
+        offset = self._phase * interval
         next_check = math.ceil((now + interval / 2 - offset) / interval) * interval + offset
         remaining = self._remaining()
         pause = next_check - now

@@ -354,25 +354,25 @@ def test_each_trigger_checks_on_its_own_phase_of_the_interval(now: float) -> Non
         trigger = LoyaltyExportTaskTrigger(f"task_{number}", poll_interval=interval)
         pause = trigger._next_sleep(now)
         assert interval / 2 <= pause < interval * 1.5
-        assert ((now + pause) / interval - trigger._phase()) % 1.0 == pytest.approx(0.0, abs=1e-6) or (
-            (now + pause) / interval - trigger._phase()
+        assert ((now + pause) / interval - trigger._phase) % 1.0 == pytest.approx(0.0, abs=1e-6) or (
+            (now + pause) / interval - trigger._phase
         ) % 1.0 == pytest.approx(1.0, abs=1e-6)
         # A check on time is followed by the next one a whole interval later.
         assert trigger._next_sleep(now + pause + 0.01) == pytest.approx(interval - 0.01)
         # After a stall of any length the trigger is back on its own phase.
         later = now + pause + 17.77
-        assert ((later + trigger._next_sleep(later)) / interval - trigger._phase()) % 1.0 in (
+        assert ((later + trigger._next_sleep(later)) / interval - trigger._phase) % 1.0 in (
             pytest.approx(0.0, abs=1e-6),
             pytest.approx(1.0, abs=1e-6),
         )
 
 
 def test_phases_spread_evenly_and_stay_put_across_resumptions() -> None:
-    phases = [LoyaltyExportTaskTrigger(f"task_{number:05d}")._phase() for number in range(2000)]
+    phases = [LoyaltyExportTaskTrigger(f"task_{number:05d}")._phase for number in range(2000)]
     per_tenth = [sum(1 for phase in phases if tenth / 10 <= phase < (tenth + 1) / 10) for tenth in range(10)]
     assert all(150 <= count <= 250 for count in per_tenth), per_tenth
     # The phase comes from the task id only: the same trigger resumed elsewhere keeps it.
-    assert LoyaltyExportTaskTrigger("task_00042")._phase() == phases[42]
+    assert LoyaltyExportTaskTrigger("task_00042")._phase == phases[42]
 
 
 def test_the_deadline_cuts_the_pause_short() -> None:
