@@ -58,7 +58,10 @@ _LINE_BREAKS = (b"\n", b"\r")
 _END_PROBE = ("",)  # fed after a member's last line: see the module docstring
 _BLOCK_PROBE = ("",)  # fed after a block read by csv.reader: tells whether its last record ended
 _MAX_CARRY = 64 * 1024  # a record open at the end of a plain block waits for the next block up to this size
-_AFTER_QUOTES = re.compile(rb'"[^",\r\n]')  # quotes followed by other text (searched both ways)
+# A quote with other text right before or right after it (in the text outside quoted fields, where
+# each quoted field is one quote): one forward pass, the look-behind only tried at quotes.
+_QUOTE_BESIDE_TEXT = re.compile(rb'"(?:(?<=[^",\r\n]")|[^",\r\n])')
+_NOT_SEPARATORS = bytes(byte for byte in range(256) if byte not in b",\r\n")  # deleted to leave , \r \n
 _ROWS_PER_CALL = 4096  # rows handed to a row-taking sink at a time
 # Characters str.splitlines() also breaks at, which io.StringIO(newline="") does not: \v \f \x1c-\x1e
 # (ASCII) and U+0085, U+2028, U+2029 (as UTF-8). A block without any splits the same both ways.
@@ -175,13 +178,37 @@ def plain_rows(block: bytes, width: int) -> tuple[int, int] | None:
             return 0, 0
     # What is outside quotes; each piece inside them becomes one quote, a marker.
     outside = b'"'.join(parts[0::2])
-    if len(parts) > 1 and (_AFTER_QUOTES.search(outside) or _AFTER_QUOTES.search(outside[::-1])):
+    if len(parts) > 1 and _QUOTE_BESIDE_TEXT.search(outside):
         return None  # a quote inside an unquoted field, or text right after a closing quote
+    if outside.endswith(_LINE_BREAKS):
+        rows = _uniform_rows(outside, width)
+        if rows is not None:
+            return rows, end
     lines = outside.splitlines()  # bytes split at \r, \n and \r\n only, as csv lines are
     rows = len(lines) - lines.count(b"")
     commas = list(map(bytes.count, lines, itertools.repeat(b",")))
     fits = commas.count(width - 1) == rows if width > 1 else not any(commas)
     return (rows, end) if fits else None
+
+
+def _uniform_rows(outside: bytes, width: int) -> int | None:
+    """The rows of ``outside`` (a block's text outside quotes, ending with a line break) when every
+    line has ``width - 1`` commas and ends alike, with ``\\n`` or with ``\\r\\n``.
+
+    The common case, checked by a few C passes over the separators instead of a split per line;
+    ``None`` for anything else (blank lines, mixed line ends, a width of 1), which the caller then
+    counts line by line.
+    """
+    if width < 2:
+        return None  # a blank line and a one-field row look alike here
+    separators = outside.translate(None, _NOT_SEPARATORS)
+    line_end = b"\r\n" if separators[width - 1 : width + 1] == b"\r\n" else b"\n"
+    record = b"," * (width - 1) + line_end
+    rows, rest = divmod(len(separators), len(record))
+    if rest or separators.count(record) != rows:
+        return None
+    # Text between a \r and a \n vanished with the other text: they must really be one line end.
+    return rows if line_end == b"\n" or outside.count(b"\r\n") == rows else None
 
 
 class _KeptLines:
