@@ -318,7 +318,7 @@ _plain_alphabet = st.sampled_from(['"', '""', ",", "\r", "\n", "\r\n", "a", "b",
 @settings(max_examples=500, deadline=None)
 @example(text='a,"b\r\nc"\r\n"x""y",z\r\n\r\n', width=2)
 @example(text=',", \r\n\u00e9\r ,,"\r \u00e9  \n', width=2)  # a \r and a \n with text between are two line ends
-@example(text='a,b\r\nc\r\n', width=2)  # a one-field row after a full one, both ending alike
+@example(text="a,b\r\nc\r\n", width=2)  # a one-field row after a full one, both ending alike
 def test_a_block_counted_without_a_parse_reads_the_same_with_csv_reader(text, width):
     """When plain_rows answers, csv.reader agrees on what it counted: accepted, same rows, same width."""
     block = text.encode()
