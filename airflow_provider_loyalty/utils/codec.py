@@ -35,6 +35,7 @@ from xml.etree.ElementTree import Element, fromstring
 from xml.sax.saxutils import escape as xml_escape
 
 import defusedxml.ElementTree as SafeET
+import msgspec
 from defusedxml import DefusedXmlException
 
 from airflow_provider_loyalty.exceptions import LoyaltyResponseError
@@ -122,7 +123,22 @@ def _kind_of(content_type_header: str | None, body: bytes) -> str:
     return "xml" if body[:256].lstrip(b" \t\r\n\xef\xbb\xbf")[:1] == b"<" else "json"
 
 
+#: msgspec (which Airflow itself depends on) decodes JSON in about half the CPU of :mod:`json`.
+_fast_json_decode = msgspec.json.Decoder().decode
+
+
 def _decode_json(body: bytes) -> Any:
+    """The JSON document: by msgspec where it reads the body, else by :mod:`json`.
+
+    Where msgspec reads a body, it gives what ``json.loads`` gives (the same values, the last of
+    repeated keys). What it refuses and ``json`` reads (``NaN``, a number past the float range, a
+    lone surrogate escape, a byte order mark, UTF-16) and every error go to ``json``, so what is
+    accepted and what each error says stay ``json``'s.
+    """
+    try:
+        return _fast_json_decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        pass
     try:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:

@@ -352,3 +352,70 @@ def test_a_reply_without_a_telling_content_type_is_recognised_by_its_first_chara
 
     for body in (xml, json_body):
         assert decode_body(body, content_type) == {"data": {"task_id": "task_1"}, "error": 0, "error_text": ""}
+
+
+# ------------------------------------------------------------------------------------------ JSON: msgspec, read as json reads
+
+
+def _json_verdict(body: bytes) -> tuple[str, Any]:
+    """What ``json.loads`` makes of a body: its value (by ``repr``: NaN and -0.0 compare), or that it errs."""
+    try:
+        return "value", repr(json.loads(body))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "error", None
+
+
+def _codec_verdict(body: bytes) -> tuple[str, Any]:
+    try:
+        return "value", repr(decode_body(body, "application/json"))
+    except LoyaltyResponseError:
+        return "error", None
+
+
+_JSON_ODDITIES = [
+    b"NaN",
+    b"-Infinity",
+    b"1e400",
+    b"-1e400",
+    b"1e-400",
+    b"123456789012345678901234567890",
+    b"-0",
+    b"-0.0",
+    b"2.2250738585072011e-308",
+    b'"\\ud800"',
+    b'"\\udc00x"',
+    b'"\\u0000"',
+    b'{"a": 1, "a": 2}',
+    b"[" * 3000 + b"]" * 3000,
+    b'"caf\xc3\xa9"',
+    b'"\xff"',
+    b"1.",
+    b"01",
+    b"[1,]",
+]
+
+
+@pytest.mark.parametrize("value", _JSON_ODDITIES)
+def test_a_json_value_decodes_as_json_reads_it_whichever_decoder_reads_it(value: bytes) -> None:
+    """msgspec reads most replies; what it refuses (NaN, a lone surrogate, ...) json reads, as before."""
+    body = b'{"v": ' + value + b"}"
+    assert _codec_verdict(body) == _json_verdict(body)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32"])
+def test_json_after_a_byte_order_mark_or_in_utf16_reads_as_json_reads_it(encoding: str) -> None:
+    body = json.dumps({"error": 0, "data": {"task_id": "t\u00e9"}}).encode(encoding)
+    assert _codec_verdict(body) == _json_verdict(body) == ("value", repr({"error": 0, "data": {"task_id": "t\u00e9"}}))
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=30,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_any_json_document_decodes_to_what_json_reads(value: Any) -> None:
+    body = json.dumps({"v": value}).encode()  # NaN and infinities as json writes them
+    assert _codec_verdict(body) == _json_verdict(body)
