@@ -137,7 +137,7 @@ def _decode_json(body: bytes) -> Any:
     """
     try:
         return _fast_json_decode(body)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.MsgspecError, ValueError, RecursionError):  # msgspec 0.19 raises UnicodeDecodeError too
         pass
     try:
         return json.loads(body)
