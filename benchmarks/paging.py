@@ -241,7 +241,8 @@ def _cpu_ms(action: Any, calls: int = 20, rounds: int = 5) -> float:
 
 
 def _xml_parse_costs(emulator: EmulatorProcess) -> dict[str, float]:
-    """CPU ms to decode one 100-record page: the codec (defusedxml) vs expat through the C ElementTree."""
+    """CPU ms per 100-record page, measured alone: encoding and decoding it with the codec (JSON and XML),
+    and the XML parse by the C ElementTree and by ``defusedxml``'s parser."""
     import subprocess
 
     import requests

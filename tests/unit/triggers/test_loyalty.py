@@ -346,6 +346,12 @@ def test_trigger_never_blocks_the_event_loop(connected: LoyaltyEmulator) -> None
     assert worst_lag < 0.1, f"event loop lagged {worst_lag * 1000:.0f} ms"
 
 
+def _on_its_grid(trigger: LoyaltyExportTaskTrigger, when: float) -> bool:
+    """Whether ``when`` is one of the trigger's check times, ``(k + phase) * poll_interval``."""
+    position = (when / trigger.poll_interval - trigger._phase) % 1.0
+    return position == pytest.approx(0.0, abs=1e-6) or position == pytest.approx(1.0, abs=1e-6)
+
+
 @pytest.mark.parametrize("now", [0.0, 7.3, 1_000_003.9])
 def test_each_trigger_checks_on_its_own_phase_of_the_interval(now: float) -> None:
     """The pause lands on the trigger's grid, between half and one and a half intervals away."""
@@ -354,17 +360,12 @@ def test_each_trigger_checks_on_its_own_phase_of_the_interval(now: float) -> Non
         trigger = LoyaltyExportTaskTrigger(f"task_{number}", poll_interval=interval)
         pause = trigger._next_sleep(now)
         assert interval / 2 <= pause < interval * 1.5
-        assert ((now + pause) / interval - trigger._phase) % 1.0 == pytest.approx(0.0, abs=1e-6) or (
-            (now + pause) / interval - trigger._phase
-        ) % 1.0 == pytest.approx(1.0, abs=1e-6)
+        assert _on_its_grid(trigger, now + pause)
         # A check on time is followed by the next one a whole interval later.
         assert trigger._next_sleep(now + pause + 0.01) == pytest.approx(interval - 0.01)
         # After a stall of any length the trigger is back on its own phase.
         later = now + pause + 17.77
-        assert ((later + trigger._next_sleep(later)) / interval - trigger._phase) % 1.0 in (
-            pytest.approx(0.0, abs=1e-6),
-            pytest.approx(1.0, abs=1e-6),
-        )
+        assert _on_its_grid(trigger, later + trigger._next_sleep(later))
 
 
 def test_phases_spread_evenly_and_stay_put_across_resumptions() -> None:
