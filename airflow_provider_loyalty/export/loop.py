@@ -51,7 +51,7 @@ from airflow_provider_loyalty.export.layout import (
     staged,
 )
 from airflow_provider_loyalty.export.lease import LocationLease, WriterIdentity
-from airflow_provider_loyalty.export.progress import EXPORTING, ExportProgress, PartRecord, PendingTask
+from airflow_provider_loyalty.export.progress import CLEANUP, EXPORTING, ExportProgress, PartRecord, PendingTask
 from airflow_provider_loyalty.export.seal import Sealer
 from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument
 from airflow_provider_loyalty.export.spec import ExportSpec, describe_period, period_of
@@ -165,6 +165,12 @@ class ExportLoop:
             # An earlier try of this task held the location until it died: if it finished the
             # export before that (manifest written, lease not yet released), its manifest is ours.
             self.adopted = self._manifest_finished_since(_epoch(earlier.get("acquired_at")))
+        if self.adopted is not None and (sealing := self._unfinished_seal()) is not None:
+            # The export that wrote that manifest died before its seal ended (a re-run's manifest may
+            # still point into the staging area; its checkpoint and records are still here): finish it.
+            self.log.info("The export that finished at %s died while sealing; finishing its seal", self.sink.describe())
+            self.adopted = None
+            return sealing
         progress = self._resumable_checkpoint() if self.adopted is None else None
         if progress is not None:
             progress.recreations = []  # each try gets its own attempts at a batch
@@ -488,6 +494,21 @@ class ExportLoop:
             if (staged(name) if area else name) not in stored or record_name(index) not in records:
                 self.log.warning("Part %s of the checkpoint is missing; starting the export afresh", name)
                 return None
+        return progress
+
+    def _unfinished_seal(self) -> ExportProgress | None:
+        """The checkpoint of this export if it got as far as sealing (every part landed), else ``None``."""
+        try:
+            document = self.sink.read_json(CHECKPOINT_NAME)
+            progress = ExportProgress.from_dict(document) if document is not None else None
+        except (UnreadableDocument, ValueError, KeyError, TypeError):
+            return None
+        if progress is None or progress.spec != self.spec.to_dict():
+            return None
+        if progress.phase == EXPORTING and not progress.exhausted:
+            return None
+        if progress.phase == EXPORTING and not progress.staged:
+            progress.phase = CLEANUP  # its manifest, written from these records, is the one adopted
         return progress
 
     def _check_finished_export(self) -> bool:

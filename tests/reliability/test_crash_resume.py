@@ -150,45 +150,98 @@ class Killed(BaseException):
     """Stands for SIGKILL at one exact point (not an Exception: nothing may catch it)."""
 
 
-@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferrable"])
-@pytest.mark.parametrize("point", ["before-manifest", "before-checkpoint-delete"])
-def test_crash_after_the_last_part_landed_resumes_to_finish(
-    emulator, s3_client, s3_bucket, monkeypatch, point, deferrable
-):
-    """All parts landed and checkpointed (cursor exhausted), then the worker dies before the export is
-    sealed. The retry must only seal it: no new export task, no part re-exported, a true manifest.
+#: Where the sealing export dies: before its manifest; between the manifest and the checkpoint that
+#: says "cleaning up"; in the middle of the cleanup; before its last delete (the checkpoint's).
+SEAL_KILL_POINTS = ["before-manifest", "after-manifest", "mid-cleanup", "before-checkpoint-delete"]
 
-    Found by the random trials above (a kill inside ``finish()``): the retry resumed a checkpoint whose
-    cursor was exhausted, started a new export from the period's beginning and failed with
-    ``LoyaltyCursorError`` (next_from_id already used) — on every retry, forever.
-    """
+
+def killed_at(point: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the sink raise :class:`Killed` at ``point`` of the seal, and the killed try keep its lease
+    (a SIGKILLed worker releases nothing)."""
+    from airflow_provider_loyalty.export.loop import ExportLoop
     from airflow_provider_loyalty.export.s3_sink import S3PartSink
-    from tests.support.operator_driver import run_with_deferrals
 
-    prefix = f"crash/after-last-part-{point}-{'d' if deferrable else 'w'}"
-    original_write, original_delete = S3PartSink.write_json, S3PartSink.delete
+    original_write, original_delete, original_move = S3PartSink.write_json, S3PartSink.delete, S3PartSink.move
+    original_close = ExportLoop.close
 
     def write_json(self, name, document):
         if point == "before-manifest" and name == "_manifest.json":
             raise Killed(name)
+        if point == "after-manifest" and name == "_manifest.inprogress.json" and document.get("phase") == "cleanup":
+            raise Killed(name)
         return original_write(self, name, document)
 
     def delete(self, names):
+        if point == "mid-cleanup" and any(name.startswith("_parts/") for name in names):
+            original_delete(self, [name for name in names if not name.startswith("_parts/")][:1])
+            raise Killed(names)
         if point == "before-checkpoint-delete" and "_manifest.inprogress.json" in names:
             raise Killed(names)
         return original_delete(self, names)
 
+    def move(self, source, target):
+        if point == "after-switch-manifest":
+            raise Killed(source)
+        return original_move(self, source, target)
+
     monkeypatch.setattr(S3PartSink, "write_json", write_json)
     monkeypatch.setattr(S3PartSink, "delete", delete)
-    with pytest.raises(Killed):
-        run_with_deferrals(make_s3_operator(s3_bucket, prefix, deferrable=deferrable), context_for())
-    monkeypatch.setattr(S3PartSink, "write_json", original_write)
-    monkeypatch.setattr(S3PartSink, "delete", original_delete)
+    monkeypatch.setattr(S3PartSink, "move", move)
+    monkeypatch.setattr(ExportLoop, "close", lambda self, release=True: original_close(self, release=False))
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferrable"])
+@pytest.mark.parametrize("point", SEAL_KILL_POINTS)
+def test_crash_after_the_last_part_landed_resumes_to_finish(
+    emulator, s3_client, s3_bucket, monkeypatch, point, deferrable
+):
+    """All parts landed and checkpointed (cursor exhausted), then the worker dies while sealing. The
+    next try must only finish the seal: no new export task, no part re-exported, a true manifest and
+    no bookkeeping left behind.
+
+    Found by the random trials above (a kill inside ``finish()``): the retry resumed a checkpoint whose
+    cursor was exhausted, started a new export from the period's beginning and failed with
+    ``LoyaltyCursorError`` (next_from_id already used) — on every retry, forever. Found by the
+    cluster backfill (``after-manifest``, ``mid-cleanup``): the next try adopted the manifest the
+    killed try had written and left its checkpoint and part records at the location.
+    """
+    from tests.support.operator_driver import run_with_deferrals, task_instance
+
+    prefix = f"crash/after-last-part-{point}-{'d' if deferrable else 'w'}"
+    with monkeypatch.context() as killing:
+        killed_at(point, killing)
+        with pytest.raises(Killed):
+            run_with_deferrals(
+                make_s3_operator(s3_bucket, prefix, deferrable=deferrable), context_for(ti=task_instance(try_number=1))
+            )
     assert emulator.stats()["export_tasks_created"] == BATCHES
 
-    run_with_deferrals(make_s3_operator(s3_bucket, prefix, deferrable=deferrable), context_for())  # the retry
+    retry = make_s3_operator(s3_bucket, prefix, deferrable=deferrable)
+    run_with_deferrals(retry, context_for(ti=task_instance(try_number=2)))
     assert_true_manifest(s3_client, s3_bucket, prefix, all_transaction_ids(emulator))
     assert emulator.stats()["export_tasks_created"] == BATCHES, "the retry re-exported a finished export"
+
+
+@pytest.mark.parametrize("point", ["after-switch-manifest", *SEAL_KILL_POINTS])
+def test_crash_while_a_rerun_seals_resumes_to_the_new_set(emulator, s3_client, s3_bucket, monkeypatch, point):
+    """A re-run over a finished export stages its parts, switches the manifest to them, moves them to
+    their final names and cleans up. Killed anywhere in that, the next try ends with the new set under
+    the final names: no manifest pointing into ``_staging/``, no staged or stale key left."""
+    from tests.support.operator_driver import task_instance
+
+    prefix = f"crash/rerun-{point}"
+    make_s3_operator(s3_bucket, prefix).execute(context_for(ti=task_instance(run_id="first")))
+    emulator.config.transactions = N + BATCH // 2  # the re-run lands a different set
+    emulator.reset()
+    with monkeypatch.context() as killing:
+        killed_at(point, killing)
+        with pytest.raises(Killed):
+            make_s3_operator(s3_bucket, prefix).execute(context_for(ti=task_instance(run_id="again", try_number=1)))
+
+    make_s3_operator(s3_bucket, prefix).execute(context_for(ti=task_instance(run_id="again", try_number=2)))
+    manifest = assert_true_manifest(s3_client, s3_bucket, prefix, all_transaction_ids(emulator))
+    assert len(manifest["parts"]) == BATCHES + 1
+    assert all("/_staging/" not in part["key"] for part in manifest["parts"]), manifest["parts"]
 
 
 def test_sigkill_while_two_batches_overlap_resumes_both(emulator, s3_client, s3_bucket):
