@@ -402,8 +402,10 @@ class LoyaltyHook(BaseHook):
         """Every page of a member's history, following ``next_from_id`` until it is empty.
 
         Takes the same keyword arguments as :meth:`get_account_transactions` (but ``from_id``
-        starts the walk). One page is in memory at a time. A ``next_from_id`` that repeats
-        raises :class:`LoyaltyCursorError` instead of looping forever.
+        starts the walk). One page is in memory at a time. A page without records but with a new
+        ``next_from_id`` is followed (the API may filter a page empty); one that points back at its
+        own cursor ends the walk. A ``next_from_id`` that repeats after records raises
+        :class:`LoyaltyCursorError` instead of looping forever.
         """
         cursor = validation.check_cursor(member.pop("from_id", None))
         payload = self._account_payload(limit=limit, **member)
@@ -413,8 +415,8 @@ class LoyaltyHook(BaseHook):
             page = self._account_page(payload)
             yield page
             next_cursor = page["next_from_id"]
-            if not next_cursor or not page["data"]:
-                return
+            if not next_cursor or (not page["data"] and next_cursor == cursor):
+                return  # the end: no cursor, or an empty page pointing back at its own
             if next_cursor in (cursor, seen_cursor):
                 raise LoyaltyCursorError(f"account/transactions: next_from_id {next_cursor!r} repeats; stopping")
             seen_cursor, cursor = cursor, next_cursor

@@ -13,6 +13,7 @@ import pytest
 from airflow_provider_loyalty.exceptions import (
     LoyaltyApiError,
     LoyaltyAuthError,
+    LoyaltyCursorError,
     LoyaltyError,
     LoyaltyExportTaskFailed,
     LoyaltyNotFoundError,
@@ -485,6 +486,51 @@ def test_merchant_fields_named_like_documented_ones_survive_xml(monkeypatch: pyt
         (record,) = LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com")
     assert record["promo_iid"] == 42 and record["is_temp"] is False
     assert record["custom_json"] == {"total": "99.90", "error": "none", "tags": ["a", "b"]}
+
+
+def _served_in_turn(pages: list[tuple[list[str], str]]):
+    """A server answering the account endpoint with these (ids, next_from_id) pages, one per request."""
+    served = iter(pages)
+
+    def respond(handler, server) -> None:
+        if not handler.path.endswith("/account/transactions"):
+            return fake_api()(handler, server)
+        ids, cursor = next(served, ([], ""))
+        records = [{"transaction_id": transaction_id} for transaction_id in ids]
+        total = sum(len(page_ids) for page_ids, _ in pages)
+        document = {"data": records, "next_from_id": cursor, "total_count": total, "error": 0, "error_text": "ok"}
+        _json_reply(handler, 200, document)
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("pages", "requests"),
+    [
+        # the server filters by currency after paging: a page can hold no record of ours, and more follow
+        ([(["t1", "t2"], "t2"), ([], "t4"), ([], "t6"), (["t7"], "")], 4),
+        # the end, said by an empty page that points back at its own cursor instead of ""
+        ([(["t1", "t2"], "t2"), ([], "t2")], 2),
+    ],
+    ids=["empty-pages-inside", "empty-last-page-echoing-its-cursor"],
+)
+def test_an_empty_page_with_a_new_cursor_is_followed(monkeypatch: pytest.MonkeyPatch, pages, requests) -> None:
+    """1.x stopped at the first page without records, whatever its ``next_from_id`` said: a member
+    history with an empty page inside it came back short."""
+    with loopback_server(_served_in_turn(pages)) as server:
+        _point_at_server(monkeypatch, server.url)
+        records = list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
+        asked = [seen for seen in server.requests if seen.path.endswith("/account/transactions")]
+    assert [record["transaction_id"] for record in records] == [i for ids, _ in pages for i in ids]
+    assert len(asked) == requests
+
+
+def test_a_cursor_that_repeats_after_records_stops_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    pages = [(["t1", "t2"], "t2"), (["t3"], "t2")]
+    with loopback_server(_served_in_turn(pages)) as server:
+        _point_at_server(monkeypatch, server.url)
+        with pytest.raises(LoyaltyCursorError, match="'t2' repeats"):
+            list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
 
 
 # ---------------------------------------------------------------------- test_connection (issue 13.7, 20.3)
