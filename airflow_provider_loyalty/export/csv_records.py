@@ -54,6 +54,7 @@ FIELD_SIZE_LIMIT = 16 * 1024 * 1024
 csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
 
 _BOM = b"\xef\xbb\xbf"
+_SEPARATORS = re.compile(r"[\s_\-]+")
 _LINE_BREAKS = (b"\n", b"\r")
 _END_PROBE = ("",)  # fed after a member's last line: see the module docstring
 _BLOCK_PROBE = ("",)  # fed after a block read by csv.reader: tells whether its last record ended
@@ -441,14 +442,15 @@ class BatchRecords:
             self.rows += 1
 
     def _take_header(self, record: list[str], raw: str) -> None:
-        if self._id_column not in record:
+        id_index = column_index(record, self._id_column)
+        if id_index is None:
             raise LoyaltyVerificationError(
-                f"zip member {self._name!r}: the CSV header has no {self._id_column!r} column"
+                f"zip member {self._name!r}: the CSV header has no {self._id_column!r} column (it has {record[:30]!r})"
             )
         if self.header is not None and record != self.header:
             raise LoyaltyVerificationError(f"zip member {self._name!r}: its CSV header differs from the first member's")
         self._member_header = record
-        self._width, self._id_index = len(record), record.index(self._id_column)
+        self._width, self._id_index = len(record), id_index
         if self.header is None:
             self.header = record
             self._line_end = b"\r\n" if raw.endswith("\r\n") else b"\n"
@@ -546,3 +548,18 @@ class BatchRecords:
 
 
 __all__ = ["FIELD_SIZE_LIMIT", "BatchRecords", "RecordSink", "line_blocks", "plain_rows"]
+
+
+def column_index(header: list[str], name: str) -> int | None:
+    """Where ``name`` is in a CSV header: the field spelled so, else the one field that differs only
+    in case, spaces, ``_`` or ``-`` (``Transaction ID``, ``transactionId``); ``None`` if none or
+    several do."""
+    if name in header:
+        return header.index(name)
+    wanted = _spelling(name)
+    found = [index for index, field in enumerate(header) if _spelling(field) == wanted]
+    return found[0] if len(found) == 1 else None
+
+
+def _spelling(field: str) -> str:
+    return _SEPARATORS.sub("", field.casefold())

@@ -126,6 +126,24 @@ def test_boundary_duplicates_are_dropped_at_the_start_of_the_batch_only(tmp_path
     assert out.getvalue() == b"transaction_id\r\nid-3\r\nid-1\r\n"
 
 
+@pytest.mark.parametrize("spelling", ["Transaction ID", "TRANSACTION_ID", "transactionId", " transaction-id "])
+def test_the_id_column_is_found_whatever_its_case_and_separators(tmp_path, spelling):
+    """The API documents no CSV header: an id column spelled another way is still the id column
+    (boundary duplicates are found by it), and the header is kept as the API wrote it."""
+    header = f'amount,"{spelling}"\r\n'.encode()
+    data = header + b"1,id-1\r\n2,id-2\r\n3,id-3\r\n"
+    out = io.BytesIO()
+    stats = archive.write_part(_archive(tmp_path, {"t.csv": data}), out, expected_rows=3, skip_ids=["id-1"])
+    assert (stats.rows, stats.duplicates_dropped, stats.tail_ids) == (2, 1, ["id-2", "id-3"])
+    assert out.getvalue() == header + b"2,id-2\r\n3,id-3\r\n"
+
+
+def test_an_id_column_spelled_two_ways_at_once_is_refused(tmp_path):
+    data = b"Transaction ID,transaction-id\r\nid-1,x\r\n"
+    with pytest.raises(LoyaltyVerificationError, match="no 'transaction_id' column"):
+        archive.write_part(_archive(tmp_path, {"t.csv": data}), io.BytesIO(), expected_rows=1)
+
+
 # ---------------------------------------------------------------------------------------- empty batches
 
 
