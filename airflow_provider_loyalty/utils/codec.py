@@ -173,6 +173,8 @@ def _decode_xml(body: bytes, schema: _Compiled) -> Any:
     gc.disable()
     try:
         root = _parse_xml(body)
+        if b"xmlns" in body:
+            _drop_namespaces(root)
         if root.tag != "xml":
             raise LoyaltyResponseError(f"expected an <xml> root element, got <{root.tag}>")
         try:
@@ -197,6 +199,15 @@ def _parse_xml(body: bytes) -> Element:
         raise LoyaltyResponseError(f"reply XML refused for safety ({type(err).__name__})") from None
     except (SyntaxError, ValueError, RecursionError) as err:  # ParseError is a SyntaxError
         raise LoyaltyResponseError(f"reply is not valid XML: {str(err)[:200]}") from None
+
+
+def _drop_namespaces(root: Element) -> None:
+    """Read ``<xml xmlns="...">`` or ``<l:xml xmlns:l="...">`` as ``<xml>``: every element by its
+    local name (the API's fields are not namespaced; a server that declares a namespace means the
+    same fields)."""
+    for element in root.iter():
+        if element.tag[:1] == "{":
+            element.tag = element.tag.partition("}")[2]
 
 
 # ------------------------------------------------------------------------------------------ schemas, compiled

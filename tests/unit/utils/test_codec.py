@@ -285,6 +285,30 @@ def test_the_seeds_own_xml_example_decodes_with_its_types() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("opening", "prefix"),
+    [('<xml xmlns="https://example.com/loyalty">', ""), ('<l:xml xmlns:l="https://example.com/loyalty">', "l:")],
+    ids=["default-namespace", "prefixed"],
+)
+def test_a_namespaced_reply_reads_as_the_plain_one(opening: str, prefix: str) -> None:
+    p = prefix
+    body = (
+        f"{opening}<{p}data><{p}status>completed</{p}status><{p}progress>100</{p}progress><{p}result>"
+        f"<{p}hashed_file>a/b.zip</{p}hashed_file><{p}next_from_id></{p}next_from_id><{p}total>3</{p}total>"
+        f"</{p}result></{p}data><{p}error>0</{p}error><{p}error_text>ok</{p}error_text></{p}xml>"
+    ).encode()
+    decoded = decode_body(body, "application/xml", schema=STATUS_SCHEMA)
+    assert decoded == {
+        "data": {
+            "status": "completed",
+            "progress": 100,
+            "result": {"hashed_file": "a/b.zip", "next_from_id": "", "total": 3},
+        },
+        "error": 0,
+        "error_text": "ok",
+    }
+
+
 @pytest.mark.parametrize("count", [0, 1, 2, 3])
 def test_a_documented_list_has_any_length_in_xml(count: int) -> None:
     records = [{"transaction_id": f"t{n}", "promo_iid": n} for n in range(count)]
