@@ -342,6 +342,10 @@ def _coerce_scalars(record: dict[str, Any], scalars: tuple[tuple[str, Callable[[
                 record[key] = convert(value)
             except _BadField as bad:
                 raise bad.within(key) from None
+        elif value.__class__ is float and convert is _to_int:  # JSON's 1000.0 for an int field
+            if not value.is_integer():
+                raise _BadField(FieldType.INT, repr(value)).within(key)
+            record[key] = int(value)
 
 
 def _coerce_items(items: list[Any], schema: _Compiled) -> None:
@@ -363,8 +367,15 @@ def _to_int(text: str) -> int | None:
     try:
         return int(text)  # surrounding whitespace is fine for int()
     except ValueError:
+        pass
+    try:
+        number = float(text)  # "1000.0" or "1e3": whole numbers written as decimals
+    except ValueError:
         _refuse_unless_blank(FieldType.INT, text)
         return None
+    if number.is_integer():
+        return int(number)
+    raise _BadField(FieldType.INT, text.strip()[:40])
 
 
 def _to_number(text: str) -> int | float | None:

@@ -346,6 +346,24 @@ def test_what_cannot_be_decoded_is_a_typed_error(body: bytes, expected: str) -> 
         decode_body(body, "application/xml", schema=STATUS_SCHEMA)
 
 
+@pytest.mark.parametrize("total", [1000, 1000.0, "1000", " 1000 ", "1000.0", "1e3"])
+def test_a_whole_number_for_an_integer_field_is_an_int_however_written(total: Any) -> None:
+    """A server may write ``total`` as ``1000.0`` (a float in JSON, or in XML text): it is 1000 rows."""
+    result = {"hashed_file": "a/b.zip", "total": total}
+    as_json = json.dumps(envelope({"status": "completed", "result": result})).encode()
+    as_xml = to_xml(envelope({"status": "completed", "result": result}), pretty=False)
+    for body, content_type in ((as_json, "application/json"), (as_xml, "application/xml")):
+        decoded = decode_body(body, content_type, schema=STATUS_SCHEMA)["data"]["result"]["total"]
+        assert (decoded, type(decoded)) == (1000, int), content_type
+
+
+@pytest.mark.parametrize("total", [1000.5, "1000.5", "1e-3", "inf", "nan", "ten"])
+def test_a_fraction_or_a_word_for_an_integer_field_is_refused(total: Any) -> None:
+    body = json.dumps(envelope({"status": "completed", "result": {"total": total}})).encode()
+    with pytest.raises(LoyaltyResponseError, match=r"field 'data\.result\.total': expected integer"):
+        decode_body(body, "application/json", schema=STATUS_SCHEMA)
+
+
 def test_a_json_reply_to_an_xml_request_still_decodes() -> None:
     assert decode_body(b'{"error": "0", "data": {"task_id": "t"}}', None) == {"error": 0, "data": {"task_id": "t"}}
     assert decode_body(b"  <xml><error>0</error></xml>", None) == {"error": 0}
