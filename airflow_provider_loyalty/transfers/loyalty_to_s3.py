@@ -14,6 +14,7 @@ from airflow_provider_loyalty.export.sinks import PartSink
 from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOperator
 from airflow_provider_loyalty.operators.lineage import asset_uri
+from airflow_provider_loyalty.transfers.s3_location import check_bucket, check_key_prefix
 from airflow_provider_loyalty.utils.validation import is_template
 
 __all__ = ["LoyaltyTransactionsToS3Operator"]
@@ -39,8 +40,9 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
     .. seealso::
         :ref:`howto/operator:LoyaltyTransactionsToS3Operator`
 
-    :param s3_bucket: the target bucket. (templated)
-    :param s3_key_prefix: the key prefix of this export's files. Defaults to
+    :param s3_bucket: the target bucket, a name (not an ``s3://`` URL). (templated)
+    :param s3_key_prefix: the key prefix of this export's files, without empty, ``.`` or ``..``
+        segments. Defaults to
         ``loyalty/transactions/program=<id>/currency=<eid|iid>/<date_from>_<date_to>``. (templated)
     :param aws_conn_id: the AWS connection.
     :param encrypt: server-side encryption with S3-managed keys (SSE-S3, AES256).
@@ -72,8 +74,10 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         transfer_config_args: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not s3_bucket:
-            raise LoyaltyValidationError("s3_bucket", "required: the bucket to land the export in")
+        if not is_template(s3_bucket):
+            s3_bucket = check_bucket(s3_bucket)
+        if not is_template(s3_key_prefix):
+            check_key_prefix(s3_key_prefix)
         if encrypt and sse_kms_key_id:
             raise LoyaltyValidationError("encrypt/sse_kms_key_id", "give one: SSE-S3 (encrypt) or SSE-KMS")
         self.s3_bucket = s3_bucket
@@ -96,8 +100,9 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
 
     def key_prefix(self, spec: ExportSpec) -> str:
         """The rendered prefix, or the default one built from the export's parameters."""
-        if self.s3_key_prefix:
-            return str(self.s3_key_prefix).strip("/")
+        prefix = check_key_prefix(self.s3_key_prefix)
+        if prefix is not None:
+            return prefix
         currency = spec.points_currency_eid or f"iid-{spec.points_currency_iid}"
         return DEFAULT_PREFIX.format(
             program=spec.loyalty_program_id,
@@ -110,6 +115,7 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         """Parts go under ``s3://<s3_bucket>/<prefix>/`` through ``S3Hook``."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+        self.s3_bucket = check_bucket(self.s3_bucket)
         upload_args = dict(self.extra_upload_args)
         if self.sse_kms_key_id:
             upload_args.update({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.sse_kms_key_id})

@@ -86,6 +86,44 @@ def assert_true_manifest(s3_client, bucket: str, manifest: dict) -> None:
     assert stored["total_rows"] == sum(part["rows"] for part in stored["parts"])
 
 
+BAD_LOCATIONS = [
+    (
+        {"s3_bucket": "s3://compliance/exports"},
+        "s3_bucket: expected a bucket name, got the URL",
+        "s3_key_prefix='exports'",
+    ),
+    ({"s3_bucket": "compliance/exports"}, "s3_bucket: 'compliance/exports' is not a bucket name", "s3_key_prefix"),
+    ({"s3_key_prefix": "s3://compliance/exports"}, "s3_key_prefix: expected a key prefix, got the URL", "'exports'"),
+    ({"s3_key_prefix": "exports//2023-09"}, "s3_key_prefix: 'exports//2023-09' has an empty path segment", "render"),
+    ({"s3_key_prefix": "exports/../2023-09"}, "s3_key_prefix: 'exports/../2023-09' has a '.' or '..'", "literal"),
+    ({"s3_bucket": ""}, "s3_bucket: required", "bucket"),
+]
+
+
+@pytest.mark.parametrize(("location", "message", "hint"), BAD_LOCATIONS)
+def test_a_bad_literal_location_fails_when_the_dag_is_parsed(location, message, hint):
+    with pytest.raises(LoyaltyValidationError, match=message.replace("(", r"\(")) as error:
+        make_operator("compliance", **location)
+    assert hint in str(error.value)
+
+
+@pytest.mark.parametrize(("location", "message", "hint"), BAD_LOCATIONS)
+def test_a_bad_templated_location_fails_before_any_request(emulator, location, message, hint):
+    (parameter, value), *_ = location.items()
+    operator = make_operator("compliance", **{parameter: "{{ params.where }}"})
+    operator.render_template_fields(context_for(params={"where": value}))
+    with pytest.raises(LoyaltyValidationError, match=message.replace("(", r"\(")):
+        operator.execute(context_for())
+    assert emulator.stats()["requests_total"] == 0
+
+
+def test_a_location_pasted_with_spaces_and_newlines_lands_where_it_says(emulator, s3_bucket, s3_client):
+    operator = make_operator(f" {s3_bucket}\n", s3_key_prefix="  /compliance/2023-09/\n")
+    manifest = operator.execute(context_for())
+    assert manifest["manifest"] == f"s3://{s3_bucket}/{PREFIX}/{MANIFEST_NAME}"
+    assert s3_client.head_object(Bucket=s3_bucket, Key=f"{PREFIX}/{MANIFEST_NAME}")["ContentLength"] > 0
+
+
 def test_multi_batch_export_lands_parts_then_manifest(emulator, s3_bucket, s3_client):
     manifest = make_operator(s3_bucket).execute(context_for())
     assert len(manifest["parts"]) == 5

@@ -1,0 +1,66 @@
+"""The S3 location of an export, checked before anything is sent: bucket name and key prefix.
+
+Mistakes these catch are the usual ones: a URL where a name goes (``s3://bucket/path``), a path in
+the bucket name, a template that rendered empty (``exports//2024-01-06``), a value pasted with a
+newline. S3 itself would take most of them as odd keys, or fail with a botocore parameter error
+after the location was half used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_loyalty.exceptions import LoyaltyValidationError
+
+_SCHEME = "s3://"
+
+
+def check_bucket(value: Any) -> str:
+    """The bucket name, surrounding whitespace removed.
+
+    :param value: the rendered ``s3_bucket``.
+    """
+    bucket = str(value if value is not None else "").strip()
+    if not bucket:
+        raise LoyaltyValidationError("s3_bucket", "required: the bucket to land the export in")
+    if bucket.lower().startswith(_SCHEME):
+        raise LoyaltyValidationError(
+            "s3_bucket", f"expected a bucket name, got the URL {bucket!r}{_split_hint(bucket)}"
+        )
+    if "/" in bucket or any(character.isspace() for character in bucket):
+        raise LoyaltyValidationError(
+            "s3_bucket", f"{bucket!r} is not a bucket name (no '/' or spaces); put the path in s3_key_prefix"
+        )
+    return bucket
+
+
+def check_key_prefix(value: Any) -> str | None:
+    """The key prefix without surrounding whitespace and ``/``; ``None`` when not given (the default).
+
+    :param value: the rendered ``s3_key_prefix``.
+    """
+    if value is None:
+        return None
+    prefix = str(value).strip().strip("/")
+    if not prefix:
+        return None
+    if prefix.lower().startswith(_SCHEME):
+        raise LoyaltyValidationError(
+            "s3_key_prefix", f"expected a key prefix, got the URL {prefix!r}{_split_hint(prefix)}"
+        )
+    segments = prefix.split("/")
+    if "" in segments:
+        raise LoyaltyValidationError(
+            "s3_key_prefix", f"{prefix!r} has an empty path segment ('//'): did a template render empty?"
+        )
+    if "." in segments or ".." in segments:
+        raise LoyaltyValidationError(
+            "s3_key_prefix", f"{prefix!r} has a '.' or '..' segment, which S3 keeps as a literal key name"
+        )
+    return prefix
+
+
+def _split_hint(url: str) -> str:
+    bucket, _, prefix = url[len(_SCHEME) :].partition("/")
+    prefix = prefix.strip("/")
+    return f": use s3_bucket={bucket!r}" + (f" and s3_key_prefix={prefix!r}" if prefix else "")
