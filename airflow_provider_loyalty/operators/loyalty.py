@@ -21,6 +21,9 @@ from airflow_provider_loyalty.utils import validation
 
 __all__ = ["LoyaltyAccountTransactionsOperator", "LoyaltyExportOperator"]
 
+_EXPORT_OUTPUT = "a local directory or an object storage URL"
+_HISTORY_OUTPUT = "a JSON Lines file path or object storage URL"
+
 
 class LoyaltyExportOperator(LoyaltyExportBaseOperator):
     """
@@ -49,13 +52,12 @@ class LoyaltyExportOperator(LoyaltyExportBaseOperator):
         self, *, output_path: str | ObjectStoragePath, output_conn_id: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        if output_path in (None, ""):
-            raise LoyaltyValidationError("output_path", "required: a local directory or an object storage URL")
-        self.output_path = output_path
+        self.output_path = validation.check_output_path(output_path, _EXPORT_OUTPUT)
         self.output_conn_id = output_conn_id
 
     def build_sink(self, context: Context, spec: ExportSpec) -> PartSink:
         """Parts go under ``output_path``."""
+        self.output_path = validation.check_output_path(self.output_path, _EXPORT_OUTPUT)
         return ObjectStorageSink(self.output_path, conn_id=self.output_conn_id)
 
     def verify_conn_id(self) -> str | None:
@@ -140,8 +142,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         self.loyalty_conn_id = loyalty_conn_id
         if validation.is_template(matching) or matching not in validation.MATCHING_MODES:
             validation.check_matching(matching)  # raises, naming `matching`
-        if output_path in (None, ""):
-            raise LoyaltyValidationError("output_path", "required: a JSON Lines file path or object storage URL")
+        validation.check_output_path(output_path, _HISTORY_OUTPUT)
 
     def _member(self) -> dict[str, Any]:
         return {
@@ -153,7 +154,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         }
 
     def _target(self, member_fields: dict[str, Any]) -> ObjectStoragePath:
-        raw = self.output_path
+        raw = validation.check_output_path(self.output_path, _HISTORY_OUTPUT)
         if isinstance(raw, ObjectStoragePath):
             return raw
         text = str(raw)

@@ -139,13 +139,33 @@ def _blank(value: Any) -> bool:
 _UUIDISH = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 
 
+def check_output_path(output_path: Any, expected: str) -> Any:
+    """An ``output_path`` as text without surrounding whitespace (a value pasted with a newline is
+    not a directory named ``"\\n"``); an ``ObjectStoragePath`` as it is.
+
+    :param output_path: the rendered value.
+    :param expected: what the operator wants there, for the error.
+    """
+    if output_path is not None and not isinstance(output_path, str):
+        return output_path
+    text = (output_path or "").strip()
+    if not text:
+        raise LoyaltyValidationError("output_path", f"required: {expected}")
+    return text
+
+
 def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:
-    """An optional transaction id used as cursor: a short id-shaped string, or None."""
-    if from_id in (None, ""):
+    """An optional transaction id used as cursor: a short id-shaped string (the API's UUID), or
+    ``None`` when not given or blank. Surrounding whitespace (a value pasted with a newline) is
+    dropped."""
+    if from_id is None:
         return None
-    if not isinstance(from_id, str) or not _UUIDISH.match(from_id):
+    cursor = from_id.strip() if isinstance(from_id, str) else from_id
+    if cursor == "":
+        return None
+    if not isinstance(cursor, str) or not _UUIDISH.match(cursor):
         raise LoyaltyValidationError(parameter, f"expected a transaction id (UUID string), got {from_id!r}")
-    return from_id
+    return cursor
 
 
 def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str:

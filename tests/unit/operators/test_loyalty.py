@@ -293,6 +293,20 @@ class TestLoyaltyExportOperator:
             local_export_operator(tmp_path, max_batches=0)
         assert requests_seen(emulator) > 0
 
+    def test_values_pasted_with_a_newline_mean_what_they_say(self, emulator: LoyaltyEmulator, tmp_path):
+        """A directory or cursor pasted with surrounding whitespace: not a directory named "\\n",
+        not a cursor sent with a newline; a blank output_path is no directory at all."""
+        cursor = all_transaction_ids(emulator)[999]
+        manifest = local_export_operator(f"  {tmp_path}/pasted\n", from_id=f"{cursor}\n").execute(context_for())
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["pasted"]
+        assert (tmp_path / "pasted" / "_manifest.json").exists()
+        assert manifest["parts"][0]["from_id"] == cursor
+        assert csv_ids(part_paths(tmp_path / "pasted", manifest)) == all_transaction_ids(emulator)[1000:]
+        with pytest.raises(LoyaltyValidationError, match="output_path: required"):
+            local_export_operator(" \n")
+        with pytest.raises(LoyaltyValidationError, match="from_id"):
+            local_export_operator(tmp_path, from_id="../../etc")
+
     def test_object_storage_output_path(self, emulator: LoyaltyEmulator, tmp_path):
         manifest = local_export_operator(f"file://{tmp_path}/osp").execute(context_for())
         assert manifest["parts"][0]["key"].startswith("file://")
@@ -589,6 +603,13 @@ class TestLoyaltyAccountTransactionsOperator:
     )
     def test_each_matching_mode(self, emulator: LoyaltyEmulator, tmp_path, member):
         assert member_operator(tmp_path, limit=20, **member).execute({})["rows"] == 42
+
+    def test_an_output_path_pasted_with_a_newline_is_the_file_it_names(self, emulator: LoyaltyEmulator, tmp_path):
+        result = member_operator(tmp_path, output_path=f"{tmp_path}/member.jsonl\n").execute({})
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["member.jsonl"]
+        assert len(read_jsonl(result["path"])) == result["rows"] == 250
+        with pytest.raises(LoyaltyValidationError, match="output_path: required"):
+            member_operator(tmp_path, output_path="  ")
 
     def test_member_without_transactions_and_unknown_member(self, emulator: LoyaltyEmulator, tmp_path):
         empty = member_operator(tmp_path, member_email="member2@example.com").execute({})
