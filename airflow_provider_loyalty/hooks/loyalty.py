@@ -233,7 +233,7 @@ class LoyaltyHook(BaseHook):
 
         :param export_task_id: the id returned by :meth:`create_transactions_export`.
         """
-        validation.check_task_id(export_task_id)
+        export_task_id = validation.check_task_id(export_task_id)
         return data_object(self._post(STATUS_PATH, {"task_id": export_task_id}, STATUS_SCHEMA), "tasks/status")
 
     def get_export_task_status(self, export_task_id: str) -> ExportTaskStatus:

@@ -232,7 +232,7 @@ class LoyaltyAsyncHook(BaseHook):
         :raises LoyaltyApiError: API errors (auth errors included), after retries for transient ones.
         :raises LoyaltyResponseError: a reply that cannot be understood.
         """
-        validation.check_task_id(export_task_id)
+        export_task_id = validation.check_task_id(export_task_id)
         envelope = await self._post(STATUS_PATH, {"task_id": export_task_id}, STATUS_SCHEMA)
         return data_object(envelope, "tasks/status")
 

@@ -121,7 +121,7 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
             raise LoyaltyValidationError(
                 "points_currency_eid", f"expected a string, got {type(points_currency_eid).__name__}"
             )
-        return {"points_currency_eid": points_currency_eid}
+        return {"points_currency_eid": points_currency_eid.strip()}  # pasted with a newline: the same id
     iid = points_currency_iid
     if isinstance(iid, str) and iid.strip().isdigit():
         iid = int(iid.strip())
@@ -169,20 +169,19 @@ def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:
 
 
 def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str:
-    """An export task id as the API returned it: a non-empty string without control characters."""
-    if (
-        not isinstance(export_task_id, str)
-        or not export_task_id.strip()
-        or any(ord(char) < 0x20 or ord(char) == 0x7F for char in export_task_id)
-        or len(export_task_id) > 256
-    ):
+    """An export task id as the API returned it: a non-empty string without control characters
+    (surrounding whitespace, as of a value pasted with a newline, dropped)."""
+    task_id = export_task_id.strip() if isinstance(export_task_id, str) else None
+    if not task_id or any(ord(char) < 0x20 or ord(char) == 0x7F for char in task_id) or len(task_id) > 256:
         raise LoyaltyValidationError(parameter, f"expected an export task id string, got {export_task_id!r}")
-    return export_task_id
+    return task_id
 
 
 def check_limit(limit: Any) -> int:
     """Page size of the account transactions endpoint: an integer in 1..100."""
     low, high = LIMIT_RANGE
+    if isinstance(limit, str) and limit.strip().isdigit():
+        limit = int(limit.strip())
     if isinstance(limit, bool) or not isinstance(limit, int) or not low <= limit <= high:
         raise LoyaltyValidationError("limit", f"expected an integer in {low}..{high}, got {limit!r}")
     return limit

@@ -147,6 +147,16 @@ def test_member_without_history_and_unknown_member(hook: LoyaltyHook):
     assert err.value.code == 1004
 
 
+def test_values_pasted_with_a_newline_are_the_values(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
+    """A currency, task id, cursor or page size pasted with surrounding whitespace is sent without it
+    (the emulator, like the API, does not know ``"bonus_points\\n"``)."""
+    task_id = hook.create_transactions_export(**{**EXPORT, "points_currency_eid": " bonus_points\n"})
+    assert _wait_completed(hook, f"  {task_id}\n")["status"] == "completed"
+    cursor = hook.get_account_transactions(**MEMBER, email="member0@example.com", limit="20\n")["next_from_id"]
+    page = hook.get_account_transactions(**MEMBER, email="member0@example.com", limit=20, from_id=f"{cursor}\n")
+    assert len(page["data"]) == 20 and page["data"][0]["transaction_id"] > cursor
+
+
 # ---------------------------------------------------------------------- validation: before any request
 
 
