@@ -31,9 +31,13 @@ from airflow_provider_loyalty.operators.lineage import operator_lineage
 from airflow_provider_loyalty.operators.links import LoyaltyManifestLink
 from airflow_provider_loyalty.triggers.loyalty import defer_until_done, status_from_event
 from airflow_provider_loyalty.utils import validation
+from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 
 #: How long a deferred export keeps its location beyond the trigger's deadline.
 _LEASE_GRACE = 600.0
+#: Trigger error events in a row (the triggerer could not follow the export task) the worker answers
+#: by checking the task itself before the task fails with the trigger's error.
+MAX_TRIGGER_ERRORS = 3
 
 
 class LoyaltyExportBaseOperator(BaseOperator):
@@ -248,18 +252,37 @@ class LoyaltyExportBaseOperator(BaseOperator):
             return self._after(context, loop, loop.advance(progress))
 
     def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, export_task_id: str | None = None
+        self,
+        context: Context,
+        event: dict[str, Any] | None = None,
+        export_task_id: str | None = None,
+        trigger_errors: int = 0,
     ) -> dict[str, Any]:
-        """Resume after the trigger fired: land the batch, create the next, defer again or finish."""
+        """Resume after the trigger fired: land the batch, create the next, defer again or finish.
+
+        When the trigger could not follow the export task (its ``error`` event without a task
+        status: the API forgot the task, or the triggerer's requests failed past their retries),
+        the worker checks the task itself, with the loop's own handling: a forgotten task is created
+        again from its cursor. :data:`MAX_TRIGGER_ERRORS` such events in a row fail the task.
+        """
         if export_task_id is None and isinstance(event, dict):
             export_task_id = event.get("export_task_id")
-        status = status_from_event(event, export_task_id)
+        status: ExportTaskStatus | None = None
+        if _trigger_lost_the_task(event) and trigger_errors < MAX_TRIGGER_ERRORS:
+            self.log.warning(
+                "The triggerer could not follow export task %s (%s); checking it from the worker",
+                export_task_id,
+                event.get("message") if isinstance(event, dict) else event,
+            )
+            trigger_errors += 1
+        else:
+            status, trigger_errors = status_from_event(event, export_task_id), 0
         loop = self._loop = self.export_loop(context)
         with _closing_unless_deferred(loop):
             progress = loop.begin()
-            return self._after(context, loop, loop.advance(progress, completed=status))
+            return self._after(context, loop, loop.advance(progress, completed=status), trigger_errors=trigger_errors)
 
-    def _after(self, context: Context, loop: ExportLoop, step: Step) -> dict[str, Any]:
+    def _after(self, context: Context, loop: ExportLoop, step: Step, *, trigger_errors: int = 0) -> dict[str, Any]:
         """Finish, or defer exactly where the wait for an export task starts."""
         if isinstance(step, Finished):
             return self._finish(context, step.manifest)
@@ -275,7 +298,10 @@ class LoyaltyExportBaseOperator(BaseOperator):
             loyalty_conn_id=self.loyalty_conn_id,
             poll_interval=self.poll_interval,
             deadline=deadline,
-            kwargs={"export_task_id": step.export_task_id},
+            kwargs={
+                "export_task_id": step.export_task_id,
+                **({"trigger_errors": trigger_errors} if trigger_errors else {}),
+            },
         )
 
     def _deadline(self, context: Context) -> float:
@@ -338,6 +364,11 @@ class LoyaltyExportBaseOperator(BaseOperator):
         """Stop the export promptly; the checkpoint keeps the pending export task for the next try."""
         if self._loop is not None:
             self._loop.stop()
+
+
+def _trigger_lost_the_task(event: Any) -> bool:
+    """Whether a trigger event says the wait failed (not the export task: that has a task status)."""
+    return isinstance(event, dict) and event.get("status") == "error" and not event.get("task_status")
 
 
 class _closing_unless_deferred:

@@ -180,6 +180,11 @@ class LoyaltyEmulator:
         self.api.reset()
         self.counters.clear(self.config.request_log_limit)
 
+    def forget_tasks(self) -> None:
+        """Forget every export task and its file, as a server restarted without its task store would:
+        status and download answer "not found". Counters, the request log, faults and config stay."""
+        self.api.reset()
+
     def expire_files(self, task_ids: Iterable[str] | None = None) -> int:
         """Make the files of these export tasks gone for good (downloads answer ``File expired``).
 

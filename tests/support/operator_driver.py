@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -87,8 +88,16 @@ async def _first_event(trigger: Any) -> dict[str, Any]:
     raise AssertionError("the trigger ended without an event")
 
 
-def run_with_deferrals(operator: Any, context: dict[str, Any], log: DeferralLog | None = None) -> Any:
-    """Run ``operator`` to completion, resolving every deferral with its real trigger."""
+def run_with_deferrals(
+    operator: Any,
+    context: dict[str, Any],
+    log: DeferralLog | None = None,
+    before_trigger: Callable[[int], None] | None = None,
+) -> Any:
+    """Run ``operator`` to completion, resolving every deferral with its real trigger.
+
+    :param before_trigger: called with the deferral's number (1, 2, ...) before its trigger runs.
+    """
     log = log if log is not None else DeferralLog()
     call = lambda: operator.execute(context)  # noqa: E731
     while True:
@@ -96,6 +105,8 @@ def run_with_deferrals(operator: Any, context: dict[str, Any], log: DeferralLog 
             return call()
         except TaskDeferred as deferred:
             log.deferrals += 1
+            if before_trigger is not None:
+                before_trigger(log.deferrals)
             classpath, kwargs = deferred.trigger.serialize()
             module_name, class_name = classpath.rsplit(".", 1)
             trigger = getattr(importlib.import_module(module_name), class_name)(**kwargs)

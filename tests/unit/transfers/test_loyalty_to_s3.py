@@ -206,6 +206,50 @@ def test_deferrable_mode_gives_the_same_set(emulator, s3_bucket, s3_client):
     assert_true_manifest(s3_client, s3_bucket, manifest)
 
 
+def test_a_task_the_api_forgot_while_deferred_is_created_again(emulator, s3_bucket, s3_client):
+    """The triggerer's error event (the task is not found) sends the worker to check the task itself;
+    the loop creates the batch again from its cursor, so the export lands without an Airflow retry."""
+    emulator.config.task_duration = 0.5
+    log = DeferralLog()
+    manifest = run_with_deferrals(
+        make_operator(s3_bucket, deferrable=True),
+        context_for(),
+        log,
+        before_trigger=lambda deferral: emulator.forget_tasks() if deferral == 2 else None,
+    )
+    assert log.events[1]["status"] == "error" and "not found" in log.events[1]["message"].lower()
+    assert [event["status"] for event in log.events].count("error") == 1
+    assert_true_manifest(s3_client, s3_bucket, manifest)
+    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_transaction_ids(emulator)
+
+
+def test_a_trigger_that_keeps_failing_fails_the_task_with_its_error(emulator, s3_bucket, monkeypatch):
+    """The worker checks the task itself after each trigger error, but not forever: after
+    MAX_TRIGGER_ERRORS of them in a row the next one fails the task with the trigger's message."""
+    from airflow_provider_loyalty.exceptions import LoyaltyError
+    from airflow_provider_loyalty.operators import export_base
+
+    emulator.config.task_duration = 60  # still running at every check of the worker
+    log = DeferralLog()
+    real_complete = LoyaltyTransactionsToS3Operator.execute_complete
+
+    def complete(self, context, **kwargs):
+        point_connection_at(monkeypatch, emulator)  # the worker reaches the API; the triggerer does not
+        return real_complete(self, context, **kwargs)
+
+    monkeypatch.setattr(LoyaltyTransactionsToS3Operator, "execute_complete", complete)
+    with pytest.raises(LoyaltyError, match=r"Waiting for export task .* failed"):
+        run_with_deferrals(
+            make_operator(s3_bucket, deferrable=True),
+            context_for(),
+            log,
+            before_trigger=lambda _: point_connection_at(monkeypatch, emulator, token="refused-by-the-api"),
+        )
+    assert [event["status"] for event in log.events] == ["error"] * (export_base.MAX_TRIGGER_ERRORS + 1)
+    assert len({event["export_task_id"] for event in log.events}) == 1
+    assert emulator.stats()["export_tasks_created"] == 1  # the first batch, still running: never created again
+
+
 def test_default_prefix_and_asset_outlet(emulator, s3_bucket, s3_client):
     operator = make_operator(s3_bucket, s3_key_prefix=None)
     manifest = operator.execute(context_for())
