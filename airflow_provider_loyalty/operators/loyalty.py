@@ -128,7 +128,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.loyalty_program_id = loyalty_program_id
-        self.matching = matching
+        self.matching = validation.check_matching_mode(matching)  # never templated: checked at parse
         self.member_email = member_email
         self.phone = phone
         self.profile_id = profile_id
@@ -140,8 +140,6 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         self.output_conn_id = output_conn_id
         self.limit = validation.check_limit(limit)
         self.loyalty_conn_id = loyalty_conn_id
-        if validation.is_template(matching) or matching not in validation.MATCHING_MODES:
-            validation.check_matching(matching)  # raises, naming `matching`
         validation.check_output_path(output_path, _HISTORY_OUTPUT)
 
     def _member(self) -> dict[str, Any]:

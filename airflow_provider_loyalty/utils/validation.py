@@ -187,6 +187,18 @@ def check_limit(limit: Any) -> int:
     return limit
 
 
+def check_matching_mode(matching: Any) -> str:
+    """One of :data:`MATCHING_MODES`, in any case and with surrounding whitespace."""
+    mode = matching.strip().lower() if isinstance(matching, str) else matching
+    if mode not in MATCHING_MODES:
+        raise LoyaltyValidationError("matching", f"expected one of {', '.join(MATCHING_MODES)}; got {matching!r}")
+    return str(mode)
+
+
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
 def check_matching(
     matching: Any,
     *,
@@ -199,10 +211,13 @@ def check_matching(
     """How the member is looked up; return the request fields it becomes.
 
     The member's address is checked here under the API's field name ``email``; operators call
-    their parameter ``member_email`` and say so in their own errors.
+    their parameter ``member_email`` and say so in their own errors. Text values lose surrounding
+    whitespace (a value pasted with a newline names the same member); ``matching`` any case.
     """
-    if matching not in MATCHING_MODES:
-        raise LoyaltyValidationError("matching", f"expected one of {', '.join(MATCHING_MODES)}; got {matching!r}")
+    matching = check_matching_mode(matching)
+    email, phone, profile_id, field_name, field_value = map(
+        _stripped, (email, phone, profile_id, field_name, field_value)
+    )
     if matching == "custom":
         missing = [
             name for name, val in (("field_name", field_name), ("field_value", field_value)) if val in (None, "")

@@ -611,6 +611,18 @@ class TestLoyaltyAccountTransactionsOperator:
         with pytest.raises(LoyaltyValidationError, match="output_path: required"):
             member_operator(tmp_path, output_path="  ")
 
+    @pytest.mark.parametrize(
+        "member",
+        [
+            {"matching": " EMAIL\n", "member_email": " member3@example.com\n"},
+            {"matching": "phone", "member_email": None, "phone": "+15550000003\n"},
+            {"matching": "Custom", "member_email": None, "field_name": " user_id ", "field_value": "3\n"},
+        ],
+    )
+    def test_a_member_pasted_with_whitespace_is_the_same_member(self, emulator: LoyaltyEmulator, tmp_path, member):
+        """The emulator, like the API, finds no member " member3@example.com\\n"."""
+        assert member_operator(tmp_path, limit=20, **member).execute({})["rows"] == 42
+
     def test_member_without_transactions_and_unknown_member(self, emulator: LoyaltyEmulator, tmp_path):
         empty = member_operator(tmp_path, member_email="member2@example.com").execute({})
         assert (empty["rows"], empty["total_count"]) == (0, 0)
