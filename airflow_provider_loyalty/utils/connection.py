@@ -13,6 +13,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,8 +122,14 @@ class LoyaltyConnectionSettings:
         return proxy
 
 
+#: A base URL copied with the API's own path (``https://example.com/api/v1.1``): the paths the
+#: provider requests start with ``/api/``, so that tail would be doubled.
+_API_ROOT_SUFFIX = re.compile(r"/api(?:/v\d+(?:\.\d+)*)?$")
+
+
 def normalize_base_url(host: str | None, schema: str | None = None, port: int | None = None) -> tuple[str, bool]:
-    """``example.com`` → ``https://example.com``; keeps an explicit scheme, port and path prefix.
+    """``example.com`` → ``https://example.com``; keeps an explicit scheme, port and path prefix
+    (a proxy's), but drops a trailing ``/api`` or ``/api/v1.1`` the API's documented URLs carry.
 
     :return: the base URL, and whether https was assumed for a Host without a scheme.
     """
@@ -140,7 +147,8 @@ def normalize_base_url(host: str | None, schema: str | None = None, port: int | 
     netloc = parts.netloc
     if port and parts.port is None:
         netloc = f"{netloc}:{port}"
-    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}", assumed
+    path = _API_ROOT_SUFFIX.sub("", parts.path.rstrip("/"))  # the provider adds /api/v1.1/... itself
+    return f"{parts.scheme}://{netloc}{path}", assumed
 
 
 def check_token(raw: Any) -> str:

@@ -157,6 +157,19 @@ def test_values_pasted_with_a_newline_are_the_values(hook: LoyaltyHook, loyalty_
     assert len(page["data"]) == 20 and page["data"][0]["transaction_id"] > cursor
 
 
+def test_a_host_pasted_with_the_apis_own_path_reaches_the_api(loyalty_emulator, monkeypatch: pytest.MonkeyPatch):
+    """The documented URLs start https://example.com/api/v1.1/...: a Host copied with that tail
+    would have sent every request to /api/v1.1/api/v1.1/..."""
+    connection = {
+        "conn_type": "loyalty",
+        "host": f"{loyalty_emulator.url}/api/v1.1/",
+        "password": loyalty_emulator.token,
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+    task_id = LoyaltyHook().create_transactions_export(**EXPORT)
+    assert _wait_completed(LoyaltyHook(), task_id)["status"] == "completed"
+
+
 # ---------------------------------------------------------------------- validation: before any request
 
 

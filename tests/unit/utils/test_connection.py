@@ -141,6 +141,11 @@ def test_verify_naming_a_file_is_the_ca_bundle() -> None:
         ("http://127.0.0.1:8080/", None, None, ("http://127.0.0.1:8080", False)),
         ("example.com", "http", 8080, ("http://example.com:8080", False)),
         ("https://example.com/loyalty/", None, None, ("https://example.com/loyalty", False)),
+        # the documented URLs' own path, pasted with the host: the provider adds it
+        ("https://example.com/api/v1.1/", None, None, ("https://example.com", False)),
+        ("https://example.com/api", None, None, ("https://example.com", False)),
+        ("gw.example.com/loyalty/api/v1.1", None, None, ("https://gw.example.com/loyalty", True)),
+        ("https://example.com/apis", None, None, ("https://example.com/apis", False)),
     ],
 )
 def test_base_urls(host: str, schema: str | None, port: int | None, expected: tuple[str, bool]) -> None:
