@@ -147,11 +147,16 @@ def _check_ratio(what: str, size: int, compressed: int, limits: ArchiveLimits) -
         )
 
 
+def _is_macos_metadata(name: str) -> bool:
+    """``__MACOSX/…``: the resource forks a Mac's archiver adds beside each file; never data."""
+    return name.startswith("__MACOSX/")
+
+
 def _data_members(archive: zipfile.ZipFile, archive_bytes: int, limits: ArchiveLimits) -> list[zipfile.ZipInfo]:
     entries = archive.infolist()
     for info in entries:
         check_member_name(info.filename)
-    members = [info for info in entries if not info.is_dir()]
+    members = [info for info in entries if not info.is_dir() and not _is_macos_metadata(info.filename)]
     for info in members:
         if not info.filename.lower().endswith(".csv"):
             raise LoyaltyVerificationError(f"zip member {info.filename!r} is not a .csv file")

@@ -126,6 +126,16 @@ def test_boundary_duplicates_are_dropped_at_the_start_of_the_batch_only(tmp_path
     assert out.getvalue() == b"transaction_id\r\nid-3\r\nid-1\r\n"
 
 
+def test_a_macs_resource_forks_beside_the_csv_are_not_data(tmp_path):
+    data = b"transaction_id,a\r\nid-1,x\r\n"
+    members = {"t.csv": data, "__MACOSX/._t.csv": b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X"}
+    out = io.BytesIO()
+    assert archive.write_part(_archive(tmp_path, members), out, expected_rows=1).rows == 1
+    assert out.getvalue() == data
+    with pytest.raises(LoyaltyVerificationError, match=r"'notes/readme\.txt' is not a \.csv file"):
+        archive.write_part(_archive(tmp_path, {"t.csv": data, "notes/readme.txt": b"x"}), io.BytesIO(), expected_rows=1)
+
+
 @pytest.mark.parametrize("spelling", ["Transaction ID", "TRANSACTION_ID", "transactionId", " transaction-id "])
 def test_the_id_column_is_found_whatever_its_case_and_separators(tmp_path, spelling):
     """The API documents no CSV header: an id column spelled another way is still the id column
