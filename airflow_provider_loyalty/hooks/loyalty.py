@@ -383,9 +383,7 @@ class LoyaltyHook(BaseHook):
 
     def _account_page(self, payload: dict[str, Any]) -> dict[str, Any]:
         envelope = self._post(ACCOUNT_PATH, payload, ACCOUNT_SCHEMA)
-        records = envelope.get("data")
-        if records is None or records == "":
-            records = []
+        records = _as_record_list(envelope.get("data"))
         if not isinstance(records, list) or not set(map(type, records)) <= {dict}:
             raise LoyaltyResponseError("account/transactions: expected 'data' to be a list of objects")
         total = envelope.get("total_count")
@@ -476,3 +474,14 @@ class LoyaltyHook(BaseHook):
                     "Base URL points at the API (scheme, host and path prefix)"
                 )
         return True, "Connection successful: the API accepted the token (the test task id is unknown, as expected)."
+
+
+def _as_record_list(data: Any) -> Any:
+    """A page's ``data`` as a list: none for ``null``, ``""`` (an empty XML element) or ``{}``; and
+    the records in key order for an object keyed ``"0"``, ``"1"``, ... (what a PHP server's array
+    becomes in JSON once filtering left gaps in its keys). Anything else is returned as it came."""
+    if data is None or data == "" or data == {}:
+        return []
+    if isinstance(data, dict) and all(isinstance(key, str) and key.isdigit() for key in data):
+        return [data[key] for key in sorted(data, key=int)]
+    return data

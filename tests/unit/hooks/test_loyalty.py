@@ -17,6 +17,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyError,
     LoyaltyExportTaskFailed,
     LoyaltyNotFoundError,
+    LoyaltyResponseError,
     LoyaltyTlsError,
     LoyaltyTransientError,
     LoyaltyUnsafeDataError,
@@ -546,6 +547,45 @@ def test_an_empty_page_with_a_new_cursor_is_followed(monkeypatch: pytest.MonkeyP
         asked = [seen for seen in server.requests if seen.path.endswith("/account/transactions")]
     assert [record["transaction_id"] for record in records] == [i for ids, _ in pages for i in ids]
     assert len(asked) == requests
+
+
+@pytest.mark.parametrize(
+    ("data", "ids"),
+    [
+        ({}, []),
+        (None, []),
+        (
+            {"0": {"transaction_id": "t1"}, "2": {"transaction_id": "t3"}, "10": {"transaction_id": "t11"}},
+            ["t1", "t3", "t11"],
+        ),
+    ],
+    ids=["empty-object", "null", "object-keyed-by-index"],
+)
+def test_a_page_as_a_php_server_writes_it(monkeypatch: pytest.MonkeyPatch, data, ids) -> None:
+    """PHP's json_encode writes an empty array as ``{}`` when it is associative, and a filtered
+    list (keys with gaps) as an object keyed by index."""
+
+    def respond(handler, server) -> None:
+        if not handler.path.endswith("/account/transactions"):
+            return fake_api()(handler, server)
+        document = {"data": data, "next_from_id": "", "total_count": len(ids), "error": 0, "error_text": "ok"}
+        _json_reply(handler, 200, document)
+
+    with loopback_server(respond) as server:
+        _point_at_server(monkeypatch, server.url)
+        records = list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
+    assert [record["transaction_id"] for record in records] == ids
+
+
+def test_a_page_of_something_else_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def respond(handler, server) -> None:
+        document = {"data": {"0": "t1"}, "next_from_id": "", "error": 0, "error_text": "ok"}
+        _json_reply(handler, 200, document)
+
+    with loopback_server(respond) as server:
+        _point_at_server(monkeypatch, server.url)
+        with pytest.raises(LoyaltyResponseError, match="expected 'data' to be a list of objects"):
+            list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
 
 
 def test_a_cursor_that_repeats_after_records_stops_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
