@@ -15,6 +15,7 @@ from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOperator
 from airflow_provider_loyalty.operators.lineage import asset_uri
 from airflow_provider_loyalty.transfers.s3_location import check_bucket, check_key_prefix
+from airflow_provider_loyalty.transfers.s3_options import check_transfer_config_args, check_upload_args
 from airflow_provider_loyalty.utils.validation import is_template
 
 __all__ = ["LoyaltyTransactionsToS3Operator"]
@@ -85,8 +86,8 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         self.aws_conn_id = aws_conn_id
         self.encrypt = encrypt
         self.sse_kms_key_id = sse_kms_key_id
-        self.extra_upload_args = dict(extra_upload_args or {})
-        self.transfer_config_args = transfer_config_args
+        self.extra_upload_args = check_upload_args(extra_upload_args)
+        self.transfer_config_args = check_transfer_config_args(transfer_config_args)
         if "outlets" not in kwargs:
             kwargs["outlets"] = default_outlets({**kwargs, "s3_bucket": s3_bucket, "s3_key_prefix": s3_key_prefix})
         super().__init__(**kwargs)

@@ -100,6 +100,21 @@ BAD_LOCATIONS = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"extra_upload_args": {"Bogus": "x"}}, "extra_upload_args: 'Bogus' not among the upload arguments"),
+        ({"transfer_config_args": {"bogus": 1}}, "transfer_config_args: not a TransferConfig argument"),
+        ({"transfer_config_args": {"multipart_chunksize": "8MB"}}, "multipart_chunksize must be a positive integer"),
+        ({"transfer_config_args": {"max_concurrency": 0}}, "max_concurrency must be a positive integer"),
+    ],
+)
+def test_bad_upload_options_fail_when_the_dag_is_parsed(options, message):
+    """boto3 would read them only at the first part's upload, after the export's tasks were created."""
+    with pytest.raises(LoyaltyValidationError, match=message):
+        make_operator("compliance", **options)
+
+
 @pytest.mark.parametrize(("location", "message", "hint"), BAD_LOCATIONS)
 def test_a_bad_literal_location_fails_when_the_dag_is_parsed(location, message, hint):
     with pytest.raises(LoyaltyValidationError, match=message.replace("(", r"\(")) as error:
