@@ -444,8 +444,11 @@ class BatchRecords:
     def _take_header(self, record: list[str], raw: str) -> None:
         id_index = column_index(record, self._id_column)
         if id_index is None:
+            other = next((mark for mark in (";", "\t", "|") if any(mark in field for field in record)), None)
+            hint = f"; its fields look separated by {other!r}, and only comma-separated CSV is read" if other else ""
             raise LoyaltyVerificationError(
-                f"zip member {self._name!r}: the CSV header has no {self._id_column!r} column (it has {record[:30]!r})"
+                f"zip member {self._name!r}: the CSV header has no {self._id_column!r} column "
+                f"(it has {record[:30]!r}){hint}"
             )
         if self.header is not None and record != self.header:
             raise LoyaltyVerificationError(f"zip member {self._name!r}: its CSV header differs from the first member's")

@@ -148,6 +148,12 @@ def test_the_id_column_is_found_whatever_its_case_and_separators(tmp_path, spell
     assert out.getvalue() == header + b"2,id-2\r\n3,id-3\r\n"
 
 
+def test_a_csv_separated_by_semicolons_is_refused_saying_so(tmp_path):
+    data = b"transaction_id;amount\r\nid-1;5\r\n"
+    with pytest.raises(LoyaltyVerificationError, match="separated by ';', and only comma-separated CSV is read"):
+        archive.write_part(_archive(tmp_path, {"t.csv": data}), io.BytesIO(), expected_rows=1)
+
+
 def test_an_id_column_spelled_two_ways_at_once_is_refused(tmp_path):
     data = b"Transaction ID,transaction-id\r\nid-1,x\r\n"
     with pytest.raises(LoyaltyVerificationError, match="no 'transaction_id' column"):
