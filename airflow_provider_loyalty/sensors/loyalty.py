@@ -12,6 +12,7 @@ from airflow.providers.common.compat.sdk import AirflowSkipException, BaseSensor
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.triggers.loyalty import defer_until_done, result_from_event
+from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportTaskState
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         :param context: the task context.
         """
         started = time.time()
+        self.export_task_id = validation.check_task_id(self.export_task_id)  # rendered: checked before any request
         try:
             if not self.deferrable:
                 return super().execute(context)
@@ -128,7 +130,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         :raises AirflowSkipException: either of the above with ``soft_fail=True``.
         """
         try:
-            result = result_from_event(event, self.export_task_id)
+            result = result_from_event(event, validation.check_task_id(self.export_task_id))
         except AirflowSkipException:
             raise
         except Exception as error:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
 
-from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportTaskFailed
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportTaskFailed, LoyaltyValidationError
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.sensors.loyalty import LoyaltyExportTaskSensor
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
@@ -159,6 +159,35 @@ def test_deferred_trigger_event_feeds_execute_complete(emulator: LoyaltyEmulator
     event = asyncio.run(fire())
     result = getattr(sensor, caught.value.method_name)(CONTEXT, event=event)
     assert result["total"] == 1000
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
+def test_an_export_task_id_pasted_with_a_newline_is_that_task(emulator: LoyaltyEmulator, deferrable: bool) -> None:
+    """A fresh sensor resumes (as after a worker restart) with the id as rendered, newline and all."""
+    emulator.config.task_duration = 0.5
+    task_id = create_export()
+    sensor = make_sensor(f" {task_id}\n", deferrable=deferrable)
+    if not deferrable:
+        assert sensor.execute(CONTEXT)["total"] == 1000
+        return
+    with pytest.raises(TaskDeferred) as caught:
+        sensor.execute(CONTEXT)
+    assert caught.value.trigger.export_task_id == task_id
+
+    async def fire() -> dict[str, Any]:
+        async for event in caught.value.trigger.run():
+            return dict(event.payload)
+        raise AssertionError("the trigger ended without an event")
+
+    event = asyncio.run(fire())
+    resumed = make_sensor(f" {task_id}\n", deferrable=True)
+    assert getattr(resumed, caught.value.method_name)(CONTEXT, event=event)["total"] == 1000
+
+
+def test_a_blank_export_task_id_fails_naming_it_before_any_request(emulator: LoyaltyEmulator) -> None:
+    with pytest.raises(LoyaltyValidationError, match="export_task_id"):
+        make_sensor(" \n").execute(CONTEXT)
+    assert emulator.stats()["requests_total"] == 0
 
 
 def success_event(task_id: str = "task_1") -> dict[str, Any]:
