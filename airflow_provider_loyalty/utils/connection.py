@@ -152,9 +152,13 @@ def normalize_base_url(host: str | None, schema: str | None = None, port: int | 
 
 
 def check_token(raw: Any) -> str:
-    """The API token: surrounding whitespace removed (a pasted newline); inner control characters
-    and non-ASCII refused. The error never quotes the token."""
+    """The API token: surrounding whitespace removed (a pasted newline), and a ``Bearer `` prefix
+    (the whole header value pasted); inner control characters and non-ASCII refused. The error
+    never quotes the token."""
     token = str(raw).strip() if raw is not None else ""
+    scheme, _, rest = token.partition(" ")
+    if scheme.lower() == "bearer" and rest.strip():
+        token = rest.strip()  # the provider sends "Authorization: Bearer <token>" itself
     if not token:
         raise LoyaltyValidationError("password", "the loyalty connection needs the API token in its Password field")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in token):

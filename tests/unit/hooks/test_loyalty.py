@@ -171,6 +171,14 @@ def test_a_host_pasted_with_the_apis_own_path_reaches_the_api(loyalty_emulator, 
     assert _wait_completed(LoyaltyHook(), task_id)["status"] == "completed"
 
 
+def test_a_token_pasted_with_its_bearer_prefix_is_accepted(loyalty_emulator, monkeypatch: pytest.MonkeyPatch):
+    """Users copy the whole header value from the API's docs: "Bearer <token>"."""
+    token = f"Bearer {loyalty_emulator.token}\n"
+    connection = {"conn_type": "loyalty", "host": loyalty_emulator.url, "password": token}
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+    assert LoyaltyHook().create_transactions_export(**EXPORT).startswith("task_")
+
+
 # ---------------------------------------------------------------------- validation: before any request
 
 

@@ -161,7 +161,17 @@ def test_bad_base_urls_name_the_host(host: str) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "token"),
-    [("abc def", "abc def"), ("tok\n", "tok"), ("  tok \r\n", "tok"), ("a/b?c#d&e=f+g%h", "a/b?c#d&e=f+g%h")],
+    [
+        ("abc def", "abc def"),
+        ("tok\n", "tok"),
+        ("  tok \r\n", "tok"),
+        ("a/b?c#d&e=f+g%h", "a/b?c#d&e=f+g%h"),
+        # the whole header value pasted: the provider adds "Bearer " itself
+        ("Bearer tok-123\n", "tok-123"),
+        ("bearer  tok-123", "tok-123"),
+        ("Bearer", "Bearer"),
+        ("Bearertok", "Bearertok"),
+    ],
 )
 def test_tokens_lose_only_their_surrounding_blanks(raw: str, token: str) -> None:
     assert check_token(raw) == token
