@@ -88,9 +88,11 @@ def check_optional_positive_int(value: Any, parameter: str) -> int | None:
 
 
 def check_content_type(content_type: Any) -> str:
-    """``json`` or ``xml`` (case-insensitive); also accepts the MIME types."""
+    """``json`` or ``xml`` (case-insensitive); also accepts the MIME types as a header writes them
+    (``application/json; charset=utf-8``, ``text/xml``)."""
     if isinstance(content_type, str):
-        normalized = content_type.strip().lower().removeprefix("application/")
+        mime = content_type.partition(";")[0].strip().lower()
+        normalized = mime.removeprefix("application/").removeprefix("text/")
         if normalized in CONTENT_TYPES:
             return normalized
     raise LoyaltyValidationError("content_type", f"expected 'json' or 'xml', got {content_type!r}")

@@ -60,6 +60,24 @@ def test_the_form_fields_and_their_defaults() -> None:
 
 
 @pytest.mark.parametrize(
+    ("written", "content_type"),
+    [
+        ("application/json; charset=utf-8", "json"),
+        (" Application/XML ", "xml"),
+        ("text/xml", "xml"),
+        ("xml\n", "xml"),
+    ],
+)
+def test_content_type_as_a_header_writes_it(written: str, content_type: str) -> None:
+    assert settings(content_type=written).content_type == content_type
+
+
+def test_a_content_type_the_api_does_not_speak_is_refused_naming_it() -> None:
+    with pytest.raises(LoyaltyValidationError, match="content_type: expected 'json' or 'xml', got 'text/csv'"):
+        settings(content_type="text/csv")
+
+
+@pytest.mark.parametrize(
     ("extra", "field", "expected"),
     [
         ({"verify": False}, "verify", False),
