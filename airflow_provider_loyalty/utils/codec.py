@@ -383,6 +383,11 @@ def _to_number(text: str) -> int | float | None:
         return int(text)
     except ValueError:
         pass
+    text = text.strip().removesuffix("%")  # a percentage written as one ("42%"): progress is the one number field
+    try:
+        return int(text)
+    except ValueError:
+        pass
     try:
         number = float(text)
     except ValueError:

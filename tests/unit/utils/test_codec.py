@@ -357,6 +357,15 @@ def test_a_whole_number_for_an_integer_field_is_an_int_however_written(total: An
         assert (decoded, type(decoded)) == (1000, int), content_type
 
 
+@pytest.mark.parametrize(("written", "progress"), [("42%", 42), (" 42.5 % ", 42.5), ("100", 100), ("", None)])
+def test_progress_written_as_a_percentage_is_that_number(written: str, progress: Any) -> None:
+    for body, content_type in (
+        (json.dumps(envelope({"status": "in_progress", "progress": written})).encode(), "application/json"),
+        (to_xml(envelope({"status": "in_progress", "progress": written}), pretty=False), "application/xml"),
+    ):
+        assert decode_body(body, content_type, schema=STATUS_SCHEMA)["data"]["progress"] == progress, content_type
+
+
 @pytest.mark.parametrize("total", [1000.5, "1000.5", "1e-3", "inf", "nan", "ten"])
 def test_a_fraction_or_a_word_for_an_integer_field_is_refused(total: Any) -> None:
     body = json.dumps(envelope({"status": "completed", "result": {"total": total}})).encode()
