@@ -139,7 +139,14 @@ dist: | $(UV)
 demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
 
-bench: $(INSTALLED)
+# The benchmark-only dependency (matplotlib, for the report's charts) on top of the dev install.
+INSTALLED_BENCH := $(VENV)/.installed-bench
+
+$(INSTALLED_BENCH): $(INSTALLED)
+	$(UV) pip install --quiet --python $(BIN)/python -e ".[bench]" "$(AIRFLOW_SPEC)"
+	@touch $@
+
+bench: $(INSTALLED_BENCH)
 	$(BIN)/python -m benchmarks.run_all
 
 clean:

@@ -41,8 +41,8 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise SystemExit(
-            "the benchmark report's charts need matplotlib: "
-            ".venv/bin/uv pip install --python .venv/bin/python matplotlib"
+            "the benchmark report's charts need matplotlib, the [bench] extra: run `make bench`, which installs it, "
+            'or .venv/bin/uv pip install --python .venv/bin/python -e ".[bench]"'
         ) from None
 
 

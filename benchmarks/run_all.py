@@ -146,7 +146,7 @@ def render(
         "## How to run",
         "",
         "```",
-        "make bench                                   # = .venv/bin/python -m benchmarks.run_all",
+        "make bench                                   # installs the [bench] extra (matplotlib), then runs all",
         ".venv/bin/python -m benchmarks.run_all --quick            # smoke run, small sizes, a few minutes",
         ".venv/bin/python -m benchmarks.run_all --only triggerer   # one benchmark (repeatable)",
         ".venv/bin/python -m benchmarks.run_all --quick --output /tmp/bench.md",
@@ -154,10 +154,11 @@ def render(
         "",
         "Each run prints one line per figure and exits non-zero when a target is missed. Only a full "
         "run of all of them rewrites this file and its charts (`docs/img/bench-*.png`, drawn with "
-        "matplotlib, a benchmark-only dependency); `--output` writes the report elsewhere, charts in `img/` "
-        "beside it. The emulator and moto's S3 server are started in their own processes on loopback and "
-        "stopped afterwards; scratch files and each child's log are under `.bench/`. A full run needs ~4 GiB "
-        "of free disk and takes about 15 minutes on 2 idle cores, longer on a busy machine.",
+        "matplotlib, the `[bench]` extra that `make bench` installs); `--output` writes the report "
+        "elsewhere, charts in `img/` beside it. The emulator and moto's S3 server are started in their "
+        "own processes on loopback and stopped afterwards; scratch files and each child's log are under "
+        "`.bench/`. A full run needs ~4 GiB of free disk and takes about 15 minutes on 2 idle cores, "
+        "longer on a busy machine.",
         "",
     ]
     return "\n".join(lines)
