@@ -54,7 +54,6 @@ FIELD_SIZE_LIMIT = 16 * 1024 * 1024
 csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
 
 _BOM = b"\xef\xbb\xbf"
-_SEPARATORS = re.compile(r"[\s_\-]+")
 _LINE_BREAKS = (b"\n", b"\r")
 _END_PROBE = ("",)  # fed after a member's last line: see the module docstring
 _BLOCK_PROBE = ("",)  # fed after a block read by csv.reader: tells whether its last record ended
@@ -210,6 +209,24 @@ def _uniform_rows(outside: bytes, width: int) -> int | None:
         return None
     # Text between a \r and a \n vanished with the other text: they must really be one line end.
     return rows if line_end == b"\n" or outside.count(b"\r\n") == rows else None
+
+
+_NAME_SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+def column_index(header: list[str], name: str) -> int | None:
+    """Where ``name`` is in a CSV header: the field spelled so, else the one field that differs only
+    in case, spaces, ``_`` or ``-`` (``Transaction ID``, ``transactionId``); ``None`` if none or
+    several do."""
+    if name in header:
+        return header.index(name)
+    wanted = _spelling(name)
+    found = [index for index, field in enumerate(header) if _spelling(field) == wanted]
+    return found[0] if len(found) == 1 else None
+
+
+def _spelling(field: str) -> str:
+    return _NAME_SEPARATORS.sub("", field.casefold())
 
 
 class _KeptLines:
@@ -551,18 +568,3 @@ class BatchRecords:
 
 
 __all__ = ["FIELD_SIZE_LIMIT", "BatchRecords", "RecordSink", "line_blocks", "plain_rows"]
-
-
-def column_index(header: list[str], name: str) -> int | None:
-    """Where ``name`` is in a CSV header: the field spelled so, else the one field that differs only
-    in case, spaces, ``_`` or ``-`` (``Transaction ID``, ``transactionId``); ``None`` if none or
-    several do."""
-    if name in header:
-        return header.index(name)
-    wanted = _spelling(name)
-    found = [index for index, field in enumerate(header) if _spelling(field) == wanted]
-    return found[0] if len(found) == 1 else None
-
-
-def _spelling(field: str) -> str:
-    return _SEPARATORS.sub("", field.casefold())

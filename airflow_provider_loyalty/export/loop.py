@@ -472,18 +472,8 @@ class ExportLoop:
         """This export's checkpoint, if it can be trusted; anything else is logged and ignored."""
         if not self.resume:
             return None
-        try:
-            document = self.sink.read_json(CHECKPOINT_NAME)
-            if document is None:
-                return None
-            progress = ExportProgress.from_dict(document)
-        except (UnreadableDocument, ValueError, KeyError, TypeError) as error:
-            self.log.warning(
-                "The checkpoint at %s cannot be read (%s); starting the export afresh", self.sink.describe(), error
-            )
-            return None
-        if progress.spec != self.spec.to_dict():
-            self.log.info("The checkpoint at %s is of another export; starting afresh", self.sink.describe())
+        progress = self._stored_checkpoint(quiet=False)
+        if progress is None:
             return None
         if progress.phase != EXPORTING:
             return progress  # sealing or cleaning up: the sealer knows what is where
@@ -496,14 +486,30 @@ class ExportLoop:
                 return None
         return progress
 
-    def _unfinished_seal(self) -> ExportProgress | None:
-        """The checkpoint of this export if it got as far as sealing (every part landed), else ``None``."""
+    def _stored_checkpoint(self, *, quiet: bool) -> ExportProgress | None:
+        """The checkpoint at the location if it is this export's; ``None`` when there is none, it
+        cannot be read or it is of another export (said in the log unless ``quiet``)."""
         try:
             document = self.sink.read_json(CHECKPOINT_NAME)
-            progress = ExportProgress.from_dict(document) if document is not None else None
-        except (UnreadableDocument, ValueError, KeyError, TypeError):
+            if document is None:
+                return None
+            progress = ExportProgress.from_dict(document)
+        except (UnreadableDocument, ValueError, KeyError, TypeError) as error:
+            if not quiet:
+                self.log.warning(
+                    "The checkpoint at %s cannot be read (%s); starting the export afresh", self.sink.describe(), error
+                )
             return None
-        if progress is None or progress.spec != self.spec.to_dict():
+        if progress.spec != self.spec.to_dict():
+            if not quiet:
+                self.log.info("The checkpoint at %s is of another export; starting afresh", self.sink.describe())
+            return None
+        return progress
+
+    def _unfinished_seal(self) -> ExportProgress | None:
+        """The checkpoint of this export if it got as far as sealing (every part landed), else ``None``."""
+        progress = self._stored_checkpoint(quiet=True)
+        if progress is None:
             return None
         if progress.phase == EXPORTING and not progress.exhausted:
             return None

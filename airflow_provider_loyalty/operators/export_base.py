@@ -272,7 +272,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
             self.log.warning(
                 "The triggerer could not follow export task %s (%s); checking it from the worker",
                 export_task_id,
-                event.get("message") if isinstance(event, dict) else event,
+                (event or {}).get("message"),
             )
             trigger_errors += 1
         else:

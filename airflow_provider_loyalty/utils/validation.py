@@ -141,6 +141,10 @@ def _blank(value: Any) -> bool:
 _UUIDISH = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 
 
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
 def check_output_path(output_path: Any, expected: str) -> Any:
     """An ``output_path`` as text without surrounding whitespace (a value pasted with a newline is
     not a directory named ``"\\n"``); an ``ObjectStoragePath`` as it is.
@@ -162,7 +166,7 @@ def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:
     dropped."""
     if from_id is None:
         return None
-    cursor = from_id.strip() if isinstance(from_id, str) else from_id
+    cursor = _stripped(from_id)
     if cursor == "":
         return None
     if not isinstance(cursor, str) or not _UUIDISH.match(cursor):
@@ -195,10 +199,6 @@ def check_matching_mode(matching: Any) -> str:
     if mode not in MATCHING_MODES:
         raise LoyaltyValidationError("matching", f"expected one of {', '.join(MATCHING_MODES)}; got {matching!r}")
     return str(mode)
-
-
-def _stripped(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
 
 
 def check_matching(
