@@ -9,7 +9,9 @@ which sleeps with ``asyncio.sleep``), the reply-size cap and the mapping of tran
 
 Nothing here blocks the loop: the connection comes from the async connection API, the TLS context
 (which loads CA files from disk) is built once per process in a worker thread and shared, and reply
-bodies are read incrementally. A thousand triggers started together do not open a thousand
+bodies are read incrementally. The hooks of one loop share one session and its connection pool
+(:mod:`~airflow_provider_loyalty.hooks.loop_sessions`), so a trigger costs the garbage collector a
+few dozen objects, not a session's hundred. A thousand triggers started together do not open a thousand
 sessions in one loop step: the first step of each (connection read, session open, first request)
 passes a small per-loop gate (:data:`STARTUP_CONCURRENCY`).
 
@@ -30,6 +32,7 @@ import aiohttp
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import BaseHook
 
+from airflow_provider_loyalty.hooks import loop_sessions
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.codec import ENVELOPE_SCHEMA, MIME_TYPES, STATUS_SCHEMA, Schema
 from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnectionSettings, settings_from_parts
@@ -85,8 +88,10 @@ class LoyaltyAsyncHook(BaseHook):
     """
     The loyalty API on asyncio: what a trigger needs, without blocking the event loop.
 
-    Use it as an async context manager; it holds one ``aiohttp.ClientSession`` for its life and
-    closes it on exit, also on cancellation::
+    Use it as an async context manager. The hooks open on one event loop share one
+    ``aiohttp.ClientSession`` and its connection pool (:mod:`~airflow_provider_loyalty.hooks.loop_sessions`;
+    the token, timeout and ``Accept`` header go with each request, no cookies are kept); leaving
+    ``async with`` leaves it, also on cancellation, and the last hook to leave closes it::
 
         async with LoyaltyAsyncHook("loyalty_default") as hook:
             status = await hook.get_export_task_status("task_…")
@@ -163,7 +168,10 @@ class LoyaltyAsyncHook(BaseHook):
         self.loyalty_conn_id = loyalty_conn_id
         self._overrides: dict[str, Any] = {"content_type": content_type, "max_retries": max_retries, "timeout": timeout}
         self.settings: LoyaltyConnectionSettings | None = None
+        self._shared: loop_sessions.LoopSession | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str, str] = {}
+        self._timeout = aiohttp.ClientTimeout()
         self._ssl: ssl.SSLContext | bool = True
         self._proxy: str | None = None
         self._retry_policy: dict[str, Any] = {}
@@ -201,16 +209,14 @@ class LoyaltyAsyncHook(BaseHook):
                 self._ssl = await _ssl_for(settings)
             self._proxy = settings.proxy_for(settings.base_url)
             self._retry_policy = retry_policy(settings, self.log)  # built once, used for every request
-            self._session = aiohttp.ClientSession(
-                headers={
-                    "Authorization": f"Bearer {settings.token}",
-                    "User-Agent": USER_AGENT,
-                    "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5",
-                },
-                timeout=aiohttp.ClientTimeout(total=settings.timeout),
-                connector=aiohttp.TCPConnector(limit=2),
-                trust_env=False,
-            )
+            self._headers = {
+                "Authorization": f"Bearer {settings.token}",
+                "User-Agent": USER_AGENT,
+                "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5",
+            }
+            self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
+            self._shared = loop_sessions.acquire()
+            self._session = self._shared.session
         return self
 
     async def __aexit__(
@@ -220,10 +226,11 @@ class LoyaltyAsyncHook(BaseHook):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the session (idempotent); shielded so a cancellation cannot skip it."""
-        session, self._session = self._session, None
-        if session is not None:
-            await asyncio.shield(session.close())
+        """Leave the loop's shared session (idempotent); the last hook to leave closes it, shielded
+        so a cancellation cannot skip it."""
+        shared, self._shared, self._session = self._shared, None, None
+        if shared is not None:
+            await loop_sessions.release(shared)
 
     async def get_task_status(self, export_task_id: str) -> dict[str, Any]:
         """Poll an export task: the ``data`` object of ``tasks/status`` as the API returned it.
@@ -264,7 +271,13 @@ class LoyaltyAsyncHook(BaseHook):
         started = time.monotonic()
         try:
             async with session.post(
-                settings.url(path), data=body, headers=headers, ssl=self._ssl, proxy=self._proxy, allow_redirects=False
+                settings.url(path),
+                data=body,
+                headers={**self._headers, **headers},
+                timeout=self._timeout,
+                ssl=self._ssl,
+                proxy=self._proxy,
+                allow_redirects=False,
             ) as reply:
                 buffer = ReplyBuffer(path, reply.headers)
                 async for chunk in reply.content.iter_chunked(_READ_CHUNK_BYTES):

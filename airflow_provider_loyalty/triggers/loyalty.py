@@ -45,7 +45,8 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
     """
     Poll an export task's status (``POST /api/v1.1/tasks/status``) until it ends, asynchronously.
 
-    One ``aiohttp.ClientSession`` per run, closed on exit and on cancellation; transient failures are
+    Requests go through the event loop's shared ``aiohttp.ClientSession`` (left on exit and on
+    cancellation; the last trigger to leave closes it); transient failures are
     retried with the provider's retry policy; the connection is read with the async connection
     API. Emits exactly one event (see the module docstring) and returns; never raises.
 

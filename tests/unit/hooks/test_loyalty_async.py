@@ -28,7 +28,7 @@ from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.hooks.loyalty_async import STARTUP_CONCURRENCY, LoyaltyAsyncHook, startup_gate
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
 from airflow_provider_loyalty.utils.export_status import ExportTaskState
-from tests.reliability.support import loopback_server, send
+from tests.reliability.support import envelope, loopback_server, send
 from tests.support.helpers import point_connection_at, requests_seen
 
 EXPORT = {
@@ -198,6 +198,58 @@ async def test_cancellation_closes_the_session(connected: LoyaltyEmulator) -> No
     while connected.stats()["open_connections"]:
         assert time.monotonic() < deadline, "the connection stayed open"
         await asyncio.sleep(0.02)
+
+
+async def test_hooks_on_one_loop_share_one_session_until_the_last_leaves(connected: LoyaltyEmulator) -> None:
+    task_id = create_export()
+    hooks = [await LoyaltyAsyncHook().open() for _ in range(20)]
+    shared = hooks[0]._session
+    assert shared is not None and all(hook._session is shared for hook in hooks)
+    before = connected.stats()["connections"]
+    for _ in range(3):
+        await asyncio.gather(*(hook.get_export_task_status(task_id) for hook in hooks))
+    assert connected.stats()["connections"] - before <= 20  # keep-alive connections reused across hooks
+    for hook in hooks[:-1]:
+        await hook.aclose()
+    assert not shared.closed  # one hook still uses it
+    await hooks[-1].aclose()
+    assert shared.closed
+    async with LoyaltyAsyncHook() as later:  # the next hook on the loop opens a fresh session
+        assert later._session is not None and later._session is not shared
+        assert (await later.get_export_task_status(task_id)).export_task_id == task_id
+
+
+async def test_hooks_sharing_a_session_each_send_their_own_token(
+    connected: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, content_type: str
+) -> None:
+    task_id = create_export()
+    point_connection_at(monkeypatch, connected, conn_id="loyalty_wrong", token="wrong-token-0123456789")
+    async with LoyaltyAsyncHook() as right, LoyaltyAsyncHook("loyalty_wrong") as wrong:
+        assert right._session is wrong._session
+        outcomes = await asyncio.gather(
+            *(hook.get_export_task_status(task_id) for _ in range(5) for hook in (right, wrong)),
+            return_exceptions=True,
+        )
+    assert all(getattr(outcome, "export_task_id", None) == task_id for outcome in outcomes[0::2])
+    assert all(isinstance(outcome, LoyaltyAuthError) for outcome in outcomes[1::2])
+
+
+async def test_the_shared_session_keeps_no_cookies(monkeypatch: pytest.MonkeyPatch) -> None:
+    def status_with_a_cookie(handler, _server) -> None:
+        reply = envelope({"status": "running", "progress": 1})
+        send(handler, 200, reply, "application/json", Set_Cookie="tenant=first; Path=/")
+
+    with loopback_server(status_with_a_cookie) as api:
+        # A host name, not an address: aiohttp's default cookie jar ignores cookies of IP addresses.
+        host = api.url.replace("127.0.0.1", "localhost")
+        connection = {"conn_type": "loyalty", "host": host, "password": "cookie-test-token"}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        async with LoyaltyAsyncHook() as first, LoyaltyAsyncHook() as second:
+            await first.get_task_status("task_x")
+            await second.get_task_status("task_x")
+            await first.get_task_status("task_x")
+    assert len(api.requests) == 3
+    assert [request.headers.get("Cookie") for request in api.requests] == [None, None, None]
 
 
 async def test_the_startup_gate_limits_concurrent_first_steps(connected: LoyaltyEmulator) -> None:
