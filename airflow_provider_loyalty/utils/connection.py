@@ -151,14 +151,19 @@ def normalize_base_url(host: str | None, schema: str | None = None, port: int | 
     return f"{parts.scheme}://{netloc}{path}", assumed
 
 
+#: A token pasted with its header: ``Bearer <token>`` or ``Authorization: Bearer <token>``, any case,
+#: any blanks (space, tab) between the words.
+_PASTED_HEADER = re.compile(r"(?:authorization\s*:\s*)?bearer\s+(\S.*)", re.IGNORECASE | re.DOTALL)
+
+
 def check_token(raw: Any) -> str:
-    """The API token: surrounding whitespace removed (a pasted newline), and a ``Bearer `` prefix
-    (the whole header value pasted); inner control characters and non-ASCII refused. The error
-    never quotes the token."""
+    """The API token: surrounding whitespace removed (a pasted newline), and a ``Bearer `` or
+    ``Authorization: Bearer`` prefix (the whole header pasted); inner control characters and
+    non-ASCII refused. The error never quotes the token."""
     token = str(raw).strip() if raw is not None else ""
-    scheme, _, rest = token.partition(" ")
-    if scheme.lower() == "bearer" and rest.strip():
-        token = rest.strip()  # the provider sends "Authorization: Bearer <token>" itself
+    pasted_header = _PASTED_HEADER.match(token)
+    if pasted_header:
+        token = pasted_header.group(1)  # the provider sends "Authorization: Bearer <token>" itself
     if not token:
         raise LoyaltyValidationError("password", "the loyalty connection needs the API token in its Password field")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in token):

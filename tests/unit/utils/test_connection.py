@@ -187,6 +187,9 @@ def test_bad_base_urls_name_the_host(host: str) -> None:
         # the whole header value pasted: the provider adds "Bearer " itself
         ("Bearer tok-123\n", "tok-123"),
         ("bearer  tok-123", "tok-123"),
+        ("Bearer\ttok-123", "tok-123"),
+        ("Authorization: Bearer tok-123", "tok-123"),
+        ("authorization:bearer\t tok-123\r\n", "tok-123"),
         ("Bearer", "Bearer"),
         ("Bearertok", "Bearertok"),
     ],
