@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import aiohttp
 
 #: Connections the shared pool may hold open at once: no limit (aiohttp's 0), as with a session per
-#: hook, so a request never queues behind another trigger's. Connections are reused, so as many are
-#: open as requests were in flight at the busiest moment. Measured with 1,000 triggers: aiohttp's
-#: default limit of 100 made requests queue in bursts and raised the loop lag's p99 from 6.5 ms to
-#: 23.7 ms (``docs/benchmarks.md``).
+#: hook, so a request never queues behind another trigger's (a slow request of one trigger cannot
+#: hold up the others' checks). Connections are reused, so as many are open as requests were in
+#: flight at the busiest moment.
 POOL_LIMIT = 0
 
 
