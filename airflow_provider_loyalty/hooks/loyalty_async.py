@@ -215,8 +215,9 @@ class LoyaltyAsyncHook(BaseHook):
                 "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5",
             }
             self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
-            self._shared = loop_sessions.acquire()
-            self._session = self._shared.session
+            if self._shared is None:  # an open() of this hook running alongside may have got here first
+                self._shared = loop_sessions.acquire()
+                self._session = self._shared.session
         return self
 
     async def __aexit__(

@@ -219,6 +219,15 @@ async def test_hooks_on_one_loop_share_one_session_until_the_last_leaves(connect
         assert (await later.get_export_task_status(task_id)).export_task_id == task_id
 
 
+async def test_opening_one_hook_twice_at_once_leaves_nothing_open(connected: LoyaltyEmulator) -> None:
+    hook = LoyaltyAsyncHook()
+    await asyncio.gather(hook.open(), hook.open())
+    session = hook._session
+    assert session is not None
+    await hook.aclose()
+    assert session.closed  # counted once, so the one close was the last
+
+
 async def test_hooks_sharing_a_session_each_send_their_own_token(
     connected: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, content_type: str
 ) -> None:
