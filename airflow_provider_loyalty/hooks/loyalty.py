@@ -394,7 +394,8 @@ class LoyaltyHook(BaseHook):
             raise LoyaltyResponseError(
                 f"account/transactions: expected next_from_id to be a string, got {next_from_id!r}"
             )
-        return {"data": records, "next_from_id": next_from_id, "total_count": total}
+        # A blank cursor is an empty one (the last page); blanks around one are no part of it.
+        return {"data": records, "next_from_id": next_from_id.strip(), "total_count": total}
 
     def iter_account_transaction_pages(self, *, limit: int = 100, **member: Any) -> Iterator[dict[str, Any]]:
         """Every page of a member's history, following ``next_from_id`` until it is empty.

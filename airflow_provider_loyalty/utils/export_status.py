@@ -65,7 +65,10 @@ class ExportResult:
         """Check a completed task's ``result`` object.
 
         An empty batch may say "nothing" without a file (``hashed_file`` empty or absent) when its
-        ``total`` is 0; with rows it must name one.
+        ``total`` is 0; with rows it must name one. Blanks around ``hashed_file`` and
+        ``next_from_id`` are dropped (an XML template that puts a value on a line of its own, a
+        padded ``CHAR`` column): a name or id never starts or ends with one, and a blank
+        ``next_from_id`` is an empty one, the end of the period.
         """
         where = f"export task {export_task_id}"
         if not isinstance(result, Mapping):
@@ -76,10 +79,12 @@ class ExportResult:
         next_from_id = result.get("next_from_id")
         if next_from_id is not None and not isinstance(next_from_id, str):
             raise LoyaltyResponseError(f"{where}: expected result.next_from_id to be a string, got {next_from_id!r}")
+        next_from_id = next_from_id.strip() if next_from_id else None
         hashed_file = result.get("hashed_file")
         if hashed_file is not None and not isinstance(hashed_file, str):
             raise LoyaltyResponseError(f"{where}: expected result.hashed_file to be a string, got {hashed_file!r}")
-        if not (hashed_file or "").strip():
+        hashed_file = hashed_file.strip() if hashed_file else None
+        if not hashed_file:
             if total:
                 raise LoyaltyResponseError(f"{where} completed with {total} rows but without a hashed_file")
             hashed_file = None

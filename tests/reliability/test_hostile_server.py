@@ -34,7 +34,7 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
-from tests.reliability.support import PROGRAM, fake_api, loopback_server, send
+from tests.reliability.support import PROGRAM, envelope, fake_api, loopback_server, send
 from tests.support.helpers import point_connection_at
 from tests.support.operator_driver import context_for
 
@@ -157,6 +157,38 @@ def test_unsafe_hashed_file_is_refused_before_any_download(emulator, sandbox, ha
         assert "hashed_file" in str(caught)
         assert downloads == 0
     assert_failed_closed(caught, sandbox)
+
+
+# ------------------------------------------------------------------------------ blanks around values
+
+
+@pytest.mark.parametrize("content_type", ["json", "xml"])
+def test_blanks_around_the_file_name_and_cursor_are_no_part_of_them(monkeypatch, sandbox, content_type) -> None:
+    """A server whose XML template puts each value on a line of its own, or whose JSON comes from
+    padded ``CHAR`` columns: ``hashed_file`` was downloaded with its line breaks (refused as
+    control characters) and a blank ``next_from_id`` started another batch."""
+    result = {"hashed_file": "\n    abc/Transactions.zip\n  ", "total": "3", "next_from_id": "\n    \n  "}
+
+    def status(handler, _server) -> None:
+        if content_type == "json":
+            body = envelope({"status": "completed", "progress": 100, "result": result})
+            return send(handler, 200, body, "application/json")
+        leaves = "".join(f"<{name}>{value}</{name}>" for name, value in result.items())
+        reply = (
+            "<xml><data><status>\n  completed\n</status><progress>100</progress>"
+            f"<result>{leaves}</result></data><error>0</error><error_text>ok</error_text></xml>"
+        )
+        return send(handler, 200, reply.encode(), "application/xml")
+
+    with loopback_server(fake_api(status=status, download=serve_zip(zip_with({"t.csv": rows(3)})))) as api:
+        connect(monkeypatch, api.url, content_type=content_type)
+        summary = export(sandbox)
+        created = [seen for seen in api.requests if seen.path.endswith("/transactions_export")]
+        downloads = [seen.path for seen in api.requests if seen.path.startswith("/api/download/")]
+    assert summary["total_rows"] == 3
+    assert len(created) == 1  # the blank cursor ended the period
+    assert downloads == ["/api/download/abc/Transactions.zip"]
+    assert (sandbox / "out" / "_manifest.json").exists()
 
 
 # ----------------------------------------------------------------------------------------- crafted zips

@@ -543,8 +543,10 @@ def _served_in_turn(pages: list[tuple[list[str], str]]):
         ([(["t1", "t2"], "t2"), ([], "t4"), ([], "t6"), (["t7"], "")], 4),
         # the end, said by an empty page that points back at its own cursor instead of ""
         ([(["t1", "t2"], "t2"), ([], "t2")], 2),
+        # cursors with blanks around them (a padded column): the blank last one ends the walk
+        ([(["t1", "t2"], "\n  t2\n"), (["t3"], "  \n")], 2),
     ],
-    ids=["empty-pages-inside", "empty-last-page-echoing-its-cursor"],
+    ids=["empty-pages-inside", "empty-last-page-echoing-its-cursor", "blank-padded-cursors"],
 )
 def test_an_empty_page_with_a_new_cursor_is_followed(monkeypatch: pytest.MonkeyPatch, pages, requests) -> None:
     """1.x stopped at the first page without records, whatever its ``next_from_id`` said: a member
