@@ -13,6 +13,8 @@ or text (``"2023-09-30"``, what ``{{ ds }}`` renders, or an RFC3339 date-time). 
 * A value with an offset keeps it.
 * Fractions of a second are dropped (the API counts whole seconds, and an operator's default end,
   ``data_interval_end`` - 1 s, then meets the next run's start exactly).
+* A leap second (``2016-12-31T23:59:60Z``, which RFC3339 allows) is read as the second before it:
+  POSIX clocks, which count the API's whole seconds, repeat that second rather than add one.
 
 Only for internal usage.
 """
@@ -29,7 +31,7 @@ from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 
 _UTC = dt.UTC
 _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}")
-_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?")
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}([.,]\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?")
 _EXPECTED = "expected a datetime, a date, or text such as '2023-09-30' or '2023-09-30T23:59:59Z'"
 
 
@@ -53,8 +55,8 @@ def parse_period_value(value: Any, parameter: str) -> dt.date | dt.datetime:
 
     Text is accepted in the RFC3339 / ISO 8601 shapes only (``2023-09-30``, ``20230930`` as
     ``{{ ds_nodash }}`` renders, ``2023-09-30T23:59:59Z``, with a space for the ``T``, an optional
-    fraction and an optional offset); words such as ``now`` and partial dates such as ``2023-09``
-    are refused rather than guessed.
+    fraction (after ``.`` or ``,``), an optional offset, and ``:60`` for a leap second); words
+    such as ``now`` and partial dates such as ``2023-09`` are refused rather than guessed.
 
     :param value: what the user gave (rendered).
     :param parameter: the parameter's name, for errors.
@@ -67,6 +69,8 @@ def parse_period_value(value: Any, parameter: str) -> dt.date | dt.datetime:
             if _DATE_ONLY.fullmatch(text):
                 return dt.date.fromisoformat(text)
             if _DATE_TIME.fullmatch(text):
+                if text[16:19] == ":60":  # a leap second: the second before it (see the module doc)
+                    text = f"{text[:17]}59{text[19:]}"
                 return dt.datetime.fromisoformat(text)
         except ValueError as error:
             raise LoyaltyValidationError(parameter, f"{_EXPECTED}; got {value[:80]!r} ({error})") from None

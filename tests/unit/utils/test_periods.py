@@ -162,12 +162,26 @@ def test_aware_values_keep_their_offset(monkeypatch: pytest.MonkeyPatch, value: 
         ("2023-09-02T10:00:00.999999Z", "2023-09-02T10:00:00Z"),
         ("2023-09-02T10:00:00.123456789+00:00", "2023-09-02T10:00:00Z"),
         ("2023-09-02T10:00:59.5", "2023-09-02T10:00:59Z"),
+        ("2023-09-02T10:00:59,5Z", "2023-09-02T10:00:59Z"),
         (dt.datetime(2023, 9, 2, 10, 0, 0, 500_000, tzinfo=dt.UTC), "2023-09-02T10:00:00Z"),
     ],
 )
 def test_fractions_of_a_second_are_dropped(value: object, expected: str) -> None:
     assert period_bound(value, "date_to", end=True) == dt.datetime.fromisoformat(expected)
     assert format_rfc3339(period_bound(value, "date_from", end=False)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59Z"),
+        ("2016-12-31 23:59:60.999Z", "2016-12-31T23:59:59Z"),
+        ("2017-01-01T02:59:60+03:00", "2016-12-31T23:59:59Z"),
+        ("2016-12-31T23:59:60", "2016-12-31T23:59:59Z"),
+    ],
+)
+def test_a_leap_second_is_the_second_before_it(value: str, expected: str) -> None:
+    assert check_period(value, value) == (expected, expected)
 
 
 def test_the_operators_default_end_meets_the_next_start_exactly() -> None:
@@ -219,6 +233,8 @@ def test_a_day_outside_the_calendar_in_utc_names_the_parameter(
         "2023-W39-1",
         "2023-02-30",
         "2023-09-30T24:00:00Z",
+        "2023-09-30T23:60:00Z",
+        "2023-09-30T23:59:61Z",
         "2023-09-30T10:00:00+25:00",
         "30/09/2023",
         "",
