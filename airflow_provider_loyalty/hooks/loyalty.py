@@ -403,12 +403,12 @@ class LoyaltyHook(BaseHook):
         Takes the same keyword arguments as :meth:`get_account_transactions` (but ``from_id``
         starts the walk). One page is in memory at a time. A page without records but with a new
         ``next_from_id`` is followed (the API may filter a page empty); one that points back at its
-        own cursor ends the walk. A ``next_from_id`` that repeats after records raises
-        :class:`LoyaltyCursorError` instead of looping forever.
+        own cursor ends the walk. A ``next_from_id`` that was already followed (a cycle of any
+        length) raises :class:`LoyaltyCursorError` instead of looping forever.
         """
         cursor = validation.check_cursor(member.pop("from_id", None))
         payload = self._account_payload(limit=limit, **member)
-        seen_cursor: str | None = None
+        followed: set[str | None] = {cursor}  # one short id per page: bounded by the history's pages
         while True:
             payload["from_id"] = cursor
             page = self._account_page(payload)
@@ -416,9 +416,10 @@ class LoyaltyHook(BaseHook):
             next_cursor = page["next_from_id"]
             if not next_cursor or (not page["data"] and next_cursor == cursor):
                 return  # the end: no cursor, or an empty page pointing back at its own
-            if next_cursor in (cursor, seen_cursor):
+            if next_cursor in followed:
                 raise LoyaltyCursorError(f"account/transactions: next_from_id {next_cursor!r} repeats; stopping")
-            seen_cursor, cursor = cursor, next_cursor
+            followed.add(next_cursor)
+            cursor = next_cursor
 
     def iter_account_transactions(self, *, limit: int = 100, **member: Any) -> Iterator[dict[str, Any]]:
         """Every transaction of a member, in API order, one page in memory at a time.

@@ -207,7 +207,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
                 limit=self.limit,
                 **self._member(),
             ):
-                if total_count is None:
+                if page["total_count"] is not None:  # the last page's: the member may earn points mid-walk
                     total_count = page["total_count"]
                 for record in page["data"]:
                     sink.write(json.dumps(record, ensure_ascii=False, default=str).encode("utf-8") + b"\n")

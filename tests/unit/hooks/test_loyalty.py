@@ -606,6 +606,14 @@ def test_a_cursor_that_repeats_after_records_stops_the_walk(monkeypatch: pytest.
             list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
 
 
+def test_a_cursor_cycle_longer_than_two_pages_stops_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    pages = [(["t1"], "A"), (["t2"], "B"), (["t3"], "C"), (["t4"], "A"), (["t5"], "B")]
+    with loopback_server(_served_in_turn(pages)) as server:
+        _point_at_server(monkeypatch, server.url)
+        with pytest.raises(LoyaltyCursorError, match="'A' repeats"):
+            list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
+
+
 # ---------------------------------------------------------------------- test_connection (issue 13.7, 20.3)
 
 

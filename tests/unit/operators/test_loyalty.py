@@ -685,3 +685,29 @@ class TestLoyaltyAccountTransactionsOperator:
             member_operator(tmp_path, **kwargs).execute({})
         assert err.value.parameter == parameter
         assert requests_seen(emulator) == 0
+
+
+def test_a_member_history_that_grows_mid_walk_is_checked_against_the_last_page(monkeypatch, tmp_path) -> None:
+    """The member earns a transaction between page 1 (total_count 1) and page 2 (total_count 2)."""
+    from tests.reliability.support import fake_api, loopback_server
+
+    pages = iter([(["t1"], "t1", 1), (["t2"], "", 2)])
+
+    def respond(handler, server) -> None:
+        if not handler.path.endswith("/account/transactions"):
+            return fake_api()(handler, server)
+        ids, cursor, total = next(pages)
+        records = [{"transaction_id": transaction_id} for transaction_id in ids]
+        body = json.dumps({"data": records, "next_from_id": cursor, "total_count": total, "error": 0}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        result = member_operator(tmp_path).execute({})
+    assert (result["rows"], result["total_count"]) == (2, 2)
+    assert [record["transaction_id"] for record in read_jsonl(result["path"])] == ["t1", "t2"]
