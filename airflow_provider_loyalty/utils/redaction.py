@@ -4,7 +4,10 @@ Server text (``error_text``, failure reasons) and library errors (``http.client`
 header it refuses) can carry the token. Every exception leaving the hooks and the trigger passes
 :func:`token_redacted` (or :func:`scrub`), which cleans the exception and every exception it links
 to; text built from server data passes :func:`redact`. Besides the token itself, its URL-encoded
-forms and its escaped forms (Python ``repr``, JSON, XML) are removed.
+forms (either case of hex digit) and its escaped forms (Python ``repr``, JSON, JSON with escaped
+slashes as PHP writes it, XML, numeric character references) are removed, and so is any run of
+:data:`PIECE` or more of its first characters: a token cut short with the text that quoted it
+(a field shown to its first 40 characters) is still masked.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from urllib.parse import quote, quote_plus
@@ -20,29 +24,61 @@ from xml.sax.saxutils import escape as xml_escape
 from airflow_provider_loyalty.exceptions import LoyaltyError
 
 MASK = "***"
+#: A run this long of the start of the token (or of one of its forms) is masked too.
+PIECE = 8
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 
 
 @functools.lru_cache(maxsize=16)
 def _forms(token: str) -> tuple[str, ...]:
     """The token as it may appear in text: itself, URL-encoded, and escaped by repr, JSON or XML."""
+    encoded = quote(token, safe="")
     forms = {
         token,
-        quote(token, safe=""),
+        encoded,
+        _PERCENT_ESCAPE.sub(lambda escape: escape.group().lower(), encoded),
         quote_plus(token),
         repr(token)[1:-1],
         json.dumps(token)[1:-1],
+        json.dumps(token)[1:-1].replace("/", "\\/"),
         xml_escape(token),
+        "".join(char if char.isalnum() else f"&#x{ord(char):X};" for char in token),
+        "".join(char if char.isalnum() else f"&#x{ord(char):x};" for char in token),
+        "".join(char if char.isalnum() else f"&#{ord(char)};" for char in token),
     }
     return tuple(sorted((form for form in forms if form), key=len, reverse=True))
 
 
+def _mask_runs(text: str, forms: tuple[str, ...]) -> str:
+    """Mask every run of a form's first characters :data:`PIECE` long or longer (the longest run
+    of any form that starts there)."""
+    heads = {form[:PIECE] for form in forms if len(form) > PIECE}
+    position = 0
+    while heads:
+        found = [(text.find(head, position), head) for head in heads]
+        start = min((at for at, _ in found if at != -1), default=-1)
+        if start == -1:
+            return text
+        end = start + PIECE
+        for form in forms:
+            if len(form) > PIECE and text.startswith(form[:PIECE], start):
+                stop = start + PIECE
+                while stop < len(text) and stop - start < len(form) and text[stop] == form[stop - start]:
+                    stop += 1
+                end = max(end, stop)
+        text = f"{text[:start]}{MASK}{text[end:]}"
+        position = start + len(MASK)
+    return text
+
+
 def redact(text: str, token: str | None) -> str:
-    """``text`` without the token (nor its URL-encoded or escaped forms)."""
+    """``text`` without the token (nor its URL-encoded or escaped forms, nor the start of one)."""
     if not token or not text:
         return text
-    for form in _forms(token):
+    forms = _forms(token)
+    for form in forms:
         text = text.replace(form, MASK)
-    return text
+    return _mask_runs(text, forms)
 
 
 def _texts(error: BaseException) -> list[str]:
@@ -52,8 +88,8 @@ def _texts(error: BaseException) -> list[str]:
 
 
 def _mentions(error: BaseException, token: str) -> bool:
-    forms = _forms(token)
-    return any(form in text for text in _texts(error) for form in forms)
+    pieces = {form[:PIECE] for form in _forms(token)}
+    return any(piece in text for text in _texts(error) for piece in pieces)
 
 
 def _chain(error: BaseException) -> list[BaseException]:

@@ -380,3 +380,31 @@ def test_errors_raised_by_http_libraries_themselves_are_redacted(token_emulator,
         assert any("ValueError" in text for text in texts)  # the library's error is still in the chain ...
         assert leaks(forced, texts) == [] and not [t for t in texts if "header-0f3e6a9c" in t]  # ... cleaned
     assert token_emulator.stats()["requests_total"] == 0
+
+
+# ------------------------------------------------------------------------------------- forms and pieces
+
+_SLASHED = "Ab3/xYz+9kLm/QrSt=="
+_LONG = "eyJhbGciOiJIUzI1NiJ9." + "x7" * 120
+
+
+@pytest.mark.parametrize(
+    ("token", "text"),
+    [
+        (_SLASHED, json.dumps({"error_text": f"bad token {_SLASHED}"}).replace("/", "\\/")),  # PHP's json_encode
+        (_SLASHED, "GET /x?t=Ab3%2fxYz%2b9kLm%2fQrSt%3d%3d"),  # lower-case percent escapes
+        (_SLASHED, "<error_text>Ab3&#x2F;xYz&#x2B;9kLm&#x2F;QrSt&#x3D;&#x3D;</error_text>"),
+        (_SLASHED, "<error_text>Ab3&#47;xYz&#43;9kLm&#47;QrSt&#61;&#61;</error_text>"),
+        (_LONG, f"field 'total': expected integer, got {_LONG[:40]!r}"),  # a field cut to 40 characters
+        (_LONG, f"redirect to https://evil.example/?t={_LONG[:200]}"),  # a Location cut to 200
+    ],
+    ids=["php-json", "percent-lower", "hex-refs", "decimal-refs", "cut-at-40", "cut-at-200"],
+)
+def test_escaped_and_cut_short_tokens_are_masked(token: str, text: str) -> None:
+    from airflow_provider_loyalty.utils.redaction import PIECE, redact, scrub
+
+    cleaned = redact(text, token)
+    assert "***" in cleaned
+    assert token[:PIECE] not in cleaned and "xYz" not in cleaned
+    error = scrub(LoyaltyError(text), token)
+    assert token[:PIECE] not in str(error) and "***" in str(error)
