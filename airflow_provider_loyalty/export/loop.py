@@ -547,12 +547,15 @@ class ExportLoop:
         return True
 
     def _manifest_finished_since(self, since: float) -> dict[str, Any] | None:
-        """The manifest an export of the same period finished while we waited for it, if any."""
+        """The manifest an export of the same period and output format finished while we waited for
+        it, if any (one in another format is what this export replaces, not what it asked for)."""
         try:
             manifest = self.sink.read_json(MANIFEST_NAME)
         except UnreadableDocument:
             return None
         if manifest is None or period_of(manifest) != self.spec.period:
+            return None
+        if manifest.get("output_format", "csv") != self.spec.output_format:
             return None
         if _epoch(manifest.get("completed_at")) < since:
             return None

@@ -220,6 +220,35 @@ def test_a_retry_adopts_the_export_its_earlier_try_finished_before_dying(
     assert report.intact, report.problems
 
 
+def test_a_finished_export_in_another_output_format_is_not_adopted(
+    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
+):
+    """Try 1 (csv) finished and died holding the location; try 2 asks for csv.gz: it must get csv.gz."""
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
+    manifest = json.loads(stored(target, s3_client=s3_client)[MANIFEST_NAME])
+    lease = {
+        "writer_id": "try-1",
+        "task": "tests/run/export/-1",
+        "try_number": 1,
+        "host": "worker-2:4242",
+        **period_of(manifest),
+        "acquired_at": manifest["started_at"],
+        "expires_at": time.time() + 3600,
+    }
+    write_document(target, LEASE_NAME, lease, s3_client)
+
+    second = make_operator(target, replace=True, output_format="csv.gz").execute(
+        context_for(*SEPTEMBER, ti=task_instance(try_number=2))
+    )
+
+    assert second["output_format"] == "csv.gz"
+    final = json.loads(stored(target, s3_client=s3_client)[MANIFEST_NAME])
+    assert final["output_format"] == "csv.gz" and all(part["key"].endswith(".csv.gz") for part in final["parts"])
+    report = verify_manifest(manifest_location(target), conn_id="aws_default" if s3_client else None)
+    assert report.intact, report.problems
+
+
 def write_document(target: dict[str, Any], name: str, document: dict[str, Any], s3_client: Any) -> None:
     payload = json.dumps(document).encode()
     if "output_path" in target:
