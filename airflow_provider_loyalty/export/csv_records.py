@@ -103,6 +103,8 @@ def line_blocks(stream: IO[bytes], block_size: int, max_line_bytes: int, name: s
     while chunk := stream.read(block_size):
         cut = _after_last_line_break(chunk)
         if cut:
+            if pending_bytes and pending_bytes + _first_line_break(chunk) > max_line_bytes:
+                _refuse_long_line(name, max_line_bytes)  # the held line ends in this chunk, too long
             pending.append(chunk[:cut])
             yield b"".join(pending)
             rest = chunk[cut:]
@@ -114,12 +116,22 @@ def line_blocks(stream: IO[bytes], block_size: int, max_line_bytes: int, name: s
             pending.append(chunk)
             pending_bytes += len(chunk)
         if pending_bytes > max_line_bytes:
-            raise LoyaltyVerificationError(
-                f"zip member {name!r} has a line longer than {max_line_bytes} bytes (max_line_bytes); "
-                "refused rather than held in memory"
-            )
+            _refuse_long_line(name, max_line_bytes)
     if pending:
         yield b"".join(pending)
+
+
+def _refuse_long_line(name: str, max_line_bytes: int) -> None:
+    raise LoyaltyVerificationError(
+        f"zip member {name!r} has a line longer than {max_line_bytes} bytes (max_line_bytes); "
+        "refused rather than held in memory"
+    )
+
+
+def _first_line_break(chunk: bytes) -> int:
+    """Index of the first line break (``\n`` or ``\r``) in ``chunk``, which holds one."""
+    breaks = [at for at in (chunk.find(b"\n"), chunk.find(b"\r")) if at >= 0]
+    return min(breaks)
 
 
 def _after_last_line_break(chunk: bytes) -> int:

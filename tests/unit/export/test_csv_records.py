@@ -236,6 +236,19 @@ def test_a_line_longer_than_max_line_bytes_is_refused_before_it_is_held():
         assert archive.write_part(path, io.BytesIO(), expected_rows=1).rows == 1
 
 
+@pytest.mark.parametrize("over", [1, 200, 999])
+def test_a_too_long_line_ending_in_the_next_read_is_refused_too(over: int):
+    """The read that completes a held line may make it too long: checked there as well."""
+    line = b"id-1," + b"x" * (4096 + over - 5)
+    data = b"transaction_id,a\n" + line + b"\nid-2,y\n"
+    for block in (1000, 1024, 4096):
+        stream = io.BytesIO(data)
+        with pytest.raises(LoyaltyVerificationError, match="max_line_bytes"):
+            list(line_blocks(stream, block, 4096, "t.csv"))
+    exact = b"transaction_id,a\nid-1," + b"x" * (4096 - 5) + b"\nid-2,y\n"
+    assert b"".join(line_blocks(io.BytesIO(exact), 1000, 4096, "t.csv")) == exact
+
+
 def test_line_blocks_cut_only_after_certain_line_breaks():
     data = b"a\r\nb\rc\nd\r\r\ne"
     for size in range(1, len(data) + 1):
