@@ -291,7 +291,7 @@ class LoyaltyHook(BaseHook):
                 if response.status_code != 200 or carries_envelope(response.headers) or _looks_like_envelope(first):
                     self._raise_for_envelope(response, first, chunks)
                 declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > max_bytes:
+                if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
                     raise LoyaltyUnsafeDataError(f"download of {declared} bytes is over max_download_bytes={max_bytes}")
                 for chunk in itertools.chain((first,), chunks):
                     if stop is not None and stop.is_set():
@@ -484,6 +484,6 @@ def _as_record_list(data: Any) -> Any:
     becomes in JSON once filtering left gaps in its keys). Anything else is returned as it came."""
     if data is None or data == "" or data == {}:
         return []
-    if isinstance(data, dict) and all(isinstance(key, str) and key.isdigit() for key in data):
+    if isinstance(data, dict) and all(isinstance(key, str) and key.isascii() and key.isdigit() for key in data):
         return [data[key] for key in sorted(data, key=int)]
     return data

@@ -155,7 +155,7 @@ def _envelope_code(envelope: Mapping[str, Any] | None) -> int | None:
         raise LoyaltyResponseError(f"field 'error': expected an integer, got {raw!r}")
     if isinstance(raw, int):
         return raw
-    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+    if isinstance(raw, str) and raw.strip().lstrip("-").isascii() and raw.strip().lstrip("-").isdigit():
         return int(raw.strip())
     raise LoyaltyResponseError(f"field 'error': expected an integer, got {str(raw)[:40]!r}")
 

@@ -48,7 +48,7 @@ class ReplyBuffer:
         self._chunks: list[bytes] = []
         self._size = 0
         declared = headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise LoyaltyResponseError(f"{path}: reply of {declared} bytes is over the {limit} byte cap")
 
     def add(self, chunk: bytes) -> None:

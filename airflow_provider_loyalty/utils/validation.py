@@ -52,7 +52,7 @@ def parse_bool(value: Any, parameter: str) -> bool:
 
 def parse_count(value: Any, parameter: str) -> int:
     """A non-negative integer, or its digits as text."""
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise LoyaltyValidationError(parameter, f"expected a non-negative integer, got {value!r}")
@@ -104,7 +104,7 @@ def check_content_type(content_type: Any) -> str:
 def check_program_id(loyalty_program_id: Any) -> int:
     """Return the program id as an int; reject bools, non-integers and values < 1."""
     value = loyalty_program_id
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise LoyaltyValidationError("loyalty_program_id", f"expected a positive integer, got {loyalty_program_id!r}")
@@ -125,7 +125,7 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
             )
         return {"points_currency_eid": points_currency_eid.strip()}  # pasted with a newline: the same id
     iid = points_currency_iid
-    if isinstance(iid, str) and iid.strip().isdigit():
+    if isinstance(iid, str) and iid.strip().isascii() and iid.strip().isdigit():
         iid = int(iid.strip())
     if isinstance(iid, bool) or not isinstance(iid, int) or iid < 0:
         raise LoyaltyValidationError(
@@ -186,7 +186,7 @@ def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str
 def check_limit(limit: Any) -> int:
     """Page size of the account transactions endpoint: an integer in 1..100."""
     low, high = LIMIT_RANGE
-    if isinstance(limit, str) and limit.strip().isdigit():
+    if isinstance(limit, str) and limit.strip().isascii() and limit.strip().isdigit():
         limit = int(limit.strip())
     if isinstance(limit, bool) or not isinstance(limit, int) or not low <= limit <= high:
         raise LoyaltyValidationError("limit", f"expected an integer in {low}..{high}, got {limit!r}")

@@ -711,3 +711,26 @@ def test_a_member_history_that_grows_mid_walk_is_checked_against_the_last_page(m
         result = member_operator(tmp_path).execute({})
     assert (result["rows"], result["total_count"]) == (2, 2)
     assert [record["transaction_id"] for record in read_jsonl(result["path"])] == ["t1", "t2"]
+
+
+def _validation() -> Any:
+    from airflow_provider_loyalty.utils import validation
+
+    return validation
+
+
+@pytest.mark.parametrize(
+    ("parameter", "check"),
+    [
+        ("loyalty_program_id", lambda value: _validation().check_program_id(value)),
+        ("points_currency_iid", lambda value: _validation().check_currency(None, value)),
+        ("limit", lambda value: _validation().check_limit(value)),
+        ("max_batches", lambda value: _validation().parse_count(value, "max_batches")),
+    ],
+)
+@pytest.mark.parametrize("value", ["²", "١٢٣", " ³ "])
+def test_digits_other_than_ascii_are_refused_naming_the_parameter(parameter: str, check: Any, value: str) -> None:
+    """'²'.isdigit() is true and int('²') fails: a raw ValueError at DAG parse named nothing."""
+    with pytest.raises(LoyaltyValidationError) as refused:
+        check(value)
+    assert refused.value.parameter == parameter
