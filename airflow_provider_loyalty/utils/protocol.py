@@ -9,6 +9,7 @@ server-supplied ``hashed_file`` into a download URL. What an export task's statu
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -168,6 +169,11 @@ def data_object(envelope: Mapping[str, Any], endpoint: str) -> dict[str, Any]:
     return data
 
 
+#: ``https:/x``, ``mailto:x``, ``C:/x``: a scheme (or a drive letter) and nothing else before the
+#: first ``/``. A bare file name with colons (``Transactions_1_2023-09-01T00:00:00Z.zip``) is a name.
+_SCHEME_OR_DRIVE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?:/|$)|[A-Za-z]:")
+
+
 def download_url(settings: LoyaltyConnectionSettings, hashed_file: Any) -> str:
     """The URL of ``GET /api/download/<hashed_file>``, refusing anything that would leave it.
 
@@ -183,7 +189,7 @@ def download_url(settings: LoyaltyConnectionSettings, hashed_file: Any) -> str:
         raise LoyaltyUnsafeDataError(f"hashed_file {shown} contains control characters")
     if "\\" in hashed_file:
         raise LoyaltyUnsafeDataError(f"hashed_file {shown} contains a backslash")
-    if hashed_file.startswith("/") or "://" in hashed_file or ":" in hashed_file.split("/", 1)[0]:
+    if hashed_file.startswith("/") or "://" in hashed_file or _SCHEME_OR_DRIVE.match(hashed_file):
         raise LoyaltyUnsafeDataError(f"hashed_file {shown} is an absolute URL or path; expected a relative name")
     segments = hashed_file.split("/")
     for segment in segments:

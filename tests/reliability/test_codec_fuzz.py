@@ -220,3 +220,24 @@ def test_arbitrary_documents_only_raise_typed_errors_long(document, body, conten
 @given(hashed_file=hashed_files, base=st.sampled_from(BASES))
 def test_download_url_stays_on_host_or_refuses_long(hashed_file, base):
     assert_safe_url(base, hashed_file)
+
+
+@pytest.mark.parametrize(
+    ("hashed_file", "path"),
+    [
+        ("Transactions_loyalty_1_1_2023-09-01T00:00:00Z.zip", "Transactions_loyalty_1_1_2023-09-01T00%3A00%3A00Z.zip"),
+        ("Tx-2023-09-01T00:00:00Z.zip", "Tx-2023-09-01T00%3A00%3A00Z.zip"),
+    ],
+)
+def test_a_bare_file_name_with_colons_is_a_name(hashed_file: str, path: str) -> None:
+    """The API's names hold colons; with no folder before them they are still no URL."""
+    conn = settings_from_parts(host=BASES[0], password=TOKEN, extra={})
+    assert download_url(conn, hashed_file).endswith("/api/download/" + path)
+    assert_safe_url(BASES[0], hashed_file)
+
+
+@pytest.mark.parametrize("hashed_file", ["https:/evil/x", "http:", "C:/evil.zip", "c:evil.zip"])
+def test_a_scheme_or_drive_before_the_first_slash_is_refused(hashed_file: str) -> None:
+    conn = settings_from_parts(host=BASES[0], password=TOKEN, extra={})
+    with pytest.raises(LoyaltyUnsafeDataError, match="absolute URL or path"):
+        download_url(conn, hashed_file)
