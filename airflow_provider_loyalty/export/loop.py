@@ -52,7 +52,7 @@ from airflow_provider_loyalty.export.layout import (
 )
 from airflow_provider_loyalty.export.lease import LocationLease, WriterIdentity
 from airflow_provider_loyalty.export.progress import CLEANUP, EXPORTING, ExportProgress, PartRecord, PendingTask
-from airflow_provider_loyalty.export.seal import Sealer
+from airflow_provider_loyalty.export.seal import Sealer, finish_interrupted_switch
 from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument
 from airflow_provider_loyalty.export.spec import ExportSpec, describe_period, period_of
 from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
@@ -186,6 +186,7 @@ class ExportLoop:
             return progress
         staged_run = False
         if self.adopted is None:
+            finish_interrupted_switch(self.sink, self.log)  # before the staging area is cleared
             staged_run = self._check_finished_export()
             self.sink.delete([*self.sink.sizes(RECORDS_DIR), *self.sink.sizes(STAGING_DIR)])  # an abandoned export's
         progress = ExportProgress(

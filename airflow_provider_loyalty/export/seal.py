@@ -32,7 +32,7 @@ from airflow_provider_loyalty.export.layout import (
 )
 from airflow_provider_loyalty.export.manifest import build_manifest
 from airflow_provider_loyalty.export.progress import CLEANUP, SEALING, ExportProgress, PartRecord
-from airflow_provider_loyalty.export.sinks import PartSink
+from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument
 from airflow_provider_loyalty.export.spec import ExportSpec
 
 _READERS = 8
@@ -145,3 +145,40 @@ class Sealer:
 
     def _checkpoint(self, progress: ExportProgress) -> None:
         self.sink.write_json(CHECKPOINT_NAME, progress.to_dict())
+
+
+def finish_interrupted_switch(sink: PartSink, log: Any) -> bool:
+    """Finish a re-run's switch that died half-way, from its manifest alone; whether there was one.
+
+    A re-run of a period writes a manifest listing its staged parts, then copies each to its final
+    name, then writes the final manifest. A writer killed in between leaves a manifest listing
+    ``_staging/`` (true: those objects are there). Any later export of the location, whatever it
+    asks for, first completes that switch (copies the staged parts to their names, lists them
+    there), so that clearing the staging area never takes a listed part away.
+    """
+    try:
+        manifest = sink.read_json(MANIFEST_NAME)
+    except UnreadableDocument:
+        return False
+    if not manifest or not isinstance(manifest.get("parts"), list):
+        return False
+    in_staging = {sink.key(name): name for name in sink.sizes(STAGING_DIR)}
+    marker = sink.key(staged("part-"))[: -len("part-")]  # how the manifest names the staging area
+    moves: list[tuple[dict[str, Any], str, str]] = []
+    for entry in manifest["parts"]:
+        for field in ("key", "archive_key"):
+            key = entry.get(field) if isinstance(entry, dict) else None
+            if isinstance(key, str) and key.startswith(marker):
+                moves.append((entry, field, key))
+    if not moves:
+        return False
+    if any(key not in in_staging for _, _, key in moves):
+        log.warning("%s lists staged parts that are gone; leaving it as it is", sink.url(MANIFEST_NAME))
+        return False
+    log.info("A re-run at %s died switching to its parts; finishing the switch first", sink.describe())
+    for entry, field, key in moves:
+        name = in_staging[key].removeprefix(STAGING_DIR + "/")
+        sink.move(in_staging[key], name)
+        entry[field] = sink.key(name)
+    sink.write_json(MANIFEST_NAME, manifest)
+    return True

@@ -249,6 +249,57 @@ def test_a_finished_export_in_another_output_format_is_not_adopted(
     assert report.intact, report.problems
 
 
+class _Killed(BaseException):
+    """A worker killed in the middle of a call (no handler of ours catches a BaseException)."""
+
+
+@pytest.mark.parametrize("kill_at_move", [1, 2])
+def test_a_rerun_killed_while_switching_is_finished_before_anything_clears_its_staging(
+    emulator: LoyaltyEmulator,
+    target: dict[str, Any],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    kill_at_move: int,
+):
+    """Run 2 (a re-run) dies copying its staged parts into place: its switch-over manifest lists
+    ``_staging/``. Run 3 (resume=False, then failing at the API) must not delete what that manifest
+    lists: it finishes the switch first, so the location holds a true manifest all along."""
+    from airflow_provider_loyalty.export.s3_sink import S3PartSink
+    from airflow_provider_loyalty.export.sinks import ObjectStorageSink
+    from airflow_provider_loyalty.testing import FaultRule
+
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    emulator.config.batch_size = 40  # several parts, so the kill falls between two copies
+    make_operator(target).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
+    sink_class = S3PartSink if s3_client else ObjectStorageSink
+    real_move = sink_class.move
+    moves = {"count": 0}
+
+    def dying_move(self: Any, source: str, destination: str) -> None:
+        moves["count"] += 1
+        if moves["count"] == kill_at_move:
+            raise _Killed
+        real_move(self, source, destination)
+
+    monkeypatch.setattr(sink_class, "move", dying_move)
+    with pytest.raises(_Killed):
+        make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
+    monkeypatch.setattr(sink_class, "move", real_move)
+    assert "_staging/" in stored(target, s3_client=s3_client)[MANIFEST_NAME].decode()
+    write_document(target, LEASE_NAME, {"writer_id": "gone", "expires_at": 0}, s3_client)  # the dead writer's
+
+    emulator.set_faults([FaultRule(endpoint="export", kind="api_error", params={"code": 1001, "text": "quota"})])
+    with pytest.raises(LoyaltyError):
+        make_operator(target, replace=True, resume=False).execute(
+            context_for(*SEPTEMBER, ti=task_instance(try_number=1))
+        )
+
+    manifest = json.loads(stored(target, s3_client=s3_client)[MANIFEST_NAME])
+    assert not any("_staging/" in part["key"] for part in manifest["parts"])
+    report = verify_manifest(manifest_location(target), conn_id="aws_default" if s3_client else None)
+    assert report.intact, report.problems
+
+
 def write_document(target: dict[str, Any], name: str, document: dict[str, Any], s3_client: Any) -> None:
     payload = json.dumps(document).encode()
     if "output_path" in target:
