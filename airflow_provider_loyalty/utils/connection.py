@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import socket
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,8 +215,19 @@ def _hint(key: str) -> str:
 def _verify(options: dict[str, Any]) -> bool | str:
     verify: bool | str = validation.parse_bool(options.get("verify_ssl", True), "verify_ssl")
     if verify and options.get("ca_bundle"):
-        verify = str(options["ca_bundle"])
+        verify = _existing_path(options["ca_bundle"], "ca_bundle", directory_too=True)
     return verify
+
+
+def _existing_path(raw: Any, parameter: str, *, directory_too: bool = False) -> str:
+    """A path the worker can read: a missing file is a setup error, not a connection failure to retry."""
+    path = os.path.expanduser(str(raw).strip())
+    if os.path.isfile(path) or (directory_too and os.path.isdir(path)):
+        return path
+    what = "a file or a directory" if directory_too else "a file"
+    raise LoyaltyValidationError(
+        parameter, f"expected the path of {what} on this machine ({socket.gethostname()}), got {path!r}: not found"
+    )
 
 
 def _proxies(raw: Any) -> dict[str, str]:
@@ -235,9 +247,9 @@ def _client_cert(raw: Any) -> str | tuple[str, str] | None:
     if raw in (None, ""):
         return None
     if isinstance(raw, str):
-        return raw
+        return _existing_path(raw, "client_cert")
     if isinstance(raw, list | tuple) and len(raw) == 2 and all(isinstance(part, str) for part in raw):
-        return (raw[0], raw[1])
+        return (_existing_path(raw[0], "client_cert"), _existing_path(raw[1], "client_cert"))
     raise LoyaltyValidationError("client_cert", "expected a PEM path, or [certificate path, key path]")
 
 

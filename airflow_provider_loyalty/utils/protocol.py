@@ -169,9 +169,10 @@ def data_object(envelope: Mapping[str, Any], endpoint: str) -> dict[str, Any]:
     return data
 
 
-#: ``https:/x``, ``mailto:x``, ``C:/x``: a scheme (or a drive letter) and nothing else before the
-#: first ``/``. A bare file name with colons (``Transactions_1_2023-09-01T00:00:00Z.zip``) is a name.
-_SCHEME_OR_DRIVE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?:/|$)|[A-Za-z]:")
+#: ``https:/x``, ``javascript:x``, ``C:/x``: the name starts with a scheme of letters (or a drive
+#: letter) and a colon. A file name whose colons follow digits or an underscore
+#: (``Transactions_1_2023-09-01T00:00:00Z.zip``) is a name.
+_SCHEME_OR_DRIVE = re.compile(r"[A-Za-z][A-Za-z+.-]*:")
 
 
 def download_url(settings: LoyaltyConnectionSettings, hashed_file: Any) -> str:

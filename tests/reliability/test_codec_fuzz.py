@@ -236,7 +236,9 @@ def test_a_bare_file_name_with_colons_is_a_name(hashed_file: str, path: str) -> 
     assert_safe_url(BASES[0], hashed_file)
 
 
-@pytest.mark.parametrize("hashed_file", ["https:/evil/x", "http:", "C:/evil.zip", "c:evil.zip"])
+@pytest.mark.parametrize(
+    "hashed_file", ["https:/evil/x", "http:", "C:/evil.zip", "c:evil.zip", "javascript:alert(1)/x", "mailto:x"]
+)
 def test_a_scheme_or_drive_before_the_first_slash_is_refused(hashed_file: str) -> None:
     conn = settings_from_parts(host=BASES[0], password=TOKEN, extra={})
     with pytest.raises(LoyaltyUnsafeDataError, match="absolute URL or path"):

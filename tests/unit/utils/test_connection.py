@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,12 +83,12 @@ def test_a_content_type_the_api_does_not_speak_is_refused_naming_it() -> None:
     [
         ({"verify": False}, "verify", False),
         ({"verify": "false"}, "verify", False),
-        ({"verify": "/etc/ssl/private-ca.pem"}, "verify", "/etc/ssl/private-ca.pem"),
-        ({"cert": "/etc/ssl/client.pem"}, "client_cert", "/etc/ssl/client.pem"),
+        ({"verify": "CERTS/private-ca.pem"}, "verify", "CERTS/private-ca.pem"),
+        ({"cert": "CERTS/client.pem"}, "client_cert", "CERTS/client.pem"),
         (
-            {"cert": ["/etc/ssl/client.pem", "/etc/ssl/client.key"]},
+            {"cert": ["CERTS/client.pem", "CERTS/client.key"]},
             "client_cert",
-            ("/etc/ssl/client.pem", "/etc/ssl/client.key"),
+            ("CERTS/client.pem", "CERTS/client.key"),
         ),
         ({"proxies": {"https": "http://proxy:3128"}}, "proxies", {"https": "http://proxy:3128"}),
         ({"proxies": '{"https": "http://proxy:3128"}'}, "proxies", {"https": "http://proxy:3128"}),
@@ -95,8 +96,10 @@ def test_a_content_type_the_api_does_not_speak_is_refused_naming_it() -> None:
     ],
     ids=["verify", "verify-text", "verify-ca-path", "cert", "cert-and-key", "proxies", "proxies-text", "proxy"],
 )
-def test_the_http_providers_names_are_aliases(extra: dict[str, Any], field: str, expected: Any) -> None:
-    assert getattr(settings(**extra), field) == expected
+def test_the_http_providers_names_are_aliases(
+    extra: dict[str, Any], field: str, expected: Any, certificates: Any
+) -> None:
+    assert getattr(settings(**certificates(extra)), field) == certificates(expected)
 
 
 def test_an_alias_and_its_setting_with_different_values_is_an_error() -> None:
@@ -140,13 +143,50 @@ def test_bad_extras_name_the_field(extra: dict[str, Any], parameter: str) -> Non
     assert caught.value.parameter == parameter or parameter in str(caught.value)
 
 
-def test_verify_naming_a_file_is_the_ca_bundle() -> None:
+def test_verify_naming_a_file_is_the_ca_bundle(certificates: Any) -> None:
     # The http provider's ``verify`` may be a CA bundle path; ``verify_ssl`` is a yes/no field.
-    assert settings(verify="/etc/ssl/private-ca.pem") == settings(ca_bundle="/etc/ssl/private-ca.pem")
+    ca = certificates("CERTS/private-ca.pem")
+    assert settings(verify=ca) == settings(ca_bundle=ca)
     with pytest.raises(LoyaltyValidationError, match="verify_ssl: expected true or false"):
-        settings(verify_ssl="/etc/ssl/private-ca.pem")
+        settings(verify_ssl=ca)
     with pytest.raises(LoyaltyValidationError, match="given twice"):
-        settings(verify="/etc/ssl/a.pem", ca_bundle="/etc/ssl/b.pem")
+        settings(verify=certificates("CERTS/a.pem"), ca_bundle=certificates("CERTS/b.pem"))
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> Any:
+    """Replace ``CERTS/`` in values by a folder whose named files exist (paths are checked)."""
+
+    def real(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("CERTS/"):
+            path = tmp_path / value.removeprefix("CERTS/")
+            path.write_text("PEM")
+            return str(path)
+        if isinstance(value, dict):
+            return {key: real(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(real(item) for item in value)
+        return value
+
+    return real
+
+
+@pytest.mark.parametrize(
+    ("extra", "parameter"),
+    [
+        ({"ca_bundle": "/nowhere/ca.pem"}, "ca_bundle"),
+        ({"verify": "/nowhere/ca.pem"}, "ca_bundle"),
+        ({"cert": "/nowhere/client.pem"}, "client_cert"),
+        ({"cert": ["CERTS/client.pem", "/nowhere/client.key"]}, "client_cert"),
+    ],
+)
+def test_a_certificate_path_that_is_not_there_is_refused_naming_it(
+    extra: dict[str, Any], parameter: str, certificates: Any
+) -> None:
+    """Not a connection failure to retry with backoff (sync) or a raw FileNotFoundError (async)."""
+    with pytest.raises(LoyaltyValidationError) as caught:
+        settings(**certificates(extra))
+    assert caught.value.parameter == parameter and "/nowhere/" in str(caught.value)
 
 
 # ------------------------------------------------------------------------------------------ base URL and token
