@@ -191,17 +191,7 @@ def test_a_retry_adopts_the_export_its_earlier_try_finished_before_dying(
     first = make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
     created = emulator.stats()["export_tasks_created"]
     if not released:  # the lease try 1 held when it died: renewed just before it sealed
-        manifest = json.loads(stored(target, s3_client=s3_client)[MANIFEST_NAME])
-        lease = {
-            "writer_id": "try-1",
-            "task": "tests/run/export/-1",
-            "try_number": 1,
-            "host": "worker-2:4242",
-            **period_of(manifest),
-            "acquired_at": manifest["started_at"],
-            "expires_at": time.time() + 3600,
-        }
-        write_document(target, LEASE_NAME, lease, s3_client)
+        leave_try_1s_lease(target, s3_client)
     before = stored(target, s3_client=s3_client)
 
     second = make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=2)))
@@ -226,17 +216,7 @@ def test_a_finished_export_in_another_output_format_is_not_adopted(
     """Try 1 (csv) finished and died holding the location; try 2 asks for csv.gz: it must get csv.gz."""
     s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
     make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
-    manifest = json.loads(stored(target, s3_client=s3_client)[MANIFEST_NAME])
-    lease = {
-        "writer_id": "try-1",
-        "task": "tests/run/export/-1",
-        "try_number": 1,
-        "host": "worker-2:4242",
-        **period_of(manifest),
-        "acquired_at": manifest["started_at"],
-        "expires_at": time.time() + 3600,
-    }
-    write_document(target, LEASE_NAME, lease, s3_client)
+    leave_try_1s_lease(target, s3_client)
 
     second = make_operator(target, replace=True, output_format="csv.gz").execute(
         context_for(*SEPTEMBER, ti=task_instance(try_number=2))
@@ -298,6 +278,21 @@ def test_a_rerun_killed_while_switching_is_finished_before_anything_clears_its_s
     assert not any("_staging/" in part["key"] for part in manifest["parts"])
     report = verify_manifest(manifest_location(target), conn_id="aws_default" if s3_client else None)
     assert report.intact, report.problems
+
+
+def leave_try_1s_lease(target: dict[str, Any], s3_client: Any) -> None:
+    """The lease try 1 held when it died: renewed just before it sealed the manifest now stored."""
+    manifest = json.loads(stored(target, s3_client=s3_client)[MANIFEST_NAME])
+    lease = {
+        "writer_id": "try-1",
+        "task": "tests/run/export/-1",
+        "try_number": 1,
+        "host": "worker-2:4242",
+        **period_of(manifest),
+        "acquired_at": manifest["started_at"],
+        "expires_at": time.time() + 3600,
+    }
+    write_document(target, LEASE_NAME, lease, s3_client)
 
 
 def write_document(target: dict[str, Any], name: str, document: dict[str, Any], s3_client: Any) -> None:
