@@ -6,7 +6,8 @@ response field it was; they never contain the API token.
 
 Errors that a retry cannot fix are *final*: they also derive from ``AirflowFailException``, so
 Airflow fails the task at once instead of spending its retries. Final: validation errors, auth
-errors, redirects (a wrong Base URL), and a misbehaving cursor (a loop, ``max_batches``).
+errors, redirects (a wrong Base URL), a misbehaving cursor (a loop, ``max_batches``), and verified
+data the chosen ``output_format`` cannot hold.
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ class LoyaltyExportTaskFailed(LoyaltyError):
 
 class LoyaltyVerificationError(LoyaltyError):
     """A downloaded batch failed verification (corrupt zip, CRC, row count)."""
+
+
+class LoyaltyOutputFormatError(LoyaltyFinalError):
+    """A verified batch holds a value the chosen ``output_format`` cannot store (a Parquet column
+    typed ``int64``, ``timestamp`` or ``bool`` got other text). The file is sound, so the batch is
+    not created again and the task is not retried; ``output_format='csv'`` keeps every value as sent."""
 
 
 class LoyaltyCursorError(LoyaltyFinalError):

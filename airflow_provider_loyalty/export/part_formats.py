@@ -21,7 +21,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from typing import IO, TYPE_CHECKING, Any
 
-from airflow_provider_loyalty.exceptions import LoyaltyValidationError, LoyaltyVerificationError
+from airflow_provider_loyalty.exceptions import LoyaltyOutputFormatError, LoyaltyValidationError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -40,9 +40,12 @@ PARQUET_INSTALL_HINT = "output_format='parquet' needs pyarrow: pip install 'airf
 #: Parquet column types of the transaction fields (account transactions endpoint); other columns
 #: are strings. ``amount`` and the balances stay strings: the API sends them as decimal text of no
 #: documented scale, and a string keeps every digit as sent where a fixed-scale decimal would have
-#: to guess a scale and could round or refuse values. Timestamps are RFC3339 times to the second,
-#: read into UTC (``timestamp[s, UTC]``; Parquet has no seconds unit, so the file stores and
-#: readers see milliseconds). Empty fields of non-string columns are nulls.
+#: to guess a scale and could round or refuse values. Timestamps are RFC3339 times read into UTC
+#: as ``timestamp[us, UTC]``: any fraction of a second the API sends is kept to the microsecond
+#: (digits past the sixth must be zeros), and the other shapes RFC3339 allows are read as
+#: :mod:`~airflow_provider_loyalty.utils.periods` reads them (``t``/``z`` in lower case, a space
+#: for the ``T``, a comma before the fraction, ``:60`` for a leap second, read as ``:59``).
+#: Empty fields of non-string columns are nulls.
 PARQUET_TYPES: dict[str, str] = {
     "promo_iid": "int64",
     "source_iid": "int64",
@@ -55,7 +58,7 @@ PARQUET_TYPES: dict[str, str] = {
 }
 _TYPE_HINTS = {
     "int64": "an integer",
-    "timestamp": "an RFC3339 time with a zone, to the second",
+    "timestamp": "an RFC3339 time with a zone (to the microsecond)",
     "bool": "true or false",
 }
 
@@ -270,7 +273,7 @@ class ParquetPartWriter(PartWriter):
         import pyarrow.parquet as pq
 
         pa = self._pa
-        types = {"int64": pa.int64(), "timestamp": pa.timestamp("s", tz="UTC"), "bool": pa.bool_()}
+        types = {"int64": pa.int64(), "timestamp": pa.timestamp("us", tz="UTC"), "bool": pa.bool_()}
         self._schema = pa.schema(
             [pa.field(name, types.get(PARQUET_TYPES.get(name, ""), pa.string())) for name in header]
         )
@@ -302,11 +305,13 @@ class ParquetPartWriter(PartWriter):
         import pyarrow.compute as pc
 
         nullable = pc.if_else(pc.equal(strings, ""), pa.scalar(None, pa.string()), strings)
+        if PARQUET_TYPES[field.name] == "timestamp":
+            nullable = _arrow_readable_times(pc, nullable)
         try:
             return pc.cast(nullable, field.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             bad = next(value for value in values if value and not _parses(pa, value, field.type))
-            raise LoyaltyVerificationError(
+            raise LoyaltyOutputFormatError(
                 f"parquet column {field.name!r} expects {_TYPE_HINTS[PARQUET_TYPES[field.name]]} "
                 f"(or an empty field), got {bad[:80]!r}; output_format='csv' keeps such values as sent"
             ) from None
@@ -331,11 +336,32 @@ class ParquetPartWriter(PartWriter):
         self._writer = None
 
 
+#: RFC3339 shapes Arrow's parser does not take, rewritten to ones it does (RE2 patterns, in order):
+#: a leap second is the second before it, a comma fraction a dot one, and zeros past the sixth
+#: digit of a fraction (Arrow's microseconds) are dropped; other digits there stay and are refused.
+_TIME_REWRITES = (
+    (r"^(\d{4}-\d\d-\d\d[T ]\d\d:\d\d):60", r"\1:59"),
+    (r"^(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d),", r"\1."),
+    (r"^(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\.\d{6})0+(\D|$)", r"\1\2"),
+)
+
+
+def _arrow_readable_times(pc: Any, times: Any) -> Any:
+    """RFC3339 times in the shapes Arrow's string-to-timestamp cast reads (upper case first)."""
+    times = pc.utf8_upper(times)
+    for pattern, replacement in _TIME_REWRITES:
+        times = pc.replace_substring_regex(times, pattern=pattern, replacement=replacement)
+    return times
+
+
 def _parses(pa: Any, value: str, arrow_type: Any) -> bool:
     import pyarrow.compute as pc
 
     try:
-        pc.cast(pa.array([value], pa.string()), arrow_type)
+        strings = pa.array([value], pa.string())
+        if pa.types.is_timestamp(arrow_type):
+            strings = _arrow_readable_times(pc, strings)
+        pc.cast(strings, arrow_type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
     return True

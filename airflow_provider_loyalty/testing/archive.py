@@ -15,6 +15,7 @@ are ``\n``), booleans ``true``/``false`` and ``custom_json`` as a JSON string. T
 
 from __future__ import annotations
 
+import datetime as dt
 import zipfile
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,13 +28,23 @@ from airflow_provider_loyalty.testing.data import (
     transaction_to_csv_row,
 )
 
-__all__ = ["ArchiveSpec", "BatchRows", "FillerMembers", "ZipSink", "csv_line", "member_names", "write_export_zip"]
+__all__ = [
+    "ArchiveSpec",
+    "BatchRows",
+    "FillerMembers",
+    "ZipSink",
+    "csv_line",
+    "member_names",
+    "rfc3339_shape",
+    "write_export_zip",
+]
 
 _ZIP_DATE = (2023, 10, 1, 0, 0, 0)
 _CSV_FLUSH = 256 * 1024  # characters buffered before they are written to the zip member
 _BOM = b"\xef\xbb\xbf"
 _LINE_ENDINGS = {"crlf": "\r\n", "lf": "\n"}
 _STRAY_COLUMN = TRANSACTION_FIELDS.index("product_eid")
+_TIME_COLUMNS = tuple(TRANSACTION_FIELDS.index(name) for name in ("created_at", "activation_date", "expiration_date"))
 _FILLER_BLOCK = 64 * 1024
 
 
@@ -56,7 +67,7 @@ class ArchiveSpec:
 
     :param compresslevel: deflate level 0..9.
     :param members: CSV members; the rows are split evenly over them, each with the header.
-    :param csv_style: ``standard`` or ``stray_quotes``.
+    :param csv_style: one of :data:`~airflow_provider_loyalty.testing.config.CSV_STYLES`.
     :param csv_bom: start each member with a UTF-8 byte order mark.
     :param line_ending: ``crlf`` or ``lf``.
     :param empty_style: how a batch without rows looks (``header_only``, ``zero_byte_csv``,
@@ -196,6 +207,7 @@ def _write_csv_member(
     estimate = 4096 + (hi - lo) * (1024 + stream.row_padding)
     terminator = _LINE_ENDINGS[spec.line_ending]
     stray = spec.csv_style == "stray_quotes"
+    shaped_times = spec.csv_style == "rfc3339_shapes"
     written = 0
     with archive.open(_member_info(name, spec.compresslevel), "w", force_zip64=estimate > zipfile.ZIP64_LIMIT) as out:
         if spec.csv_bom:
@@ -204,6 +216,9 @@ def _write_csv_member(
         size = 0
         for index in range(lo, hi):
             cells = transaction_to_csv_row(stream.transaction(index))
+            if shaped_times:
+                for column in _TIME_COLUMNS:
+                    cells[column] = rfc3339_shape(cells[column], index + column)
             stray_text = _stray_quote_text(index) if stray else None
             if stray_text is None:
                 line = csv_line(cells, terminator)
@@ -227,6 +242,36 @@ def _stray_quote_text(index: int) -> str | None:
     if index % 7 == 2:
         return ' 12"'
     return None
+
+
+def rfc3339_shape(time: str, variant: int) -> str:
+    """``time`` (``YYYY-MM-DDTHH:MM:SSZ``, or empty) in one of the shapes RFC3339 also allows.
+
+    By ``variant % 7``: as it is; lower case; a space for ``T`` and the ``+05:30`` offset (the same
+    instant); microseconds after ``.``; a comma fraction of nine digits (the last three zeros);
+    the ``-00:00`` offset; the leap second ``2016-12-31T23:59:60Z`` (a different instant: a time
+    column with a leap second in it).
+
+    :param time: a time as the emulator writes it.
+    :param variant: which shape.
+    """
+    if len(time) != 20:
+        return time
+    shape = variant % 7
+    if shape == 1:
+        return time.lower()
+    if shape == 2:
+        local = dt.datetime.fromisoformat(time).astimezone(dt.timezone(dt.timedelta(hours=5, minutes=30)))
+        return local.isoformat(sep=" ")
+    if shape == 3:
+        return f"{time[:-1]}.{variant % 1_000_000:06d}Z"
+    if shape == 4:
+        return f"{time[:-1]},{variant % 1_000_000:06d}000Z"
+    if shape == 5:
+        return f"{time[:-1]}-00:00"
+    if shape == 6:
+        return "2016-12-31T23:59:60Z"
+    return time
 
 
 def csv_line(cells: list[str], terminator: str, unquoted: int | None = None) -> str:

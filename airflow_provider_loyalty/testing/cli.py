@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--period-end", help="RFC3339 last created_at")
     parser.add_argument("--progress-style", choices=PROGRESS_STYLES, help="progress as int or decimal")
     parser.add_argument("--zip-members", type=int, help="CSV members per zip (rows split evenly)")
-    parser.add_argument("--csv-style", choices=CSV_STYLES, help="stray_quotes: some unquoted fields hold a quote")
+    parser.add_argument(
+        "--csv-style",
+        choices=CSV_STYLES,
+        help="stray_quotes: some unquoted fields hold a quote; rfc3339_shapes: times in every RFC3339 shape",
+    )
     parser.add_argument(
         "--csv-bom", action="store_const", const=True, default=None, help="start each CSV with a UTF-8 BOM"
     )

@@ -30,7 +30,10 @@ CURSOR_MODES: tuple[str, ...] = ("exclusive", "inclusive", "next_row")
 HASHED_FILE_STYLES: tuple[str, ...] = ("seed", "colon", "plain")
 #: ``standard``: ``csv.QUOTE_MINIMAL``. ``stray_quotes``: also some unquoted fields with a ``"``
 #: inside (``prod_12 5" screen``), which ``csv.reader`` (excel dialect) still reads as one field.
-CSV_STYLES: tuple[str, ...] = ("standard", "stray_quotes")
+#: ``rfc3339_shapes``: the time columns cycle through the other shapes RFC3339 allows (lower case,
+#: a space for ``T``, an offset, fractions after ``.`` or ``,``, ``:60``; see
+#: :func:`~airflow_provider_loyalty.testing.archive.rfc3339_shape`).
+CSV_STYLES: tuple[str, ...] = ("standard", "stray_quotes", "rfc3339_shapes")
 #: ``crlf``: lines end with ``\r\n`` (RFC 4180); ``lf``: with ``\n``.
 CSV_LINE_ENDINGS: tuple[str, ...] = ("crlf", "lf")
 #: How an export task with ``total`` 0 says "nothing": ``header_only`` (a zip whose CSV holds the

@@ -30,6 +30,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyFinalError,
     LoyaltyLocationBusyError,
     LoyaltyNotFoundError,
+    LoyaltyOutputFormatError,
     LoyaltyRedirectError,
     LoyaltyResponseError,
     LoyaltyStorageError,
@@ -53,6 +54,7 @@ FINAL = {
     LoyaltyRedirectError,
     LoyaltyTlsError,
     LoyaltyCursorError,
+    LoyaltyOutputFormatError,
 }
 #: A retry may get past these (a later attempt, a re-created batch, another moment).
 NOT_FINAL = {

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pytest
 
-from airflow_provider_loyalty.exceptions import LoyaltyValidationError, LoyaltyVerificationError
+from airflow_provider_loyalty.exceptions import LoyaltyOutputFormatError, LoyaltyValidationError
 from airflow_provider_loyalty.export import archive, csv_records, part_formats
 from airflow_provider_loyalty.export.part_formats import PARQUET_TYPES, check_output_format, part_suffix
 
@@ -129,8 +129,8 @@ def test_parquet_part_has_typed_columns_and_the_exact_rows(tmp_path):
     assert table.column("transaction_id").to_pylist() == _ids(data)
     types = {field.name: str(field.type) for field in table.schema}
     assert types["promo_iid"] == types["source_iid"] == types["source_subiid"] == "int64"
-    # timestamp[s, UTC] as written; Parquet has no seconds unit and stores (so reads back) milliseconds.
-    assert types["created_at"] == types["activation_date"] == types["expiration_date"] == "timestamp[ms, tz=UTC]"
+    # microseconds: any fraction the API sends is kept
+    assert types["created_at"] == types["activation_date"] == types["expiration_date"] == "timestamp[us, tz=UTC]"
     assert types["is_temp"] == types["canceled"] == "bool"
     for name in (
         "transaction_id",
@@ -168,10 +168,40 @@ def test_parquet_is_written_in_row_groups(tmp_path, monkeypatch):
     assert sum(sizes) == 10_000 and max(sizes) <= 3000 and len(sizes) >= 4
 
 
-def test_a_value_that_does_not_fit_its_parquet_type_is_a_verification_error(tmp_path):
-    data = _csv(3).replace(b"2023-12-31T23:59:59Z", b"2023-12-31 end of year", 1)
-    with pytest.raises(LoyaltyVerificationError, match="parquet column 'expiration_date' expects an RFC3339 time"):
+@pytest.mark.parametrize(
+    "bad",
+    [b"2023-12-31 end of year", b"2023-12-31T23:59:59.1234567Z", b"2023-12-31T23:59:61Z", b"2023-12-31T23:59:59"],
+    ids=["words", "past-microseconds", "second-61", "no-zone"],
+)
+def test_a_value_that_does_not_fit_its_parquet_type_is_an_output_format_error(tmp_path, bad):
+    data = _csv(3).replace(b"2023-12-31T23:59:59Z", bad, 1)
+    with pytest.raises(
+        LoyaltyOutputFormatError, match="parquet column 'expiration_date' expects an RFC3339 time"
+    ) as caught:
         archive.write_part(_zip(tmp_path, data), io.BytesIO(), expected_rows=3, output_format="parquet")
+    assert repr(bad.decode())[:30] in str(caught.value)
+
+
+def test_parquet_times_keep_microseconds_and_read_rfc3339_variants(tmp_path):
+    shapes = {
+        "2023-12-31T23:59:59.000001Z": "2023-12-31T23:59:59.000001+00:00",
+        "2023-12-31t23:59:59.5z": "2023-12-31T23:59:59.500000+00:00",
+        "2024-01-01 05:29:59,25+05:30": "2023-12-31T23:59:59.250000+00:00",
+        "2016-12-31T23:59:60Z": "2016-12-31T23:59:59+00:00",
+        "2016-12-31T23:59:60.5Z": "2016-12-31T23:59:59.500000+00:00",
+        "2023-12-31T23:59:59.123456000Z": "2023-12-31T23:59:59.123456+00:00",
+        "9999-12-31T23:59:59Z": "9999-12-31T23:59:59+00:00",
+    }
+    data = _csv(len(shapes))
+    for shape in shapes:
+        cell = f'"{shape}"' if "," in shape else shape
+        data = data.replace(b"2023-12-31T23:59:59Z", cell.encode(), 1)
+    stored = io.BytesIO()
+    archive.write_part(_zip(tmp_path, data), stored, expected_rows=len(shapes), output_format="parquet")
+    table = _read_parquet(stored.getvalue()).read()
+    assert str(table.schema.field("expiration_date").type) == "timestamp[us, tz=UTC]"
+    read = [value.isoformat() for value in table.column("expiration_date").to_pylist()]
+    assert read == list(shapes.values())
 
 
 def test_parquet_without_pyarrow_says_how_to_install_it(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import gzip
 import io
 import json
@@ -22,6 +23,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyError,
     LoyaltyExportTaskFailed,
     LoyaltyNotFoundError,
+    LoyaltyOutputFormatError,
     LoyaltyUnsafeDataError,
     LoyaltyValidationError,
 )
@@ -56,6 +58,21 @@ def ids_of(payloads: list[bytes], output_format: str) -> list[str]:
         column = next(reader).index("transaction_id")
         ids.extend(row[column] for row in reader if row)
     return ids
+
+
+def _reference_rfc3339(text: str) -> datetime.datetime | None:
+    """An RFC3339 time read by the standard library, as the parquet part must hold it."""
+    if not text:
+        return None
+    text = text.upper().replace(",", ".")
+    if text[17:19] == "60":
+        text = f"{text[:17]}59{text[19:]}"
+    head, dot, rest = text.partition(".")
+    if dot:  # at most six digits for fromisoformat; the emulator's extra ones are zeros
+        digits = "".join(ch for ch in rest if ch.isdigit())
+        assert not digits[6:].strip("0"), text
+        text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
+    return datetime.datetime.fromisoformat(text).astimezone(datetime.UTC)
 
 
 def member_operator(tmp_path, **kwargs) -> LoyaltyAccountTransactionsOperator:
@@ -471,6 +488,62 @@ class TestOutputFormats:
             assert part["key"].endswith(f".{output_format}") and part["bytes"] == len(payload)
         assert ids_of(payloads, output_format) == all_transaction_ids(emulator)
         assert verify_manifest(manifest["manifest"]).intact
+
+    def test_parquet_reads_every_rfc3339_shape_the_server_may_send(self, emulator, tmp_path: Path):
+        """Lower case, a space for T, offsets, fractions after . or , and :60 land as the instants
+        the CSV says (read by an independent parser), to the microsecond."""
+        pq = pytest.importorskip("pyarrow.parquet")
+        emulator.config = dataclasses.replace(emulator.config, csv_style="rfc3339_shapes")
+        manifests = {
+            output_format: LoyaltyExportOperator(
+                task_id="export",
+                loyalty_program_id=123,
+                points_currency_eid="bonus_points",
+                output_path=str(tmp_path / output_format),
+                output_format=output_format,
+                poll_interval=0.05,
+                deferrable=False,
+            ).execute(context_for())
+            for output_format in ("csv", "parquet")
+        }
+        texts: list[dict[str, str]] = []
+        for part in manifests["csv"]["parts"]:
+            texts.extend(
+                csv.DictReader(io.StringIO((tmp_path / "csv" / Path(part["key"]).name).read_text(), newline=""))
+            )
+        table = [
+            row
+            for part in manifests["parquet"]["parts"]
+            for row in pq.read_table(tmp_path / "parquet" / Path(part["key"]).name).to_pylist()
+        ]
+        assert len(table) == len(texts) == 2500
+        shapes = {text[name] for text in texts for name in ("created_at", "activation_date", "expiration_date")}
+        assert any(" " in shape and "+05:30" in shape for shape in shapes) and "2016-12-31T23:59:60Z" in shapes
+        assert any("," in shape for shape in shapes) and any(shape.endswith("z") for shape in shapes)
+        for text, row in zip(texts, table, strict=True):
+            for name in ("created_at", "activation_date", "expiration_date"):
+                assert row[name] == _reference_rfc3339(text[name]), (name, text[name])
+
+    def test_a_value_parquet_cannot_type_fails_at_once_without_creating_the_batch_again(
+        self, emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ):
+        pytest.importorskip("pyarrow")
+        from airflow_provider_loyalty.export import part_formats
+
+        monkeypatch.setitem(part_formats.PARQUET_TYPES, "transaction_type", "int64")  # "accrual" is text
+        with pytest.raises(LoyaltyOutputFormatError, match="parquet column 'transaction_type' expects an integer"):
+            LoyaltyExportOperator(
+                task_id="export",
+                loyalty_program_id=123,
+                points_currency_eid="bonus_points",
+                output_path=str(tmp_path),
+                output_format="parquet",
+                poll_interval=0.05,
+                deferrable=False,
+            ).execute(context_for())
+        cursors = [task["from_id"] for task in emulator.export_tasks()]
+        assert cursors[0] is None and len(cursors) == len(set(cursors))  # no batch was created again
+        assert not (tmp_path / "_manifest.json").exists()
 
     def test_csv_gz_stores_far_fewer_bytes_than_csv(self, emulator, tmp_path: Path):
         sizes: dict[str, Any] = {}
