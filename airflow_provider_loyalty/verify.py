@@ -3,7 +3,8 @@
 Every part the manifest lists is read again, as a stream, and its stored bytes, SHA-256 and data
 rows are compared with the manifest; the export location is listed for objects the manifest does not
 list (strays). Files whose names start with ``_`` (the manifest, the in-progress checkpoint, a
-lease, staging areas) are bookkeeping and only reported as notes.
+lease, staging areas) are bookkeeping and only reported as notes; other sub-directories of the
+location are not listed (another export's location, or not the export's at all).
 
 Exit codes of ``loyalty-verify``: 0 intact, 1 not intact, 2 cannot check.
 """
@@ -329,12 +330,12 @@ class _Verification:
         folders: set[str] = set()
         archives = 0
         try:
-            for path in self.store.list_paths(self.directory):
+            for path in self.store.list_paths(self.directory, descend_into=_is_bookkeeping):
                 if path == self.manifest_path or path in listed:
                     continue
                 name = path[len(self.directory) + 1 :] if path.startswith(self.directory + "/") else path
                 top = name.split("/", 1)[0]
-                if top.startswith("_"):
+                if _is_bookkeeping(top):
                     bookkeeping[f"{TEMPORARY_PREFIX}*" if top.startswith(TEMPORARY_PREFIX) else top] += 1
                     if "/" in name:
                         folders.add(top)
@@ -350,6 +351,15 @@ class _Verification:
             self.report.notes.append(f"{what}: {_BOOKKEEPING_MEANING.get(top, 'bookkeeping, not a part')}")
         if archives:
             self.report.notes.append(f"{archives} part-NNNNN.zip archive(s) kept as downloaded (keep_zip), not parts")
+
+
+def _is_bookkeeping(name: str) -> bool:
+    """Whether a name directly under an export's location is the exports' bookkeeping (``_staging``,
+    ``_lease.json`` ...); a sub-directory without the ``_`` is another location, not this export's.
+
+    :param name: a file or sub-directory name, one level under the location.
+    """
+    return name.startswith("_")
 
 
 def _mib(size: int) -> str:

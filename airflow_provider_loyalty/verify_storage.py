@@ -13,7 +13,7 @@ import io
 import os
 import posixpath
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
@@ -71,8 +71,13 @@ class Store(ABC):
         """A seekable binary file of the object (for Parquet footers); reads only what is asked."""
 
     @abstractmethod
-    def list_paths(self, directory: str) -> Iterator[str]:
-        """Paths of every object under ``directory``, in sub-directories too."""
+    def list_paths(self, directory: str, descend_into: Callable[[str], bool]) -> Iterator[str]:
+        """Paths of the objects directly in ``directory``, and of every object under those of its
+        sub-directories that ``descend_into`` accepts; the other sub-directories are not listed.
+
+        :param directory: the path to list.
+        :param descend_into: whether a sub-directory of ``directory``, by its name, is listed too.
+        """
 
     def is_directory_reference(self, path: str, raw: str) -> bool:
         """Whether a location given by a user names a directory/prefix rather than a manifest."""
@@ -143,13 +148,13 @@ class LocalStore(FileLikeStore):
         except PermissionError:
             raise AccessDenied(f"permission denied reading {path}") from None
 
-    def list_paths(self, directory: str) -> Iterator[str]:
+    def list_paths(self, directory: str, descend_into: Callable[[str], bool]) -> Iterator[str]:
         def refuse(error: OSError) -> None:
             if isinstance(error, PermissionError):
                 raise AccessDenied(f"permission denied listing {error.filename}") from None
 
         for root, dirs, files in os.walk(directory, onerror=refuse):
-            dirs.sort()
+            dirs[:] = sorted(name for name in dirs if root != directory or descend_into(name))
             for name in sorted(files):
                 yield posixpath.join(root, name)
 
@@ -203,18 +208,28 @@ class S3Store(Store):
             reply = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}")
             return bytes(reply["Body"].read())
 
-    def list_paths(self, directory: str) -> Iterator[str]:
+    def list_paths(self, directory: str, descend_into: Callable[[str], bool]) -> Iterator[str]:
         bucket, prefix = _split(directory)
         prefix = f"{prefix.rstrip('/')}/" if prefix else ""
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
         with self._errors(directory, listing=True):
-            for page in pages:
-                for item in page.get("Contents", []):
-                    if not item["Key"].endswith("/"):  # zero-byte "folder" markers are not objects
-                        yield f"{bucket}/{item['Key']}"
+            # With a delimiter, what lies under a sub-prefix comes back as that one prefix, not its keys.
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                yield from _object_paths(bucket, page)
+                for sub in page.get("CommonPrefixes", []):
+                    if descend_into(sub["Prefix"][len(prefix) :].rstrip("/")):
+                        for inner in paginator.paginate(Bucket=bucket, Prefix=sub["Prefix"]):
+                            yield from _object_paths(bucket, inner)
 
     def _errors(self, path: str, *, listing: bool = False) -> AbstractContextManager[None]:
         return _s3_errors(self.display(path), "listing" if listing else "reading")
+
+
+def _object_paths(bucket: str, page: dict[str, Any]) -> Iterator[str]:
+    """The ``bucket/key`` paths of the objects in one ``list_objects_v2`` page."""
+    for item in page.get("Contents", []):
+        if not item["Key"].endswith("/"):  # zero-byte "folder" markers are not objects
+            yield f"{bucket}/{item['Key']}"
 
 
 @contextmanager
@@ -305,15 +320,19 @@ class ObjectStorageStore(FileLikeStore):
         except PermissionError:
             raise AccessDenied(f"access denied reading {self.display(path)}") from None
 
-    def list_paths(self, directory: str) -> Iterator[str]:
+    def list_paths(self, directory: str, descend_into: Callable[[str], bool]) -> Iterator[str]:
         try:
             found = self.fs.find(directory)
         except FileNotFoundError:
             return
         except PermissionError:
             raise AccessDenied(f"access denied listing {self.display(directory)}") from None
+        inside = directory.rstrip("/") + "/"
         for path in sorted(found):
-            yield path.split("://", 1)[-1]
+            path = path.split("://", 1)[-1]
+            name = path[len(inside) :] if path.startswith(inside) else ""  # not under it: as found
+            if "/" not in name or descend_into(name.split("/", 1)[0]):
+                yield path
 
 
 def open_store(location: str, conn_id: str | None) -> tuple[Store, str]:
