@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -441,9 +442,14 @@ class LoyaltyHook(BaseHook):
         (so a wrong Base URL whose every path is "not found" does not pass). Anything else — an auth
         refusal, an error inside an HTTP 200, a 4xx, a redirect (with where it points) — is
         ``(False, <the API's text>)``.
+
+        Each request is tried once, whatever the connection's ``max_retries``: a mistyped host or
+        port, or a server that is down, is reported at once instead of after a task's worth of
+        backoff.
         """
         probe = f"task_connection-test-{uuid.uuid4()}"
         try:
+            self.__dict__["_retry_policy"] = retry_policy(dataclasses.replace(self.settings, max_retries=0), self.log)
             with token_redacted(self._token()):
                 try:
                     self.get_task_status(probe)
@@ -463,6 +469,7 @@ class LoyaltyHook(BaseHook):
         except Exception as error:
             return False, f"{type(error).__name__}: {error}"
         finally:
+            self.__dict__.pop("_retry_policy", None)  # later calls retry as the connection says
             self.close()
 
     def _probe_confirms(self, not_found: LoyaltyApiError) -> tuple[bool, str]:

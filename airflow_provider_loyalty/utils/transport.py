@@ -3,6 +3,7 @@ mapping of transport failures (requests, urllib3, aiohttp, ssl, sockets) to type
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Mapping
 
@@ -125,7 +126,7 @@ def transport_error(settings: LoyaltyConnectionSettings, path: str, error: BaseE
     chain = _chain(error)
     names = {type(item).__name__ for item in chain}
     if any(isinstance(item, TimeoutError) for item in chain) or names & _TIMEOUTS:
-        return LoyaltyTransientError(None, f"{path}: timed out", None)
+        return LoyaltyTransientError(None, f"{path}: timed out ({settings.netloc})", None)
     if names & _CUT_SHORT:
         return LoyaltyTransientError(None, f"{path}: reply body cut short ({type(error).__name__})", None)
     if isinstance(error, ValueError | TypeError):
@@ -134,4 +135,14 @@ def transport_error(settings: LoyaltyConnectionSettings, path: str, error: BaseE
             f"{path}: the request could not be sent ({type(error).__name__}); check the connection's "
             "Base URL and API token for characters an HTTP request cannot carry"
         )
-    return LoyaltyTransientError(None, f"{path}: connection failed ({type(error).__name__})", None)
+    return LoyaltyTransientError(None, f"{path}: {_connection_failure(settings, chain)}", None)
+
+
+def _connection_failure(settings: LoyaltyConnectionSettings, chain: list[BaseException]) -> str:
+    """Where the connection failed and why, in the words a user checks the connection with."""
+    where = f"cannot connect to {settings.netloc}"
+    if any(isinstance(item, ConnectionRefusedError) for item in chain):
+        return f"{where}: connection refused (nothing listens on that port: check the Base URL's host and port)"
+    if any(isinstance(item, socket.gaierror) for item in chain):
+        return f"{where}: the host name does not resolve (check the Base URL's host)"
+    return f"{where} ({type(chain[-1]).__name__})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import time
 import zipfile
 
@@ -681,6 +682,25 @@ def test_test_connection_false_with_the_reason(monkeypatch: pytest.MonkeyPatch, 
     assert ok is False, message
     assert expected in message
     assert "t0ken-value" not in message
+
+
+def test_test_connection_tries_once_whatever_the_connections_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that is down (503), or a port nobody listens on, is reported at the first answer."""
+    with loopback_server(_everywhere(503, {"error": 1500, "error_text": "Service unavailable"})) as server:
+        _point_at_server(monkeypatch, server.url, max_retries=5, retry_backoff=2)
+        hook = LoyaltyHook()
+        ok, message = hook.test_connection()
+        assert (ok, len(server.requests)) == (False, 1), message
+        assert "Service unavailable" in message
+        with pytest.raises(LoyaltyTransientError):  # the hook's own calls still retry, as configured
+            LoyaltyHook(retry_backoff=0.01).get_task_status("task_1")
+        assert len(server.requests) == 1 + 6
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    _point_at_server(monkeypatch, f"http://127.0.0.1:{port}", max_retries=5, retry_backoff=30)
+    ok, message = LoyaltyHook().test_connection()  # with 5 retries of 30 s backoff this took minutes
+    assert ok is False and f"127.0.0.1:{port}" in message, message
 
 
 def test_test_connection_true_when_only_the_task_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:

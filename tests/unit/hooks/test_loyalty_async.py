@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import textwrap
 import time
@@ -329,3 +330,25 @@ async def test_the_documented_trigger_example_runs(
 
     (refused,) = [event.payload async for event in ExportFinishedTrigger("task_x", loyalty_conn_id="nope").run()]
     assert refused["status"] == "error" and "nope" in refused["message"]
+
+
+# ------------------------------------------------------------------------------------ where it failed
+
+
+async def test_a_wrong_host_or_port_is_named_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both hooks say which host and port they could not reach, and why, not a bare exception name."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    cases = {
+        f"http://127.0.0.1:{port}": f"cannot connect to 127.0.0.1:{port}: connection refused",
+        "http://no-such-host.invalid:8080": "cannot connect to no-such-host.invalid:8080: the host name does not resolve",
+    }
+    for url, expected in cases.items():
+        connection = {"conn_type": "loyalty", "host": url, "password": "a-token-value", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        with pytest.raises(LoyaltyTransientError, match=expected):
+            async with LoyaltyAsyncHook() as hook:
+                await hook.get_task_status("task_1")
+        with pytest.raises(LoyaltyTransientError, match=expected):
+            LoyaltyHook().get_task_status("task_1")
