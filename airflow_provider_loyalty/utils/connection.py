@@ -18,7 +18,7 @@ import socket
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 from airflow_provider_loyalty.utils import validation
@@ -128,10 +128,17 @@ class LoyaltyConnectionSettings:
 _API_ROOT_SUFFIX = re.compile(r"/api(?:/v\d+(?:\.\d+)*)?$")
 
 
-def normalize_base_url(host: str | None, schema: str | None = None, port: int | None = None) -> tuple[str, bool]:
+def normalize_base_url(
+    host: str | None, schema: str | None = None, port: int | None = None, path_prefix: str | None = None
+) -> tuple[str, bool]:
     """``example.com`` → ``https://example.com``; keeps an explicit scheme, port and path prefix
     (a proxy's), but drops a trailing ``/api`` or ``/api/v1.1`` the API's documented URLs carry.
 
+    :param host: the connection's Host (the base URL, with or without a scheme).
+    :param schema: ``http`` or ``https`` when the connection names the scheme apart from the Host.
+    :param port: the connection's Port, when the Host has none.
+    :param path_prefix: a path prefix given apart from the Host (a URI-form connection's path, which
+        Airflow stores as the Schema field); used when the Host has no path of its own.
     :return: the base URL, and whether https was assumed for a Host without a scheme.
     """
     raw = (host or "").strip()
@@ -148,7 +155,10 @@ def normalize_base_url(host: str | None, schema: str | None = None, port: int | 
     netloc = parts.netloc
     if port and parts.port is None:
         netloc = f"{netloc}:{port}"
-    path = _API_ROOT_SUFFIX.sub("", parts.path.rstrip("/"))  # the provider adds /api/v1.1/... itself
+    path = parts.path.rstrip("/")
+    if not path and path_prefix and path_prefix.strip("/"):
+        path = "/" + quote(path_prefix.strip("/"), safe="/%:@!$&'()*+,;=-._~")
+    path = _API_ROOT_SUFFIX.sub("", path)  # the provider adds /api/v1.1/... itself
     return f"{parts.scheme}://{netloc}{path}", assumed
 
 
@@ -265,7 +275,9 @@ def settings_from_parts(
     """Build settings from a connection's fields; ``overrides`` (hook arguments) win over extras."""
     options = _extras(extra)
     options.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    base_url, assumed = normalize_base_url(host, schema if schema in ("http", "https") else None, port)
+    # A URI-form connection (loyalty://:TOKEN@host:8443/prefix) keeps its path in the Schema field.
+    scheme = schema if schema in ("http", "https") else None
+    base_url, assumed = normalize_base_url(host, scheme, port, path_prefix=None if scheme else schema)
     return LoyaltyConnectionSettings(
         base_url=base_url,
         token=check_token(password or options.get("token")),

@@ -210,6 +210,25 @@ def test_base_urls(host: str, schema: str | None, port: int | None, expected: tu
     assert normalize_base_url(host, schema, port) == expected
 
 
+@pytest.mark.parametrize(
+    ("uri", "base_url"),
+    [
+        ("loyalty://:TOKEN-1@gw.example.com:8443/loyalty?timeout=30", "https://gw.example.com:8443/loyalty"),
+        ("loyalty://:TOKEN-1@gw.example.com/gw%2Floyalty%2Fapi%2Fv1.1", "https://gw.example.com/gw/loyalty"),
+        ("loyalty://:TOKEN-1@example.com/api/v1.1", "https://example.com"),
+        ("loyalty://:TOKEN-1@example.com", "https://example.com"),
+        ("loyalty://:TOKEN-1@example.com:8080/http", "http://example.com:8080"),  # the scheme, as before
+    ],
+)
+def test_a_uri_form_connections_path_is_the_path_prefix(
+    monkeypatch: pytest.MonkeyPatch, uri: str, base_url: str
+) -> None:
+    """Airflow keeps a connection URI's path in the Schema field; it was dropped, so every request
+    of loyalty://:T@gw:8443/loyalty went to gw:8443/api/... instead of gw:8443/loyalty/api/..."""
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", uri)
+    assert LoyaltyHook().settings.base_url == base_url
+
+
 @pytest.mark.parametrize("host", ["", "ftp://example.com", "https://user:pw@example.com", "https://x.com/?a=1"])
 def test_bad_base_urls_name_the_host(host: str) -> None:
     with pytest.raises(LoyaltyValidationError) as caught:
