@@ -14,12 +14,14 @@ from airflow_provider_loyalty.export.sinks import PartSink
 from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOperator
 from airflow_provider_loyalty.operators.lineage import asset_uri
-from airflow_provider_loyalty.transfers.s3_location import check_bucket, check_key_prefix
+from airflow_provider_loyalty.transfers.s3_location import check_bucket, check_key_length, check_key_prefix
 from airflow_provider_loyalty.transfers.s3_options import check_transfer_config_args, check_upload_args
 from airflow_provider_loyalty.utils.validation import is_template
 
 __all__ = ["LoyaltyTransactionsToS3Operator"]
 
+#: Longest asset URI Airflow stores (``Asset`` refuses longer ones).
+MAX_ASSET_URI = 1500
 DEFAULT_PREFIX = "loyalty/transactions/program={program}/currency={currency}/{date_from}_{date_to}"
 
 
@@ -105,12 +107,13 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         if prefix is not None:
             return prefix
         currency = spec.points_currency_eid or f"iid-{spec.points_currency_iid}"
-        return DEFAULT_PREFIX.format(
+        default = DEFAULT_PREFIX.format(
             program=spec.loyalty_program_id,
             currency=currency,
             date_from=spec.date_from.replace(":", "").replace("-", ""),
             date_to=spec.date_to.replace(":", "").replace("-", ""),
         )
+        return check_key_length(default, "points_currency_eid")
 
     def build_sink(self, context: Context, spec: ExportSpec) -> PartSink:
         """Parts go under ``s3://<s3_bucket>/<prefix>/`` through ``S3Hook``."""
@@ -153,7 +156,15 @@ def default_outlets(params: dict[str, Any]) -> list[Any]:
         return []
     from airflow.sdk import Asset
 
-    return [Asset(uri=default_asset_uri(bucket, params))]
+    uri = default_asset_uri(bucket, params)
+    if len(uri) > MAX_ASSET_URI:
+        given = "s3_key_prefix" if params.get("s3_key_prefix") else "points_currency_eid"
+        raise LoyaltyValidationError(
+            given,
+            f"the export's default asset URI would be {len(uri)} characters ({uri[:60]}...), over the "
+            f"{MAX_ASSET_URI} Airflow stores; use a shorter {given}, or pass outlets (your own Asset, or [])",
+        )
+    return [Asset(uri=uri)]
 
 
 def default_asset_uri(bucket: str, params: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@
 Mistakes these catch are the usual ones: a URL where a name goes (``s3://bucket/path``), a path in
 the bucket name, a template that rendered empty (``exports//2024-01-06``), a value pasted with a
 newline. S3 itself would take most of them as odd keys, or fail with a botocore parameter error
-after the location was half used.
+after the location was half used. A prefix too long for every key an export writes under it
+(S3 keys are at most 1024 bytes of UTF-8) is refused too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from typing import Any
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 
 _SCHEME = "s3://"
+#: S3 keys are at most 1024 bytes of UTF-8. The longest name an export writes under its prefix
+#: (``/_staging/part-NNNNNNN.parquet``, ``/_manifest.inprogress.json``, ``/_tmp-<32 hex>``) is
+#: under 64 bytes, which leaves the prefix the rest.
+MAX_PREFIX_BYTES = 1024 - 64
 
 
 def check_bucket(value: Any) -> str:
@@ -48,6 +53,14 @@ def check_key_prefix(value: Any) -> str | None:
         raise LoyaltyValidationError(
             "s3_key_prefix", f"expected a key prefix, got the URL {prefix!r}{_split_hint(prefix)}"
         )
+    control = next((character for character in prefix if ord(character) < 0x20 or ord(character) == 0x7F), None)
+    if control is not None:
+        raise LoyaltyValidationError(
+            "s3_key_prefix",
+            f"{prefix[:80]!r} holds the control character {control!r} (a line break pasted with it?); "
+            "S3 would store it in every key",
+        )
+    check_key_length(prefix, "s3_key_prefix")
     segments = prefix.split("/")
     if "" in segments:
         raise LoyaltyValidationError(
@@ -56,6 +69,22 @@ def check_key_prefix(value: Any) -> str | None:
     if "." in segments or ".." in segments:
         raise LoyaltyValidationError(
             "s3_key_prefix", f"{prefix!r} has a '.' or '..' segment, which S3 keeps as a literal key name"
+        )
+    return prefix
+
+
+def check_key_length(prefix: str, parameter: str) -> str:
+    """``prefix``, if every key an export writes under it fits S3's 1024 bytes.
+
+    :param prefix: the export's key prefix.
+    :param parameter: the parameter that made it, for the error.
+    """
+    size = len(prefix.encode("utf-8", "surrogatepass"))
+    if size > MAX_PREFIX_BYTES:
+        raise LoyaltyValidationError(
+            parameter,
+            f"the key prefix {prefix[:60]!r}... is {size} bytes of UTF-8; S3 keys hold at most 1024 and "
+            f"the export's own names need up to {1024 - MAX_PREFIX_BYTES}, so keep it to {MAX_PREFIX_BYTES}",
         )
     return prefix
 

@@ -97,6 +97,8 @@ BAD_LOCATIONS = [
     ({"s3_key_prefix": "exports//2023-09"}, "s3_key_prefix: 'exports//2023-09' has an empty path segment", "render"),
     ({"s3_key_prefix": "exports/../2023-09"}, "s3_key_prefix: 'exports/../2023-09' has a '.' or '..'", "literal"),
     ({"s3_bucket": ""}, "s3_bucket: required", "bucket"),
+    ({"s3_key_prefix": "exports/2023-09\r\nold"}, "s3_key_prefix: 'exports/2023-09", "holds the control character"),
+    ({"s3_key_prefix": "档案馆/" * 250}, "s3_key_prefix: the key prefix '档案馆/档案馆", "2499 bytes of UTF-8"),
 ]
 
 
@@ -130,6 +132,15 @@ def test_a_bad_templated_location_fails_before_any_request(emulator, location, m
     with pytest.raises(LoyaltyValidationError, match=message.replace("(", r"\(")):
         operator.execute(context_for())
     assert emulator.stats()["requests_total"] == 0
+
+
+def test_a_prefix_whose_asset_uri_airflow_cannot_store_names_the_prefix_and_the_way_out(emulator):
+    """300 CJK characters fit an S3 key (900 bytes) but not an asset URI (2,700 characters encoded):
+    Airflow's own error named neither the parameter nor what to do."""
+    prefix = "档" * 300
+    with pytest.raises(LoyaltyValidationError, match=r"s3_key_prefix: the export's default asset URI would be 2"):
+        make_operator("compliance", s3_key_prefix=prefix)
+    assert make_operator("compliance", s3_key_prefix=prefix, outlets=[]).outlets == []
 
 
 def test_a_location_pasted_with_spaces_and_newlines_lands_where_it_says(emulator, s3_bucket, s3_client):
