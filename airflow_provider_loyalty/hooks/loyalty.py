@@ -29,7 +29,7 @@ from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, ENVELOPE_SCHEMA, STATUS_SCHEMA, Schema
 from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings, settings_from_parts
 from airflow_provider_loyalty.utils.connection_form import connection_form_widgets, hook_field_behaviour
-from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
+from airflow_provider_loyalty.utils.export_status import ExportTaskStatus, cursor_text
 from airflow_provider_loyalty.utils.protocol import (
     ACCOUNT_PATH,
     DOWNLOAD_PREFIX,
@@ -390,13 +390,9 @@ class LoyaltyHook(BaseHook):
         total = envelope.get("total_count")
         if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
             raise LoyaltyResponseError(f"account/transactions: expected total_count to be an integer, got {total!r}")
-        next_from_id = envelope.get("next_from_id") or ""
-        if not isinstance(next_from_id, str):
-            raise LoyaltyResponseError(
-                f"account/transactions: expected next_from_id to be a string, got {next_from_id!r}"
-            )
         # A blank cursor is an empty one (the last page); blanks around one are no part of it.
-        return {"data": records, "next_from_id": next_from_id.strip(), "total_count": total}
+        next_from_id = cursor_text(envelope.get("next_from_id"), "account/transactions: next_from_id")
+        return {"data": records, "next_from_id": next_from_id, "total_count": total}
 
     def iter_account_transaction_pages(self, *, limit: int = 100, **member: Any) -> Iterator[dict[str, Any]]:
         """Every page of a member's history, following ``next_from_id`` until it is empty.

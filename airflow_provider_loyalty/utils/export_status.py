@@ -45,6 +45,25 @@ class ExportTaskState(enum.Enum):
         return self is not ExportTaskState.RUNNING
 
 
+def cursor_text(value: Any, where: str) -> str:
+    """A ``next_from_id`` as text: ``""`` for none (absent, null, ``false``, blank), blanks around
+    it dropped.
+
+    The API documents it as a string (a UUID); a JSON number (a server paging by integer ids) is
+    read as its digits, as the same value in an XML reply is, and ``false`` (PHP's "none") as none.
+
+    :param value: the field as decoded.
+    :param where: the reply and field, for the error.
+    """
+    if value is None or value is False:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise LoyaltyResponseError(f"{where}: expected a string, got {value!r}")
+    return value.strip()
+
+
 @dataclass(frozen=True)
 class ExportResult:
     """The ``result`` of a completed export task, checked.
@@ -76,10 +95,7 @@ class ExportResult:
         total = result.get("total")
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             raise LoyaltyResponseError(f"{where}: expected result.total to be an integer >= 0, got {total!r}")
-        next_from_id = result.get("next_from_id")
-        if next_from_id is not None and not isinstance(next_from_id, str):
-            raise LoyaltyResponseError(f"{where}: expected result.next_from_id to be a string, got {next_from_id!r}")
-        next_from_id = next_from_id.strip() if next_from_id else None
+        next_from_id = cursor_text(result.get("next_from_id"), f"{where}: result.next_from_id") or None
         hashed_file = result.get("hashed_file")
         if hashed_file is not None and not isinstance(hashed_file, str):
             raise LoyaltyResponseError(f"{where}: expected result.hashed_file to be a string, got {hashed_file!r}")

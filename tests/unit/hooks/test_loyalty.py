@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 import zipfile
+from typing import Any
 
 import pytest
 
@@ -521,7 +522,19 @@ def test_merchant_fields_named_like_documented_ones_survive_xml(monkeypatch: pyt
     assert record["custom_json"] == {"total": "99.90", "error": "none", "tags": ["a", "b"]}
 
 
-def _served_in_turn(pages: list[tuple[list[str], str]]):
+def test_an_integer_next_from_id_of_an_export_is_its_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the same value reads in an XML reply; it was refused as "not a string" in JSON only."""
+
+    def status(handler, _server) -> None:
+        result = {"hashed_file": "abc/T.zip", "total": 3, "next_from_id": 1001, "is_api": True}
+        _json_reply(handler, 200, {"data": {"status": "completed", "result": result}, "error": 0})
+
+    with loopback_server(fake_api(status=status)) as server:
+        _point_at_server(monkeypatch, server.url)
+        assert LoyaltyHook().get_export_task_status("task_1").result.next_from_id == "1001"
+
+
+def _served_in_turn(pages: list[tuple[list[str], Any]]):
     """A server answering the account endpoint with these (ids, next_from_id) pages, one per request."""
     served = iter(pages)
 
@@ -546,8 +559,11 @@ def _served_in_turn(pages: list[tuple[list[str], str]]):
         ([(["t1", "t2"], "t2"), ([], "t2")], 2),
         # cursors with blanks around them (a padded column): the blank last one ends the walk
         ([(["t1", "t2"], "\n  t2\n"), (["t3"], "  \n")], 2),
+        # a server paging by integer ids sends JSON numbers, and null or false (PHP) at the end
+        ([(["1", "2"], 2), (["3"], 3), (["4"], None)], 3),
+        ([(["1", "2"], 2), (["3"], False)], 2),
     ],
-    ids=["empty-pages-inside", "empty-last-page-echoing-its-cursor", "blank-padded-cursors"],
+    ids=["empty-pages-inside", "empty-last-page-echoing-its-cursor", "blank-padded-cursors", "int-then-null", "false"],
 )
 def test_an_empty_page_with_a_new_cursor_is_followed(monkeypatch: pytest.MonkeyPatch, pages, requests) -> None:
     """1.x stopped at the first page without records, whatever its ``next_from_id`` said: a member
