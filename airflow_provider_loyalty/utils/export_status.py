@@ -17,8 +17,13 @@ from typing import Any
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
 from airflow_provider_loyalty.utils.redaction import redact
 
-COMPLETED_WORDS = frozenset({"completed"})
-FAILED_WORDS = frozenset({"failed", "error", "canceled", "cancelled"})
+#: Status words of a finished task: the documented ``completed``, and the synonyms task APIs use
+#: for it (a word missing here would make an export wait for a finished task until its deadline).
+COMPLETED_WORDS = frozenset({"completed", "complete", "done", "success", "succeeded", "successful", "finished"})
+#: Status words of a task that ended without a file.
+FAILED_WORDS = frozenset(
+    {"failed", "failure", "error", "errored", "canceled", "cancelled", "aborted", "rejected", "expired"}
+)
 _FAILURE_TEXT_FIELDS = ("error_text", "message", "error", "reason")
 
 
