@@ -32,6 +32,8 @@ from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 _UTC = dt.UTC
 _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}")
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}([.,]\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?")
+#: ISO 8601's basic format, as ``{{ ts_nodash }}`` / ``{{ ts_nodash_with_tz }}`` render it.
+_BASIC_DATE_TIME = re.compile(r"\d{8}T\d{4}(\d{2}([.,]\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?")
 _EXPECTED = "expected a datetime, a date, or text such as '2023-09-30' or '2023-09-30T23:59:59Z'"
 
 
@@ -54,7 +56,8 @@ def parse_period_value(value: Any, parameter: str) -> dt.date | dt.datetime:
     """A date-only value as a :class:`~datetime.date`, anything with a time as a datetime.
 
     Text is accepted in the RFC3339 / ISO 8601 shapes only (``2023-09-30``, ``20230930`` as
-    ``{{ ds_nodash }}`` renders, ``2023-09-30T23:59:59Z``, with a space for the ``T``, an optional
+    ``{{ ds_nodash }}`` renders, ``20230930T235959`` as ``{{ ts_nodash }}`` renders (with an offset
+    as ``{{ ts_nodash_with_tz }}``), ``2023-09-30T23:59:59Z``, with a space for the ``T``, an optional
     fraction (after ``.`` or ``,``), an optional offset, and ``:60`` for a leap second); words
     such as ``now`` and partial dates such as ``2023-09`` are refused rather than guessed.
 
@@ -71,6 +74,10 @@ def parse_period_value(value: Any, parameter: str) -> dt.date | dt.datetime:
             if _DATE_TIME.fullmatch(text):
                 if text[16:19] == ":60":  # a leap second: the second before it (see the module doc)
                     text = f"{text[:17]}59{text[19:]}"
+                return dt.datetime.fromisoformat(text)
+            if _BASIC_DATE_TIME.fullmatch(text):
+                if text[13:15] == "60":  # 20161231T235960Z: the leap second, as above
+                    text = f"{text[:13]}59{text[15:]}"
                 return dt.datetime.fromisoformat(text)
         except ValueError as error:
             raise LoyaltyValidationError(parameter, f"{_EXPECTED}; got {value[:80]!r} ({error})") from None

@@ -184,6 +184,28 @@ def test_a_leap_second_is_the_second_before_it(value: str, expected: str) -> Non
     assert check_period(value, value) == (expected, expected)
 
 
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ ts_nodash }}", "2023-09-30T10:15:30Z"),
+        ("{{ ts_nodash_with_tz }}", "2023-09-30T10:15:30Z"),
+        ("20230930T131530+0300", "2023-09-30T10:15:30Z"),
+        ("20230930t101530.25z", "2023-09-30T10:15:30Z"),
+        ("20161231T235960Z", "2016-12-31T23:59:59Z"),
+    ],
+)
+def test_iso_basic_format_as_airflow_renders_it(template: str, expected: str) -> None:
+    """``{{ ts_nodash }}`` was refused as "not a date" though ``{{ ds_nodash }}`` was read."""
+    from jinja2 import Template
+
+    logical = pendulum.datetime(2023, 9, 30, 10, 15, 30, tz="UTC")
+    value = Template(template).render(
+        ts_nodash=logical.strftime("%Y%m%dT%H%M%S"),
+        ts_nodash_with_tz=logical.isoformat().replace("-", "").replace(":", ""),
+    )
+    assert check_period(value, value) == (expected, expected)
+
+
 def test_the_operators_default_end_meets_the_next_start_exactly() -> None:
     interval_end = pendulum.datetime(2023, 9, 2, 10, 0, 0, 500_000, tz="UTC")
     _, end = check_period("2023-09-01", interval_end.subtract(seconds=1))
