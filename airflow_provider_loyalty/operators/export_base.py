@@ -32,6 +32,7 @@ from airflow_provider_loyalty.operators.links import LoyaltyManifestLink
 from airflow_provider_loyalty.triggers.loyalty import defer_until_done, status_from_event
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
+from airflow_provider_loyalty.utils.periods import period_bound
 
 #: How long a deferred export keeps its location beyond the trigger's deadline.
 _LEASE_GRACE = 600.0
@@ -162,6 +163,10 @@ class LoyaltyExportBaseOperator(BaseOperator):
         ends = (self.date_from, self.date_to)
         if all(value is not None and not validation.is_template(value) for value in ends):
             validation.check_period(*ends)
+        else:  # one end from the data interval: the literal other end must still read
+            for parameter, value, end in (("date_from", self.date_from, False), ("date_to", self.date_to, True)):
+                if value not in (None, "") and not validation.is_template(value):
+                    period_bound(value, parameter, end=end)
         if not validation.is_template(self.from_id):
             validation.check_cursor(self.from_id)
         if not validation.is_template(self.output_format):

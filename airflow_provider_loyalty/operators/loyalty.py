@@ -172,8 +172,8 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         try:
             member_fields = validation.check_matching(self.matching, **self._member())
         except LoyaltyValidationError as error:
-            if error.parameter == "email":
-                raise LoyaltyValidationError("member_email", 'required (a string) when matching="email"') from None
+            if error.parameter == "email":  # the API's field name; this operator's parameter is member_email
+                raise LoyaltyValidationError("member_email", str(error).partition(": ")[2]) from None
             raise
         validation.check_program_id(self.loyalty_program_id)
         validation.check_currency(self.points_currency_eid, self.points_currency_iid)

@@ -123,7 +123,7 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
             raise LoyaltyValidationError(
                 "points_currency_eid", f"expected a string, got {type(points_currency_eid).__name__}"
             )
-        return {"points_currency_eid": points_currency_eid.strip()}  # pasted with a newline: the same id
+        return {"points_currency_eid": _without_controls(points_currency_eid.strip(), "points_currency_eid")}
     iid = points_currency_iid
     if isinstance(iid, str) and iid.strip().isascii() and iid.strip().isdigit():
         iid = int(iid.strip())
@@ -132,6 +132,17 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
             "points_currency_iid", f"expected a non-negative integer, got {points_currency_iid!r}"
         )
     return {"points_currency_iid": iid}
+
+
+def _without_controls(text: str, parameter: str) -> str:
+    """``text`` (already stripped: a value pasted with a newline names the same thing) if no control
+    character is left inside it; one inside is a paste gone wrong, not part of an id or address."""
+    control = next((char for char in text if ord(char) < 0x20 or ord(char) == 0x7F), None)
+    if control is not None:
+        raise LoyaltyValidationError(
+            parameter, f"{text[:80]!r} holds the control character {control!r} (a line break pasted inside it?)"
+        )
+    return text
 
 
 def _blank(value: Any) -> bool:
@@ -232,8 +243,14 @@ def check_matching(
             raise LoyaltyValidationError("field_name", f"expected a string, got {field_name!r}")
         if isinstance(field_value, bool) or not isinstance(field_value, str | int):
             raise LoyaltyValidationError("field_value", f"expected a string or integer, got {field_value!r}")
-        return {"matching": "custom", "field_name": field_name, "field_value": field_value}
+        if isinstance(field_value, str):
+            field_value = _without_controls(field_value, "field_value")
+        return {
+            "matching": "custom",
+            "field_name": _without_controls(field_name, "field_name"),
+            "field_value": field_value,
+        }
     companion = {"email": email, "phone": phone, "profile_id": profile_id}[matching]
     if companion in (None, "") or not isinstance(companion, str):
         raise LoyaltyValidationError(matching, f'required (a string) when matching="{matching}"; got {companion!r}')
-    return {"matching": matching, matching: companion}
+    return {"matching": matching, matching: _without_controls(companion, matching)}

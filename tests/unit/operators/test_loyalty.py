@@ -304,6 +304,11 @@ class TestLoyaltyExportOperator:
         assert 0 < manifest["total_rows"] < N
         with pytest.raises(LoyaltyValidationError, match="date_from"):
             local_export_operator(tmp_path, date_from="2023-09-30", date_to="2023-09-01")
+        # one literal end, the other from the data interval: the literal is read when the DAG is parsed
+        with pytest.raises(LoyaltyValidationError, match=r"date_from: .*'2023-02-30' \(day is out of range"):
+            local_export_operator(tmp_path, date_from="2023-02-30")
+        with pytest.raises(LoyaltyValidationError, match=r"date_to: .*'2023-09-01T25:00:00Z' \(hour must be"):
+            local_export_operator(tmp_path, date_to="2023-09-01T25:00:00Z")
         with pytest.raises(LoyaltyValidationError, match="points_currency"):
             local_export_operator(tmp_path, points_currency_iid=1)
         with pytest.raises(LoyaltyValidationError, match="max_batches"):
@@ -695,6 +700,27 @@ class TestLoyaltyAccountTransactionsOperator:
     def test_a_member_pasted_with_whitespace_is_the_same_member(self, emulator: LoyaltyEmulator, tmp_path, member):
         """The emulator, like the API, finds no member " member3@example.com\\n"."""
         assert member_operator(tmp_path, limit=20, **member).execute({})["rows"] == 42
+
+    @pytest.mark.parametrize(
+        ("member", "parameter"),
+        [
+            ({"member_email": "member3@example.com\nmember4@example.com"}, "member_email"),
+            ({"matching": "phone", "member_email": None, "phone": "+1555\t0000003"}, "phone"),
+            ({"matching": "custom", "member_email": None, "field_name": "user\r\nid", "field_value": 3}, "field_name"),
+            (
+                {"matching": "custom", "member_email": None, "field_name": "user_id", "field_value": "3\x00"},
+                "field_value",
+            ),
+            ({"points_currency_eid": "bonus\npoints"}, "points_currency_eid"),
+        ],
+    )
+    def test_a_control_character_inside_a_value_is_refused_before_any_request(
+        self, emulator: LoyaltyEmulator, tmp_path, member, parameter
+    ):
+        """Surrounding blanks are a paste; one inside names no member (or currency) the API has."""
+        with pytest.raises(LoyaltyValidationError, match=rf"^{parameter}: .* holds the control character"):
+            member_operator(tmp_path, **member).execute({})
+        assert requests_seen(emulator) == 0
 
     def test_member_without_transactions_and_unknown_member(self, emulator: LoyaltyEmulator, tmp_path):
         empty = member_operator(tmp_path, member_email="member2@example.com").execute({})
