@@ -26,8 +26,15 @@ from typing import Any
 # the command's stdout is its report, so those lines go to stderr.
 with contextlib.redirect_stdout(sys.stderr):
     from airflow_provider_loyalty.exceptions import LoyaltyError
-from airflow_provider_loyalty.export.layout import MANIFEST_NAME, TEMPORARY_PREFIX
+from airflow_provider_loyalty.export.layout import (
+    CHECKPOINT_NAME,
+    MANIFEST_NAME,
+    STAGING_DIR,
+    TEMPORARY_PREFIX,
+    is_part_name,
+)
 from airflow_provider_loyalty.export.part_formats import OUTPUT_FORMATS
+from airflow_provider_loyalty.export.progress import CLEANUP, SEALING
 from airflow_provider_loyalty.verify_parts import measure_part
 from airflow_provider_loyalty.verify_storage import ObjectMissing, StorageError, Store, open_store
 
@@ -239,6 +246,8 @@ class _Verification:
         self.directory = posixpath.dirname(manifest_path)
         self.report = VerifyReport(manifest=store.display(manifest_path), output_format=fmt, parts_listed=len(listed))
         self.recorded_directory = self._recorded_directory()
+        self.switch_phase = self._switch_phase()
+        self.moved_parts = 0  # listed in _staging/, read at their final names (a switch moved them)
 
     def run(self) -> VerifyReport:
         seen: dict[str, int] = {}
@@ -267,6 +276,16 @@ class _Verification:
             self.report.notes.append(f"the manifest records its location as {recorded}: parts are read beside it here")
         return recorded.rsplit("/", 1)[0]
 
+    def _switch_phase(self) -> str | None:
+        """``sealing`` or ``cleanup`` while a re-run switches this location over (its checkpoint says
+        so), else ``None``: then the previous set's parts may still sit beside the new ones."""
+        try:
+            document = _read_manifest(self.store, posixpath.join(self.directory, CHECKPOINT_NAME))
+        except (ObjectMissing, StorageError, CannotVerifyError):
+            return None
+        phase = document.get("phase") if isinstance(document, dict) else None
+        return phase if phase in (SEALING, CLEANUP) else None
+
     def _resolve(self, key: str) -> str | None:
         recorded = self.recorded_directory
         if recorded is not None and key.startswith(recorded + "/"):
@@ -287,7 +306,14 @@ class _Verification:
         try:
             measured = measure_part(self.store, path, self.report.output_format)
         except ObjectMissing:
-            self._problem("missing", part.key, f"listed in the manifest, not found at {self.store.display(path)}")
+            final = _final_name_of_staged(self.directory, path)
+            if final is None:
+                self._problem("missing", part.key, f"listed in the manifest, not found at {self.store.display(path)}")
+                return
+            problems = len(self.report.problems)
+            self._check_part(part, final)  # a switch moved it: the same bytes, or the checks say not
+            if not any(problem.kind == "missing" for problem in self.report.problems[problems:]):
+                self.moved_parts += 1
             return
         except StorageError as error:
             self.report.unchecked.append(f"{part.key}: {error}")
@@ -328,7 +354,7 @@ class _Verification:
         }
         bookkeeping: Counter[str] = Counter()
         folders: set[str] = set()
-        archives = 0
+        archives = replaced = 0
         try:
             for path in self.store.list_paths(self.directory, descend_into=_is_bookkeeping):
                 if path == self.manifest_path or path in listed:
@@ -341,6 +367,8 @@ class _Verification:
                         folders.add(top)
                 elif "/" not in name and name.endswith(".zip") and name[: -len(".zip")] in listed_stems:
                     archives += 1
+                elif self.switch_phase is not None and "/" not in name and is_part_name(name):
+                    replaced += 1  # the previous set's, until the switch's clean-up removes it
                 else:
                     self._problem("stray", name, f"not listed in the manifest: {self.store.display(path)}")
         except StorageError as error:
@@ -351,6 +379,29 @@ class _Verification:
             self.report.notes.append(f"{what}: {_BOOKKEEPING_MEANING.get(top, 'bookkeeping, not a part')}")
         if archives:
             self.report.notes.append(f"{archives} part-NNNNN.zip archive(s) kept as downloaded (keep_zip), not parts")
+        if self.moved_parts:
+            self.report.notes.append(
+                f"{self.moved_parts} part(s) the manifest lists in {STAGING_DIR}/ were read at their final names: "
+                "a re-run's switch has moved them there"
+            )
+        if self.switch_phase is not None:
+            self.report.notes.append(
+                f"a re-run is switching this location over (checkpoint phase {self.switch_phase!r}): "
+                f"{replaced} unlisted part(s) of the export it replaces are left until its clean-up"
+            )
+
+
+def _final_name_of_staged(directory: str, path: str) -> str | None:
+    """Where a re-run's switch moves a part staged at ``path`` (it copies each staged part to its
+    final name, then deletes it); ``None`` when ``path`` is not in the location's staging area.
+
+    :param directory: the export's location.
+    :param path: a part's path, as the manifest lists it.
+    """
+    staging = posixpath.join(directory, STAGING_DIR) + "/"
+    if not path.startswith(staging) or "/" in path[len(staging) :]:
+        return None
+    return posixpath.join(directory, path[len(staging) :])
 
 
 def _is_bookkeeping(name: str) -> bool:

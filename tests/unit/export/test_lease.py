@@ -280,6 +280,53 @@ def test_a_rerun_killed_while_switching_is_finished_before_anything_clears_its_s
     assert report.intact, report.problems
 
 
+def test_loyalty_verify_finds_the_export_intact_at_every_step_of_a_re_runs_switch(
+    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+):
+    """A reader verifying while a re-run switches over (parts being moved out of ``_staging/``, then
+    the old set's extra parts not yet removed) sees a true export, not a missing part or strays."""
+    from airflow_provider_loyalty.export.s3_sink import S3PartSink
+    from airflow_provider_loyalty.export.seal import Sealer
+    from airflow_provider_loyalty.export.sinks import ObjectStorageSink
+
+    s3 = "s3_bucket" in target
+    conn_id = "aws_default" if s3 else None
+    emulator.config.batch_size = 400  # run 1: 5 parts of September (about 2,000 transactions)
+    first = make_operator(target).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
+    emulator.config.batch_size = 1000  # the re-run: 2 parts, so 3 of the old set go at the clean-up
+    reports = []
+
+    def verify_now(step: str) -> None:
+        report = verify_manifest(manifest_location(target), conn_id=conn_id)
+        reports.append((step, report.intact, [str(problem) for problem in report.problems], report.notes))
+
+    sink_class = S3PartSink if s3 else ObjectStorageSink
+    real_move, real_clean_up = sink_class.move, Sealer._clean_up
+
+    def move_and_verify(self: Any, source: str, destination: str) -> None:
+        verify_now(f"before moving {source}")
+        real_move(self, source, destination)
+
+    def verify_then_clean_up(self: Any, progress: Any) -> None:
+        verify_now("before the clean-up")
+        real_clean_up(self, progress)
+
+    monkeypatch.setattr(sink_class, "move", move_and_verify)
+    monkeypatch.setattr(Sealer, "_clean_up", verify_then_clean_up)
+    make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
+
+    final = verify_manifest(manifest_location(target), conn_id=conn_id)
+    assert (len(first["parts"]), final.parts_checked) == (5, 2)
+    assert [step for step, *_ in reports] == [
+        "before moving _staging/part-00000.csv",
+        "before moving _staging/part-00001.csv",
+        "before the clean-up",
+    ]
+    assert all(intact for _, intact, _, _ in reports), [(step, problems) for step, _, problems, _ in reports]
+    assert all(any("switch" in note for note in notes) for *_, notes in reports), reports
+    assert final.intact and not any("switch" in note for note in final.notes), final.notes
+
+
 def leave_try_1s_lease(target: dict[str, Any], s3_client: Any) -> None:
     """The lease try 1 held when it died: renewed just before it sealed the manifest now stored."""
     manifest = json.loads(stored(target, s3_client=s3_client)[MANIFEST_NAME])
