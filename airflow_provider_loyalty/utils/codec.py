@@ -11,7 +11,18 @@ only those, are coerced, in JSON replies too (a number sent as a string is still
 two formats decode alike and merchant-defined objects (``custom_json``) are never touched. Lists
 are repeated child elements in XML: a field the schema documents as a list (the account
 endpoint's ``data``) with any number of them, any other element when two or more children share
-one tag (a merchant's list inside ``custom_json``).
+one tag (a merchant's list inside ``custom_json``). The account endpoint's records come either as
+children of one ``<data>`` or as one ``<data>`` per record (PHP-style serializers write arrays
+so); both read alike.
+
+JSON is UTF-8 (RFC 8259, also with a byte order mark; UTF-16 and UTF-32 are recognised as
+:mod:`json` recognises them), whatever a ``charset`` parameter says; a body that is not UTF-8 is
+read in the charset its Content-Type names, or refused naming it.
+
+A reply that decodes as neither and is an HTML page (a captive portal, a proxy's login page, a
+wrong Base URL), or whose Content-Type is no JSON or XML type, is said to be that, with a short
+excerpt; the caller (:func:`~airflow_provider_loyalty.utils.protocol.check_reply`) removes the
+token from it.
 
 What XML cannot tell apart, and JSON can: an empty element (``<custom_json/>``) is ``""``, though
 JSON may have meant ``{}``, ``[]`` or ``null`` (the schema settles it for documented fields: a
@@ -24,8 +35,10 @@ Anything that does not decode raises :class:`LoyaltyResponseError`, never a pars
 
 from __future__ import annotations
 
+import codecs
 import enum
 import gc
+import html
 import json
 import math
 import re
@@ -106,9 +119,15 @@ def decode_body(body: bytes, content_type_header: str | None, *, schema: Schema 
     """
     kind = _kind_of(content_type_header, body)
     compiled = _compiled(schema)
-    document = _decode_json(body) if kind == "json" else _decode_xml(body, compiled)
-    if document.__class__ is not dict:
-        raise LoyaltyResponseError(f"expected a {kind.upper()} object at the top level, got {type(document).__name__}")
+    try:
+        document = _decode_json(body, content_type_header) if kind == "json" else _decode_xml(body, compiled)
+        if document.__class__ is not dict:
+            raise LoyaltyResponseError(
+                f"expected a {kind.upper()} object at the top level, got {type(document).__name__}"
+            )
+    except LoyaltyResponseError:
+        _refuse_if_not_the_api(body, content_type_header, kind)
+        raise
     _coerce_fields(document, compiled)
     return document
 
@@ -127,13 +146,14 @@ def _kind_of(content_type_header: str | None, body: bytes) -> str:
 _fast_json_decode = msgspec.json.Decoder().decode
 
 
-def _decode_json(body: bytes) -> Any:
+def _decode_json(body: bytes, content_type_header: str | None) -> Any:
     """The JSON document: by msgspec where it reads the body, else by :mod:`json`.
 
     Where msgspec reads a body, it gives what ``json.loads`` gives (the same values, the last of
     repeated keys). What it refuses and ``json`` reads (``NaN``, a number past the float range, a
     lone surrogate escape, a byte order mark, UTF-16) and every error go to ``json``, so what is
-    accepted and what each error says stay ``json``'s.
+    accepted and what each error says stay ``json``'s. Only a body that is not UTF-8 (nor UTF-16
+    or UTF-32) is read in the charset its Content-Type names (:func:`_json_text`).
     """
     try:
         return _fast_json_decode(body)
@@ -141,8 +161,45 @@ def _decode_json(body: bytes) -> Any:
         pass
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+    except UnicodeDecodeError as err:
+        not_utf8 = err
+    except (ValueError, RecursionError) as err:
         raise LoyaltyResponseError(f"reply is not valid JSON: {type(err).__name__}: {str(err)[:200]}") from None
+    # Not UTF-8 (nor UTF-16/32): the text in its declared charset, decoded as UTF-8 like any other.
+    text, charset = _json_text(body, content_type_header, not_utf8)
+    try:
+        return _decode_json(text.encode("utf-8", "surrogatepass"), None)
+    except LoyaltyResponseError as err:
+        raise LoyaltyResponseError(f"{err} (read as {charset}, the charset its Content-Type names)") from None
+
+
+_CHARSET = re.compile(r";\s*charset\s*=\s*[\"']?([^\"';\s]+)", re.IGNORECASE)
+
+
+def _json_text(body: bytes, content_type_header: str | None, not_utf8: UnicodeDecodeError) -> tuple[str, str]:
+    """A JSON body that is not UTF-8, as text in the charset its Content-Type names (and that name).
+
+    RFC 8259 wants UTF-8 (a mislabelled UTF-8 body is read as UTF-8 before this is asked), yet a
+    server may still send ``charset=iso-8859-1`` or ``windows-1251`` and mean it. No charset, one
+    Python does not know as a text encoding, or one the body is not valid in, is refused naming it.
+    """
+    declared = _CHARSET.search(content_type_header or "")
+    charset = declared.group(1)[:40] if declared else "utf-8"
+    try:
+        codec = codecs.lookup(charset).name
+        if codec == "utf-8":  # what it was read as: the body is no UTF-8
+            raise LoyaltyResponseError(f"reply is not valid JSON: UnicodeDecodeError: {str(not_utf8)[:200]}") from None
+        text = body.decode(codec)
+    except LookupError:  # unknown, or no text encoding (base64, rot13)
+        raise LoyaltyResponseError(
+            f"reply is not UTF-8 JSON, and its Content-Type's charset {charset!r} is not a text encoding "
+            "Python knows; JSON is UTF-8 (RFC 8259)"
+        ) from None
+    except UnicodeError as err:
+        raise LoyaltyResponseError(
+            f"reply is not UTF-8 JSON and is not {charset} text, the charset its Content-Type names: {str(err)[:200]}"
+        ) from None
+    return text.removeprefix("\ufeff"), charset
 
 
 _XML_DECLARED_ENCODING = re.compile(rb"^\s*<\?xml[^>]*encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
@@ -201,6 +258,56 @@ def _parse_xml(body: bytes) -> Element:
         raise LoyaltyResponseError(f"reply is not valid XML: {str(err)[:200]}") from None
 
 
+_HTML_MEDIA = ("text/html", "application/xhtml+xml")
+#: An HTML document's start: ``<!DOCTYPE html`` or ``<html``, after an XML declaration if any.
+_HTML_START = re.compile(rb"(?:<\?xml[^>]{0,200}\?>\s*)?<(?:!doctype\s+html|html)[\s>]", re.IGNORECASE)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_HIDDEN = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+#: The most of a reply's text an error shows (a line); the token is removed by the caller.
+_EXCERPT_CHARS = 80
+
+
+def _refuse_if_not_the_api(body: bytes, content_type_header: str | None, kind: str) -> None:
+    """Raise what a reply that did not decode really is, when it is not the API's JSON or XML.
+
+    An HTML page (by its Content-Type, unless the body starts like JSON, or by its first tag) and
+    a reply of another declared type say so, with a short excerpt and where to look: the
+    connection's host and Base URL. Only called once decoding failed, so it costs a reply that
+    decodes nothing.
+    """
+    header = (content_type_header or "").strip()
+    media = header.partition(";")[0].strip().lower()
+    start = body[:4096].removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if (media in _HTML_MEDIA and kind == "xml") or _HTML_START.match(start):
+        raise LoyaltyResponseError(
+            f"reply is an HTML page (Content-Type: {header[:100] or 'none'}), not the API's JSON or XML: "
+            "check the connection's host and Base URL (a wrong Base URL, or a proxy or captive portal "
+            f"answering in the API's place){_excerpt(body, html_page=True)}"
+        ) from None
+    if media and "json" not in media and "xml" not in media:
+        raise LoyaltyResponseError(
+            f"reply is {media[:60]} (Content-Type: {header[:100]}), not the API's JSON or XML: check the "
+            f"connection's host and Base URL{_excerpt(body, html_page=False)}"
+        ) from None
+
+
+def _excerpt(body: bytes, *, html_page: bool) -> str:
+    """``; it reads: '...'``: a page's title (or its first words), a text's first words; a line at most."""
+    head = body[:8192].decode("utf-8", "replace")
+    if "\x00" in head or head.count("\ufffd") * 10 > len(head):
+        return f"; it is {len(body)} bytes that are not text"
+    if html_page:
+        title = _TITLE.search(head)
+        head = html.unescape(title.group(1) if title else _TAG.sub(" ", _HIDDEN.sub(" ", head)))
+    words = "".join(char if char.isprintable() else " " for char in head).split()
+    text = " ".join(words[:_EXCERPT_CHARS])
+    if len(text) > _EXCERPT_CHARS:  # whole words: a token is shown whole (and masked) or not at all
+        cut = text[: _EXCERPT_CHARS + 1].rsplit(" ", 1)[0] if " " in text[:_EXCERPT_CHARS] else text[:_EXCERPT_CHARS]
+        text = cut + " …"
+    return f"; it reads: {text!r}" if text else ""
+
+
 def _drop_namespaces(root: Element) -> None:
     """Read ``<xml xmlns="...">`` or ``<l:xml xmlns:l="...">`` as ``<xml>``: every element by its
     local name (the API's fields are not namespaced; a server that declares a namespace means the
@@ -226,6 +333,7 @@ class _Compiled:
 
 
 _COMPILED: dict[int, tuple[Schema, _Compiled]] = {}
+_NO_LISTS: Mapping[str, Any] = {}
 
 
 def _compiled(schema: Schema) -> _Compiled:
@@ -243,39 +351,78 @@ def _xml_object(element: Element, schema: _Compiled | None) -> dict[str, Any] | 
     """An element's value: a leaf's text; children as a dict, or as a list where they repeat.
 
     A list is an element whose children all share one tag (two or more of them; the API writes a
-    list as repeated children), or a field the schema documents as a list (any number). Fields
-    the schema describes as objects are decoded with their own schema; anything else (merchant
-    objects such as ``custom_json``) without one.
+    list as repeated children), or a field the schema documents as a list (any number, see
+    :func:`_xml_list`). Fields the schema describes as objects are decoded with their own schema;
+    anything else (merchant objects such as ``custom_json``) without one.
     """
     if not len(element):
         return element.text or ""
     if schema is None or schema.flat:  # merchant data and list items: no call per leaf
         result = {child.tag: _xml_object(child, None) if len(child) else (child.text or "") for child in element}
-    else:
-        result = {}
-        for child in element:
-            tag = child.tag
-            items = schema.lists.get(tag)
-            if items is not None:
-                result[tag] = [_xml_object(item, items) for item in child]
-                continue
-            fields = schema.objects.get(tag)
-            if len(child):
-                result[tag] = _xml_object(child, fields)
-            elif fields is not None and not (child.text or "").strip():
-                result[tag] = {}  # a documented object without fields
-            else:
-                result[tag] = child.text or ""
-    if len(result) != len(element):
-        return _xml_repeated(element)
-    return result
+        return result if len(result) == len(element) else _xml_repeated(element)
+    result = {}
+    spread = 0  # elements of documented lists written one per item, past the first of each
+    for child in element:
+        tag = child.tag
+        items = schema.lists.get(tag)
+        if items is not None:
+            if tag not in result:
+                occurrences = element.findall(tag)
+                result[tag] = _xml_list(occurrences, items)
+                spread += len(occurrences) - 1
+            continue
+        fields = schema.objects.get(tag)
+        if len(child):
+            result[tag] = _xml_object(child, fields)
+        elif fields is not None and not (child.text or "").strip():
+            result[tag] = {}  # a documented object without fields
+        else:
+            result[tag] = child.text or ""
+    return result if len(result) + spread == len(element) else _xml_repeated(element, schema.lists)
 
 
-def _xml_repeated(element: Element) -> list[Any]:
-    """Children that repeat one tag are a list; a repeated tag beside other tags is no JSON value."""
+def _xml_list(occurrences: list[Element], items: _Compiled) -> list[Any]:
+    """A documented list, from its element(s): one element around the items, or one per item.
+
+    One element holds the items (``<data><item>…</item><item>…</item></data>``) unless it holds
+    the fields of one record: a text field among children that do not repeat a tag (items are
+    objects; a record has a ``transaction_id``). Several elements are one item each
+    (``<data>…</data><data>…</data>``); one of them that reads as items is neither form.
+    """
+    if len(occurrences) == 1:
+        (element,) = occurrences
+        if _holds_one_record(element):
+            return [_xml_object(element, items)]
+        return [_xml_object(item, items) for item in element]
+    for number, element in enumerate(occurrences, 1):
+        if len(element) and not _holds_one_record(element):
+            raise LoyaltyResponseError(
+                f"XML field <{element.tag}> appears {len(occurrences)} times, one per item, but number {number} "
+                "holds items, not one record's fields; expected one element around all items or one per item"
+            )
+    return [_xml_object(element, items) for element in occurrences]
+
+
+def _holds_one_record(element: Element) -> bool:
+    """Whether a list's element holds one record's fields rather than the list's items.
+
+    Items are objects and share a tag as a rule, so the usual list answers at its first two
+    children; only one item, or items of distinct tags, look further (for a field that is text).
+    """
+    count = len(element)
+    if not count or (count > 1 and element[0].tag == element[1].tag):
+        return False
+    return not all(map(len, element))
+
+
+def _xml_repeated(element: Element, lists: Mapping[str, Any] = _NO_LISTS) -> list[Any]:
+    """Children that repeat one tag are a list; a repeated tag beside other tags is no JSON value
+    (but for ``lists``: documented lists, which may be written one element per item)."""
     tags = {child.tag for child in element}
     if len(tags) != 1:
-        repeated = sorted(tag for tag in tags if sum(1 for child in element if child.tag == tag) > 1)
+        repeated = sorted(
+            tag for tag in tags if tag not in lists and sum(1 for child in element if child.tag == tag) > 1
+        )
         raise LoyaltyResponseError(
             f"XML field <{repeated[0]}> appears more than once under <{element.tag}> beside other fields; "
             "expected an object (distinct fields) or a list (one repeated field)"

@@ -26,7 +26,7 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.utils.codec import ENVELOPE_SCHEMA, MIME_TYPES, Schema, decode_body, encode_body
 from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
-from airflow_provider_loyalty.utils.redaction import redact
+from airflow_provider_loyalty.utils.redaction import redact, scrub
 
 EXPORT_PATH = "/api/v1.1/loyalty/transactions_export"
 STATUS_PATH = "/api/v1.1/tasks/status"
@@ -82,8 +82,12 @@ def check_reply(
     :param schema: the endpoint's documented typed fields (see :mod:`~airflow_provider_loyalty.utils.codec`).
     :param conn_id: the Airflow connection the token came from, named in an auth error.
     """
-    envelope = _decoded(http_status, headers.get("Content-Type"), body, schema)
-    code = _envelope_code(envelope)
+    try:
+        envelope = _decoded(http_status, headers.get("Content-Type"), body, schema)
+        code = _envelope_code(envelope)
+    except LoyaltyResponseError as error:  # may quote the reply (an HTML page's title, a field's text)
+        scrub(error, token)
+        raise
     text = redact(str((envelope or {}).get("error_text") or f"HTTP {http_status}"), token)
 
     if http_status == 429:

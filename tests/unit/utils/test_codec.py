@@ -22,7 +22,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_loyalty.exceptions import LoyaltyResponseError
@@ -40,17 +40,26 @@ EXAMPLES = settings(max_examples=200, deadline=None, database=None, suppress_hea
 # ------------------------------------------------------------------------------------------ XML as the API writes it
 
 
-def to_xml(document: dict[str, Any], *, pretty: bool, list_item: str = "item") -> bytes:
-    """``<xml>`` with one child per field; a list as repeated children; ``&#13;`` for a CR."""
+def to_xml(document: dict[str, Any], *, pretty: bool, list_item: str = "item", repeated_data: bool = False) -> bytes:
+    """``<xml>`` with one child per field; a list as repeated children; ``&#13;`` for a CR.
+
+    ``repeated_data``: the top-level ``data`` list as one ``<data>`` per record (``<data/>`` when
+    empty), as PHP-style serializers write arrays, instead of ``<transaction>`` children of one.
+    """
     parts: list[str] = []
     newline = "\n" if pretty else ""
 
-    def write(name: str, value: Any) -> None:
+    def write(name: str, value: Any, top: bool = False) -> None:
         if isinstance(value, dict):
             parts.append(f"<{name}>{newline}")
             for key, item in value.items():
-                write(key, item)
+                write(key, item, top=name == "xml")
             parts.append(f"</{name}>{newline}")
+        elif isinstance(value, list) and top and name == "data" and repeated_data:
+            for item in value:
+                write("data", item)
+            if not value:
+                parts.append(f"<data/>{newline}")
         elif isinstance(value, list):
             parts.append(f"<{name}>{newline}")
             for item in value:
@@ -227,6 +236,24 @@ def test_json_and_xml_of_one_reply_decode_to_the_reply(reply: tuple[dict[str, An
     assert decode_body(lenient, "application/json; charset=utf-8", schema=schema) == document
 
 
+def _has_a_text_field(record: Any) -> bool:
+    return isinstance(record, dict) and any(not isinstance(value, dict | list) for value in record.values())
+
+
+@EXAMPLES
+@given(reply=account_replies(), pretty=st.booleans(), list_item=st.sampled_from(["item", "value", "entry"]))
+def test_an_account_page_with_one_data_element_per_record_decodes_to_the_reply(
+    reply: tuple[dict[str, Any], Schema], pretty, list_item
+):
+    """Records as repeated ``<data>`` elements read as records inside one ``<data>`` do. What this
+    form cannot tell apart: one ``<data>`` holding only objects is read as records inside it (a
+    transaction always has a text field: its ``transaction_id``)."""
+    document, schema = reply
+    assume(all(_has_a_text_field(record) for record in document["data"]))
+    body = to_xml(document, pretty=pretty, list_item=list_item, repeated_data=True)
+    assert decode_body(body, "application/xml", schema=schema) == document
+
+
 # ------------------------------------------------------------------------------------------ the cases of issue 13.6
 
 
@@ -336,7 +363,8 @@ def test_empty_elements_are_none_for_typed_fields_and_text_otherwise() -> None:
         (b"<xml><a>1</a><a>2</a><b>3</b><error>0</error></xml>", "<a> appears more than once under <xml>"),
         (b"<xml><error>zero</error></xml>", "field 'error': expected integer"),
         (b"<xml><data><progress>fast</progress></data><error>0</error></xml>", "field 'data.progress'"),
-        (b"<html><body>502</body></html>", "expected an <xml> root element"),
+        (b"<response><error>0</error></response>", "expected an <xml> root element, got <response>"),
+        (b"<html><body>502</body></html>", "reply is an HTML page"),
         (b"<xml>" + b"<a>" * 5000 + b"x" + b"</a>" * 5000 + b"</xml>", "nested too deeply"),
         (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e "boom">]><xml><error>&e;</error></xml>', "refused for safety"),
     ],

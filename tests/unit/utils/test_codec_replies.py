@@ -1,0 +1,329 @@
+"""Replies the codec must read, or refuse clearly, beyond the API's own JSON and XML examples.
+
+* An HTML page in place of the API (a captive portal, a proxy's login page, a wrong Base URL) is
+  said to be one, with its content type, a hint at the connection's host / Base URL and a short
+  excerpt (the page's title), never as "XML refused for safety"; the token never shows.
+* JSON is UTF-8 (RFC 8259): a reply that is, is read as UTF-8 whatever its ``charset`` says; one
+  that is not is read in the charset its Content-Type names, or refused naming that charset.
+* The member history's ``data`` in XML: one ``<data>`` around the records, or one ``<data>`` per
+  record (as PHP-style serializers write arrays) read alike.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_loyalty.exceptions import LoyaltyResponseError, LoyaltyTransientError
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, ENVELOPE_SCHEMA, STATUS_SCHEMA, decode_body
+from airflow_provider_loyalty.utils.protocol import check_reply
+from tests.reliability.support import fake_api, loopback_server, send
+
+TOKEN = "s3cr3t-Token-0123456789abcdef"
+MEMBER = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points", "matching": "email"}
+
+PORTAL = b"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Guest Wi-Fi &ndash; Sign in</title>
+<style>body { font: 14px sans-serif }</style></head>
+<body><form action="/login"><p>Accept the terms to continue</p></form></body></html>"""
+
+
+def _point_at(monkeypatch: pytest.MonkeyPatch, url: str, **extra: Any) -> None:
+    options = {"retry_backoff": 0.01, "max_retries": 0, **extra}
+    connection = {"conn_type": "loyalty", "host": url, "password": TOKEN, "extra": options}
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+
+
+def _reply(http_status: int, body: bytes, content_type: str | None, schema: Any = ENVELOPE_SCHEMA) -> dict[str, Any]:
+    headers = requests.structures.CaseInsensitiveDict()
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    return check_reply(http_status=http_status, headers=headers, body=body, token=TOKEN, schema=schema)
+
+
+# ------------------------------------------------------------------------------------------ HTML and other types
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (PORTAL, "text/html; charset=utf-8"),
+        (PORTAL.replace(b"<!DOCTYPE html>\n", b""), "text/html"),  # not well-formed XML (<meta> unclosed)
+        (b"<html><head><title>Guest Wi-Fi &ndash; Sign in</title></head><body/></html>", "text/html"),
+        (b'<?xml version="1.0"?>\n' + PORTAL, "application/xhtml+xml"),
+        (PORTAL, "application/xml"),  # a proxy labelling its page as the API's type
+        (PORTAL, "application/json"),
+        (PORTAL, None),
+    ],
+    ids=["doctype", "not-well-formed", "well-formed", "xhtml", "labelled-xml", "labelled-json", "no-content-type"],
+)
+def test_an_html_page_is_said_to_be_one_not_unsafe_xml(body: bytes, content_type: str | None) -> None:
+    with pytest.raises(LoyaltyResponseError) as raised:
+        _reply(200, body, content_type, STATUS_SCHEMA)
+    message = str(raised.value)
+    assert "reply is an HTML page" in message, message
+    assert "not the API's JSON or XML" in message and "Base URL" in message, message
+    assert f"Content-Type: {content_type or 'none'}" in message, message
+    assert "'Guest Wi-Fi \u2013 Sign in'" in message, message  # the page's title, as a reader sees it
+    assert "safety" not in message and "DTD" not in message and "Accept the terms" not in message, message
+
+
+def test_an_html_pages_excerpt_is_short_and_never_holds_the_token() -> None:
+    """A login page may echo the request, the token with it: the error shows the page's title, or
+    without one its first words, a line at most, with the token masked."""
+    page = (
+        b"<!doctype html><html><body><h1>Proxy authentication required</h1><p>Request: POST /api/v1.1/tasks/status "
+        b"Authorization: Bearer " + TOKEN.encode() + b" " + b"lorem ipsum " * 2000 + b"</p></body></html>"
+    )
+    titled = page.replace(b"<html>", b"<html><head><title>Sign in: Bearer " + TOKEN.encode() + b"</title></head>")
+    excerpts = {}
+    for name, body in (("untitled", page), ("titled", titled)):
+        with pytest.raises(LoyaltyResponseError) as raised:
+            _reply(200, body, "text/html")
+        message = str(raised.value)
+        assert "reply is an HTML page" in message, message
+        assert len(message) < 400, message
+        assert TOKEN not in message and TOKEN[:8] not in message, message
+        excerpts[name] = message.partition("; it reads: ")[2]
+    assert excerpts == {
+        "untitled": "'Proxy authentication required Request: POST /api/v1.1/tasks/status …'",
+        "titled": "'Sign in: Bearer ***'",
+    }
+
+
+def test_an_html_page_through_the_hook_names_the_connection_to_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong Base URL (the merchant's web site) answers every path with its home page, HTTP 200."""
+
+    def respond(handler, _server) -> None:
+        send(handler, 200, PORTAL.replace(b"<p>", b"<p>" + TOKEN.encode()), "text/html; charset=utf-8")
+
+    with loopback_server(respond) as server:
+        _point_at(monkeypatch, server.url)
+        with pytest.raises(LoyaltyResponseError, match=r"reply is an HTML page \(Content-Type: text/html") as raised:
+            LoyaltyHook().get_task_status("task_1")
+        ok, text = LoyaltyHook().test_connection()
+    assert "Base URL" in str(raised.value) and TOKEN not in str(raised.value)
+    assert ok is False and "reply is an HTML page" in text and "Base URL" in text and TOKEN not in text
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "shown"),
+    [
+        (b"Bad Gateway", "text/plain", "'Bad Gateway'"),
+        (b"OK", "text/plain; charset=us-ascii", "'OK'"),
+        (b'"queued"', "text/plain", "'\"queued\"'"),
+        (
+            b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(range(256)),
+            "application/zip",
+            "it is 266 bytes that are not text",
+        ),
+        (b"\x00\x01\x02garbage", "application/octet-stream", "it is 10 bytes that are not text"),
+    ],
+    ids=["text", "text-charset", "json-string", "zip", "binary"],
+)
+def test_a_reply_of_another_type_is_said_to_be_one(body: bytes, content_type: str, shown: str) -> None:
+    with pytest.raises(LoyaltyResponseError) as raised:
+        decode_body(body, content_type, schema=STATUS_SCHEMA)
+    message = str(raised.value)
+    media = content_type.partition(";")[0]
+    assert f"reply is {media} (Content-Type: {content_type}), not the API's JSON or XML" in message, message
+    assert "Base URL" in message and shown in message, message
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=UTF-8", "text/plain", "application/octet-stream"])
+def test_the_apis_own_reply_under_another_content_type_still_decodes(content_type: str) -> None:
+    """PHP sends ``text/html; charset=UTF-8`` unless a script says otherwise: the body decides."""
+    json_body = b'{"data": {"task_id": "task_1"}, "error": 0, "error_text": "ok"}'
+    xml_body = b"<xml><data><task_id>task_1</task_id></data><error>0</error><error_text>ok</error_text></xml>"
+    for body in (json_body, xml_body):
+        assert decode_body(body, content_type) == {"data": {"task_id": "task_1"}, "error": 0, "error_text": "ok"}
+
+
+def test_an_html_error_status_is_still_reported_by_its_status() -> None:
+    with pytest.raises(LoyaltyTransientError, match="HTTP 502"):
+        _reply(502, PORTAL, "text/html")
+
+
+# ------------------------------------------------------------------------------------------ JSON charsets
+
+DOCUMENT = {"data": {"task_id": "task_1"}, "error": 0, "error_text": "Opération réussie"}
+
+
+@pytest.mark.parametrize(
+    ("charset", "document"),
+    [
+        ("iso-8859-1", DOCUMENT),
+        ('"ISO-8859-1"', DOCUMENT),
+        ("latin1", DOCUMENT),
+        ("windows-1252", {**DOCUMENT, "error_text": "Opération réussie \u2013 5 €"}),
+        ("windows-1251", {**DOCUMENT, "error_text": "Операция выполнена успешно"}),
+        ("KOI8-R", {**DOCUMENT, "error_text": "Операция выполнена успешно"}),
+        ("shift_jis", {**DOCUMENT, "error_text": "操作が成功しました"}),
+    ],
+)
+def test_json_in_the_charset_its_content_type_names_reads_in_it(charset: str, document: dict[str, Any]) -> None:
+    body = json.dumps(document, ensure_ascii=False).encode(charset.strip('"'))
+    assert decode_body(body, f"application/json; charset={charset}") == document
+
+
+@pytest.mark.parametrize(
+    ("charset", "expected"),
+    [
+        ("x-unknown-8bit", "charset 'x-unknown-8bit' is not a text encoding Python knows"),
+        ("base64", "charset 'base64' is not a text encoding Python knows"),
+        ("us-ascii", "is not us-ascii text, the charset its Content-Type names"),
+    ],
+)
+def test_json_that_is_not_utf8_nor_in_its_charset_is_refused_naming_the_charset(charset: str, expected: str) -> None:
+    body = json.dumps(DOCUMENT, ensure_ascii=False).encode("latin-1")
+    with pytest.raises(LoyaltyResponseError, match=expected):
+        decode_body(body, f"application/json; charset={charset}")
+
+
+@pytest.mark.parametrize(
+    ("encoding", "content_type"),
+    [
+        ("utf-8", "application/json; charset=utf-8"),
+        ("utf-8", "application/json; charset=UTF-8"),
+        ("utf-8", 'application/json;charset="utf-8"'),
+        ("utf-8-sig", "application/json; charset=utf-8"),
+        ("utf-16", "application/json; charset=utf-16"),
+        ("utf-16-le", "application/json; charset=utf-16le"),
+        ("utf-32", "application/json; charset=utf-32"),
+        ("utf-8", "application/json; charset=iso-8859-1"),  # mislabelled: UTF-8 bytes are UTF-8
+        ("utf-8", "application/json; charset=utf8mb4"),  # a name Python does not know, on UTF-8
+    ],
+)
+def test_json_that_is_utf_8_16_or_32_reads_whatever_its_charset_says(encoding: str, content_type: str) -> None:
+    body = json.dumps(DOCUMENT, ensure_ascii=False).encode(encoding)
+    assert decode_body(body, content_type) == DOCUMENT
+
+
+# ------------------------------------------------------------------------------------------ XML: repeated <data>
+
+
+def _record(n: int) -> str:
+    return (
+        f"<transaction_id>t{n}</transaction_id><amount>{n}.5</amount><promo_iid>{n}</promo_iid>"
+        f"<is_temp>{'true' if n % 2 else 'false'}</is_temp><custom_json><key>v{n}</key></custom_json>"
+        "<canceled/>"
+    )
+
+
+def _page(data: str, newline: str = "") -> bytes:
+    tail = "<next_from_id>t9</next_from_id><total_count>9</total_count><error>0</error><error_text>ok</error_text>"
+    return f"<xml>{newline}{data}{newline}{tail}</xml>".encode()
+
+
+def _records(count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "transaction_id": f"t{n}",
+            "amount": f"{n}.5",
+            "promo_iid": n,
+            "is_temp": bool(n % 2),
+            "custom_json": {"key": f"v{n}"},
+            "canceled": None,
+        }
+        for n in range(count)
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 100])
+@pytest.mark.parametrize("newline", ["", "\n"])
+def test_records_as_repeated_data_elements_read_as_the_wrapped_list(count: int, newline: str) -> None:
+    repeated = newline.join(f"<data>{newline}{_record(n)}{newline}</data>" for n in range(count))
+    wrapped = "<data>" + "".join(f"<item>{_record(n)}</item>" for n in range(count)) + "</data>"
+    from_repeated = decode_body(_page(repeated, newline), "application/xml", schema=ACCOUNT_SCHEMA)
+    from_wrapped = decode_body(_page(wrapped, newline), "application/xml", schema=ACCOUNT_SCHEMA)
+    assert from_repeated == from_wrapped
+    assert from_repeated == {
+        "data": _records(count),
+        "next_from_id": "t9",
+        "total_count": 9,
+        "error": 0,
+        "error_text": "ok",
+    }
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "<data><transaction_id>t0</transaction_id></data>",
+        "<data><item><transaction_id>t0</transaction_id></item></data>",
+    ],
+    ids=["record-form", "wrapped-form"],
+)
+def test_one_record_with_one_field_is_a_list_of_one_record_in_either_form(data: str) -> None:
+    assert decode_body(_page(data), "application/xml", schema=ACCOUNT_SCHEMA)["data"] == [{"transaction_id": "t0"}]
+
+
+@pytest.mark.parametrize("data", ["<data/>", "<data></data>", "<data>\n</data>", ""])
+def test_an_empty_list_in_either_form(data: str) -> None:
+    decoded = decode_body(_page(data), "application/xml", schema=ACCOUNT_SCHEMA)
+    assert decoded.get("data", []) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "schema", "expected"),
+    [
+        # a record that repeats a field beside others is no object, in either form
+        (_page(f"<data>{_record(0)}<amount>2</amount></data>"), ACCOUNT_SCHEMA, "<amount> appears more than once"),
+        (
+            _page(f"<data>{_record(0)}</data><data>{_record(1)}<amount>2</amount></data>"),
+            ACCOUNT_SCHEMA,
+            "<amount> appears more than once",
+        ),
+        # several <data> that each wrap records: neither form
+        (
+            _page(f"<data><item>{_record(0)}</item></data><data><item>{_record(1)}</item></data>"),
+            ACCOUNT_SCHEMA,
+            "<data> appears 2 times, one per item, but number 1 holds items",
+        ),
+        # data is one object for tasks/status: a repeated <data> is still refused there
+        (
+            b"<xml><data><status>queued</status></data><data><status>done</status></data><error>0</error></xml>",
+            STATUS_SCHEMA,
+            "<data> appears more than once under <xml>",
+        ),
+        # another repeated field beside the list
+        (
+            _page(f"<data>{_record(0)}</data>").replace(b"<error>", b"<error>0</error><error>"),
+            ACCOUNT_SCHEMA,
+            "<error>",
+        ),
+    ],
+    ids=[
+        "record-repeats-a-field",
+        "repeated-record-repeats-a-field",
+        "repeated-wrappers",
+        "status-data",
+        "error-twice",
+    ],
+)
+def test_ambiguous_list_shapes_stay_refused(body: bytes, schema: Any, expected: str) -> None:
+    with pytest.raises(LoyaltyResponseError, match=expected):
+        decode_body(body, "application/xml", schema=schema)
+
+
+def test_a_member_history_written_as_repeated_data_pages_through_the_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    pages = iter(
+        [
+            _page("".join(f"<data>\n{_record(n)}\n</data>\n" for n in range(3)), "\n").replace(b">t9<", b">t2<"),
+            _page(f"<data>{_record(3)}</data>").replace(b">t9<", b"><"),
+        ]
+    )
+
+    def respond(handler, server) -> None:
+        if not handler.path.endswith("/account/transactions"):
+            return fake_api()(handler, server)
+        send(handler, 200, next(pages), "application/xml; charset=utf-8")
+
+    with loopback_server(respond) as server:
+        _point_at(monkeypatch, server.url, content_type="xml")
+        records = list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
+    assert records == _records(4)
