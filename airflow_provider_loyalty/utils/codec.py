@@ -120,7 +120,10 @@ def decode_body(body: bytes, content_type_header: str | None, *, schema: Schema 
     kind = _kind_of(content_type_header, body)
     compiled = _compiled(schema)
     try:
-        document = _decode_json(body, content_type_header) if kind == "json" else _decode_xml(body, compiled)
+        if kind == "json":
+            document = _decode_json(body, content_type_header)
+        else:
+            document = _decode_xml(body, compiled, content_type_header)
         if document.__class__ is not dict:
             raise LoyaltyResponseError(
                 f"expected a {kind.upper()} object at the top level, got {type(document).__name__}"
@@ -218,8 +221,11 @@ def _plainly_safe(body: bytes) -> bool:
     return declared is None or declared.group(1).lower() in (b"utf-8", b"utf8", b"us-ascii", b"ascii")
 
 
-def _decode_xml(body: bytes, schema: _Compiled) -> Any:
+def _decode_xml(body: bytes, schema: _Compiled, content_type_header: str | None = None) -> Any:
     """The ``<xml>`` document as a dict (see :func:`_xml_object`).
+
+    A body without an encoding declaration is UTF-8 to the parser; one that does not parse so is
+    read again in the ``charset`` its Content-Type names, when it names another (RFC 7303).
 
     The cyclic garbage collector is paused while the element tree lives: the tree has no cycles
     and is freed by reference counting as soon as its values are taken, so collections during
@@ -229,7 +235,13 @@ def _decode_xml(body: bytes, schema: _Compiled) -> Any:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        root = _parse_xml(body)
+        try:
+            root = _parse_xml(body)
+        except LoyaltyResponseError:
+            transcoded = _xml_in_declared_charset(body, content_type_header)
+            if transcoded is None:
+                raise
+            root = _parse_xml(transcoded)
         if b"xmlns" in body:
             _drop_namespaces(root)
         if root.tag != "xml":
@@ -241,6 +253,22 @@ def _decode_xml(body: bytes, schema: _Compiled) -> Any:
     finally:
         if collecting:
             gc.enable()
+
+
+def _xml_in_declared_charset(body: bytes, content_type_header: str | None) -> bytes | None:
+    """``body`` as UTF-8, read in the non-UTF-8 charset its Content-Type names; ``None`` when it
+    names none (or UTF-8, or one Python does not know), when the body declares its own encoding, or
+    when the body is not valid in that charset."""
+    declared = _CHARSET.search(content_type_header or "")
+    if declared is None or _XML_DECLARED_ENCODING.match(body[:200].lstrip(b"\xef\xbb\xbf \t\r\n")):
+        return None
+    try:
+        codec = codecs.lookup(declared.group(1)[:40]).name
+        if codec == "utf-8":
+            return None
+        return body.decode(codec).encode("utf-8")
+    except (LookupError, UnicodeError):
+        return None
 
 
 def _parse_xml(body: bytes) -> Element:

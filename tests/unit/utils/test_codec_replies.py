@@ -171,6 +171,25 @@ def test_json_in_the_charset_its_content_type_names_reads_in_it(charset: str, do
 
 
 @pytest.mark.parametrize(
+    ("charset", "text"),
+    [
+        ("iso-8859-1", "Opération réussie"),
+        ("windows-1251", "Операция выполнена успешно"),
+        ("shift_jis", "操作が成功しました"),
+    ],
+)
+def test_xml_without_a_declaration_reads_in_the_charset_its_content_type_names(charset: str, text: str) -> None:
+    """RFC 7303: the charset parameter says the encoding; expat alone took such a body as UTF-8."""
+    body = f"<xml><data><task_id>task_1</task_id></data><error>0</error><error_text>{text}</error_text></xml>"
+    expected = {"data": {"task_id": "task_1"}, "error": 0, "error_text": text}
+    assert decode_body(body.encode(charset), f"application/xml; charset={charset}") == expected
+    assert decode_body(body.encode("utf-8"), f"text/xml; charset={charset}") == expected  # UTF-8 still reads first
+    declared = f'<?xml version="1.0" encoding="utf-8"?>{body}'.encode(charset)
+    with pytest.raises(LoyaltyResponseError, match="not valid XML"):  # its own declaration is what it says
+        decode_body(declared, f"application/xml; charset={charset}")
+
+
+@pytest.mark.parametrize(
     ("charset", "expected"),
     [
         ("x-unknown-8bit", "charset 'x-unknown-8bit' is not a text encoding Python knows"),
