@@ -26,8 +26,9 @@ __all__ = [
 #: ``next_row``: next_from_id = first row of the next batch, export returns ids >= from_id.
 CURSOR_MODES: tuple[str, ...] = ("exclusive", "inclusive", "next_row")
 #: ``seed``: ':' in the dates becomes ' ' (as in the API documentation's example); ``colon``: ':'
-#: kept; ``plain``: '-'.
-HASHED_FILE_STYLES: tuple[str, ...] = ("seed", "colon", "plain")
+#: kept; ``plain``: '-'; ``encoded``: as ``seed``, but the status reply sends the name
+#: percent-encoded, as it appears in the download link (``T00%2000%2000Z``).
+HASHED_FILE_STYLES: tuple[str, ...] = ("seed", "colon", "plain", "encoded")
 #: ``standard``: ``csv.QUOTE_MINIMAL``. ``stray_quotes``: also some unquoted fields with a ``"``
 #: inside (``prod_12 5" screen``), which ``csv.reader`` (excel dialect) still reads as one field.
 #: ``rfc3339_shapes``: the time columns cycle through the other shapes RFC3339 allows (lower case,

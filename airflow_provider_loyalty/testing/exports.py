@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from airflow_provider_loyalty.testing.archive import ArchiveSpec, BatchRows
 from airflow_provider_loyalty.testing.config import EmulatorConfig
@@ -20,7 +21,7 @@ from airflow_provider_loyalty.testing.data import TransactionStream, format_rfc3
 
 __all__ = ["ExportTask", "ExportTaskStore", "hashed_file_name", "period_key", "plan_batch"]
 
-_NAME_SEPARATORS = {"seed": " ", "colon": ":", "plain": "-"}
+_NAME_SEPARATORS = {"seed": " ", "colon": ":", "plain": "-", "encoded": " "}
 
 
 def period_key(date_from: float, date_to: float) -> str:
@@ -152,6 +153,8 @@ class ExportTask:
         :param config: the emulator's configuration (``hashed_file_override``).
         """
         hashed_file = config.hashed_file_override if config.hashed_file_override is not None else self.hashed_file
+        if config.hashed_file_style == "encoded" and config.hashed_file_override is None:
+            hashed_file = quote(hashed_file, safe="/")  # as in the download link; served under the plain name
         result: dict[str, Any] = {"hashed_file": hashed_file}
         if self.total == 0 and self.spec.empty_style == "empty_hashed_file":
             result["hashed_file"] = ""

@@ -179,13 +179,24 @@ def data_object(envelope: Mapping[str, Any], endpoint: str) -> dict[str, Any]:
 _SCHEME_OR_DRIVE = re.compile(r"[A-Za-z][A-Za-z+.-]*:")
 
 
+def _name_of(segment: str) -> str:
+    """A ``hashed_file`` segment's file name: a segment sent percent-encoded, as the download link
+    spells it (``T00%2000%2000Z``), decoded once so it is not encoded twice. One whose decoding
+    still holds a ``%`` (encoded twice, ``%252e``) stays the literal name it is: no server that
+    decodes again can read it as ``..``."""
+    name = unquote(segment)
+    return segment if "%" in name else name
+
+
 def download_url(settings: LoyaltyConnectionSettings, hashed_file: Any) -> str:
     """The URL of ``GET /api/download/<hashed_file>``, refusing anything that would leave it.
 
     ``hashed_file`` is server data. Each ``/``-separated segment is percent-encoded (the seed's
-    names contain spaces and colons). Refused before any request: non-strings, absolute URLs or
-    paths, empty, ``.`` or ``..`` segments (also percent-encoded ones), backslashes and control
-    characters. The result is checked to stay on the connection's host under ``/api/download/``.
+    names contain spaces and colons); one the server sent already encoded is decoded first, so it
+    is not encoded twice (``%20`` stays ``%20``, as ``requests`` treats a link's escapes). Refused
+    before any request: non-strings, absolute URLs or paths, empty, ``.`` or ``..`` segments (also
+    percent-encoded ones), backslashes and control characters. The result is checked to stay on
+    the connection's host under ``/api/download/``.
     """
     if not isinstance(hashed_file, str) or not hashed_file.strip():
         raise LoyaltyUnsafeDataError(f"hashed_file: expected a non-empty string, got {hashed_file!r}")
@@ -201,7 +212,7 @@ def download_url(settings: LoyaltyConnectionSettings, hashed_file: Any) -> str:
         decoded = unquote(segment)
         if decoded in ("", ".", "..") or "/" in decoded or "\\" in decoded:
             raise LoyaltyUnsafeDataError(f"hashed_file {shown} has an empty, '.' or '..' segment")
-    path = settings.base_path + DOWNLOAD_PREFIX + "/".join(quote(segment, safe="") for segment in segments)
+    path = settings.base_path + DOWNLOAD_PREFIX + "/".join(quote(_name_of(segment), safe="") for segment in segments)
     url = settings.origin + path
     parts = urlsplit(url)
     if parts.netloc != settings.netloc or not parts.path.startswith(settings.base_path + DOWNLOAD_PREFIX):

@@ -81,14 +81,15 @@ def test_export_lifecycle_typed_results(hook: LoyaltyHook, loyalty_emulator: Loy
     }
 
 
-@pytest.mark.parametrize("style", ["seed", "colon"])
+@pytest.mark.parametrize("style", ["seed", "colon", "encoded"])
 def test_download_name_with_spaces_and_colons(
     hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, style: str, tmp_path
 ):
+    """``encoded``: the name as the download link spells it (``T00%2000%2000Z``) is not encoded twice."""
     loyalty_emulator.config.hashed_file_style = style
     status = _wait_completed(hook, hook.create_transactions_export(**EXPORT))
     hashed_file = status["result"]["hashed_file"]
-    assert (" " if style == "seed" else ":") in hashed_file
+    assert {"seed": " ", "colon": ":", "encoded": "%20"}[style] in hashed_file
     target = tmp_path / "batch.zip"
     written = hook.download_export(hashed_file, target)
     assert written == target.stat().st_size > 0

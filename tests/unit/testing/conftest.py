@@ -8,7 +8,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 from xml.sax.saxutils import escape
 
 import defusedxml.ElementTree as SafeET
@@ -49,8 +49,9 @@ def xml_to_obj(element: Any) -> Any:
 
 
 def download_path(hashed_file: str) -> str:
-    """Percent-encode each segment of a hashed_file, as the provider does."""
-    return "/api/download/" + "/".join(quote(segment, safe="") for segment in hashed_file.split("/"))
+    """Percent-encode each segment of a hashed_file (once: an encoded one is decoded first), as the provider does."""
+    names = [segment if "%" in unquote(segment) else unquote(segment) for segment in hashed_file.split("/")]
+    return "/api/download/" + "/".join(quote(name, safe="") for name in names)
 
 
 def zip_members(content: bytes) -> list[tuple[str, bytes]]:

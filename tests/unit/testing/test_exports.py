@@ -177,6 +177,7 @@ def test_empty_period(client: Any) -> None:
         ("seed", "Transactions_loyalty_123_1_2023-09-01T00 00 00Z_2023-09-30T23 59 59Z.zip"),
         ("colon", "Transactions_loyalty_123_1_2023-09-01T00:00:00Z_2023-09-30T23:59:59Z.zip"),
         ("plain", "Transactions_loyalty_123_1_2023-09-01T00-00-00Z_2023-09-30T23-59-59Z.zip"),
+        ("encoded", "Transactions_loyalty_123_1_2023-09-01T00%2000%2000Z_2023-09-30T23%2059%2059Z.zip"),
     ],
 )
 def test_hashed_file_styles(emulator_factory: Any, client_factory: Any, style: str, name: str) -> None:
