@@ -10,6 +10,7 @@ key is logged with the closest known one, since a misspelt setting would otherwi
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import logging
 import os
@@ -128,6 +129,28 @@ class LoyaltyConnectionSettings:
 _API_ROOT_SUFFIX = re.compile(r"/api(?:/v\d+(?:\.\d+)*)?$")
 
 
+#: ``https:/host``, ``https//host``, ``http:host``: a scheme typed without its ``://``.
+_MISTYPED_SCHEME = re.compile(r"https?(?::/?(?!/)|//)", re.IGNORECASE)
+
+
+def _check_host_name(hostname: str, host: str | None) -> None:
+    """A host name (letters of any script, digits, ``-``, ``.``, ``_``) or an IP address; anything
+    else (a space, a second ``:port``) would only fail later, as a connection error that is retried.
+
+    :param hostname: the base URL's host, as :func:`~urllib.parse.urlsplit` reads it.
+    :param host: the connection's Host as given, for the error.
+    """
+    if ":" in hostname:  # IPv6, in brackets in the URL
+        try:
+            ipaddress.ip_address(hostname.split("%", 1)[0])
+            return
+        except ValueError:
+            pass
+    elif all(char.isalnum() or char in "-._" for char in hostname) and not hostname.startswith((".", "-")):
+        return
+    raise LoyaltyValidationError("host", f"{host!r}: {hostname!r} is not a host name or IP address")
+
+
 def normalize_base_url(
     host: str | None, schema: str | None = None, port: int | None = None, path_prefix: str | None = None
 ) -> tuple[str, bool]:
@@ -146,14 +169,25 @@ def normalize_base_url(
         raise LoyaltyValidationError("host", "the loyalty connection needs a Host (the API base URL)")
     assumed = "://" not in raw and not schema
     if "://" not in raw:
+        if _MISTYPED_SCHEME.match(raw):
+            raise LoyaltyValidationError("host", f"{host!r} looks like a mistyped scheme; expected https://<host>")
         raw = f"{schema or 'https'}://{raw}"
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise LoyaltyValidationError("host", f"expected an http(s) base URL, got {host!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise LoyaltyValidationError("host", "the base URL must not carry credentials, a query or a fragment")
+    _check_host_name(parts.hostname, host)
+    try:
+        given_port = parts.port
+    except ValueError:
+        raise LoyaltyValidationError("host", f"{host!r} has a port that is not a number in 1..65535") from None
+    if given_port == 0:
+        raise LoyaltyValidationError("host", f"{host!r} has port 0; expected a port in 1..65535")
+    if port and not 0 < port < 65536:  # 0 is no port (Airflow's UI sends 0 for an empty Port field)
+        raise LoyaltyValidationError("port", f"expected a port in 1..65535, got {port!r}")
     netloc = parts.netloc
-    if port and parts.port is None:
+    if port and given_port is None:
         netloc = f"{netloc}:{port}"
     path = parts.path.rstrip("/")
     if not path and path_prefix and path_prefix.strip("/"):

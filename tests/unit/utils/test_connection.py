@@ -211,6 +211,26 @@ def test_base_urls(host: str, schema: str | None, port: int | None, expected: tu
 
 
 @pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("example.com", 0, "https://example.com"),  # Airflow's UI sends 0 for an empty Port field
+        ("example.com", 8443, "https://example.com:8443"),
+        ("https://[::1]:8080", None, "https://[::1]:8080"),
+        ("https://exa_mple.internal", None, "https://exa_mple.internal"),
+        ("münchen.example", None, "https://münchen.example"),
+        ("http-gateway.example.com", None, "https://http-gateway.example.com"),
+    ],
+)
+def test_unusual_but_valid_hosts_and_ports(host: str, port: int | None, expected: str) -> None:
+    assert normalize_base_url(host, None, port)[0] == expected
+
+
+def test_a_port_field_out_of_range_is_refused_naming_it() -> None:
+    with pytest.raises(LoyaltyValidationError, match=r"^port: expected a port in 1..65535, got 70000"):
+        normalize_base_url("example.com", None, 70000)
+
+
+@pytest.mark.parametrize(
     ("uri", "base_url"),
     [
         ("loyalty://:TOKEN-1@gw.example.com:8443/loyalty?timeout=30", "https://gw.example.com:8443/loyalty"),
@@ -229,7 +249,25 @@ def test_a_uri_form_connections_path_is_the_path_prefix(
     assert LoyaltyHook().settings.base_url == base_url
 
 
-@pytest.mark.parametrize("host", ["", "ftp://example.com", "https://user:pw@example.com", "https://x.com/?a=1"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "ftp://example.com",
+        "https://user:pw@example.com",
+        "https://x.com/?a=1",
+        # mistyped: each was taken, then failed every request as a retried connection error
+        "https:/api.example.com",
+        "http//api.example.com",
+        "https:api.example.com",
+        "api.example.com:abc",
+        "https://api.example.com:99999",
+        "https://api.example.com:443:443",
+        "https://api.example.com:0",
+        "https://api .example.com",
+        "https://-api.example.com",
+    ],
+)
 def test_bad_base_urls_name_the_host(host: str) -> None:
     with pytest.raises(LoyaltyValidationError) as caught:
         normalize_base_url(host)
