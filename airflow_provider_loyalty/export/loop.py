@@ -153,10 +153,13 @@ class ExportLoop:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def begin(self, *, max_wait: float | None = None) -> ExportProgress:
+    def begin(self, *, max_wait: float | None = None, after_deferral: bool = False) -> ExportProgress:
         """Take the location, then resume this export's checkpoint or start afresh.
 
         :param max_wait: seconds to wait for another export of the same period writing there.
+        :param after_deferral: this try comes back from the triggerer (``execute_complete``): its own
+            checkpoint is resumed whatever ``resume`` says (``resume`` is about an earlier try's),
+            and the batch's attempts so far still count.
         """
         self.lease.acquire(max_wait=self.batch_timeout if max_wait is None else max_wait)
         if self.lease.waited_since is not None:
@@ -171,9 +174,10 @@ class ExportLoop:
             self.log.info("The export that finished at %s died while sealing; finishing its seal", self.sink.describe())
             self.adopted = None
             return sealing
-        progress = self._resumable_checkpoint() if self.adopted is None else None
+        progress = self._resumable_checkpoint(after_deferral) if self.adopted is None else None
         if progress is not None:
-            progress.recreations = []  # each try gets its own attempts at a batch
+            if not after_deferral:
+                progress.recreations = []  # each try gets its own attempts at a batch
             self.log.info(
                 "Resuming the export at %s after %d landed part(s), cursor %s%s",
                 self.sink.describe(),
@@ -297,7 +301,7 @@ class ExportLoop:
     ) -> None:
         status = fetched.status
         if status.state is ExportTaskState.FAILED:
-            if current.task_id in self._created:
+            if self._created_by_this_try(current):
                 status.raise_for_failure()  # the API's own failure: the task fails (a retry creates it again)
             raise _BatchUnusable(
                 f"export task {current.task_id} had ended with status {status.status!r}: {status.failure_text}"
@@ -322,7 +326,7 @@ class ExportLoop:
                 f"max_batches={self.max_batches} reached and the API still returns a next_from_id "
                 f"({progress.cursor!r}); raise max_batches or check the cursor"
             )
-        task = PendingTask(self._create(progress.cursor), progress.cursor)
+        task = PendingTask(self._create(progress.cursor), progress.cursor, self.lease.identity.try_number)
         progress.pending = [task]
         self._checkpoint(progress)
         return task
@@ -337,10 +341,15 @@ class ExportLoop:
             if progress.pending[1].from_id == cursor:
                 return progress.pending[1]
             del progress.pending[1:]
-        task = PendingTask(self._create(cursor), cursor)
+        task = PendingTask(self._create(cursor), cursor, self.lease.identity.try_number)
         progress.pending.append(task)
         self._checkpoint(progress)
         return task
+
+    def _created_by_this_try(self, task: PendingTask) -> bool:
+        """Whether this try created the export task (before a deferral too), so its failure is this try's."""
+        try_number = self.lease.identity.try_number
+        return task.task_id in self._created or (try_number is not None and task.created_in_try == try_number)
 
     def _create(self, cursor: str | None) -> str:
         task_id = self.hook.create_transactions_export(
@@ -469,9 +478,12 @@ class ExportLoop:
 
     # ------------------------------------------------------------------ the location
 
-    def _resumable_checkpoint(self) -> ExportProgress | None:
-        """This export's checkpoint, if it can be trusted; anything else is logged and ignored."""
-        if not self.resume:
+    def _resumable_checkpoint(self, after_deferral: bool = False) -> ExportProgress | None:
+        """This export's checkpoint, if it can be trusted; anything else is logged and ignored.
+
+        :param after_deferral: the checkpoint is this try's own (see :meth:`begin`).
+        """
+        if not (self.resume or after_deferral):
             return None
         progress = self._stored_checkpoint(quiet=False)
         if progress is None:

@@ -24,10 +24,13 @@ class PendingTask:
 
     :param task_id: the export task.
     :param from_id: the cursor it was created with.
+    :param created_in_try: the Airflow try that created it (``None``: another try's, adopted, or
+        outside Airflow): its failure is that try's to report, not a batch to create again.
     """
 
     task_id: str
     from_id: str | None
+    created_in_try: int | None = None
 
 
 @dataclass

@@ -284,7 +284,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
             status, trigger_errors = status_from_event(event, export_task_id), 0
         loop = self._loop = self.export_loop(context)
         with _closing_unless_deferred(loop):
-            progress = loop.begin()
+            progress = loop.begin(after_deferral=True)
             return self._after(context, loop, loop.advance(progress, completed=status), trigger_errors=trigger_errors)
 
     def _after(self, context: Context, loop: ExportLoop, step: Step, *, trigger_errors: int = 0) -> dict[str, Any]:

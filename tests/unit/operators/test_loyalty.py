@@ -32,7 +32,13 @@ from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyE
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
 from airflow_provider_loyalty.verify import verify_manifest
 from tests.support.helpers import all_transaction_ids, csv_ids, point_connection_at, requests_seen
-from tests.support.operator_driver import DeferralLog, context_for, local_export_operator, run_with_deferrals
+from tests.support.operator_driver import (
+    DeferralLog,
+    context_for,
+    local_export_operator,
+    run_with_deferrals,
+    task_instance,
+)
 
 N = 2500
 
@@ -212,11 +218,47 @@ class TestLoyaltyExportOperator:
         assert not (tmp_path / "_manifest.json").exists()
 
     def test_failed_task_in_deferrable_mode(self, emulator: LoyaltyEmulator, tmp_path):
+        """The export task this try created (before deferring) failed: the try fails with the API's
+        text, as in the worker; it was taken for an earlier try's task and created again."""
         emulator.config.task_duration = 0.5
-        emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "quota exceeded"})])
-        with pytest.raises(LoyaltyError, match="quota exceeded"):
-            run_with_deferrals(local_export_operator(tmp_path, deferrable=True), context_for())
+        failing = FaultRule(endpoint="status", kind="task_failed", count=None, params={"text": "quota exceeded"})
+        log = DeferralLog()
+        with pytest.raises(LoyaltyExportTaskFailed, match="quota exceeded"):
+            run_with_deferrals(
+                local_export_operator(tmp_path, deferrable=True),
+                context_for(ti=task_instance(try_number=1)),
+                log,
+                before_trigger=lambda _: emulator.set_faults([failing]),  # it fails while deferred
+            )
+        assert (log.deferrals, len(emulator.export_tasks())) == (1, 1)
         assert not (tmp_path / "_manifest.json").exists()
+
+    def test_an_unusable_batch_in_deferrable_mode_is_created_again_a_bounded_number_of_times(
+        self, emulator: LoyaltyEmulator, tmp_path
+    ):
+        """Each return from the triggerer reset the batch's attempts: it was created again forever."""
+        emulator.config.task_duration = 0.3
+        emulator.set_faults(
+            [FaultRule(endpoint="download", kind="short_batch", count=None, params={"downloads": 1000})]
+        )
+        with pytest.raises(LoyaltyBatchUnusableError, match="after creating it 3 times"):
+            run_with_deferrals(
+                local_export_operator(tmp_path, deferrable=True), context_for(ti=task_instance(try_number=1))
+            )
+        assert [task["from_id"] for task in emulator.export_tasks()].count(None) == 3
+
+    def test_resume_false_in_deferrable_mode_still_resumes_its_own_deferrals(self, emulator: LoyaltyEmulator, tmp_path):
+        """``resume`` is about an earlier try's checkpoint; each return from the triggerer threw this
+        try's own away and started the export over, forever."""
+        emulator.config.task_duration = 0.3
+        log = DeferralLog()
+        manifest = run_with_deferrals(
+            local_export_operator(tmp_path, deferrable=True, resume=False),
+            context_for(ti=task_instance(try_number=1)),
+            log,
+        )
+        assert csv_ids(part_paths(tmp_path, manifest)) == all_transaction_ids(emulator)
+        assert len(emulator.export_tasks()) == log.deferrals == 3
 
     def test_failed_rerun_keeps_the_previous_export_provable(self, emulator: LoyaltyEmulator, tmp_path):
         """A re-run stages its parts: when it fails, the last complete export and its parts stay as they were."""
