@@ -39,6 +39,9 @@ EVENT_STATUSES = frozenset({"success", "error", "timeout"})
 #: Time a first status check may take even when the deadline has already passed (a trigger resumed
 #: late on another triggerer still looks once: a task that completed meanwhile is a success).
 _FIRST_POLL_GRACE = 30.0
+#: Time the last status check may take once the deadline has cut a pause short: a task that
+#: completed since the previous check is a success, not a timeout (poke mode checks once more too).
+_LAST_POLL_GRACE = 10.0
 
 
 class LoyaltyExportTaskTrigger(BaseTrigger):
@@ -150,13 +153,16 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         try:
             async with startup_gate():  # the first step: connection read, session open, first request
                 await hook.__aenter__()
-                polls, status = 1, await self._poll(hook, first=True)
+                polls, status = 1, await self._poll(hook, grace=_FIRST_POLL_GRACE)
             loop = asyncio.get_running_loop()
             while status is not None and not status.state.is_terminal:
                 await asyncio.sleep(self._next_sleep(loop.time()))
                 if self.deadline is not None and self._remaining() <= 0:  # type: ignore[operator]
-                    return self._timeout_event(status.status)
-                previous, status = status, await self._poll(hook, first=False)
+                    last = await self._poll(hook, grace=_LAST_POLL_GRACE)  # one look at the deadline
+                    if last is not None and last.state.is_terminal:
+                        return self._terminal_event(last)
+                    return self._timeout_event((last or status).status)
+                previous, status = status, await self._poll(hook)
                 polls += 1
                 if status is not None and (status.status, status.progress) != (previous.status, previous.progress):
                     self.log.info("Export task %s: %s (check %d)", self.export_task_id, status.describe(), polls)
@@ -170,10 +176,11 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         finally:
             await hook.aclose()
 
-    async def _poll(self, hook: LoyaltyAsyncHook, *, first: bool) -> ExportTaskStatus | None:
-        """One status check within the time left (``None``: the deadline passed during it)."""
+    async def _poll(self, hook: LoyaltyAsyncHook, *, grace: float = 0.0) -> ExportTaskStatus | None:
+        """One status check within the time left, or ``grace`` seconds if longer (``None``: the
+        deadline passed during it)."""
         remaining = self._remaining()
-        budget = None if remaining is None else max(remaining, _FIRST_POLL_GRACE if first else 0.0)
+        budget = None if remaining is None else max(remaining, grace)
         try:
             async with asyncio.timeout(budget):
                 return await hook.get_export_task_status(self.export_task_id)
@@ -202,7 +209,7 @@ def defer_until_done(
     poll_interval: float,
     deadline: float,
     kwargs: dict[str, Any] | None = None,
-    grace: float = 0.0,
+    grace: float = _FIRST_POLL_GRACE,
 ) -> NoReturn:
     """Defer ``task`` to a :class:`LoyaltyExportTaskTrigger` until the export task ends or ``deadline`` passes.
 
@@ -217,7 +224,8 @@ def defer_until_done(
     :param deadline: epoch seconds after which the trigger emits a ``timeout`` event.
     :param kwargs: passed to ``execute_complete`` besides the event.
     :param grace: seconds the deferral's own timeout allows beyond ``deadline`` (so the trigger's
-        event, which says what timed out, normally comes first).
+        event, which says what timed out, normally comes first; by default the longest status check
+        the trigger makes past its deadline).
     """
     task.defer(
         trigger=LoyaltyExportTaskTrigger(

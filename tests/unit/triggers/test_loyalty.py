@@ -138,6 +138,16 @@ async def test_never_finishing_task_times_out_at_the_deadline(connected: Loyalty
     assert status_requests(connected) >= 3
 
 
+async def test_a_task_that_completes_just_before_the_deadline_is_a_success(connected: LoyaltyEmulator) -> None:
+    """The deadline cuts the pause short: the trigger looks once more instead of reporting a task
+    that completed since its last check as timed out (poke mode checks at the deadline too)."""
+    connected.config.task_duration = 0.6
+    task_id = create_export()
+    event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=30.0, deadline=time.time() + 1.2))
+    assert event["status"] == "success", event
+    assert status_requests(connected) == 2  # the first check, and the one at the deadline
+
+
 async def test_deadline_already_passed_still_checks_once(connected: LoyaltyEmulator) -> None:
     """A trigger resumed late (e.g. on another triggerer) reports a task that completed meanwhile."""
     task_id = create_export()
@@ -404,7 +414,9 @@ def test_triggers_started_together_do_not_poll_in_step(connected: LoyaltyEmulato
 
     assert [event["status"] for event in events] == ["timeout"] * len(task_ids)
     polls = [entry["received_at"] for entry in connected.stats()["request_log"] if entry["endpoint"] == "status"]
-    later = sorted(when for when in polls if when > started + 0.3)[len(task_ids) // 2 :]  # after every first check
+    # after every first check, before the one last check each makes at the (shared) deadline
+    ended = max(polls) - 0.2
+    later = sorted(when for when in polls if started + 0.3 < when < ended)[len(task_ids) // 2 :]
     assert len(later) >= 3 * len(task_ids)  # each trigger checked about once per interval after its first
     slots: dict[int, int] = {}
     for when in later:
