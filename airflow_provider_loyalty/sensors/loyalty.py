@@ -62,6 +62,8 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         self.export_task_id = export_task_id
         self.loyalty_conn_id = loyalty_conn_id
         self.deferrable = deferrable
+        if deferrable:  # the trigger polls at this interval: zero would poll without pause
+            validation.check_positive_number(self.poke_interval, "poke_interval")
 
     @cached_property
     def hook(self) -> LoyaltyHook:

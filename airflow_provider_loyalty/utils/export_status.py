@@ -146,7 +146,11 @@ class ExportTaskStatus:
         completed, failed = state is ExportTaskState.COMPLETED, state is ExportTaskState.FAILED
         result = ExportResult.from_reply(export_task_id, data.get("result")) if completed else None
         failure = redact(_failure_text(data), token) if failed else None
-        return cls(export_task_id, status, state, data.get("progress"), result, failure)
+        progress = data.get("progress")
+        if isinstance(progress, str):
+            progress = redact(progress, token)
+        # The word and the progress go to logs and events as they are: nothing of the token in them.
+        return cls(export_task_id, redact(status, token), state, progress, result, failure)
 
     def raise_for_failure(self) -> None:
         """Raise :class:`LoyaltyExportTaskFailed` with the API's text if the task failed."""

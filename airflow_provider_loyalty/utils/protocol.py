@@ -8,6 +8,7 @@ server-supplied ``hashed_file`` into a download URL. What an export task's statu
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import re
 import time
@@ -49,7 +50,8 @@ def carries_envelope(headers: Mapping[str, str]) -> bool:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: a number, or an HTTP date."""
+    """``Retry-After`` as seconds: a number, or an HTTP date (GMT in every form HTTP allows; the
+    asctime form carries no zone and would otherwise be read in the machine's local time)."""
     if not value:
         return None
     value = value.strip()
@@ -61,6 +63,8 @@ def parse_retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - time.time())
 
 

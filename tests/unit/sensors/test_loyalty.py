@@ -234,3 +234,13 @@ def test_execute_complete_raises_on_anything_but_success(
 def test_execute_complete_soft_fail_skips(event: dict[str, Any]) -> None:
     with pytest.raises(AirflowSkipException):
         make_sensor("task_1", soft_fail=True).execute_complete(CONTEXT, event)
+
+
+def test_a_deferrable_sensor_with_no_pause_between_checks_is_refused_naming_poke_interval(
+    emulator: LoyaltyEmulator,
+) -> None:
+    """The trigger refused it after the first request, naming its own ``poll_interval``."""
+    with pytest.raises(LoyaltyValidationError, match=r"^poke_interval: expected a number > 0, got 0"):
+        make_sensor("task_1", deferrable=True, poke_interval=0)
+    assert make_sensor("task_1", deferrable=False, poke_interval=0).poke_interval == 0  # poking may
+    assert emulator.stats()["requests_total"] == 0

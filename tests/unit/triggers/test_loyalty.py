@@ -148,6 +148,28 @@ async def test_a_task_that_completes_just_before_the_deadline_is_a_success(conne
     assert status_requests(connected) == 2  # the first check, and the one at the deadline
 
 
+def test_a_status_word_that_echoes_the_token_leaves_it_out_of_the_event_and_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every other echo was masked; the running status word went out as sent."""
+    from tests.reliability.support import envelope, loopback_server, send
+
+    token = "tok-SECRET-4f1c2a9e77b3"
+
+    def respond(handler, _server) -> None:
+        data = {"status": f"queued ({token})", "progress": "12%"}
+        send(handler, 200, envelope(data), "application/json")
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": token, "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        with caplog.at_level(logging.DEBUG):
+            trigger = LoyaltyExportTaskTrigger("task_1", poll_interval=0.05, deadline=time.time() + 0.4)
+            event = asyncio.run(run_trigger(trigger))
+    assert event["status"] == "timeout" and "queued" in event["message"], event
+    assert token not in json.dumps(event) and token not in caplog.text
+
+
 async def test_deadline_already_passed_still_checks_once(connected: LoyaltyEmulator) -> None:
     """A trigger resumed late (e.g. on another triggerer) reports a task that completed meanwhile."""
     task_id = create_export()
