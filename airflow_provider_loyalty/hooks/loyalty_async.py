@@ -13,7 +13,8 @@ bodies are read incrementally. The hooks of one loop share one session and its c
 (:mod:`~airflow_provider_loyalty.hooks.loop_sessions`), so a trigger costs the garbage collector a
 few dozen objects, not a session's hundred. A thousand triggers started together do not open a thousand
 sessions in one loop step: the first step of each (connection read, session open, first request)
-passes a small per-loop gate (:data:`STARTUP_CONCURRENCY`).
+passes a small per-loop gate (:data:`STARTUP_CONCURRENCY`), and keeps its place there at most
+:data:`STARTUP_SLOT_SECONDS` (a slow or dead host does not hold up the triggers of other hosts).
 
 aiohttp rather than httpx: a triggerer runs up to a thousand of these polling at once, and the
 benchmarks measured about a third of httpx's CPU per request (``docs/benchmarks.md``).
@@ -22,9 +23,11 @@ benchmarks measured about a third of httpx's CPU per request (``docs/benchmarks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 import weakref
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +49,9 @@ _READ_CHUNK_BYTES = 64 * 1024
 #: How many triggers of one event loop may be in their first step (connection read, session open,
 #: first request) at once: a thousand starting together then queue instead of stalling the loop.
 STARTUP_CONCURRENCY = 8
+#: Longest a first step keeps its place in the gate: one that waits on a slow or dead host (its
+#: retries, a ``Retry-After``) lets the next trigger start, whatever connection that one uses.
+STARTUP_SLOT_SECONDS = 1.0
 # One TLS context per verify setting for the whole process (building one costs ~28 ms of CPU).
 _SSL_CONTEXTS: dict[bool | str, ssl.SSLContext | bool] = {}
 _STARTUP_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
@@ -58,6 +64,31 @@ def startup_gate() -> asyncio.Semaphore:
     if gate is None:
         gate = _STARTUP_GATES[loop] = asyncio.Semaphore(STARTUP_CONCURRENCY)
     return gate
+
+
+@contextlib.asynccontextmanager
+async def startup_slot(max_hold: float = STARTUP_SLOT_SECONDS) -> AsyncIterator[None]:
+    """A place in the running loop's :func:`startup_gate` for one first step, given back when the
+    step ends or after ``max_hold`` seconds, whichever comes first.
+
+    :param max_hold: the longest the place is kept.
+    """
+    gate = startup_gate()
+    await gate.acquire()
+    held = True
+
+    def give_back() -> None:
+        nonlocal held
+        if held:
+            held = False
+            gate.release()
+
+    timer = asyncio.get_running_loop().call_later(max_hold, give_back)
+    try:
+        yield
+    finally:
+        timer.cancel()
+        give_back()
 
 
 def _build_ssl(verify: bool | str, client_cert: str | tuple[str, str] | None) -> ssl.SSLContext | bool:
@@ -104,7 +135,7 @@ class LoyaltyAsyncHook(BaseHook):
 
         from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-        from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, startup_gate
+        from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, startup_slot
 
 
         class ExportFinishedTrigger(BaseTrigger):
@@ -124,7 +155,7 @@ class LoyaltyAsyncHook(BaseHook):
             async def run(self):
                 hook = LoyaltyAsyncHook(self.loyalty_conn_id)
                 try:
-                    async with startup_gate():  # many triggers starting at once queue here
+                    async with startup_slot():  # many triggers starting at once queue here
                         await hook.open()
                         status = await hook.get_export_task_status(self.export_task_id)
                     while not status.state.is_terminal:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyValidationError
-from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, startup_gate
+from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, startup_slot
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportResult, ExportTaskState, ExportTaskStatus
 from airflow_provider_loyalty.utils.redaction import scrub
@@ -151,7 +151,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
     async def _wait(self) -> dict[str, Any]:
         hook = LoyaltyAsyncHook(self.loyalty_conn_id, content_type=self.content_type, max_retries=self.max_retries)
         try:
-            async with startup_gate():  # the first step: connection read, session open, first request
+            async with startup_slot():  # the first step: connection read, session open, first request
                 await hook.__aenter__()
                 polls, status = 1, await self._poll(hook, grace=_FIRST_POLL_GRACE)
             loop = asyncio.get_running_loop()

@@ -287,6 +287,47 @@ async def test_the_startup_gate_limits_concurrent_first_steps(connected: Loyalty
     assert ungated_peak > STARTUP_CONCURRENCY  # the gate, not the server, held them back
 
 
+def test_a_first_step_held_up_by_a_slow_host_gives_its_place_in_the_gate_back(
+    connected: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight triggers whose API answers 429 with ``Retry-After: 3`` held every place while they
+    slept, so a ninth on a healthy API could not even start until one of them gave up."""
+    from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger
+
+    task_id = create_export()
+
+    def rate_limited(handler, _server) -> None:
+        body = json.dumps({"error": 1006, "error_text": "rate limited"}).encode()
+        send(handler, 429, body, "application/json", Retry_After="3")
+
+    async def main() -> tuple[dict[str, Any], list[bool]]:
+        stuck = [
+            asyncio.create_task(_first_event(LoyaltyExportTaskTrigger(f"task_{n}", loyalty_conn_id="busy")))
+            for n in range(STARTUP_CONCURRENCY)
+        ]
+        await asyncio.sleep(0.2)  # every place in the gate is taken by now
+        event = await _first_event(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05))
+        still_waiting = [not task.done() for task in stuck]
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
+        return event, still_waiting
+
+    with loopback_server(rate_limited) as busy:
+        extra = {"retry_backoff": 0.01, "max_retry_wait": 60, "max_retries": 3}
+        connection = {"conn_type": "loyalty", "host": busy.url, "password": "a-token-value", "extra": extra}
+        monkeypatch.setenv("AIRFLOW_CONN_BUSY", json.dumps(connection))
+        event, still_waiting = asyncio.run(main())
+    assert event["status"] == "success", event
+    assert all(still_waiting)  # the healthy one did not wait for a stuck one to give up
+
+
+async def _first_event(trigger: Any) -> dict[str, Any]:
+    async for event in trigger.run():
+        return dict(event.payload)
+    raise AssertionError("the trigger ended without an event")
+
+
 def test_each_event_loop_has_its_own_gate() -> None:
     async def gate() -> asyncio.Semaphore:
         return startup_gate()
