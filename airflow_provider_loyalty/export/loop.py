@@ -51,6 +51,7 @@ from airflow_provider_loyalty.export.layout import (
     staged,
 )
 from airflow_provider_loyalty.export.lease import LocationLease, WriterIdentity
+from airflow_provider_loyalty.export.manifest import starting_cursor
 from airflow_provider_loyalty.export.progress import CLEANUP, EXPORTING, ExportProgress, PartRecord, PendingTask
 from airflow_provider_loyalty.export.seal import Sealer, finish_interrupted_switch
 from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument
@@ -560,8 +561,9 @@ class ExportLoop:
         return True
 
     def _manifest_finished_since(self, since: float) -> dict[str, Any] | None:
-        """The manifest an export of the same period and output format finished while we waited for
-        it, if any (one in another format is what this export replaces, not what it asked for)."""
+        """The manifest an export of the same period, ``from_id`` and output format finished while we
+        waited for it, if any (one in another format, or from another cursor, is what this export
+        replaces, not what it asked for)."""
         try:
             manifest = self.sink.read_json(MANIFEST_NAME)
         except UnreadableDocument:
@@ -569,6 +571,8 @@ class ExportLoop:
         if manifest is None or period_of(manifest) != self.spec.period:
             return None
         if manifest.get("output_format", "csv") != self.spec.output_format:
+            return None
+        if starting_cursor(manifest) != self.spec.from_id:  # another export's rows, not this one's
             return None
         if _epoch(manifest.get("completed_at")) < since:
             return None

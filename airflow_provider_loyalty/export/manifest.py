@@ -20,6 +20,19 @@ XCOM_PARTS_LIMIT = 100
 _PART_FIELDS = ("rows", "bytes", "sha256", "export_task_id", "from_id", "next_from_id")
 
 
+def starting_cursor(manifest: dict[str, Any]) -> str | None:
+    """The ``from_id`` an export started from, as its manifest says (from its first part's, for a
+    manifest written before the field existed; ``None`` for such a manifest without parts).
+
+    :param manifest: a manifest document.
+    """
+    if "from_id" in manifest:
+        return manifest["from_id"]  # type: ignore[no-any-return]
+    parts = manifest.get("parts") or [{}]
+    first = parts[0] if isinstance(parts[0], dict) else {}
+    return first.get("from_id")
+
+
 def build_manifest(
     spec: ExportSpec,
     progress: ExportProgress,
@@ -46,6 +59,7 @@ def build_manifest(
     return {
         "format_version": MANIFEST_FORMAT_VERSION,
         **spec.period,
+        "from_id": spec.from_id,
         "output_format": spec.output_format,
         "parts": parts,
         "total_rows": sum(record.rows for record in records),

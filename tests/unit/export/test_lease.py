@@ -229,6 +229,27 @@ def test_a_finished_export_in_another_output_format_is_not_adopted(
     assert report.intact, report.problems
 
 
+def test_a_finished_export_from_another_from_id_is_not_adopted(
+    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
+):
+    """Try 1 exported the period from a cursor (a part of it) and died holding the location; try 2
+    asks for the whole period: it must get the whole period, not the part (it took the part, and
+    loyalty-verify called it INTACT)."""
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    ids = emulator.expected_ids(SEPTEMBER[0], "2023-09-30T23:59:59Z")
+    partial = make_operator(target, replace=True, from_id=ids[999]).execute(
+        context_for(*SEPTEMBER, ti=task_instance(try_number=1))
+    )
+    assert partial["total_rows"] == len(ids) - 1000 and partial["from_id"] == ids[999]
+    leave_try_1s_lease(target, s3_client)
+
+    whole = make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=2)))
+
+    assert (whole["total_rows"], whole["from_id"]) == (len(ids), None)
+    report = verify_manifest(manifest_location(target), conn_id="aws_default" if s3_client else None)
+    assert report.intact and report.rows == len(ids), report.problems
+
+
 class _Killed(BaseException):
     """A worker killed in the middle of a call (no handler of ours catches a BaseException)."""
 
