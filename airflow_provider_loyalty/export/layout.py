@@ -32,6 +32,15 @@ TEMPORARY_PREFIX = "_tmp-"
 _PART_NAME = re.compile(r"^part-\d{5,}\.(csv|csv\.gz|parquet|zip)$")
 
 
+def is_reserved_location_name(name: str) -> bool:
+    """Whether an export location named ``name`` would sit inside another location's bookkeeping
+    (``<dir>/_staging``, ``<dir>/_parts``, ``<dir>/_tmp-…``), where an export at ``<dir>`` deletes.
+
+    :param name: the location's last path segment.
+    """
+    return name in (RECORDS_DIR, STAGING_DIR) or name.startswith(TEMPORARY_PREFIX)
+
+
 def part_name(index: int, output_format: str = "csv") -> str:
     """``part-00000.csv`` for batch 0 in CSV; ``part-00000.zip`` for a kept original archive."""
     suffix = "zip" if output_format == "zip" else part_suffix(output_format)

@@ -8,10 +8,12 @@ import os
 import tempfile
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import BaseOperator, Context, ObjectStoragePath
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError, LoyaltyVerificationError
+from airflow_provider_loyalty.export.layout import is_reserved_location_name
 from airflow_provider_loyalty.export.sinks import ObjectStorageSink, PartSink, object_location, publish_file
 from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
@@ -53,16 +55,36 @@ class LoyaltyExportOperator(LoyaltyExportBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.output_path = validation.check_output_path(output_path, _EXPORT_OUTPUT)
+        if not validation.is_template(self.output_path):
+            _check_location_name(self.output_path)
         self.output_conn_id = output_conn_id
 
     def build_sink(self, context: Context, spec: ExportSpec) -> PartSink:
         """Parts go under ``output_path``."""
-        self.output_path = validation.check_output_path(self.output_path, _EXPORT_OUTPUT)
+        self.output_path = _check_location_name(validation.check_output_path(self.output_path, _EXPORT_OUTPUT))
         return ObjectStorageSink(self.output_path, conn_id=self.output_conn_id)
 
     def verify_conn_id(self) -> str | None:
-        """``verify=True`` reads the location with ``output_conn_id``."""
-        return self.output_conn_id
+        """``verify=True`` reads the location with ``output_conn_id``, else with the connection the
+        ``output_path`` URL names (``s3://my_conn@bucket/…``), as the export wrote it."""
+        if self.output_conn_id:
+            return self.output_conn_id
+        path = self.output_path
+        conn_id = urlsplit(path).username if isinstance(path, str) and "://" in path else getattr(path, "conn_id", None)
+        return conn_id if isinstance(conn_id, str) and conn_id else None
+
+
+def _check_location_name(output_path: Any) -> Any:
+    """``output_path``, unless it names another location's bookkeeping folder (``<dir>/_staging``,
+    ``<dir>/_parts``, ``<dir>/_tmp-…``): an export at ``<dir>`` clears those and would delete it."""
+    name = output_path.name if isinstance(output_path, ObjectStoragePath) else str(output_path).rstrip("/")
+    name = name.rsplit("/", 1)[-1]
+    if is_reserved_location_name(name):
+        raise LoyaltyValidationError(
+            "output_path",
+            f"{str(output_path)[:120]!r} ends in {name!r}, a name the exports keep their bookkeeping under",
+        )
+    return output_path
 
 
 class LoyaltyAccountTransactionsOperator(BaseOperator):

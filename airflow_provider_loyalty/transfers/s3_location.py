@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
+from airflow_provider_loyalty.export.layout import is_reserved_location_name
 
 _SCHEME = "s3://"
 #: S3 keys are at most 1024 bytes of UTF-8. The longest name an export writes under its prefix
@@ -65,6 +66,10 @@ def check_key_prefix(value: Any) -> str | None:
     if "" in segments:
         raise LoyaltyValidationError(
             "s3_key_prefix", f"{prefix!r} has an empty path segment ('//'): did a template render empty?"
+        )
+    if is_reserved_location_name(segments[-1]):
+        raise LoyaltyValidationError(
+            "s3_key_prefix", f"{prefix!r} ends in {segments[-1]!r}, a name the exports keep their bookkeeping under"
         )
     if "." in segments or ".." in segments:
         raise LoyaltyValidationError(

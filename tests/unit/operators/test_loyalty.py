@@ -371,6 +371,24 @@ class TestLoyaltyExportOperator:
         with pytest.raises(LoyaltyValidationError, match="from_id"):
             local_export_operator(tmp_path, from_id="../../etc")
 
+    @pytest.mark.parametrize("name", ["_staging", "_parts/", "_tmp-0123abcd"])
+    def test_a_location_inside_another_locations_bookkeeping_is_refused(self, emulator, tmp_path, name):
+        """An export at ``<dir>`` clears ``<dir>/_staging`` and ``<dir>/_parts``: one landed there was
+        deleted by the next export at ``<dir>``."""
+        with pytest.raises(LoyaltyValidationError, match=rf"^output_path: .* ends in '{name.rstrip('/')}'"):
+            local_export_operator(tmp_path / "exports" / name.rstrip("/"))
+        operator = local_export_operator("{{ params.where }}")
+        operator.render_template_fields(context_for(params={"where": f"{tmp_path}/{name}"}))
+        with pytest.raises(LoyaltyValidationError, match="output_path"):
+            operator.execute(context_for())
+        assert requests_seen(emulator) == 0
+
+    def test_verify_reads_with_the_connection_the_output_url_names(self, tmp_path):
+        """``s3://my_conn@bucket/…`` was written with my_conn and verified with aws_default."""
+        assert local_export_operator("s3://my_s3@bucket/exports").verify_conn_id() == "my_s3"
+        assert local_export_operator("s3://my_s3@bucket/exports", output_conn_id="other").verify_conn_id() == "other"
+        assert local_export_operator(str(tmp_path)).verify_conn_id() is None
+
     def test_object_storage_output_path(self, emulator: LoyaltyEmulator, tmp_path):
         manifest = local_export_operator(f"file://{tmp_path}/osp").execute(context_for())
         assert manifest["parts"][0]["key"].startswith("file://")

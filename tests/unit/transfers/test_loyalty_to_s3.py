@@ -97,6 +97,7 @@ BAD_LOCATIONS = [
     ({"s3_key_prefix": "exports//2023-09"}, "s3_key_prefix: 'exports//2023-09' has an empty path segment", "render"),
     ({"s3_key_prefix": "exports/../2023-09"}, "s3_key_prefix: 'exports/../2023-09' has a '.' or '..'", "literal"),
     ({"s3_bucket": ""}, "s3_bucket: required", "bucket"),
+    ({"s3_key_prefix": "exports/_staging"}, "s3_key_prefix: 'exports/_staging' ends in '_staging'", "bookkeeping"),
     ({"s3_key_prefix": "exports/2023-09\r\nold"}, "s3_key_prefix: 'exports/2023-09", "holds the control character"),
     ({"s3_key_prefix": "档案馆/" * 250}, "s3_key_prefix: the key prefix '档案馆/档案馆", "2499 bytes of UTF-8"),
 ]
