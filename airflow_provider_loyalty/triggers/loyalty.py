@@ -209,7 +209,7 @@ def defer_until_done(
     poll_interval: float,
     deadline: float,
     kwargs: dict[str, Any] | None = None,
-    grace: float = _FIRST_POLL_GRACE,
+    grace: float = 0.0,
 ) -> NoReturn:
     """Defer ``task`` to a :class:`LoyaltyExportTaskTrigger` until the export task ends or ``deadline`` passes.
 
@@ -224,8 +224,9 @@ def defer_until_done(
     :param deadline: epoch seconds after which the trigger emits a ``timeout`` event.
     :param kwargs: passed to ``execute_complete`` besides the event.
     :param grace: seconds the deferral's own timeout allows beyond ``deadline`` (so the trigger's
-        event, which says what timed out, normally comes first; by default the longest status check
-        the trigger makes past its deadline).
+        event, which says what timed out, normally comes first). None by default: the task's
+        ``execution_timeout`` holds while deferred; the trigger's last check at its deadline takes
+        milliseconds, and if the scheduler times the deferral out first the task fails the same way.
     """
     task.defer(
         trigger=LoyaltyExportTaskTrigger(
