@@ -293,7 +293,11 @@ class ObjectStorageSink(PartSink):
             if self.local_root is not None:  # a hard link: no copy, and the source stays until deleted
                 temporary = os.path.join(os.path.dirname(self._local(target)), temporary_name())
                 os.link(self._local(source), temporary)
+                # Renaming a link over another link to the same file does nothing (POSIX), which
+                # left the temporary name behind when a retry redid a move already done.
                 os.replace(temporary, self._local(target))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
                 return
             with (self.base / source).open("rb") as reader, (self.base / target).open("wb") as writer:
                 shutil.copyfileobj(reader, writer, _COPY_CHUNK)

@@ -140,6 +140,13 @@ def period_bound(value: Any, parameter: str, *, end: bool) -> dt.datetime:
     return moment.replace(microsecond=0)
 
 
+def _wall_clock(value: dt.date | dt.datetime) -> dt.datetime | None:
+    """A naive value as the wall-clock time it names (``None`` for an aware one: no gap applies)."""
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo is None or value.utcoffset() is None else None
+    return dt.datetime.combine(value, dt.time(0, 0, 0))
+
+
 def format_rfc3339(value: dt.datetime) -> str:
     """The API's RFC3339 UTC form to the second, ``2023-09-01T00:00:00Z`` (4-digit years always)."""
     utc = value.astimezone(_UTC) if value.tzinfo is not None else value
@@ -155,6 +162,14 @@ def check_period(date_from: Any, date_to: Any) -> tuple[str, str]:
     start = period_bound(date_from, "date_from", end=False)
     finish = period_bound(date_to, "date_to", end=True)
     if start > finish:
+        first = _wall_clock(parse_period_value(date_from, "date_from"))
+        last = _wall_clock(parse_period_value(date_to, "date_to"))
+        if first is not None and last is not None and first <= last:  # in order as given: a skipped hour
+            raise LoyaltyValidationError(
+                "date_from",
+                f"the period {date_from!s:.40} .. {date_to!s:.40} lies in the hour skipped when daylight "
+                f"saving time starts in [core] default_timezone ({default_timezone()}): it holds no instant",
+            )
         raise LoyaltyValidationError(
             "date_from", f"must not be after date_to ({format_rfc3339(start)} > {format_rfc3339(finish)})"
         )

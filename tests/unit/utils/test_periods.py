@@ -114,6 +114,15 @@ def test_a_repeated_wall_time_is_read_widest(monkeypatch: pytest.MonkeyPatch) ->
     )
 
 
+def test_a_period_inside_the_skipped_hour_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said "date_from must not be after date_to" though the user gave them in order."""
+    in_zone(monkeypatch, "America/New_York")
+    with pytest.raises(LoyaltyValidationError, match=r"lies in the hour skipped when daylight saving time starts"):
+        check_period("2023-03-12T02:30:00", "2023-03-12T02:59:59")
+    with pytest.raises(LoyaltyValidationError, match=r"must not be after date_to"):
+        check_period("2023-03-12T03:30:00", "2023-03-12T02:59:59")
+
+
 def test_a_skipped_wall_time_is_the_jump(monkeypatch: pytest.MonkeyPatch) -> None:
     in_zone(monkeypatch, "Europe/Berlin")
     # 02:00..02:59 never happen on 2023-03-26: clocks jump from 02:00 CET to 03:00 CEST (01:00Z).
