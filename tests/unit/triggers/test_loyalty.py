@@ -164,7 +164,7 @@ def test_a_status_word_that_echoes_the_token_leaves_it_out_of_the_event_and_the_
         connection = {"conn_type": "loyalty", "host": server.url, "password": token, "extra": {"max_retries": 0}}
         monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
         with caplog.at_level(logging.DEBUG):
-            trigger = LoyaltyExportTaskTrigger("task_1", poll_interval=0.05, deadline=time.time() + 0.4)
+            trigger = LoyaltyExportTaskTrigger("task_1", poll_interval=0.5, deadline=time.time() + 3.0)
             event = asyncio.run(run_trigger(trigger))
     assert event["status"] == "timeout" and "queued" in event["message"], event
     assert token not in json.dumps(event) and token not in caplog.text
