@@ -163,6 +163,8 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
                         return self._terminal_event(last)
                     return self._timeout_event((last or status).status)
                 previous, status = status, await self._poll(hook)
+                if status is None:  # the deadline passed during the check: the last status known
+                    return self._timeout_event(previous.status)
                 polls += 1
                 if status is not None and (status.status, status.progress) != (previous.status, previous.progress):
                     self.log.info("Export task %s: %s (check %d)", self.export_task_id, status.describe(), polls)
