@@ -135,7 +135,9 @@ class ExportLoop:
         self.log = log
         self.stop_event = threading.Event()
         self.lease = LocationLease(sink, identity, spec.period, log, stop=self.stop_event)
-        self.sealer = Sealer(sink, spec, keep_zip=keep_zip, fail_on_empty=fail_on_empty, log=log)
+        self.sealer = Sealer(
+            sink, spec, keep_zip=keep_zip, fail_on_empty=fail_on_empty, log=log, written_by=identity.task
+        )
         self.workdir = tempfile.mkdtemp(prefix="loyalty-export-")
         self.fetcher = self._fetcher(hook)
         self.adopted: dict[str, Any] | None = None
@@ -169,6 +171,8 @@ class ExportLoop:
             # An earlier try of this task held the location until it died: if it finished the
             # export before that (manifest written, lease not yet released), its manifest is ours.
             self.adopted = self._manifest_finished_since(_epoch(earlier.get("acquired_at")))
+        if self.adopted is None and not self.replace:
+            self.adopted = self._own_finished_export()
         if self.adopted is not None and (sealing := self._unfinished_seal()) is not None:
             # The export that wrote that manifest died before its seal ended (a re-run's manifest may
             # still point into the staging area; its checkpoint and records are still here): finish it.
@@ -564,6 +568,32 @@ class ExportLoop:
         """The manifest an export of the same period, ``from_id`` and output format finished while we
         waited for it, if any (one in another format, or from another cursor, is what this export
         replaces, not what it asked for)."""
+        manifest = self._finished_export_asked_for()
+        if manifest is None or _epoch(manifest.get("completed_at")) < since:
+            return None
+        self.log.info(
+            "The export of the same period that held %s finished meanwhile; using its manifest", self.sink.describe()
+        )
+        return manifest
+
+    def _own_finished_export(self) -> dict[str, Any] | None:
+        """The finished export an earlier try of this task instance wrote, if that is what is at the
+        location: with ``replace=False`` it is this task's own output to return, not another's to refuse
+        (that try ended, or died, after writing its manifest: a failed ``verify=True``, a lost worker)."""
+        task = self.lease.identity.task
+        manifest = self._finished_export_asked_for() if task is not None else None
+        if manifest is None or manifest.get("written_by") != task:
+            return None
+        self.log.info(
+            "An earlier try of this task finished the export at %s (completed at %s); using its manifest",
+            self.sink.describe(),
+            manifest.get("completed_at"),
+        )
+        return manifest
+
+    def _finished_export_asked_for(self) -> dict[str, Any] | None:
+        """The manifest at the location if it is of this export: the same period, ``from_id`` and
+        output format (one in another format, or from another cursor, is what this export replaces)."""
         try:
             manifest = self.sink.read_json(MANIFEST_NAME)
         except UnreadableDocument:
@@ -574,11 +604,6 @@ class ExportLoop:
             return None
         if starting_cursor(manifest) != self.spec.from_id:  # another export's rows, not this one's
             return None
-        if _epoch(manifest.get("completed_at")) < since:
-            return None
-        self.log.info(
-            "The export of the same period that held %s finished meanwhile; using its manifest", self.sink.describe()
-        )
         return manifest
 
     def _checkpoint(self, progress: ExportProgress) -> None:

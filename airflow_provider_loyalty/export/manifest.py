@@ -42,11 +42,14 @@ def build_manifest(
     completed_at: str,
     in_staging: bool = False,
     keep_zip: bool = False,
+    written_by: str | None = None,
 ) -> dict[str, Any]:
     """The manifest document (metadata only, never rows).
 
     :param in_staging: list the parts where a re-run staged them (the switch-over manifest).
     :param keep_zip: each part also lists the batch's original archive kept beside it.
+    :param written_by: the Airflow task instance that wrote it (``dag/run/task/map_index``), so that a
+        retry of that task instance knows the finished export for its own.
     """
     parts = []
     for record in records:
@@ -68,6 +71,7 @@ def build_manifest(
         "started_at": progress.started_at,
         "completed_at": completed_at,
         "manifest": sink.url(MANIFEST_NAME),
+        "written_by": written_by,
     }
 
 

@@ -46,10 +46,21 @@ class Sealer:
     :param keep_zip: original archives are kept beside the parts.
     :param fail_on_empty: an export without a single transaction is an error, not an empty manifest.
     :param log: logger.
+    :param written_by: the Airflow task instance sealing it (recorded in the manifest).
     """
 
-    def __init__(self, sink: PartSink, spec: ExportSpec, *, keep_zip: bool, fail_on_empty: bool, log: Any) -> None:
+    def __init__(
+        self,
+        sink: PartSink,
+        spec: ExportSpec,
+        *,
+        keep_zip: bool,
+        fail_on_empty: bool,
+        log: Any,
+        written_by: str | None = None,
+    ) -> None:
         self.sink = sink
+        self.written_by = written_by
         self.spec = spec
         self.keep_zip = keep_zip
         self.fail_on_empty = fail_on_empty
@@ -122,6 +133,7 @@ class Sealer:
             completed_at=completed_at,
             in_staging=in_staging,
             keep_zip=self.keep_zip,
+            written_by=self.written_by,
         )
         self.sink.write_json(MANIFEST_NAME, manifest)
         return manifest

@@ -327,9 +327,15 @@ class LoyaltyExportBaseOperator(BaseOperator):
         return xcom_summary(manifest)
 
     def _verify(self, manifest: dict[str, Any]) -> None:
-        from airflow_provider_loyalty.verify import verify_manifest
+        from airflow_provider_loyalty.verify import CannotVerifyError, verify_manifest
 
-        report = verify_manifest(manifest, conn_id=self.verify_conn_id())
+        try:
+            report = verify_manifest(manifest, conn_id=self.verify_conn_id())
+        except CannotVerifyError as error:
+            raise CannotVerifyError(
+                f"verify=True could not check the export at {manifest['manifest']}: {error} (the export "
+                "itself finished: its manifest is in place)"
+            ) from error
         if not report.intact:
             raise LoyaltyVerificationError(f"the export at {manifest['manifest']} does not verify:\n{report.to_text()}")
         self.log.info("Verified %s: %d part(s) intact", manifest["manifest"], report.parts_checked)

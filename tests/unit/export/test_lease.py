@@ -381,6 +381,27 @@ def test_a_stale_lease_of_a_crashed_writer_expires(emulator: LoyaltyEmulator, tm
     assert manifest["total_rows"] > 0 and not (location / LEASE_NAME).exists()
 
 
+def test_a_retry_with_replace_false_returns_its_earlier_trys_finished_export(
+    emulator: LoyaltyEmulator, target: dict[str, Any]
+):
+    """With replace=False, a retry of the task instance whose earlier try wrote the manifest and
+    released the location (then failed after it, or its worker was lost) returns that export instead
+    of refusing its own output; another task instance's finished export is still refused."""
+    first = make_operator(target, replace=False).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
+    created = emulator.stats()["export_tasks_created"]
+    retried = make_operator(target, replace=False, verify=True).execute(
+        context_for(*SEPTEMBER, ti=task_instance(try_number=2))
+    )
+    assert retried == first and retried["written_by"] == "tests/run/export/-1"
+    assert emulator.stats()["export_tasks_created"] == created  # nothing exported twice
+    with pytest.raises(LoyaltyFinalError, match="replace=True"):
+        make_operator(target, replace=False).execute(
+            context_for(*SEPTEMBER, ti=task_instance(run_id="another_run", try_number=1))
+        )
+    with pytest.raises(LoyaltyFinalError, match="replace=True"):  # outside Airflow nothing says whose it is
+        make_operator(target, replace=False).execute(context_for(*SEPTEMBER))
+
+
 def test_torn_bookkeeping_documents_are_typed_errors_or_a_fresh_start(emulator: LoyaltyEmulator, tmp_path):
     """A half-written checkpoint is logged and the export starts afresh; a half-written manifest is
     replaced with replace=True and a clear error otherwise — never a raw JSONDecodeError."""

@@ -391,6 +391,24 @@ class TestLoyaltyExportOperator:
         assert local_export_operator("s3://my_s3@bucket/exports", output_conn_id="other").verify_conn_id() == "other"
         assert local_export_operator(str(tmp_path)).verify_conn_id() is None
 
+    def test_verify_that_cannot_check_says_it_was_verify_and_where(
+        self, emulator: LoyaltyEmulator, tmp_path, monkeypatch
+    ):
+        """A store the verifier cannot read (access denied to the verifying credentials: out of
+        reach of the loopback servers, hence the patch) fails naming verify=True and the manifest."""
+        from airflow_provider_loyalty import verify as verify_module
+
+        def denied(*args: Any, **kwargs: Any) -> Any:
+            raise verify_module.CannotVerifyError("access denied (AccessDenied)")
+
+        monkeypatch.setattr(verify_module, "verify_manifest", denied)
+        with pytest.raises(verify_module.CannotVerifyError) as raised:
+            local_export_operator(tmp_path, verify=True).execute(context_for())
+        assert str(raised.value).startswith(
+            f"verify=True could not check the export at file://{tmp_path}/_manifest.json: "
+        )
+        assert "AccessDenied" in str(raised.value) and (tmp_path / "_manifest.json").exists()
+
     def test_object_storage_output_path(self, emulator: LoyaltyEmulator, tmp_path):
         manifest = local_export_operator(f"file://{tmp_path}/osp").execute(context_for())
         assert manifest["parts"][0]["key"].startswith("file://")
