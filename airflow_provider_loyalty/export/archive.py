@@ -31,6 +31,7 @@ from typing import IO
 from airflow_provider_loyalty.exceptions import LoyaltyUnsafeDataError, LoyaltyVerificationError
 from airflow_provider_loyalty.export.csv_records import FIELD_SIZE_LIMIT, BatchRecords
 from airflow_provider_loyalty.export.part_formats import check_output_format, open_part_writer, part_suffix
+from airflow_provider_loyalty.utils.validation import first_control_character
 
 ID_COLUMN = "transaction_id"
 #: How many trailing ids of a batch are remembered to drop boundary duplicates in the next one.
@@ -99,7 +100,7 @@ def check_member_name(name: str) -> None:
     :param name: a member name from the zip's directory.
     """
     shown = repr(name[:120])
-    if not name or any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
+    if not name or first_control_character(name) is not None:
         raise LoyaltyUnsafeDataError(f"zip member name {shown} is empty or contains control characters")
     if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise LoyaltyUnsafeDataError(f"zip member name {shown} is an absolute or Windows path")

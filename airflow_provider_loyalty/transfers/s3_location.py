@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 from airflow_provider_loyalty.export.layout import is_reserved_location_name
+from airflow_provider_loyalty.utils.validation import first_control_character
 
 _SCHEME = "s3://"
 #: S3 keys are at most 1024 bytes of UTF-8. The longest name an export writes under its prefix
@@ -54,7 +55,7 @@ def check_key_prefix(value: Any) -> str | None:
         raise LoyaltyValidationError(
             "s3_key_prefix", f"expected a key prefix, got the URL {prefix!r}{_split_hint(prefix)}"
         )
-    control = next((character for character in prefix if ord(character) < 0x20 or ord(character) == 0x7F), None)
+    control = first_control_character(prefix)
     if control is not None:
         raise LoyaltyValidationError(
             "s3_key_prefix",

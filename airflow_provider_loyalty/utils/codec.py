@@ -179,6 +179,12 @@ def _decode_json(body: bytes, content_type_header: str | None) -> Any:
 _CHARSET = re.compile(r";\s*charset\s*=\s*[\"']?([^\"';\s]+)", re.IGNORECASE)
 
 
+def _declared_charset(content_type_header: str | None) -> str | None:
+    """The ``charset`` a Content-Type names (at most 40 characters: a name, not a payload), or ``None``."""
+    declared = _CHARSET.search(content_type_header or "")
+    return declared.group(1)[:40] if declared else None
+
+
 def _json_text(body: bytes, content_type_header: str | None, not_utf8: UnicodeDecodeError) -> tuple[str, str]:
     """A JSON body that is not UTF-8, as text in the charset its Content-Type names (and that name).
 
@@ -186,8 +192,7 @@ def _json_text(body: bytes, content_type_header: str | None, not_utf8: UnicodeDe
     server may still send ``charset=iso-8859-1`` or ``windows-1251`` and mean it. No charset, one
     Python does not know as a text encoding, or one the body is not valid in, is refused naming it.
     """
-    declared = _CHARSET.search(content_type_header or "")
-    charset = declared.group(1)[:40] if declared else "utf-8"
+    charset = _declared_charset(content_type_header) or "utf-8"
     try:
         codec = codecs.lookup(charset).name
         if codec == "utf-8":  # what it was read as: the body is no UTF-8
@@ -259,11 +264,11 @@ def _xml_in_declared_charset(body: bytes, content_type_header: str | None) -> by
     """``body`` as UTF-8, read in the non-UTF-8 charset its Content-Type names; ``None`` when it
     names none (or UTF-8, or one Python does not know), when the body declares its own encoding, or
     when the body is not valid in that charset."""
-    declared = _CHARSET.search(content_type_header or "")
-    if declared is None or _XML_DECLARED_ENCODING.match(body[:200].lstrip(b"\xef\xbb\xbf \t\r\n")):
+    charset = _declared_charset(content_type_header)
+    if charset is None or _XML_DECLARED_ENCODING.match(body[:200].lstrip(b"\xef\xbb\xbf \t\r\n")):
         return None
     try:
-        codec = codecs.lookup(declared.group(1)[:40]).name
+        codec = codecs.lookup(charset).name
         if codec == "utf-8":
             return None
         return body.decode(codec).encode("utf-8")

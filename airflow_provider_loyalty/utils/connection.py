@@ -211,7 +211,7 @@ def check_token(raw: Any) -> str:
         token = pasted_header.group(1)  # the provider sends "Authorization: Bearer <token>" itself
     if not token:
         raise LoyaltyValidationError("password", "the loyalty connection needs the API token in its Password field")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in token):
+    if validation.first_control_character(token) is not None:
         raise LoyaltyValidationError(
             "password", "the API token contains a line break or another control character; paste it again"
         )

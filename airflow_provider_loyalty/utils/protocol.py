@@ -28,6 +28,7 @@ from airflow_provider_loyalty.exceptions import (
 from airflow_provider_loyalty.utils.codec import ENVELOPE_SCHEMA, MIME_TYPES, Schema, decode_body, encode_body
 from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
 from airflow_provider_loyalty.utils.redaction import redact, scrub
+from airflow_provider_loyalty.utils.validation import first_control_character
 
 EXPORT_PATH = "/api/v1.1/loyalty/transactions_export"
 STATUS_PATH = "/api/v1.1/tasks/status"
@@ -205,7 +206,7 @@ def download_url(settings: LoyaltyConnectionSettings, hashed_file: Any) -> str:
     if not isinstance(hashed_file, str) or not hashed_file.strip():
         raise LoyaltyUnsafeDataError(f"hashed_file: expected a non-empty string, got {hashed_file!r}")
     shown = repr(hashed_file[:120])
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in hashed_file):
+    if first_control_character(hashed_file) is not None:
         raise LoyaltyUnsafeDataError(f"hashed_file {shown} contains control characters")
     if "\\" in hashed_file:
         raise LoyaltyUnsafeDataError(f"hashed_file {shown} contains a backslash")

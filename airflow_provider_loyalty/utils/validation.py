@@ -24,6 +24,7 @@ LIMIT_RANGE = (1, 100)
 CONTENT_TYPES = ("json", "xml")
 
 _TEMPLATE_MARKERS = ("{{", "{%")
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 _TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
@@ -31,6 +32,13 @@ _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 def is_template(value: Any) -> bool:
     """Whether ``value`` is a not-yet-rendered Jinja string (checked again at task start)."""
     return isinstance(value, str) and any(marker in value for marker in _TEMPLATE_MARKERS)
+
+
+def first_control_character(text: str) -> str | None:
+    """The first control character (C0 or DEL) in ``text``, or ``None``: in an id, a name, a key or a
+    token it is a paste gone wrong or a server sending what no header, URL or path may hold."""
+    found = _CONTROL_CHARACTER.search(text)
+    return found.group() if found else None
 
 
 # ---------------------------------------------------------------------------------------- scalars
@@ -137,7 +145,7 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
 def _without_controls(text: str, parameter: str) -> str:
     """``text`` (already stripped: a value pasted with a newline names the same thing) if no control
     character is left inside it; one inside is a paste gone wrong, not part of an id or address."""
-    control = next((char for char in text if ord(char) < 0x20 or ord(char) == 0x7F), None)
+    control = first_control_character(text)
     if control is not None:
         raise LoyaltyValidationError(
             parameter, f"{text[:80]!r} holds the control character {control!r} (a line break pasted inside it?)"
@@ -189,7 +197,7 @@ def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str
     """An export task id as the API returned it: a non-empty string without control characters
     (surrounding whitespace, as of a value pasted with a newline, dropped)."""
     task_id = export_task_id.strip() if isinstance(export_task_id, str) else None
-    if not task_id or any(ord(char) < 0x20 or ord(char) == 0x7F for char in task_id) or len(task_id) > 256:
+    if not task_id or first_control_character(task_id) is not None or len(task_id) > 256:
         raise LoyaltyValidationError(parameter, f"expected an export task id string, got {export_task_id!r}")
     return task_id
 
