@@ -482,11 +482,9 @@ class LoyaltyHook(BaseHook):
 
 
 def _as_record_list(data: Any) -> Any:
-    """A page's ``data`` as a list: none for ``null``, ``""`` (an empty XML element) or ``{}``; and
-    the records in key order for an object keyed ``"0"``, ``"1"``, ... (what a PHP server's array
-    becomes in JSON once filtering left gaps in its keys). Anything else is returned as it came."""
+    """A page's ``data`` as a list: none for ``null``, ``""`` (an empty XML element) or ``{}`` (an
+    empty PHP array). (An object keyed ``"0"``, ``"1"``, ... is already a list: the codec reads it
+    so, and types its records.) Anything else is returned as it came."""
     if data is None or data == "" or data == {}:
         return []
-    if isinstance(data, dict) and all(isinstance(key, str) and key.isascii() and key.isdigit() for key in data):
-        return [data[key] for key in sorted(data, key=int)]
     return data

@@ -507,11 +507,19 @@ def _coerce_object(record: dict[str, Any], schema: _Compiled) -> None:
         value = record.get(key)
         if value == "":
             record[key] = value = []  # an empty XML list element
+        elif value.__class__ is dict and value and _index_keyed(value):
+            record[key] = value = [value[index] for index in sorted(value, key=int)]
         if value.__class__ is list:
             try:
                 _coerce_items(value, items)
             except _BadField as bad:
                 raise bad.within(key) from None
+
+
+def _index_keyed(value: dict[str, Any]) -> bool:
+    """A documented list sent as an object keyed ``"0"``, ``"1"``, ... (what a PHP server's array
+    becomes in JSON once filtering left gaps in its keys): read as the list, in key order."""
+    return all(key.__class__ is str and key.isascii() and key.isdigit() for key in value)
 
 
 def _coerce_scalars(record: dict[str, Any], scalars: tuple[tuple[str, Callable[[str], Any]], ...]) -> None:

@@ -605,6 +605,24 @@ def test_a_page_as_a_php_server_writes_it(monkeypatch: pytest.MonkeyPatch, data,
     assert [record["transaction_id"] for record in records] == ids
 
 
+def test_records_of_a_page_keyed_by_index_are_typed_like_a_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same record sent in a list and in an object keyed by index decodes to the same values:
+    ``canceled`` "0" is False either way (a string "0" in the history file would read as true)."""
+    record = {"transaction_id": "t1", "promo_iid": "42", "is_temp": "false", "canceled": "0", "source_iid": "7"}
+    decoded = []
+    for data in ([dict(record)], {"0": dict(record)}):
+
+        def respond(handler, server, data=data) -> None:
+            document = {"data": data, "next_from_id": "", "total_count": 1, "error": 0, "error_text": "ok"}
+            _json_reply(handler, 200, document)
+
+        with loopback_server(respond) as server:
+            _point_at_server(monkeypatch, server.url)
+            decoded.append(list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com")))
+    assert decoded[0] == decoded[1]
+    assert decoded[1][0]["promo_iid"] == 42 and decoded[1][0]["canceled"] is False and decoded[1][0]["is_temp"] is False
+
+
 def test_a_page_of_something_else_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     def respond(handler, server) -> None:
         document = {"data": {"0": "t1"}, "next_from_id": "", "error": 0, "error_text": "ok"}
