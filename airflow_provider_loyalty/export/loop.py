@@ -210,8 +210,9 @@ class ExportLoop:
         return progress
 
     def adopt_task(self, progress: ExportProgress, export_task_id: str) -> None:
-        """Use an export task created elsewhere (same spec and cursor) as the first batch."""
-        if progress.batches_done == 0 and not progress.pending:
+        """Use an export task created elsewhere (same spec and cursor) as the first batch; nothing
+        when :meth:`begin` found the export finished (then nothing is written at the location)."""
+        if self.adopted is None and progress.batches_done == 0 and not progress.pending:
             progress.pending = [PendingTask(export_task_id, progress.cursor)]
             self._checkpoint(progress)
 
@@ -495,6 +496,14 @@ class ExportLoop:
             return None
         if progress.phase != EXPORTING:
             return progress  # sealing or cleaning up: the sealer knows what is where
+        if not progress.staged and self._finished_export_at_location():
+            # Written in place beside a finished export, which only a stray checkpoint can say (an
+            # export over a finished one stages its parts): resuming it would overwrite listed parts.
+            self.log.warning(
+                "The checkpoint at %s writes parts in place beside a finished export; starting afresh, staged",
+                self.sink.describe(),
+            )
+            return None
         area = STAGING_DIR if progress.staged else ""
         stored, records = self.sink.sizes(area), self.sink.sizes(RECORDS_DIR)
         for index in range(progress.parts_landed):
@@ -590,6 +599,13 @@ class ExportLoop:
             manifest.get("completed_at"),
         )
         return manifest
+
+    def _finished_export_at_location(self) -> bool:
+        """Whether a manifest (readable or not) is at the location."""
+        try:
+            return self.sink.read_json(MANIFEST_NAME) is not None
+        except UnreadableDocument:
+            return True
 
     def _finished_export_asked_for(self) -> dict[str, Any] | None:
         """The manifest at the location if it is of this export: the same period, ``from_id`` and

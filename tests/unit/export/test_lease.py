@@ -20,6 +20,7 @@ import pytest
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyFinalError, LoyaltyLocationBusyError
 from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, LEASE_NAME, MANIFEST_NAME
 from airflow_provider_loyalty.export.spec import period_of
+from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
@@ -400,6 +401,35 @@ def test_a_retry_with_replace_false_returns_its_earlier_trys_finished_export(
         )
     with pytest.raises(LoyaltyFinalError, match="replace=True"):  # outside Airflow nothing says whose it is
         make_operator(target, replace=False).execute(context_for(*SEPTEMBER))
+
+
+def test_a_run_that_returns_a_finished_export_writes_nothing_a_later_rerun_could_resume(
+    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
+):
+    """A retry that returns its earlier try's finished export while given ``export_task_id`` (a
+    sensor's hand-off) left a checkpoint beside that export, not staged; a later replace=True re-run
+    resumed it and wrote its parts over the finished ones in place, so when it failed the location's
+    manifest listed parts whose bytes had changed."""
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    september = {"date_from": "2023-09-01T00:00:00Z", "date_to": "2023-09-30T23:59:59Z"}
+    handed_over = LoyaltyHook().create_transactions_export(
+        loyalty_program_id=123, points_currency_eid="bonus_points", **september
+    )
+    first = make_operator(target, replace=False, export_task_id=handed_over, **september).execute(
+        context_for(ti=task_instance(try_number=1))
+    )
+    before = stored(target, request, s3_client)
+    again = make_operator(target, replace=False, export_task_id=handed_over, **september).execute(
+        context_for(ti=task_instance(try_number=2))
+    )
+    assert again == first and stored(target, request, s3_client) == before  # nothing written
+    emulator.config.batch_size = 700  # the re-run's batches differ from the finished export's parts
+    with pytest.raises(LoyaltyFinalError, match="max_batches"):
+        make_operator(target, replace=True, max_batches=1, **september).execute(
+            context_for(ti=task_instance(run_id="rerun"))
+        )
+    report = verify_manifest(manifest_location(target))
+    assert report.intact, report.to_text()
 
 
 def test_torn_bookkeeping_documents_are_typed_errors_or_a_fresh_start(emulator: LoyaltyEmulator, tmp_path):
