@@ -173,14 +173,16 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
             "field_value": self.field_value,
         }
 
-    def _target(self, member_fields: dict[str, Any]) -> ObjectStoragePath:
+    def _target(self, history_key: dict[str, Any]) -> ObjectStoragePath:
+        """The history file: ``output_path``, or a file named from ``history_key`` in it when it is
+        a directory (a string ending in ``/``, or an ``ObjectStoragePath`` of an existing directory:
+        such a path has no trailing ``/`` to say so)."""
         raw = validation.check_output_path(self.output_path, _HISTORY_OUTPUT)
         if isinstance(raw, ObjectStoragePath):
-            return raw
+            return raw / _history_file_name(history_key) if _is_directory(raw) else raw
         text = str(raw)
         if text.endswith("/"):
-            key = json.dumps(member_fields, sort_keys=True, default=str)
-            text += f"member-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+            text += _history_file_name(history_key)
         if "://" in text:
             return ObjectStoragePath(text, conn_id=self.output_conn_id)
         return ObjectStoragePath(f"file://{os.path.abspath(os.path.expanduser(text))}")
@@ -197,9 +199,9 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
             if error.parameter == "email":  # the API's field name; this operator's parameter is member_email
                 raise LoyaltyValidationError("member_email", str(error).partition(": ")[2]) from None
             raise
-        validation.check_program_id(self.loyalty_program_id)
-        validation.check_currency(self.points_currency_eid, self.points_currency_iid)
-        target = self._target(member_fields)
+        program = validation.check_program_id(self.loyalty_program_id)
+        currency = validation.check_currency(self.points_currency_eid, self.points_currency_iid)
+        target = self._target({"loyalty_program_id": program, **currency, **member_fields})
         hook = LoyaltyHook(self.loyalty_conn_id)
         with tempfile.TemporaryDirectory(prefix="loyalty-member-") as workdir:
             local = os.path.join(workdir, "history.jsonl")
@@ -239,3 +241,18 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
                 f"member history: wrote {rows} transactions but the API's total_count says {total_count}"
             )
         return rows, total_count
+
+
+def _history_file_name(history_key: dict[str, Any]) -> str:
+    """``member-<hash>.jsonl``: one name per program, currency and member, and no email address or
+    phone number in it."""
+    key = json.dumps(history_key, sort_keys=True, default=str)
+    return f"member-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+
+
+def _is_directory(path: ObjectStoragePath) -> bool:
+    """Whether an ``ObjectStoragePath`` names an existing directory (or an S3 prefix with objects)."""
+    try:
+        return bool(path.is_dir())
+    except OSError:
+        return False

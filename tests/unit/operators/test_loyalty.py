@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_loyalty.exceptions import (
     LoyaltyBatchUnusableError,
@@ -846,6 +847,33 @@ class TestLoyaltyAccountTransactionsOperator:
         result = member_operator(tmp_path, output_path=f"{tmp_path}/members/").execute({})
         assert "member0" not in result["path"]
         assert result["path"].endswith(".jsonl")
+
+    def test_a_directory_holds_one_file_per_program_currency_and_member(self, emulator: LoyaltyEmulator, tmp_path):
+        """One member's histories in two currencies (or programs), as ``.expand(points_currency_eid=[...])``
+        writes them into one directory, are two files: the second overwrote the first."""
+        directory = f"{tmp_path}/members/"
+        paths = set()
+        for kwargs in (
+            {},
+            {"points_currency_eid": None, "points_currency_iid": 1},
+            {"member_email": "member1@example.com"},
+            {"loyalty_program_id": 124},
+        ):
+            emulator.config.loyalty_program_id = kwargs.get("loyalty_program_id", 123)
+            paths.add(member_operator(tmp_path, output_path=directory, **kwargs).execute({})["path"])
+        assert len(paths) == 4 and len(list((tmp_path / "members").glob("member-*.jsonl"))) == 4
+
+    def test_an_object_storage_path_of_a_directory_is_a_directory(self, emulator: LoyaltyEmulator, tmp_path):
+        """``ObjectStoragePath`` drops a trailing ``/``: one naming an existing directory still is one."""
+        (tmp_path / "members").mkdir()
+        first = member_operator(tmp_path, output_path=ObjectStoragePath(f"file://{tmp_path}/members/")).execute({})
+        second = member_operator(
+            tmp_path, output_path=ObjectStoragePath(f"file://{tmp_path}/members"), member_email="member1@example.com"
+        ).execute({})
+        assert first["path"] != second["path"]
+        assert sorted(p.name for p in (tmp_path / "members").iterdir()) == sorted(
+            [first["path"].rsplit("/", 1)[1], second["path"].rsplit("/", 1)[1]]
+        )
 
     @pytest.mark.parametrize(
         ("kwargs", "parameter"),
