@@ -101,7 +101,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         try:
             if not self.deferrable:
                 return super().execute(context)
-            first = self.poke(context)
+            first = self._first_check(context)
             if first.is_done:
                 return first.xcom_value
         finally:
@@ -121,6 +121,21 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             deadline=deadline,
             grace=_DEFERRAL_GRACE,
         )
+
+    def _first_check(self, context: Context) -> PokeReturnValue:
+        """The check before deferring, with what the base sensor does when a poke raises (in poke
+        mode it does it itself): ``never_fail`` skips; ``silent_fail`` logs the error and waits on."""
+        try:
+            return self.poke(context)
+        except AirflowSkipException:
+            raise
+        except Exception as error:
+            if getattr(self, "silent_fail", False) and not isinstance(error, LoyaltyExportTaskFailed):
+                self.log.error("Sensor poke failed (silent_fail): %s", error)
+                return PokeReturnValue(is_done=False)
+            if getattr(self, "never_fail", False):
+                raise AirflowSkipException(f"Skipping (never_fail): {error}") from error
+            raise
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger fired: return the result, or raise what the event says.

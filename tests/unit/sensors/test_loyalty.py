@@ -143,6 +143,29 @@ def test_deferrable_failure_at_first_check_raises(emulator: LoyaltyEmulator) -> 
         make_sensor(task_id, deferrable=True).execute(CONTEXT)
 
 
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_never_fail_skips_a_failed_export_task_in_both_modes(emulator: LoyaltyEmulator, deferrable: bool) -> None:
+    """``never_fail`` skipped in poke mode and failed the task in deferrable mode, when the export
+    task had already failed at the first check."""
+    task_id = create_export()
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "bad period"})])
+    with pytest.raises(AirflowSkipException, match="never_fail") as caught:
+        make_sensor(task_id, deferrable=deferrable, never_fail=True).execute(CONTEXT)
+    assert isinstance(caught.value.__cause__, LoyaltyExportTaskFailed)
+
+
+def test_silent_fail_waits_past_a_failing_first_check_in_deferrable_mode(emulator: LoyaltyEmulator) -> None:
+    """A first check that fails for another reason than the export task (here the API's 500s,
+    after the hook's retries) is logged and waited past, as the base sensor does when poking."""
+    task_id = create_export()
+    emulator.set_faults([FaultRule(endpoint="status", kind="http_500")])
+    with pytest.raises(TaskDeferred) as caught:
+        make_sensor(task_id, deferrable=True, silent_fail=True).execute(CONTEXT)
+    assert isinstance(caught.value.trigger, LoyaltyExportTaskTrigger)
+    with pytest.raises(LoyaltyError, match="500"):
+        make_sensor(task_id, deferrable=True).execute(CONTEXT)
+
+
 def test_deferred_trigger_event_feeds_execute_complete(emulator: LoyaltyEmulator) -> None:
     """The whole deferrable path in one process: defer, run the trigger, resume."""
     emulator.config.task_duration = 0.5
