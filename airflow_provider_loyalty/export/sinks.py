@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
@@ -193,7 +193,7 @@ class ObjectStorageSink(PartSink):
             if self.local_root is not None:
                 self._write_local(self._local(name), payload)
                 return
-            with (self.base / name).open("wb") as handle:
+            with whole_object(self.base / name) as handle:
                 handle.write(payload)
 
     @staticmethod
@@ -299,7 +299,7 @@ class ObjectStorageSink(PartSink):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temporary)
                 return
-            with (self.base / source).open("rb") as reader, (self.base / target).open("wb") as writer:
+            with (self.base / source).open("rb") as reader, whole_object(self.base / target) as writer:
                 shutil.copyfileobj(reader, writer, _COPY_CHUNK)
 
 
@@ -324,8 +324,29 @@ def publish_file(local_path: str, target: ObjectStoragePath) -> None:
                 os.unlink(temporary)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(local_path, "rb") as source, target.open("wb") as sink:
+    with open(local_path, "rb") as source, whole_object(target) as sink:
         shutil.copyfileobj(source, sink, _COPY_CHUNK)
+
+
+@contextlib.contextmanager
+def whole_object(target: ObjectStoragePath) -> Iterator[IO[bytes]]:
+    """A handle writing ``target`` in an object store, committed only if the block ends normally.
+
+    An fsspec file commits what it holds when closed, also when leaving its ``with`` on an exception
+    (the task killed or timed out mid-copy): the object would be stored truncated, over the previous
+    one. Here an interrupted write is thrown away instead (``discard()``: s3fs aborts the multipart
+    upload; a smaller object was never sent) and the handle is marked closed so nothing commits it.
+    """
+    handle = target.fs.open(target.path, "wb")  # the fsspec file itself, not Airflow's wrapper of it
+    try:
+        yield handle
+    except BaseException:
+        with contextlib.suppress(Exception):
+            handle.discard()
+        with contextlib.suppress(Exception):
+            handle.closed = True  # fsspec's buffered files allow it; close() then does nothing
+        raise
+    handle.close()
 
 
 def _is_stored_file(entry: os.DirEntry[str]) -> bool:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from airflow_provider_loyalty.export import sinks
 from airflow_provider_loyalty.export.sinks import ObjectStorageSink
 
 
@@ -17,3 +21,28 @@ def test_a_move_redone_by_a_retry_leaves_no_temporary_name(tmp_path: Path) -> No
     names = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file())
     assert names == ["_staging/part-00000.csv", "part-00000.csv"]
     assert (tmp_path / "part-00000.csv").read_bytes() == b"transaction_id\r\nt1\r\n"
+
+
+def test_an_upload_interrupted_mid_copy_leaves_the_previous_object(
+    s3_bucket: str, s3_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsspec commits a file when its ``with`` ends, also on an exception: a task killed while
+    publishing stored a truncated history over the previous one. The kill cannot be timed against
+    a loopback server, so the copy itself raises half-way, as a signal handler would."""
+    from airflow.sdk import ObjectStoragePath
+
+    previous = b'{"transaction_id": "old"}\n' * 3
+    s3_client.put_object(Bucket=s3_bucket, Key="members/history.jsonl", Body=previous)
+    local = tmp_path / "history.jsonl"
+    local.write_bytes(b'{"transaction_id": "new"}\n' * 1000)
+
+    def killed_half_way(source: Any, destination: Any, length: int = 0) -> None:
+        destination.write(source.read(100))
+        raise KeyboardInterrupt("the task was killed")
+
+    monkeypatch.setattr(sinks.shutil, "copyfileobj", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        sinks.publish_file(str(local), ObjectStoragePath(f"s3://aws_default@{s3_bucket}/members/history.jsonl"))
+    stored = s3_client.get_object(Bucket=s3_bucket, Key="members/history.jsonl")["Body"].read()
+    assert stored == previous
+    assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
