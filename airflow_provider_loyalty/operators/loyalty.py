@@ -20,6 +20,7 @@ from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOperator
 from airflow_provider_loyalty.operators.lineage import operator_lineage
 from airflow_provider_loyalty.utils import validation
+from airflow_provider_loyalty.utils.json_lines import json_line
 
 __all__ = ["LoyaltyAccountTransactionsOperator", "LoyaltyExportOperator"]
 
@@ -234,7 +235,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
                 if page["total_count"] is not None:  # the last page's: the member may earn points mid-walk
                     total_count = page["total_count"]
                 for record in page["data"]:
-                    sink.write(json.dumps(record, ensure_ascii=False, default=str).encode("utf-8") + b"\n")
+                    sink.write(json_line(record))
                     rows += 1
         if total_count is not None and total_count != rows:
             raise LoyaltyVerificationError(
