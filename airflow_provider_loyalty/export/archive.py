@@ -22,6 +22,7 @@ with only its header row are all valid; nothing is written to the part (``PartSt
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -169,7 +170,17 @@ def _data_members(archive: zipfile.ZipFile, archive_bytes: int, limits: ArchiveL
                 "deflated members are read (their inflation stays bounded)"
             )
     check_archive_caps(members, archive_bytes, limits)
-    return members
+    return sorted(members, key=lambda info: _natural_order(info.filename))
+
+
+def _natural_order(name: str) -> list[str | int]:
+    """Sort key of a member name, numbers by value (``_2.csv`` before ``_10.csv``).
+
+    A batch split over several CSV files names them in row order (``…_001.csv``, ``…_002.csv``),
+    but nothing fixes the order of the zip's directory; the boundary rows a batch repeats are
+    found at its start and end, so the members are read in name order, not directory order.
+    """
+    return [int(piece) if index % 2 else piece.lower() for index, piece in enumerate(re.split(r"(\d+)", name))]
 
 
 def write_part(

@@ -42,6 +42,7 @@ from airflow_provider_loyalty.testing.config import (
     EXPIRED_FILE_STATUSES,
     HASHED_FILE_STYLES,
     PROGRESS_STYLES,
+    ZIP_MEMBER_ORDERS,
     EmulatorConfig,
 )
 from airflow_provider_loyalty.testing.data import TRANSACTION_FIELDS
@@ -68,6 +69,7 @@ __all__ = [
     "HASHED_FILE_STYLES",
     "PROGRESS_STYLES",
     "TRANSACTION_FIELDS",
+    "ZIP_MEMBER_ORDERS",
     "AirflowTestDb",
     "EmulatorConfig",
     "FaultRule",

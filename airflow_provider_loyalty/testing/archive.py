@@ -72,6 +72,8 @@ class ArchiveSpec:
     :param line_ending: ``crlf`` or ``lf``.
     :param empty_style: how a batch without rows looks (``header_only``, ``zero_byte_csv``,
         ``no_member``; the ``hashed_file`` styles zip a header-only member).
+    :param member_order: ``name`` (the directory lists the members in name and row order) or
+        ``reversed``.
     """
 
     compresslevel: int = 6
@@ -80,6 +82,7 @@ class ArchiveSpec:
     csv_bom: bool = False
     line_ending: str = "crlf"
     empty_style: str = "header_only"
+    member_order: str = "name"
 
     @classmethod
     def from_config(cls, config: EmulatorConfig) -> ArchiveSpec:
@@ -94,6 +97,7 @@ class ArchiveSpec:
             csv_bom=config.csv_bom,
             line_ending=config.csv_line_ending,
             empty_style=config.empty_export_style,
+            member_order=config.zip_member_order,
         )
 
 
@@ -169,8 +173,8 @@ def write_export_zip(
                 with archive.open(_member_info(name, spec.compresslevel), "w"):
                     pass
         else:
-            slices = _split(batch.lo, hi, spec.members)
-            for name, (lo, end) in zip(member_names(batch.stem, spec.members), slices, strict=True):
+            members = list(zip(member_names(batch.stem, spec.members), _split(batch.lo, hi, spec.members), strict=True))
+            for name, (lo, end) in reversed(members) if spec.member_order == "reversed" else members:
                 csv_bytes += _write_csv_member(archive, name, batch.stream, lo, end, spec)
         if filler is not None:
             _write_filler(archive, filler)

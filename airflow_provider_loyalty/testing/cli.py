@@ -32,6 +32,7 @@ from airflow_provider_loyalty.testing.config import (
     EXPIRED_FILE_STATUSES,
     HASHED_FILE_STYLES,
     PROGRESS_STYLES,
+    ZIP_MEMBER_ORDERS,
     EmulatorConfig,
 )
 from airflow_provider_loyalty.testing.server import LoyaltyEmulator
@@ -54,6 +55,7 @@ _FLAG_FIELDS = {
     "period_end": "period_end",
     "progress_style": "progress_style",
     "zip_members": "zip_members",
+    "zip_member_order": "zip_member_order",
     "csv_style": "csv_style",
     "csv_bom": "csv_bom",
     "csv_line_ending": "csv_line_ending",
@@ -87,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--period-end", help="RFC3339 last created_at")
     parser.add_argument("--progress-style", choices=PROGRESS_STYLES, help="progress as int or decimal")
     parser.add_argument("--zip-members", type=int, help="CSV members per zip (rows split evenly)")
+    parser.add_argument(
+        "--zip-member-order", choices=ZIP_MEMBER_ORDERS, help="name (default) or reversed: the zip directory's order"
+    )
     parser.add_argument(
         "--csv-style",
         choices=CSV_STYLES,

@@ -17,6 +17,7 @@ __all__ = [
     "EXPIRED_FILE_STATUSES",
     "HASHED_FILE_STYLES",
     "PROGRESS_STYLES",
+    "ZIP_MEMBER_ORDERS",
     "EmulatorConfig",
 ]
 
@@ -37,6 +38,9 @@ HASHED_FILE_STYLES: tuple[str, ...] = ("seed", "colon", "plain", "encoded")
 CSV_STYLES: tuple[str, ...] = ("standard", "stray_quotes", "rfc3339_shapes")
 #: ``crlf``: lines end with ``\r\n`` (RFC 4180); ``lf``: with ``\n``.
 CSV_LINE_ENDINGS: tuple[str, ...] = ("crlf", "lf")
+#: How a zip of several CSV members lists them: in name (and row) order, or the other way round
+#: (nothing in the API's documentation fixes the order of a zip's directory).
+ZIP_MEMBER_ORDERS: tuple[str, ...] = ("name", "reversed")
 #: How an export task with ``total`` 0 says "nothing": ``header_only`` (a zip whose CSV holds the
 #: header row), ``zero_byte_csv`` (a zip with an empty CSV member), ``no_member`` (a zip with no
 #: member), ``empty_hashed_file`` (``hashed_file`` is ``""``), ``missing_hashed_file`` (no
@@ -92,6 +96,7 @@ class EmulatorConfig:
     :param zip_compresslevel: deflate level (0..9) of export zips.
     :param zip_members: CSV members per zip; a batch's rows are split evenly over them and each
         starts with the header row.
+    :param zip_member_order: one of :data:`ZIP_MEMBER_ORDERS`: how the zip's directory lists them.
     :param csv_style: one of :data:`CSV_STYLES`.
     :param csv_bom: start each CSV member with a UTF-8 byte order mark.
     :param csv_line_ending: one of :data:`CSV_LINE_ENDINGS`.
@@ -127,6 +132,7 @@ class EmulatorConfig:
     hashed_file_override: str | None = None
     zip_compresslevel: int = 6
     zip_members: int = 1
+    zip_member_order: str = "name"
     csv_style: str = "standard"
     csv_bom: bool = False
     csv_line_ending: str = "crlf"
@@ -154,6 +160,7 @@ class EmulatorConfig:
         _check_choice("hashed_file_style", self.hashed_file_style, HASHED_FILE_STYLES)
         _check_choice("csv_style", self.csv_style, CSV_STYLES)
         _check_choice("csv_line_ending", self.csv_line_ending, CSV_LINE_ENDINGS)
+        _check_choice("zip_member_order", self.zip_member_order, ZIP_MEMBER_ORDERS)
         _check_choice("empty_export_style", self.empty_export_style, EMPTY_EXPORT_STYLES)
         _check_choice("progress_style", self.progress_style, PROGRESS_STYLES)
         _check_choice("expired_file_status", self.expired_file_status, EXPIRED_FILE_STATUSES)
@@ -233,6 +240,7 @@ _FIELD_TYPES: dict[str, type] = {
     "hashed_file_override": str,
     "zip_compresslevel": int,
     "zip_members": int,
+    "zip_member_order": str,
     "csv_style": str,
     "csv_bom": bool,
     "csv_line_ending": str,

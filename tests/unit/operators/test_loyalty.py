@@ -451,6 +451,20 @@ class TestLoyaltyExportOperator:
         assert any(value.endswith(' 5" screen') for value in products)  # the knob really served stray quotes
         assert b' 5" screen,' in first_part  # unquoted, byte for byte as served
 
+    @pytest.mark.parametrize("cursor_mode", ["inclusive", "exclusive", "next_row"])
+    def test_members_listed_out_of_row_order_land_each_transaction_once(
+        self, emulator: LoyaltyEmulator, tmp_path, cursor_mode: str
+    ):
+        """A zip whose directory lists its CSV members the other way round (``_002`` before ``_001``;
+        nothing fixes that order) kept the row an inclusive cursor repeats: it was neither among the
+        last rows written of one batch nor at the head of the next. Members are read in name order."""
+        emulator.config.zip_members = 2
+        emulator.config.zip_member_order = "reversed"
+        emulator.config.cursor_mode = cursor_mode
+        manifest = local_export_operator(tmp_path).execute(context_for())
+        assert csv_ids(part_paths(tmp_path, manifest)) == all_transaction_ids(emulator)
+        assert manifest["duplicates_dropped"] == (len(manifest["parts"]) - 1 if cursor_mode == "inclusive" else 0)
+
     def test_many_small_members_over_the_ratio_cap_are_refused(self, emulator: LoyaltyEmulator, tmp_path):
         """Issue 13.5 through the emulator: a zip split into many members (8 CSV members, then 24 filler
         members just under 1 MiB each, about 1000:1) is refused by the ratio cap — there is no size
