@@ -601,11 +601,12 @@ class ExportLoop:
         return manifest
 
     def _finished_export_at_location(self) -> bool:
-        """Whether a manifest (readable or not) is at the location."""
+        """Whether a readable manifest is at the location (an unreadable one lists nothing to keep:
+        with ``replace=True`` an export writes over it in place, and may resume doing so)."""
         try:
             return self.sink.read_json(MANIFEST_NAME) is not None
         except UnreadableDocument:
-            return True
+            return False
 
     def _finished_export_asked_for(self) -> dict[str, Any] | None:
         """The manifest at the location if it is of this export: the same period, ``from_id`` and
