@@ -7,7 +7,13 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowSkipException, BaseSensorOperator, PokeReturnValue, conf
+from airflow.providers.common.compat.sdk import (
+    AirflowFailException,
+    AirflowSkipException,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
+)
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
@@ -83,6 +89,10 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             except LoyaltyExportTaskFailed as error:
                 if self.soft_fail:
                     raise AirflowSkipException(f"Skipping (soft_fail): {error}") from error
+                if getattr(self, "silent_fail", False):  # the base sensor would log it and poke on, until timeout
+                    raise AirflowFailException(
+                        f"{error} (silent_fail waits past a check that fails, not past the export task's failure)"
+                    ) from error
                 raise
         if status.state is ExportTaskState.COMPLETED:
             result = status.completed_result()
@@ -130,7 +140,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         except AirflowSkipException:
             raise
         except Exception as error:
-            if getattr(self, "silent_fail", False) and not isinstance(error, LoyaltyExportTaskFailed):
+            if getattr(self, "silent_fail", False) and not isinstance(error, AirflowFailException):
                 self.log.error("Sensor poke failed (silent_fail): %s", error)
                 return PokeReturnValue(is_done=False)
             if getattr(self, "never_fail", False):

@@ -10,7 +10,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
+from airflow.providers.common.compat.sdk import (
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    TaskDeferred,
+)
 
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportTaskFailed, LoyaltyValidationError
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
@@ -152,6 +157,16 @@ def test_never_fail_skips_a_failed_export_task_in_both_modes(emulator: LoyaltyEm
     with pytest.raises(AirflowSkipException, match="never_fail") as caught:
         make_sensor(task_id, deferrable=deferrable, never_fail=True).execute(CONTEXT)
     assert isinstance(caught.value.__cause__, LoyaltyExportTaskFailed)
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_silent_fail_does_not_wait_past_the_export_tasks_failure(emulator: LoyaltyEmulator, deferrable: bool) -> None:
+    """In poke mode the base sensor logged LoyaltyExportTaskFailed and poked on until the timeout
+    (7 days by default), then reported a timeout instead of the failure."""
+    task_id = create_export()
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "disk full"})])
+    with pytest.raises(AirflowFailException, match="disk full"):
+        make_sensor(task_id, deferrable=deferrable, silent_fail=True, timeout=60).execute(CONTEXT)
 
 
 def test_silent_fail_waits_past_a_failing_first_check_in_deferrable_mode(emulator: LoyaltyEmulator) -> None:
