@@ -169,6 +169,7 @@ def normalize_base_url(
         raise LoyaltyValidationError("host", "the loyalty connection needs a Host (the API base URL)")
     assumed = "://" not in raw and not schema
     if "://" not in raw:
+        raw = _bracketed_ipv6(raw)
         if _MISTYPED_SCHEME.match(raw):
             raise LoyaltyValidationError("host", f"{host!r} looks like a mistyped scheme; expected https://<host>")
         raw = f"{schema or 'https'}://{raw}"
@@ -194,6 +195,19 @@ def normalize_base_url(
         path = "/" + quote(path_prefix.strip("/"), safe="/%:@!$&'()*+,;=-._~")
     path = _API_ROOT_SUFFIX.sub("", path)  # the provider adds /api/v1.1/... itself
     return f"{parts.scheme}://{netloc}{path}", assumed
+
+
+def _bracketed_ipv6(raw: str) -> str:
+    """A Host that is a bare IPv6 address (``2001:db8::1``, as Airflow stores the host of
+    ``loyalty://:t@[2001:db8::1]:8443``), optionally with a path, in the brackets a URL needs."""
+    address, slash, path = raw.partition("/")
+    if address.count(":") < 2 or address.startswith("["):
+        return raw
+    try:
+        ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return raw
+    return f"[{address}]{slash}{path}"
 
 
 #: A token pasted with its header: ``Bearer <token>`` or ``Authorization: Bearer <token>``, any case,

@@ -250,6 +250,26 @@ def test_a_uri_form_connections_path_is_the_path_prefix(
 
 
 @pytest.mark.parametrize(
+    ("connection", "base_url"),
+    [
+        ("loyalty://:T@[2001:db8::1]:8443?timeout=30", "https://[2001:db8::1]:8443"),
+        ("loyalty://:T@[::1]:8443/loyalty", "https://[::1]:8443/loyalty"),
+        (
+            '{"conn_type": "loyalty", "host": "::1", "port": 8765, "schema": "http", "password": "T"}',
+            "http://[::1]:8765",
+        ),
+        ('{"conn_type": "loyalty", "host": "2001:db8::1", "password": "T"}', "https://[2001:db8::1]"),
+        ('{"conn_type": "loyalty", "host": "http://[::1]:8765", "password": "T"}', "http://[::1]:8765"),
+    ],
+)
+def test_an_ipv6_host_is_bracketed_in_the_base_url(monkeypatch: pytest.MonkeyPatch, connection: str, base_url: str):
+    """Airflow stores the host of loyalty://:T@[2001:db8::1]:8443 without its brackets; it was
+    refused as 'a port that is not a number' (or 'expected an http(s) base URL')."""
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", connection)
+    assert LoyaltyHook().settings.base_url == base_url
+
+
+@pytest.mark.parametrize(
     "host",
     [
         "",
