@@ -171,14 +171,17 @@ def default_asset_uri(bucket: str, params: dict[str, Any]) -> str:
     """The asset of an export: its manifest for a literal prefix; otherwise the literal part of the
     key space, per program and currency for the default prefix (each event's ``extra`` then names
     the exact manifest)."""
+    bucket = bucket.strip()
     prefix = params.get("s3_key_prefix")
-    if isinstance(prefix, str) and prefix and not is_template(prefix):
-        return asset_uri(bucket, f"{prefix.strip('/')}/{MANIFEST_NAME}")
-    if prefix:  # templated: the part before the first template
-        root = str(prefix).split("{", 1)[0].rsplit("/", 1)[0]
+    if isinstance(prefix, str) and prefix.strip() and not is_template(prefix):
+        return asset_uri(bucket, f"{check_key_prefix(prefix)}/{MANIFEST_NAME}")  # as the sink writes it
+    if prefix and not (isinstance(prefix, str) and not prefix.strip()):  # templated: the literal part before it
+        root = str(prefix).lstrip().lstrip("/").split("{", 1)[0].rsplit("/", 1)[0]
         return asset_uri(bucket, f"{root}/{MANIFEST_NAME}" if root else MANIFEST_NAME)
+    # The values as the request (and the default prefix) gets them: without surrounding blanks.
     program, eid, iid = (
-        params.get(name) for name in ("loyalty_program_id", "points_currency_eid", "points_currency_iid")
+        value.strip() if isinstance(value, str) else value
+        for value in (params.get(name) for name in ("loyalty_program_id", "points_currency_eid", "points_currency_iid"))
     )
     currency = eid if eid not in (None, "") else (f"iid-{iid}" if iid not in (None, "") else None)
     if program in (None, "") or currency is None or is_template(program) or is_template(currency):

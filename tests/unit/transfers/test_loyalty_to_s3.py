@@ -306,6 +306,32 @@ def test_each_program_and_currency_has_its_own_default_asset():
     ]
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"s3_key_prefix": " daily/2023-09-01/ "},
+        {"s3_key_prefix": None, "loyalty_program_id": " 123 ", "points_currency_eid": " bonus_points "},
+    ],
+    ids=["prefix", "program-and-currency"],
+)
+def test_the_default_asset_names_the_manifest_as_written_when_values_carry_blanks(
+    emulator, s3_bucket, s3_client, values
+):
+    """Blanks around a value are dropped where the export writes (the docs say so), but the default
+    asset kept them (``s3://b/%20daily/...``): a DAG scheduled on the manifest never ran."""
+    operator = make_operator(f" {s3_bucket} ", **values)
+    (asset,) = operator.outlets
+    manifest = operator.execute(context_for())
+    prefix = manifest["manifest"].removeprefix(f"s3://{s3_bucket}/").rsplit("/", 1)[0]
+    asset_key = unquote(urlsplit(asset.uri).path.lstrip("/"))
+    if values["s3_key_prefix"]:
+        assert asset_key == f"{prefix}/{MANIFEST_NAME}" == f"daily/2023-09-01/{MANIFEST_NAME}"
+    else:  # one asset per program and currency: the manifest's prefix less its period
+        assert f"{prefix.rsplit('/', 1)[0]}/{MANIFEST_NAME}" == asset_key
+        assert asset_key == f"loyalty/transactions/program=123/currency=bonus_points/{MANIFEST_NAME}"
+    assert urlsplit(asset.uri).netloc == s3_bucket
+
+
 def test_a_literal_prefix_with_reserved_characters_is_escaped_in_the_asset(emulator, s3_bucket, s3_client):
     """Issue 19: a literal prefix holding ``#``, ``?`` and a space gives an asset URI Airflow accepts,
     with no fragment or query, from which the stored manifest's key is recovered exactly."""
