@@ -255,6 +255,9 @@ class _Verification:
             path = self._resolve(part.key)
             if path is None:
                 self._problem("foreign", part.key, f"not on the manifest's storage ({self.report.manifest})")
+            elif self._outside_location(path):
+                where = self.store.display(self.directory)
+                self._problem("foreign", part.key, f"outside the export's location ({where}/): not its part")
             elif path in seen:
                 self._problem("duplicate", part.key, f"listed twice: parts[{seen[path]}] and parts[{part.index}]")
             else:
@@ -298,6 +301,14 @@ class _Verification:
         if key.split("://", 1)[0].lower() not in self.store.schemes:
             return None
         return self.store.path_of_url(key)
+
+    def _outside_location(self, path: str) -> bool:
+        """Whether a part's path leaves the manifest's directory (``../other/part-00000.csv``, an
+        absolute path, a key under another prefix): an export's parts are all beside its manifest.
+        Local paths are compared normalized; object keys as they are (S3 keeps ``..`` literally)."""
+        if not self.store.keys_are_bucket_keys:
+            path = posixpath.normpath(path)
+        return not path.startswith(self.directory.rstrip("/") + "/")
 
     def _problem(self, kind: str, part: str, detail: str, expected: Any = None, actual: Any = None) -> None:
         self.report.problems.append(PartProblem(kind, part, detail, expected, actual))

@@ -307,9 +307,26 @@ def test_hostile_part_keys_are_problems_not_reads(tmp_path: Path) -> None:
     assert [(problem.kind, problem.part) for problem in report.problems if problem.kind != "totals"] == [
         ("duplicate", listed["key"]),
         ("foreign", "s3://elsewhere/part-00000.csv"),
-        ("missing", "file:///dev/zero"),
+        ("foreign", "file:///dev/zero"),  # outside the location: never opened
     ]
     assert report.parts_checked == 1
+
+
+@pytest.mark.parametrize("key", ["../real/part-00000.csv", "{real}/part-00000.csv", "file://{real}/part-00000.csv"])
+def test_a_part_outside_the_location_is_foreign_not_read(tmp_path: Path, key: str) -> None:
+    """A location holding only a manifest whose part lives elsewhere was INTACT (exit 0): the part
+    was read wherever its key pointed. An export's parts are all beside its manifest."""
+    manifest = land_local(tmp_path / "real", parts=1)
+    (tmp_path / "copy").mkdir()
+    manifest["parts"][0]["key"] = key.format(real=tmp_path / "real")
+    manifest["manifest"] = f"file://{tmp_path}/copy/_manifest.json"
+    (tmp_path / "copy" / "_manifest.json").write_text(json.dumps(manifest))
+
+    report = verify_manifest(tmp_path / "copy")
+
+    assert not report.intact and report.exit_code == 1
+    assert [problem.kind for problem in report.problems] == ["foreign"]
+    assert report.parts_checked == 0
 
 
 def test_a_moved_export_is_read_where_its_manifest_is(tmp_path: Path) -> None:
