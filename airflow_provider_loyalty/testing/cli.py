@@ -68,11 +68,22 @@ _FLAG_FIELDS = {
 }
 
 
+def _port(text: str) -> int:
+    """A TCP port number, 0..65535 (0: a free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535 (0: a free one), got {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of ``loyalty-emulator``."""
     parser = argparse.ArgumentParser(prog="loyalty-emulator", description="Serve the loyalty API emulator.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for a free one (default 8765)")
+    parser.add_argument("--port", type=_port, default=8765, help="TCP port, 0 for a free one (default 8765)")
     parser.add_argument("--config", type=Path, help="JSON file with EmulatorConfig fields")
     parser.add_argument("--faults", type=Path, help="JSON file with a list of fault rules")
     parser.add_argument("--transactions", type=int, help="transactions in the period")

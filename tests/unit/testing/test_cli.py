@@ -114,6 +114,20 @@ def test_cli_rejects_bad_arguments() -> None:
     assert "batch_size" in result.stderr
 
 
+@pytest.mark.parametrize("port", ["70000", "-1", "abc"])
+def test_cli_rejects_a_port_out_of_range_without_a_traceback(port: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_loyalty.testing", "--port", port],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "argument --port" in result.stderr and "Traceback" not in result.stderr
+
+
 def _rss_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
