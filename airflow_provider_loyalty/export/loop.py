@@ -53,7 +53,7 @@ from airflow_provider_loyalty.export.layout import (
 from airflow_provider_loyalty.export.lease import LocationLease, WriterIdentity
 from airflow_provider_loyalty.export.manifest import starting_cursor
 from airflow_provider_loyalty.export.progress import CLEANUP, EXPORTING, ExportProgress, PartRecord, PendingTask
-from airflow_provider_loyalty.export.seal import Sealer, finish_interrupted_switch
+from airflow_provider_loyalty.export.seal import Sealer, finish_interrupted_switch, staged_keys_listed
 from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument
 from airflow_provider_loyalty.export.spec import ExportSpec, describe_period, period_of
 from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
@@ -135,9 +135,7 @@ class ExportLoop:
         self.log = log
         self.stop_event = threading.Event()
         self.lease = LocationLease(sink, identity, spec.period, log, stop=self.stop_event)
-        self.sealer = Sealer(
-            sink, spec, keep_zip=keep_zip, fail_on_empty=fail_on_empty, log=log, written_by=identity.task
-        )
+        self.sealer = Sealer(sink, spec, fail_on_empty=fail_on_empty, log=log, written_by=identity.task)
         self.workdir = tempfile.mkdtemp(prefix="loyalty-export-")
         self.fetcher = self._fetcher(hook)
         self.adopted: dict[str, Any] | None = None
@@ -197,13 +195,16 @@ class ExportLoop:
         if self.adopted is None:
             finish_interrupted_switch(self.sink, self.log)  # before the staging area is cleared
             staged_run = self._check_finished_export()
-            self.sink.delete([*self.sink.sizes(RECORDS_DIR), *self.sink.sizes(STAGING_DIR)])  # an abandoned export's
+            listed = staged_keys_listed(self.sink)  # a switch that could not be finished: keep what it lists
+            abandoned = [name for name in self.sink.sizes(STAGING_DIR) if self.sink.key(name) not in listed]
+            self.sink.delete([*self.sink.sizes(RECORDS_DIR), *abandoned])  # an abandoned export's
         progress = ExportProgress(
             spec=self.spec.to_dict(),
             writer=self.lease.identity.describe(),
             staged=staged_run,
             started_at=pendulum.now("UTC").to_iso8601_string(),
             cursor=self.spec.from_id,
+            keep_zip=self.keep_zip,
         )
         if self.adopted is None:
             self._checkpoint(progress)
@@ -496,6 +497,18 @@ class ExportLoop:
             return None
         if progress.phase != EXPORTING:
             return progress  # sealing or cleaning up: the sealer knows what is where
+        if progress.keep_zip != self.keep_zip:
+            # Its parts so far were landed with (or without) their archives: sealing them as this
+            # try asks would list archives never stored, or leave stored ones unlisted.
+            self.log.warning(
+                "The checkpoint at %s was written with keep_zip=%s; this try asks keep_zip=%s: starting afresh",
+                self.sink.describe(),
+                progress.keep_zip,
+                self.keep_zip,
+            )
+            return None
+        if progress.staged and not self.replace:
+            return None  # another run's re-run, half staged: replace=False does not finish it (refused below)
         if not progress.staged and self._finished_export_at_location():
             # Written in place beside a finished export, which only a stray checkpoint can say (an
             # export over a finished one stages its parts): resuming it would overwrite listed parts.

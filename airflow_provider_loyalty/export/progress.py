@@ -89,6 +89,7 @@ class ExportProgress:
     :param duplicates_dropped: boundary duplicates left out so far.
     :param rows: data rows landed so far.
     :param bytes: bytes stored so far.
+    :param keep_zip: each part's archive is stored beside it (as the export began; sealing follows it).
     """
 
     spec: dict[str, Any]
@@ -107,6 +108,7 @@ class ExportProgress:
     duplicates_dropped: int = 0
     rows: int = 0
     bytes: int = 0
+    keep_zip: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, for the checkpoint document."""

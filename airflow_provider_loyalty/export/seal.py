@@ -43,7 +43,6 @@ class Sealer:
 
     :param sink: the location.
     :param spec: the export.
-    :param keep_zip: original archives are kept beside the parts.
     :param fail_on_empty: an export without a single transaction is an error, not an empty manifest.
     :param log: logger.
     :param written_by: the Airflow task instance sealing it (recorded in the manifest).
@@ -54,7 +53,6 @@ class Sealer:
         sink: PartSink,
         spec: ExportSpec,
         *,
-        keep_zip: bool,
         fail_on_empty: bool,
         log: Any,
         written_by: str | None = None,
@@ -62,7 +60,6 @@ class Sealer:
         self.sink = sink
         self.written_by = written_by
         self.spec = spec
-        self.keep_zip = keep_zip
         self.fail_on_empty = fail_on_empty
         self.log = log
 
@@ -87,7 +84,7 @@ class Sealer:
             self._checkpoint(progress)
             self._write_manifest(progress, records, completed_at, in_staging=True)  # the switch
             for record in records:
-                for name in self._names_of(record):
+                for name in self._names_of(record, progress):
                     self.sink.move(staged(name), name)
         manifest = self._write_manifest(progress, records, completed_at, in_staging=False)
         progress.phase = CLEANUP
@@ -105,8 +102,11 @@ class Sealer:
             raise LoyaltyError(f"{self.sink.describe()}: the records {missing[:3]} of landed parts are gone")
         return [PartRecord.from_dict(document) for document in documents if document is not None]
 
-    def _names_of(self, record: PartRecord) -> list[str]:
-        return [record.name, part_name(record.index, "zip")] if self.keep_zip else [record.name]
+    @staticmethod
+    def _names_of(record: PartRecord, progress: ExportProgress) -> list[str]:
+        """The objects a landed part stored: the part, and its archive when the export keeps them
+        (as its checkpoint says: a retry with another ``keep_zip`` seals what was stored)."""
+        return [record.name, part_name(record.index, "zip")] if progress.keep_zip else [record.name]
 
     def _check_stored(self, progress: ExportProgress, records: list[PartRecord]) -> None:
         """Every part is stored with the size its record gives (one listing, no downloads)."""
@@ -132,7 +132,7 @@ class Sealer:
             self.sink,
             completed_at=completed_at,
             in_staging=in_staging,
-            keep_zip=self.keep_zip,
+            keep_zip=progress.keep_zip,
             written_by=self.written_by,
         )
         self.sink.write_json(MANIFEST_NAME, manifest)
@@ -140,16 +140,16 @@ class Sealer:
 
     def _clean_up(self, progress: ExportProgress) -> None:
         """Remove what the finished export does not list: old parts, staging, records, checkpoint."""
-        keep = {name for index in range(progress.parts_landed) for name in self._index_names(index)}
+        keep = {name for index in range(progress.parts_landed) for name in self._index_names(index, progress)}
         stale = [name for name in self.sink.sizes() if is_part_name(name) and name not in keep]
         if stale:
             self.log.info("Deleting %d part(s) the new manifest does not list: %s", len(stale), ", ".join(stale[:5]))
         self.sink.delete(stale + list(self.sink.sizes(STAGING_DIR)) + list(self.sink.sizes(RECORDS_DIR)))
         self.sink.delete([CHECKPOINT_NAME])
 
-    def _index_names(self, index: int) -> list[str]:
+    def _index_names(self, index: int, progress: ExportProgress) -> list[str]:
         names = [part_name(index, self.spec.output_format)]
-        return [*names, part_name(index, "zip")] if self.keep_zip else names
+        return [*names, part_name(index, "zip")] if progress.keep_zip else names
 
     def discard(self, progress: ExportProgress) -> None:
         """Forget the unfinished export (checkpoint and records), so the next try starts afresh."""
@@ -172,18 +172,10 @@ def finish_interrupted_switch(sink: PartSink, log: Any) -> bool:
         manifest = sink.read_json(MANIFEST_NAME)
     except UnreadableDocument:
         return False
-    if not manifest or not isinstance(manifest.get("parts"), list):
+    moves = _staged_entries(sink, manifest)
+    if not moves or manifest is None:
         return False
     in_staging = {sink.key(name): name for name in sink.sizes(STAGING_DIR)}
-    marker = sink.key(staged("part-"))[: -len("part-")]  # how the manifest names the staging area
-    moves: list[tuple[dict[str, Any], str, str]] = []
-    for entry in manifest["parts"]:
-        for field in ("key", "archive_key"):
-            key = entry.get(field) if isinstance(entry, dict) else None
-            if isinstance(key, str) and key.startswith(marker):
-                moves.append((entry, field, key))
-    if not moves:
-        return False
     if any(key not in in_staging for _, _, key in moves):
         log.warning("%s lists staged parts that are gone; leaving it as it is", sink.url(MANIFEST_NAME))
         return False
@@ -194,3 +186,27 @@ def finish_interrupted_switch(sink: PartSink, log: Any) -> bool:
         entry[field] = sink.key(name)
     sink.write_json(MANIFEST_NAME, manifest)
     return True
+
+
+def staged_keys_listed(sink: PartSink) -> set[str]:
+    """The keys in the staging area that the location's manifest lists: a re-run's switch that
+    could not be finished. No export may delete them (the manifest would list what is gone)."""
+    try:
+        manifest = sink.read_json(MANIFEST_NAME)
+    except UnreadableDocument:
+        return set()
+    return {key for _, _, key in _staged_entries(sink, manifest)}
+
+
+def _staged_entries(sink: PartSink, manifest: Any) -> list[tuple[dict[str, Any], str, str]]:
+    """``(part entry, field, key)`` of every ``key`` / ``archive_key`` of ``manifest`` in the staging area."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), list):
+        return []
+    marker = sink.key(staged("part-"))[: -len("part-")]  # how the manifest names the staging area
+    entries: list[tuple[dict[str, Any], str, str]] = []
+    for entry in manifest["parts"]:
+        for field in ("key", "archive_key"):
+            key = entry.get(field) if isinstance(entry, dict) else None
+            if isinstance(key, str) and key.startswith(marker):
+                entries.append((entry, field, key))
+    return entries

@@ -432,6 +432,64 @@ def test_a_run_that_returns_a_finished_export_writes_nothing_a_later_rerun_could
     assert report.intact, report.to_text()
 
 
+def test_replace_false_neither_resumes_nor_finishes_another_runs_staged_re_run(
+    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
+):
+    """A re-run (replace=True) that failed after staging parts left its checkpoint; an export of the
+    period with replace=False resumed it and switched the location over to its own manifest."""
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    first = make_operator(target).execute(context_for(*SEPTEMBER, ti=task_instance(run_id="r1")))
+    with pytest.raises(LoyaltyFinalError, match="max_batches"):
+        make_operator(target, max_batches=1).execute(context_for(*SEPTEMBER, ti=task_instance(run_id="r2")))
+    manifest_before = stored(target, request, s3_client)[MANIFEST_NAME]
+    with pytest.raises(LoyaltyFinalError, match="replace=True"):
+        make_operator(target, replace=False).execute(context_for(*SEPTEMBER, ti=task_instance(run_id="r3")))
+    assert stored(target, request, s3_client)[MANIFEST_NAME] == manifest_before
+    assert json.loads(manifest_before)["completed_at"] == first["completed_at"]
+    assert verify_manifest(manifest_location(target)).intact
+
+
+@pytest.mark.parametrize("over_a_finished_export", [False, True], ids=["first-export", "re-run"])
+def test_a_retry_that_changes_keep_zip_lists_only_archives_it_stored(
+    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest, over_a_finished_export: bool
+):
+    """Try 1 (keep_zip=False) failed after landing a part; try 2 asked keep_zip=True and resumed: its
+    manifest listed an archive never stored, and a re-run's switch failed moving it on every try."""
+    s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
+    if over_a_finished_export:
+        make_operator(target).execute(context_for(*SEPTEMBER, ti=task_instance(run_id="earlier")))
+    with pytest.raises(LoyaltyFinalError, match="max_batches"):
+        make_operator(target, max_batches=1).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
+    manifest = make_operator(target, keep_zip=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=2)))
+    objects = stored(target, request, s3_client)
+    archives = [part["archive_key"].rsplit("/", 1)[1] for part in manifest["parts"]]
+    assert archives and all(name in objects for name in archives), sorted(objects)
+    report = verify_manifest(manifest_location(target))
+    assert report.intact, report.to_text()
+    assert manifest["total_rows"] == len(emulator.expected_ids("2023-09-01T00:00:00Z", "2023-09-30T23:59:59Z"))
+
+
+def test_staged_parts_a_manifest_lists_are_never_deleted_by_a_later_export(emulator: LoyaltyEmulator, tmp_path):
+    """A re-run's switch that cannot be finished (its manifest lists staged parts, one of them gone)
+    was given up, and the next export then cleared the whole staging area: the manifest listed
+    three parts that were gone instead of one. A later export (which failed here) keeps them."""
+    location = tmp_path / "location"
+    manifest = make_operator({"output_path": str(location)}).execute(context_for(*SEPTEMBER))
+    (location / "_staging").mkdir()
+    for part in manifest["parts"]:
+        name = part["key"].rsplit("/", 1)[1]
+        (location / name).rename(location / "_staging" / name)
+        part["key"] = part["key"].replace(f"/{name}", f"/_staging/{name}")
+    (location / MANIFEST_NAME).write_text(json.dumps(manifest))
+    gone, *kept = sorted((location / "_staging").iterdir())
+    gone.unlink()
+    with pytest.raises(LoyaltyFinalError, match="max_batches"):
+        make_operator({"output_path": str(location)}, output_format="csv.gz", max_batches=1).execute(
+            context_for(*SEPTEMBER, ti=task_instance(run_id="later"))
+        )
+    assert all(path.exists() for path in kept)
+
+
 def test_torn_bookkeeping_documents_are_typed_errors_or_a_fresh_start(emulator: LoyaltyEmulator, tmp_path):
     """A half-written checkpoint is logged and the export starts afresh; a half-written manifest is
     replaced with replace=True and a clear error otherwise — never a raw JSONDecodeError."""
