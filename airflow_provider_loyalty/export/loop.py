@@ -53,7 +53,7 @@ from airflow_provider_loyalty.export.layout import (
 from airflow_provider_loyalty.export.lease import LocationLease, WriterIdentity
 from airflow_provider_loyalty.export.manifest import starting_cursor
 from airflow_provider_loyalty.export.progress import CLEANUP, EXPORTING, ExportProgress, PartRecord, PendingTask
-from airflow_provider_loyalty.export.seal import Sealer, finish_interrupted_switch, staged_keys_listed
+from airflow_provider_loyalty.export.seal import Sealer, finish_interrupted_switch
 from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument
 from airflow_provider_loyalty.export.spec import ExportSpec, describe_period, period_of
 from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
@@ -193,9 +193,8 @@ class ExportLoop:
             return progress
         staged_run = False
         if self.adopted is None:
-            finish_interrupted_switch(self.sink, self.log)  # before the staging area is cleared
+            listed = finish_interrupted_switch(self.sink, self.log)  # before the staging area is cleared
             staged_run = self._check_finished_export()
-            listed = staged_keys_listed(self.sink)  # a switch that could not be finished: keep what it lists
             abandoned = [name for name in self.sink.sizes(STAGING_DIR) if self.sink.key(name) not in listed]
             self.sink.delete([*self.sink.sizes(RECORDS_DIR), *abandoned])  # an abandoned export's
         progress = ExportProgress(
@@ -509,9 +508,10 @@ class ExportLoop:
             return None
         if progress.staged and not self.replace:
             return None  # another run's re-run, half staged: replace=False does not finish it (refused below)
-        if not progress.staged and self._finished_export_at_location():
+        if not (after_deferral or progress.staged) and self._finished_export_at_location():
             # Written in place beside a finished export, which only a stray checkpoint can say (an
             # export over a finished one stages its parts): resuming it would overwrite listed parts.
+            # (This try's own checkpoint, after a deferral, needs no such look: it wrote it itself.)
             self.log.warning(
                 "The checkpoint at %s writes parts in place beside a finished export; starting afresh, staged",
                 self.sink.describe(),

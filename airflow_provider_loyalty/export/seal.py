@@ -159,43 +159,35 @@ class Sealer:
         self.sink.write_json(CHECKPOINT_NAME, progress.to_dict())
 
 
-def finish_interrupted_switch(sink: PartSink, log: Any) -> bool:
-    """Finish a re-run's switch that died half-way, from its manifest alone; whether there was one.
+def finish_interrupted_switch(sink: PartSink, log: Any) -> set[str]:
+    """Finish a re-run's switch that died half-way, from its manifest alone; return the staged keys
+    the manifest still lists (none once finished: a switch that cannot be, some of its parts gone).
 
     A re-run of a period writes a manifest listing its staged parts, then copies each to its final
     name, then writes the final manifest. A writer killed in between leaves a manifest listing
     ``_staging/`` (true: those objects are there). Any later export of the location, whatever it
     asks for, first completes that switch (copies the staged parts to their names, lists them
-    there), so that clearing the staging area never takes a listed part away.
+    there), so that clearing the staging area never takes a listed part away. No export may delete
+    the staged keys returned (the manifest would list what is gone).
     """
     try:
         manifest = sink.read_json(MANIFEST_NAME)
     except UnreadableDocument:
-        return False
+        return set()
     moves = _staged_entries(sink, manifest)
     if not moves or manifest is None:
-        return False
+        return set()
     in_staging = {sink.key(name): name for name in sink.sizes(STAGING_DIR)}
     if any(key not in in_staging for _, _, key in moves):
         log.warning("%s lists staged parts that are gone; leaving it as it is", sink.url(MANIFEST_NAME))
-        return False
+        return {key for _, _, key in moves}
     log.info("A re-run at %s died switching to its parts; finishing the switch first", sink.describe())
     for entry, field, key in moves:
         name = in_staging[key].removeprefix(STAGING_DIR + "/")
         sink.move(in_staging[key], name)
         entry[field] = sink.key(name)
     sink.write_json(MANIFEST_NAME, manifest)
-    return True
-
-
-def staged_keys_listed(sink: PartSink) -> set[str]:
-    """The keys in the staging area that the location's manifest lists: a re-run's switch that
-    could not be finished. No export may delete them (the manifest would list what is gone)."""
-    try:
-        manifest = sink.read_json(MANIFEST_NAME)
-    except UnreadableDocument:
-        return set()
-    return {key for _, _, key in _staged_entries(sink, manifest)}
+    return set()
 
 
 def _staged_entries(sink: PartSink, manifest: Any) -> list[tuple[dict[str, Any], str, str]]:

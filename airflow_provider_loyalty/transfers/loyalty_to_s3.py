@@ -173,9 +173,10 @@ def default_asset_uri(bucket: str, params: dict[str, Any]) -> str:
     the exact manifest)."""
     bucket = bucket.strip()
     prefix = params.get("s3_key_prefix")
-    if isinstance(prefix, str) and prefix.strip() and not is_template(prefix):
-        return asset_uri(bucket, f"{check_key_prefix(prefix)}/{MANIFEST_NAME}")  # as the sink writes it
-    if prefix and not (isinstance(prefix, str) and not prefix.strip()):  # templated: the literal part before it
+    literal = isinstance(prefix, str) and not is_template(prefix)
+    if literal and (key_prefix := check_key_prefix(prefix)) is not None:
+        return asset_uri(bucket, f"{key_prefix}/{MANIFEST_NAME}")  # as the sink writes it
+    if prefix and not literal:  # templated: the literal part before the first template
         root = str(prefix).lstrip().lstrip("/").split("{", 1)[0].rsplit("/", 1)[0]
         return asset_uri(bucket, f"{root}/{MANIFEST_NAME}" if root else MANIFEST_NAME)
     # The values as the request (and the default prefix) gets them: without surrounding blanks.

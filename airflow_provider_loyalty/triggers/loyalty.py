@@ -166,7 +166,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
                 if status is None:  # the deadline passed during the check: the last status known
                     return self._timeout_event(previous.status)
                 polls += 1
-                if status is not None and (status.status, status.progress) != (previous.status, previous.progress):
+                if (status.status, status.progress) != (previous.status, previous.progress):
                     self.log.info("Export task %s: %s (check %d)", self.export_task_id, status.describe(), polls)
             return self._terminal_event(status)
         except Exception as err:
