@@ -33,13 +33,13 @@ def account_transactions_page(params: RequestParams, config: EmulatorConfig) -> 
 
     :param params: the request.
     :param config: the emulator's configuration.
-    :raises ApiError: 1002 for a wrong body ``token``, 1001 for invalid parameters, 1004 for an
-        unknown member.
+    :raises ApiError: 1001 for a missing body ``token`` (the API documents it as required) or
+        other invalid parameters, 1002 for a wrong one, 1004 for an unknown member.
     """
     body_token = params.body.get("token")
-    if body_token not in (None, "") and (
-        not isinstance(body_token, str) or not hmac.compare_digest(body_token.encode(), config.token.encode())
-    ):
+    if body_token in (None, ""):
+        raise invalid("token", "required (the API token, in the request body)")
+    if not isinstance(body_token, str) or not hmac.compare_digest(body_token.encode(), config.token.encode()):
         raise ApiError(1002, "Authentication failed: invalid token")
     check_program_and_currency(params, config)
     from_id = parse_from_id(params)

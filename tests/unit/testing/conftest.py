@@ -99,8 +99,14 @@ class Client:
     def close(self) -> None:
         self.session.close()
 
-    def post(self, path: str, params: dict[str, Any], fmt: str | None = None, **kw: Any) -> requests.Response:
+    def post(
+        self, path: str, params: dict[str, Any], fmt: str | None = None, *, body_token: bool = True, **kw: Any
+    ) -> requests.Response:
+        """POST ``params``; the member-history endpoint also gets the body ``token`` unless
+        ``params`` has one or ``body_token`` is false."""
         fmt = fmt or self.fmt
+        if path == self.ACCOUNT and body_token and "token" not in params:
+            params = {**params, "token": self.emulator.token}
         if fmt == "xml":
             return self.session.post(
                 self.emulator.url + path,
@@ -111,9 +117,11 @@ class Client:
             )
         return self.session.post(self.emulator.url + path, json=params, timeout=30, **kw)
 
-    def call(self, path: str, params: dict[str, Any], fmt: str | None = None) -> tuple[int, dict[str, Any]]:
+    def call(
+        self, path: str, params: dict[str, Any], fmt: str | None = None, *, body_token: bool = True
+    ) -> tuple[int, dict[str, Any]]:
         """POST and decode the envelope (XML converted to a dict of strings)."""
-        response = self.post(path, params, fmt)
+        response = self.post(path, params, fmt, body_token=body_token)
         if (fmt or self.fmt) == "xml":
             assert response.headers["Content-Type"].startswith("application/xml")
             root = SafeET.fromstring(response.content)

@@ -127,7 +127,7 @@ ACCOUNT_ERRORS = [
 def test_account_errors(client: Any, overrides: dict[str, Any], http: int, code: int, name: str | None) -> None:
     params = {"email": "member0@example.com", **ACCOUNT_BASE, **overrides}
     params = {k: v for k, v in params.items() if v is not None}
-    status, body = client.call(client.ACCOUNT, params)
+    status, body = client.call(client.ACCOUNT, params, body_token="token" not in overrides)
     assert (status, str(body["error"])) == (http, str(code)), body
     if name:
         assert body["error_text"].startswith(f"Invalid parameter {name}:"), body
