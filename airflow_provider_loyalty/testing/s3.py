@@ -94,7 +94,9 @@ def _free_port() -> int:
 def moto_s3_server(log_path: str | Path | None = None, timeout: float = 60.0) -> Iterator[LoopbackS3]:
     """Start ``moto.server`` in its own process group on a free loopback port; stop it on exit.
 
-    The server keeps everything in memory: its buckets and objects are gone once it stops.
+    The server keeps everything in memory: its buckets and objects are gone once it stops. It
+    also stops when this process ends without leaving the context (SIGTERM, SIGKILL, a crash):
+    it watches a pipe only this process holds (``testing/s3_server_child.py``).
 
     :param log_path: where the server's output goes (discarded when ``None``).
     :param timeout: seconds to wait for it to answer.
@@ -107,7 +109,8 @@ def moto_s3_server(log_path: str | Path | None = None, timeout: float = 60.0) ->
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w", encoding="utf-8") if log_path is not None else None  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", f"{__package__}.s3_server_child", "-H", "127.0.0.1", "-p", str(port)],
+        stdin=subprocess.PIPE,  # its end of file tells the server this process is gone
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         env=env,
@@ -133,6 +136,8 @@ def moto_s3_server(log_path: str | Path | None = None, timeout: float = 60.0) ->
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if process.stdin is not None:
+            process.stdin.close()
         if log is not None:
             log.close()
 

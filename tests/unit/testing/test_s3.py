@@ -46,6 +46,43 @@ def test_server_stores_objects_and_is_gone_after_the_block() -> None:
     assert not _answers(server.url)
 
 
+_HOLDER = """
+import sys, time
+from airflow_provider_loyalty.testing.s3 import moto_s3_server
+with moto_s3_server() as server:
+    print(server.pid, server.url, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_the_server_ends_with_a_process_killed_inside_the_block(signal_name: str) -> None:
+    """A test session stopped by SIGTERM (a CI cancellation, ``timeout``) or SIGKILL never leaves
+    its S3 server running, orphaned."""
+    import signal
+    import subprocess
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE, text=True)
+    server: psutil.Process | None = None
+    try:
+        assert holder.stdout is not None
+        pid_text, url = holder.stdout.readline().split()
+        server = psutil.Process(int(pid_text))
+        assert _answers(url)
+        holder.send_signal(getattr(signal, signal_name))
+        holder.wait(30)
+        deadline = time.monotonic() + 15
+        while server.is_running() and server.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, f"moto's server outlived its parent's {signal_name}"
+            time.sleep(0.05)
+        assert not _answers(url)
+    finally:
+        holder.kill()
+        holder.wait()
+        if server is not None and server.is_running():
+            server.kill()  # a failed run must not leave it behind either
+
+
 def test_missing_moto_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "moto", None)  # as if moto were not installed
     with pytest.raises(S3ServerUnavailable, match=re.escape("pip install 'airflow-provider-loyalty[test]'")):
