@@ -67,8 +67,8 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.export_task_id = export_task_id
         self.loyalty_conn_id = loyalty_conn_id
-        self.deferrable = deferrable
-        if deferrable:  # the trigger polls at this interval: zero would poll without pause
+        self.deferrable = validation.parse_bool(deferrable, "deferrable")
+        if self.deferrable:  # the trigger polls at this interval: zero would poll without pause
             validation.check_positive_number(self.poke_interval, "poke_interval")
 
     @cached_property

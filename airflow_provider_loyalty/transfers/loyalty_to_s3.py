@@ -16,7 +16,7 @@ from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOper
 from airflow_provider_loyalty.operators.lineage import asset_uri
 from airflow_provider_loyalty.transfers.s3_location import check_bucket, check_key_length, check_key_prefix
 from airflow_provider_loyalty.transfers.s3_options import check_transfer_config_args, check_upload_args
-from airflow_provider_loyalty.utils.validation import is_template
+from airflow_provider_loyalty.utils.validation import is_template, parse_bool
 
 __all__ = ["LoyaltyTransactionsToS3Operator"]
 
@@ -81,6 +81,7 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
             s3_bucket = check_bucket(s3_bucket)
         if not is_template(s3_key_prefix):
             check_key_prefix(s3_key_prefix)
+        encrypt = parse_bool(encrypt, "encrypt")
         if encrypt and sse_kms_key_id:
             raise LoyaltyValidationError("encrypt/sse_kms_key_id", "give one: SSE-S3 (encrypt) or SSE-KMS")
         self.s3_bucket = s3_bucket

@@ -955,3 +955,43 @@ def test_digits_other_than_ascii_are_refused_naming_the_parameter(parameter: str
     with pytest.raises(LoyaltyValidationError) as refused:
         check(value)
     assert refused.value.parameter == parameter
+
+
+_SWITCHES = ["deferrable", "resume", "replace", "keep_zip", "fail_on_empty", "verify"]
+
+
+def _export_operator(**switches: Any) -> LoyaltyExportOperator:
+    return LoyaltyExportOperator(
+        task_id="switches", loyalty_program_id=123, points_currency_eid="bonus_points", output_path="/tmp/x", **switches
+    )
+
+
+@pytest.mark.parametrize("switch", _SWITCHES)
+@pytest.mark.parametrize(("text", "meaning"), [("false", False), ("No", False), ("0", False), (" true ", True)])
+def test_a_switch_given_as_text_means_what_it_says(switch: str, text: str, meaning: bool) -> None:
+    """'false' from an environment variable or a Variable is truthy text: kept as is, it switched
+    the option on (deferred, failed an empty period, verified ...)."""
+    assert getattr(_export_operator(**{switch: text}), switch) is meaning
+
+
+@pytest.mark.parametrize("switch", _SWITCHES)
+@pytest.mark.parametrize("value", ["maybe", 2, None, "[]"])
+def test_a_switch_that_is_not_true_or_false_is_refused_naming_it(switch: str, value: Any) -> None:
+    with pytest.raises(LoyaltyValidationError) as refused:
+        _export_operator(**{switch: value})
+    assert refused.value.parameter == switch
+
+
+@pytest.mark.parametrize(("text", "meaning"), [("false", False), ("yes", True)])
+def test_the_s3_transfers_encrypt_and_the_sensors_deferrable_read_text_too(text: str, meaning: bool) -> None:
+    from airflow_provider_loyalty.sensors.loyalty import LoyaltyExportTaskSensor
+
+    transfer = LoyaltyTransactionsToS3Operator(
+        task_id="s3", loyalty_program_id=123, points_currency_eid="bonus_points", s3_bucket="b", encrypt=text
+    )
+    sensor = LoyaltyExportTaskSensor(task_id="sensor", export_task_id="task_1", deferrable=text)
+    assert (transfer.encrypt, sensor.deferrable) == (meaning, meaning)
+    with pytest.raises(LoyaltyValidationError, match="encrypt"):
+        LoyaltyTransactionsToS3Operator(
+            task_id="s3", loyalty_program_id=123, points_currency_eid="bonus_points", s3_bucket="b", encrypt="maybe"
+        )
