@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -39,6 +39,46 @@ _LEASE_GRACE = 600.0
 #: Trigger error events in a row (the triggerer could not follow the export task) the worker answers
 #: by checking the task itself before the task fails with the trigger's error.
 MAX_TRIGGER_ERRORS = 3
+
+
+#: Parameters whose literal values are checked when the DAG is parsed.
+_LITERAL_CHECKED = (
+    "loyalty_program_id",
+    "points_currency_eid",
+    "points_currency_iid",
+    "date_from",
+    "date_to",
+    "from_id",
+    "output_format",
+    "export_task_id",
+)
+_SWITCHES = ("deferrable", "resume", "replace", "keep_zip", "fail_on_empty", "verify")
+
+
+def check_literal_export_values(values: Mapping[str, Any]) -> None:
+    """Refuse literal export parameters that can never work, naming the parameter.
+
+    :param values: parameters by name; a template is left for run time, and a parameter missing
+        here (one ``.expand()`` will give) is not known yet: the pairs (currency ids, period ends)
+        are checked together only when both are here.
+    """
+
+    def literal(name: str) -> bool:
+        return name in values and values[name] is not None and not validation.is_template(values[name])
+
+    validation.check_literal_program_and_currency(values)
+    if literal("date_from") and literal("date_to"):
+        validation.check_period(values["date_from"], values["date_to"])
+    else:  # one end from the data interval or mapped: the literal other end must still read
+        for parameter, end in (("date_from", False), ("date_to", True)):
+            if literal(parameter) and values[parameter] != "":
+                period_bound(values[parameter], parameter, end=end)
+    if "from_id" in values and not validation.is_template(values["from_id"]):
+        validation.check_cursor(values["from_id"])
+    if "output_format" in values and not validation.is_template(values["output_format"]):
+        check_output_format(values["output_format"])
+    if literal("export_task_id"):
+        validation.check_task_id(values["export_task_id"])
 
 
 class LoyaltyExportBaseOperator(BaseOperator):
@@ -155,24 +195,17 @@ class LoyaltyExportBaseOperator(BaseOperator):
 
     def _validate_literals(self) -> None:
         """Fail at DAG-parse time on literal values that can never work (templates wait for run time)."""
-        currency = (self.points_currency_eid, self.points_currency_iid)
-        if not validation.is_template(self.loyalty_program_id):
-            validation.check_program_id(self.loyalty_program_id)
-        if not any(validation.is_template(value) for value in currency):
-            validation.check_currency(*currency)
-        ends = (self.date_from, self.date_to)
-        if all(value is not None and not validation.is_template(value) for value in ends):
-            validation.check_period(*ends)
-        else:  # one end from the data interval: the literal other end must still read
-            for parameter, value, end in (("date_from", self.date_from, False), ("date_to", self.date_to, True)):
-                if value not in (None, "") and not validation.is_template(value):
-                    period_bound(value, parameter, end=end)
-        if not validation.is_template(self.from_id):
-            validation.check_cursor(self.from_id)
-        if not validation.is_template(self.output_format):
-            check_output_format(self.output_format)
-        if self.export_task_id is not None and not validation.is_template(self.export_task_id):
-            validation.check_task_id(self.export_task_id)
+        check_literal_export_values({name: getattr(self, name) for name in _LITERAL_CHECKED})
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """As :meth:`BaseOperator.partial`, with the literal values given here checked at DAG-parse
+        time as the operator's own constructor checks them (the mapped values wait for run time)."""
+        check_literal_export_values({name: kwargs[name] for name in _LITERAL_CHECKED if name in kwargs})
+        for switch in _SWITCHES:
+            if switch in kwargs:
+                validation.parse_bool(kwargs[switch], switch)
+        return super().partial(**kwargs)
 
     # ------------------------------------------------------------------ to be provided by subclasses
 

@@ -164,6 +164,20 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         self.limit = validation.check_limit(limit)
         self.loyalty_conn_id = loyalty_conn_id
         validation.check_output_path(output_path, _HISTORY_OUTPUT)
+        # Literal values are checked when the DAG is parsed (templates wait for run time): a DAG
+        # passing ``email=`` (the alert recipients) instead of ``member_email`` never runs.
+        if not any(validation.is_template(value) for value in self._member().values()):
+            self._member_fields()
+        validation.check_literal_program_and_currency(
+            {name: getattr(self, name) for name in ("loyalty_program_id", "points_currency_eid", "points_currency_iid")}
+        )
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """As :meth:`BaseOperator.partial`, with the literal program and currency given here
+        checked at DAG-parse time (the mapped values wait for run time)."""
+        validation.check_literal_program_and_currency(kwargs)
+        return super().partial(**kwargs)
 
     def _member(self) -> dict[str, Any]:
         return {
@@ -173,6 +187,15 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
             "field_name": self.field_name,
             "field_value": self.field_value,
         }
+
+    def _member_fields(self) -> dict[str, Any]:
+        """The member lookup as request fields; errors name this operator's ``member_email``."""
+        try:
+            return validation.check_matching(self.matching, **self._member())
+        except LoyaltyValidationError as error:
+            if error.parameter == "email":  # the API's field name; this operator's parameter is member_email
+                raise LoyaltyValidationError("member_email", str(error).partition(": ")[2]) from None
+            raise
 
     def _target(self, history_key: dict[str, Any]) -> ObjectStoragePath:
         """The history file: ``output_path``, or a file named from ``history_key`` in it when it is
@@ -194,12 +217,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         The file is written under a temporary name and published only once complete and checked,
         so a failed run leaves the previous file untouched.
         """
-        try:
-            member_fields = validation.check_matching(self.matching, **self._member())
-        except LoyaltyValidationError as error:
-            if error.parameter == "email":  # the API's field name; this operator's parameter is member_email
-                raise LoyaltyValidationError("member_email", str(error).partition(": ")[2]) from None
-            raise
+        member_fields = self._member_fields()
         program = validation.check_program_id(self.loyalty_program_id)
         currency = validation.check_currency(self.points_currency_eid, self.points_currency_iid)
         target = self._target({"loyalty_program_id": program, **currency, **member_fields})

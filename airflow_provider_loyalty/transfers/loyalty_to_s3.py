@@ -16,7 +16,7 @@ from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOper
 from airflow_provider_loyalty.operators.lineage import asset_uri
 from airflow_provider_loyalty.transfers.s3_location import check_bucket, check_key_length, check_key_prefix
 from airflow_provider_loyalty.transfers.s3_options import check_transfer_config_args, check_upload_args
-from airflow_provider_loyalty.utils.validation import is_template, parse_bool
+from airflow_provider_loyalty.utils.validation import check_currency, check_program_id, is_template, parse_bool
 
 __all__ = ["LoyaltyTransactionsToS3Operator"]
 
@@ -97,7 +97,13 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
-        """As :meth:`BaseOperator.partial`; mapped exports get the same default asset outlet."""
+        """As :meth:`BaseOperator.partial`; the literal bucket and prefix given here are checked at
+        DAG-parse time, and mapped exports get the same default asset outlet."""
+        bucket, prefix = kwargs.get("s3_bucket"), kwargs.get("s3_key_prefix")
+        if bucket is not None and not is_template(bucket):
+            kwargs["s3_bucket"] = check_bucket(bucket)
+        if not is_template(prefix):
+            check_key_prefix(prefix)
         if "outlets" not in kwargs:
             kwargs["outlets"] = default_outlets(kwargs)
         return super().partial(**kwargs)
@@ -180,12 +186,16 @@ def default_asset_uri(bucket: str, params: dict[str, Any]) -> str:
     if prefix and not literal:  # templated: the literal part before the first template
         root = str(prefix).lstrip().lstrip("/").split("{", 1)[0].rsplit("/", 1)[0]
         return asset_uri(bucket, f"{root}/{MANIFEST_NAME}" if root else MANIFEST_NAME)
-    # The values as the request (and the default prefix) gets them: without surrounding blanks.
+    # The values as the request (and the default prefix) gets them: "0123" is program 123.
     program, eid, iid = (
-        value.strip() if isinstance(value, str) else value
-        for value in (params.get(name) for name in ("loyalty_program_id", "points_currency_eid", "points_currency_iid"))
+        params.get(name) for name in ("loyalty_program_id", "points_currency_eid", "points_currency_iid")
     )
-    currency = eid if eid not in (None, "") else (f"iid-{iid}" if iid not in (None, "") else None)
-    if program in (None, "") or currency is None or is_template(program) or is_template(currency):
+    if any(is_template(value) for value in (program, eid, iid)):
         return asset_uri(bucket, f"loyalty/transactions/{MANIFEST_NAME}")
-    return asset_uri(bucket, f"loyalty/transactions/program={program}/currency={currency}/{MANIFEST_NAME}")
+    try:
+        program = check_program_id(program)
+        currency = check_currency(eid, iid)
+    except LoyaltyValidationError:  # not known yet (mapped), or refused where the values are checked
+        return asset_uri(bucket, f"loyalty/transactions/{MANIFEST_NAME}")
+    name = currency.get("points_currency_eid") or f"iid-{currency['points_currency_iid']}"
+    return asset_uri(bucket, f"loyalty/transactions/program={program}/currency={name}/{MANIFEST_NAME}")

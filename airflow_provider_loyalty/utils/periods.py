@@ -38,11 +38,13 @@ _EXPECTED = "expected a datetime, a date, or text such as '2023-09-30' or '2023-
 
 
 def default_timezone() -> dt.tzinfo:
-    """Airflow's ``[core] default_timezone`` (UTC when unset), read at each call."""
+    """Airflow's ``[core] default_timezone`` (UTC when unset), read at each call as Airflow reads it:
+    exactly ``system`` is the machine's zone, and a value Airflow cannot read (``System``, a name
+    with a trailing blank) is UTC there, so it is here too."""
     from airflow.providers.common.compat.sdk import conf
 
-    name = str(conf.get("core", "default_timezone", fallback="utc") or "utc").strip()
-    if name.lower() == "system":
+    name = str(conf.get("core", "default_timezone", fallback="utc") or "utc")
+    if name == "system":
         local: dt.tzinfo = pendulum.local_timezone()  # type: ignore[operator]
         return local
     try:

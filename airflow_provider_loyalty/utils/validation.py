@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
@@ -109,13 +110,19 @@ def check_content_type(content_type: Any) -> str:
 # ---------------------------------------------------------------------------------------- API ids
 
 
+#: The largest id the API's ``int`` fields can hold (a signed 64-bit integer).
+MAX_API_INT = 2**63 - 1
+
+
 def check_program_id(loyalty_program_id: Any) -> int:
-    """Return the program id as an int; reject bools, non-integers and values < 1."""
+    """Return the program id as an int; reject bools, non-integers and values outside 1..2**63-1."""
     value = loyalty_program_id
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LoyaltyValidationError("loyalty_program_id", f"expected a positive integer, got {loyalty_program_id!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_API_INT:
+        raise LoyaltyValidationError(
+            "loyalty_program_id", f"expected a positive integer up to {MAX_API_INT}, got {loyalty_program_id!r:.60}"
+        )
     return value
 
 
@@ -135,9 +142,10 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
     iid = points_currency_iid
     if isinstance(iid, str) and iid.strip().isascii() and iid.strip().isdigit():
         iid = int(iid.strip())
-    if isinstance(iid, bool) or not isinstance(iid, int) or iid < 0:
+    if isinstance(iid, bool) or not isinstance(iid, int) or not 0 <= iid <= MAX_API_INT:
         raise LoyaltyValidationError(
-            "points_currency_iid", f"expected a non-negative integer, got {points_currency_iid!r}"
+            "points_currency_iid",
+            f"expected a non-negative integer up to {MAX_API_INT}, got {points_currency_iid!r:.60}",
         )
     return {"points_currency_iid": iid}
 
@@ -200,6 +208,30 @@ def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str
     if not task_id or first_control_character(task_id) is not None or len(task_id) > 256:
         raise LoyaltyValidationError(parameter, f"expected an export task id string, got {export_task_id!r}")
     return task_id
+
+
+def check_literal_program_and_currency(values: Mapping[str, Any]) -> None:
+    """Refuse a literal program id or currency id that can never work, naming the parameter.
+
+    :param values: parameters by name; a template is left for run time, and a parameter missing
+        here (one ``.expand()`` will give) is not known yet: the currency pair is checked as a
+        pair only when both are here.
+    """
+
+    def literal(name: str) -> bool:
+        return name in values and values[name] is not None and not is_template(values[name])
+
+    if literal("loyalty_program_id"):
+        check_program_id(values["loyalty_program_id"])
+    pair = ("points_currency_eid", "points_currency_iid")
+    if all(name in values for name in pair):
+        if not any(is_template(values[name]) for name in pair):
+            check_currency(*(values[name] for name in pair))
+        return
+    if literal("points_currency_eid") and not _blank(values["points_currency_eid"]):  # the other is mapped
+        check_currency(values["points_currency_eid"], None)
+    if literal("points_currency_iid") and not _blank(values["points_currency_iid"]):
+        check_currency(None, values["points_currency_iid"])
 
 
 def check_limit(limit: Any) -> int:

@@ -995,3 +995,83 @@ def test_the_s3_transfers_encrypt_and_the_sensors_deferrable_read_text_too(text:
         LoyaltyTransactionsToS3Operator(
             task_id="s3", loyalty_program_id=123, points_currency_eid="bonus_points", s3_bucket="b", encrypt="maybe"
         )
+
+
+_EXPORT_BASE = {"task_id": "mapped", "output_path": "/tmp/x"}
+
+
+@pytest.mark.parametrize(
+    ("partial_kwargs", "parameter"),
+    [
+        ({"loyalty_program_id": 0, "points_currency_eid": "bonus_points"}, "loyalty_program_id"),
+        (
+            {"loyalty_program_id": 123, "points_currency_eid": "b", "points_currency_iid": 1},
+            "points_currency_eid/points_currency_iid",
+        ),
+        ({"loyalty_program_id": 123, "points_currency_iid": -1}, "points_currency_iid"),
+        ({"loyalty_program_id": 123, "date_from": "2023-09-30", "date_to": "2023-09-01"}, "date_from/date_to"),
+        ({"loyalty_program_id": 123, "date_to": "2023-13-01"}, "date_to"),
+        ({"loyalty_program_id": 123, "from_id": "a b"}, "from_id"),
+        ({"loyalty_program_id": 123, "output_format": "xlsx"}, "output_format"),
+        ({"loyalty_program_id": 123, "verify": "maybe"}, "verify"),
+    ],
+)
+def test_partial_refuses_literal_values_at_dag_parse_as_the_constructor_does(
+    partial_kwargs: dict[str, Any], parameter: str
+) -> None:
+    """``.partial()`` does not run the constructor: its literal values went unchecked until each
+    mapped task started."""
+    with pytest.raises(LoyaltyValidationError) as refused:
+        LoyaltyExportOperator.partial(**_EXPORT_BASE, **partial_kwargs)
+    assert refused.value.parameter.startswith(parameter.split("/")[0]), refused.value
+
+
+def test_partial_leaves_mapped_and_templated_values_for_run_time() -> None:
+    mapped = LoyaltyExportOperator.partial(
+        **_EXPORT_BASE, loyalty_program_id="{{ params.program }}", points_currency_eid="bonus_points"
+    ).expand(date_from=["2023-09-01", "2023-10-01"])
+    assert mapped.partial_kwargs["points_currency_eid"] == "bonus_points"
+    # only one currency id given to partial(), the other to expand(): the pair is checked at run time
+    LoyaltyAccountTransactionsOperator.partial(
+        task_id="m", loyalty_program_id=123, matching="email", output_path="/tmp/x/", points_currency_eid="b"
+    ).expand(member_email=["a@example.com"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"),
+    [
+        ({"matching": "email", "email": "customer@example.com"}, "member_email"),  # the alert list, not the member
+        ({"matching": "custom", "field_name": "user_id"}, "field_value"),
+        ({"matching": "email", "member_email": "a@example.com", "loyalty_program_id": 0}, "loyalty_program_id"),
+        (
+            {"matching": "email", "member_email": "a@example.com", "points_currency_iid": 1},
+            "points_currency_eid/points_currency_iid",
+        ),
+    ],
+)
+def test_the_member_operator_refuses_literal_values_at_dag_parse(kwargs: dict[str, Any], parameter: str) -> None:
+    """Checked only at task start, ``email=`` parsed, and the failure alert then went to the customer."""
+    values = {"task_id": "member", "loyalty_program_id": 123, "points_currency_eid": "b", "output_path": "/tmp/x/"}
+    with pytest.raises(LoyaltyValidationError) as refused:
+        LoyaltyAccountTransactionsOperator(**{**values, **kwargs})
+    assert refused.value.parameter == parameter
+
+
+def test_the_member_operator_leaves_templated_member_fields_for_run_time() -> None:
+    operator = LoyaltyAccountTransactionsOperator(
+        task_id="member", loyalty_program_id=123, points_currency_eid="b", output_path="/tmp/x/",
+        matching="email", member_email="{{ params.member }}",
+    )  # fmt: skip
+    assert operator.member_email == "{{ params.member }}"
+
+
+@pytest.mark.parametrize("value", [2**63, "9" * 23])
+@pytest.mark.parametrize("parameter", ["loyalty_program_id", "points_currency_iid"])
+def test_an_id_past_the_apis_64_bit_integers_is_refused_before_any_request(parameter: str, value: Any) -> None:
+    kwargs: dict[str, Any] = {"loyalty_program_id": 123, parameter: value}
+    if parameter == "loyalty_program_id":
+        kwargs["points_currency_eid"] = "b"
+    with pytest.raises(LoyaltyValidationError) as refused:
+        LoyaltyExportOperator(**_EXPORT_BASE, **kwargs)
+    assert refused.value.parameter == parameter
+    assert LoyaltyExportOperator(**{**_EXPORT_BASE, **kwargs, parameter: 2**63 - 1})

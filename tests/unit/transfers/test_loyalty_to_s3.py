@@ -439,3 +439,34 @@ def test_openlineage_facets_name_the_api_input_and_the_export_prefix(emulator, s
         (f"s3://{s3_bucket}", PREFIX)
     ]
     assert emulator.token not in repr(lineage)
+
+
+def test_the_default_asset_names_ids_as_the_export_writes_them(emulator, s3_bucket, s3_client):
+    """``"0123"`` is program 123 to the API and in the manifest's key; the asset said ``program=0123``
+    (and ``iid-01``), so a DAG scheduled on it never ran, and ``123`` gave another asset."""
+    operator = make_operator(
+        s3_bucket, s3_key_prefix=None, loyalty_program_id="0123", points_currency_eid=None, points_currency_iid="01"
+    )
+    (asset,) = operator.outlets
+    manifest = operator.execute(context_for())
+    asset_key = unquote(urlsplit(asset.uri).path.lstrip("/"))
+    assert asset_key == f"loyalty/transactions/program=123/currency=iid-1/{MANIFEST_NAME}"
+    prefix = manifest["manifest"].removeprefix(f"s3://{s3_bucket}/").rsplit("/", 2)[0]
+    assert f"{prefix}/{MANIFEST_NAME}" == asset_key
+
+
+@pytest.mark.parametrize(
+    ("partial_kwargs", "parameter"),
+    [
+        ({"s3_bucket": "s3://my-bucket/exports"}, "s3_bucket"),
+        ({"s3_bucket": "b", "s3_key_prefix": "../x"}, "s3_key_prefix"),
+    ],
+)
+def test_partial_refuses_a_literal_bucket_or_prefix_at_dag_parse(partial_kwargs, parameter):
+    """A mapped transfer took ``s3_bucket="s3://my-bucket/exports"``, stored the asset
+    ``s3://s3://my-bucket/...`` and failed only when each mapped task started."""
+    with pytest.raises(LoyaltyValidationError) as refused:
+        LoyaltyTransactionsToS3Operator.partial(
+            task_id="mapped", loyalty_program_id=123, points_currency_eid="bonus_points", **partial_kwargs
+        )
+    assert refused.value.parameter == parameter

@@ -298,3 +298,11 @@ def test_a_start_after_the_end_names_date_from() -> None:
 def test_the_validation_module_reaches_the_same_checks() -> None:
     assert validation.check_period is check_period
     assert validation.period_bound is period_bound
+
+
+@pytest.mark.parametrize("name", ["System", "Europe/Berlin ", " Asia/Tokyo"])
+def test_a_timezone_setting_airflow_cannot_read_is_utc_here_too(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Airflow matches ``system`` exactly and reads the name as written, falling back to UTC; read
+    otherwise here (stripped, any case), a naive value meant another period than Airflow's dates."""
+    in_zone(monkeypatch, name)
+    assert check_period("2023-09-30", "2023-09-30") == ("2023-09-30T00:00:00Z", "2023-09-30T23:59:59Z")
