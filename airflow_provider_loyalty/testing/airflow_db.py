@@ -53,10 +53,15 @@ class AirflowTestDb:
             return bag.dags[dag_id]
         problems = "".join(f"\n  {path}: {error}" for path, error in bag.import_errors.items())
         found = ", ".join(sorted(bag.dags)) or "none"
+        advice = (
+            f"\nFix the import errors above: the DAG {dag_id!r} may be in a file that failed to import."
+            if problems
+            else ". Point the loyalty_dags_folder fixture at the folder that holds your DAG files."
+        )
         raise LookupError(
             f"no DAG {dag_id!r} in the DAGs folder {self.dags_folder} (DAGs found: {found})"
             + (f"; import errors:{problems}" if problems else "")
-            + ". Point the loyalty_dags_folder fixture at the folder that holds your DAG files."
+            + advice
         )
 
 

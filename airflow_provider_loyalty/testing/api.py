@@ -140,6 +140,7 @@ class LoyaltyApi:
             hashed_file=hashed_file,
             spec=ArchiveSpec.from_config(cfg),
             never_finishes=never is not None,
+            encoded_name=cfg.hashed_file_style == "encoded",
         )
         if cfg.prebuilt_files:
             task.prebuilt = self.prebuilt.submit(task_id, Download(task).write)

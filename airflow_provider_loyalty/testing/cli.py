@@ -126,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="build each zip once on disk and serve it with Content-Length",
     )
-    parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="Python log level (default WARNING)",
+    )
     return parser
 
 
@@ -152,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = _load_config(args)
         faults = json.loads(args.faults.read_text(encoding="utf-8")) if args.faults is not None else []

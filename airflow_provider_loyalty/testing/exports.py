@@ -92,6 +92,8 @@ class ExportTask:
     :param failure: ``(status, text)`` once it failed.
     :param expired: its file is gone.
     :param prebuilt: the build of its zip on disk (pre-built files only).
+    :param encoded_name: its status reports ``hashed_file`` percent-encoded (``hashed_file_style``
+        ``encoded`` when it was created).
     """
 
     task_id: str
@@ -109,6 +111,7 @@ class ExportTask:
     failure: tuple[str, str] | None = None
     expired: bool = False
     prebuilt: Future[Any] | None = None
+    encoded_name: bool = False
 
     @property
     def total(self) -> int:
@@ -153,7 +156,7 @@ class ExportTask:
         :param config: the emulator's configuration (``hashed_file_override``).
         """
         hashed_file = config.hashed_file_override if config.hashed_file_override is not None else self.hashed_file
-        if config.hashed_file_style == "encoded" and config.hashed_file_override is None:
+        if self.encoded_name and config.hashed_file_override is None:
             hashed_file = quote(hashed_file, safe="/")  # as in the download link; served under the plain name
         result: dict[str, Any] = {"hashed_file": hashed_file}
         if self.total == 0 and self.spec.empty_style == "empty_hashed_file":

@@ -95,7 +95,7 @@ class LoyaltyEmulator:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         config = config if config is not None else EmulatorConfig()
-        self.host = host
+        self.host = host.strip("[]")  # "[::1]" as a URL writes it is the host ::1
         self._port = port
         self._ssl_context = ssl_context
         self.faults = FaultSet(config.seed)

@@ -91,13 +91,18 @@ class EmulatorStats:
             self._counters["export_tasks_created"] += 1
             self._tasks_by_period[period] += 1
 
-    def record(self, entry: dict[str, Any]) -> None:
+    def record(self, entry: dict[str, Any], request_log_limit: int | None = None) -> None:
         """Append a request log entry and count its HTTP status.
 
         :param entry: the entry (``status`` key required).
+        :param request_log_limit: entries to keep from now on (the configuration's, which may have
+            changed while the emulator runs); ``None`` keeps the current size.
         """
         with self._lock:
             self._statuses[str(entry["status"])] += 1
+            limit = max(1, request_log_limit) if request_log_limit is not None else self._log.maxlen
+            if limit != self._log.maxlen:
+                self._log = deque(self._log, maxlen=limit)  # the newest entries stay
             self._log.append(entry)
 
     def begin_request(self, limit: int | None) -> bool:

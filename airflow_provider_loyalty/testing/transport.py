@@ -48,7 +48,7 @@ DOWNLOAD_PREFIX = "/api/download/"
 class EmulatorHTTPServer(ThreadingHTTPServer):
     """A threading HTTP server that knows its emulator, wraps TLS and tracks open sockets.
 
-    :param address: ``(host, port)`` to bind.
+    :param address: ``(host, port)`` to bind; an IPv6 host (``::1``) binds an IPv6 socket.
     :param emulator: the emulator the handler serves.
     :param ssl_context: serve HTTPS with this server-side context.
     """
@@ -63,7 +63,10 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         self.ssl_context = ssl_context
         self.open_sockets: set[socket.socket] = set()
         self.sockets_lock = threading.Lock()
-        super().__init__(address, RequestHandler)
+        host = address[0].strip("[]")
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, address[1]), RequestHandler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept a connection (TLS handshake deferred to the handler thread) and count it."""
@@ -231,7 +234,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._response_type = content_type
         entry = {**self._log_entry, "status": status, "content_type": content_type}
         entry["fault"] = self._fault.kind if self._fault else self._fault_name
-        self.emulator.counters.record(entry)
+        self.emulator.counters.record(entry, self.emulator.config.request_log_limit)
 
     def _handle(self, endpoint: str, path: str, query: str) -> None:
         body = self._read_body()

@@ -128,6 +128,19 @@ def test_cli_rejects_a_port_out_of_range_without_a_traceback(port: str) -> None:
     assert "argument --port" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_cli_rejects_an_unknown_log_level_without_a_traceback() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_loyalty.testing", "--log-level", "VERBOSE", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "argument --log-level" in result.stderr and "Traceback" not in result.stderr
+
+
 def _rss_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):

@@ -191,6 +191,21 @@ def test_hashed_file_styles(emulator_factory: Any, client_factory: Any, style: s
         assert raw.status_code == 200
 
 
+@pytest.mark.parametrize(("created_under", "changed_to"), [("seed", "encoded"), ("encoded", "seed")])
+def test_a_tasks_hashed_file_style_is_the_one_when_it_was_created(
+    emulator_factory: Any, client_factory: Any, created_under: str, changed_to: str
+) -> None:
+    """Documented as captured per task: a task created under ``seed`` reported an encoded name
+    after a change, and that name was not found."""
+    c = client_factory(emulator_factory(transactions=10, hashed_file_style=created_under))
+    task_id = c.export()
+    c.emulator.config.hashed_file_style = changed_to
+    hashed_file = c.wait(task_id)["result"]["hashed_file"]
+    assert ("%20" in hashed_file) is (created_under == "encoded")
+    response = c.download(hashed_file)
+    assert response.status_code == 200, response.text
+
+
 def test_hashed_file_override(emulator: LoyaltyEmulator, json_client: Any) -> None:
     emulator.config.hashed_file_override = "../../etc/passwd"
     data = json_client.wait(json_client.export())

@@ -139,3 +139,20 @@ def test_missing_moto_fails_the_fixture_saying_what_to_install(tmp_path: Path) -
     assert "loyalty_s3: moto's S3 server is not installed here" in result.stdout
     assert "pip install 'airflow-provider-loyalty[test]'" in result.stdout
     assert "Traceback" not in result.stdout
+
+
+def test_a_dag_file_that_fails_to_import_is_named_with_the_right_advice(tmp_path: Path) -> None:
+    """The folder was right and the import error listed, yet the advice said to re-point the
+    folder fixture: the fix is in the DAG file."""
+    from airflow_provider_loyalty.testing import AirflowTestDb
+
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "broken.py").write_text("from airflow.sdk import DAG\nraise RuntimeError('typo in my DAG')\n")
+    with pytest.raises(LookupError) as missing:
+        AirflowTestDb(home=tmp_path, database_url="sqlite://", dags_folder=dags).get_dag("broken")
+    message = str(missing.value)
+    assert "typo in my DAG" in message and "broken.py" in message
+    assert "Fix the import errors" in message and "Point the loyalty_dags_folder" not in message
+    with pytest.raises(LookupError, match="Point the loyalty_dags_folder fixture"):
+        AirflowTestDb(home=tmp_path, database_url="sqlite://", dags_folder=tmp_path / "empty").get_dag("x")

@@ -41,3 +41,22 @@ def test_config_can_be_replaced_while_running(emulator: LoyaltyEmulator) -> None
     assert emulator.api.config is emulator.config
     assert emulator.expected_ids() == emulator.expected_ids(None, None)
     assert len(emulator.expected_ids()) == 7
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_it_serves_on_an_ipv6_loopback_host(host: str) -> None:
+    """Binding ``::1`` failed (``Address family for hostname not supported``): the server was IPv4 only."""
+    import socket
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with LoyaltyEmulator(EmulatorConfig(transactions=5), host=host) as emulator:
+        assert emulator.url.startswith("http://[::1]:")
+        response = requests.post(
+            emulator.url + "/api/v1.1/tasks/status",
+            json={"task_id": "task_unknown"},
+            headers={"Authorization": f"Bearer {emulator.token}"},
+            timeout=10,
+        )
+        assert response.json()["error"] != 0  # an API answer, from the IPv6 socket
+        assert emulator.stats()["requests"]["status"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from airflow_provider_loyalty.testing.stats import API_ENDPOINTS, EmulatorStats
 
@@ -72,3 +73,18 @@ def test_counters_are_thread_safe() -> None:
     snapshot = stats.snapshot(0, 0)
     assert snapshot["download_bytes"] == 16_000
     assert snapshot["requests_in_flight"] == 0
+
+
+def test_a_request_log_limit_changed_while_it_runs_applies_to_the_next_request(json_client: Any) -> None:
+    """Documented as applying to the next request; it applied only after ``reset()``."""
+
+    def requests_logged(count: int) -> int:
+        for _ in range(count):
+            json_client.call(json_client.STATUS, {"task_id": "task_unknown"})
+        return len(json_client.emulator.stats()["request_log"])
+
+    assert requests_logged(5) == 5
+    json_client.emulator.config.request_log_limit = 3
+    assert requests_logged(1) == 3  # the newest three
+    json_client.emulator.config.request_log_limit = 10
+    assert requests_logged(4) == 7  # kept ones stay, room for more
