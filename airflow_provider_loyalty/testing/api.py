@@ -143,7 +143,9 @@ class LoyaltyApi:
             encoded_name=cfg.hashed_file_style == "encoded",
         )
         if cfg.prebuilt_files:
-            task.prebuilt = self.prebuilt.submit(task_id, Download(task).write)
+            # The zip's bytes follow from its rows, its file name and its layout: equal ones share a file.
+            content = (task.batch, task.spec)
+            task.prebuilt = self.prebuilt.submit(task_id, Download(task).write, content)
         self.tasks.add(task)
         self.stats.count_export_task(task.period)
         if never is not None:

@@ -108,7 +108,8 @@ class EmulatorConfig:
         with ``Retry-After`` (``None``: no limit).
     :param concurrency_retry_after: the ``Retry-After`` seconds of those 429 answers.
     :param prebuilt_files: build each task's zip once, on disk, while the task runs, and serve it
-        from disk with ``Content-Length`` (deleted on reset and stop).
+        from disk with ``Content-Length`` (deleted on reset and stop); a later task of the same
+        batch is served the file already built.
     :param member_history_sizes: transactions per member; member ``k`` exists for each entry.
     :param request_log_limit: request log entries kept (oldest dropped).
     :param max_body_bytes: largest accepted request body.

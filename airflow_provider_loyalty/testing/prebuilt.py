@@ -2,8 +2,11 @@
 
 With ``EmulatorConfig.prebuilt_files`` the emulator builds a task's zip into a temporary directory
 while the task runs (the task completes only once its file is on disk) and serves downloads from
-that file with ``Content-Length``, so a download is no longer paced by building the zip. The files
-are removed on ``reset()`` and ``stop()``. Building streams to disk: memory stays flat.
+that file with ``Content-Length``, so a download is no longer paced by building the zip. A later
+task of the same batch (the same rows, file name and zip layout) is served the file already
+built: a second export of a period, a retry, or a benchmark's second transfer costs the emulator
+no build at all. The files are removed on ``reset()`` and ``stop()``. Building streams to disk:
+memory stays flat.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +84,7 @@ class PrebuiltFiles:
         self._directory: Path | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._cancelled = threading.Event()
+        self._by_content: dict[Hashable, Future[PrebuiltFile]] = {}
 
     @property
     def directory(self) -> Path | None:
@@ -88,19 +92,29 @@ class PrebuiltFiles:
         with self._lock:
             return self._directory
 
-    def submit(self, name: str, build: Callable[[ZipSink], int]) -> Future[PrebuiltFile]:
+    def submit(
+        self, name: str, build: Callable[[ZipSink], int], content: Hashable | None = None
+    ) -> Future[PrebuiltFile]:
         """Start building file ``name``; ``build(sink)`` writes the zip and returns its CSV bytes.
 
         :param name: a file name unique among the current files (e.g. the task id).
         :param build: the zip writer.
+        :param content: what identifies the zip's bytes: a file of the same ``content`` built (or
+            building) already is returned instead of building another; ``None`` always builds.
         """
         with self._lock:
+            earlier = self._by_content.get(content) if content is not None else None
+            if earlier is not None and not (earlier.done() and self.ready(earlier) is None):
+                return earlier  # built or still building, not failed or removed
             if self._directory is None:
                 self._directory = Path(tempfile.mkdtemp(prefix="loyalty-emulator-"))
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="loyalty-emulator-build")
             target = self._directory / f"{name}.zip"
-            return self._executor.submit(self._build, target, build, self._cancelled)
+            future = self._executor.submit(self._build, target, build, self._cancelled)
+            if content is not None:
+                self._by_content[content] = future
+            return future
 
     def _build(self, target: Path, build: Callable[[ZipSink], int], cancelled: threading.Event) -> PrebuiltFile:
         partial = target.with_suffix(".part")
@@ -136,6 +150,7 @@ class PrebuiltFiles:
             cancelled, self._cancelled = self._cancelled, threading.Event()
             executor, self._executor = self._executor, None
             directory, self._directory = self._directory, None
+            self._by_content = {}
         cancelled.set()
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)

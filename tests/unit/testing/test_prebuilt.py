@@ -107,3 +107,28 @@ def test_a_failed_build_falls_back_to_streaming(prebuilt: LoyaltyEmulator, clien
     assert response.headers["Transfer-Encoding"] == "chunked"
     assert len(c.read_csv_from_zip(response.content)[1]) == 3000
     assert prebuilt.stats()["prebuilt_files_built"] == 1
+
+
+def test_a_later_task_of_the_same_batch_is_served_the_file_already_built(
+    prebuilt: LoyaltyEmulator, client_factory: Any
+) -> None:
+    """A second export of a period (a benchmark's next transfer, a retry) costs the emulator no
+    build: its download is not paced by the server building the zip again."""
+    c = client_factory(prebuilt)
+    first = c.download(c.wait(c.export())["result"]["hashed_file"]).content
+    second_task = c.export()
+    second = c.download(c.wait(second_task)["result"]["hashed_file"])
+    assert second.content == first and second.headers["Content-Length"] == str(len(first))
+    assert prebuilt.stats()["prebuilt_files_built"] == 1
+    assert len(_zip_files(prebuilt)) == 1
+
+    prebuilt.config.zip_compresslevel = 0  # another layout: other bytes, another file
+    third = c.download(c.wait(c.export())["result"]["hashed_file"]).content
+    assert third != first
+    _, rows, _ = c.read_csv_from_zip(third)
+    assert [r[0] for r in rows] == prebuilt.expected_ids()
+    assert prebuilt.stats()["prebuilt_files_built"] == 2
+
+    prebuilt.reset()  # the files are gone: the next task builds again
+    c.download(c.wait(c.export())["result"]["hashed_file"])
+    assert prebuilt.stats()["prebuilt_files_built"] == 1
