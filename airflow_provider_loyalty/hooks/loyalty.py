@@ -187,6 +187,7 @@ class LoyaltyHook(BaseHook):
             token=self.settings.token,
             schema=schema,
             conn_id=self.loyalty_conn_id,
+            base_url=self.settings.base_url,
         )
 
     # ------------------------------------------------------------------ export API
@@ -318,6 +319,7 @@ class LoyaltyHook(BaseHook):
             body=buffer.body(),
             token=self.settings.token,
             conn_id=self.loyalty_conn_id,
+            base_url=self.settings.base_url,
         )
         raise LoyaltyResponseError(
             f"download: expected a zip file, got HTTP {response.status_code} "

@@ -325,4 +325,5 @@ class LoyaltyAsyncHook(BaseHook):
             token=settings.token,
             schema=schema,
             conn_id=self.loyalty_conn_id,
+            base_url=settings.base_url,
         )

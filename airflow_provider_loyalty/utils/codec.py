@@ -245,6 +245,8 @@ def _decode_xml(body: bytes, schema: _Compiled, content_type_header: str | None 
         except LoyaltyResponseError:
             transcoded = _xml_in_declared_charset(body, content_type_header)
             if transcoded is None:
+                transcoded = _xml_in_its_declared_encoding(body)
+            if transcoded is None:
                 raise
             root = _parse_xml(transcoded)
         if b"xmlns" in body:
@@ -271,9 +273,33 @@ def _xml_in_declared_charset(body: bytes, content_type_header: str | None) -> by
         codec = codecs.lookup(charset).name
         if codec == "utf-8":
             return None
-        return body.decode(codec).encode("utf-8")
+        text = body.decode(codec).removeprefix("\ufeff")
     except (LookupError, UnicodeError):
         return None
+    return _XML_DECLARATION.sub("", text, count=1).encode("utf-8")  # a declaration it had was not readable
+
+
+_UTF32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
+
+
+def _xml_in_its_declared_encoding(body: bytes) -> bytes | None:
+    """``body`` as UTF-8 (its declaration dropped), read in the encoding its declaration names or
+    as UTF-32 by its byte order mark: for what expat cannot read itself (multi-byte encodings such
+    as GBK, Shift_JIS, Big5, EUC-KR; UTF-32). ``None`` when it declares none Python knows as a text
+    encoding, or the body is not valid in it."""
+    if body.startswith(_UTF32_BOMS):
+        encoding = "utf-32"
+    else:
+        declared = _XML_DECLARED_ENCODING.match(body[:200].lstrip(b"\xef\xbb\xbf \t\r\n"))
+        if declared is None:
+            return None
+        encoding = declared.group(1).decode("ascii")
+    try:
+        text = body.decode(codecs.lookup(encoding).name)
+    except (LookupError, UnicodeError):
+        return None
+    return _XML_DECLARATION.sub("", text.removeprefix("\ufeff"), count=1).encode("utf-8")
 
 
 def _parse_xml(body: bytes) -> Element:
@@ -534,6 +560,10 @@ def _coerce_scalars(record: dict[str, Any], scalars: tuple[tuple[str, Callable[[
             if not value.is_integer():
                 raise _BadField(FieldType.INT, repr(value)).within(key)
             record[key] = int(value)
+        elif value.__class__ is int and convert is _to_bool:  # JSON's 0 / 1 for a boolean, as "0" / "1"
+            if value not in (0, 1):
+                raise _BadField(FieldType.BOOL, repr(value)).within(key)
+            record[key] = value == 1
 
 
 def _coerce_items(items: list[Any], schema: _Compiled) -> None:

@@ -77,6 +77,7 @@ def check_reply(
     token: str,
     schema: Schema = ENVELOPE_SCHEMA,
     conn_id: str | None = None,
+    base_url: str | None = None,
 ) -> dict[str, Any]:
     """Turn one reply into its decoded envelope, or raise the typed error it stands for.
 
@@ -86,6 +87,7 @@ def check_reply(
     :param token: the API token, removed from any text that goes into an exception.
     :param schema: the endpoint's documented typed fields (see :mod:`~airflow_provider_loyalty.utils.codec`).
     :param conn_id: the Airflow connection the token came from, named in an auth error.
+    :param base_url: the connection's Base URL, to say what a redirect away from it means.
     """
     try:
         envelope = _decoded(http_status, headers.get("Content-Type"), body, schema)
@@ -104,7 +106,7 @@ def check_reply(
     if http_status == 404:
         raise LoyaltyNotFoundError(code, text, http_status)
     if 300 <= http_status < 400:
-        raise LoyaltyRedirectError(code, redirect_text(http_status, headers.get("Location")), http_status)
+        raise LoyaltyRedirectError(code, redirect_text(http_status, headers.get("Location"), base_url), http_status)
     if http_status >= 400:
         raise LoyaltyApiError(code, text, http_status)
     if envelope is None:
@@ -145,14 +147,26 @@ def auth_text(api_text: str, conn_id: str | None) -> str:
     return f"{api_text} (the API refused {which}: check the API token in its Password field)"
 
 
-def redirect_text(http_status: int, location: str | None) -> str:
-    """What a redirect means for a user: where it points, and what to change."""
+def redirect_text(http_status: int, location: str | None, base_url: str | None = None) -> str:
+    """What a redirect means for a user: where it points, and what to change.
+
+    :param http_status: the redirect's status.
+    :param location: its ``Location``.
+    :param base_url: the connection's Base URL: the hint names the change that would help (https
+        for the same host; another host is not followed at all, the token stays on its own host).
+    """
     target = (location or "").strip()
     if not target:
         return f"unexpected redirect (HTTP {http_status}); redirects are not followed"
     shown = target[:200]
     hint = "put that scheme and host in the connection's Base URL"
-    if shown.startswith("https://"):
+    here, there = urlsplit(base_url or ""), urlsplit(target)
+    if there.netloc and here.netloc and there.hostname != here.hostname:
+        hint = (
+            f"it points to another host than the connection's ({here.hostname}), where the token is never "
+            "sent; if the API has moved there, put that host in the connection's Base URL"
+        )
+    elif there.scheme == "https" and here.scheme != "https":
         hint = "the API wants https: put https:// in the connection's Base URL"
     return f"the API redirects (HTTP {http_status}) to {shown}; redirects are not followed: {hint}"
 
@@ -201,10 +215,12 @@ def download_url(settings: LoyaltyConnectionSettings, hashed_file: Any) -> str:
     is not encoded twice (``%20`` stays ``%20``, as ``requests`` treats a link's escapes). Refused
     before any request: non-strings, absolute URLs or paths, empty, ``.`` or ``..`` segments (also
     percent-encoded ones), backslashes and control characters. The result is checked to stay on
-    the connection's host under ``/api/download/``.
+    the connection's host under ``/api/download/``. Blanks around it are not part of the name (an
+    XML reply may put the value on a line of its own), as for the status reply's ``hashed_file``.
     """
     if not isinstance(hashed_file, str) or not hashed_file.strip():
         raise LoyaltyUnsafeDataError(f"hashed_file: expected a non-empty string, got {hashed_file!r}")
+    hashed_file = hashed_file.strip()
     shown = repr(hashed_file[:120])
     if first_control_character(hashed_file) is not None:
         raise LoyaltyUnsafeDataError(f"hashed_file {shown} contains control characters")

@@ -106,6 +106,21 @@ def test_download_name_with_spaces_and_colons(
     assert " " not in download["path"] and (":" not in download["path"].split("/api/download/")[1])
 
 
+@pytest.mark.parametrize("around", ["\n        ", " "])
+def test_download_takes_hashed_file_with_the_blanks_of_a_pretty_printed_reply(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, around: str, tmp_path
+):
+    """``get_task_status()`` (and the sensor's XCom, the trigger's event) give ``hashed_file`` as the
+    API wrote it; an XML reply on several lines surrounds it with blanks. ``download_export`` refused
+    it (control characters) or asked for another file (``%20name%20``)."""
+    status = _wait_completed(hook, hook.create_transactions_export(**EXPORT))
+    hashed_file = status["result"]["hashed_file"]
+    target = tmp_path / "batch.zip"
+    assert hook.download_export(f"{around}{hashed_file}{around}", target) == target.stat().st_size > 0
+    with zipfile.ZipFile(target) as archive:
+        assert archive.testzip() is None
+
+
 def test_download_into_file_object(hook: LoyaltyHook):
     status = _wait_completed(hook, hook.create_transactions_export(**EXPORT))
     buffer = io.BytesIO()
@@ -700,14 +715,28 @@ def test_test_connection_true_only_with_an_accepted_token(
         (_everywhere(402, {"error": 1009, "error_text": "Payment required"}), "Payment required"),
         (_everywhere(403, {"error": 1002, "error_text": "Forbidden for this IP"}), "Forbidden for this IP"),
         (
-            _everywhere(301, {"error": 0, "error_text": "Moved"}, Location="https://api.example.com/"),
-            "redirects (HTTP 301) to https://api.example.com/; redirects are not followed: the API wants https: "
+            _everywhere(301, {"error": 0, "error_text": "Moved"}, Location="https://127.0.0.1/"),
+            "redirects (HTTP 301) to https://127.0.0.1/; redirects are not followed: the API wants https: "
             "put https:// in the connection's Base URL",
+        ),
+        (  # not "put https://": the Base URL may be https already; the host is what differs
+            _everywhere(302, {"error": 0, "error_text": "Found"}, Location="https://files-cdn.example.net/a.zip"),
+            "redirects (HTTP 302) to https://files-cdn.example.net/a.zip; redirects are not followed: it points "
+            "to another host than the connection's (127.0.0.1), where the token is never sent",
         ),
         (_everywhere(404, {"error": 1003, "error_text": "Not found"}), "Every path answers HTTP 404"),
         (_everywhere(404), "HTTP 404"),
     ],
-    ids=["200-error-envelope", "400", "402", "403", "301-to-https", "404-everywhere", "html-404"],
+    ids=[
+        "200-error-envelope",
+        "400",
+        "402",
+        "403",
+        "301-to-https",
+        "302-to-another-host",
+        "404-everywhere",
+        "html-404",
+    ],
 )
 def test_test_connection_false_with_the_reason(monkeypatch: pytest.MonkeyPatch, responder, expected: str) -> None:
     with loopback_server(responder) as server:

@@ -272,6 +272,28 @@ def test_merchant_fields_named_like_documented_ones_are_left_alone() -> None:
         assert decoded["data"][0]["custom_json"] == {"total": "99.90", "error": "none", "progress": "x"}
 
 
+@pytest.mark.parametrize(("sent", "meaning"), [(1, True), (0, False), ("1", True), ("0", False)])
+def test_a_boolean_sent_as_zero_or_one_is_a_boolean_in_both_formats(sent: Any, meaning: bool) -> None:
+    """JSON ``"canceled": 0`` stayed the integer 0 while XML's ``<canceled>0</canceled>`` and JSON's
+    ``"0"`` were False: one member's history differed by content type."""
+    document = envelope([{"transaction_id": "t1", "is_temp": sent, "canceled": sent}], total_count=1, next_from_id="")
+    decoded = decode_body(json.dumps(document).encode(), "application/json", schema=ACCOUNT_SCHEMA)
+    assert decoded["data"][0]["is_temp"] is meaning and decoded["data"][0]["canceled"] is meaning
+    xml = decode_body(to_xml(document, pretty=False), "application/xml", schema=ACCOUNT_SCHEMA)
+    assert xml["data"] == decoded["data"]
+    status = envelope({"status": "completed", "progress": 100, "result": {"hashed_file": "h/f.zip", "is_api": sent}})
+    assert (
+        decode_body(json.dumps(status).encode(), "application/json", schema=STATUS_SCHEMA)["data"]["result"]["is_api"]
+        is meaning
+    )
+
+
+def test_a_boolean_sent_as_another_integer_is_refused_naming_the_field() -> None:
+    document = envelope([{"transaction_id": "t1", "canceled": 2}], total_count=1, next_from_id="")
+    with pytest.raises(LoyaltyResponseError, match="canceled"):
+        decode_body(json.dumps(document).encode(), "application/json", schema=ACCOUNT_SCHEMA)
+
+
 def test_a_decimal_progress_is_a_number_in_both_formats() -> None:
     document = envelope({"status": "in_progress", "progress": 42.5})
     assert (

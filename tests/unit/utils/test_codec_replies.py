@@ -190,6 +190,33 @@ def test_xml_without_a_declaration_reads_in_the_charset_its_content_type_names(c
 
 
 @pytest.mark.parametrize(
+    ("encoding", "text"),
+    [
+        ("GBK", "操作成功"),
+        ("Shift_JIS", "操作が成功しました"),
+        ("Big5", "操作成功"),
+        ("EUC-KR", "작업 성공"),
+        ("UTF-32", "Opération réussie"),
+        ("windows-1251", "Операция выполнена успешно"),
+    ],
+)
+@pytest.mark.parametrize("content_type", ["application/xml", "application/xml; charset={}"])
+def test_xml_reads_in_the_encoding_its_declaration_names(encoding: str, text: str, content_type: str) -> None:
+    """expat reads single-byte encodings and UTF-16 itself, and refused the multi-byte ones (GBK,
+    Shift_JIS ...: "multi-byte encodings are not supported") and UTF-32 the docs promise."""
+    body = f"<xml><data><task_id>task_1</task_id></data><error>0</error><error_text>{text}</error_text></xml>"
+    declared = f'<?xml version="1.0" encoding="{encoding}"?>{body}'.encode(encoding)
+    expected = {"data": {"task_id": "task_1"}, "error": 0, "error_text": text}
+    assert decode_body(declared, content_type.format(encoding)) == expected
+
+
+def test_a_declared_multi_byte_encoding_still_refuses_a_dtd() -> None:
+    body = '<?xml version="1.0" encoding="GBK"?><!DOCTYPE xml [<!ENTITY a "操">]><xml><error>&a;</error></xml>'
+    with pytest.raises(LoyaltyResponseError, match="refused for safety"):
+        decode_body(body.encode("GBK"), "application/xml")
+
+
+@pytest.mark.parametrize(
     ("charset", "expected"),
     [
         ("x-unknown-8bit", "charset 'x-unknown-8bit' is not a text encoding Python knows"),
