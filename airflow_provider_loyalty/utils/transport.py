@@ -23,6 +23,19 @@ _NOT_TLS_MARKERS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LA
 _TIMEOUTS = frozenset(
     {"Timeout", "ReadTimeout", "ConnectTimeout", "ReadTimeoutError", "ConnectTimeoutError", "ServerTimeoutError"}
 )
+#: The connection was made, then closed or answered with no HTTP reply the client could read.
+_NO_REPLY = frozenset(
+    {
+        "RemoteDisconnected",
+        "ServerDisconnectedError",
+        "BadStatusLine",
+        "BadHttpMessage",
+        "LineTooLong",
+        "ContentEncodingError",
+        "InvalidHeader",
+        "UnknownProtocol",
+    }
+)
 _CUT_SHORT = frozenset(
     {
         "ClientPayloadError",
@@ -127,6 +140,14 @@ def transport_error(settings: LoyaltyConnectionSettings, path: str, error: BaseE
     names = {type(item).__name__ for item in chain}
     if any(isinstance(item, TimeoutError) for item in chain) or names & _TIMEOUTS:
         return LoyaltyTransientError(None, f"{path}: timed out ({settings.netloc})", None)
+    if names & _NO_REPLY:
+        name = sorted(names & _NO_REPLY)[0]
+        return LoyaltyTransientError(
+            None,
+            f"{path}: {settings.netloc} accepted the connection but closed it or sent no HTTP reply that could "
+            f"be read ({name})",
+            None,
+        )
     if names & _CUT_SHORT:
         return LoyaltyTransientError(None, f"{path}: reply body cut short ({type(error).__name__})", None)
     if isinstance(error, ValueError | TypeError):

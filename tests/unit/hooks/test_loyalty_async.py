@@ -393,3 +393,36 @@ async def test_a_wrong_host_or_port_is_named_with_the_reason(monkeypatch: pytest
                 await hook.get_task_status("task_1")
         with pytest.raises(LoyaltyTransientError, match=expected):
             LoyaltyHook().get_task_status("task_1")
+
+
+def _hang_up(handler: Any, _server: Any) -> None:
+    handler.close_connection = True  # read the request, answer nothing
+
+
+def _garbage_status_line(handler: Any, _server: Any) -> None:
+    handler.wfile.write(b"FOO BAR\r\n\r\n")
+    handler.close_connection = True
+
+
+@pytest.mark.parametrize("responder", [_hang_up, _garbage_status_line], ids=["hang-up", "garbage-status-line"])
+async def test_a_server_that_answers_no_http_is_not_reported_as_unreachable(
+    monkeypatch: pytest.MonkeyPatch, responder: Any
+) -> None:
+    """The trigger said "cannot connect to host:port" (check the host and port) and the sync hook
+    "reply body cut short", for a server that took the connection and the request."""
+    with loopback_server(responder) as server:
+        connection = {
+            "conn_type": "loyalty",
+            "host": server.url,
+            "password": "a-token-value",
+            "extra": {"max_retries": 0},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        expected = f"127.0.0.1:{server.port} accepted the connection but closed it or sent no HTTP reply"
+        with pytest.raises(LoyaltyTransientError, match=expected) as async_error:
+            async with LoyaltyAsyncHook() as hook:
+                await hook.get_task_status("task_1")
+        with pytest.raises(LoyaltyTransientError, match=expected) as sync_error:
+            LoyaltyHook().get_task_status("task_1")
+    for error in (async_error.value, sync_error.value):
+        assert "cannot connect" not in str(error) and "cut short" not in str(error)
