@@ -46,6 +46,7 @@ from airflow_provider_loyalty.export.layout import (
     MANIFEST_NAME,
     RECORDS_DIR,
     STAGING_DIR,
+    is_part_name,
     part_name,
     record_name,
     staged,
@@ -195,8 +196,11 @@ class ExportLoop:
         if self.adopted is None:
             listed = finish_interrupted_switch(self.sink, self.log)  # before the staging area is cleared
             staged_run = self._check_finished_export()
-            abandoned = [name for name in self.sink.sizes(STAGING_DIR) if self.sink.key(name) not in listed]
-            self.sink.delete([*self.sink.sizes(RECORDS_DIR), *abandoned])  # an abandoned export's
+            staging, records = self.sink.sizes(STAGING_DIR), self.sink.sizes(RECORDS_DIR)
+            if not staged_run and not staging and not records:
+                self._refuse_parts_no_export_wrote()
+            abandoned = [name for name in staging if self.sink.key(name) not in listed]
+            self.sink.delete([*records, *abandoned])  # an abandoned export's
         progress = ExportProgress(
             spec=self.spec.to_dict(),
             writer=self.lease.identity.describe(),
@@ -208,6 +212,22 @@ class ExportLoop:
         if self.adopted is None:
             self._checkpoint(progress)
         return progress
+
+    def _refuse_parts_no_export_wrote(self) -> None:
+        """Refuse a location that no export has written to (no manifest, no checkpoint) but that holds
+        files named like parts (``part-00007.csv``): this export would overwrite them, and its seal
+        deletes the part names its manifest does not list. They are someone else's files."""
+        names = self.sink.sizes()
+        if MANIFEST_NAME in names or CHECKPOINT_NAME in names:
+            return  # an export was here: its part names are its own
+        foreign = sorted(name for name in names if is_part_name(name))
+        if foreign:
+            raise LoyaltyFinalError(
+                f"{self.sink.describe()} holds {len(foreign)} file(s) named like export parts "
+                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}) that no export wrote there "
+                "(no manifest, no checkpoint): an export would overwrite or delete them. Move them, or give the "
+                "export a location of its own"
+            )
 
     def adopt_task(self, progress: ExportProgress, export_task_id: str) -> None:
         """Use an export task created elsewhere (same spec and cursor) as the first batch; nothing

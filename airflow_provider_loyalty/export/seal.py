@@ -152,8 +152,12 @@ class Sealer:
         return [*names, part_name(index, "zip")] if progress.keep_zip else names
 
     def discard(self, progress: ExportProgress) -> None:
-        """Forget the unfinished export (checkpoint and records), so the next try starts afresh."""
-        self.sink.delete([CHECKPOINT_NAME, *(record_name(index) for index in range(progress.parts_landed))])
+        """Forget the unfinished export (its parts, records and checkpoint), so the next try starts
+        afresh: no manifest lists its parts, and without its checkpoint nothing would say whose
+        they are (the next export refuses part names no export wrote)."""
+        names = [name for index in range(progress.parts_landed) for name in self._index_names(index, progress)]
+        parts = [staged(name) for name in names] if progress.staged else names
+        self.sink.delete([*parts, *(record_name(index) for index in range(progress.parts_landed)), CHECKPOINT_NAME])
 
     def _checkpoint(self, progress: ExportProgress) -> None:
         self.sink.write_json(CHECKPOINT_NAME, progress.to_dict())

@@ -505,3 +505,20 @@ def test_torn_bookkeeping_documents_are_typed_errors_or_a_fresh_start(emulator: 
     assert verify_manifest(str(location / MANIFEST_NAME)).intact
     assert hashlib.sha256((location / MANIFEST_NAME).read_bytes()).hexdigest()
     assert manifest["total_rows"] == len(emulator.expected_ids("2023-09-01T00:00:00Z", "2023-09-30T23:59:59Z"))
+
+
+def test_a_first_export_refuses_a_location_holding_part_names_no_export_wrote(emulator: LoyaltyEmulator, tmp_path):
+    """A directory with no manifest and no checkpoint, holding the user's ``part-00007.csv`` and a
+    ``part-00000.parquet`` of another tool: the export overwrote part-00000 names and its seal
+    deleted every other part name it did not list. Refused before any request, files untouched."""
+    from tests.support.helpers import requests_seen
+
+    location = tmp_path / "busy"
+    location.mkdir()
+    theirs = {"notes.txt": "mine", "part-00000.parquet": "another tool", "part-00007.csv": "id\nmy data\n"}
+    for name, text in theirs.items():
+        (location / name).write_text(text)
+    with pytest.raises(LoyaltyFinalError, match=r"2 file\(s\) named like export parts .*part-00000.parquet"):
+        make_operator({"output_path": str(location)}).execute(context_for(*SEPTEMBER))
+    assert {path.name: path.read_text() for path in location.iterdir() if not path.name.startswith("_")} == theirs
+    assert requests_seen(emulator, "export") == 0
