@@ -360,8 +360,12 @@ class _Verification:
                 )
 
     def _look_for_strays(self, listed: set[str]) -> None:
-        listed_stems = {
-            posixpath.basename(p).split(".", 1)[0] for p in listed if posixpath.dirname(p) == self.directory
+        parts = self.document.get("parts")
+        # Archives kept with keep_zip are those the manifest names (``archive_key``), nothing else.
+        kept_archives = {
+            posixpath.basename(entry["archive_key"])
+            for entry in (parts if isinstance(parts, list) else [])
+            if isinstance(entry, dict) and isinstance(entry.get("archive_key"), str)
         }
         bookkeeping: Counter[str] = Counter()
         folders: set[str] = set()
@@ -376,7 +380,7 @@ class _Verification:
                     bookkeeping[f"{TEMPORARY_PREFIX}*" if top.startswith(TEMPORARY_PREFIX) else top] += 1
                     if "/" in name:
                         folders.add(top)
-                elif "/" not in name and name.endswith(".zip") and name[: -len(".zip")] in listed_stems:
+                elif "/" not in name and name in kept_archives:
                     archives += 1
                 elif self.switch_phase is not None and "/" not in name and is_part_name(name):
                     replaced += 1  # the previous set's, until the switch's clean-up removes it

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from typing import IO, TYPE_CHECKING, Any
 
@@ -56,6 +57,8 @@ PARQUET_TYPES: dict[str, str] = {
     "is_temp": "bool",
     "canceled": "bool",
 }
+#: An integer as the API writes one: decimal digits, an optional minus sign.
+_DECIMAL_INTEGER = r"^-?[0-9]+$"
 _TYPE_HINTS = {
     "int64": "an integer",
     "timestamp": "an RFC3339 time with a zone (to the microsecond)",
@@ -308,6 +311,10 @@ class ParquetPartWriter(PartWriter):
         if PARQUET_TYPES[field.name] == "timestamp":
             nullable = _arrow_readable_times(pc, nullable)
         try:
+            if PARQUET_TYPES[field.name] == "int64" and pc.all(
+                pc.match_substring_regex(nullable, _DECIMAL_INTEGER), skip_nulls=True
+            ).as_py() not in (True, None):
+                raise pa.ArrowInvalid("not a decimal integer")  # Arrow's cast also reads "0x10" as 16
             return pc.cast(nullable, field.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             bad = next(value for value in values if value and not _parses(pa, value, field.type))
@@ -357,6 +364,8 @@ def _arrow_readable_times(pc: Any, times: Any) -> Any:
 def _parses(pa: Any, value: str, arrow_type: Any) -> bool:
     import pyarrow.compute as pc
 
+    if pa.types.is_integer(arrow_type) and re.fullmatch(_DECIMAL_INTEGER, value) is None:
+        return False
     try:
         strings = pa.array([value], pa.string())
         if pa.types.is_timestamp(arrow_type):

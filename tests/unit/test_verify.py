@@ -192,13 +192,15 @@ def test_python_dash_m_runs_the_command(tmp_path: Path) -> None:
 
 
 def test_bookkeeping_files_are_notes_not_strays(tmp_path: Path) -> None:
-    land_local(tmp_path)
+    manifest = land_local(tmp_path)
+    manifest["parts"][0]["archive_key"] = manifest["parts"][0]["key"].replace(".csv", ".zip")  # keep_zip=True
+    (tmp_path / "_manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "_manifest.inprogress.json").write_text("{}")
     (tmp_path / "_lease.json").write_text("{}")
     (tmp_path / "_staging" / "run-2").mkdir(parents=True)
     (tmp_path / "_staging" / "run-2" / "part-00000.csv").write_text("x")
     (tmp_path / "_staging" / "run-2" / "part-00001.csv").write_text("y")
-    (tmp_path / "part-00000.zip").write_bytes(b"PK")  # keep_zip=True: the archive beside its part
+    (tmp_path / "part-00000.zip").write_bytes(b"PK")  # the archive beside its part, as the manifest lists
     for _ in range(2):  # writes cut off by a SIGKILL before their rename
         (tmp_path / temporary_name()).write_bytes(b"half a docu")
 
@@ -310,6 +312,18 @@ def test_hostile_part_keys_are_problems_not_reads(tmp_path: Path) -> None:
         ("foreign", "file:///dev/zero"),  # outside the location: never opened
     ]
     assert report.parts_checked == 1
+
+
+def test_an_archive_the_manifest_does_not_name_is_a_stray(tmp_path: Path) -> None:
+    """Any ``part-NNNNN.zip`` beside a listed part passed as an archive kept with keep_zip, also in
+    an export made without it: INTACT with a file nobody accounted for."""
+    land_local(tmp_path)
+    (tmp_path / "part-00001.zip").write_bytes(b"PK")
+
+    report = verify_manifest(tmp_path)
+
+    assert not report.intact and report.exit_code == 1
+    assert [(problem.kind, problem.part) for problem in report.problems] == [("stray", "part-00001.zip")]
 
 
 @pytest.mark.parametrize("key", ["../real/part-00000.csv", "{real}/part-00000.csv", "file://{real}/part-00000.csv"])

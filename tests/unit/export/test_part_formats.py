@@ -240,3 +240,19 @@ def test_memory_stays_flat_for_a_large_batch(tmp_path, monkeypatch, output_forma
     assert pool.max_memory() < 4 * MiB, (
         f"arrow peak {pool.max_memory() / MiB:.1f} MiB for {csv_bytes / MiB:.1f} MiB of CSV"
     )
+
+
+@pytest.mark.parametrize("bad", ["0x10", "0X1F", "0b101", "+5", " 7", "1e3"])
+def test_an_integer_column_takes_decimal_digits_only(tmp_path, bad):
+    """Arrow's cast read ``0x10`` as 16: a value the API never sends silently became another number."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(FIELDS)
+    for index in range(3):
+        row = _row(index)
+        row[FIELDS.index("promo_iid")] = bad if index == 1 else str(index)
+        writer.writerow(row)
+    data = buffer.getvalue().encode("utf-8")
+    with pytest.raises(LoyaltyOutputFormatError, match="parquet column 'promo_iid' expects an integer") as caught:
+        archive.write_part(_zip(tmp_path, data), io.BytesIO(), expected_rows=3, output_format="parquet")
+    assert repr(bad) in str(caught.value)
