@@ -64,7 +64,7 @@ def check_literal_export_values(values: Mapping[str, Any]) -> None:
     """
 
     def literal(name: str) -> bool:
-        return name in values and values[name] is not None and not validation.is_template(values[name])
+        return validation.is_literal(values, name)
 
     validation.check_literal_program_and_currency(values)
     if literal("date_from") and literal("date_to"):

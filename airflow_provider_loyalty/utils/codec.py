@@ -267,16 +267,14 @@ def _xml_in_declared_charset(body: bytes, content_type_header: str | None) -> by
     names none (or UTF-8, or one Python does not know), when the body declares its own encoding, or
     when the body is not valid in that charset."""
     charset = _declared_charset(content_type_header)
-    if charset is None or _XML_DECLARED_ENCODING.match(body[:200].lstrip(b"\xef\xbb\xbf \t\r\n")):
+    if charset is None or _declared_xml_encoding(body) is not None:
         return None
     try:
-        codec = codecs.lookup(charset).name
-        if codec == "utf-8":
+        if codecs.lookup(charset).name == "utf-8":
             return None
-        text = body.decode(codec).removeprefix("\ufeff")
-    except (LookupError, UnicodeError):
+    except LookupError:
         return None
-    return _XML_DECLARATION.sub("", text, count=1).encode("utf-8")  # a declaration it had was not readable
+    return _xml_as_utf8(body, charset)
 
 
 _UTF32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)
@@ -288,18 +286,25 @@ def _xml_in_its_declared_encoding(body: bytes) -> bytes | None:
     as UTF-32 by its byte order mark: for what expat cannot read itself (multi-byte encodings such
     as GBK, Shift_JIS, Big5, EUC-KR; UTF-32). ``None`` when it declares none Python knows as a text
     encoding, or the body is not valid in it."""
-    if body.startswith(_UTF32_BOMS):
-        encoding = "utf-32"
-    else:
-        declared = _XML_DECLARED_ENCODING.match(body[:200].lstrip(b"\xef\xbb\xbf \t\r\n"))
-        if declared is None:
-            return None
-        encoding = declared.group(1).decode("ascii")
+    encoding = "utf-32" if body.startswith(_UTF32_BOMS) else _declared_xml_encoding(body)
+    return None if encoding is None else _xml_as_utf8(body, encoding)
+
+
+def _declared_xml_encoding(body: bytes) -> str | None:
+    """The encoding an ASCII-readable XML declaration names (after a UTF-8 BOM or blanks), or ``None``."""
+    declared = _XML_DECLARED_ENCODING.match(body[:200].lstrip(b"\xef\xbb\xbf \t\r\n"))
+    return declared.group(1).decode("ascii") if declared else None
+
+
+def _xml_as_utf8(body: bytes, encoding: str) -> bytes | None:
+    """``body`` read in ``encoding`` and written as UTF-8, without a byte order mark or the XML
+    declaration (which would name the encoding it no longer is); ``None`` when Python knows no
+    such text encoding or the body is not valid in it."""
     try:
-        text = body.decode(codecs.lookup(encoding).name)
+        text = body.decode(codecs.lookup(encoding).name).removeprefix("\ufeff")
     except (LookupError, UnicodeError):
         return None
-    return _XML_DECLARATION.sub("", text.removeprefix("\ufeff"), count=1).encode("utf-8")
+    return _XML_DECLARATION.sub("", text, count=1).encode("utf-8")
 
 
 def _parse_xml(body: bytes) -> Element:

@@ -210,6 +210,11 @@ def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str
     return task_id
 
 
+def is_literal(values: Mapping[str, Any], name: str) -> bool:
+    """Whether ``values`` gives parameter ``name`` a value known now: present, not ``None``, no template."""
+    return name in values and values[name] is not None and not is_template(values[name])
+
+
 def check_literal_program_and_currency(values: Mapping[str, Any]) -> None:
     """Refuse a literal program id or currency id that can never work, naming the parameter.
 
@@ -219,7 +224,7 @@ def check_literal_program_and_currency(values: Mapping[str, Any]) -> None:
     """
 
     def literal(name: str) -> bool:
-        return name in values and values[name] is not None and not is_template(values[name])
+        return is_literal(values, name)
 
     if literal("loyalty_program_id"):
         check_program_id(values["loyalty_program_id"])
