@@ -48,31 +48,57 @@ class WriterIdentity:
     :param try_number: the task instance's try.
     :param writer_id: unique per attempt at the export (per ``execute`` call).
     :param host: the host name and process id.
+    :param first_try: the first try since the task instance was last cleared (or first run): tries
+        from it to ``try_number`` are retries of one run of the task, an earlier one is a re-run's.
+        ``None`` when the context does not say.
     """
 
     task: str | None
     try_number: int | None
     writer_id: str
     host: str
+    first_try: int | None = None
 
     @classmethod
-    def from_context(cls, context: Any) -> WriterIdentity:
-        """The identity of the task instance in an Airflow context (``None`` fields outside one)."""
+    def from_context(cls, context: Any, *, retries: Any = None) -> WriterIdentity:
+        """The identity of the task instance in an Airflow context (``None`` fields outside one).
+
+        :param context: the task's context.
+        :param retries: the task's ``retries``: with the task instance's ``max_tries`` it says which
+            try began this run of the task (Airflow's own reckoning: clearing a task instance sets
+            ``max_tries`` to its try number plus ``retries``).
+        """
         ti = context.get("ti") if hasattr(context, "get") else None
         task = None
         if ti is not None and getattr(ti, "task_id", None):
             task = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
+        max_tries = getattr(ti, "max_tries", None)
+        first_try = None
+        if _is_count(max_tries) and _is_count(retries):
+            first_try = max(max_tries - retries + 1, 1)
         return cls(
             task=task,
             try_number=getattr(ti, "try_number", None) if ti is not None else None,
             writer_id=uuid.uuid4().hex,
             host=f"{socket.gethostname()}:{os.getpid()}",
+            first_try=first_try,
         )
+
+    def is_earlier_try(self, try_number: Any) -> bool:
+        """Whether ``try_number`` is an earlier try of this run of the task (this try is its retry),
+        not a try from before the task instance was cleared (this try is then a re-run)."""
+        if not (_is_count(try_number) and _is_count(self.try_number) and self.first_try is not None):
+            return False
+        return bool(self.first_try <= try_number < self.try_number)  # type: ignore[operator]
 
     def describe(self) -> str:
         """``task dag/run/task/-1 (try 2) on host:pid``."""
         who = f"task {self.task} (try {self.try_number})" if self.task else "an export outside any Airflow task"
         return f"{who} on {self.host}"
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _holder_text(document: dict[str, Any]) -> str:

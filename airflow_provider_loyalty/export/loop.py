@@ -136,7 +136,14 @@ class ExportLoop:
         self.log = log
         self.stop_event = threading.Event()
         self.lease = LocationLease(sink, identity, spec.period, log, stop=self.stop_event)
-        self.sealer = Sealer(sink, spec, fail_on_empty=fail_on_empty, log=log, written_by=identity.task)
+        self.sealer = Sealer(
+            sink,
+            spec,
+            fail_on_empty=fail_on_empty,
+            log=log,
+            written_by=identity.task,
+            written_by_try=identity.try_number,
+        )
         self.workdir = tempfile.mkdtemp(prefix="loyalty-export-")
         self.fetcher = self._fetcher(hook)
         self.adopted: dict[str, Any] | None = None
@@ -170,7 +177,7 @@ class ExportLoop:
             # An earlier try of this task held the location until it died: if it finished the
             # export before that (manifest written, lease not yet released), its manifest is ours.
             self.adopted = self._manifest_finished_since(_epoch(earlier.get("acquired_at")))
-        if self.adopted is None and not self.replace:
+        if self.adopted is None:
             self.adopted = self._own_finished_export()
         if self.adopted is not None and (sealing := self._unfinished_seal()) is not None:
             # The export that wrote that manifest died before its seal ended (a re-run's manifest may
@@ -620,14 +627,21 @@ class ExportLoop:
 
     def _own_finished_export(self) -> dict[str, Any] | None:
         """The finished export an earlier try of this task instance wrote, if that is what is at the
-        location: with ``replace=False`` it is this task's own output to return, not another's to refuse
-        (that try ended, or died, after writing its manifest: a failed ``verify=True``, a lost worker)."""
-        task = self.lease.identity.task
-        manifest = self._finished_export_asked_for() if task is not None else None
-        if manifest is None or manifest.get("written_by") != task:
+        location: this task's own output to return (that try ended, or died, after writing its
+        manifest: a failed ``verify=True``, a worker lost before Airflow heard of the success).
+
+        With ``replace=False`` any try's is (it is not another's to refuse). With ``replace=True``
+        only an earlier try of this run of the task (this try is its retry): a re-run after the task
+        instance was cleared replaces it, as asked."""
+        identity = self.lease.identity
+        manifest = self._finished_export_asked_for() if identity.task is not None else None
+        if manifest is None or manifest.get("written_by") != identity.task:
+            return None
+        if self.replace and not identity.is_earlier_try(manifest.get("written_by_try")):
             return None
         self.log.info(
-            "An earlier try of this task finished the export at %s (completed at %s); using its manifest",
+            "An earlier try of this task (try %s) finished the export at %s (completed at %s); using its manifest",
+            manifest.get("written_by_try", "?"),
             self.sink.describe(),
             manifest.get("completed_at"),
         )

@@ -43,6 +43,7 @@ def build_manifest(
     in_staging: bool = False,
     keep_zip: bool = False,
     written_by: str | None = None,
+    written_by_try: int | None = None,
 ) -> dict[str, Any]:
     """The manifest document (metadata only, never rows).
 
@@ -50,6 +51,7 @@ def build_manifest(
     :param keep_zip: each part also lists the batch's original archive kept beside it.
     :param written_by: the Airflow task instance that wrote it (``dag/run/task/map_index``), so that a
         retry of that task instance knows the finished export for its own.
+    :param written_by_try: that task instance's try (a retry tells its run's export from a re-run's).
     """
     parts = []
     for record in records:
@@ -72,6 +74,7 @@ def build_manifest(
         "completed_at": completed_at,
         "manifest": sink.url(MANIFEST_NAME),
         "written_by": written_by,
+        "written_by_try": written_by_try,
     }
 
 

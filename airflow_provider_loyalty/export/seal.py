@@ -46,6 +46,7 @@ class Sealer:
     :param fail_on_empty: an export without a single transaction is an error, not an empty manifest.
     :param log: logger.
     :param written_by: the Airflow task instance sealing it (recorded in the manifest).
+    :param written_by_try: its try (recorded in the manifest).
     """
 
     def __init__(
@@ -56,9 +57,11 @@ class Sealer:
         fail_on_empty: bool,
         log: Any,
         written_by: str | None = None,
+        written_by_try: int | None = None,
     ) -> None:
         self.sink = sink
         self.written_by = written_by
+        self.written_by_try = written_by_try
         self.spec = spec
         self.fail_on_empty = fail_on_empty
         self.log = log
@@ -134,6 +137,7 @@ class Sealer:
             in_staging=in_staging,
             keep_zip=progress.keep_zip,
             written_by=self.written_by,
+            written_by_try=self.written_by_try,
         )
         self.sink.write_json(MANIFEST_NAME, manifest)
         return manifest

@@ -265,7 +265,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
             hook=self.hook,
             spec=spec,
             sink=self.build_sink(context, spec),
-            identity=WriterIdentity.from_context(context),
+            identity=WriterIdentity.from_context(context, retries=self.retries),
             max_batches=self.max_batches,
             poll_interval=self.poll_interval,
             batch_timeout=self.batch_timeout,

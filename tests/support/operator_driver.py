@@ -54,12 +54,22 @@ def stop_with_on_kill(operator: Any, worker: Any, outcome: dict[str, Any]) -> No
 
 
 def task_instance(
-    task_id: str = "export", run_id: str = "run", dag_id: str = "tests", map_index: int = -1, try_number: int = 1
+    task_id: str = "export",
+    run_id: str = "run",
+    dag_id: str = "tests",
+    map_index: int = -1,
+    try_number: int = 1,
+    max_tries: int | None = None,
 ) -> SimpleNamespace:
-    """A stand-in for the task instance in a context: who writes, for the location's lease."""
-    return SimpleNamespace(
+    """A stand-in for the task instance in a context: who writes, for the location's lease.
+    ``max_tries`` as Airflow keeps it (``retries`` at first, a cleared task instance's try number
+    plus ``retries``); left out when ``None``, as a context that does not say."""
+    ti = SimpleNamespace(
         dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, try_number=try_number, start_date=None
     )
+    if max_tries is not None:
+        ti.max_tries = max_tries
+    return ti
 
 
 def context_for(start: str = "2023-09-01T00:00:00Z", end: str = "2023-10-01T00:00:00Z", **extra: Any) -> dict[str, Any]:

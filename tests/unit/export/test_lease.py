@@ -181,27 +181,50 @@ def test_replace_only_replaces_an_export_of_the_same_period(emulator: LoyaltyEmu
     assert stored(target, s3_client=s3_client) == before
 
 
-@pytest.mark.parametrize("released", [False, True], ids=["died-before-releasing", "finished-cleanly"])
+@pytest.mark.parametrize(
+    ("released", "max_tries", "adopted"),
+    [
+        (False, None, True),
+        (True, 3, True),
+        (True, 4, False),
+        (True, None, False),
+    ],
+    ids=["died-before-releasing", "retry-after-a-clean-finish", "re-run-after-a-clear", "context-without-max-tries"],
+)
 def test_a_retry_adopts_the_export_its_earlier_try_finished_before_dying(
-    emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest, released: bool
+    emulator: LoyaltyEmulator,
+    target: dict[str, Any],
+    request: pytest.FixtureRequest,
+    released: bool,
+    max_tries: int | None,
+    adopted: bool,
 ):
-    """Try 1 writes the manifest and is killed before it releases the location (a worker SIGKILLed
-    in that instant, seen on the cluster). Try 2, with replace=True, must take that manifest, not
-    export the period again; a clean earlier finish (lease released) is replaced as asked."""
+    """Try 1 writes the manifest and is killed before Airflow hears of its success: before it
+    released the location, or after (the cluster backfill's worker kill landed in the XCom push).
+    Try 2, its retry, must take that manifest with replace=True too, not export the period again.
+    A re-run after the task instance was cleared (Airflow set max_tries to 1 + retries, so try 2
+    begins a new run of the task) replaces the export as asked; so does a try whose context does
+    not say which run it belongs to."""
     s3_client = request.getfixturevalue("s3_client") if "s3_bucket" in target else None
-    first = make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1)))
+    first = make_operator(target, replace=True, retries=3).execute(
+        context_for(*SEPTEMBER, ti=task_instance(try_number=1, max_tries=3))
+    )
+    assert first["written_by_try"] == 1
     created = emulator.stats()["export_tasks_created"]
     if not released:  # the lease try 1 held when it died: renewed just before it sealed
         leave_try_1s_lease(target, s3_client)
     before = stored(target, s3_client=s3_client)
 
-    second = make_operator(target, replace=True).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=2)))
+    second = make_operator(target, replace=True, retries=3).execute(
+        context_for(*SEPTEMBER, ti=task_instance(try_number=2, max_tries=max_tries))
+    )
 
-    if released:
+    if not adopted:
         assert emulator.stats()["export_tasks_created"] > created  # replaced, as replace=True asks
+        assert second["written_by_try"] == 2 and second["completed_at"] > first["completed_at"]
     else:
         assert emulator.stats()["export_tasks_created"] == created  # nothing exported twice
-        assert second["manifest"] == first["manifest"] and second["total_rows"] == first["total_rows"]
+        assert second == first
         after = stored(target, s3_client=s3_client)
         assert {k: v for k, v in after.items() if k != LEASE_NAME} == {
             k: v for k, v in before.items() if k != LEASE_NAME
