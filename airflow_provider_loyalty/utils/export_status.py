@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
-from airflow_provider_loyalty.utils.redaction import redact
+from airflow_provider_loyalty.utils.redaction import quoted
 
 #: Status words of a finished task: the documented ``completed``, and the synonyms task APIs use
 #: for it (a word missing here would make an export wait for a finished task until its deadline).
@@ -145,12 +145,18 @@ class ExportTaskStatus:
         state = ExportTaskState.of(status)
         completed, failed = state is ExportTaskState.COMPLETED, state is ExportTaskState.FAILED
         result = ExportResult.from_reply(export_task_id, data.get("result")) if completed else None
-        failure = redact(_failure_text(data), token) if failed else None
+        secret = (token or "").strip()
+        if result is not None and result.hashed_file and secret and secret in result.hashed_file:
+            raise LoyaltyResponseError(
+                f"tasks/status of {export_task_id}: result.hashed_file carries the connection's token; it would go "
+                "into the download URL and the task's events, so it is refused"
+            )
+        failure = quoted(_failure_text(data), token) if failed else None
         progress = data.get("progress")
         if isinstance(progress, str):
-            progress = redact(progress, token)
-        # The word and the progress go to logs and events as they are: nothing of the token in them.
-        return cls(export_task_id, redact(status, token), state, progress, result, failure)
+            progress = quoted(progress, token, limit=100)
+        # The word and the progress go to logs and events: nothing of the token in them, and no novel.
+        return cls(export_task_id, quoted(status, token, limit=100), state, progress, result, failure)
 
     def raise_for_failure(self) -> None:
         """Raise :class:`LoyaltyExportTaskFailed` with the API's text if the task failed."""

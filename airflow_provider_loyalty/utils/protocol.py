@@ -27,7 +27,7 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.utils.codec import ENVELOPE_SCHEMA, MIME_TYPES, Schema, decode_body, encode_body
 from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
-from airflow_provider_loyalty.utils.redaction import redact, scrub
+from airflow_provider_loyalty.utils.redaction import quoted, scrub
 from airflow_provider_loyalty.utils.validation import first_control_character
 
 EXPORT_PATH = "/api/v1.1/loyalty/transactions_export"
@@ -95,7 +95,7 @@ def check_reply(
     except LoyaltyResponseError as error:  # may quote the reply (an HTML page's title, a field's text)
         scrub(error, token)
         raise
-    text = redact(str((envelope or {}).get("error_text") or f"HTTP {http_status}"), token)
+    text = quoted(str((envelope or {}).get("error_text") or f"HTTP {http_status}"), token)
 
     if http_status == 429:
         raise LoyaltyTransientError(code, text, http_status, parse_retry_after(headers.get("Retry-After")))
@@ -160,7 +160,10 @@ def redirect_text(http_status: int, location: str | None, base_url: str | None =
         return f"unexpected redirect (HTTP {http_status}); redirects are not followed"
     shown = target[:200]
     hint = "put that scheme and host in the connection's Base URL"
-    here, there = urlsplit(base_url or ""), urlsplit(target)
+    try:
+        here, there = urlsplit(base_url or ""), urlsplit(target)
+    except ValueError:  # a Location no URL parser reads (``http://[bad``): say where it points, no more
+        return f"the API redirects (HTTP {http_status}) to {shown!r}, not a URL; redirects are not followed"
     if there.netloc and here.netloc and there.hostname != here.hostname:
         hint = (
             f"it points to another host than the connection's ({here.hostname}), where the token is never "

@@ -27,6 +27,9 @@ MASK = "***"
 #: A run this long of the start of the token (or of one of its forms) is masked too.
 PIECE = 8
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+#: The most of a server's own text (``error_text``, a failed task's reason) an exception, an event
+#: or a log line quotes; the rest is counted, not shown.
+MAX_QUOTED_CHARS = 1000
 
 
 @functools.lru_cache(maxsize=16)
@@ -79,6 +82,15 @@ def redact(text: str, token: str | None) -> str:
     for form in forms:
         text = text.replace(form, MASK)
     return _mask_runs(text, forms)
+
+
+def quoted(text: str, token: str | None, limit: int = MAX_QUOTED_CHARS) -> str:
+    """A server's text as an error or a log quotes it: without the token (:func:`redact`, before
+    cutting, so no piece of the token survives the cut) and at most ``limit`` characters."""
+    text = redact(text, token)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _texts(error: BaseException) -> list[str]:

@@ -724,6 +724,10 @@ def test_test_connection_true_only_with_an_accepted_token(
             "redirects (HTTP 302) to https://files-cdn.example.net/a.zip; redirects are not followed: it points "
             "to another host than the connection's (127.0.0.1), where the token is never sent",
         ),
+        (  # no URL parser reads it: said as it is, not a ValueError from the reply check
+            _everywhere(302, {"error": 0, "error_text": "Found"}, Location="http://[bad"),
+            "redirects (HTTP 302) to 'http://[bad', not a URL; redirects are not followed",
+        ),
         (_everywhere(404, {"error": 1003, "error_text": "Not found"}), "Every path answers HTTP 404"),
         (_everywhere(404), "HTTP 404"),
     ],
@@ -734,6 +738,7 @@ def test_test_connection_true_only_with_an_accepted_token(
         "403",
         "301-to-https",
         "302-to-another-host",
+        "302-to-no-url",
         "404-everywhere",
         "html-404",
     ],

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from airflow_provider_loyalty.utils.export_status import ExportTaskState
+from airflow_provider_loyalty.exceptions import LoyaltyResponseError, LoyaltyTransientError
+from airflow_provider_loyalty.utils.export_status import ExportTaskState, ExportTaskStatus
+from airflow_provider_loyalty.utils.protocol import check_reply
+from airflow_provider_loyalty.utils.redaction import MAX_QUOTED_CHARS
+
+TOKEN = "s3cret-T0KEN-value-0123456789"
 
 
 @pytest.mark.parametrize(
@@ -20,3 +27,35 @@ from airflow_provider_loyalty.utils.export_status import ExportTaskState
 )
 def test_status_words(word: object, state: ExportTaskState) -> None:
     assert ExportTaskState.of(word) is state
+
+
+def test_a_servers_long_texts_are_quoted_shortened_and_without_the_token() -> None:
+    """A 100 KB error_text (or failure reason, or status word) went whole into the exception, the
+    trigger event and the log. The token is masked before the cut, so no piece of it survives."""
+    novel = "x" * (MAX_QUOTED_CHARS - 5) + TOKEN + "y" * 100_000
+    body = json.dumps({"error": 1000, "error_text": novel}).encode()
+    with pytest.raises(LoyaltyTransientError) as raised:
+        check_reply(http_status=500, headers={"Content-Type": "application/json"}, body=body, token=TOKEN)
+    text = str(raised.value)
+    assert len(text) < MAX_QUOTED_CHARS + 100 and text.endswith("more characters)"), text[-200:]
+    assert TOKEN[:8] not in text
+
+    failed = ExportTaskStatus.from_reply("task_1", {"status": "failed", "error_text": novel}, TOKEN)
+    assert failed.failure_text is not None and len(failed.failure_text) < MAX_QUOTED_CHARS + 40
+    assert TOKEN[:8] not in failed.failure_text
+    wordy = ExportTaskStatus.from_reply("task_1", {"status": "working " * 10_000, "progress": "9" * 10_000}, TOKEN)
+    assert len(wordy.status) < 140 and len(str(wordy.progress)) < 140
+
+
+def test_a_hashed_file_carrying_the_token_is_refused() -> None:
+    """The file name goes into the download URL and the trigger's event: a server that echoes the
+    token there would put it in both."""
+    reply = {
+        "status": "completed",
+        "result": {"hashed_file": f"exports/{TOKEN}/f.zip", "total": 1, "next_from_id": None},
+    }
+    with pytest.raises(LoyaltyResponseError, match="carries the connection's token") as refused:
+        ExportTaskStatus.from_reply("task_1", reply, TOKEN)
+    assert TOKEN not in str(refused.value)
+    fine = {"status": "completed", "result": {"hashed_file": "exports/abc/f.zip", "total": 1, "next_from_id": None}}
+    assert ExportTaskStatus.from_reply("task_1", fine, TOKEN).result is not None
