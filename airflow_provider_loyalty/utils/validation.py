@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 
@@ -184,7 +185,34 @@ def check_output_path(output_path: Any, expected: str) -> Any:
     text = (output_path or "").strip()
     if not text:
         raise LoyaltyValidationError("output_path", f"required: {expected}")
+    if text[:5].lower() == "file:" and not is_template(text):  # a template is read once rendered
+        return _local_file_url(text)
     return text
+
+
+def _local_file_url(text: str) -> str:
+    """A ``file:`` URL in the one spelling object storage reads right, ``file:///abs/path``.
+
+    ``file:/abs`` (no ``//``) and ``file://localhost/abs`` are the same file by RFC 8089, but were
+    read as a directory named ``file:`` and a directory named ``localhost`` under the worker's
+    current directory. A file URL naming another host, or a relative path, is refused.
+    """
+    try:
+        parts = urlsplit(text)
+    except ValueError as error:
+        raise LoyaltyValidationError("output_path", f"{text[:120]!r} is not a file URL ({error})") from None
+    host = parts.netloc.lower()
+    if host not in ("", "localhost"):
+        raise LoyaltyValidationError(
+            "output_path",
+            f"{text[:120]!r} names the host {parts.netloc!r}; a file: URL here is a local path of the worker "
+            "(file:///dir/...): use the object store's own URL for a remote location",
+        )
+    if not parts.path.startswith("/") or parts.query or parts.fragment:
+        raise LoyaltyValidationError(
+            "output_path", f"{text[:120]!r}: expected a file URL of an absolute path, file:///dir/..."
+        )
+    return f"file://{parts.path}"
 
 
 def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:

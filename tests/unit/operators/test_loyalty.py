@@ -415,6 +415,27 @@ class TestLoyaltyExportOperator:
         assert manifest["parts"][0]["key"].startswith("file://")
         assert csv_ids(part_paths(tmp_path / "osp", manifest)) == all_transaction_ids(emulator)
 
+    @pytest.mark.parametrize("spelling", ["file:{path}", "file://localhost{path}", "FILE://{path}"])
+    def test_every_spelling_of_a_local_file_url_is_that_directory(
+        self, emulator: LoyaltyEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch, spelling: str
+    ):
+        """``file:/abs`` and ``file://localhost/abs`` (RFC 8089) landed under the worker's current
+        directory, in folders named ``file:`` and ``localhost``."""
+        elsewhere = tmp_path / "cwd"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        manifest = local_export_operator(spelling.format(path=tmp_path / "out")).execute(context_for())
+        assert manifest["manifest"] == f"file://{tmp_path}/out/_manifest.json"
+        assert csv_ids(part_paths(tmp_path / "out", manifest)) == all_transaction_ids(emulator)
+        assert list(elsewhere.iterdir()) == []
+
+    @pytest.mark.parametrize("url", ["file://fileserver/exports", "file:relative/dir", "file:///tmp/x?y=1"])
+    def test_a_file_url_of_another_host_or_no_absolute_path_is_refused(self, tmp_path, url: str):
+        with pytest.raises(LoyaltyValidationError, match=r"^output_path: "):
+            local_export_operator(url)
+        with pytest.raises(LoyaltyValidationError, match=r"^output_path: "):
+            member_operator(tmp_path, output_path=url)
+
     def test_a_torn_manifest_at_a_file_url_is_a_typed_error_or_replaced(self, emulator: LoyaltyEmulator, tmp_path):
         """Issue 13.2 on a ``file://`` output_path: a half-written ``_manifest.json`` is a LoyaltyError
         saying it is unreadable (never a raw JSONDecodeError) unless replace=True replaces it."""
@@ -856,6 +877,14 @@ class TestLoyaltyAccountTransactionsOperator:
         assert [(out.namespace, out.name) for out in lineage.outputs] == [("file", str(tmp_path / "member.jsonl"))]
         assert result["path"] == f"file://{tmp_path / 'member.jsonl'}"
         assert emulator.token not in repr(lineage)
+
+    def test_a_file_url_without_slashes_is_the_file_it_names(
+        self, emulator: LoyaltyEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch
+    ):
+        monkeypatch.chdir(tmp_path)
+        result = member_operator(tmp_path, output_path=f"file://localhost{tmp_path}/histories/").execute({})
+        assert result["path"].startswith(f"file://{tmp_path}/histories/") and result["rows"] > 0
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["histories"]
 
     def test_directory_output_names_files_without_pii(self, emulator: LoyaltyEmulator, tmp_path):
         result = member_operator(tmp_path, output_path=f"{tmp_path}/members/").execute({})
