@@ -275,6 +275,13 @@ class ParquetPartWriter(PartWriter):
         """
         import pyarrow.parquet as pq
 
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:  # Arrow writes such a file, but no reader takes it (pq.read_table refuses)
+            raise LoyaltyOutputFormatError(
+                f"the batch's CSV header names the column(s) {', '.join(repr(name[:60]) for name in repeated[:5])} "
+                "more than once; a Parquet part needs one name per column. output_format='csv' keeps the "
+                "header as sent"
+            )
         pa = self._pa
         types = {"int64": pa.int64(), "timestamp": pa.timestamp("us", tz="UTC"), "bool": pa.bool_()}
         self._schema = pa.schema(

@@ -256,3 +256,14 @@ def test_an_integer_column_takes_decimal_digits_only(tmp_path, bad):
     with pytest.raises(LoyaltyOutputFormatError, match="parquet column 'promo_iid' expects an integer") as caught:
         archive.write_part(_zip(tmp_path, data), io.BytesIO(), expected_rows=3, output_format="parquet")
     assert repr(bad) in str(caught.value)
+
+
+def test_a_header_that_repeats_a_name_is_refused_for_parquet_and_kept_for_csv(tmp_path):
+    """Arrow wrote a Parquet part with two ``amount`` columns that no reader opens (pq.read_table
+    refuses duplicate field names): the export said done, the part was useless."""
+    data = _csv(3, extra_column=True).replace(b"merchant_note", b"amount", 1)
+    with pytest.raises(LoyaltyOutputFormatError, match="names the column\\(s\\) 'amount' more than once"):
+        archive.write_part(_zip(tmp_path, data), io.BytesIO(), expected_rows=3, output_format="parquet")
+    stored = io.BytesIO()
+    archive.write_part(_zip(tmp_path, data, "again.zip"), stored, expected_rows=3, output_format="csv")
+    assert stored.getvalue() == data
