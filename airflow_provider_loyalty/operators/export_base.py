@@ -370,7 +370,16 @@ class LoyaltyExportBaseOperator(BaseOperator):
                 "itself finished: its manifest is in place)"
             ) from error
         if not report.intact:
-            raise LoyaltyVerificationError(f"the export at {manifest['manifest']} does not verify:\n{report.to_text()}")
+            earlier = self._loop is not None and self._loop.adopted is not None
+            hint = (
+                " (it is the export an earlier try of this task finished, returned rather than exported again: "
+                "clear the task to export the period anew)"
+                if earlier
+                else ""
+            )
+            raise LoyaltyVerificationError(
+                f"the export at {manifest['manifest']} does not verify{hint}:\n{report.to_text()}"
+            )
         self.log.info("Verified %s: %d part(s) intact", manifest["manifest"], report.parts_checked)
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:

@@ -234,6 +234,21 @@ def test_a_retry_adopts_the_export_its_earlier_try_finished_before_dying(
     assert report.intact, report.problems
 
 
+def test_a_retry_verifies_the_export_it_returns_and_says_how_to_export_anew(emulator: LoyaltyEmulator, tmp_path: Path):
+    """A retry returns its earlier try's finished export (replace=True too) and verify=True checks
+    it: a part changed since fails the retry, saying that a clear exports the period anew."""
+    target = {"output_path": str(tmp_path / "location")}
+    make_operator(target, retries=2).execute(context_for(*SEPTEMBER, ti=task_instance(try_number=1, max_tries=2)))
+    created = emulator.stats()["export_tasks_created"]
+    with open(tmp_path / "location" / "part-00000.csv", "ab") as part:
+        part.write(b"tampered\r\n")
+    with pytest.raises(LoyaltyError, match=r"an earlier try of this task finished.*clear the task"):
+        make_operator(target, retries=2, verify=True).execute(
+            context_for(*SEPTEMBER, ti=task_instance(try_number=2, max_tries=2))
+        )
+    assert emulator.stats()["export_tasks_created"] == created
+
+
 def test_a_finished_export_in_another_output_format_is_not_adopted(
     emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
 ):
