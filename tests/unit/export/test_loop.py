@@ -15,6 +15,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyEmptyExportError,
     LoyaltyResponseError,
     LoyaltyTransientError,
+    LoyaltyVerificationError,
 )
 from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, MANIFEST_NAME
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
@@ -186,3 +187,29 @@ def test_a_finished_local_export_leaves_only_its_manifest_and_parts(emulator: Lo
     assert names == sorted([MANIFEST_NAME, *(Path(part["key"]).name for part in manifest["parts"])])
     modes = {(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
     assert len(modes) == 1  # the manifest is as readable as the parts
+
+
+def test_a_part_changed_before_the_seal_is_discarded_and_the_next_try_starts_afresh(
+    emulator: LoyaltyEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """The seal checks every stored part against its record; one changed meanwhile (another tool
+    wrote there) fails the export without a manifest, and the export forgets its own parts: the
+    next try, finding no checkpoint, must not take them for someone else's files and refuse the
+    location ("no export wrote them")."""
+    from airflow_provider_loyalty.export.seal import Sealer
+
+    read_records = Sealer.read_records
+
+    def tampered_first(sealer: Sealer, progress):  # the instant between the last part and the seal
+        with open(tmp_path / "part-00001.csv", "ab") as part:
+            part.write(b"written by another tool\r\n")
+        return read_records(sealer, progress)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Sealer, "read_records", tampered_first)
+        with pytest.raises(LoyaltyVerificationError, match="changed while the export ran"):
+            local_export_operator(tmp_path).execute(context_for(ti=task_instance()))
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # its parts, records, checkpoint gone
+
+    manifest = local_export_operator(tmp_path).execute(context_for(ti=task_instance(try_number=2)))
+    assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
