@@ -84,12 +84,13 @@ class WriterIdentity:
             first_try=first_try,
         )
 
-    def is_earlier_try(self, try_number: Any) -> bool:
-        """Whether ``try_number`` is an earlier try of this run of the task (this try is its retry),
-        not a try from before the task instance was cleared (this try is then a re-run)."""
+    def same_run(self, try_number: Any) -> bool | None:
+        """Whether ``try_number`` of this task instance is a try of this run of the task (this try,
+        or an earlier one it retries), not one from before the task instance was cleared (this try
+        is then a re-run). ``None`` when the context does not say."""
         if not (_is_count(try_number) and _is_count(self.try_number) and self.first_try is not None):
-            return False
-        return bool(self.first_try <= try_number < self.try_number)  # type: ignore[operator]
+            return None
+        return bool(self.first_try <= try_number <= self.try_number)  # type: ignore[operator]
 
     def describe(self) -> str:
         """``task dag/run/task/-1 (try 2) on host:pid``."""

@@ -147,6 +147,7 @@ class ExportLoop:
         self.workdir = tempfile.mkdtemp(prefix="loyalty-export-")
         self.fetcher = self._fetcher(hook)
         self.adopted: dict[str, Any] | None = None
+        self.adopted_own = False  # the adopted export is this task instance's own earlier try's
         self._created: set[str] = set()  # export tasks created by this attempt
 
     def _fetcher(self, hook: LoyaltyHook) -> BatchFetcher:
@@ -173,19 +174,26 @@ class ExportLoop:
         self.lease.acquire(max_wait=self.batch_timeout if max_wait is None else max_wait)
         if self.lease.waited_since is not None:
             self.adopted = self._manifest_finished_since(self.lease.waited_since)
-        elif (earlier := self.lease.left_by_earlier_try) is not None:
+        elif (earlier := self.lease.left_by_earlier_try) is not None and self._returns_as_own(
+            earlier.get("task"), earlier.get("try_number"), unknown_run=True
+        ):
             # An earlier try of this task held the location until it died: if it finished the
             # export before that (manifest written, lease not yet released), its manifest is ours.
             self.adopted = self._manifest_finished_since(_epoch(earlier.get("acquired_at")))
+            self.adopted_own = self.adopted is not None
         if self.adopted is None:
             self.adopted = self._own_finished_export()
+            self.adopted_own = self.adopted is not None
         if self.adopted is not None and (sealing := self._unfinished_seal()) is not None:
             # The export that wrote that manifest died before its seal ended (a re-run's manifest may
             # still point into the staging area; its checkpoint and records are still here): finish it.
             self.log.info("The export that finished at %s died while sealing; finishing its seal", self.sink.describe())
-            self.adopted = None
+            self.adopted, self.adopted_own = None, False
             return sealing
         progress = self._resumable_checkpoint(after_deferral) if self.adopted is None else None
+        if progress is not None and progress.phase != EXPORTING:
+            self._finish_earlier_seal(progress)
+            progress = None
         if progress is not None:
             if not after_deferral:
                 progress.recreations = []  # each try gets its own attempts at a batch
@@ -219,6 +227,32 @@ class ExportLoop:
         if self.adopted is None:
             self._checkpoint(progress)
         return progress
+
+    def _finish_earlier_seal(self, progress: ExportProgress) -> None:
+        """A checkpoint of an export that died while sealing: finish its seal now (the location then
+        holds that export whole), then return it if it is this try's own; else (a re-run after a
+        clear, another task instance's) this export replaces it, or refuses it (``replace=False``)."""
+        manifest = self.sink.read_json(MANIFEST_NAME) if progress.sealed_by is None else None
+        owner, owner_try = (
+            (progress.sealed_by, progress.sealed_by_try)
+            if progress.sealed_by is not None or manifest is None
+            else (manifest.get("written_by"), manifest.get("written_by_try"))
+        )
+        self.log.info("The export at %s died while sealing; finishing its seal", self.sink.describe())
+        sealed = self.sealer.seal(progress)
+        if self._returns_as_own(owner, owner_try, unknown_run=True):
+            self.adopted, self.adopted_own = sealed, True
+
+    def _returns_as_own(self, task: Any, try_number: Any, *, unknown_run: bool) -> bool:
+        """Whether an export finished by ``task`` (try ``try_number``) is this try's to return: it is
+        this task instance's, and with ``replace=True`` of this run of the task (not from before a
+        clear: a re-run replaces it). ``unknown_run``: the answer when the context does not say."""
+        if task != self.lease.identity.task:
+            return False
+        if not self.replace:
+            return True
+        same = self.lease.identity.same_run(try_number)
+        return unknown_run if same is None else same
 
     def _refuse_parts_no_export_wrote(self) -> None:
         """Refuse a location that no export has written to (no manifest, no checkpoint) but that holds
@@ -359,7 +393,7 @@ class ExportLoop:
                 f"max_batches={self.max_batches} reached and the API still returns a next_from_id "
                 f"({progress.cursor!r}); raise max_batches or check the cursor"
             )
-        task = PendingTask(self._create(progress.cursor), progress.cursor, self.lease.identity.try_number)
+        task = self._pending(self._create(progress.cursor), progress.cursor)
         progress.pending = [task]
         self._checkpoint(progress)
         return task
@@ -374,15 +408,23 @@ class ExportLoop:
             if progress.pending[1].from_id == cursor:
                 return progress.pending[1]
             del progress.pending[1:]
-        task = PendingTask(self._create(cursor), cursor, self.lease.identity.try_number)
+        task = self._pending(self._create(cursor), cursor)
         progress.pending.append(task)
         self._checkpoint(progress)
         return task
 
+    def _pending(self, task_id: str, cursor: str | None) -> PendingTask:
+        identity = self.lease.identity
+        return PendingTask(task_id, cursor, identity.try_number, identity.task)
+
     def _created_by_this_try(self, task: PendingTask) -> bool:
         """Whether this try created the export task (before a deferral too), so its failure is this try's."""
-        try_number = self.lease.identity.try_number
-        return task.task_id in self._created or (try_number is not None and task.created_in_try == try_number)
+        identity = self.lease.identity
+        return task.task_id in self._created or (
+            identity.try_number is not None
+            and task.created_in_try == identity.try_number
+            and task.created_by == identity.task
+        )
 
     def _create(self, cursor: str | None) -> str:
         task_id = self.hook.create_transactions_export(
@@ -635,9 +677,9 @@ class ExportLoop:
         instance was cleared replaces it, as asked."""
         identity = self.lease.identity
         manifest = self._finished_export_asked_for() if identity.task is not None else None
-        if manifest is None or manifest.get("written_by") != identity.task:
-            return None
-        if self.replace and not identity.is_earlier_try(manifest.get("written_by_try")):
+        if manifest is None or not self._returns_as_own(
+            manifest.get("written_by"), manifest.get("written_by_try"), unknown_run=False
+        ):
             return None
         self.log.info(
             "An earlier try of this task (try %s) finished the export at %s (completed at %s); using its manifest",
@@ -668,6 +710,9 @@ class ExportLoop:
             return None
         if starting_cursor(manifest) != self.spec.from_id:  # another export's rows, not this one's
             return None
+        parts = [part for part in manifest.get("parts") or [] if isinstance(part, dict)]
+        if parts and any("archive_key" in part for part in parts) != self.keep_zip:
+            return None  # kept (or not) each batch's archive, where this export asks the other
         return manifest
 
     def _checkpoint(self, progress: ExportProgress) -> None:

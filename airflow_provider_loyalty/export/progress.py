@@ -26,11 +26,14 @@ class PendingTask:
     :param from_id: the cursor it was created with.
     :param created_in_try: the Airflow try that created it (``None``: another try's, adopted, or
         outside Airflow): its failure is that try's to report, not a batch to create again.
+    :param created_by: the task instance that created it (``dag/run/task/map_index``): another
+        task instance's try of the same number resuming this checkpoint did not create it.
     """
 
     task_id: str
     from_id: str | None
     created_in_try: int | None = None
+    created_by: str | None = None
 
 
 @dataclass
@@ -90,6 +93,9 @@ class ExportProgress:
     :param rows: data rows landed so far.
     :param bytes: bytes stored so far.
     :param keep_zip: each part's archive is stored beside it (as the export began; sealing follows it).
+    :param sealed_by: the task instance whose seal this is (set when sealing begins): the manifest
+        names it, also when another try finishes the seal.
+    :param sealed_by_try: its try.
     """
 
     spec: dict[str, Any]
@@ -109,6 +115,8 @@ class ExportProgress:
     rows: int = 0
     bytes: int = 0
     keep_zip: bool = False
+    sealed_by: str | None = None
+    sealed_by_try: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, for the checkpoint document."""

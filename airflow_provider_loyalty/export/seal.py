@@ -31,7 +31,7 @@ from airflow_provider_loyalty.export.layout import (
     staged,
 )
 from airflow_provider_loyalty.export.manifest import build_manifest
-from airflow_provider_loyalty.export.progress import CLEANUP, SEALING, ExportProgress, PartRecord
+from airflow_provider_loyalty.export.progress import CLEANUP, EXPORTING, SEALING, ExportProgress, PartRecord
 from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument
 from airflow_provider_loyalty.export.spec import ExportSpec
 
@@ -73,6 +73,8 @@ class Sealer:
             if manifest is not None:
                 self._clean_up(progress)
                 return manifest
+        if progress.phase == EXPORTING:  # this writer's seal: its manifest names it, whoever finishes it
+            progress.sealed_by, progress.sealed_by_try = self.written_by, self.written_by_try
         records = self.read_records(progress)
         self._check_stored(progress, records)
         if self.fail_on_empty and not any(record.rows for record in records):
@@ -136,8 +138,8 @@ class Sealer:
             completed_at=completed_at,
             in_staging=in_staging,
             keep_zip=progress.keep_zip,
-            written_by=self.written_by,
-            written_by_try=self.written_by_try,
+            written_by=progress.sealed_by if progress.sealed_by is not None else self.written_by,
+            written_by_try=progress.sealed_by_try if progress.sealed_by_try is not None else self.written_by_try,
         )
         self.sink.write_json(MANIFEST_NAME, manifest)
         return manifest

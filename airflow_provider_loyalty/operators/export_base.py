@@ -370,7 +370,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
                 "itself finished: its manifest is in place)"
             ) from error
         if not report.intact:
-            earlier = self._loop is not None and self._loop.adopted is not None
+            earlier = self._loop is not None and self._loop.adopted_own
             hint = (
                 " (it is the export an earlier try of this task finished, returned rather than exported again: "
                 "clear the task to export the period anew)"

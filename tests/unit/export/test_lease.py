@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pendulum
 import pytest
 
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyFinalError, LoyaltyLocationBusyError
@@ -22,7 +23,7 @@ from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, LEASE_NAME, 
 from airflow_provider_loyalty.export.spec import period_of
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
-from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
+from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
 from airflow_provider_loyalty.verify import verify_manifest
 from tests.support.helpers import point_connection_at, wait_for
@@ -187,9 +188,16 @@ def test_replace_only_replaces_an_export_of_the_same_period(emulator: LoyaltyEmu
         (False, None, True),
         (True, 3, True),
         (True, 4, False),
+        (False, 4, False),
         (True, None, False),
     ],
-    ids=["died-before-releasing", "retry-after-a-clean-finish", "re-run-after-a-clear", "context-without-max-tries"],
+    ids=[
+        "died-before-releasing",
+        "retry-after-a-clean-finish",
+        "re-run-after-a-clear",
+        "re-run-after-a-clear-of-a-try-that-died-holding-the-lease",
+        "context-without-max-tries",
+    ],
 )
 def test_a_retry_adopts_the_export_its_earlier_try_finished_before_dying(
     emulator: LoyaltyEmulator,
@@ -247,6 +255,122 @@ def test_a_retry_verifies_the_export_it_returns_and_says_how_to_export_anew(emul
             context_for(*SEPTEMBER, ti=task_instance(try_number=2, max_tries=2))
         )
     assert emulator.stats()["export_tasks_created"] == created
+
+
+@pytest.mark.parametrize(("max_tries", "adopted"), [(1, True), (2, False)], ids=["retry", "re-run-after-a-clear"])
+def test_a_seal_that_died_in_its_cleanup_is_finished_then_returned_or_replaced(
+    emulator: LoyaltyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_tries: int, adopted: bool
+):
+    """Try 1 wrote its manifest and failed cleaning up (its checkpoint says ``cleanup``). Try 2
+    finishes that cleanup; a retry then returns the export, but a re-run after a clear (Airflow set
+    max_tries to 1 + retries) replaced nothing: it returned try 1's export as its own."""
+    from airflow_provider_loyalty.export.seal import Sealer
+
+    target = {"output_path": str(tmp_path / "location")}
+    with monkeypatch.context() as patched:
+        patched.setattr(Sealer, "_clean_up", lambda sealer, progress: (_ for _ in ()).throw(OSError("disk hiccup")))
+        with pytest.raises(OSError):
+            make_operator(target, retries=1).execute(context_for(*SEPTEMBER, ti=task_instance(max_tries=1)))
+    assert json.loads(stored(target)[CHECKPOINT_NAME])["phase"] == "cleanup"
+    created = emulator.stats()["export_tasks_created"]
+
+    second = make_operator(target, retries=1).execute(
+        context_for(*SEPTEMBER, ti=task_instance(try_number=2, max_tries=max_tries))
+    )
+
+    assert (second["written_by_try"], emulator.stats()["export_tasks_created"] == created) == (
+        (1, True) if adopted else (2, False)
+    )
+    assert sorted(name for name in stored(target) if name.startswith("_")) == [MANIFEST_NAME]
+    assert verify_manifest(manifest_location(target)).intact
+
+
+def test_another_run_resuming_a_checkpoint_does_not_take_its_failed_task_for_its_own(
+    emulator: LoyaltyEmulator, tmp_path: Path
+):
+    """Run A's try 1 created an export task and was stopped; the API then failed that task. Run B's
+    try 1, resuming A's checkpoint, failed the task as if it had created it (same try number);
+    it must create the batch again, as for any task another try created."""
+    target = {"output_path": str(tmp_path / "location")}
+    emulator.set_faults([FaultRule(endpoint="export", kind="task_never_finishes")])
+    run_a = make_operator(target, retries=0)
+    failures: list[BaseException] = []
+
+    def export_a() -> None:
+        try:
+            run_a.execute(context_for(*SEPTEMBER, ti=task_instance(run_id="a", max_tries=0)))
+        except BaseException as error:  # stopped by on_kill, as intended
+            failures.append(error)
+
+    worker = threading.Thread(target=export_a)
+    worker.start()
+    wait_for(lambda: json.loads(stored(target).get(CHECKPOINT_NAME, b"{}") or b"{}").get("pending"), what="A's task")
+    run_a.on_kill()
+    worker.join(30)
+    assert failures and not worker.is_alive()
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", count=1)])
+
+    manifest = make_operator(target, retries=0).execute(
+        context_for(*SEPTEMBER, ti=task_instance(run_id="b", max_tries=0))
+    )
+
+    assert verify_manifest(manifest_location(target)).intact and manifest["total_rows"] > 0
+
+
+def test_a_retry_asking_for_archives_does_not_return_an_export_without_them(emulator: LoyaltyEmulator, tmp_path):
+    """The DAG gained keep_zip=True between tries: the earlier try's export has no archives, so it is
+    not the export this try asks for (as its checkpoint would not be)."""
+    target = {"output_path": str(tmp_path / "location")}
+    make_operator(target, retries=2).execute(context_for(*SEPTEMBER, ti=task_instance(max_tries=2)))
+    manifest = make_operator(target, retries=2, keep_zip=True).execute(
+        context_for(*SEPTEMBER, ti=task_instance(try_number=2, max_tries=2))
+    )
+    assert manifest["written_by_try"] == 2 and all("archive_key" in part for part in manifest["parts"])
+
+
+def test_an_export_adopted_from_another_run_that_does_not_verify_is_not_called_this_tasks(
+    emulator: LoyaltyEmulator, tmp_path: Path
+):
+    """Run A waited for run B's lease, took B's finished export, and verify=True found a part changed:
+    the error said "an earlier try of this task finished" it; that was run B."""
+    target = {"output_path": str(tmp_path / "location")}
+    waiting = make_operator(target, verify=True)
+    waiting.on_manifest = lambda context, manifest: (tmp_path / "location" / "part-00000.csv").open("ab").write(b"x")
+    failures: list[BaseException] = []
+
+    def export_a() -> None:
+        try:
+            waiting.execute(context_for(*SEPTEMBER, ti=task_instance(run_id="a")))
+        except BaseException as error:  # the failure is what is checked
+            failures.append(error)
+
+    location = tmp_path / "location"
+    location.mkdir()
+    make_operator(target).execute(context_for(*SEPTEMBER, ti=task_instance(run_id="b")))
+    json_manifest = json.loads((location / MANIFEST_NAME).read_text())
+    (location / MANIFEST_NAME).unlink()
+    write_document(
+        target,
+        LEASE_NAME,
+        {
+            "writer_id": "b",
+            "task": "tests/b/export/-1",
+            "try_number": 1,
+            "host": "worker:1",
+            **period_of(json_manifest),
+            "expires_at": time.time() + 3600,
+        },
+        None,
+    )
+    worker = threading.Thread(target=export_a)
+    worker.start()
+    wait_for(lambda: waiting._loop is not None and waiting._loop.lease.waited_since is not None, what="A waiting")
+    json_manifest["completed_at"] = pendulum.now("UTC").add(seconds=1).to_iso8601_string()
+    (location / MANIFEST_NAME).write_text(json.dumps(json_manifest))
+    (location / LEASE_NAME).unlink()  # B released the location
+    worker.join(60)
+    assert len(failures) == 1 and "does not verify" in str(failures[0]), failures
+    assert "earlier try of this task" not in str(failures[0])
 
 
 def test_a_finished_export_in_another_output_format_is_not_adopted(
