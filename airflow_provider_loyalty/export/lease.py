@@ -263,6 +263,29 @@ class LocationLease:
         self._tag = tag
         self._renewed_at = time.monotonic()
 
+    def check(self) -> None:
+        """Make sure the lease is still ours before a write that says where the export stands (one
+        read): a try Airflow gave up on (a missed heartbeat) whose retry took the location over
+        stops at its next checkpoint instead of writing over the retry's.
+
+        :raises LoyaltyLocationBusyError: the lease was taken by someone else meanwhile.
+        """
+        if self._tag is None:
+            return
+        try:
+            found = self.sink.tagged(LEASE_NAME)
+        except UnreadableDocument:
+            found = None
+        if found is None or found[1] != self._tag:
+            self._tag = None
+            holder = _holder_text(found[0]) if found is not None else "nobody (the lease is gone)"
+            raise LoyaltyLocationBusyError(
+                self.sink.describe(),
+                holder,
+                f"{self.sink.describe()}: the lease is now held by {holder}; this export ({self.identity.describe()}) "
+                "stops rather than write over it (Airflow may have given up on this try and started another)",
+            )
+
     def release(self) -> None:
         """Give the location up (only if the lease is still ours)."""
         if self._tag is None:

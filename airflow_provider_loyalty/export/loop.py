@@ -323,6 +323,7 @@ class ExportLoop:
             self._check_stop()
             self.lease.renew()
             if progress.phase != EXPORTING or progress.exhausted:
+                self.lease.check()  # the manifest is written by the lease's holder only
                 return Finished(self.sealer.seal(progress))
             current = self._current_task(progress)
             if completed is not None and completed.export_task_id != current.task_id:
@@ -716,6 +717,7 @@ class ExportLoop:
         return manifest
 
     def _checkpoint(self, progress: ExportProgress) -> None:
+        self.lease.check()
         self.sink.write_json(CHECKPOINT_NAME, progress.to_dict())
 
     def _check_stop(self) -> None:

@@ -373,6 +373,31 @@ def test_an_export_adopted_from_another_run_that_does_not_verify_is_not_called_t
     assert "earlier try of this task" not in str(failures[0])
 
 
+def test_a_try_whose_location_was_taken_over_stops_before_writing_where_the_export_stands(
+    emulator: LoyaltyEmulator, tmp_path: Path
+):
+    """Airflow gave up on try 1 (a missed heartbeat) while it still ran, and try 2 took the location
+    over. Try 1 renews its lease only every 200 s: until then it went on writing checkpoints over
+    try 2's. Now it checks the lease before each checkpoint and before its seal, and stops."""
+    target = {"output_path": str(tmp_path / "location")}
+    first = make_operator(target, retries=2).export_loop(context_for(*SEPTEMBER, ti=task_instance(max_tries=2)))
+    second = make_operator(target, retries=2).export_loop(
+        context_for(*SEPTEMBER, ti=task_instance(try_number=2, max_tries=2))
+    )
+    try:
+        started = first.begin()
+        resumed = second.begin()  # the same task instance: takes the location over at once
+        before = stored(target)
+        with pytest.raises(LoyaltyLocationBusyError, match="stops rather than write over it"):
+            first.run(started)
+        assert stored(target) == before  # not a byte of bookkeeping from try 1
+        manifest = second.run(resumed)
+    finally:
+        first.close()
+        second.close()
+    assert manifest["written_by_try"] == 2 and verify_manifest(manifest_location(target)).intact
+
+
 def test_a_finished_export_in_another_output_format_is_not_adopted(
     emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
 ):
