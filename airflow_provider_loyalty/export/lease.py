@@ -7,7 +7,9 @@ is created only if absent and replaced only if unchanged (see
 lease held by someone else:
 
 * the same task instance (a retry after a crash, or the task resuming after a deferral) takes it
-  over at once: Airflow never runs two tries of one task instance together;
+  over at once. Airflow does not mean to run two tries together, but a try it gave up on (missed
+  heartbeats) may still run for a moment: :meth:`LocationLease.check`, before every checkpoint
+  and seal, stops it there;
 * an expired lease (its writer died) is taken over;
 * a live lease of a *different* period fails at once, naming the location and the holder;
 * a live lease of the *same* period from another task is waited for: when it is released the
