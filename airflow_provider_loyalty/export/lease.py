@@ -274,10 +274,7 @@ class LocationLease:
         """
         if self._tag is None:
             return
-        try:
-            found = self.sink.tagged(LEASE_NAME)
-        except UnreadableDocument:
-            found = None
+        found = self._stored()
         if found is None or found[1] != self._tag:
             self._tag = None
             holder = _holder_text(found[0]) if found is not None else "nobody (the lease is gone)"
@@ -292,10 +289,14 @@ class LocationLease:
         """Give the location up (only if the lease is still ours)."""
         if self._tag is None:
             return
-        try:
-            found = self.sink.tagged(LEASE_NAME)
-        except UnreadableDocument:
-            found = None
+        found = self._stored()
         if found is not None and found[1] == self._tag:
             self.sink.delete([LEASE_NAME])
         self._tag = None
+
+    def _stored(self) -> tuple[dict[str, Any], str] | None:
+        """The lease document at the location and its tag; ``None`` when absent or torn."""
+        try:
+            return self.sink.tagged(LEASE_NAME)
+        except UnreadableDocument:
+            return None
