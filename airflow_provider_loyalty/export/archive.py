@@ -31,6 +31,7 @@ from typing import IO
 
 from airflow_provider_loyalty.exceptions import LoyaltyUnsafeDataError, LoyaltyVerificationError
 from airflow_provider_loyalty.export.csv_records import FIELD_SIZE_LIMIT, BatchRecords
+from airflow_provider_loyalty.export.inflate import InflateError, open_member
 from airflow_provider_loyalty.export.part_formats import check_output_format, open_part_writer, part_suffix
 from airflow_provider_loyalty.utils.validation import first_control_character
 
@@ -241,14 +242,14 @@ def _read_archive(archive_path: str, records: BatchRecords, limits: ArchiveLimit
     try:
         with zipfile.ZipFile(archive_path) as archive:
             for info in _data_members(archive, os.path.getsize(archive_path), limits):
-                with archive.open(info) as member:
+                with open_member(archive, info) as member:
                     inflated = records.read_member(member, info.filename)
                 if inflated != info.file_size:
                     raise LoyaltyVerificationError(
                         f"the downloaded archive is corrupt: zip member {info.filename!r} inflates to "
                         f"{inflated} bytes, its directory says {info.file_size}"
                     )
-    except (zipfile.BadZipFile, zlib.error) as err:
+    except (zipfile.BadZipFile, zlib.error, InflateError) as err:
         raise LoyaltyVerificationError(f"the downloaded archive is corrupt: {err}") from None
     except (zipfile.LargeZipFile, NotImplementedError, EOFError) as err:
         raise LoyaltyVerificationError(f"the downloaded archive cannot be read: {err}") from None

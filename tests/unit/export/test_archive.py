@@ -366,3 +366,39 @@ def test_wrong_field_count_and_missing_id_column(tmp_path):
         _verify(tmp_path, _zip_of({"t.csv": b"transaction_id,a\r\nx\r\n"}))
     with pytest.raises(LoyaltyVerificationError, match="transaction_id"):
         _verify(tmp_path, _zip_of({"t.csv": b"id,a\r\nx,y\r\n"}))
+
+
+# ------------------------------------------------------------------ inflating (ISA-L)
+
+
+@pytest.mark.parametrize("compresslevel", [1, 6, 9])
+def test_a_deflated_member_is_inflated_by_isal_to_zlibs_bytes(tmp_path, compresslevel):
+    from airflow_provider_loyalty.export.inflate import inflated_by_isal, open_member
+
+    data = _csv(20_000, seed=compresslevel) + random.Random(compresslevel).randbytes(300_000).hex().encode()
+    path = _archive(tmp_path, {"t.csv": data, "u.csv": b""}, compresslevel=compresslevel)
+    with zipfile.ZipFile(path) as opened:
+        for info in opened.infolist():
+            with opened.open(info) as by_zlib, open_member(opened, info) as by_isal:
+                assert inflated_by_isal(by_isal) and not inflated_by_isal(by_zlib)
+                assert b"".join(iter(lambda: by_isal.read(4096), b"")) == by_zlib.read()
+
+
+def test_a_stored_member_is_read_as_zipfile_reads_it(tmp_path):
+    from airflow_provider_loyalty.export.inflate import inflated_by_isal, open_member
+
+    path = tmp_path / "stored.zip"
+    path.write_bytes(_zip_bytes({"t.csv": CSV}, zipfile.ZIP_STORED))
+    with zipfile.ZipFile(path) as opened, open_member(opened, opened.infolist()[0]) as member:
+        assert not inflated_by_isal(member)
+        assert member.read() == CSV
+    assert _verify(tmp_path, path.read_bytes()).rows == 1
+
+
+def test_a_broken_deflate_stream_is_a_corrupt_archive_not_an_isal_error(tmp_path):
+    data = _csv(2000, seed=9)
+    blob = bytearray(_zip_of({"t.csv": data}))
+    start = blob.find(b"t.csv") + len(b"t.csv")
+    blob[start : start + 64] = b"\xff" * 64  # the first deflate block's header: an invalid block type
+    with pytest.raises(LoyaltyVerificationError, match=r"the downloaded archive is corrupt: .*[Ii]nvalid"):
+        _verify(tmp_path, bytes(blob), expected_rows=2000)

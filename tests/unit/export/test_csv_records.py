@@ -318,7 +318,9 @@ def test_the_field_limit_is_the_modules():
     assert stats.rows == 1
 
 
-_plain_alphabet = st.sampled_from(['"', '""', ",", "\r", "\n", "\r\n", "a", "b", " ", "é", "\x00", "\x0b"])
+_plain_alphabet = st.sampled_from(
+    ['"', '""', ",", "\r", "\n", "\r\n", "a", "b", " ", "é", "\x00", "\x0b", '"x,y"', '"p\nq"', ',"', '",']
+)
 
 
 @given(
@@ -332,6 +334,9 @@ _plain_alphabet = st.sampled_from(['"', '""', ",", "\r", "\n", "\r\n", "a", "b",
 @example(text='a,"b\r\nc"\r\n"x""y",z\r\n\r\n', width=2)
 @example(text=',", \r\n\u00e9\r ,,"\r \u00e9  \n', width=2)  # a \r and a \n with text between are two line ends
 @example(text="a,b\r\nc\r\n", width=2)  # a one-field row after a full one, both ending alike
+@example(text=',"a"\r\n""', width=2)  # a quoted empty field ends the member: a record of one field
+@example(text=',\n""""x,y"\n', width=2)  # text after a closing quote, then a quote that is text
+@example(text='a,"b\r\n""\r\n', width=2)  # ends inside a quoted field holding a line of ""
 def test_a_block_counted_without_a_parse_reads_the_same_with_csv_reader(text, width):
     """When plain_rows answers, csv.reader agrees on what it counted: accepted, same rows, same width."""
     block = text.encode()
@@ -364,3 +369,40 @@ def test_plain_blocks_are_most_blocks_of_ordinary_csv():
     bad = data + b'id-x,"{}"\r\n'
     with pytest.raises(LoyaltyVerificationError, match=r"data row 3001: 2 fields"):
         _write_part(bad, 1000, expected_rows=3001)
+
+
+def test_the_quoted_fields_pass_counts_what_the_quote_by_quote_pass_counts_on_ordinary_blocks():
+    """The API's CSV (quoted JSON with doubled quotes, descriptions with line breaks): the pass that
+    replaces whole quoted fields answers for every block, also one cut inside a quoted field, and
+    agrees with the pass that splits at every quote and with csv.reader."""
+    from airflow_provider_loyalty.export import csv_records
+
+    line = b'id-%d,"{""channel"":""pos"",""n"":%d}",%s,"a, b"\r\n'
+    notes = [b"plain", b'"two\nlines, ""q"""', b'""', b'"x"" y"']
+    data = b"".join(line % (i, i, notes[i % 4]) for i in range(400))
+    answered = 0
+    for cut in range(200, len(data), 97):  # blocks cut after a line break, some inside a quoted note
+        cut = data.rindex(b"\n", 0, cut) + 1
+        block = data[:cut]
+        fast = csv_records._rows_by_quoted_fields(block, 4)
+        assert fast is not None
+        assert fast == csv_records._rows_quote_by_quote(block, 4)
+        rows, end = fast
+        assert len([r for r in csv.reader(io.StringIO(block[:end].decode(), newline="")) if r]) == rows
+        answered += end < len(block)
+    assert answered > 20  # many of the blocks ended inside a quoted field
+
+
+@pytest.mark.parametrize(
+    ("text", "width"),
+    [
+        ('a"b,c\r\n', 2),  # a quote inside an unquoted field is text
+        ('"a"b"c,d\r\n', 2),  # text after a closing quote; the quotes after it are text
+        ('x,"a,""b"""\r\n', 2),  # a field ending with a doubled quote, then its closing quote
+        (',"",""""\r\n', 3),  # an empty quoted field and one holding a quote
+    ],
+)
+def test_quotes_that_are_text_to_csv_reader_are_text_to_the_count(text, width):
+    records = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+    assert all(len(record) == width for record in records)
+    assert plain_rows(text.encode(), width) == (len(records), len(text.encode()))
