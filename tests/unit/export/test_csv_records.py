@@ -292,6 +292,19 @@ def _alternating_quotes(size: int) -> tuple[bytes, int]:
     return b"".join(out), rows
 
 
+def _quote_runs(size: int) -> tuple[bytes, int]:
+    """Runs of quotes of every length at field starts, inside fields and after closing quotes."""
+    out, rows, total = [b"transaction_id,a,b\r\n"], 0, 0
+    rng = random.Random(7)
+    while total < size:
+        runs = [b'"' * rng.randint(1, 9) + b"x" * rng.randint(0, 3) for _ in range(rng.randint(1, 6))]
+        line = b'id-%d,"' % rows + b"".join(runs) + b'",' + b'"' * (2 * rng.randint(0, 4)) + b"\r\n"
+        out.append(line)
+        total += len(line)
+        rows += 1
+    return b"".join(out), len(list(csv.reader(io.StringIO(b"".join(out).decode(), newline="")))) - 1
+
+
 def _seconds_per_mib(data: bytes, rows: int, rounds: int) -> float:
     with tempfile.TemporaryDirectory() as directory:
         path = _zip({"t.csv": data}, directory)
@@ -303,7 +316,7 @@ def _seconds_per_mib(data: bytes, rows: int, rounds: int) -> float:
     return best / (len(data) / MiB)
 
 
-@pytest.mark.parametrize("pattern", [_stray_quotes, _huge_quoted_field, _alternating_quotes])
+@pytest.mark.parametrize("pattern", [_stray_quotes, _huge_quoted_field, _alternating_quotes, _quote_runs])
 def test_time_per_mib_does_not_grow_with_the_batch(pattern):
     """Adversarial quoting at 1 MiB and 8 MiB in one run: the larger may not cost 3x more per MiB."""
     small = _seconds_per_mib(*pattern(1 * MiB), rounds=5)
