@@ -107,7 +107,7 @@ def line_blocks(stream: IO[bytes], block_size: int, max_line_bytes: int, name: s
     pending: list[bytes] = []
     pending_bytes = 0
     while chunk := stream.read(block_size):
-        cut = _after_last_line_break(chunk)
+        cut = after_last_line_break(chunk)
         if cut:
             if pending_bytes and pending_bytes + _first_line_break(chunk) > max_line_bytes:
                 _refuse_long_line(name, max_line_bytes)  # the held line ends in this chunk, too long
@@ -140,8 +140,11 @@ def _first_line_break(chunk: bytes) -> int:
     return min(breaks)
 
 
-def _after_last_line_break(chunk: bytes) -> int:
-    """Index just after the last certain line break in ``chunk``; 0 when there is none."""
+def after_last_line_break(chunk: bytes) -> int:
+    """Index just after the last certain line break in ``chunk``; 0 when there is none.
+
+    A ``\r`` at the very end is not certain yet: a ``\n`` may follow in the next read.
+    """
     newline = chunk.rfind(b"\n")
     carriage = chunk.rfind(b"\r", newline + 1)
     if 0 <= carriage < len(chunk) - 1:
@@ -232,6 +235,34 @@ def _open_record_start(parts: list[bytes], quote_bytes: int) -> tuple[list[bytes
         if cut:
             return [*parts[:index], piece[:cut]], sum(map(len, parts[:index])) + index * quote_bytes + cut
     return None
+
+
+def records_in_block(block: bytes) -> tuple[int, int] | None:
+    """``(records, end)``: the non-blank records ``csv.reader`` reads from ``block[:end]``.
+
+    For counting the rows of a stored part (``loyalty-verify``), where rows are ``csv.reader``'s
+    records whatever their width. ``block`` starts where a record starts and ends with a line
+    break. ``end`` is its length, unless the block ends inside a quoted field: then it is where
+    that field's record starts, and the rest belongs with what follows. ``None`` when the block
+    holds a NUL (``csv.reader`` refuses it): the caller reads it with ``csv.reader``.
+
+    With each quoted field replaced as :func:`_rows_by_quoted_fields` does, every line left is one
+    record, a blank line none (a field, even an empty quoted one, leaves a NUL on its line).
+
+    :param block: a line-aligned block, starting at a record boundary, ending with a line break.
+    """
+    if b"\x00" in block:
+        return None
+    outside = _QUOTED_FIELD.sub(b"\x00", block)
+    end = len(block)
+    if outside.endswith(b"\x00"):  # the last quoted field runs to the end: still open
+        before = _open_record_start(_AROUND_QUOTED_FIELDS.split(block), quote_bytes=0)
+        if before is None:
+            return 0, 0
+        pieces, end = before
+        outside = b"\x00".join(pieces[0::2])
+    lines = outside.splitlines()  # bytes split at \r, \n and \r\n only, as csv lines are
+    return len(lines) - lines.count(b""), end
 
 
 def _rows_quote_by_quote(block: bytes, width: int) -> tuple[int, int] | None:
@@ -634,4 +665,12 @@ class BatchRecords:
             self._sink.start(self.header, self._raw_header)
 
 
-__all__ = ["FIELD_SIZE_LIMIT", "BatchRecords", "RecordSink", "line_blocks", "plain_rows"]
+__all__ = [
+    "FIELD_SIZE_LIMIT",
+    "BatchRecords",
+    "RecordSink",
+    "after_last_line_break",
+    "line_blocks",
+    "plain_rows",
+    "records_in_block",
+]
