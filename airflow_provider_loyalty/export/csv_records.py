@@ -206,17 +206,28 @@ def _rows_by_quoted_fields(block: bytes, width: int) -> tuple[int, int] | None:
     """
     if width < 2 or not block.endswith(_LINE_BREAKS):
         return None
-    outside = _QUOTED_FIELD.sub(b"\x00", block)
-    end = len(block)
-    if outside.endswith(b"\x00"):  # the last quoted field runs to the end: still open
-        pieces = _AROUND_QUOTED_FIELDS.split(block)  # text, quoted field, text, ..., text
-        before = _open_record_start(pieces, quote_bytes=0)
-        if before is None:
-            return 0, 0
-        pieces, end = before
-        outside = b"\x00".join(pieces[0::2])
+    outside, end = _outside_quoted_fields(block)
+    if not end:
+        return 0, 0
     rows = _uniform_rows(outside, width)
     return None if rows is None else (rows, end)
+
+
+def _outside_quoted_fields(block: bytes) -> tuple[bytes, int]:
+    """The block's complete records with each quoted field replaced by a NUL, and where they end.
+
+    ``block`` ends with a line break, so a quoted field that runs to its end is still open: its
+    record is left for the next block (``end`` is where it starts; ``(b"", 0)`` when it starts
+    the block).
+    """
+    outside = _QUOTED_FIELD.sub(b"\x00", block)
+    if not outside.endswith(b"\x00"):
+        return outside, len(block)
+    before = _open_record_start(_AROUND_QUOTED_FIELDS.split(block), quote_bytes=0)
+    if before is None:
+        return b"", 0
+    pieces, end = before  # text, quoted field, text, ..., text
+    return b"\x00".join(pieces[0::2]), end
 
 
 def _open_record_start(parts: list[bytes], quote_bytes: int) -> tuple[list[bytes], int] | None:
@@ -253,14 +264,7 @@ def records_in_block(block: bytes) -> tuple[int, int] | None:
     """
     if b"\x00" in block:
         return None
-    outside = _QUOTED_FIELD.sub(b"\x00", block)
-    end = len(block)
-    if outside.endswith(b"\x00"):  # the last quoted field runs to the end: still open
-        before = _open_record_start(_AROUND_QUOTED_FIELDS.split(block), quote_bytes=0)
-        if before is None:
-            return 0, 0
-        pieces, end = before
-        outside = b"\x00".join(pieces[0::2])
+    outside, end = _outside_quoted_fields(block)
     lines = outside.splitlines()  # bytes split at \r, \n and \r\n only, as csv lines are
     return len(lines) - lines.count(b""), end
 
