@@ -59,10 +59,7 @@ _LINE_BREAKS = (b"\n", b"\r")
 _END_PROBE = ("",)  # fed after a member's last line: see the module docstring
 _BLOCK_PROBE = ("",)  # fed after a block read by csv.reader: tells whether its last record ended
 _MAX_CARRY = 64 * 1024  # a record open at the end of a plain block waits for the next block up to this size
-# A quote with other text right before or right after it (in the text outside quoted fields, where
-# each quoted field is one quote): one forward pass, the look-behind only tried at quotes.
-_QUOTE_BESIDE_TEXT = re.compile(rb'"(?:(?<=[^",\r\n]")|[^",\r\n])')
-# A quoted field as csv.reader reads one (see _rows_by_quoted_fields). Linear: every attempt that
+# A quoted field as csv.reader reads one (see plain_rows). Linear: every attempt that
 # passes the look-behind matches, and nothing is ever given back (possessive).
 _QUOTED_FIELD_PATTERN = rb'"(?<![^,\r\n]")[^"]*+(?:""[^"]*+)*+(?:"|\Z)'
 _QUOTED_FIELD = re.compile(_QUOTED_FIELD_PATTERN)
@@ -165,36 +162,11 @@ def _lines(text: str, block: bytes) -> Iterable[str]:
 
 
 def plain_rows(block: bytes, width: int) -> tuple[int, int] | None:
-    """``(rows, end)``: the data rows of ``block[:end]`` when how ``csv.reader`` reads it is plain.
+    """``(rows, end)``: the data rows of ``block[:end]``, counted without a parse.
 
     ``block`` starts where a record starts and ends after a line break (or at the end of the
     member). ``end`` is its length, unless the block ends inside a quoted field: then ``end`` is
     where that field's record starts (0 if at the block's start), and the rest waits for more.
-
-    Plain means: every ``"`` opens a field (at the start, or after a comma or a line break),
-    closes one (before a comma, a line break or the end), or is half of a doubled quote inside
-    one; no NUL; no field can pass the field size limit; every non-blank line has the header's
-    width. Then ``csv.reader`` reads each quoted field as one field, and with the quoted fields'
-    insides taken out, each record is one line whose commas separate its fields: rows and widths
-    are counted by a few C-speed passes instead of a parse. Anything else (a stray quote, a row of
-    another width, ...) gets ``None``, and the block goes to ``csv.reader``, which gives the exact
-    answer or error.
-
-    The common block (every line of the header's width, ending alike, the last one too) is counted
-    from its quoted fields as wholes (:func:`_rows_by_quoted_fields`); any other block, or one
-    that cannot be answered so, quote by quote (:func:`_rows_quote_by_quote`).
-
-    :param block: a line-aligned block, starting at a record boundary.
-    :param width: the header's number of fields.
-    """
-    if b"\x00" in block or len(block) > csv.field_size_limit():
-        return None
-    counted = _rows_by_quoted_fields(block, width)
-    return counted if counted is not None else _rows_quote_by_quote(block, width)
-
-
-def _rows_by_quoted_fields(block: bytes, width: int) -> tuple[int, int] | None:
-    """:func:`plain_rows` of a block whose lines all have the header's width and end alike.
 
     :data:`_QUOTED_FIELD` finds the quoted fields as ``csv.reader`` reads them: a quote at the
     start of a field (the block's start, or after a comma or a line break) opens one, which runs
@@ -202,50 +174,46 @@ def _rows_by_quoted_fields(block: bytes, width: int) -> tuple[int, int] | None:
     the block's end: still open). Any other quote is text to the reader (in an unquoted field, or
     after the text that follows a closing quote), as it is to the pattern. With each quoted field
     replaced by a NUL (the block has none of its own), the commas and line breaks left are
-    exactly those the reader ends fields and records at.
+    exactly those the reader ends fields and records at: each non-blank line is a record, and its
+    commas separate its fields. ``None`` when a row has another width than the header's, or the
+    block holds a NUL or is longer than the field size limit: the block then goes to
+    ``csv.reader``, which gives the exact answer or error.
+
+    :param block: a line-aligned block, starting at a record boundary.
+    :param width: the header's number of fields.
     """
-    if width < 2 or not block.endswith(_LINE_BREAKS):
+    if b"\x00" in block or len(block) > csv.field_size_limit():
         return None
     outside, end = _outside_quoted_fields(block)
     if not end:
         return 0, 0
-    rows = _uniform_rows(outside, width)
-    return None if rows is None else (rows, end)
+    rows = _uniform_rows(outside, width) if outside.endswith(_LINE_BREAKS) else None
+    if rows is None:  # blank lines, lines ending differently, a width of 1, or a row of another width
+        lines = outside.splitlines()  # bytes split at \r, \n and \r\n only, as csv lines are
+        rows = len(lines) - lines.count(b"")
+        commas = list(map(bytes.count, lines, itertools.repeat(b",")))
+        if not (commas.count(width - 1) == rows if width > 1 else not any(commas)):
+            return None
+    return rows, end
 
 
 def _outside_quoted_fields(block: bytes) -> tuple[bytes, int]:
     """The block's complete records with each quoted field replaced by a NUL, and where they end.
 
-    ``block`` ends with a line break, so a quoted field that runs to its end is still open: its
-    record is left for the next block (``end`` is where it starts; ``(b"", 0)`` when it starts
-    the block).
+    A quoted field that runs to the block's end is taken as still open (at the member's end it may
+    have closed there: its record then waits for the reader, which counts it): its record is left
+    for the next block (``end`` is where it starts; ``(b"", 0)`` when it starts the block).
     """
     outside = _QUOTED_FIELD.sub(b"\x00", block)
     if not outside.endswith(b"\x00"):
         return outside, len(block)
-    before = _open_record_start(_AROUND_QUOTED_FIELDS.split(block), quote_bytes=0)
-    if before is None:
-        return b"", 0
-    pieces, end = before  # text, quoted field, text, ..., text
-    return b"\x00".join(pieces[0::2]), end
-
-
-def _open_record_start(parts: list[bytes], quote_bytes: int) -> tuple[list[bytes], int] | None:
-    """For ``parts`` of a block (outside quotes at even indices) whose last quoted field is still
-    open: the parts before the record holding that field, and the block's offset where it starts;
-    ``None`` when it starts with the block.
-
-    :param parts: the block split at its quotes or around its quoted fields.
-    :param quote_bytes: the block's bytes between two parts that neither holds (1 for a split at
-        quotes, 0 when the parts are the block's every byte).
-    """
-    open_field = len(parts) - 2 if len(parts) % 2 else len(parts) - 1
-    for index in range(open_field - 1, -1, -2):
-        piece = parts[index]
+    pieces = _AROUND_QUOTED_FIELDS.split(block)  # text, quoted field, text, ..., the open field, b""
+    for index in range(len(pieces) - 3, -1, -2):  # the texts before the open field, last first
+        piece = pieces[index]
         cut = max(piece.rfind(b"\n"), piece.rfind(b"\r")) + 1
         if cut:
-            return [*parts[:index], piece[:cut]], sum(map(len, parts[:index])) + index * quote_bytes + cut
-    return None
+            return b"\x00".join([*pieces[:index:2], piece[:cut]]), sum(map(len, pieces[:index])) + cut
+    return b"", 0
 
 
 def records_in_block(block: bytes) -> tuple[int, int] | None:
@@ -257,8 +225,8 @@ def records_in_block(block: bytes) -> tuple[int, int] | None:
     that field's record starts, and the rest belongs with what follows. ``None`` when the block
     holds a NUL (``csv.reader`` refuses it): the caller reads it with ``csv.reader``.
 
-    With each quoted field replaced as :func:`_rows_by_quoted_fields` does, every line left is one
-    record, a blank line none (a field, even an empty quoted one, leaves a NUL on its line).
+    With each quoted field replaced as :func:`plain_rows` does, every line left is one record, a
+    blank line none (a field, even an empty quoted one, leaves a NUL on its line).
 
     :param block: a line-aligned block, starting at a record boundary, ending with a line break.
     """
@@ -267,30 +235,6 @@ def records_in_block(block: bytes) -> tuple[int, int] | None:
     outside, end = _outside_quoted_fields(block)
     lines = outside.splitlines()  # bytes split at \r, \n and \r\n only, as csv lines are
     return len(lines) - lines.count(b""), end
-
-
-def _rows_quote_by_quote(block: bytes, width: int) -> tuple[int, int] | None:
-    """:func:`plain_rows` counted from the block's text between its quotes, quote by quote."""
-    parts = block.split(b'"')  # outside quotes at even indices, inside at odd ones
-    end = len(block)
-    if len(parts) % 2 == 0:  # a quoted field still open at the end: stop before its record
-        before = _open_record_start(parts, quote_bytes=1)
-        if before is None:
-            return 0, 0
-        parts, end = before
-    # What is outside quotes; each piece inside them becomes one quote, a marker.
-    outside = b'"'.join(parts[0::2])
-    if len(parts) > 1 and _QUOTE_BESIDE_TEXT.search(outside):
-        return None  # a quote inside an unquoted field, or text right after a closing quote
-    if outside.endswith(_LINE_BREAKS):
-        rows = _uniform_rows(outside, width)
-        if rows is not None:
-            return rows, end
-    lines = outside.splitlines()  # bytes split at \r, \n and \r\n only, as csv lines are
-    rows = len(lines) - lines.count(b"")
-    commas = list(map(bytes.count, lines, itertools.repeat(b",")))
-    fits = commas.count(width - 1) == rows if width > 1 else not any(commas)
-    return (rows, end) if fits else None
 
 
 def _uniform_rows(outside: bytes, width: int) -> int | None:

@@ -384,10 +384,10 @@ def test_plain_blocks_are_most_blocks_of_ordinary_csv():
         _write_part(bad, 1000, expected_rows=3001)
 
 
-def test_the_quoted_fields_pass_counts_what_the_quote_by_quote_pass_counts_on_ordinary_blocks():
+def test_the_quoted_fields_pass_counts_every_ordinary_block_as_csv_reader_does():
     """The API's CSV (quoted JSON with doubled quotes, descriptions with line breaks): the pass that
     replaces whole quoted fields answers for every block, also one cut inside a quoted field, and
-    agrees with the pass that splits at every quote and with csv.reader."""
+    agrees with csv.reader."""
     from airflow_provider_loyalty.export import csv_records
 
     line = b'id-%d,"{""channel"":""pos"",""n"":%d}",%s,"a, b"\r\n'
@@ -397,9 +397,8 @@ def test_the_quoted_fields_pass_counts_what_the_quote_by_quote_pass_counts_on_or
     for cut in range(200, len(data), 97):  # blocks cut after a line break, some inside a quoted note
         cut = data.rindex(b"\n", 0, cut) + 1
         block = data[:cut]
-        fast = csv_records._rows_by_quoted_fields(block, 4)
+        fast = csv_records.plain_rows(block, 4)
         assert fast is not None
-        assert fast == csv_records._rows_quote_by_quote(block, 4)
         rows, end = fast
         assert len([r for r in csv.reader(io.StringIO(block[:end].decode(), newline="")) if r]) == rows
         answered += end < len(block)
