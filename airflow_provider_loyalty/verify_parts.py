@@ -134,14 +134,15 @@ def _count_csv_rows(binary: IO[bytes]) -> int:
         cut = after_last_line_break(data)
         counted = records_in_block(data[:cut]) if cut else (0, 0)
         if counted is None:
-            return max(records + _reader_records(io.BufferedReader(_Prefixed(data, binary), _BUFFER_BYTES)) - 1, 0)
+            held = data
+            break
         found, end = counted
         records += found
         held = data[end:]
         if len(held) > _MAX_HELD:
-            return max(records + _reader_records(io.BufferedReader(_Prefixed(held, binary), _BUFFER_BYTES)) - 1, 0)
-    if held:
-        records += _reader_records(io.BytesIO(held))
+            break
+    if held:  # from here on csv.reader reads: what is held, then the rest of the stream
+        records += _reader_records(io.BufferedReader(_Prefixed(held, binary), _BUFFER_BYTES))
     return max(records - 1, 0)
 
 
