@@ -112,6 +112,9 @@ def _skip_instant(wall: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
 
 def _in_zone(wall: dt.datetime, zone: dt.tzinfo, *, end: bool) -> dt.datetime:
     """A wall-clock time of ``zone`` as a UTC instant, read so the period is widest."""
+    # A plain datetime: pendulum's arithmetic on a naive DateTime (``pendulum.naive``, a rendered
+    # ``.naive()``) gives naive results again, which cannot meet the aware instants bisected here.
+    wall = dt.datetime(*wall.timetuple()[:6], wall.microsecond, fold=wall.fold)
     readings = _readings(wall, zone)
     if readings:
         return readings[-1] if end else readings[0]

@@ -132,6 +132,23 @@ def test_a_skipped_wall_time_is_the_jump(monkeypatch: pytest.MonkeyPatch) -> Non
     )
 
 
+def test_a_naive_pendulum_time_in_the_skipped_hour_is_the_jump_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pendulum.naive`` (or a rendered ``.naive()``) in the gap: pendulum's own arithmetic on it
+    stays naive, which once met the aware bisection with a bare TypeError."""
+    in_zone(monkeypatch, "Europe/Berlin")
+    # 2024-03-31: clocks jump from 02:00 CET to 03:00 CEST (01:00Z).
+    assert period_bound(pendulum.naive(2024, 3, 31, 2, 30), "date_from", end=False) == dt.datetime(
+        2024, 3, 31, 1, tzinfo=dt.UTC
+    )
+    assert period_bound(pendulum.naive(2024, 3, 31, 2, 30), "date_to", end=True) == dt.datetime(
+        2024, 3, 31, 0, 59, 59, tzinfo=dt.UTC
+    )
+    assert check_period(pendulum.naive(2024, 3, 31, 2, 30), "2024-03-31T12:00:00") == (
+        "2024-03-31T01:00:00Z",
+        "2024-03-31T10:00:00Z",
+    )
+
+
 # ------------------------------------------------------------------------------------- naive and aware
 
 
