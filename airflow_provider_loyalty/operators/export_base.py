@@ -29,7 +29,7 @@ from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
 from airflow_provider_loyalty.operators.lineage import operator_lineage
 from airflow_provider_loyalty.operators.links import LoyaltyManifestLink
-from airflow_provider_loyalty.triggers.loyalty import defer_until_done, status_from_event
+from airflow_provider_loyalty.triggers.loyalty import defer_until_done, status_from_event, within_execution_timeout
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.periods import period_bound
@@ -344,13 +344,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
 
     def _deadline(self, context: Context) -> float:
         """When waiting must end: one batch's timeout, and never past ``execution_timeout``."""
-        deadline = time.time() + self.batch_timeout
-        if self.execution_timeout is not None:
-            ti = context.get("ti")
-            started = getattr(ti, "start_date", None)
-            began = started.timestamp() if started is not None else time.time()
-            deadline = min(deadline, began + self.execution_timeout.total_seconds())
-        return deadline
+        return within_execution_timeout(self, context, time.time() + self.batch_timeout)
 
     def _finish(self, context: Context, manifest: dict[str, Any]) -> dict[str, Any]:
         self._manifest_url = str(manifest["manifest"])

@@ -17,7 +17,7 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
-from airflow_provider_loyalty.triggers.loyalty import defer_until_done, result_from_event
+from airflow_provider_loyalty.triggers.loyalty import defer_until_done, result_from_event, within_execution_timeout
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportTaskState
 
@@ -116,12 +116,12 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
                 return first.xcom_value
         finally:
             self.hook.close()
-        deadline = started + self.timeout
+        deadline = within_execution_timeout(self, context, started + self.timeout)
         self.log.info(
-            "Deferring: waiting for export task %s in the triggerer (poll every %g s, timeout %g s)",
+            "Deferring: waiting for export task %s in the triggerer (poll every %g s, for at most %.0f s)",
             self.export_task_id,
             self.poke_interval,
-            self.timeout,
+            max(0.0, deadline - time.time()),
         )
         defer_until_done(
             self,

@@ -203,6 +203,24 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         return self._event("success", result=result.raw)
 
 
+def within_execution_timeout(task: BaseOperator, context: Any, deadline: float) -> float:
+    """``deadline`` (epoch seconds), or earlier where the task's ``execution_timeout`` ends first.
+
+    Airflow does not cap a deferral by ``execution_timeout`` itself, so every deferring task here
+    hands the trigger the earlier of its own deadline and the end of its run time (counted from the
+    task instance's start, which a resumed deferral keeps).
+
+    :param task: the deferring operator.
+    :param context: its task context (``ti.start_date``).
+    :param deadline: the task's own deadline.
+    """
+    if task.execution_timeout is None:
+        return deadline
+    started = getattr(context.get("ti"), "start_date", None)
+    began = started.timestamp() if started is not None else time.time()
+    return min(deadline, began + task.execution_timeout.total_seconds())
+
+
 def defer_until_done(
     task: BaseOperator,
     *,

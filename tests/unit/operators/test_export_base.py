@@ -99,3 +99,25 @@ def test_a_deadline_already_passed_fails_instead_of_deferring(emulator: LoyaltyE
     )
     with pytest.raises(LoyaltyError, match="timed out waiting for export task"):
         operator.execute(context_for(ti=ti))
+
+
+def test_a_deferred_sensor_waits_no_longer_than_execution_timeout(emulator: LoyaltyEmulator):
+    """Airflow does not cap a deferral by ``execution_timeout``: the sensor's 7-day ``timeout`` once
+    went to the trigger as it was, where poke mode stops at ``execution_timeout``."""
+    from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+
+    export_task_id = LoyaltyHook().create_transactions_export(
+        loyalty_program_id=123,
+        points_currency_eid="bonus_points",
+        date_from="2023-09-01T00:00:00Z",
+        date_to="2023-09-30T23:59:59Z",
+    )
+    sensor = LoyaltyExportTaskSensor(
+        task_id="wait", export_task_id=export_task_id, deferrable=True, execution_timeout=timedelta(seconds=60)
+    )
+    started = pendulum.now("UTC").subtract(seconds=10)
+    ti = SimpleNamespace(dag_id="d", run_id="r", task_id="wait", map_index=-1, try_number=1, start_date=started)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context_for(ti=ti))
+    assert abs(deferred.value.trigger.deadline - (started.timestamp() + 60)) < 1
+    assert deferred.value.timeout.total_seconds() <= 50 + 300  # the time left, plus the backstop's grace
