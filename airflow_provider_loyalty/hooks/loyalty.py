@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -52,8 +53,9 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024**3
 
 
 def _looks_like_envelope(first_bytes: bytes) -> bool:
-    """A zip starts with ``PK``; a JSON or XML error envelope with ``{`` or ``<``."""
-    return first_bytes.lstrip()[:1] in (b"{", b"<")
+    """A zip starts with ``PK``; a JSON or XML error envelope with ``{`` or ``<`` (after blanks and
+    a UTF-8 byte order mark, which a PHP source file easily puts before its reply)."""
+    return first_bytes.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1] in (b"{", b"<")
 
 
 class LoyaltyHook(BaseHook):
@@ -265,22 +267,44 @@ class LoyaltyHook(BaseHook):
         API's typed error with its text.
 
         :param hashed_file: the ``result.hashed_file`` of a completed export task.
-        :param destination: a file path, or a seekable binary file object opened for writing.
+        :param destination: a file path (the file is written beside it and moved there once
+            complete: a failed download leaves no partial file and an earlier file untouched), or
+            a seekable binary file object opened for writing.
         :param max_bytes: the largest download accepted.
         :param stop: set it (from another thread or a signal handler) to stop the download.
         """
         with token_redacted(self._token()):
             url = download_url(self.settings, hashed_file)
+            if isinstance(destination, str | os.PathLike):
+                return self._download_to_path(url, os.fspath(destination), max_bytes, stop)
 
             def attempt() -> int:
-                if isinstance(destination, str | os.PathLike):
-                    with open(destination, "wb") as sink:
-                        return self._download_once(url, sink, max_bytes, stop)
                 destination.seek(0)
                 destination.truncate()
                 return self._download_once(url, destination, max_bytes, stop)
 
             return call_with_retries(self._retry_policy, attempt)
+
+    def _download_to_path(self, url: str, path: str, max_bytes: int, stop: threading.Event | None) -> int:
+        """Download beside ``path`` and move the file there once complete: a failed download leaves
+        no partial file, and a file already at ``path`` stays as it was."""
+        directory, name = os.path.split(os.path.abspath(path))
+        partial = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.part")
+        try:
+            with open(partial, "xb") as sink:
+
+                def attempt() -> int:
+                    sink.seek(0)
+                    sink.truncate()
+                    return self._download_once(url, sink, max_bytes, stop)
+
+                written = call_with_retries(self._retry_policy, attempt)
+            os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+        return written
 
     def _download_once(self, url: str, sink: IO[bytes], max_bytes: int, stop: threading.Event | None) -> int:
         started = time.monotonic()

@@ -881,9 +881,49 @@ def test_max_download_bytes_stops_the_stream(
     limit = 256 * 1024
     with pytest.raises(LoyaltyUnsafeDataError, match=f"max_download_bytes={limit}"):
         hook.download_export(hashed_file, tmp_path / "b.zip", max_bytes=limit)
-    assert (tmp_path / "b.zip").stat().st_size <= limit
+    assert list(tmp_path.iterdir()) == []  # no partial file (nor the download's own beside it)
     stats = big_files.stats()
     assert stats["downloads_completed"] == 0
     assert requests_seen(big_files, "download") == 1  # refused, not retried
     written = hook.download_export(hashed_file, tmp_path / "whole.zip")  # the same file without a cap
     assert written > 32 * limit
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html; charset=UTF-8", b'\xef\xbb\xbf{"error":1008,"error_text":"File expired"}'),
+        (
+            "application/octet-stream",
+            b"\xef\xbb\xbf\n<xml><error>1008</error><error_text>File expired</error_text></xml>",
+        ),
+    ],
+    ids=["json-as-html", "xml-as-octets"],
+)
+def test_an_error_envelope_after_a_byte_order_mark_is_the_api_error_not_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, content_type: str, body: bytes
+) -> None:
+    """A PHP source file saved with a BOM puts it before every reply; under a Content-Type that does
+    not say JSON or XML, the envelope was once written to disk as the zip."""
+    with loopback_server(lambda handler, _server: send(handler, 200, body, content_type)) as server:
+        _point_at_server(monkeypatch, server.url)
+        with pytest.raises(LoyaltyApiError) as caught:
+            LoyaltyHook().download_export("abc/Transactions.zip", tmp_path / "b.zip")
+    assert (caught.value.code, caught.value.text) == (1008, "File expired")
+    assert list(tmp_path.iterdir()) == []  # nothing written as the zip
+
+
+def test_a_failed_download_leaves_a_file_already_at_the_path_as_it_was(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, tmp_path
+) -> None:
+    hashed_file = _completed(hook)
+    earlier = tmp_path / "b.zip"
+    earlier.write_bytes(b"an earlier run's file")
+    loyalty_emulator.set_faults([FaultRule(endpoint="download", kind="download_gone", params={"http_status": 404})])
+    with pytest.raises(LoyaltyApiError, match="File expired"):
+        hook.download_export(hashed_file, earlier)
+    assert earlier.read_bytes() == b"an earlier run's file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["b.zip"]
+    loyalty_emulator.set_faults([])
+    written = hook.download_export(hashed_file, earlier)
+    assert earlier.stat().st_size == written and zipfile.is_zipfile(earlier)
