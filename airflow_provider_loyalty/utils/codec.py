@@ -423,7 +423,9 @@ def _xml_object(element: Element, schema: _Compiled | None) -> dict[str, Any] | 
         return element.text or ""
     if schema is None or schema.flat:  # merchant data and list items: no call per leaf
         result = {child.tag: _xml_object(child, None) if len(child) else (child.text or "") for child in element}
-        return result if len(result) == len(element) else _xml_repeated(element)
+        if len(result) == len(element):
+            return result
+        return _xml_grouped(element) if schema is None else _xml_repeated(element)
     result = {}
     spread = 0  # elements of documented lists written one per item, past the first of each
     for child in element:
@@ -477,6 +479,25 @@ def _holds_one_record(element: Element) -> bool:
     if not count or (count > 1 and element[0].tag == element[1].tag):
         return False
     return not all(map(len, element))
+
+
+def _xml_grouped(element: Element) -> dict[str, Any] | list[Any]:
+    """Merchant data (no schema) whose children repeat a tag beside other tags: each repeated tag
+    is a list, in document order, as the same data sent as JSON reads (``{"key": "v", "tags":
+    ["a", "b"]}`` is ``<key>v</key><tags>a</tags><tags>b</tags>``). One tag repeated alone is a list."""
+    if len({child.tag for child in element}) == 1:
+        return _xml_repeated(element)
+    counts: dict[str, int] = {}
+    for child in element:
+        counts[child.tag] = counts.get(child.tag, 0) + 1
+    result: dict[str, Any] = {}
+    for child in element:
+        value = _xml_object(child, None)
+        if counts[child.tag] == 1:
+            result[child.tag] = value
+        else:
+            result.setdefault(child.tag, []).append(value)
+    return result
 
 
 def _xml_repeated(element: Element, lists: Mapping[str, Any] = _NO_LISTS) -> list[Any]:

@@ -373,6 +373,20 @@ def test_a_merchant_list_in_xml_is_a_list() -> None:
     assert decoded["data"][0]["custom_json"] == {"tags": ["a", "b", "c"], "nested": [{"k": "1"}, {"k": "2"}]}
 
 
+def test_a_merchant_list_written_one_element_per_item_beside_other_fields_is_a_list() -> None:
+    """``{"key": "v", "tags": ["vip", "gold"]}`` as repeated ``<tags>``: one member's merchant data
+    once failed the whole page ("appears more than once ... beside other fields")."""
+    records = (
+        "<transaction><transaction_id>t1</transaction_id><custom_json><key>v</key><tags>vip</tags>"
+        "<n><k>1</k></n><tags>gold</tags><n><k>2</k></n></custom_json></transaction>"
+        "<transaction><transaction_id>t2</transaction_id><custom_json><key>w</key></custom_json></transaction>"
+    )
+    body = f"<xml><data>{records}</data><error>0</error></xml>".encode()
+    data = decode_body(body, "application/xml", schema=ACCOUNT_SCHEMA)["data"]
+    assert data[0]["custom_json"] == {"key": "v", "tags": ["vip", "gold"], "n": [{"k": "1"}, {"k": "2"}]}
+    assert data[1]["custom_json"] == {"key": "w"}
+
+
 def test_empty_elements_are_none_for_typed_fields_and_text_otherwise() -> None:
     body = b"<xml><data><status>completed</status><progress/><result><total/><hashed_file/></result></data><error>0</error></xml>"
     data = decode_body(body, "application/xml", schema=STATUS_SCHEMA)["data"]
