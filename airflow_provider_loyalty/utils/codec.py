@@ -2,8 +2,8 @@
 
 The API speaks JSON or XML (an ``<xml>`` root whose children are the fields, as its documentation
 shows). Replies are decoded by their own Content-Type, so a JSON reply to an XML request still
-parses. XML that could carry a DTD is parsed with :mod:`defusedxml` (no DTDs, no entities, no
-external fetches); a UTF-8 body with no ``<!`` at all cannot, and takes the C parser directly.
+parses. XML that could carry a DTD is parsed with :mod:`defusedxml` (a DOCTYPE is read, but no
+entities and no external fetches); a UTF-8 body with no ``<!`` at all cannot, and takes the C parser directly.
 
 XML carries every scalar as text. Each endpoint has a :data:`Schema` naming its documented typed
 fields at their documented place (``data.result.total``, not any ``total`` anywhere): those, and
@@ -315,7 +315,9 @@ def _parse_xml(body: bytes) -> Element:
     try:
         if _plainly_safe(body):
             return fromstring(body)  # noqa: S314 - no DTD possible: checked just above
-        return SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)  # type: ignore[no-any-return]
+        # A DOCTYPE alone is XML like any other (declarations of elements and attributes change
+        # nothing here); entities, and anything fetched from outside, are refused.
+        return SafeET.fromstring(body, forbid_dtd=False, forbid_entities=True, forbid_external=True)  # type: ignore[no-any-return]
     except DefusedXmlException as err:
         raise LoyaltyResponseError(f"reply XML refused for safety ({type(err).__name__})") from None
     except (SyntaxError, ValueError, RecursionError) as err:  # ParseError is a SyntaxError

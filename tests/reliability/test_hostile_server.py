@@ -345,6 +345,31 @@ def test_external_entity_reply_is_refused_and_never_fetched(monkeypatch, sandbox
     assert_failed_closed(err, sandbox)
 
 
+@pytest.mark.parametrize(
+    "doctype",
+    [
+        "<!DOCTYPE xml>",
+        '<!DOCTYPE xml SYSTEM "{url}/api.dtd">',
+        '<!DOCTYPE xml PUBLIC "-//Loyalty//API//EN" "{url}/api.dtd">',
+        "<!DOCTYPE xml [<!ELEMENT xml ANY><!ATTLIST error kind CDATA #IMPLIED>]>",
+    ],
+    ids=["bare", "system-id", "public-id", "internal-subset"],
+)
+def test_a_doctype_without_entities_is_read_and_nothing_is_fetched(doctype: str) -> None:
+    """XML with a DOCTYPE is legal and names no entity: it decodes; an external DTD is never fetched."""
+    from airflow_provider_loyalty.utils.codec import STATUS_SCHEMA, decode_body
+
+    with loopback_server(host=OTHER_HOST) as elsewhere:
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n{doctype.format(url=elsewhere.url)}\n'
+            "<xml><data><status>completed</status><progress>100</progress></data>"
+            "<error>0</error><error_text>Successful operation</error_text></xml>"
+        ).encode()
+        document = decode_body(body, "application/xml", schema=STATUS_SCHEMA)
+        assert elsewhere.requests == []
+    assert document["data"] == {"status": "completed", "progress": 100}
+
+
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_reply_is_a_response_error(monkeypatch, sandbox, case):
     body, content_type = MALFORMED[case]
