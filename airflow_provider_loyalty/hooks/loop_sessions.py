@@ -30,6 +30,8 @@ import aiohttp
 #: hold up the others' checks). Connections are reused, so as many are open as requests were in
 #: flight at the busiest moment.
 POOL_LIMIT = 0
+#: The longest reply status or header line read: http.client's limit (``http.client._MAXLINE``).
+_MAX_HEADER_LINE = 65536
 
 
 @dataclass(eq=False)
@@ -52,6 +54,10 @@ def acquire() -> LoopSession:
             connector=aiohttp.TCPConnector(limit=POOL_LIMIT),
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
+            # The line limits of http.client (the sync hook's): a long header (a big
+            # Content-Security-Policy) reads in both hooks alike, not only in the sync one.
+            max_line_size=_MAX_HEADER_LINE,
+            max_field_size=_MAX_HEADER_LINE,
         )
         shared = _SESSIONS[loop] = LoopSession(session)
     shared.users += 1

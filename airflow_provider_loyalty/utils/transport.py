@@ -34,6 +34,7 @@ _NO_REPLY = frozenset(
         "ContentEncodingError",
         "InvalidHeader",
         "UnknownProtocol",
+        "HTTPException",  # http.client's own, raised bare for a reply of more than 100 header fields
     }
 )
 _CUT_SHORT = frozenset(

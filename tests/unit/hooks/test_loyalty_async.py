@@ -426,3 +426,46 @@ async def test_a_server_that_answers_no_http_is_not_reported_as_unreachable(
             LoyaltyHook().get_task_status("task_1")
     for error in (async_error.value, sync_error.value):
         assert "cannot connect" not in str(error) and "cut short" not in str(error)
+
+
+async def test_a_long_reply_header_reads_in_both_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 9,000-byte header line (a big Content-Security-Policy) is legal HTTP: http.client reads
+    lines to 64 KiB, aiohttp stopped at 8,190 bytes, so only the sync hook read the reply."""
+    body = envelope({"status": "in_progress", "progress": 5})
+    policy = "default-src 'self' " + "a" * 9000
+
+    def respond(handler, _server) -> None:
+        send(handler, 200, body, "application/json", Content_Security_Policy=policy)
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken-abc", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        sync_hook = LoyaltyHook()
+        try:
+            assert sync_hook.get_export_task_status("task_1").state is ExportTaskState.RUNNING
+        finally:
+            sync_hook.close()
+        async with LoyaltyAsyncHook() as hook:
+            assert (await hook.get_export_task_status("task_1")).state is ExportTaskState.RUNNING
+
+
+def test_a_reply_with_more_header_fields_than_the_sync_client_reads_is_not_a_body_cut_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = envelope({"status": "in_progress", "progress": 5})
+    many = {f"X_Field_{number}": "v" for number in range(120)}
+
+    def respond(handler, _server) -> None:
+        send(handler, 200, body, "application/json", **many)
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken-abc", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        hook = LoyaltyHook()
+        try:
+            with pytest.raises(LoyaltyTransientError) as caught:
+                hook.get_export_task_status("task_1")
+        finally:
+            hook.close()
+    assert "cut short" not in str(caught.value)
+    assert "sent no HTTP reply that could be read (HTTPException)" in str(caught.value)
