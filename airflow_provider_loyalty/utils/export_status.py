@@ -9,13 +9,14 @@ raw status words or re-validates a result.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
-from airflow_provider_loyalty.utils.redaction import quoted
+from airflow_provider_loyalty.utils.redaction import quoted, redact_values
 
 #: Status words of a finished task: the documented ``completed``, and the synonyms task APIs use
 #: for it (a word missing here would make an export wait for a finished task until its deadline).
@@ -151,6 +152,10 @@ class ExportTaskStatus:
                 f"tasks/status of {export_task_id}: result.hashed_file carries the connection's token; it would go "
                 "into the download URL and the task's events, so it is refused"
             )
+        if result is not None and secret:
+            # What the API sent beside the documented fields goes to events and the sensor's XCom as
+            # it came: a token a server echoes there (a download link with ``?token=``) does not.
+            result = dataclasses.replace(result, raw=redact_values(result.raw, secret))
         failure = quoted(_failure_text(data), token) if failed else None
         progress = data.get("progress")
         if isinstance(progress, str):

@@ -16,8 +16,9 @@ import asyncio
 import functools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from typing import Any
 from urllib.parse import quote, quote_plus
 from xml.sax.saxutils import escape as xml_escape
 
@@ -82,6 +83,20 @@ def redact(text: str, token: str | None) -> str:
     for form in forms:
         text = text.replace(form, MASK)
     return _mask_runs(text, forms)
+
+
+def redact_values(value: Any, token: str | None) -> Any:
+    """``value`` (a decoded reply: dicts, lists, text) with the token :func:`redact`-ed from every
+    text in it, keys included; other values as they are."""
+    if not token:
+        return value
+    if isinstance(value, str):
+        return redact(value, token)
+    if isinstance(value, Mapping):
+        return {redact_values(key, token): redact_values(item, token) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_values(item, token) for item in value]
+    return value
 
 
 def quoted(text: str, token: str | None, limit: int = MAX_QUOTED_CHARS) -> str:

@@ -59,3 +59,25 @@ def test_a_hashed_file_carrying_the_token_is_refused() -> None:
     assert TOKEN not in str(refused.value)
     fine = {"status": "completed", "result": {"hashed_file": "exports/abc/f.zip", "total": 1, "next_from_id": None}}
     assert ExportTaskStatus.from_reply("task_1", fine, TOKEN).result is not None
+
+
+def test_the_token_echoed_beside_the_documented_result_fields_is_masked_in_what_goes_on() -> None:
+    """``result`` as the API sent it is the sensor's XCom and rides in the trigger's event: a server
+    that adds a download link with ``?token=`` (or the token as a key) must not put it there."""
+    reply = {
+        "status": "completed",
+        "result": {
+            "hashed_file": "exports/abc/f.zip",
+            "total": 1,
+            "next_from_id": "n-1",
+            "download_url": f"https://api.example.com/api/download/exports/abc/f.zip?token={TOKEN}",
+            "links": [{"href": f"/x?t={TOKEN}"}],
+            TOKEN: "as a key",
+            "is_api": True,
+        },
+    }
+    result = ExportTaskStatus.from_reply("task_1", reply, TOKEN).completed_result()
+    shown = json.dumps(result.raw)
+    assert TOKEN[:8] not in shown
+    assert result.raw["download_url"].startswith("https://api.example.com/api/download/exports/abc/f.zip?token=")
+    assert (result.raw["is_api"], result.raw["total"], result.next_from_id) == (True, 1, "n-1")
