@@ -366,7 +366,7 @@ def test_trigger_never_blocks_the_event_loop(connected: LoyaltyEmulator) -> None
 
     async def main() -> tuple[dict[str, Any], float]:
         loop = asyncio.get_running_loop()
-        loop.slow_callback_duration = 0.05
+        loop.slow_callback_duration = _BLOCK_SECONDS
         done = asyncio.Event()
         worst = 0.0
 
