@@ -305,19 +305,22 @@ class LoyaltyExportBaseOperator(BaseOperator):
         """
         if export_task_id is None and isinstance(event, dict):
             export_task_id = event.get("export_task_id")
-        status: ExportTaskStatus | None = None
-        if _trigger_lost_the_task(event) and trigger_errors < MAX_TRIGGER_ERRORS:
-            self.log.warning(
-                "The triggerer could not follow export task %s (%s); checking it from the worker",
-                export_task_id,
-                (event or {}).get("message"),
-            )
-            trigger_errors += 1
-        else:
-            status, trigger_errors = status_from_event(event, export_task_id), 0
         loop = self._loop = self.export_loop(context)
         with _closing_unless_deferred(loop):
+            # The location is taken back first, so an event that fails the task (a timeout, an
+            # event about another task) gives it up, as the same failure does in a worker: the
+            # lease was renewed past the deadline at deferral and would hold off other writers.
             progress = loop.begin(after_deferral=True)
+            status: ExportTaskStatus | None = None
+            if _trigger_lost_the_task(event) and trigger_errors < MAX_TRIGGER_ERRORS:
+                self.log.warning(
+                    "The triggerer could not follow export task %s (%s); checking it from the worker",
+                    export_task_id,
+                    (event or {}).get("message"),
+                )
+                trigger_errors += 1
+            else:
+                status, trigger_errors = status_from_event(event, export_task_id), 0
             return self._after(context, loop, loop.advance(progress, completed=status), trigger_errors=trigger_errors)
 
     def _after(self, context: Context, loop: ExportLoop, step: Step, *, trigger_errors: int = 0) -> dict[str, Any]:

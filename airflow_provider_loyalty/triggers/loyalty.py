@@ -39,6 +39,8 @@ EVENT_STATUSES = frozenset({"success", "error", "timeout"})
 #: Time a first status check may take even when the deadline has already passed (a trigger resumed
 #: late on another triggerer still looks once: a task that completed meanwhile is a success).
 _FIRST_POLL_GRACE = 30.0
+#: Time left below which a status check takes its grace instead (a check needs a moment to answer).
+_MIN_CHECK_SECONDS = 1.0
 #: Time the last status check may take once the deadline has cut a pause short: a task that
 #: completed since the previous check is a success, not a timeout (poke mode checks once more too).
 _LAST_POLL_GRACE = 10.0
@@ -179,10 +181,15 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
             await hook.aclose()
 
     async def _poll(self, hook: LoyaltyAsyncHook, *, grace: float = 0.0) -> ExportTaskStatus | None:
-        """One status check within the time left, or ``grace`` seconds if longer (``None``: the
-        deadline passed during it)."""
+        """One status check within the time left (``None``: the deadline passed during it).
+
+        A check that starts with less than :data:`_MIN_CHECK_SECONDS` left (a trigger resumed late,
+        the last look at the deadline) may take up to ``grace`` seconds instead, so it can still see
+        a task that completed; one that starts earlier ends by the deadline, whatever the server
+        does (a hung reply, a ``Retry-After`` longer than the time left).
+        """
         remaining = self._remaining()
-        budget = None if remaining is None else max(remaining, grace)
+        budget = None if remaining is None else remaining if remaining >= _MIN_CHECK_SECONDS else max(remaining, grace)
         try:
             async with asyncio.timeout(budget):
                 return await hook.get_export_task_status(self.export_task_id)

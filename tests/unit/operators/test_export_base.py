@@ -121,3 +121,39 @@ def test_a_deferred_sensor_waits_no_longer_than_execution_timeout(emulator: Loya
         sensor.execute(context_for(ti=ti))
     assert abs(deferred.value.trigger.deadline - (started.timestamp() + 60)) < 1
     assert deferred.value.timeout.total_seconds() <= 50 + 300  # the time left, plus the backstop's grace
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"status": "timeout", "message": "did not finish before the deadline"},
+        {"status": "success", "export_task_id": "task_another", "result": {}},
+        None,
+    ],
+    ids=["timeout", "another-task", "no-event"],
+)
+def test_an_event_that_fails_a_deferred_export_gives_the_location_up(emulator: LoyaltyEmulator, tmp_path, event):
+    """The lease was renewed past the deadline at deferral; a failing event once left it there, so
+    another writer of the location (a manual re-run of the period) waited ten minutes, then failed."""
+    from airflow_provider_loyalty.export.layout import LEASE_NAME
+
+    operator = LoyaltyExportOperator(
+        task_id="export",
+        loyalty_program_id=123,
+        points_currency_eid="bonus_points",
+        output_path=str(tmp_path),
+        deferrable=True,
+        poll_interval=1,
+    )
+    ti = SimpleNamespace(
+        dag_id="d", run_id="r", task_id="export", map_index=-1, try_number=1, start_date=pendulum.now("UTC")
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context_for(ti=ti))
+    assert (tmp_path / LEASE_NAME).exists()  # held while deferred
+    waited_for = deferred.value.kwargs["export_task_id"]
+    if event is not None and "export_task_id" not in event:
+        event = {**event, "export_task_id": waited_for}
+    with pytest.raises(LoyaltyError):
+        operator.execute_complete(context_for(ti=ti), event=event, **deferred.value.kwargs)
+    assert not (tmp_path / LEASE_NAME).exists()

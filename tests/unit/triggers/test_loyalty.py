@@ -170,6 +170,22 @@ def test_a_status_word_that_echoes_the_token_leaves_it_out_of_the_event_and_the_
     assert token not in json.dumps(event) and token not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("kind", "params"), [("rate_limit", {"retry_after": 100}), ("slow", {"seconds": 20})], ids=["retry-after", "hung"]
+)
+async def test_a_first_check_with_time_left_ends_by_the_deadline(
+    connected: LoyaltyEmulator, kind: str, params: dict[str, Any]
+) -> None:
+    """The grace of a first check is for a deadline already passed; with 1.5 s left, a server that
+    asks to retry in 100 s, or does not answer, kept the trigger up to 30 s past its deadline."""
+    task_id = create_export()
+    connected.set_faults([FaultRule(endpoint="status", kind=kind, params=params)])
+    started = time.monotonic()
+    event = await run_trigger(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05, deadline=time.time() + 1.5))
+    assert event["status"] == "timeout", event
+    assert time.monotonic() - started < 5.0
+
+
 async def test_deadline_already_passed_still_checks_once(connected: LoyaltyEmulator) -> None:
     """A trigger resumed late (e.g. on another triggerer) reports a task that completed meanwhile."""
     task_id = create_export()
