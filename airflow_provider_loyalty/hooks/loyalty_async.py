@@ -13,8 +13,9 @@ bodies are read incrementally. The hooks of one loop share one session and its c
 (:mod:`~airflow_provider_loyalty.hooks.loop_sessions`), so a trigger costs the garbage collector a
 few dozen objects, not a session's hundred. A thousand triggers started together do not open a thousand
 sessions in one loop step: the first step of each (connection read, session open, first request)
-passes a small per-loop gate (:data:`STARTUP_CONCURRENCY`), and keeps its place there at most
-:data:`STARTUP_SLOT_SECONDS` (a slow or dead host does not hold up the triggers of other hosts).
+passes a small gate of its loop and connection (:data:`STARTUP_CONCURRENCY`), and keeps its place
+there at most :data:`STARTUP_SLOT_SECONDS`: a slow or dead API holds up neither the triggers of
+other connections (their own gates) nor for long its own.
 
 aiohttp rather than httpx: a triggerer runs up to a thousand of these polling at once, and the
 benchmarks measured about a third of httpx's CPU per request (``docs/benchmarks.md``).
@@ -46,34 +47,45 @@ from airflow_provider_loyalty.utils.retry import call_with_retries_async, retry_
 from airflow_provider_loyalty.utils.transport import ReplyBuffer, transport_error
 
 _READ_CHUNK_BYTES = 64 * 1024
-#: How many triggers of one event loop may be in their first step (connection read, session open,
-#: first request) at once: a thousand starting together then queue instead of stalling the loop.
+#: How many triggers of one event loop and connection may be in their first step (connection read,
+#: session open, first request) at once: a thousand starting together then queue instead of
+#: stalling the loop.
 STARTUP_CONCURRENCY = 8
 #: Longest a first step keeps its place in the gate: one that waits on a slow or dead host (its
-#: retries, a ``Retry-After``) lets the next trigger start, whatever connection that one uses.
+#: retries, a ``Retry-After``) lets the next trigger of its connection start.
 STARTUP_SLOT_SECONDS = 1.0
 # One TLS context per verify setting for the whole process (building one costs ~28 ms of CPU).
 _SSL_CONTEXTS: dict[bool | str, ssl.SSLContext | bool] = {}
-_STARTUP_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+_STARTUP_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def startup_gate() -> asyncio.Semaphore:
-    """The running loop's gate for first steps (see :data:`STARTUP_CONCURRENCY`)."""
+def startup_gate(connection: str = "") -> asyncio.Semaphore:
+    """The running loop's gate for the first steps of one connection's triggers (see
+    :data:`STARTUP_CONCURRENCY`): the triggers of a slow or dead API never queue those of another.
+
+    :param connection: the connection id the first steps use.
+    """
     loop = asyncio.get_running_loop()
-    gate = _STARTUP_GATES.get(loop)
+    gates = _STARTUP_GATES.get(loop)
+    if gates is None:
+        gates = _STARTUP_GATES[loop] = {}
+    gate = gates.get(connection)
     if gate is None:
-        gate = _STARTUP_GATES[loop] = asyncio.Semaphore(STARTUP_CONCURRENCY)
+        gate = gates[connection] = asyncio.Semaphore(STARTUP_CONCURRENCY)
     return gate
 
 
 @contextlib.asynccontextmanager
-async def startup_slot(max_hold: float = STARTUP_SLOT_SECONDS) -> AsyncIterator[None]:
-    """A place in the running loop's :func:`startup_gate` for one first step, given back when the
-    step ends or after ``max_hold`` seconds, whichever comes first.
+async def startup_slot(connection: str = "", max_hold: float = STARTUP_SLOT_SECONDS) -> AsyncIterator[None]:
+    """A place in the running loop's :func:`startup_gate` of ``connection`` for one first step,
+    given back when the step ends or after ``max_hold`` seconds, whichever comes first.
 
+    :param connection: the connection id the step uses (each connection has its own gate).
     :param max_hold: the longest the place is kept.
     """
-    gate = startup_gate()
+    gate = startup_gate(connection)
     await gate.acquire()
     held = True
 
@@ -155,7 +167,7 @@ class LoyaltyAsyncHook(BaseHook):
             async def run(self):
                 hook = LoyaltyAsyncHook(self.loyalty_conn_id)
                 try:
-                    async with startup_slot():  # many triggers starting at once queue here
+                    async with startup_slot(self.loyalty_conn_id):  # many starting at once queue here
                         await hook.open()
                         status = await hook.get_export_task_status(self.export_task_id)
                     while not status.state.is_terminal:

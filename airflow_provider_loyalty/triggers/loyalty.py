@@ -153,7 +153,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
     async def _wait(self) -> dict[str, Any]:
         hook = LoyaltyAsyncHook(self.loyalty_conn_id, content_type=self.content_type, max_retries=self.max_retries)
         try:
-            async with startup_slot():  # the first step: connection read, session open, first request
+            async with startup_slot(self.loyalty_conn_id):  # the first step: connection, session, first request
                 await hook.__aenter__()
                 polls, status = 1, await self._poll(hook, grace=_FIRST_POLL_GRACE)
             loop = asyncio.get_running_loop()

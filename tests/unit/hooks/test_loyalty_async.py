@@ -322,6 +322,43 @@ def test_a_first_step_held_up_by_a_slow_host_gives_its_place_in_the_gate_back(
     assert all(still_waiting)  # the healthy one did not wait for a stuck one to give up
 
 
+def test_triggers_of_a_stuck_api_do_not_queue_those_of_another_connection(
+    connected: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four gates' worth of triggers on an API that answers 429 with ``Retry-After: 3``, started
+    first: with one gate for the loop, a trigger on a healthy API queued behind all of them (each
+    place given back after a second), about four seconds; a thousand would have held it two minutes."""
+    from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger
+
+    task_id = create_export()
+
+    def rate_limited(handler, _server) -> None:
+        body = json.dumps({"error": 1006, "error_text": "rate limited"}).encode()
+        send(handler, 429, body, "application/json", Retry_After="3")
+
+    async def main() -> tuple[dict[str, Any], float]:
+        stuck = [
+            asyncio.create_task(_first_event(LoyaltyExportTaskTrigger(f"task_{n}", loyalty_conn_id="busy")))
+            for n in range(4 * STARTUP_CONCURRENCY)
+        ]
+        await asyncio.sleep(0.2)  # every place of the busy API's gate is taken, the rest queue
+        started = time.monotonic()
+        event = await _first_event(LoyaltyExportTaskTrigger(task_id, poll_interval=0.05))
+        took = time.monotonic() - started
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
+        return event, took
+
+    with loopback_server(rate_limited) as busy:
+        extra = {"retry_backoff": 0.01, "max_retry_wait": 60, "max_retries": 3}
+        connection = {"conn_type": "loyalty", "host": busy.url, "password": "a-token-value", "extra": extra}
+        monkeypatch.setenv("AIRFLOW_CONN_BUSY", json.dumps(connection))
+        event, took = asyncio.run(main())
+    assert event["status"] == "success", event
+    assert took < 2.0, f"the healthy trigger waited {took:.1f} s behind the busy API's"
+
+
 async def _first_event(trigger: Any) -> dict[str, Any]:
     async for event in trigger.run():
         return dict(event.payload)
