@@ -667,8 +667,14 @@ def test_memory_stays_flat_verifying_a_200_mib_part(tmp_path: Path) -> None:
 
 def build_verified_export_dag():
     # [START howto_verify_task]
+    import pendulum
     from airflow.providers.common.compat.sdk import AirflowFailException  # on every Airflow 3 line
     from airflow.sdk import DAG, task
+
+    try:
+        from airflow.sdk import CronDataIntervalTimetable  # Airflow 3.2 and newer
+    except ImportError:
+        from airflow.timetables.interval import CronDataIntervalTimetable  # Airflow 3.1
 
     from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
     from airflow_provider_loyalty.verify import verify_manifest
@@ -684,7 +690,12 @@ def build_verified_export_dag():
             raise RuntimeError(report.to_text())
         return {"manifest": report.manifest, "rows": report.rows, "bytes": report.bytes}
 
-    with DAG("loyalty_export_verified", schedule=None) as dag:
+    # A data-interval timetable: each run exports its day (the export's default period).
+    with DAG(
+        "loyalty_export_verified",
+        schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    ) as dag:
         export = LoyaltyTransactionsToS3Operator(
             task_id="export",
             loyalty_program_id=123,
@@ -703,6 +714,9 @@ def test_documented_verify_task_fails_the_run_unless_intact(s3_bucket: str, s3_c
     dag = build_verified_export_dag()
     verify_task = dag.get_task("verify_export")
     assert verify_task.upstream_task_ids == {"export"}
+    # Each run has a day to export: with schedule=None (as the example once had) a run's data interval
+    # is one instant, and the export refuses it (docs/data-intervals.rst).
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
     land_s3(s3_client, s3_bucket, "loyalty/2023-09-01")
     xcom = {"manifest": "loyalty/2023-09-01/_manifest.json", "bucket": s3_bucket}  # as the S3 transfer returns it
 
