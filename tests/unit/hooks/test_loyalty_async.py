@@ -8,11 +8,13 @@ need, token cases in ``tests/reliability/test_token_secrecy.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -287,6 +289,21 @@ async def test_the_startup_gate_limits_concurrent_first_steps(connected: Loyalty
     assert ungated_peak > STARTUP_CONCURRENCY  # the gate, not the server, held them back
 
 
+@contextlib.contextmanager
+def _busy_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Connection ``busy``: an API that answers every request 429 with ``Retry-After: 3``."""
+
+    def rate_limited(handler, _server) -> None:
+        body = json.dumps({"error": 1006, "error_text": "rate limited"}).encode()
+        send(handler, 429, body, "application/json", Retry_After="3")
+
+    with loopback_server(rate_limited) as busy:
+        extra = {"retry_backoff": 0.01, "max_retry_wait": 60, "max_retries": 3}
+        connection = {"conn_type": "loyalty", "host": busy.url, "password": "a-token-value", "extra": extra}
+        monkeypatch.setenv("AIRFLOW_CONN_BUSY", json.dumps(connection))
+        yield
+
+
 def test_a_first_step_held_up_by_a_slow_host_gives_its_place_in_the_gate_back(
     connected: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -295,10 +312,6 @@ def test_a_first_step_held_up_by_a_slow_host_gives_its_place_in_the_gate_back(
     from airflow_provider_loyalty.triggers.loyalty import LoyaltyExportTaskTrigger
 
     task_id = create_export()
-
-    def rate_limited(handler, _server) -> None:
-        body = json.dumps({"error": 1006, "error_text": "rate limited"}).encode()
-        send(handler, 429, body, "application/json", Retry_After="3")
 
     async def main() -> tuple[dict[str, Any], list[bool]]:
         stuck = [
@@ -313,10 +326,7 @@ def test_a_first_step_held_up_by_a_slow_host_gives_its_place_in_the_gate_back(
         await asyncio.gather(*stuck, return_exceptions=True)
         return event, still_waiting
 
-    with loopback_server(rate_limited) as busy:
-        extra = {"retry_backoff": 0.01, "max_retry_wait": 60, "max_retries": 3}
-        connection = {"conn_type": "loyalty", "host": busy.url, "password": "a-token-value", "extra": extra}
-        monkeypatch.setenv("AIRFLOW_CONN_BUSY", json.dumps(connection))
+    with _busy_api(monkeypatch):
         event, still_waiting = asyncio.run(main())
     assert event["status"] == "success", event
     assert all(still_waiting)  # the healthy one did not wait for a stuck one to give up
@@ -332,10 +342,6 @@ def test_triggers_of_a_stuck_api_do_not_queue_those_of_another_connection(
 
     task_id = create_export()
 
-    def rate_limited(handler, _server) -> None:
-        body = json.dumps({"error": 1006, "error_text": "rate limited"}).encode()
-        send(handler, 429, body, "application/json", Retry_After="3")
-
     async def main() -> tuple[dict[str, Any], float]:
         stuck = [
             asyncio.create_task(_first_event(LoyaltyExportTaskTrigger(f"task_{n}", loyalty_conn_id="busy")))
@@ -350,10 +356,7 @@ def test_triggers_of_a_stuck_api_do_not_queue_those_of_another_connection(
         await asyncio.gather(*stuck, return_exceptions=True)
         return event, took
 
-    with loopback_server(rate_limited) as busy:
-        extra = {"retry_backoff": 0.01, "max_retry_wait": 60, "max_retries": 3}
-        connection = {"conn_type": "loyalty", "host": busy.url, "password": "a-token-value", "extra": extra}
-        monkeypatch.setenv("AIRFLOW_CONN_BUSY", json.dumps(connection))
+    with _busy_api(monkeypatch):
         event, took = asyncio.run(main())
     assert event["status"] == "success", event
     assert took < 2.0, f"the healthy trigger waited {took:.1f} s behind the busy API's"

@@ -52,16 +52,20 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> LoyaltyEmulator:
         yield emulator
 
 
-def test_a_deferral_carries_the_time_left_of_execution_timeout(emulator: LoyaltyEmulator, tmp_path):
-    operator = LoyaltyExportOperator(
+def _deferrable_export(tmp_path, **options) -> LoyaltyExportOperator:
+    return LoyaltyExportOperator(
         task_id="export",
         loyalty_program_id=123,
         points_currency_eid="bonus_points",
         output_path=str(tmp_path),
         deferrable=True,
         poll_interval=1,
-        execution_timeout=timedelta(seconds=120),
+        **options,
     )
+
+
+def test_a_deferral_carries_the_time_left_of_execution_timeout(emulator: LoyaltyEmulator, tmp_path):
+    operator = _deferrable_export(tmp_path, execution_timeout=timedelta(seconds=120))
     started = pendulum.now("UTC").subtract(seconds=30)
     ti = SimpleNamespace(dag_id="d", run_id="r", task_id="export", map_index=-1, try_number=1, start_date=started)
     with pytest.raises(TaskDeferred) as deferred:
@@ -137,14 +141,7 @@ def test_an_event_that_fails_a_deferred_export_gives_the_location_up(emulator: L
     another writer of the location (a manual re-run of the period) waited ten minutes, then failed."""
     from airflow_provider_loyalty.export.layout import LEASE_NAME
 
-    operator = LoyaltyExportOperator(
-        task_id="export",
-        loyalty_program_id=123,
-        points_currency_eid="bonus_points",
-        output_path=str(tmp_path),
-        deferrable=True,
-        poll_interval=1,
-    )
+    operator = _deferrable_export(tmp_path)
     ti = SimpleNamespace(
         dag_id="d", run_id="r", task_id="export", map_index=-1, try_number=1, start_date=pendulum.now("UTC")
     )
