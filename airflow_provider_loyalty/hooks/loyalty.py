@@ -300,10 +300,9 @@ class LoyaltyHook(BaseHook):
 
                 written = call_with_retries(self._retry_policy, attempt)
             os.replace(partial, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
-            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)  # left only by a failure: once moved, the name is gone
         return written
 
     def _download_once(self, url: str, sink: IO[bytes], max_bytes: int, stop: threading.Event | None) -> int:

@@ -188,8 +188,9 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         a task that completed; one that starts earlier ends by the deadline, whatever the server
         does (a hung reply, a ``Retry-After`` longer than the time left).
         """
-        remaining = self._remaining()
-        budget = None if remaining is None else remaining if remaining >= _MIN_CHECK_SECONDS else max(remaining, grace)
+        budget = self._remaining()
+        if budget is not None and budget < _MIN_CHECK_SECONDS:
+            budget = max(budget, grace)
         try:
             async with asyncio.timeout(budget):
                 return await hook.get_export_task_status(self.export_task_id)

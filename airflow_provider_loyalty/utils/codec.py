@@ -42,6 +42,7 @@ import html
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 from xml.etree.ElementTree import Element, fromstring
@@ -487,11 +488,9 @@ def _xml_grouped(element: Element) -> dict[str, Any] | list[Any]:
     """Merchant data (no schema) whose children repeat a tag beside other tags: each repeated tag
     is a list, in document order, as the same data sent as JSON reads (``{"key": "v", "tags":
     ["a", "b"]}`` is ``<key>v</key><tags>a</tags><tags>b</tags>``). One tag repeated alone is a list."""
-    if len({child.tag for child in element}) == 1:
+    counts = Counter(child.tag for child in element)
+    if len(counts) == 1:
         return _xml_repeated(element)
-    counts: dict[str, int] = {}
-    for child in element:
-        counts[child.tag] = counts.get(child.tag, 0) + 1
     result: dict[str, Any] = {}
     for child in element:
         value = _xml_object(child, None)
