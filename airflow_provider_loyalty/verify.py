@@ -29,6 +29,7 @@ with contextlib.redirect_stdout(sys.stderr):
 from airflow_provider_loyalty.export.layout import (
     CHECKPOINT_NAME,
     MANIFEST_NAME,
+    MAX_DOCUMENT_BYTES,
     STAGING_DIR,
     TEMPORARY_PREFIX,
     is_part_name,
@@ -42,7 +43,7 @@ __all__ = ["CannotVerifyError", "PartProblem", "VerifyReport", "main", "verify_m
 
 EXIT_INTACT, EXIT_NOT_INTACT, EXIT_CANNOT_CHECK = 0, 1, 2
 #: A manifest is metadata (about 300 bytes a part): anything larger is not one.
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_BYTES = MAX_DOCUMENT_BYTES
 _SHA256_HEX = frozenset("0123456789abcdef")
 _BOOKKEEPING_MEANING = {
     "_manifest.inprogress.json": "an export is in progress here, or one stopped before finishing (its checkpoint)",

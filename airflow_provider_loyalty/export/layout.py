@@ -28,6 +28,10 @@ LEASE_NAME = "_lease.json"
 RECORDS_DIR = "_parts"
 STAGING_DIR = "_staging"
 TEMPORARY_PREFIX = "_tmp-"
+#: The most bytes of a bookkeeping document read (lease, checkpoint, part record, manifest). What an
+#: export writes stays far below (about 300 bytes a part in the manifest); a larger object at one of
+#: those names is not ours, and reading it whole could exhaust the worker's memory.
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 
 _PART_NAME = re.compile(r"^part-\d{5,}\.(csv|csv\.gz|parquet|zip)$")
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyStorageError
-from airflow_provider_loyalty.export.sinks import PartSink, decode_document
+from airflow_provider_loyalty.export.sinks import PartSink, decode_document, read_document_bytes
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -105,8 +105,7 @@ class S3PartSink(PartSink):
         if reply is None:
             return None
         with self._storage("read", self.key(name)):
-            payload: bytes = reply["Body"].read()
-            return payload
+            return read_document_bytes(name, reply["Body"])
 
     def tagged(self, name: str) -> tuple[dict[str, Any], str] | None:
         """A JSON document and its ETag (what ``If-Match`` compares)."""
@@ -114,7 +113,7 @@ class S3PartSink(PartSink):
         if reply is None:
             return None
         with self._storage("read", self.key(name)):
-            return decode_document(name, reply["Body"].read()), str(reply["ETag"])
+            return decode_document(name, read_document_bytes(name, reply["Body"])), str(reply["ETag"])
 
     def write_bytes(self, name: str, payload: bytes) -> None:
         key = self.key(name)

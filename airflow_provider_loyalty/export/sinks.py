@@ -32,7 +32,7 @@ from typing import IO, Any
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyStorageError
-from airflow_provider_loyalty.export.layout import TEMPORARY_PREFIX, temporary_name
+from airflow_provider_loyalty.export.layout import MAX_DOCUMENT_BYTES, TEMPORARY_PREFIX, temporary_name
 
 _COPY_CHUNK = 8 * 1024 * 1024
 
@@ -55,6 +55,15 @@ def decode_document(name: str, payload: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise UnreadableDocument(f"{name} holds {type(document).__name__}, expected a JSON object")
     return document
+
+
+def read_document_bytes(name: str, handle: IO[bytes] | Any) -> bytes:
+    """A stored document's bytes from an open ``handle``: :class:`UnreadableDocument` beyond
+    :data:`MAX_DOCUMENT_BYTES` (read no further)."""
+    payload: bytes = handle.read(MAX_DOCUMENT_BYTES + 1)
+    if len(payload) > MAX_DOCUMENT_BYTES:
+        raise UnreadableDocument(f"{name} is over {MAX_DOCUMENT_BYTES:,} bytes: not a document an export writes")
+    return payload
 
 
 def content_tag(payload: bytes) -> str:
@@ -178,15 +187,14 @@ class ObjectStorageSink(PartSink):
             if self.local_root is not None:
                 try:
                     with open(self._local(name), "rb") as handle:
-                        return handle.read()
+                        return read_document_bytes(name, handle)
                 except FileNotFoundError:
                     return None
             target = self.base / name
             if not target.exists():
                 return None
             with target.open("rb") as handle:
-                payload: bytes = handle.read()
-                return payload
+                return read_document_bytes(name, handle)
 
     def write_bytes(self, name: str, payload: bytes) -> None:
         with self._storage(f"write {name}"):

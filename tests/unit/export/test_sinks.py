@@ -46,3 +46,27 @@ def test_an_upload_interrupted_mid_copy_leaves_the_previous_object(
     stored = s3_client.get_object(Bucket=s3_bucket, Key="members/history.jsonl")["Body"].read()
     assert stored == previous
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_object_too_large_to_be_a_document_is_unreadable_not_read_whole(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease, checkpoint, record or manifest is read whole into memory: an object at one of those
+    names larger than any export writes is refused as unreadable (as one that is not JSON is),
+    without reading it all."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from airflow_provider_loyalty.export.s3_sink import S3PartSink
+
+    monkeypatch.setattr(sinks, "MAX_DOCUMENT_BYTES", 1024)
+    sink: sinks.PartSink
+    if where == "local":
+        sink = ObjectStorageSink(str(tmp_path))
+    else:
+        sink = S3PartSink(S3Hook(aws_conn_id="aws_default"), request.getfixturevalue("s3_bucket"), "exports")
+    sink.write_bytes("_manifest.json", b'{"padding": "' + b"x" * 2000 + b'"}')
+    with pytest.raises(sinks.UnreadableDocument, match=r"_manifest.json is over 1,024 bytes"):
+        sink.read_json("_manifest.json")
+    sink.write_bytes("_manifest.json", b'{"padding": "' + b"x" * 1000 + b'"}')
+    assert sink.read_json("_manifest.json") == {"padding": "x" * 1000}
