@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -59,6 +61,18 @@ def test_a_hashed_file_carrying_the_token_is_refused() -> None:
     assert TOKEN not in str(refused.value)
     fine = {"status": "completed", "result": {"hashed_file": "exports/abc/f.zip", "total": 1, "next_from_id": None}}
     assert ExportTaskStatus.from_reply("task_1", fine, TOKEN).result is not None
+
+
+@pytest.mark.parametrize("encode", [quote, quote_plus], ids=["percent", "plus"])
+def test_a_hashed_file_carrying_the_token_url_encoded_is_refused(encode: Any) -> None:
+    """A token with ``+``, ``/`` or ``=`` (base64) goes into a path or a query encoded: a plain
+    substring test let the encoded form into the download URL, the event and the logs."""
+    token = "tok+en/with=base64chars"
+    hashed_file = f"exports/f.zip?key={encode(token, safe='')}"
+    assert token not in hashed_file
+    reply = {"status": "completed", "result": {"hashed_file": hashed_file, "total": 1, "next_from_id": None}}
+    with pytest.raises(LoyaltyResponseError, match="carries the connection's token"):
+        ExportTaskStatus.from_reply("task_1", reply, token)
 
 
 def test_the_token_echoed_beside_the_documented_result_fields_is_masked_in_what_goes_on() -> None:
