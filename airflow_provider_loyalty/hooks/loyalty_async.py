@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-from airflow.providers.common.compat.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 
 from airflow_provider_loyalty.hooks import loop_sessions
 from airflow_provider_loyalty.utils import validation
@@ -125,6 +125,19 @@ async def _ssl_for(settings: LoyaltyConnectionSettings) -> ssl.SSLContext | bool
         context = await asyncio.to_thread(_build_ssl, resolved, settings.client_cert)
         _SSL_CONTEXTS[key] = context  # type: ignore[index]
     return context  # type: ignore[no-any-return]
+
+
+async def _mask_secret(secret: str) -> None:
+    """Register ``secret`` with the secrets masker without blocking the loop: Airflow 3.3.2+ has an
+    async call; before, the synchronous one (it may message the supervisor) runs in a worker thread."""
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:
+        from asgiref.sync import sync_to_async
+
+        await sync_to_async(mask_secret)(secret)
+    else:
+        await amask_secret(secret)
 
 
 class LoyaltyAsyncHook(BaseHook):
@@ -225,7 +238,7 @@ class LoyaltyAsyncHook(BaseHook):
         if self.settings is None:
             conn = await get_async_connection(self.loyalty_conn_id)
             extra = await get_async_extra_dejson(conn)
-            self.settings = settings_from_parts(
+            settings = settings_from_parts(
                 host=conn.host,
                 password=conn.password,
                 extra=extra,
@@ -233,6 +246,10 @@ class LoyaltyAsyncHook(BaseHook):
                 port=conn.port,
                 overrides=self._overrides,
             )
+            # The connection API masked the password as stored ("tok\n", "Bearer tok"): what is sent
+            # is the token cleaned of those, and logs must show *** for it too, as the sync hook's.
+            await _mask_secret(settings.token)
+            self.settings = settings
         return self.settings
 
     async def __aenter__(self) -> LoyaltyAsyncHook:
