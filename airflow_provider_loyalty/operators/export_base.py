@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -53,6 +53,33 @@ _LITERAL_CHECKED = (
     "export_task_id",
 )
 _SWITCHES = ("deferrable", "resume", "replace", "keep_zip", "fail_on_empty", "verify")
+
+
+def _seconds(value: Any, parameter: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    return validation.check_positive_number(seconds, parameter)
+
+
+def _whole_number(value: Any, parameter: str) -> int:
+    return int(validation.check_positive_number(value, parameter))
+
+
+#: The settings (parameters never templated) and how each is checked and converted.
+_SETTING_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "max_batches": validation.check_optional_positive_int,
+    "poll_interval": validation.check_positive_number,
+    "batch_timeout": _seconds,
+    **dict.fromkeys(_SWITCHES, validation.parse_bool),
+    "max_download_bytes": _whole_number,
+    "max_uncompressed_bytes": _whole_number,
+    "max_compression_ratio": validation.check_positive_number,
+}
+
+
+def checked_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The export settings among ``values``, checked and converted (others are left out): what the
+    constructor keeps, and what ``partial()`` checks when the DAG is parsed. Errors name the parameter."""
+    return {name: check(values[name], name) for name, check in _SETTING_CHECKS.items() if name in values}
 
 
 def check_literal_export_values(values: Mapping[str, Any]) -> None:
@@ -172,22 +199,35 @@ class LoyaltyExportBaseOperator(BaseOperator):
         self.export_task_id = export_task_id
         self.output_format = output_format
         self.loyalty_conn_id = loyalty_conn_id
-        self.max_batches = validation.check_optional_positive_int(max_batches, "max_batches")
-        self.poll_interval = validation.check_positive_number(poll_interval, "poll_interval")
-        seconds = batch_timeout.total_seconds() if isinstance(batch_timeout, timedelta) else batch_timeout
-        self.batch_timeout = validation.check_positive_number(seconds, "batch_timeout")
-        self.deferrable = validation.parse_bool(deferrable, "deferrable")
-        self.resume = validation.parse_bool(resume, "resume")
-        self.replace = validation.parse_bool(replace, "replace")
-        self.keep_zip = validation.parse_bool(keep_zip, "keep_zip")
-        self.fail_on_empty = validation.parse_bool(fail_on_empty, "fail_on_empty")
-        self.verify = validation.parse_bool(verify, "verify")
-        self.max_download_bytes = int(validation.check_positive_number(max_download_bytes, "max_download_bytes"))
+        settings = checked_settings(
+            {
+                "max_batches": max_batches,
+                "poll_interval": poll_interval,
+                "batch_timeout": batch_timeout,
+                "deferrable": deferrable,
+                "resume": resume,
+                "replace": replace,
+                "keep_zip": keep_zip,
+                "fail_on_empty": fail_on_empty,
+                "verify": verify,
+                "max_download_bytes": max_download_bytes,
+                "max_uncompressed_bytes": max_uncompressed_bytes,
+                "max_compression_ratio": max_compression_ratio,
+            }
+        )
+        self.max_batches: int | None = settings["max_batches"]
+        self.poll_interval: float = settings["poll_interval"]
+        self.batch_timeout: float = settings["batch_timeout"]
+        self.deferrable: bool = settings["deferrable"]
+        self.resume: bool = settings["resume"]
+        self.replace: bool = settings["replace"]
+        self.keep_zip: bool = settings["keep_zip"]
+        self.fail_on_empty: bool = settings["fail_on_empty"]
+        self.verify: bool = settings["verify"]
+        self.max_download_bytes: int = settings["max_download_bytes"]
         self.archive_limits = ArchiveLimits(
-            max_uncompressed_bytes=int(
-                validation.check_positive_number(max_uncompressed_bytes, "max_uncompressed_bytes")
-            ),
-            max_compression_ratio=validation.check_positive_number(max_compression_ratio, "max_compression_ratio"),
+            max_uncompressed_bytes=settings["max_uncompressed_bytes"],
+            max_compression_ratio=settings["max_compression_ratio"],
         )
         self._loop: ExportLoop | None = None
         self._manifest_url: str | None = None
@@ -202,9 +242,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
         """As :meth:`BaseOperator.partial`, with the literal values given here checked at DAG-parse
         time as the operator's own constructor checks them (the mapped values wait for run time)."""
         check_literal_export_values({name: kwargs[name] for name in _LITERAL_CHECKED if name in kwargs})
-        for switch in _SWITCHES:
-            if switch in kwargs:
-                validation.parse_bool(kwargs[switch], switch)
+        checked_settings(kwargs)
         return super().partial(**kwargs)
 
     # ------------------------------------------------------------------ to be provided by subclasses

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,10 +55,15 @@ class LoyaltyExportOperator(LoyaltyExportBaseOperator):
         self, *, output_path: str | ObjectStoragePath, output_conn_id: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.output_path = validation.check_output_path(output_path, _EXPORT_OUTPUT)
-        if not validation.is_template(self.output_path):
-            _check_location_name(self.output_path)
+        self.output_path = _literal_output_path(output_path)
         self.output_conn_id = output_conn_id
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """As the base class's; a literal ``output_path`` given here is checked too."""
+        if "output_path" in kwargs:
+            _literal_output_path(kwargs["output_path"])
+        return super().partial(**kwargs)
 
     def build_sink(self, context: Context, spec: ExportSpec) -> PartSink:
         """Parts go under ``output_path``."""
@@ -75,6 +80,14 @@ class LoyaltyExportOperator(LoyaltyExportBaseOperator):
         return conn_id if isinstance(conn_id, str) and conn_id else None
 
 
+def _literal_output_path(output_path: Any) -> Any:
+    """The export's ``output_path`` as given, checked as far as it can be before it is rendered."""
+    output_path = validation.check_output_path(output_path, _EXPORT_OUTPUT)
+    if not validation.is_template(output_path):
+        _check_location_name(output_path)
+    return output_path
+
+
 def _check_location_name(output_path: Any) -> Any:
     """``output_path``, unless it names another location's bookkeeping folder (``<dir>/_staging``,
     ``<dir>/_parts``, ``<dir>/_tmp-…``): an export at ``<dir>`` clears those and would delete it."""
@@ -86,6 +99,16 @@ def _check_location_name(output_path: Any) -> Any:
             f"{str(output_path)[:120]!r} ends in {name!r}, a name the exports keep their bookkeeping under",
         )
     return output_path
+
+
+def _checked_history_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """``matching``, ``limit`` and ``output_path`` among ``values``, checked (errors name them)."""
+    checks: dict[str, Callable[[Any], Any]] = {
+        "matching": validation.check_matching_mode,
+        "limit": validation.check_limit,
+        "output_path": lambda path: validation.check_output_path(path, _HISTORY_OUTPUT),
+    }
+    return {name: check(values[name]) for name, check in checks.items() if name in values}
 
 
 class LoyaltyAccountTransactionsOperator(BaseOperator):
@@ -151,7 +174,8 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.loyalty_program_id = loyalty_program_id
-        self.matching = validation.check_matching_mode(matching)  # never templated: checked at parse
+        settings = _checked_history_settings({"matching": matching, "limit": limit, "output_path": output_path})
+        self.matching: str = settings["matching"]  # never templated: checked at parse
         self.member_email = member_email
         self.phone = phone
         self.profile_id = profile_id
@@ -161,9 +185,8 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         self.points_currency_iid = points_currency_iid
         self.output_path = output_path
         self.output_conn_id = output_conn_id
-        self.limit = validation.check_limit(limit)
+        self.limit: int = settings["limit"]
         self.loyalty_conn_id = loyalty_conn_id
-        validation.check_output_path(output_path, _HISTORY_OUTPUT)
         # Literal values are checked when the DAG is parsed (templates wait for run time): a DAG
         # passing ``email=`` (the alert recipients) instead of ``member_email`` never runs.
         if not any(validation.is_template(value) for value in self._member().values()):
@@ -174,9 +197,11 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
-        """As :meth:`BaseOperator.partial`, with the literal program and currency given here
-        checked at DAG-parse time (the mapped values wait for run time)."""
+        """As :meth:`BaseOperator.partial`, with the literal program, currency, ``matching``,
+        ``limit`` and ``output_path`` given here checked at DAG-parse time (the mapped values, and
+        the member, wait for run time)."""
         validation.check_literal_program_and_currency(kwargs)
+        _checked_history_settings(kwargs)
         return super().partial(**kwargs)
 
     def _member(self) -> dict[str, Any]:

@@ -25,6 +25,26 @@ MAX_ASSET_URI = 1500
 DEFAULT_PREFIX = "loyalty/transactions/program={program}/currency={currency}/{date_from}_{date_to}"
 
 
+def _checked_s3_arguments(values: dict[str, Any]) -> dict[str, Any]:
+    """The S3 arguments among ``values``, checked as far as they can be before rendering (errors
+    name the parameter): what the constructor keeps, and what ``partial()`` checks at parse time."""
+    checked: dict[str, Any] = {}
+    bucket = values.get("s3_bucket")
+    if bucket is not None:
+        checked["s3_bucket"] = bucket if is_template(bucket) else check_bucket(bucket)
+    if not is_template(values.get("s3_key_prefix")):
+        check_key_prefix(values.get("s3_key_prefix"))
+    if "encrypt" in values:
+        checked["encrypt"] = parse_bool(values["encrypt"], "encrypt")
+        if checked["encrypt"] and values.get("sse_kms_key_id"):
+            raise LoyaltyValidationError("encrypt/sse_kms_key_id", "give one: SSE-S3 (encrypt) or SSE-KMS")
+    if "extra_upload_args" in values:
+        checked["extra_upload_args"] = check_upload_args(values["extra_upload_args"])
+    if "transfer_config_args" in values:
+        checked["transfer_config_args"] = check_transfer_config_args(values["transfer_config_args"])
+    return checked
+
+
 class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
     """
     Export points transactions of a period to S3: verified parts, then ``_manifest.json`` last.
@@ -77,33 +97,36 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         transfer_config_args: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not is_template(s3_bucket):
-            s3_bucket = check_bucket(s3_bucket)
-        if not is_template(s3_key_prefix):
-            check_key_prefix(s3_key_prefix)
-        encrypt = parse_bool(encrypt, "encrypt")
-        if encrypt and sse_kms_key_id:
-            raise LoyaltyValidationError("encrypt/sse_kms_key_id", "give one: SSE-S3 (encrypt) or SSE-KMS")
+        checked = _checked_s3_arguments(
+            {
+                "s3_bucket": s3_bucket,
+                "s3_key_prefix": s3_key_prefix,
+                "encrypt": encrypt,
+                "sse_kms_key_id": sse_kms_key_id,
+                "extra_upload_args": extra_upload_args,
+                "transfer_config_args": transfer_config_args,
+            }
+        )
+        s3_bucket = checked["s3_bucket"]
         self.s3_bucket = s3_bucket
         self.s3_key_prefix = s3_key_prefix
         self.aws_conn_id = aws_conn_id
-        self.encrypt = encrypt
+        self.encrypt: bool = checked["encrypt"]
         self.sse_kms_key_id = sse_kms_key_id
-        self.extra_upload_args = check_upload_args(extra_upload_args)
-        self.transfer_config_args = check_transfer_config_args(transfer_config_args)
+        self.extra_upload_args: dict[str, Any] = checked["extra_upload_args"]
+        self.transfer_config_args: dict[str, Any] = checked["transfer_config_args"]
         if "outlets" not in kwargs:
             kwargs["outlets"] = default_outlets({**kwargs, "s3_bucket": s3_bucket, "s3_key_prefix": s3_key_prefix})
         super().__init__(**kwargs)
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
-        """As :meth:`BaseOperator.partial`; the literal bucket and prefix given here are checked at
-        DAG-parse time, and mapped exports get the same default asset outlet."""
-        bucket, prefix = kwargs.get("s3_bucket"), kwargs.get("s3_key_prefix")
-        if bucket is not None and not is_template(bucket):
-            kwargs["s3_bucket"] = check_bucket(bucket)
-        if not is_template(prefix):
-            check_key_prefix(prefix)
+        """As :meth:`BaseOperator.partial`; the literal S3 arguments given here (bucket, prefix,
+        encryption, upload and transfer arguments) are checked at DAG-parse time, and mapped exports
+        get the same default asset outlet."""
+        checked = _checked_s3_arguments(kwargs)
+        if "s3_bucket" in checked:
+            kwargs["s3_bucket"] = checked["s3_bucket"]
         if "outlets" not in kwargs:
             kwargs["outlets"] = default_outlets(kwargs)
         return super().partial(**kwargs)

@@ -1043,6 +1043,14 @@ _EXPORT_BASE = {"task_id": "mapped", "output_path": "/tmp/x"}
         ({"loyalty_program_id": 123, "from_id": "a b"}, "from_id"),
         ({"loyalty_program_id": 123, "output_format": "xlsx"}, "output_format"),
         ({"loyalty_program_id": 123, "verify": "maybe"}, "verify"),
+        ({"loyalty_program_id": 123, "poll_interval": 0}, "poll_interval"),
+        ({"loyalty_program_id": 123, "max_batches": 0}, "max_batches"),
+        ({"loyalty_program_id": 123, "batch_timeout": -5}, "batch_timeout"),
+        ({"loyalty_program_id": 123, "max_download_bytes": 0}, "max_download_bytes"),
+        ({"loyalty_program_id": 123, "max_uncompressed_bytes": "big"}, "max_uncompressed_bytes"),
+        ({"loyalty_program_id": 123, "max_compression_ratio": "x"}, "max_compression_ratio"),
+        ({"loyalty_program_id": 123, "output_path": "   "}, "output_path"),
+        ({"loyalty_program_id": 123, "output_path": "/tmp/x/_staging"}, "output_path"),
     ],
 )
 def test_partial_refuses_literal_values_at_dag_parse_as_the_constructor_does(
@@ -1051,8 +1059,31 @@ def test_partial_refuses_literal_values_at_dag_parse_as_the_constructor_does(
     """``.partial()`` does not run the constructor: its literal values went unchecked until each
     mapped task started."""
     with pytest.raises(LoyaltyValidationError) as refused:
-        LoyaltyExportOperator.partial(**_EXPORT_BASE, **partial_kwargs)
+        LoyaltyExportOperator.partial(**{**_EXPORT_BASE, **partial_kwargs})
     assert refused.value.parameter.startswith(parameter.split("/")[0]), refused.value
+    currency = (
+        {} if {"points_currency_eid", "points_currency_iid"} & set(partial_kwargs) else {"points_currency_eid": "b"}
+    )
+    with pytest.raises(LoyaltyValidationError) as by_constructor:  # the same check, the same error
+        LoyaltyExportOperator(**{**_EXPORT_BASE, **currency, **partial_kwargs})
+    assert by_constructor.value.parameter == refused.value.parameter
+
+
+@pytest.mark.parametrize(
+    ("partial_kwargs", "parameter"),
+    [
+        ({"matching": "nme"}, "matching"),
+        ({"matching": "email", "limit": 500}, "limit"),
+        ({"matching": "email", "output_path": " "}, "output_path"),
+    ],
+)
+def test_the_member_operators_partial_refuses_literal_settings_at_dag_parse(
+    partial_kwargs: dict[str, Any], parameter: str
+) -> None:
+    values = {"task_id": "m", "loyalty_program_id": 123, "points_currency_eid": "b", "output_path": "/tmp/x/"}
+    with pytest.raises(LoyaltyValidationError) as refused:
+        LoyaltyAccountTransactionsOperator.partial(**{**values, **partial_kwargs})
+    assert refused.value.parameter == parameter
 
 
 def test_partial_leaves_mapped_and_templated_values_for_run_time() -> None:

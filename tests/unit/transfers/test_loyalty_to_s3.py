@@ -460,6 +460,11 @@ def test_the_default_asset_names_ids_as_the_export_writes_them(emulator, s3_buck
     [
         ({"s3_bucket": "s3://my-bucket/exports"}, "s3_bucket"),
         ({"s3_bucket": "b", "s3_key_prefix": "../x"}, "s3_key_prefix"),
+        ({"s3_bucket": "b", "encrypt": True, "sse_kms_key_id": "k"}, "encrypt/sse_kms_key_id"),
+        ({"s3_bucket": "b", "encrypt": "maybe"}, "encrypt"),
+        ({"s3_bucket": "b", "extra_upload_args": {"Foo": 1}}, "extra_upload_args"),
+        ({"s3_bucket": "b", "transfer_config_args": {"multipart_chunksize": "8MB"}}, "transfer_config_args"),
+        ({"s3_bucket": "b", "poll_interval": 0}, "poll_interval"),
     ],
 )
 def test_partial_refuses_a_literal_bucket_or_prefix_at_dag_parse(partial_kwargs, parameter):
