@@ -255,12 +255,25 @@ def _extras(extra: dict[str, Any] | str | None) -> dict[str, Any]:
         if name not in KNOWN_EXTRAS:
             log.warning("The loyalty connection's extra %r is not a known setting and is ignored; %s", key, _hint(key))
             continue
-        if name in options and options[name] != value:
+        if name in options and not _same_setting(name, options[name], value):
             raise LoyaltyValidationError(
                 name, f"given twice with different values, as {given_as[name]!r} and as {key!r}; keep one"
             )
         options[name], given_as[name] = value, key
     return options
+
+
+def _same_setting(name: str, first: Any, second: Any) -> bool:
+    """Whether a setting given twice (under its name and an alias) means one thing: ``true`` and
+    ``True`` are one ``verify_ssl``."""
+    if first == second:
+        return True
+    if name == "verify_ssl":
+        try:
+            return validation.parse_bool(first, name) == validation.parse_bool(second, name)
+        except LoyaltyValidationError:
+            return False
+    return False
 
 
 def _hint(key: str) -> str:
@@ -323,8 +336,9 @@ def settings_from_parts(
     """Build settings from a connection's fields; ``overrides`` (hook arguments) win over extras."""
     options = _extras(extra)
     options.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    # A URI-form connection (loyalty://:TOKEN@host:8443/prefix) keeps its path in the Schema field.
-    scheme = schema if schema in ("http", "https") else None
+    # A URI-form connection (loyalty://:TOKEN@host:8443/prefix) keeps its path in the Schema field;
+    # "http" or "https" there is the scheme, as the http provider reads its Schema field.
+    scheme = schema.strip().lower() if isinstance(schema, str) and schema.strip().lower() in ("http", "https") else None
     base_url, assumed = normalize_base_url(host, scheme, port, path_prefix=None if scheme else schema)
     return LoyaltyConnectionSettings(
         base_url=base_url,

@@ -153,6 +153,19 @@ def test_verify_naming_a_file_is_the_ca_bundle(certificates: Any) -> None:
         settings(verify=certificates("CERTS/a.pem"), ca_bundle=certificates("CERTS/b.pem"))
 
 
+@pytest.mark.parametrize(
+    ("as_name", "as_alias", "verify"),
+    [(True, "true", True), ("false", False, False), (False, "False", False), ("yes", "1", True)],
+)
+def test_a_setting_given_under_its_name_and_its_alias_with_one_meaning_is_taken(
+    as_name: Any, as_alias: Any, verify: bool
+) -> None:
+    """``true`` and ``True`` are one ``verify_ssl``: comparing them as given refused the connection."""
+    assert settings(**{"verify_ssl": as_name, "verify": as_alias}).verify is verify
+    with pytest.raises(LoyaltyValidationError, match="given twice with different values"):
+        settings(**{"verify_ssl": as_name, "verify": not verify})
+
+
 @pytest.fixture
 def certificates(tmp_path: Path) -> Any:
     """Replace ``CERTS/`` in values by a folder whose named files exist (paths are checked)."""
@@ -238,6 +251,7 @@ def test_a_port_field_out_of_range_is_refused_naming_it() -> None:
         ("loyalty://:TOKEN-1@example.com/api/v1.1", "https://example.com"),
         ("loyalty://:TOKEN-1@example.com", "https://example.com"),
         ("loyalty://:TOKEN-1@example.com:8080/http", "http://example.com:8080"),  # the scheme, as before
+        ("loyalty://:TOKEN-1@example.com:8443/HTTPS", "https://example.com:8443"),  # in any case
     ],
 )
 def test_a_uri_form_connections_path_is_the_path_prefix(
