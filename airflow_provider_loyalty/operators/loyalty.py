@@ -289,7 +289,10 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
 
 def _history_file_name(history_key: dict[str, Any]) -> str:
     """``member-<hash>.jsonl``: one name per program, currency and member, and no email address or
-    phone number in it."""
+    phone number in it. A ``field_value`` of ``1`` and of ``"1"`` is one member (native rendering
+    makes a number of a templated id), so one name."""
+    if isinstance(history_key.get("field_value"), int):
+        history_key = {**history_key, "field_value": str(history_key["field_value"])}
     key = json.dumps(history_key, sort_keys=True, default=str)
     return f"member-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
 

@@ -906,6 +906,16 @@ class TestLoyaltyAccountTransactionsOperator:
             paths.add(member_operator(tmp_path, output_path=directory, **kwargs).execute({})["path"])
         assert len(paths) == 4 and len(list((tmp_path / "members").glob("member-*.jsonl"))) == 4
 
+    def test_a_custom_field_value_as_a_number_or_as_text_is_one_member_file(self):
+        """``field_value="{{ params.uid }}"`` renders 3 with native rendering, "3" without: the same
+        member got two files in one directory."""
+        from airflow_provider_loyalty.operators.loyalty import _history_file_name
+
+        key = {"loyalty_program_id": 123, "points_currency_eid": "b", "matching": "custom", "field_name": "uid"}
+        as_number, as_text = ({**key, "field_value": value} for value in (3, "3"))
+        assert _history_file_name(as_number) == _history_file_name(as_text)
+        assert _history_file_name(as_text) != _history_file_name({**key, "field_value": "4"})
+
     def test_an_object_storage_path_of_a_directory_is_a_directory(self, emulator: LoyaltyEmulator, tmp_path):
         """``ObjectStoragePath`` drops a trailing ``/``: one naming an existing directory still is one."""
         (tmp_path / "members").mkdir()
