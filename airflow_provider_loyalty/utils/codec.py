@@ -44,6 +44,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any, Union
 from xml.etree.ElementTree import Element, fromstring
 from xml.sax.saxutils import escape as xml_escape
@@ -146,16 +147,26 @@ def _kind_of(content_type_header: str | None, body: bytes) -> str:
     return "xml" if body[:256].lstrip(b" \t\r\n\xef\xbb\xbf")[:1] == b"<" else "json"
 
 
+def exact_number(text: str) -> float | Decimal:
+    """A JSON number with a fraction or an exponent: a ``float`` when one holds its value exactly as
+    written (``100.10``, ``0.1``, ``1e3``), else a :class:`~decimal.Decimal` (an amount of 30 digits,
+    ``9007199254740993.5``, ``1e400``), so no record is rounded on its way to a file."""
+    number = float(text)
+    if repr(number) == text or (math.isfinite(number) and Decimal(repr(number)) == Decimal(text)):
+        return number
+    return Decimal(text)
+
+
 #: msgspec (which Airflow itself depends on) decodes JSON in about half the CPU of :mod:`json`.
-_fast_json_decode = msgspec.json.Decoder().decode
+_fast_json_decode = msgspec.json.Decoder(float_hook=exact_number).decode
 
 
 def _decode_json(body: bytes, content_type_header: str | None) -> Any:
     """The JSON document: by msgspec where it reads the body, else by :mod:`json`.
 
     Where msgspec reads a body, it gives what ``json.loads`` gives (the same values, the last of
-    repeated keys). What it refuses and ``json`` reads (``NaN``, a number past the float range, a
-    lone surrogate escape, a byte order mark, UTF-16) and every error go to ``json``, so what is
+    repeated keys; both read numbers by :func:`exact_number`). What it refuses and ``json`` reads
+    (``NaN``, a lone surrogate escape, a byte order mark, UTF-16) and every error go to ``json``, so what is
     accepted and what each error says stay ``json``'s. Only a body that is not UTF-8 (nor UTF-16
     or UTF-32) is read in the charset its Content-Type names (:func:`_json_text`).
     """
@@ -164,7 +175,7 @@ def _decode_json(body: bytes, content_type_header: str | None) -> Any:
     except (msgspec.MsgspecError, ValueError, RecursionError):  # msgspec 0.19 raises UnicodeDecodeError too
         pass
     try:
-        return json.loads(body)
+        return json.loads(body, parse_float=exact_number)
     except UnicodeDecodeError as err:
         not_utf8 = err
     except (ValueError, RecursionError) as err:
@@ -583,14 +594,23 @@ def _coerce_scalars(record: dict[str, Any], scalars: tuple[tuple[str, Callable[[
                 record[key] = convert(value)
             except _BadField as bad:
                 raise bad.within(key) from None
-        elif value.__class__ is float and convert is _to_int:  # JSON's 1000.0 for an int field
-            if not value.is_integer():
-                raise _BadField(FieldType.INT, repr(value)).within(key)
+        elif (value.__class__ is float or value.__class__ is Decimal) and convert is _to_int:  # JSON's 1000.0
+            if not _whole(value):
+                raise _BadField(FieldType.INT, str(value)[:40]).within(key)
             record[key] = int(value)
         elif value.__class__ is int and convert is _to_bool:  # JSON's 0 / 1 for a boolean, as "0" / "1"
             if value not in (0, 1):
                 raise _BadField(FieldType.BOOL, repr(value)).within(key)
             record[key] = value == 1
+
+
+def _whole(number: float | Decimal) -> bool:
+    """Whether a decoded number is a whole one an int field takes (``1e999999`` is not: no count is
+    that large, and the int would take the worker's memory)."""
+    if number.__class__ is float:
+        return float(number).is_integer()
+    decimal = Decimal(number)
+    return decimal.is_finite() and decimal.adjusted() < 40 and decimal == decimal.to_integral_value()
 
 
 def _coerce_items(items: list[Any], schema: _Compiled) -> None:

@@ -3,21 +3,32 @@
 Only for internal usage of the member-history operator. :meta private:
 
 A reply the API may legally send holds two things ``json.dumps`` would write as no JSON or no
-UTF-8: a number past the float range (``1e400`` decodes to infinity, written ``Infinity``) or a
-``NaN`` literal (which Python's JSON reader accepts), and a lone surrogate escape (``"\\ud83d"``,
+UTF-8: an ``Infinity`` or ``NaN`` literal (which Python's JSON reader accepts; ``json.dumps``
+writes them back as no JSON), and a lone surrogate escape (``"\\ud83d"``,
 half of an emoji cut off), which UTF-8 cannot encode. Infinities are written ``1e999`` (a JSON
 number every reader takes for infinity again), ``NaN`` as ``null``, and a lone surrogate as the
-``\\uXXXX`` escape it arrived as. Any other record is written exactly as ``json.dumps`` writes it.
+``\\uXXXX`` escape it arrived as. A number no float holds exactly (decoded as a
+:class:`~decimal.Decimal`, see :func:`~airflow_provider_loyalty.utils.codec.exact_number`) is
+written with its digits, as a JSON number. Any other record is written exactly as ``json.dumps``
+writes it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from decimal import Decimal
 from typing import Any
 
 _INFINITY = "\x00loyalty-infinity\x00"  # stand-ins for the infinities while json.dumps writes: strings
 _MINUS_INFINITY = "\x00loyalty-minus-infinity\x00"  # no record holds (NUL-fenced, like no API text)
+_NUMBER = "\x00loyalty-number:{}\x00"  # the stand-in of a Decimal, holding its digits
+_WRITTEN_NUMBER = re.compile(r'"\\u0000loyalty-number:([-+0-9.Ee]+)\\u0000"')
+
+
+def _not_plain(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
 
 
 def json_line(record: Any) -> bytes:
@@ -26,18 +37,22 @@ def json_line(record: Any) -> bytes:
     :param record: a decoded record (dicts, lists, strings, numbers, booleans, ``None``).
     """
     try:
-        text = json.dumps(record, ensure_ascii=False, allow_nan=False, default=str)
-    except ValueError:  # a float out of JSON's range: infinity or NaN
-        text = json.dumps(_finite(record), ensure_ascii=False, default=str)
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False, default=_not_plain)
+    except (ValueError, TypeError):  # a float out of JSON's range (infinity, NaN), or a Decimal
+        text = json.dumps(_written(record), ensure_ascii=False, default=str)
         text = text.replace(json.dumps(_INFINITY), "1e999").replace(json.dumps(_MINUS_INFINITY), "-1e999")
+        text = _WRITTEN_NUMBER.sub(lambda number: number.group(1), text)
     return text.encode("utf-8", "backslashreplace") + b"\n"  # a lone surrogate as its \uXXXX escape
 
 
-def _finite(value: Any) -> Any:
+def _written(value: Any) -> Any:
+    """``value`` with the numbers ``json.dumps`` cannot write as JSON replaced by stand-ins."""
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else (_INFINITY if value > 0 else _MINUS_INFINITY)
+    if isinstance(value, Decimal):
+        return _NUMBER.format(value) if value.is_finite() else _written(float(value))
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: _written(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [_written(item) for item in value]
     return value

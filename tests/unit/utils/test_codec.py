@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+from decimal import Decimal
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -33,7 +34,9 @@ from airflow_provider_loyalty.utils.codec import (
     Schema,
     decode_body,
     encode_body,
+    exact_number,
 )
+from airflow_provider_loyalty.utils.json_lines import json_line
 
 EXAMPLES = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -473,9 +476,10 @@ def test_a_reply_without_a_telling_content_type_is_recognised_by_its_first_chara
 
 
 def _json_verdict(body: bytes) -> tuple[str, Any]:
-    """What ``json.loads`` makes of a body: its value (by ``repr``: NaN and -0.0 compare), or that it errs."""
+    """What ``json.loads`` makes of a body, its numbers read by ``exact_number``: its value (by
+    ``repr``: NaN and -0.0 compare), or that it errs."""
     try:
-        return "value", repr(json.loads(body))
+        return "value", repr(json.loads(body, parse_float=exact_number))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return "error", None
 
@@ -515,6 +519,28 @@ def test_a_json_value_decodes_as_json_reads_it_whichever_decoder_reads_it(value:
     """msgspec reads most replies; what it refuses (NaN, a lone surrogate, ...) json reads, as before."""
     body = b'{"v": ' + value + b"}"
     assert _codec_verdict(body) == _json_verdict(body)
+
+
+@pytest.mark.parametrize(
+    ("number", "decoded"),
+    [
+        ("100.10", 100.1),
+        ("0.1", 0.1),
+        ("1e3", 1000.0),
+        ("-2.5e-3", -0.0025),
+        ("123456789012345678901234567890.123456789", Decimal("123456789012345678901234567890.123456789")),
+        ("9007199254740993.5", Decimal("9007199254740993.5")),
+        ("1e400", Decimal("1e400")),
+        ("0.10000000000000001", Decimal("0.10000000000000001")),  # PHP's serialize_precision=17
+    ],
+)
+def test_a_json_number_is_a_float_only_where_one_writes_it_back_as_sent(number: str, decoded: Any) -> None:
+    """An amount of 30 digits (or past 2**53) was read as the nearest float, and the member history
+    file then held another number than the API sent."""
+    value = decode_body(b'{"v": ' + number.encode() + b"}", "application/json")["v"]
+    assert type(value) is type(decoded) and value == decoded
+    written = json.loads(json_line({"v": value}), parse_float=Decimal)["v"]
+    assert written == Decimal(number) if isinstance(value, Decimal) else float(written) == value
 
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32"])
