@@ -224,17 +224,21 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
 
     def _target(self, history_key: dict[str, Any]) -> ObjectStoragePath:
         """The history file: ``output_path``, or a file named from ``history_key`` in it when it is
-        a directory (a string ending in ``/``, or an ``ObjectStoragePath`` of an existing directory:
-        such a path has no trailing ``/`` to say so)."""
+        a directory (a string ending in ``/``, or a path of an existing directory)."""
         raw = validation.check_output_path(self.output_path, _HISTORY_OUTPUT)
         if isinstance(raw, ObjectStoragePath):
-            return raw / _history_file_name(history_key) if _is_directory(raw) else raw
-        text = str(raw)
-        if text.endswith("/"):
-            text += _history_file_name(history_key)
-        if "://" in text:
-            return ObjectStoragePath(text, conn_id=self.output_conn_id)
-        return ObjectStoragePath(f"file://{os.path.abspath(os.path.expanduser(text))}")
+            path = raw
+        else:
+            text = str(raw)
+            if text.endswith("/"):
+                text += _history_file_name(history_key)
+            if "://" in text:
+                path = ObjectStoragePath(text, conn_id=self.output_conn_id)
+            else:
+                path = ObjectStoragePath(f"file://{os.path.abspath(os.path.expanduser(text))}")
+        # A path naming an existing directory is one, with or without its trailing "/": publishing
+        # the file over it failed only once the whole history was fetched.
+        return path / _history_file_name(history_key) if _is_directory(path) else path
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Page the member's history into the JSON Lines file; return path, rows and total_count.

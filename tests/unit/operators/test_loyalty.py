@@ -906,6 +906,16 @@ class TestLoyaltyAccountTransactionsOperator:
             paths.add(member_operator(tmp_path, output_path=directory, **kwargs).execute({})["path"])
         assert len(paths) == 4 and len(list((tmp_path / "members").glob("member-*.jsonl"))) == 4
 
+    def test_a_path_of_an_existing_directory_without_its_slash_is_a_directory(
+        self, emulator: LoyaltyEmulator, tmp_path
+    ):
+        """``output_path="/data/members"`` naming a directory failed with IsADirectoryError once the
+        whole history was fetched (and again on each retry)."""
+        (tmp_path / "members").mkdir()
+        result = member_operator(tmp_path, output_path=f"{tmp_path}/members").execute({})
+        assert result["path"].startswith(f"file://{tmp_path}/members/member-") and result["rows"] > 0
+        assert len(list((tmp_path / "members").glob("member-*.jsonl"))) == 1
+
     def test_a_custom_field_value_as_a_number_or_as_text_is_one_member_file(self):
         """``field_value="{{ params.uid }}"`` renders 3 with native rendering, "3" without: the same
         member got two files in one directory."""
