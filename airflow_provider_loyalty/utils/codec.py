@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, Union
-from xml.etree.ElementTree import Element, fromstring
+from xml.etree.ElementTree import Element, fromstring, tostring
 from xml.sax.saxutils import escape as xml_escape
 
 import defusedxml.ElementTree as SafeET
@@ -435,6 +435,8 @@ def _xml_object(element: Element, schema: _Compiled | None) -> dict[str, Any] | 
     """
     if not len(element):
         return element.text or ""
+    if schema is None and _mixed(element):
+        return _inner_xml(element)
     if schema is None or schema.flat:  # merchant data and list items: no call per leaf
         result = {child.tag: _xml_object(child, None) if len(child) else (child.text or "") for child in element}
         if len(result) == len(element):
@@ -459,6 +461,20 @@ def _xml_object(element: Element, schema: _Compiled | None) -> dict[str, Any] | 
         else:
             result[tag] = child.text or ""
     return result if len(result) + spread == len(element) else _xml_repeated(element, schema.lists)
+
+
+def _mixed(element: Element) -> bool:
+    """Whether text stands beside an element's children (``Bonus for <b>#123</b> at store 5``)."""
+    if element.text and not element.text.isspace():
+        return True
+    return any(child.tail and not child.tail.isspace() for child in element)
+
+
+def _inner_xml(element: Element) -> str:
+    """A field whose text holds markup a server did not escape, as that markup (the field's inner
+    XML, text escaped as written): its children are not fields, and reading them as an object
+    would drop the words around them."""
+    return xml_escape(element.text or "") + "".join(tostring(child, encoding="unicode") for child in element)
 
 
 def _xml_list(occurrences: list[Element], items: _Compiled) -> list[Any]:

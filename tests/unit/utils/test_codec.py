@@ -390,6 +390,22 @@ def test_a_merchant_list_written_one_element_per_item_beside_other_fields_is_a_l
     assert data[1]["custom_json"] == {"key": "w"}
 
 
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [
+        ("<description>Bonus for order <b>#123</b> at store 5</description>", "Bonus for order <b>#123</b> at store 5"),
+        ("<description><b>Bonus</b> for R&amp;D</description>", "<b>Bonus</b> for R&amp;D"),
+        ("<description>\n  <b>only</b>\n</description>", None),  # children between blanks: an object
+    ],
+)
+def test_a_field_with_markup_beside_its_text_is_that_markup_not_an_object(field: str, text: str | None) -> None:
+    """A server that does not escape markup in a text field: ``<b>#123</b>`` was read as the object
+    ``{"b": "#123"}`` and the words around it were silently dropped."""
+    body = f"<xml><data><item><transaction_id>t1</transaction_id>{field}</item></data><error>0</error></xml>"
+    record = decode_body(body.encode(), "application/xml", schema=ACCOUNT_SCHEMA)["data"][0]
+    assert record["description"] == (text if text is not None else {"b": "only"})
+
+
 def test_empty_elements_are_none_for_typed_fields_and_text_otherwise() -> None:
     body = b"<xml><data><status>completed</status><progress/><result><total/><hashed_file/></result></data><error>0</error></xml>"
     data = decode_body(body, "application/xml", schema=STATUS_SCHEMA)["data"]
