@@ -50,6 +50,9 @@ from airflow_provider_loyalty.utils.transport import ReplyBuffer, transport_erro
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 #: Largest download the hook streams to disk unless told otherwise (a batch's zip).
 DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024**3
+#: Empty history pages in a row (each with a new ``next_from_id``) after which a walk stops: a page
+#: the API filtered empty is followed, a server that never stops sending them is not.
+MAX_EMPTY_PAGES = 1000
 
 
 def _looks_like_envelope(first_bytes: bytes) -> bool:
@@ -426,11 +429,13 @@ class LoyaltyHook(BaseHook):
         starts the walk). One page is in memory at a time. A page without records but with a new
         ``next_from_id`` is followed (the API may filter a page empty); one that points back at its
         own cursor ends the walk. A ``next_from_id`` that was already followed (a cycle of any
-        length) raises :class:`LoyaltyCursorError` instead of looping forever.
+        length), or :data:`MAX_EMPTY_PAGES` empty pages in a row each with a new one, raise
+        :class:`LoyaltyCursorError` instead of looping forever.
         """
         cursor = validation.check_cursor(member.pop("from_id", None))
         payload = self._account_payload(limit=limit, **member)
         followed: set[str | None] = {cursor}  # one short id per page: bounded by the history's pages
+        empty_in_a_row = 0
         while True:
             payload["from_id"] = cursor
             page = self._account_page(payload)
@@ -440,6 +445,12 @@ class LoyaltyHook(BaseHook):
                 return  # the end: no cursor, or an empty page pointing back at its own
             if next_cursor in followed:
                 raise LoyaltyCursorError(f"account/transactions: next_from_id {next_cursor!r} repeats; stopping")
+            empty_in_a_row = 0 if page["data"] else empty_in_a_row + 1
+            if empty_in_a_row >= MAX_EMPTY_PAGES:
+                raise LoyaltyCursorError(
+                    f"account/transactions: {empty_in_a_row} empty pages in a row, each with a new next_from_id "
+                    f"(the last {next_cursor!r}); stopping"
+                )
             followed.add(next_cursor)
             cursor = next_cursor
 

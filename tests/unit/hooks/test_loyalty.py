@@ -665,6 +665,26 @@ def test_a_cursor_cycle_longer_than_two_pages_stops_the_walk(monkeypatch: pytest
             list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
 
 
+def test_empty_pages_without_end_stop_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server sending empty pages, each with a new cursor, was followed forever."""
+    from airflow_provider_loyalty.hooks import loyalty
+
+    monkeypatch.setattr(loyalty, "MAX_EMPTY_PAGES", 5)
+    served = []
+
+    def respond(handler, _server) -> None:
+        served.append(1)
+        records = [{"transaction_id": "t1"}] if len(served) == 1 else []
+        document = {"data": records, "next_from_id": f"c{len(served)}", "total_count": 1, "error": 0}
+        _json_reply(handler, 200, document)
+
+    with loopback_server(respond) as server:
+        _point_at_server(monkeypatch, server.url)
+        with pytest.raises(LoyaltyCursorError, match="5 empty pages in a row"):
+            list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
+    assert len(served) == 6  # one page of records, then five empty ones
+
+
 # ---------------------------------------------------------------------- test_connection (issue 13.7, 20.3)
 
 
