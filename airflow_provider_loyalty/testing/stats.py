@@ -133,7 +133,7 @@ class EmulatorStats:
         :param open_connections: TCP connections open now.
         """
         with self._lock:
-            requests = {name: self._requests.get(name, 0) for name in API_ENDPOINTS}
+            requests = {name: self._requests.get(name, 0) for name in (*API_ENDPOINTS, "control")}
             requests.update({k: v for k, v in self._requests.items() if k not in requests})
             counters = {name: self._counters[name] for name in _COUNTERS}
             return {

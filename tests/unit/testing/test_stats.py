@@ -10,7 +10,7 @@ from airflow_provider_loyalty.testing.stats import API_ENDPOINTS, EmulatorStats
 
 def test_snapshot_has_every_counter_from_the_start() -> None:
     snapshot = EmulatorStats(10).snapshot(tasks=0, open_connections=0)
-    assert snapshot["requests"] == dict.fromkeys(API_ENDPOINTS, 0)
+    assert snapshot["requests"] == dict.fromkeys((*API_ENDPOINTS, "control"), 0)  # as testing.rst lists them
     for name in ("export_tasks_created", "downloads_gone", "concurrency_rejections", "prebuilt_files_built"):
         assert snapshot[name] == 0
     assert snapshot["export_tasks_by_period"] == {}
