@@ -35,6 +35,7 @@ from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyStorageErro
 from airflow_provider_loyalty.export.layout import MAX_DOCUMENT_BYTES, TEMPORARY_PREFIX, temporary_name
 
 _COPY_CHUNK = 8 * 1024 * 1024
+_DOCUMENT_CHUNK = 64 * 1024
 
 
 class UnreadableDocument(LoyaltyError):
@@ -59,11 +60,16 @@ def decode_document(name: str, payload: bytes) -> dict[str, Any]:
 
 def read_document_bytes(name: str, handle: IO[bytes] | Any) -> bytes:
     """A stored document's bytes from an open ``handle``: :class:`UnreadableDocument` beyond
-    :data:`MAX_DOCUMENT_BYTES` (read no further)."""
-    payload: bytes = handle.read(MAX_DOCUMENT_BYTES + 1)
-    if len(payload) > MAX_DOCUMENT_BYTES:
-        raise UnreadableDocument(f"{name} is over {MAX_DOCUMENT_BYTES:,} bytes: not a document an export writes")
-    return payload
+    :data:`MAX_DOCUMENT_BYTES` (read no further). Read in small chunks: ``read(n)`` of a file
+    allocates ``n`` bytes up front, whatever the document's size."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := handle.read(_DOCUMENT_CHUNK):
+        size += len(chunk)
+        if size > MAX_DOCUMENT_BYTES:
+            raise UnreadableDocument(f"{name} is over {MAX_DOCUMENT_BYTES:,} bytes: not a document an export writes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def content_tag(payload: bytes) -> str:
