@@ -174,30 +174,62 @@ def finish_interrupted_switch(sink: PartSink, log: Any) -> set[str]:
     the manifest still lists (none once finished: a switch that cannot be, some of its parts gone).
 
     A re-run of a period writes a manifest listing its staged parts, then copies each to its final
-    name, then writes the final manifest. A writer killed in between leaves a manifest listing
-    ``_staging/`` (true: those objects are there). Any later export of the location, whatever it
+    name, then writes the final manifest, then deletes the old set's parts it does not list. A
+    writer killed in between leaves a manifest listing ``_staging/`` (true: those objects are
+    there), or old parts beside the final manifest. Any later export of the location, whatever it
     asks for, first completes that switch (copies the staged parts to their names, lists them
-    there), so that clearing the staging area never takes a listed part away. No export may delete
-    the staged keys returned (the manifest would list what is gone).
+    there, and, as its checkpoint says it was sealing, deletes the parts the manifest does not
+    list), so that clearing the staging area never takes a listed part away, and a later export
+    that fails leaves no part the manifest does not list. No export may delete the staged keys
+    returned (the manifest would list what is gone).
     """
     try:
         manifest = sink.read_json(MANIFEST_NAME)
     except UnreadableDocument:
         return set()
-    moves = _staged_entries(sink, manifest)
-    if not moves or manifest is None:
+    if manifest is None:
         return set()
-    in_staging = {sink.key(name): name for name in sink.sizes(STAGING_DIR)}
-    if any(key not in in_staging for _, _, key in moves):
-        log.warning("%s lists staged parts that are gone; leaving it as it is", sink.url(MANIFEST_NAME))
-        return {key for _, _, key in moves}
-    log.info("A re-run at %s died switching to its parts; finishing the switch first", sink.describe())
-    for entry, field, key in moves:
-        name = in_staging[key].removeprefix(STAGING_DIR + "/")
-        sink.move(in_staging[key], name)
-        entry[field] = sink.key(name)
-    sink.write_json(MANIFEST_NAME, manifest)
+    moves = _staged_entries(sink, manifest)
+    if moves:
+        in_staging = {sink.key(name): name for name in sink.sizes(STAGING_DIR)}
+        if any(key not in in_staging for _, _, key in moves):
+            log.warning("%s lists staged parts that are gone; leaving it as it is", sink.url(MANIFEST_NAME))
+            return {key for _, _, key in moves}
+        log.info("A re-run at %s died switching to its parts; finishing the switch first", sink.describe())
+        for entry, field, key in moves:
+            name = in_staging[key].removeprefix(STAGING_DIR + "/")
+            sink.move(in_staging[key], name)
+            entry[field] = sink.key(name)
+        sink.write_json(MANIFEST_NAME, manifest)
+    if _seal_died(sink):
+        _delete_unlisted_parts(sink, manifest, log)
     return set()
+
+
+def _seal_died(sink: PartSink) -> bool:
+    """Whether the checkpoint at the location (of any export) says its writer died sealing."""
+    try:
+        checkpoint = sink.read_json(CHECKPOINT_NAME)
+    except UnreadableDocument:
+        return False
+    return checkpoint is not None and checkpoint.get("phase") in (SEALING, CLEANUP)
+
+
+def _delete_unlisted_parts(sink: PartSink, manifest: dict[str, Any], log: Any) -> None:
+    """The cleanup of a seal that died: delete the parts at the location its manifest does not list
+    (the old set's extra parts). Only when every part it lists is there under the name it gives:
+    a manifest that names its parts otherwise is left as it is."""
+    listed: set[str] = set()
+    for entry in manifest.get("parts") or []:
+        if isinstance(entry, dict):
+            listed.update(key for key in (entry.get("key"), entry.get("archive_key")) if isinstance(key, str))
+    stored = {sink.key(name): name for name in sink.sizes() if is_part_name(name)}
+    if not listed <= stored.keys():
+        return
+    stale = sorted(name for key, name in stored.items() if key not in listed)
+    if stale:
+        log.info("Deleting %d part(s) a finished export's manifest does not list: %s", len(stale), ", ".join(stale[:5]))
+        sink.delete(stale)
 
 
 def _staged_entries(sink: PartSink, manifest: Any) -> list[tuple[dict[str, Any], str, str]]:

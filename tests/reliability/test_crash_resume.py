@@ -244,6 +244,36 @@ def test_crash_while_a_rerun_seals_resumes_to_the_new_set(emulator, s3_client, s
     assert all("/_staging/" not in part["key"] for part in manifest["parts"]), manifest["parts"]
 
 
+@pytest.mark.parametrize("follow_up", [{"output_format": "csv.gz"}, {"resume": False}], ids=["csv.gz", "no-resume"])
+@pytest.mark.parametrize("point", ["after-switch-manifest", *SEAL_KILL_POINTS])
+def test_an_export_that_fails_after_a_rerun_died_sealing_leaves_the_location_intact(
+    emulator, s3_client, s3_bucket, monkeypatch, point, follow_up
+):
+    """A re-run with one part fewer died sealing; then an export that does not resume it (another
+    format, or ``resume=False``) failed. It finished the dead switch's moves but not its cleanup,
+    and replaced its checkpoint: the old set's extra part stayed for good, and ``loyalty-verify``
+    reported the location NOT INTACT (a stray), though a failed run must leave it as it was."""
+    from airflow_provider_loyalty.testing import FaultRule
+    from airflow_provider_loyalty.verify import verify_manifest
+
+    prefix = f"crash/failed-after-dead-seal-{point}-{next(iter(follow_up))}"
+    make_s3_operator(s3_bucket, prefix).execute(context_for())  # outside a task: any later writer takes over
+    emulator.config.transactions = N - BATCH  # the re-run lands one part fewer
+    emulator.reset()
+    with monkeypatch.context() as killing:
+        killed_at(point, killing)
+        with pytest.raises(Killed):
+            make_s3_operator(s3_bucket, prefix).execute(context_for())
+
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed")])
+    with pytest.raises(Exception, match="failed"):
+        make_s3_operator(s3_bucket, prefix, **follow_up).execute(context_for())
+    report = verify_manifest(f"s3://{s3_bucket}/{prefix}/", conn_id="aws_default")
+    assert report.intact, report.problems
+    # the old set (the re-run died before switching), or the re-run's, finished by the failed export
+    assert report.parts_listed == (BATCHES if point == "before-manifest" else BATCHES - 1)
+
+
 def test_sigkill_while_two_batches_overlap_resumes_both(emulator, s3_client, s3_bucket):
     """The worker pipelines: batch N+1's export task exists (and is checkpointed) while part N is
     landed. Killed exactly then, the retry re-attaches to both tasks: no batch is created twice."""
