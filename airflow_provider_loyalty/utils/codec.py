@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, Union
-from xml.etree.ElementTree import Element, fromstring, tostring
+from xml.etree.ElementTree import Element, fromstring
 from xml.sax.saxutils import escape as xml_escape
 
 import defusedxml.ElementTree as SafeET
@@ -123,7 +123,9 @@ def decode_body(body: bytes, content_type_header: str | None, *, schema: Schema 
     compiled = _compiled(schema)
     try:
         if kind == "json":
-            document = _decode_json(body, content_type_header)
+            # History records go to files as the API sent them: their numbers keep their digits.
+            # Other replies (a task's status) go to XCom and events, which take floats, not Decimals.
+            document = _decode_json(body, content_type_header, exact_numbers=schema is ACCOUNT_SCHEMA)
         else:
             document = _decode_xml(body, compiled, content_type_header)
         if document.__class__ is not dict:
@@ -158,24 +160,26 @@ def exact_number(text: str) -> float | Decimal:
 
 
 #: msgspec (which Airflow itself depends on) decodes JSON in about half the CPU of :mod:`json`.
-_fast_json_decode = msgspec.json.Decoder(float_hook=exact_number).decode
+_fast_json_decode = msgspec.json.Decoder().decode
+_exact_json_decode = msgspec.json.Decoder(float_hook=exact_number).decode
 
 
-def _decode_json(body: bytes, content_type_header: str | None) -> Any:
+def _decode_json(body: bytes, content_type_header: str | None, *, exact_numbers: bool = False) -> Any:
     """The JSON document: by msgspec where it reads the body, else by :mod:`json`.
 
     Where msgspec reads a body, it gives what ``json.loads`` gives (the same values, the last of
-    repeated keys; both read numbers by :func:`exact_number`). What it refuses and ``json`` reads
-    (``NaN``, a lone surrogate escape, a byte order mark, UTF-16) and every error go to ``json``, so what is
-    accepted and what each error says stay ``json``'s. Only a body that is not UTF-8 (nor UTF-16
-    or UTF-32) is read in the charset its Content-Type names (:func:`_json_text`).
+    repeated keys; with ``exact_numbers`` both read numbers by :func:`exact_number`). What it
+    refuses and ``json`` reads (``NaN``, a number past the float range, a lone surrogate escape, a
+    byte order mark, UTF-16) and every error go to ``json``, so what is accepted and what each
+    error says stay ``json``'s. Only a body that is not UTF-8 (nor UTF-16 or UTF-32) is read in the
+    charset its Content-Type names (:func:`_json_text`).
     """
     try:
-        return _fast_json_decode(body)
+        return (_exact_json_decode if exact_numbers else _fast_json_decode)(body)
     except (msgspec.MsgspecError, ValueError, RecursionError):  # msgspec 0.19 raises UnicodeDecodeError too
         pass
     try:
-        return json.loads(body, parse_float=exact_number)
+        return json.loads(body, parse_float=exact_number if exact_numbers else float)
     except UnicodeDecodeError as err:
         not_utf8 = err
     except (ValueError, RecursionError) as err:
@@ -183,7 +187,7 @@ def _decode_json(body: bytes, content_type_header: str | None) -> Any:
     # Not UTF-8 (nor UTF-16/32): the text in its declared charset, decoded as UTF-8 like any other.
     text, charset = _json_text(body, content_type_header, not_utf8)
     try:
-        return _decode_json(text.encode("utf-8", "surrogatepass"), None)
+        return _decode_json(text.encode("utf-8", "surrogatepass"), None, exact_numbers=exact_numbers)
     except LoyaltyResponseError as err:
         raise LoyaltyResponseError(f"{err} (read as {charset}, the charset its Content-Type names)") from None
 
@@ -471,10 +475,17 @@ def _mixed(element: Element) -> bool:
 
 
 def _inner_xml(element: Element) -> str:
-    """A field whose text holds markup a server did not escape, as that markup (the field's inner
-    XML, text escaped as written): its children are not fields, and reading them as an object
-    would drop the words around them."""
-    return xml_escape(element.text or "") + "".join(tostring(child, encoding="unicode") for child in element)
+    """A field whose text holds markup a server did not escape, as that text (what a JSON server
+    would send: ``A & B <b>x</b>``, entities read as every XML text is): its children are not
+    fields, and reading them as an object would drop the words around them."""
+    return (element.text or "") + "".join(_markup(child) + (child.tail or "") for child in element)
+
+
+def _markup(element: Element) -> str:
+    attributes = "".join(f' {name}="{value}"' for name, value in element.attrib.items())
+    if not len(element) and not element.text:
+        return f"<{element.tag}{attributes}/>"
+    return f"<{element.tag}{attributes}>{_inner_xml(element)}</{element.tag}>"
 
 
 def _xml_list(occurrences: list[Element], items: _Compiled) -> list[Any]:

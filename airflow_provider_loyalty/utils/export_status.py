@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
-from airflow_provider_loyalty.utils.redaction import quoted, redact, redact_values
+from airflow_provider_loyalty.utils.redaction import carries_token, quoted, redact_values
 
 #: Status words of a finished task: the documented ``completed``, and the synonyms task APIs use
 #: for it (a word missing here would make an export wait for a finished task until its deadline).
@@ -147,13 +147,8 @@ class ExportTaskStatus:
         completed, failed = state is ExportTaskState.COMPLETED, state is ExportTaskState.FAILED
         result = ExportResult.from_reply(export_task_id, data.get("result")) if completed else None
         secret = (token or "").strip()
-        # Any form of it: URL-encoded (``%2B`` for a ``+``) it would pass a plain substring test.
-        if (
-            result is not None
-            and result.hashed_file
-            and secret
-            and redact(result.hashed_file, secret) != result.hashed_file
-        ):
+        # Any whole form of it: URL-encoded (``%2B`` for a ``+``) it would pass a plain substring test.
+        if result is not None and result.hashed_file and carries_token(result.hashed_file, secret):
             raise LoyaltyResponseError(
                 f"tasks/status of {export_task_id}: result.hashed_file carries the connection's token; it would go "
                 "into the download URL and the task's events, so it is refused"

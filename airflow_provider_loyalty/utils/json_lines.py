@@ -18,13 +18,17 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 from decimal import Decimal
 from typing import Any
 
-_INFINITY = "\x00loyalty-infinity\x00"  # stand-ins for the infinities while json.dumps writes: strings
-_MINUS_INFINITY = "\x00loyalty-minus-infinity\x00"  # no record holds (NUL-fenced, like no API text)
-_NUMBER = "\x00loyalty-number:{}\x00"  # the stand-in of a Decimal, holding its digits
-_WRITTEN_NUMBER = re.compile(r'"\\u0000loyalty-number:([-+0-9.Ee]+)\\u0000"')
+#: Stand-ins for the numbers json.dumps cannot write, while it writes: strings no record holds,
+#: NUL-fenced around a nonce drawn per process (a server cannot send one to be turned into a number).
+_FENCE = f"\x00{secrets.token_hex(8)}"
+_INFINITY = f"{_FENCE}:infinity\x00"
+_MINUS_INFINITY = f"{_FENCE}:minus-infinity\x00"
+_NUMBER = _FENCE + ":number:{}\x00"  # a Decimal's, holding its digits
+_WRITTEN_NUMBER = re.compile(re.escape(json.dumps(_FENCE)[:-1]) + r":number:([-+0-9.Ee]+)\\u0000\"")
 
 
 def _not_plain(value: Any) -> Any:

@@ -85,6 +85,14 @@ def redact(text: str, token: str | None) -> str:
     return _mask_runs(text, forms)
 
 
+def carries_token(text: str, token: str | None) -> bool:
+    """Whether ``text`` holds the whole token in any of its forms (itself, URL-encoded, escaped):
+    unlike :func:`redact`, a run of its first characters alone (``eyJhbGci`` of two JWTs) is not it."""
+    if not token:
+        return False
+    return any(form in text for form in _forms(token))
+
+
 def redact_values(value: Any, token: str | None) -> Any:
     """``value`` (a decoded reply: dicts, lists, text) with the token :func:`redact`-ed from every
     text in it, keys included; other values as they are."""

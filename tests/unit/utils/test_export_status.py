@@ -63,6 +63,22 @@ def test_a_hashed_file_carrying_the_token_is_refused() -> None:
     assert ExportTaskStatus.from_reply("task_1", fine, TOKEN).result is not None
 
 
+@pytest.mark.parametrize(
+    ("token", "hashed_file"),
+    [
+        ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig-of-the-token", "eyJhbGciOiJIUzI1NiJ9.eyJmIjoiZXhwb3J0In0.x.zip"),
+        ("loyalty_7c1e9a4b2d8f", "2023/10/Transactions_loyalty_1_1_20231001.zip"),
+    ],
+    ids=["jwt", "vendor-prefix"],
+)
+def test_a_hashed_file_sharing_only_the_start_of_the_token_is_taken(token: str, hashed_file: str) -> None:
+    """Two JWTs share their first characters (``eyJhbGci``); a token and the documented file name can
+    share a vendor prefix: only the whole token, in any form, is refused."""
+    reply = {"status": "completed", "result": {"hashed_file": hashed_file, "total": 1, "next_from_id": None}}
+    result = ExportTaskStatus.from_reply("task_1", reply, token).result
+    assert result is not None and result.hashed_file == hashed_file
+
+
 @pytest.mark.parametrize("encode", [quote, quote_plus], ids=["percent", "plus"])
 def test_a_hashed_file_carrying_the_token_url_encoded_is_refused(encode: Any) -> None:
     """A token with ``+``, ``/`` or ``=`` (base64) goes into a path or a query encoded: a plain

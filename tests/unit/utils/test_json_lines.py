@@ -75,3 +75,21 @@ def test_the_operator_writes_a_history_with_such_values_as_json_lines(monkeypatc
     assert result["rows"] == 1 and len(lines) == 1
     record = _strict(lines[0])
     assert record == {"transaction_id": "t1", "description": "emoji cut: \ud83d", "custom_json": {"big": math.inf}}
+
+
+def test_text_shaped_like_a_stand_in_stays_text_beside_numbers_that_need_one() -> None:
+    """While a record holding an infinity or an exact number is written, those numbers are stand-in
+    strings for a moment: a field the API sent looking like one (the fences were fixed text) was
+    turned into a bare number."""
+    from decimal import Decimal
+
+    record = {
+        "amount": Decimal("123456789012345678901234567890.5"),
+        "note": "\x00loyalty-number:7\x00",
+        "other": "\x00loyalty-infinity\x00",
+        "big": math.inf,
+    }
+    line = json_line(record)
+    written = json.loads(line, parse_float=Decimal)
+    assert written["note"] == record["note"] and written["other"] == record["other"]
+    assert written["amount"] == record["amount"] and line.count(b"1e999") == 1
