@@ -30,6 +30,7 @@ from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, ENVELOPE_SCHEMA, STATUS_SCHEMA, Schema
 from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings, settings_from_parts
 from airflow_provider_loyalty.utils.connection_form import connection_form_widgets, hook_field_behaviour
+from airflow_provider_loyalty.utils.direct_transport import DirectPoster
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus, cursor_text
 from airflow_provider_loyalty.utils.protocol import (
     ACCOUNT_PATH,
@@ -65,9 +66,11 @@ class LoyaltyHook(BaseHook):
     """
     Talk to the loyalty platform's HTTP API: export tasks, their status and files, member histories.
 
-    One ``requests.Session`` per hook keeps connections alive across calls. Every request carries
-    ``Authorization: Bearer <token>``; bodies are JSON or XML per the connection; replies are
-    decoded by their own Content-Type and checked for the ``error`` / ``error_text`` envelope.
+    Each hook keeps its connections alive across calls: the API's POSTs go on ``http.client``
+    connections straight to the API (through a proxy, on the hook's ``requests.Session``), downloads
+    on the session. Every request carries ``Authorization: Bearer <token>``; bodies are JSON or
+    XML per the connection; replies are decoded by their own Content-Type and checked for the
+    ``error`` / ``error_text`` envelope.
     Transient failures (429 with ``Retry-After``, 5xx, timeouts, resets) are retried with
     exponential backoff and jitter; auth and validation errors never are. Redirects are not
     followed, so the token is only ever sent to the configured host. No error leaving the hook
@@ -150,9 +153,12 @@ class LoyaltyHook(BaseHook):
         return build_session(self.settings)
 
     @cached_property
-    def _poster(self) -> ApiPoster:
-        """The API's POSTs, each endpoint's request prepared once (see :mod:`~.utils.sync_transport`)."""
-        return ApiPoster(self.session, self.settings)
+    def _poster(self) -> ApiPoster | DirectPoster:
+        """The API's POSTs: on ``http.client`` straight to the API (see :mod:`~.utils.direct_transport`),
+        on the ``requests`` session through a proxy (see :mod:`~.utils.sync_transport`)."""
+        if self.settings.proxy_for(self.settings.base_url):
+            return ApiPoster(self.session, self.settings)
+        return DirectPoster(self.settings)
 
     @cached_property
     def _retry_policy(self) -> dict[str, Any]:
@@ -161,7 +167,9 @@ class LoyaltyHook(BaseHook):
 
     def close(self) -> None:
         """Close the session's pooled connections."""
-        self.__dict__.pop("_poster", None)
+        poster = self.__dict__.pop("_poster", None)
+        if poster is not None:
+            poster.close()
         session = self.__dict__.pop("session", None)
         if session is not None:
             session.close()

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+import certifi
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 
@@ -44,6 +45,7 @@ from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.protocol import STATUS_PATH, check_reply, data_object, encode_request
 from airflow_provider_loyalty.utils.redaction import token_redacted
 from airflow_provider_loyalty.utils.retry import call_with_retries_async, retry_policy
+from airflow_provider_loyalty.utils.tls import client_context
 from airflow_provider_loyalty.utils.transport import ReplyBuffer, transport_error
 
 _READ_CHUNK_BYTES = 64 * 1024
@@ -54,8 +56,9 @@ STARTUP_CONCURRENCY = 8
 #: Longest a first step keeps its place in the gate: one that waits on a slow or dead host (its
 #: retries, a ``Retry-After``) lets the next trigger of its connection start.
 STARTUP_SLOT_SECONDS = 1.0
-# One TLS context per verify setting for the whole process (building one costs ~28 ms of CPU).
-_SSL_CONTEXTS: dict[bool | str, ssl.SSLContext | bool] = {}
+# The TLS contexts this process's loops have built (see :func:`~.utils.tls.client_context`): a
+# hook's open() takes one without a trip to a worker thread.
+_SSL_CONTEXTS: dict[tuple[bool | str, str | tuple[str, str] | None], ssl.SSLContext] = {}
 _STARTUP_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
     weakref.WeakKeyDictionary()
 )
@@ -103,28 +106,14 @@ async def startup_slot(connection: str = "", max_hold: float = STARTUP_SLOT_SECO
         give_back()
 
 
-def _build_ssl(verify: bool | str, client_cert: str | tuple[str, str] | None) -> ssl.SSLContext | bool:
-    """``False`` (no verification), or a verifying context for the CA bundle in effect."""
-    if verify is False and not client_cert:
-        return False
-    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
-    if verify is False:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if client_cert:
-        certfile, keyfile = client_cert if isinstance(client_cert, tuple) else (client_cert, None)
-        context.load_cert_chain(certfile, keyfile)
-    return context
-
-
-async def _ssl_for(settings: LoyaltyConnectionSettings) -> ssl.SSLContext | bool:
-    resolved = settings.effective_verify()
-    key = (resolved, settings.client_cert)
-    context = _SSL_CONTEXTS.get(key)  # type: ignore[call-overload]
+async def _ssl_for(settings: LoyaltyConnectionSettings) -> ssl.SSLContext:
+    """The connection's TLS context, built off the loop the first time: when simply verifying, against
+    ``certifi``'s CA bundle, as the sync hook (a server the worker trusts, the triggerer trusts)."""
+    key = (settings.effective_verify(), settings.client_cert)
+    context = _SSL_CONTEXTS.get(key)
     if context is None:
-        context = await asyncio.to_thread(_build_ssl, resolved, settings.client_cert)
-        _SSL_CONTEXTS[key] = context  # type: ignore[index]
-    return context  # type: ignore[no-any-return]
+        context = _SSL_CONTEXTS[key] = await asyncio.to_thread(client_context, *key, certifi.where())
+    return context
 
 
 async def _mask_secret(secret: str) -> None:

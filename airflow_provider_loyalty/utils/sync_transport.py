@@ -94,6 +94,9 @@ class ApiPoster:
         self._verify = settings.effective_verify()
         self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
 
+    def close(self) -> None:
+        """Nothing of its own to close: the session's pool is closed with the session."""
+
     def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
         """Send one POST; return the reply's HTTP status, headers and body.
 

@@ -19,6 +19,8 @@ from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
 MAX_REPLY_BYTES = 32 * 1024 * 1024
 # OpenSSL's words for "the other side does not speak TLS" (a plain-HTTP server on that port).
 _NOT_TLS_MARKERS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "HTTP_REQUEST")
+# The server's alerts when it wants a client certificate, or does not take the one it was shown.
+_CLIENT_CERTIFICATE_ALERTS = ("ALERT_CERTIFICATE_", "ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA")
 # Exception type names (requests, urllib3, http.client, aiohttp) of a timeout, and of a body cut short.
 _TIMEOUTS = frozenset(
     {"Timeout", "ReadTimeout", "ConnectTimeout", "ReadTimeoutError", "ConnectTimeoutError", "ServerTimeoutError"}
@@ -113,6 +115,15 @@ def tls_error(settings: LoyaltyConnectionSettings, path: str, cause: BaseExcepti
             None,
             f"{path}: {settings.netloc} does not speak TLS (it looks like a plain-HTTP server); {why}. "
             f"If the API is served over plain HTTP, put http:// in the connection's Base URL",
+            None,
+        )
+    if any(marker in text.upper() for marker in _CLIENT_CERTIFICATE_ALERTS):
+        shown = "none was configured" if not settings.client_cert else "it did not take the configured one"
+        return LoyaltyTlsError(
+            None,
+            f"{path}: {settings.netloc} wants a TLS client certificate it trusts and {shown}: {text[:300]}. "
+            "Set the connection's client_cert extra (a PEM path holding certificate and key, or "
+            "[certificate path, key path])",
             None,
         )
     return LoyaltyTlsError(

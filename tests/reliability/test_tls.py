@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_loyalty.exceptions import LoyaltyApiError, LoyaltyError, LoyaltyTransientError
+from airflow_provider_loyalty.exceptions import LoyaltyApiError, LoyaltyError, LoyaltyTlsError, LoyaltyTransientError
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
@@ -154,3 +154,72 @@ def test_the_async_hook_verifies_by_default_and_trusts_a_private_ca(monkeypatch,
         connect(monkeypatch, https_emulator, **extra)
         answered = asyncio.run(status_of_an_unknown_task())
         assert isinstance(answered, LoyaltyNotFoundError), (extra, answered)  # the handshake passed
+
+
+@pytest.fixture
+def mutual_tls_emulator(certificate) -> LoyaltyEmulator:
+    """An HTTPS emulator that requires a client certificate its own (self-signed CA) certificate signs."""
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.load_verify_locations(cert)
+    context.verify_mode = ssl.CERT_REQUIRED
+    with LoyaltyEmulator(EmulatorConfig(transactions=10, task_duration=0.0), ssl_context=context) as emulator:
+        yield emulator
+
+
+@pytest.mark.parametrize("form", ["pair", "one-file"])
+def test_both_hooks_present_the_connections_client_certificate(
+    monkeypatch, mutual_tls_emulator, certificate, tmp_path, form
+):
+    cert, key = certificate
+    both = tmp_path / "both.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    client_cert = [str(cert), str(key)] if form == "pair" else str(both)
+    connect(monkeypatch, mutual_tls_emulator, ca_bundle=str(cert))
+    # No certificate: the server ends the handshake (its alert, when it arrives before the close,
+    # is explained as a missing client certificate), a TLS error that is not retried.
+    with pytest.raises(LoyaltyTlsError):
+        LoyaltyHook().create_transactions_export(**PROGRAM, date_from="2023-09-01", date_to="2023-09-30")
+    assert mutual_tls_emulator.stats()["requests_total"] == 0
+    assert mutual_tls_emulator.stats()["connections"] == 1, "the refusal was retried"
+    connect(monkeypatch, mutual_tls_emulator, ca_bundle=str(cert), client_cert=client_cert)
+    hook = LoyaltyHook()
+    task_id = hook.create_transactions_export(**PROGRAM, date_from="2023-09-01", date_to="2023-09-30")
+    assert hook.get_export_task_status(task_id).completed_result().total == 10
+    hook.close()
+
+    import asyncio
+
+    from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
+
+    async def status() -> int:
+        async with LoyaltyAsyncHook() as async_hook:
+            return (await async_hook.get_export_task_status(task_id)).completed_result().total
+
+    assert asyncio.run(status()) == 10
+
+
+@pytest.mark.parametrize(
+    ("alert", "client_cert", "said"),
+    [
+        ("TLSV13_ALERT_CERTIFICATE_REQUIRED", None, "none was configured"),
+        ("SSLV3_ALERT_BAD_CERTIFICATE", "/certs/client.pem", "it did not take the configured one"),
+        ("TLSV1_ALERT_UNKNOWN_CA", "/certs/client.pem", "it did not take the configured one"),
+    ],
+)
+def test_a_server_refusing_the_client_certificate_is_explained_as_that(alert, client_cert, said) -> None:
+    """The server's alert (which a race may turn into a bare EOF, as above) names the client certificate,
+    not the server's: the advice is the client_cert extra, not ca_bundle or verify_ssl."""
+    from dataclasses import replace
+
+    from airflow_provider_loyalty.utils.connection import settings_from_parts
+    from airflow_provider_loyalty.utils.transport import transport_error
+
+    settings = replace(
+        settings_from_parts(host="https://api.example.com", password="t0ken-value", extra={}), client_cert=client_cert
+    )
+    error = transport_error(settings, "/api/v1.1/tasks/status", ssl.SSLError(1, f"[SSL: {alert}] alert (_ssl.c:2580)"))
+    assert isinstance(error, LoyaltyTlsError) and not isinstance(error, LoyaltyTransientError)
+    assert f"api.example.com wants a TLS client certificate it trusts and {said}" in str(error)
+    assert "client_cert extra" in str(error) and "verify_ssl" not in str(error)

@@ -1,0 +1,196 @@
+"""The sync hook's API POSTs on :mod:`http.client`, for a connection straight to the API (no proxy).
+
+A POST of the API is a small request and a reply read whole; ``requests`` and ``urllib3`` around
+it cost more client CPU than the codec decoding the reply (about 0.5 ms a page, measured against
+one ``http.client`` connection in ``benchmarks/paging.py``). :class:`DirectPoster` sends it on
+keep-alive ``http.client`` connections and keeps what the ``requests`` path guarantees:
+
+- TLS verified against the connection's CA bundle (else ``certifi``'s, as ``requests`` uses), the
+  host name checked, a client certificate presented when configured;
+- the connection's timeout on connect and on every read;
+- redirects never followed (``http.client`` follows none): a 3xx reaches the reply check;
+- replies capped at :data:`~airflow_provider_loyalty.utils.transport.MAX_REPLY_BYTES`, a declared
+  length at once, a compressed body (gzip, deflate) as it inflates, in bounded steps;
+- failures raised as ``http.client`` / socket / ssl errors, which
+  :func:`~airflow_provider_loyalty.utils.transport.transport_error` maps as it maps ``requests``'.
+
+A connection through a proxy keeps :class:`~airflow_provider_loyalty.utils.sync_transport.ApiPoster`
+on ``requests`` (CONNECT tunnels, proxy credentials). Downloads always use the ``requests`` session.
+Only for internal usage.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import cast
+from urllib.parse import urlsplit
+
+import certifi
+from requests.utils import requote_uri
+
+from airflow_provider_loyalty.exceptions import LoyaltyTransientError
+from airflow_provider_loyalty.utils.codec import MIME_TYPES
+from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnectionSettings
+from airflow_provider_loyalty.utils.tls import client_context
+from airflow_provider_loyalty.utils.transport import ReplyBuffer
+
+_READ_CHUNK_BYTES = 64 * 1024
+#: What ``requests`` asks for without brotli or zstandard installed; both are inflated here.
+ACCEPT_ENCODING = "gzip, deflate"
+
+
+class DirectPoster:
+    """POSTs to the API's endpoints on keep-alive ``http.client`` connections.
+
+    Idle connections are kept for the next call; one a server closed while idle is noticed before
+    use and replaced. A hook used from several threads at once gets one connection per call in
+    flight.
+
+    :param settings: the connection's settings (base URL, token, timeout, TLS).
+    """
+
+    def __init__(self, settings: LoyaltyConnectionSettings) -> None:
+        parts = urlsplit(settings.base_url)
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        # As requests sends a Base URL's path: unsafe characters escaped, escapes kept.
+        self._base_path = requote_uri(settings.base_path)
+        self._timeout = settings.timeout
+        self._tls = (
+            client_context(settings.effective_verify(), settings.client_cert, certifi.where())
+            if parts.scheme == "https"
+            else None
+        )
+        self._headers = {
+            "User-Agent": USER_AGENT,
+            "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5",
+            "Accept-Encoding": ACCEPT_ENCODING,
+            "Authorization": f"Bearer {settings.token}",
+        }
+        self._idle: list[http.client.HTTPConnection] = []
+
+    def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        """Send one POST; return the reply's HTTP status, headers and body.
+
+        :param path: the API path (``/api/v1.1/tasks/status``).
+        :param body: the encoded request body.
+        :param headers: the request's own headers (its ``Content-Type``).
+        :raises Exception: what ``http.client``, ``ssl`` and sockets raise; the caller maps it.
+        """
+        connection = self._connection()
+        try:
+            connection.request("POST", self._base_path + path, body, {**self._headers, **headers})
+            response = connection.getresponse()
+            reply = read_reply(response, path)
+        except BaseException:
+            connection.close()
+            raise
+        if response.will_close:
+            connection.close()
+        else:
+            self._idle.append(connection)
+        # An HTTPMessage: ``get`` is case-insensitive, as the reply check needs.
+        return response.status, cast("Mapping[str, str]", response.headers), reply
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        while self._idle:
+            self._idle.pop().close()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.sock is not None and not _closed_by_peer(connection.sock):
+                return connection
+            connection.close()
+        if self._tls is not None:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._tls)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+
+
+def _closed_by_peer(sock: object) -> bool:
+    """Whether an idle keep-alive socket has something to read: the server's close (or bytes no
+    request asked for), so it must not carry the next request."""
+    poller = select.poll()
+    poller.register(cast("int", sock.fileno()), select.POLLIN)  # type: ignore[attr-defined]
+    return bool(poller.poll(0))
+
+
+def read_reply(response: http.client.HTTPResponse, path: str) -> bytes:
+    """A reply's whole body, refused past the reply cap (a compressed one as it inflates).
+
+    :param response: the reply, its headers read.
+    :param path: the endpoint, for the errors.
+    """
+    buffer = ReplyBuffer(path, cast("Mapping[str, str]", response.headers))
+    stages = _inflaters(response.getheader("Content-Encoding"))
+    try:
+        if not stages and response.length is not None:
+            buffer.add(response.read())  # a declared length under the cap: one read
+            return buffer.body()
+        while chunk := response.read(_READ_CHUNK_BYTES):
+            for piece in _inflated(chunk, stages):
+                buffer.add(piece)
+    except (ValueError, zlib.error) as error:  # a chunk size that is no number; a body that does not inflate
+        raise LoyaltyTransientError(None, f"{path}: reply body cut short ({type(error).__name__})", None) from None
+    return buffer.body()
+
+
+class _Inflater:
+    """One content coding undone in steps of at most :data:`_READ_CHUNK_BYTES` of output, as
+    ``urllib3`` undoes it: gzip of any number of members (trailing garbage ignored), deflate with
+    its zlib header or raw."""
+
+    def __init__(self, coding: str) -> None:
+        self._gzip = coding in ("gzip", "x-gzip")
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if self._gzip else zlib.MAX_WBITS)
+        self._started = False
+        self._members = 0
+        self._done = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The output ``data`` gives, piece by piece."""
+        while data and not self._done:
+            try:
+                piece = self._inflate.decompress(data, _READ_CHUNK_BYTES)
+            except zlib.error:
+                if self._members:  # garbage after a complete gzip member
+                    self._done = True
+                    return
+                if self._gzip or self._started:
+                    raise
+                self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)  # deflate sent without its zlib header
+                self._started = True
+                continue
+            self._started = True
+            data = self._inflate.unconsumed_tail
+            if piece:
+                yield piece
+            if self._inflate.eof:
+                self._members += 1
+                data = self._inflate.unused_data
+                if not self._gzip or not data:
+                    self._done = not self._gzip
+                    return
+                self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # another gzip member
+        # No output waits inside zlib once its input is taken: every stream ends with codes (the
+        # end of its last block, a checksum) that are read only after the output before them.
+
+
+def _inflaters(content_encoding: str | None) -> list[_Inflater]:
+    """The decoders of a ``Content-Encoding``, in the order they were applied; codings other than
+    gzip and deflate (none was asked for) are left as sent, as ``requests`` leaves them."""
+    codings = [coding.strip().lower() for coding in (content_encoding or "").split(",")]
+    return [_Inflater(coding) for coding in codings if coding in ("gzip", "x-gzip", "deflate")]
+
+
+def _inflated(chunk: bytes, stages: list[_Inflater]) -> Iterator[bytes]:
+    """``chunk`` through every coding, the last applied undone first."""
+    if not stages:
+        yield chunk
+        return
+    for piece in stages[-1].feed(chunk):
+        yield from _inflated(piece, stages[:-1])
