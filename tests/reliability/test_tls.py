@@ -223,3 +223,36 @@ def test_a_server_refusing_the_client_certificate_is_explained_as_that(alert, cl
     assert isinstance(error, LoyaltyTlsError) and not isinstance(error, LoyaltyTransientError)
     assert f"api.example.com wants a TLS client certificate it trusts and {said}" in str(error)
     assert "client_cert extra" in str(error) and "verify_ssl" not in str(error)
+
+
+def test_a_ca_directory_verifies_in_both_hooks(monkeypatch, https_emulator, certificate, tmp_path):
+    """``ca_bundle`` naming a directory of hashed CA files (``openssl rehash``), as ``requests`` takes
+    one: both hooks verify with it (the async hook once read it as a file)."""
+    import asyncio
+    import shutil
+
+    from airflow_provider_loyalty.exceptions import LoyaltyNotFoundError
+    from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
+
+    cert = certificate[0]
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(cert)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    directory = tmp_path / "cas"
+    directory.mkdir()
+    shutil.copy(cert, directory / f"{subject_hash}.0")
+    connect(monkeypatch, https_emulator, ca_bundle=str(directory))
+    hook = LoyaltyHook()
+    task_id = hook.create_transactions_export(**PROGRAM, date_from="2023-09-01", date_to="2023-09-30")
+    hook.close()
+
+    async def status_of_an_unknown_task() -> BaseException:
+        async with LoyaltyAsyncHook() as async_hook:
+            try:
+                await async_hook.get_task_status("task_x")
+            except LoyaltyError as error:
+                return error
+        raise AssertionError("an unknown task was found")
+
+    assert task_id
+    assert isinstance(asyncio.run(status_of_an_unknown_task()), LoyaltyNotFoundError)  # the handshake passed
