@@ -25,7 +25,7 @@ import http.client
 import select
 import zlib
 from collections.abc import Iterator, Mapping
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import certifi
@@ -53,6 +53,8 @@ class DirectPoster:
     """
 
     def __init__(self, settings: LoyaltyConnectionSettings) -> None:
+        self._settings = settings
+        self._closed = False
         parts = urlsplit(settings.base_url)
         self._host = parts.hostname or ""
         self._port = parts.port
@@ -84,31 +86,78 @@ class DirectPoster:
         try:
             connection.request("POST", self._base_path + path, body, {**self._headers, **headers})
             response = connection.getresponse()
+            # After a 1xx reply (but 100, which http.client skips), http.client holds that reply as the
+            # connection's, and a 101 switched it to another protocol: it carries no further request.
+            reusable = response.status >= 200
+            if response.status in _INFORMATIONAL:
+                response = _final_response(response)
             reply = read_reply(response, path)
         except BaseException:
             connection.close()
             raise
-        if response.will_close:
-            connection.close()
-        else:
+        if reusable and not response.will_close and not self._closed:
             self._idle.append(connection)
+        else:
+            connection.close()
         # An HTTPMessage: ``get`` is case-insensitive, as the reply check needs.
         return response.status, cast("Mapping[str, str]", response.headers), reply
 
     def close(self) -> None:
-        """Close the idle connections."""
-        while self._idle:
-            self._idle.pop().close()
+        """Close the idle connections, and each connection in use as its call ends."""
+        self._closed = True
+        while (connection := self._idle_connection()) is not None:
+            connection.close()
+
+    def __reduce__(self) -> tuple[type[DirectPoster], tuple[LoyaltyConnectionSettings]]:
+        """A copy (``copy.deepcopy`` of a hook or an operator holding one) is a new poster on the same
+        settings: sockets and TLS contexts are not copied."""
+        return type(self), (self._settings,)
+
+    def _idle_connection(self) -> http.client.HTTPConnection | None:
+        try:
+            return self._idle.pop()  # atomic: two threads never take one connection
+        except IndexError:
+            return None
 
     def _connection(self) -> http.client.HTTPConnection:
-        while self._idle:
-            connection = self._idle.pop()
+        while (connection := self._idle_connection()) is not None:
             if connection.sock is not None and not _closed_by_peer(connection.sock):
                 return connection
             connection.close()
         if self._tls is not None:
             return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._tls)
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+
+
+#: Informational replies a server may send before its final one (``101`` switches protocols: none
+#: is asked for, so it is read as a final reply the check refuses).
+_INFORMATIONAL = range(102, 200)
+#: The most informational replies read before the final one.
+_MAX_INFORMATIONAL = 16
+
+
+class _ReaderOf:
+    """Hands a reply the reader of the one before it on the same connection, with what it buffered."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    def makefile(self, mode: str) -> Any:
+        return self._reader
+
+
+def _final_response(response: http.client.HTTPResponse) -> http.client.HTTPResponse:
+    """The final reply after informational ones (``103 Early Hints``; ``http.client`` skips only
+    ``100 Continue``), read on from where they end (RFC 9110, 15.2)."""
+    reader = response.fp
+    for _ in range(_MAX_INFORMATIONAL):
+        response.fp = None  # type: ignore[assignment]  # done with: closing it leaves the reader be
+        response = http.client.HTTPResponse(_ReaderOf(reader), method="POST")  # type: ignore[arg-type]
+        response.begin()
+        if response.status not in _INFORMATIONAL:
+            return response
+    response.fp = None  # type: ignore[assignment]
+    raise http.client.BadStatusLine(f"more than {_MAX_INFORMATIONAL} informational replies")
 
 
 def _closed_by_peer(sock: object) -> bool:
@@ -134,6 +183,8 @@ def read_reply(response: http.client.HTTPResponse, path: str) -> bytes:
         while chunk := response.read(_READ_CHUNK_BYTES):
             for piece in _inflated(chunk, stages):
                 buffer.add(piece)
+        if response.length:  # the connection ended before the declared length (read() says b"")
+            raise http.client.IncompleteRead(b"", response.length)
     except (ValueError, zlib.error) as error:  # a chunk size that is no number; a body that does not inflate
         raise LoyaltyTransientError(None, f"{path}: reply body cut short ({type(error).__name__})", None) from None
     return buffer.body()

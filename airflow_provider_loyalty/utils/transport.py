@@ -51,6 +51,14 @@ _CUT_SHORT = frozenset(
 )
 
 
+def _declared_length(value: str | None) -> int | None:
+    """A ``Content-Length`` as the HTTP clients read it (``int()``: blanks and a ``+`` allowed), or ``None``."""
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
 class ReplyBuffer:
     """Collects a reply body chunk by chunk and refuses it past ``limit`` bytes.
 
@@ -64,8 +72,8 @@ class ReplyBuffer:
         self.limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
-        declared = headers.get("Content-Length")
-        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        declared = _declared_length(headers.get("Content-Length"))
+        if declared is not None and declared > limit:
             raise LoyaltyResponseError(f"{path}: reply of {declared} bytes is over the {limit} byte cap")
 
     def add(self, chunk: bytes) -> None:

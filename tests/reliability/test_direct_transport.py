@@ -11,6 +11,7 @@ import gzip
 import json
 import select
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
@@ -21,7 +22,7 @@ from airflow_provider_loyalty.exceptions import LoyaltyResponseError, LoyaltyTra
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
 from tests.reliability.support import LoopbackServer, loopback_server, send
-from tests.support.helpers import point_connection_at
+from tests.support.helpers import point_connection_at, wait_for
 
 TOKEN = "direct-transport-token-5b1e"
 STATUS = {"data": {"status": "progress", "progress": 40}, "error": 0, "error_text": "Successful operation"}
@@ -221,3 +222,174 @@ def test_a_base_url_path_is_sent_escaped_as_requests_sends_it(monkeypatch) -> No
         connect(monkeypatch, f"{server.url}/loyalty api/ü/a%20b")
         LoyaltyHook()._post("/api/v1.1/tasks/status", {"task_id": "task_1"})
     assert [request.path for request in server.requests] == ["/loyalty%20api/%C3%BC/a%20b/api/v1.1/tasks/status"]
+
+
+def _raw(reply: bytes, *, then_wait: float = 0.0) -> Callable[[BaseHTTPRequestHandler, LoopbackServer], None]:
+    """A responder writing ``reply`` as it is (no HTTP framing of its own), then closing."""
+
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        handler.wfile.write(reply)
+        handler.wfile.flush()
+        if then_wait:
+            time.sleep(then_wait)
+        handler.close_connection = True
+
+    return respond
+
+
+NO_REPLY_CASES = {
+    "silence": _raw(b"", then_wait=3.0),
+    "not-http": _raw(b"HELLO THERE\r\n\r\n"),
+    "closed-at-once": _raw(b""),
+    "101-header-fields": _raw(b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-F%d: v\r\n" % n for n in range(101)) + b"\r\n"),
+    "a-70-KiB-header-line": _raw(b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("case", list(NO_REPLY_CASES))
+def test_no_readable_reply_is_a_transient_error_naming_what_happened(monkeypatch, case: str) -> None:
+    """Silence past the timeout, a reply that is not HTTP, a close before any reply, more header
+    fields or a longer header line than ``http.client`` reads: transient (retried), the token
+    nowhere in the text."""
+    with loopback_server(NO_REPLY_CASES[case]) as server:
+        connect(monkeypatch, server.url, timeout=0.5, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(LoyaltyTransientError) as caught:
+            LoyaltyHook()._post("/api/v1.1/tasks/status", {"task_id": "task_1"})
+        elapsed = time.monotonic() - started
+    text = str(caught.value)
+    expected = "timed out" if case == "silence" else "closed it or sent no HTTP reply that could be read"
+    assert expected in text, text
+    assert TOKEN not in text
+    assert elapsed < 2.5, f"{elapsed:.1f} s for a 0.5 s timeout"
+
+
+def test_a_reply_framed_by_the_close_is_read_to_the_close(monkeypatch) -> None:
+    """An HTTP/1.0-style reply with no length, ended by closing the connection, reads whole."""
+    body = json.dumps(STATUS).encode()
+    with loopback_server(_raw(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body)) as server:
+        connect(monkeypatch, server.url)
+        hook = LoyaltyHook()
+        assert hook._post("/api/v1.1/tasks/status", {"task_id": "task_1"}) == STATUS
+        assert hook._post("/api/v1.1/tasks/status", {"task_id": "task_1"}) == STATUS  # on a new connection
+        hook.close()
+
+
+def test_informational_replies_before_the_reply_are_read_past(monkeypatch) -> None:
+    """``103 Early Hints`` (twice) before each reply: every call gets the reply to its own request
+    (``http.client`` skips only ``100 Continue``; read as the reply, a 103 is empty and the real
+    reply would answer the next request on the connection)."""
+
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        handler.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" * 2)
+        handler.wfile.flush()
+        time.sleep(0.05)
+        task = f"task_{len(server.requests)}"
+        send(
+            handler, 200, json.dumps({**STATUS, "data": {**STATUS["data"], "task": task}}).encode(), "application/json"
+        )
+
+    with loopback_server(respond) as server:
+        connect(monkeypatch, server.url, max_retries=0)
+        hook = LoyaltyHook()
+        answered = [hook._post("/api/v1.1/tasks/status", {"task_id": "x"})["data"]["task"] for _ in range(3)]
+        hook.close()
+    assert answered == ["task_1", "task_2", "task_3"]
+
+
+@pytest.mark.parametrize("max_retries", [0, 1])
+def test_a_compressed_reply_cut_short_by_a_close_is_cut_short_not_a_bad_reply(monkeypatch, max_retries: int) -> None:
+    """Half of a gzip body of declared length, then the close: ``http.client`` reads an early end as
+    the end, and a gzip stream cut short inflates without an error; the missing bytes are what say so."""
+    body = gzip.compress(json.dumps({**STATUS, "error_text": "y" * 5000}).encode(), compresslevel=0)
+    calls: list[int] = []
+
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            send(handler, 200, json.dumps(STATUS).encode(), "application/json")
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body[: len(body) // 2])
+        handler.close_connection = True
+
+    with loopback_server(respond) as server:
+        connect(monkeypatch, server.url, max_retries=max_retries)
+        if max_retries:
+            assert LoyaltyHook()._post("/api/v1.1/tasks/status", {"task_id": "task_1"}) == STATUS
+        else:
+            with pytest.raises(LoyaltyTransientError, match="reply body cut short"):
+                LoyaltyHook()._post("/api/v1.1/tasks/status", {"task_id": "task_1"})
+    assert len(calls) == 1 + max_retries
+
+
+@pytest.mark.parametrize("declared", ["+41943040", " 41943040 "])
+def test_a_declared_length_over_the_cap_is_refused_at_once_however_it_is_written(monkeypatch, declared: str) -> None:
+    """``int()`` reads ``+N`` and blanks, as ``http.client`` does: the cap refuses the reply before
+    reading it (the streamed cap says "reply is over", after 32 MiB read)."""
+
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", declared)
+        handler.end_headers()
+        chunk = b"A" * 1024 * 1024
+        try:
+            for _ in range(40):
+                handler.wfile.write(chunk)
+        except OSError:
+            pass
+        handler.close_connection = True
+
+    with loopback_server(respond) as server:
+        connect(monkeypatch, server.url)
+        with pytest.raises(LoyaltyResponseError, match="reply of 41943040 bytes is over the 33554432 byte cap"):
+            LoyaltyHook()._post("/api/v1.1/tasks/status", {"task_id": "task_1"})
+
+
+@pytest.mark.parametrize("base_url", ["loopback", "https://127.0.0.1:9"])
+def test_a_copy_of_a_hook_with_its_transport_posts_on_its_own_connections(monkeypatch, base_url: str) -> None:
+    """``copy.deepcopy`` of a hook (or of an operator holding one) after it posted: sockets and TLS
+    contexts are not copied, the copy's transport is a new one on the same settings."""
+    import copy
+
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        send(handler, 200, json.dumps(STATUS).encode(), "application/json")
+
+    with loopback_server(respond) as server:
+        connect(monkeypatch, server.url if base_url == "loopback" else base_url, verify_ssl=False)
+        hook = LoyaltyHook()
+        if base_url == "loopback":
+            hook._post("/api/v1.1/tasks/status", {"task_id": "task_1"})
+        else:
+            assert hook._poster is not None  # built (with its TLS context), never used
+        twin = copy.deepcopy(hook)
+        assert twin._poster is not hook._poster
+        if base_url == "loopback":
+            assert twin._post("/api/v1.1/tasks/status", {"task_id": "task_1"}) == STATUS
+            assert hook._post("/api/v1.1/tasks/status", {"task_id": "task_1"}) == STATUS
+        twin.close()
+        hook.close()
+
+
+def test_a_connection_in_use_when_the_hook_closes_is_closed_when_its_call_ends(monkeypatch) -> None:
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        time.sleep(0.5)
+        send(handler, 200, json.dumps(STATUS).encode(), "application/json")
+
+    with loopback_server(respond) as server:
+        connect(monkeypatch, server.url)
+        hook = LoyaltyHook()
+        poster = hook._poster
+        answers: list[dict] = []
+        call = threading.Thread(target=lambda: answers.append(hook._post("/api/v1.1/tasks/status", {"task_id": "t"})))
+        call.start()
+        wait_for(lambda: server.requests, what="the POST to arrive")
+        hook.close()
+        call.join(10)
+    assert answers == [STATUS]
+    assert poster._idle == []  # type: ignore[union-attr]
