@@ -83,6 +83,7 @@ class DirectPoster:
         :raises Exception: what ``http.client``, ``ssl`` and sockets raise; the caller maps it.
         """
         connection = self._connection()
+        response: http.client.HTTPResponse | None = None
         try:
             connection.request("POST", self._base_path + path, body, {**self._headers, **headers})
             response = connection.getresponse()
@@ -93,10 +94,14 @@ class DirectPoster:
                 response = _final_response(response)
             reply = read_reply(response, path)
         except BaseException:
+            if response is not None:
+                response.close()  # a final reply after a 1xx is not the connection's: it holds the socket too
             connection.close()
             raise
         if reusable and not response.will_close and not self._closed:
             self._idle.append(connection)
+            if self._closed:  # close() ran between the check and the append
+                self.close()
         else:
             connection.close()
         # An HTTPMessage: ``get`` is case-insensitive, as the reply check needs.
@@ -129,6 +134,10 @@ class DirectPoster:
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 
 
+class InvalidHeader(http.client.HTTPException):
+    """A reply whose headers leave its framing unclear; transient, as ``requests``' own ``InvalidHeader``."""
+
+
 #: Informational replies a server may send before its final one (``101`` switches protocols: none
 #: is asked for, so it is read as a final reply the check refuses).
 _INFORMATIONAL = range(102, 200)
@@ -153,10 +162,15 @@ def _final_response(response: http.client.HTTPResponse) -> http.client.HTTPRespo
     for _ in range(_MAX_INFORMATIONAL):
         response.fp = None  # type: ignore[assignment]  # done with: closing it leaves the reader be
         response = http.client.HTTPResponse(_ReaderOf(reader), method="POST")  # type: ignore[arg-type]
-        response.begin()
+        try:
+            response.begin()
+        except BaseException:
+            reader.close()
+            raise
         if response.status not in _INFORMATIONAL:
             return response
     response.fp = None  # type: ignore[assignment]
+    reader.close()
     raise http.client.BadStatusLine(f"more than {_MAX_INFORMATIONAL} informational replies")
 
 
@@ -174,6 +188,9 @@ def read_reply(response: http.client.HTTPResponse, path: str) -> bytes:
     :param response: the reply, its headers read.
     :param path: the endpoint, for the errors.
     """
+    lengths = {length.strip() for length in response.headers.get_all("Content-Length") or ()}
+    if len(lengths) > 1:  # which one frames the body? Neither: the connection is dropped (RFC 9112, 6.3)
+        raise InvalidHeader(f"{path}: reply with {len(lengths)} different Content-Length values")
     buffer = ReplyBuffer(path, cast("Mapping[str, str]", response.headers))
     stages = _inflaters(response.getheader("Content-Encoding"))
     try:

@@ -94,6 +94,7 @@ class SeenRequest:
     method: str
     path: str
     headers: dict[str, str]
+    body: bytes = b""
 
 
 @dataclass
@@ -148,9 +149,8 @@ def loopback_server(responder: Responder = _default_responder, host: str = "127.
 
         def _any(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
-            state.requests.append(SeenRequest(self.command, self.path, dict(self.headers.items())))
+            body = self.rfile.read(length) if length else b""
+            state.requests.append(SeenRequest(self.command, self.path, dict(self.headers.items()), body))
             try:
                 responder(self, state)
             except (BrokenPipeError, ConnectionResetError):

@@ -393,3 +393,80 @@ def test_a_connection_in_use_when_the_hook_closes_is_closed_when_its_call_ends(m
         call.join(10)
     assert answers == [STATUS]
     assert poster._idle == []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("after", ["over-the-cap", "seventeen-103s"])
+def test_a_post_failing_after_an_informational_reply_closes_its_socket_at_once(monkeypatch, after: str) -> None:
+    """The final reply read past a 103 is not the connection's own: a failure must close it too, or
+    its socket stays open (the server keeps writing) for as long as the error lives."""
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    over_cap = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 41943040\r\n\r\n" + b"A" * 65536
+    closed_by_client = threading.Event()
+
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        handler.wfile.write(early_hints * 17 if after == "seventeen-103s" else early_hints + over_cap)
+        handler.wfile.flush()
+        handler.connection.settimeout(10)
+        try:
+            while handler.connection.recv(65536):
+                pass
+            closed_by_client.set()
+        except ConnectionResetError:
+            closed_by_client.set()
+        except OSError:
+            pass
+        handler.close_connection = True
+
+    with loopback_server(respond) as server:
+        connect(monkeypatch, server.url, max_retries=0)
+        with pytest.raises((LoyaltyResponseError, LoyaltyTransientError)) as caught:
+            LoyaltyHook()._post("/api/v1.1/tasks/status", {"task_id": "task_1"})
+        assert closed_by_client.wait(5), f"the socket stayed open while the error lives: {caught.value}"
+
+
+def test_a_reply_with_two_different_content_lengths_is_dropped_not_read_by_the_next_call(monkeypatch) -> None:
+    """Two Content-Length values: ``http.client`` takes the first and would leave the rest for the
+    next request to read as its reply. The reply is refused (transient, retried) and its connection
+    dropped, as ``requests`` did: every call gets the reply to its own request."""
+    calls: list[int] = []
+
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        calls.append(1)
+        task = json.loads(server.requests[-1].body)["task_id"]
+        body = json.dumps({**STATUS, "data": {**STATUS["data"], "task": task}}).encode()
+        if len(calls) % 2:  # every other reply is framed twice
+            tail = b'{"not": "a reply of its own"}'
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            head += f"Content-Length: {len(body) + len(tail)}\r\n\r\n"
+            handler.wfile.write(head.encode() + body + tail)
+            return
+        send(handler, 200, body, "application/json")
+
+    with loopback_server(respond) as server:
+        connect(monkeypatch, server.url, max_retries=1)
+        hook = LoyaltyHook()
+        answered = [hook._post("/api/v1.1/tasks/status", {"task_id": f"t{n}"})["data"]["task"] for n in range(3)]
+        hook.close()
+    assert answered == ["t0", "t1", "t2"]
+    assert len(calls) == 6  # each call: the twice-framed reply, dropped, then its retry
+
+
+def test_a_close_between_the_check_and_the_pooling_of_a_connection_leaves_none_pooled(monkeypatch) -> None:
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        send(handler, 200, json.dumps(STATUS).encode(), "application/json")
+
+    class CloseFirst(list):
+        """The pool, with another thread's ``close()`` landing just before each append."""
+
+        def append(self, connection: object) -> None:
+            poster.close()
+            super().append(connection)
+
+    with loopback_server(respond) as server:
+        connect(monkeypatch, server.url)
+        hook = LoyaltyHook()
+        poster = hook._poster
+        poster._closed = False  # type: ignore[union-attr]
+        poster._idle = CloseFirst()  # type: ignore[union-attr]
+        assert hook._post("/api/v1.1/tasks/status", {"task_id": "t"}) == STATUS
+    assert list(poster._idle) == []  # type: ignore[union-attr]
