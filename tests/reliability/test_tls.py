@@ -70,6 +70,19 @@ def export(tmp_path: Path, deferrable: bool = False) -> dict:
     return run_with_deferrals(operator, context_for())
 
 
+async def async_status_of_an_unknown_task() -> BaseException:
+    """What ``LoyaltyAsyncHook`` raises asking for a task that does not exist: ``LoyaltyNotFoundError``
+    once the TLS handshake passed, a ``LoyaltyTlsError`` when it did not."""
+    from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
+
+    async with LoyaltyAsyncHook() as hook:
+        try:
+            await hook.get_task_status("task_x")
+        except LoyaltyError as error:
+            return error
+    raise AssertionError("an unknown task was found")
+
+
 def test_verify_ssl_is_on_by_default(monkeypatch, https_emulator):
     connect(monkeypatch, https_emulator)
     assert LoyaltyHook().settings.verify is True
@@ -136,23 +149,14 @@ def test_the_async_hook_verifies_by_default_and_trusts_a_private_ca(monkeypatch,
     import asyncio
 
     from airflow_provider_loyalty.exceptions import LoyaltyNotFoundError, LoyaltyTlsError
-    from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
-
-    async def status_of_an_unknown_task() -> BaseException:
-        async with LoyaltyAsyncHook() as hook:
-            try:
-                await hook.get_task_status("task_x")
-            except LoyaltyError as error:
-                return error
-        raise AssertionError("an unknown task was found")
 
     connect(monkeypatch, https_emulator)
-    refused = asyncio.run(status_of_an_unknown_task())
+    refused = asyncio.run(async_status_of_an_unknown_task())
     assert isinstance(refused, LoyaltyTlsError) and "TLS verification failed" in str(refused), refused
     assert https_emulator.stats()["connections"] == 1, "the TLS failure was retried"
     for extra in ({"ca_bundle": str(certificate[0])}, {"verify": str(certificate[0])}, {"verify_ssl": False}):
         connect(monkeypatch, https_emulator, **extra)
-        answered = asyncio.run(status_of_an_unknown_task())
+        answered = asyncio.run(async_status_of_an_unknown_task())
         assert isinstance(answered, LoyaltyNotFoundError), (extra, answered)  # the handshake passed
 
 
@@ -232,7 +236,6 @@ def test_a_ca_directory_verifies_in_both_hooks(monkeypatch, https_emulator, cert
     import shutil
 
     from airflow_provider_loyalty.exceptions import LoyaltyNotFoundError
-    from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
 
     cert = certificate[0]
     subject_hash = subprocess.run(
@@ -246,13 +249,5 @@ def test_a_ca_directory_verifies_in_both_hooks(monkeypatch, https_emulator, cert
     task_id = hook.create_transactions_export(**PROGRAM, date_from="2023-09-01", date_to="2023-09-30")
     hook.close()
 
-    async def status_of_an_unknown_task() -> BaseException:
-        async with LoyaltyAsyncHook() as async_hook:
-            try:
-                await async_hook.get_task_status("task_x")
-            except LoyaltyError as error:
-                return error
-        raise AssertionError("an unknown task was found")
-
     assert task_id
-    assert isinstance(asyncio.run(status_of_an_unknown_task()), LoyaltyNotFoundError)  # the handshake passed
+    assert isinstance(asyncio.run(async_status_of_an_unknown_task()), LoyaltyNotFoundError)  # the handshake passed
