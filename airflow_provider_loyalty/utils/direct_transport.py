@@ -31,7 +31,6 @@ from urllib.parse import urlsplit
 import certifi
 from requests.utils import requote_uri
 
-from airflow_provider_loyalty.exceptions import LoyaltyTransientError
 from airflow_provider_loyalty.utils.codec import MIME_TYPES
 from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnectionSettings
 from airflow_provider_loyalty.utils.tls import client_context
@@ -138,6 +137,10 @@ class InvalidHeader(http.client.HTTPException):
     """A reply whose headers leave its framing unclear; transient, as ``requests``' own ``InvalidHeader``."""
 
 
+class ContentDecodingError(http.client.HTTPException):
+    """A body that does not inflate as its ``Content-Encoding`` says; "cut short", as ``requests``' own."""
+
+
 #: Informational replies a server may send before its final one (``101`` switches protocols: none
 #: is asked for, so it is read as a final reply the check refuses).
 _INFORMATIONAL = range(102, 200)
@@ -202,8 +205,10 @@ def read_reply(response: http.client.HTTPResponse, path: str) -> bytes:
                 buffer.add(piece)
         if response.length:  # the connection ended before the declared length (read() says b"")
             raise http.client.IncompleteRead(b"", response.length)
-    except (ValueError, zlib.error) as error:  # a chunk size that is no number; a body that does not inflate
-        raise LoyaltyTransientError(None, f"{path}: reply body cut short ({type(error).__name__})", None) from None
+    except ValueError as error:  # a chunk size that is no number (http.client lets int()'s error out)
+        raise http.client.IncompleteRead(b"") from error
+    except zlib.error as error:
+        raise ContentDecodingError(f"{path}: the reply's Content-Encoding does not inflate") from error
     return buffer.body()
 
 
@@ -241,7 +246,7 @@ class _Inflater:
                 self._members += 1
                 data = self._inflate.unused_data
                 if not self._gzip or not data:
-                    self._done = not self._gzip
+                    self._done = not self._gzip  # a gzip body may go on with another member
                     return
                 self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # another gzip member
         # No output waits inside zlib once its input is taken: every stream ends with codes (the
