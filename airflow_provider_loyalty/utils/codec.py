@@ -54,6 +54,7 @@ import msgspec
 from defusedxml import DefusedXmlException
 
 from airflow_provider_loyalty.exceptions import LoyaltyResponseError
+from airflow_provider_loyalty.utils.redaction import clip
 
 
 class FieldType(enum.Enum):
@@ -363,13 +364,13 @@ def _refuse_if_not_the_api(body: bytes, content_type_header: str | None, kind: s
     start = body[:4096].removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     if (media in _HTML_MEDIA and kind == "xml") or _HTML_START.match(start):
         raise LoyaltyResponseError(
-            f"reply is an HTML page (Content-Type: {header[:100] or 'none'}), not the API's JSON or XML: "
+            f"reply is an HTML page (Content-Type: {clip(header, 100) or 'none'}), not the API's JSON or XML: "
             "check the connection's host and Base URL (a wrong Base URL, or a proxy or captive portal "
             f"answering in the API's place){_excerpt(body, html_page=True)}"
         ) from None
     if media and "json" not in media and "xml" not in media:
         raise LoyaltyResponseError(
-            f"reply is {media[:60]} (Content-Type: {header[:100]}), not the API's JSON or XML: check the "
+            f"reply is {clip(media, 60)} (Content-Type: {clip(header, 100)}), not the API's JSON or XML: check the "
             f"connection's host and Base URL{_excerpt(body, html_page=False)}"
         ) from None
 
@@ -383,10 +384,9 @@ def _excerpt(body: bytes, *, html_page: bool) -> str:
         title = _TITLE.search(head)
         head = html.unescape(title.group(1) if title else _TAG.sub(" ", _HIDDEN.sub(" ", head)))
     words = "".join(char if char.isprintable() else " " for char in head).split()
-    text = " ".join(words[:_EXCERPT_CHARS])
-    if len(text) > _EXCERPT_CHARS:  # whole words: a token is shown whole (and masked) or not at all
-        cut = text[: _EXCERPT_CHARS + 1].rsplit(" ", 1)[0] if " " in text[:_EXCERPT_CHARS] else text[:_EXCERPT_CHARS]
-        text = cut + " …"
+    text = clip(" ".join(words[:_EXCERPT_CHARS]), _EXCERPT_CHARS)  # a token: whole (then masked) or not at all
+    if text.startswith("…"):  # one word longer than a line: nothing worth showing
+        text = ""
     return f"; it reads: {text!r}" if text else ""
 
 
@@ -667,7 +667,7 @@ def _to_int(text: str) -> int | None:
         return None
     if number.is_integer():
         return int(number)
-    raise _BadField(FieldType.INT, text.strip()[:40])
+    raise _BadField(FieldType.INT, clip(text.strip(), 40))
 
 
 def _to_number(text: str) -> int | float | None:
@@ -687,7 +687,7 @@ def _to_number(text: str) -> int | float | None:
         return None
     if math.isfinite(number):
         return number
-    raise _BadField(FieldType.NUMBER, text.strip()[:40])
+    raise _BadField(FieldType.NUMBER, clip(text.strip(), 40))
 
 
 _BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
@@ -705,7 +705,7 @@ def _to_bool(text: str) -> bool | None:
 def _refuse_unless_blank(kind: FieldType, text: str) -> None:
     """An empty (or all-blank) text is no value (``None``); anything else is not of the documented type."""
     if text.strip():
-        raise _BadField(kind, text.strip()[:40])
+        raise _BadField(kind, clip(text.strip(), 40))
 
 
 _CONVERTERS: dict[FieldType, Callable[[str], Any]] = {

@@ -27,7 +27,7 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.utils.codec import ENVELOPE_SCHEMA, MIME_TYPES, Schema, decode_body, encode_body
 from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
-from airflow_provider_loyalty.utils.redaction import quoted, scrub
+from airflow_provider_loyalty.utils.redaction import clip, quoted, scrub
 from airflow_provider_loyalty.utils.validation import first_control_character
 
 EXPORT_PATH = "/api/v1.1/loyalty/transactions_export"
@@ -158,7 +158,7 @@ def redirect_text(http_status: int, location: str | None, base_url: str | None =
     target = (location or "").strip()
     if not target:
         return f"unexpected redirect (HTTP {http_status}); redirects are not followed"
-    shown = target[:200]
+    shown = _shown_location(target)
     hint = "put that scheme and host in the connection's Base URL"
     try:
         here, there = urlsplit(base_url or ""), urlsplit(target)
@@ -174,6 +174,26 @@ def redirect_text(http_status: int, location: str | None, base_url: str | None =
     return f"the API redirects (HTTP {http_status}) to {shown}; redirects are not followed: {hint}"
 
 
+#: The most of a redirect's Location an error shows.
+_LOCATION_CHARS = 200
+
+
+def _shown_location(target: str) -> str:
+    """A Location as an error shows it: whole up to :data:`_LOCATION_CHARS` (the caller's redaction
+    masks a token in it), else without its query and fragment, where a token would sit, so that no
+    cut leaves a piece of one too short to recognise."""
+    if len(target) <= _LOCATION_CHARS:
+        return target
+    shortened = target.partition("#")[0].partition("?")[0]
+    if len(shortened) <= _LOCATION_CHARS:
+        return f"{shortened} (its query is not shown: {len(target)} characters in all)"
+    try:
+        parts = urlsplit(shortened)
+    except ValueError:
+        return f"a Location of {len(target)} characters"
+    return f"{parts.scheme}://{parts.hostname or ''}/... (its path is not shown: {len(target)} characters in all)"
+
+
 def _envelope_code(envelope: Mapping[str, Any] | None) -> int | None:
     if envelope is None or "error" not in envelope:
         return None
@@ -184,7 +204,7 @@ def _envelope_code(envelope: Mapping[str, Any] | None) -> int | None:
         return raw
     if isinstance(raw, str) and raw.strip().lstrip("-").isascii() and raw.strip().lstrip("-").isdigit():
         return int(raw.strip())
-    raise LoyaltyResponseError(f"field 'error': expected an integer, got {str(raw)[:40]!r}")
+    raise LoyaltyResponseError(f"field 'error': expected an integer, got {clip(str(raw), 40)!r}")
 
 
 def data_object(envelope: Mapping[str, Any], endpoint: str) -> dict[str, Any]:

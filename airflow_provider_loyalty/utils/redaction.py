@@ -31,6 +31,8 @@ _PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 #: The most of a server's own text (``error_text``, a failed task's reason) an exception, an event
 #: or a log line quotes; the rest is counted, not shown.
 MAX_QUOTED_CHARS = 1000
+#: What :func:`clip` puts where it cut a text.
+CLIPPED = " …"
 
 
 @functools.lru_cache(maxsize=16)
@@ -82,7 +84,19 @@ def redact(text: str, token: str | None) -> str:
     forms = _forms(token)
     for form in forms:
         text = text.replace(form, MASK)
+    if CLIPPED in text:
+        text = _mask_clipped_words(text, forms)
     return _mask_runs(text, forms)
+
+
+def _mask_clipped_words(text: str, forms: tuple[str, ...]) -> str:
+    """Mask the first words of a token that holds blanks where :func:`clip` cut the text after them
+    (``tok with …`` of ``tok with spaces``): too short to be a :data:`PIECE`, still part of the secret."""
+    for form in forms:
+        for end in range(len(form) - 1, 0, -1):
+            if form[end].isspace() and not form[end - 1].isspace():
+                text = text.replace(f"{form[:end]}{CLIPPED}", f"{MASK}{CLIPPED}")
+    return text
 
 
 def carries_token(text: str, token: str | None) -> bool:
@@ -116,6 +130,22 @@ def quoted(text: str, token: str | None, limit: int = MAX_QUOTED_CHARS) -> str:
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters of a server's text, cut only between words (then ``…``).
+
+    For text cut before the token is known (the codec quotes a field or a page before the hook
+    redacts its errors): a token, which holds no blank, is kept whole (and masked later by
+    :func:`redact`) or dropped whole, never cut to a piece too short to recognise. A first word
+    longer than ``limit`` is not shown at all: ``…`` and its length stand for it.
+    """
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1]
+    blank = max(cut.rfind(" "), cut.rfind("\t"), cut.rfind("\n"), cut.rfind("\r"))
+    words = cut[:blank].rstrip() if blank > 0 else ""
+    return f"{words}{CLIPPED}" if words else f"… ({len(text)} characters)"
+
+
 def _texts(error: BaseException) -> list[str]:
     texts = [str(error), repr(error), *(str(arg) for arg in error.args)]
     texts += [value for value in vars(error).values() if isinstance(value, str)] if hasattr(error, "__dict__") else []
@@ -123,7 +153,7 @@ def _texts(error: BaseException) -> list[str]:
 
 
 def _mentions(error: BaseException, token: str) -> bool:
-    pieces = {form[:PIECE] for form in _forms(token)}
+    pieces = {form[:PIECE] for form in _forms(token)} | {CLIPPED}  # a clipped text may end in its first words
     return any(piece in text for text in _texts(error) for piece in pieces)
 
 

@@ -24,7 +24,7 @@ from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyTransientEr
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.sensors.loyalty import LoyaltyExportTaskSensor
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
-from tests.reliability.support import PROGRAM
+from tests.reliability.support import PROGRAM, loopback_server, send
 from tests.support.dag_runner import REPO, run_dag_test
 from tests.support.helpers import point_connection_at
 from tests.support.operator_driver import context_for
@@ -408,3 +408,51 @@ def test_escaped_and_cut_short_tokens_are_masked(token: str, text: str) -> None:
     assert token[:PIECE] not in cleaned and "xYz" not in cleaned
     error = scrub(LoyaltyError(text), token)
     assert token[:PIECE] not in str(error) and "***" in str(error)
+
+
+# ------------------------------------------------------------------------------------- a token at a cut
+#
+# Server text is cut short where an error quotes it (a field to 40 characters, a page's words to 80,
+# a Location to 200), in the codec, before the hook knows which token to remove. A token straddling
+# such a cut must not leave its first few characters behind (too short to be recognised as a piece
+# of it afterwards): the cut keeps the token whole or drops it whole.
+
+_CUT_TOKENS = {"plain": "s3cr3tTOKENvalue0123456789", "spaces": "Zq9x with spaces 7c1e9a4b"}
+
+
+def _reply_cutting(where: str, token: str):
+    """A responder whose reply quotes ``token`` across the place ``where`` the error cuts it."""
+
+    def respond(handler, _server) -> None:
+        if where == "location":
+            target = "https://sso.example.com/login?" + "x" * 163 + token
+            send(handler, 302, b"", "text/plain", Location=target)
+        elif where == "page":
+            title = "https://sso.example.com/login?next=%2Fapi&access_to" + "k" * 20 + token
+            send(handler, 200, f"<html><title>{title}</title></html>".encode(), "text/html")
+        else:  # a documented number field that is not one, the token straddling its 40th character
+            progress = "see https://status.example.com/x?key" + token
+            body = {"error": 0, "data": {"status": "processing", "progress": progress}}
+            send(handler, 200, json.dumps(body).encode(), "application/json")
+
+    return respond
+
+
+@pytest.mark.parametrize("kind", list(_CUT_TOKENS))
+@pytest.mark.parametrize("where", ["location", "page", "field"])
+def test_a_token_straddling_a_cut_leaves_no_piece_in_errors(monkeypatch, where: str, kind: str) -> None:
+    from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+
+    token = _CUT_TOKENS[kind]
+    with loopback_server(_reply_cutting(where, token)) as api:
+        connection = {"conn_type": "loyalty", "host": api.url, "password": token, "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        hook = LoyaltyHook()
+        with pytest.raises(LoyaltyError) as caught:
+            hook.get_task_status("task_1")
+        ok, message = hook.test_connection()
+        hook.close()
+    assert {"location": "redirects", "page": "HTML page", "field": "'data.progress'"}[where] in str(caught.value)
+    first_word = token.split()[0][:4]
+    for text in [*exception_texts(caught.value), message]:
+        assert first_word not in text, f"a piece of the token in: {text[:400]}"

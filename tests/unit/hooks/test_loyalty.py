@@ -748,6 +748,14 @@ def test_test_connection_true_only_with_an_accepted_token(
             _everywhere(302, {"error": 0, "error_text": "Found"}, Location="http://[bad"),
             "redirects (HTTP 302) to 'http://[bad', not a URL; redirects are not followed",
         ),
+        (  # a long Location: its query (where a token would sit) is left out, not cut through
+            _everywhere(302, {"error": 0, "error_text": "Found"}, Location="https://sso.example.net/in?" + "q" * 300),
+            "redirects (HTTP 302) to https://sso.example.net/in (its query is not shown: 327 characters in all)",
+        ),
+        (  # a long path too: only the scheme and host
+            _everywhere(302, {"error": 0, "error_text": "Found"}, Location="https://sso.example.net/" + "p" * 300),
+            "redirects (HTTP 302) to https://sso.example.net/... (its path is not shown: 324 characters in all)",
+        ),
         (_everywhere(404, {"error": 1003, "error_text": "Not found"}), "Every path answers HTTP 404"),
         (_everywhere(404), "HTTP 404"),
     ],
@@ -759,6 +767,8 @@ def test_test_connection_true_only_with_an_accepted_token(
         "301-to-https",
         "302-to-another-host",
         "302-to-no-url",
+        "302-long-query",
+        "302-long-path",
         "404-everywhere",
         "html-404",
     ],
