@@ -36,6 +36,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyExportStopped,
     LoyaltyFinalError,
     LoyaltyNotFoundError,
+    LoyaltyResponseError,
     LoyaltyTransientError,
     LoyaltyVerificationError,
 )
@@ -82,7 +83,8 @@ Step = Waiting | Finished
 
 
 class _BatchUnusable(Exception):
-    """This batch cannot be landed (file gone, verification failed): create it again."""
+    """This batch cannot be landed (file gone, verification failed, or an earlier try's task ended
+    with a reply that cannot be used): create it again."""
 
 
 class ExportLoop:
@@ -358,6 +360,8 @@ class ExportLoop:
             raise
         except (LoyaltyNotFoundError, LoyaltyVerificationError) as error:
             raise _BatchUnusable(str(error)) from None
+        except LoyaltyResponseError as error:  # its status reply (read ahead, too) cannot be used
+            raise self._unusable_reply(task, error) from None
         except LoyaltyApiError as error:
             if _file_gone(error):
                 raise _BatchUnusable(str(error)) from None
@@ -374,8 +378,11 @@ class ExportLoop:
             raise _BatchUnusable(
                 f"export task {current.task_id} had ended with status {status.status!r}: {status.failure_text}"
             )
-        result = status.completed_result()
-        self._check_cursor(progress, current, result)
+        try:
+            result = status.completed_result()
+            self._check_cursor(progress, current, result)
+        except (LoyaltyResponseError, LoyaltyCursorError) as error:
+            raise self._unusable_reply(current, error) from None
         following = self._create_next(progress, result)
         if prefetcher is not None and following is not None:
             prefetcher.start(following)
@@ -413,6 +420,14 @@ class ExportLoop:
         progress.pending.append(task)
         self._checkpoint(progress)
         return task
+
+    def _unusable_reply(self, task: PendingTask, error: LoyaltyError) -> LoyaltyError | _BatchUnusable:
+        """What to raise for a task whose final reply cannot be used (rows without a file, a cursor
+        already used): its error when this try created the task (the task fails; a retry creates the
+        batch again), else the batch is unusable, so a retry never replays an earlier try's failure."""
+        if self._created_by_this_try(task):
+            return error
+        return _BatchUnusable(f"export task {task.task_id} had ended with a reply that cannot be used: {error}")
 
     def _pending(self, task_id: str, cursor: str | None) -> PendingTask:
         identity = self.lease.identity

@@ -134,6 +134,21 @@ def test_rows_without_a_file_stay_an_error(emulator: LoyaltyEmulator, tmp_path):
     assert not (tmp_path / MANIFEST_NAME).exists()
 
 
+def test_a_retry_creates_again_a_batch_whose_reply_could_not_be_used(emulator: LoyaltyEmulator, tmp_path):
+    """A retry never replays the same failure: the earlier try's task, whose completed reply named
+    rows but no file, is given up and the batch created again from the same cursor."""
+    emulator.config.hashed_file_override = ""
+    with pytest.raises(LoyaltyResponseError, match="without a hashed_file"):
+        local_export_operator(tmp_path).execute(context_for(ti=task_instance(try_number=1)))
+    (broken,) = checkpoint(tmp_path)["pending"]
+    emulator.config.hashed_file_override = None
+    emulator.api.tasks.get(broken["task_id"]).hashed_file = ""  # that task stays broken; new ones are fine
+    manifest = local_export_operator(tmp_path).execute(context_for(ti=task_instance(try_number=2)))
+    assert manifest["parts"][0]["export_task_id"] != broken["task_id"]
+    assert [task["from_id"] for task in tasks_from(emulator, None)] == [None, None]  # created again, same cursor
+    assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+
+
 # ---------------------------------------------------------------------------------------- 13.13
 
 
