@@ -137,7 +137,7 @@ def test_missing_moto_fails_the_fixture_saying_what_to_install(tmp_path: Path) -
     assert result.returncode == 1, result.stdout[-3000:]
     assert re.search(r"\b1 error\b", result.stdout), result.stdout[-3000:]
     assert "loyalty_s3: moto's S3 server is not installed here" in result.stdout
-    assert "pip install 'airflow-provider-loyalty[test]'" in result.stdout
+    assert "pip install 'airflow-provider-loyalty[testing]'" in result.stdout
     assert "Traceback" not in result.stdout
 
 

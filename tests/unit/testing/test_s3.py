@@ -85,7 +85,7 @@ def test_the_server_ends_with_a_process_killed_inside_the_block(signal_name: str
 
 def test_missing_moto_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "moto", None)  # as if moto were not installed
-    with pytest.raises(S3ServerUnavailable, match=re.escape("pip install 'airflow-provider-loyalty[test]'")):
+    with pytest.raises(S3ServerUnavailable, match=re.escape("pip install 'airflow-provider-loyalty[testing]'")):
         require_moto_server()
     with pytest.raises(S3ServerUnavailable, match="cannot import 'moto'"), moto_s3_server():
         pass  # pragma: no cover - the server must not start
