@@ -36,6 +36,7 @@ Anything that does not decode raises :class:`LoyaltyResponseError`, never a pars
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import enum
 import gc
 import html
@@ -65,9 +66,18 @@ class FieldType(enum.Enum):
     BOOL = "boolean"
 
 
-#: A reply's documented typed fields: a field name maps to its type, to the schema of a nested
-#: object, or to a one-element list holding the schema of each item of a list.
-Schema = Mapping[str, Union[FieldType, "Schema", list["Schema"]]]
+@dataclasses.dataclass(frozen=True)
+class Informational:
+    """A documented field the provider only logs or passes on (a task's ``progress``, ids it echoes):
+    of its type when its value reads as one, else kept as sent, so an odd value fails nothing."""
+
+    kind: FieldType
+
+
+#: A reply's documented typed fields: a field name maps to its type (:class:`Informational` for
+#: one nothing depends on), to the schema of a nested object, or to a one-element list holding the
+#: schema of each item of a list.
+Schema = Mapping[str, Union[FieldType, Informational, "Schema", list["Schema"]]]
 
 _INT, _NUMBER, _BOOL = FieldType.INT, FieldType.NUMBER, FieldType.BOOL
 #: Every reply: the envelope.
@@ -76,8 +86,13 @@ ENVELOPE_SCHEMA: Schema = {"error": _INT}
 STATUS_SCHEMA: Schema = {
     "error": _INT,
     "data": {
-        "progress": _NUMBER,
-        "result": {"total": _INT, "loyalty_id": _INT, "points_currency_iid": _INT, "is_api": _BOOL},
+        "progress": Informational(_NUMBER),
+        "result": {
+            "total": _INT,
+            "loyalty_id": Informational(_INT),
+            "points_currency_iid": Informational(_INT),
+            "is_api": Informational(_BOOL),
+        },
     },
 }
 #: ``loyalty/account/transactions``: ``data`` is a list of transactions.
@@ -408,7 +423,11 @@ class _Compiled:
     __slots__ = ("flat", "lists", "objects", "scalars")
 
     def __init__(self, schema: Schema) -> None:
-        self.scalars = tuple((key, _CONVERTERS[shape]) for key, shape in schema.items() if isinstance(shape, FieldType))
+        self.scalars = tuple(
+            (key, _CONVERTERS[shape], False) if isinstance(shape, FieldType) else (key, _CONVERTERS[shape.kind], True)
+            for key, shape in schema.items()
+            if isinstance(shape, FieldType | Informational)
+        )
         self.objects = {key: _compiled(shape) for key, shape in schema.items() if isinstance(shape, Mapping)}
         self.lists = {key: _compiled(shape[0]) for key, shape in schema.items() if isinstance(shape, list)}
         self.flat = not self.objects and not self.lists
@@ -613,22 +632,25 @@ def _index_keyed(value: dict[str, Any]) -> bool:
     return all(key.__class__ is str and key.isascii() and key.isdigit() for key in value)
 
 
-def _coerce_scalars(record: dict[str, Any], scalars: tuple[tuple[str, Callable[[str], Any]], ...]) -> None:
-    for key, convert in scalars:
+def _coerce_scalars(record: dict[str, Any], scalars: tuple[tuple[str, Callable[[str], Any], bool], ...]) -> None:
+    """Each typed field of ``record`` as its type; one that is not refused, unless it is
+    :class:`Informational` (then kept as sent)."""
+    for key, convert, informational in scalars:
         value = record.get(key)
-        if value.__class__ is str:
-            try:
+        try:
+            if value.__class__ is str:
                 record[key] = convert(value)
-            except _BadField as bad:
+            elif (value.__class__ is float or value.__class__ is Decimal) and convert is _to_int:  # JSON's 1000.0
+                if not _whole(value):
+                    raise _BadField(FieldType.INT, str(value)[:40])
+                record[key] = int(value)
+            elif value.__class__ is int and convert is _to_bool:  # JSON's 0 / 1 for a boolean, as "0" / "1"
+                if value not in (0, 1):
+                    raise _BadField(FieldType.BOOL, repr(value))
+                record[key] = value == 1
+        except _BadField as bad:
+            if not informational:
                 raise bad.within(key) from None
-        elif (value.__class__ is float or value.__class__ is Decimal) and convert is _to_int:  # JSON's 1000.0
-            if not _whole(value):
-                raise _BadField(FieldType.INT, str(value)[:40]).within(key)
-            record[key] = int(value)
-        elif value.__class__ is int and convert is _to_bool:  # JSON's 0 / 1 for a boolean, as "0" / "1"
-            if value not in (0, 1):
-                raise _BadField(FieldType.BOOL, repr(value)).within(key)
-            record[key] = value == 1
 
 
 def _whole(number: float | Decimal) -> bool:

@@ -52,9 +52,12 @@ def is_bool_word(text: str) -> bool:
 
 
 def parse_bool(value: Any, parameter: str) -> bool:
-    """A boolean, or its usual spellings as text (``true``/``false``, ``1``/``0``, ``yes``/``no``)."""
+    """A boolean, the integer 1 or 0 (JSON's, or a URI extra's), or its usual spellings as text
+    (``true``/``false``, ``1``/``0``, ``yes``/``no``)."""
     if isinstance(value, bool):
         return value
+    if isinstance(value, int) and value in (0, 1):
+        return value == 1
     if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
         return value.strip().lower() in _TRUE_WORDS
     raise LoyaltyValidationError(parameter, f"expected true or false, got {value!r}")
@@ -324,6 +327,8 @@ def check_matching(
             "field_value": field_value,
         }
     companion = {"email": email, "phone": phone, "profile_id": profile_id}[matching]
+    if matching != "email" and isinstance(companion, int) and not isinstance(companion, bool):
+        companion = str(companion)  # a numeric id or phone a template rendered natively, as field_value
     if companion in (None, "") or not isinstance(companion, str):
         raise LoyaltyValidationError(matching, f'required (a string) when matching="{matching}"; got {companion!r}')
     return {"matching": matching, matching: _without_controls(companion, matching)}

@@ -430,9 +430,9 @@ def _reply_cutting(where: str, token: str):
         elif where == "page":
             title = "https://sso.example.com/login?next=%2Fapi&access_to" + "k" * 20 + token
             send(handler, 200, f"<html><title>{title}</title></html>".encode(), "text/html")
-        else:  # a documented number field that is not one, the token straddling its 40th character
-            progress = "see https://status.example.com/x?key" + token
-            body = {"error": 0, "data": {"status": "processing", "progress": progress}}
+        else:  # a documented integer field that is not one, the token straddling its 40th character
+            total = "see https://status.example.com/x?key" + token
+            body = {"error": 0, "data": {"status": "completed", "result": {"hashed_file": "a/b.zip", "total": total}}}
             send(handler, 200, json.dumps(body).encode(), "application/json")
 
     return respond
@@ -453,7 +453,7 @@ def test_a_token_straddling_a_cut_leaves_no_piece_in_errors(monkeypatch, where: 
         ok, message = hook.test_connection()
         hook.close()
     assert not ok
-    assert {"location": "redirects", "page": "HTML page", "field": "'data.progress'"}[where] in str(caught.value)
+    assert {"location": "redirects", "page": "HTML page", "field": "'data.result.total'"}[where] in str(caught.value)
     first_word = token.split()[0][:4]
     for text in [*exception_texts(caught.value), message]:
         assert first_word not in text, f"a piece of the token in: {text[:400]}"

@@ -417,12 +417,29 @@ def test_empty_elements_are_none_for_typed_fields_and_text_otherwise() -> None:
     assert data == {"status": "completed", "progress": None, "result": {"total": None, "hashed_file": ""}}
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/xml"])
+def test_fields_nothing_depends_on_keep_an_odd_value_as_sent(content_type: str) -> None:
+    """``progress`` is only logged and ``loyalty_id``, ``points_currency_iid`` and ``is_api`` only
+    passed on: a value not of its documented type fails nothing (a completed export still lands)."""
+    odd = {"progress": "n/a", "loyalty_id": "program-7", "points_currency_iid": "", "is_api": "maybe"}
+    result = {"hashed_file": "a/b.zip", "total": "3", **{key: odd[key] for key in odd if key != "progress"}}
+    document = envelope({"status": "completed", "progress": odd["progress"], "result": result})
+    body = json.dumps(document).encode() if content_type.endswith("json") else to_xml(document, pretty=False)
+    data = decode_body(body, content_type, schema=STATUS_SCHEMA)["data"]
+    assert data["progress"] == "n/a"
+    assert data["result"] == {"hashed_file": "a/b.zip", "total": 3, "loyalty_id": "program-7",
+                              "points_currency_iid": None, "is_api": "maybe"}  # fmt: skip
+    typed = decode_body(json.dumps(envelope({"progress": "42%", "result": {"loyalty_id": "7"}})).encode(),
+                        "application/json", schema=STATUS_SCHEMA)["data"]  # fmt: skip
+    assert (typed["progress"], typed["result"]["loyalty_id"]) == (42, 7)  # of their type when they read as it
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
         (b"<xml><a>1</a><a>2</a><b>3</b><error>0</error></xml>", "<a> appears more than once under <xml>"),
         (b"<xml><error>zero</error></xml>", "field 'error': expected integer"),
-        (b"<xml><data><progress>fast</progress></data><error>0</error></xml>", "field 'data.progress'"),
+        (b"<xml><data><result><total>fast</total></result></data><error>0</error></xml>", "field 'data.result.total'"),
         (b"<response><error>0</error></response>", "expected an <xml> root element, got <response>"),
         (b"<html><body>502</body></html>", "reply is an HTML page"),
         (b"<xml>" + b"<a>" * 5000 + b"x" + b"</a>" * 5000 + b"</xml>", "nested too deeply"),

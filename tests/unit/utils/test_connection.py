@@ -469,3 +469,22 @@ def test_the_connections_proxies_win_over_the_environment(
         point_connection_at(monkeypatch, loyalty_emulator, proxies=json.dumps({"http": chosen.url}))
         sync_calls(tmp_path)
     assert len(chosen.requests) == 3 and ambient.requests == []
+
+
+@pytest.mark.parametrize(("given", "expected"), [(0, False), (1, True), ("0", False), ("1", True)])
+def test_verify_ssl_as_a_json_number_reads_as_its_text(given: Any, expected: bool) -> None:
+    assert settings(verify_ssl=given).verify is expected
+
+
+def test_verify_ssl_as_another_number_is_refused() -> None:
+    with pytest.raises(LoyaltyValidationError, match="verify_ssl: expected true or false"):
+        settings(verify_ssl=2)
+
+
+@pytest.mark.parametrize("matching", ["phone", "profile_id"])
+def test_a_numeric_member_id_rendered_natively_is_its_digits(matching: str) -> None:
+    from airflow_provider_loyalty.utils.validation import check_matching
+
+    assert check_matching(matching, **{matching: 15550000003}) == {"matching": matching, matching: "15550000003"}
+    with pytest.raises(LoyaltyValidationError, match=matching):
+        check_matching(matching, **{matching: True})
