@@ -8,8 +8,8 @@ lease held by someone else:
 
 * the same task instance (a retry after a crash, or the task resuming after a deferral) takes it
   over at once. Airflow does not mean to run two tries together, but a try it gave up on (missed
-  heartbeats) may still run for a moment: :meth:`LocationLease.check`, before every checkpoint
-  and seal, stops it there;
+  heartbeats) may still run for a moment: :class:`LeasedSink` checks the lease before every write
+  the writer makes (and after each part upload), so such a try stops at its next write;
 * an expired lease (its writer died) is taken over;
 * a live lease of a *different* period fails at once, naming the location and the holder;
 * a live lease of the *same* period from another task is waited for: when it is released the
@@ -17,6 +17,11 @@ lease held by someone else:
 
 The writer renews its lease on every batch; a deferring writer extends it to the trigger's
 deadline. Released at the end of the export, also when the export fails.
+
+What no lease can stop (without the store fencing its writes): a writer that stalls *during* one
+write for longer than the lease (a part upload frozen for over 10 minutes) and then completes it.
+The check after each upload stops that writer before it records the part, so the part is not
+counted as its; the other export's seal then finds a part whose size is not its record's.
 """
 
 from __future__ import annotations
@@ -139,6 +144,7 @@ class LocationLease:
         self.seconds = seconds
         self.stop = stop or threading.Event()
         self._tag: str | None = None
+        self._lost = False  # taken by another writer: nothing more is written
         self._renewed_at = 0.0
         self.waited_since: float | None = None
         self.taken_from: dict[str, Any] | None = None
@@ -255,7 +261,7 @@ class LocationLease:
         expiry = until if until is not None else time.time() + self.seconds
         tag = self.sink.replace_if(LEASE_NAME, self._document(expiry), self._tag)
         if tag is None:
-            self._tag = None
+            self._tag, self._lost = None, True
             raise LoyaltyLocationBusyError(
                 self.sink.describe(),
                 "another writer",
@@ -270,13 +276,21 @@ class LocationLease:
         read): a try Airflow gave up on (a missed heartbeat) whose retry took the location over
         stops at its next checkpoint instead of writing over the retry's.
 
-        :raises LoyaltyLocationBusyError: the lease was taken by someone else meanwhile.
+        :raises LoyaltyLocationBusyError: the lease was taken by someone else meanwhile (also on every
+            call after that).
         """
         if self._tag is None:
+            if self._lost:
+                raise LoyaltyLocationBusyError(
+                    self.sink.describe(),
+                    "another writer",
+                    f"{self.sink.describe()}: this export ({self.identity.describe()}) lost its lease and "
+                    "writes nothing more",
+                )
             return
         found = self._stored()
         if found is None or found[1] != self._tag:
-            self._tag = None
+            self._tag, self._lost = None, True
             holder = _holder_text(found[0]) if found is not None else "nobody (the lease is gone)"
             raise LoyaltyLocationBusyError(
                 self.sink.describe(),
@@ -300,3 +314,72 @@ class LocationLease:
             return self.sink.tagged(LEASE_NAME)
         except UnreadableDocument:
             return None
+
+
+class LeasedSink(PartSink):
+    """The location as its writer writes it: every write first makes sure the lease is still the
+    writer's (:meth:`LocationLease.check`, one read), and a part upload, long enough for a stalled
+    process to outlive its lease, makes sure again after it, before anything records the part.
+
+    A writer whose lease another export took (it had expired while this one stalled, or Airflow
+    started another try) stops at its next write instead of writing over the other's parts,
+    records, manifest or checkpoint. Reads go straight to the location.
+
+    :param sink: the location.
+    :param lease: the writer's lease of it.
+    """
+
+    def __init__(self, sink: PartSink, lease: LocationLease) -> None:
+        self.inner = sink
+        self.lease = lease
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def url(self, name: str) -> str:
+        return self.inner.url(name)
+
+    def key(self, name: str) -> str:
+        return self.inner.key(name)
+
+    def put_file(self, name: str, local_path: str) -> None:
+        self.lease.check()
+        self.inner.put_file(name, local_path)
+        self.lease.check()
+
+    def read_bytes(self, name: str) -> bytes | None:
+        return self.inner.read_bytes(name)
+
+    def tagged(self, name: str) -> tuple[dict[str, Any], str] | None:
+        return self.inner.tagged(name)
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        return self.inner.read_json(name)
+
+    def write_bytes(self, name: str, payload: bytes) -> None:
+        self.lease.check()
+        self.inner.write_bytes(name, payload)
+
+    def write_json(self, name: str, document: dict[str, Any]) -> str:
+        self.lease.check()
+        return self.inner.write_json(name, document)
+
+    def create_exclusive(self, name: str, payload: bytes) -> str | None:
+        self.lease.check()
+        return self.inner.create_exclusive(name, payload)
+
+    def replace_if(self, name: str, payload: bytes, tag: str) -> str | None:
+        self.lease.check()
+        return self.inner.replace_if(name, payload, tag)
+
+    def delete(self, names: list[str]) -> None:
+        if names:
+            self.lease.check()
+            self.inner.delete(names)
+
+    def sizes(self, directory: str = "") -> dict[str, int]:
+        return self.inner.sizes(directory)
+
+    def move(self, source: str, target: str) -> None:
+        self.lease.check()
+        self.inner.move(source, target)

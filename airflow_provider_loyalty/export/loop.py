@@ -52,7 +52,7 @@ from airflow_provider_loyalty.export.layout import (
     record_name,
     staged,
 )
-from airflow_provider_loyalty.export.lease import LocationLease, WriterIdentity
+from airflow_provider_loyalty.export.lease import LeasedSink, LocationLease, WriterIdentity
 from airflow_provider_loyalty.export.manifest import starting_cursor
 from airflow_provider_loyalty.export.progress import CLEANUP, EXPORTING, ExportProgress, PartRecord, PendingTask
 from airflow_provider_loyalty.export.seal import Sealer, finish_interrupted_switch
@@ -138,6 +138,7 @@ class ExportLoop:
         self.log = log
         self.stop_event = threading.Event()
         self.lease = LocationLease(sink, identity, spec.period, log, stop=self.stop_event)
+        self.sink = sink = LeasedSink(sink, self.lease)  # every write of the export checks the lease first
         self.sealer = Sealer(
             sink,
             spec,
@@ -326,7 +327,11 @@ class ExportLoop:
             self.lease.renew()
             if progress.phase != EXPORTING or progress.exhausted:
                 self.lease.check()  # the manifest is written by the lease's holder only
-                return Finished(self.sealer.seal(progress))
+                try:
+                    return Finished(self.sealer.seal(progress))
+                except LoyaltyError:
+                    self.lease.check()  # taken over meanwhile (its records gone with the other's seal): the cause
+                    raise
             current = self._current_task(progress)
             if completed is not None and completed.export_task_id != current.task_id:
                 self.log.warning(
@@ -732,8 +737,7 @@ class ExportLoop:
         return manifest
 
     def _checkpoint(self, progress: ExportProgress) -> None:
-        self.lease.check()
-        self.sink.write_json(CHECKPOINT_NAME, progress.to_dict())
+        self.sink.write_json(CHECKPOINT_NAME, progress.to_dict())  # checks the lease first (LeasedSink)
 
     def _check_stop(self) -> None:
         if self.stop_event.is_set():

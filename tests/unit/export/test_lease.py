@@ -398,6 +398,60 @@ def test_a_try_whose_location_was_taken_over_stops_before_writing_where_the_expo
     assert manifest["written_by_try"] == 2 and verify_manifest(manifest_location(target)).intact
 
 
+@pytest.mark.parametrize("stalls_in", ["seal", "part upload"])
+def test_a_writer_that_stalled_past_its_lease_stops_at_its_next_write(
+    emulator: LoyaltyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stalls_in: str
+):
+    """Writer A (September) stalls past its lease: in its seal, after the last check before it, or
+    in a part upload. Writer B (October, another run) takes the expired lease over and finishes its
+    export. A resumes: it must write nothing more (no manifest, no record, no cleanup over B's), as
+    every write now checks the lease first (and a part upload again after it). Before, A's seal
+    wrote its manifest over B's and deleted B's last part."""
+    from airflow_provider_loyalty.export import lease as lease_module
+    from airflow_provider_loyalty.export.seal import Sealer
+    from airflow_provider_loyalty.export.sinks import ObjectStorageSink
+
+    monkeypatch.setattr(lease_module.LocationLease.__init__, "__kwdefaults__", {"seconds": 0.3, "stop": None})
+    target = {"output_path": str(tmp_path / "location")}
+    other: list[dict[str, Any]] = []
+
+    def another_export_takes_over() -> None:
+        if not other:  # A's first stall only: B's own export runs straight through
+            other.append({})
+            time.sleep(0.5)  # A's lease runs out
+            other[0] = make_operator(target).execute(context_for(*OCTOBER, ti=task_instance(run_id="october")))
+
+    if stalls_in == "seal":
+        original_seal = Sealer.seal
+
+        def stalling_seal(self: Sealer, progress: Any) -> dict[str, Any]:
+            another_export_takes_over()
+            return original_seal(self, progress)
+
+        monkeypatch.setattr(Sealer, "seal", stalling_seal)
+    else:
+        original_put = ObjectStorageSink.put_file
+
+        def stalling_put(self: ObjectStorageSink, name: str, local_path: str) -> None:
+            if name == "part-00001.csv":
+                another_export_takes_over()
+            original_put(self, name, local_path)
+
+        monkeypatch.setattr(ObjectStorageSink, "put_file", stalling_put)
+
+    with pytest.raises(LoyaltyLocationBusyError):
+        make_operator(target).execute(context_for(*SEPTEMBER, ti=task_instance(run_id="september")))
+    manifest = json.loads((tmp_path / "location" / MANIFEST_NAME).read_text())
+    assert (manifest["date_from"], manifest["total_rows"]) == (other[0]["date_from"], other[0]["total_rows"])
+    assert manifest["date_from"].startswith("2023-10-01")
+    report = verify_manifest(manifest_location(target))
+    if stalls_in == "seal":
+        assert report.intact, report.to_text()
+    else:  # a write A had begun before B took over lands late: found, never passed off as B's
+        assert not report.intact and "part-00001.csv" in report.to_text()
+    assert not (tmp_path / "location" / "_parts").exists()  # A recorded nothing after losing the lease
+
+
 def test_a_finished_export_in_another_output_format_is_not_adopted(
     emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
 ):
