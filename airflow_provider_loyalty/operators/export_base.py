@@ -29,7 +29,12 @@ from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
 from airflow_provider_loyalty.operators.lineage import operator_lineage
 from airflow_provider_loyalty.operators.links import LoyaltyManifestLink
-from airflow_provider_loyalty.triggers.loyalty import defer_until_done, status_from_event, within_execution_timeout
+from airflow_provider_loyalty.triggers.loyalty import (
+    defer_until_done,
+    status_from_event,
+    wait_failed,
+    within_execution_timeout,
+)
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.periods import period_bound
@@ -350,7 +355,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
             # lease was renewed past the deadline at deferral and would hold off other writers.
             progress = loop.begin(after_deferral=True)
             status: ExportTaskStatus | None = None
-            if _trigger_lost_the_task(event) and trigger_errors < MAX_TRIGGER_ERRORS:
+            if wait_failed(event) and trigger_errors < MAX_TRIGGER_ERRORS:
                 self.log.warning(
                     "The triggerer could not follow export task %s (%s); checking it from the worker",
                     export_task_id,
@@ -452,11 +457,6 @@ class LoyaltyExportBaseOperator(BaseOperator):
         """Stop the export promptly; the checkpoint keeps the pending export task for the next try."""
         if self._loop is not None:
             self._loop.stop()
-
-
-def _trigger_lost_the_task(event: Any) -> bool:
-    """Whether a trigger event says the wait failed (not the export task: that has a task status)."""
-    return isinstance(event, dict) and event.get("status") == "error" and not event.get("task_status")
 
 
 class _closing_unless_deferred:

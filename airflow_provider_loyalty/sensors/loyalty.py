@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
+    AirflowSensorTimeout,
     AirflowSkipException,
     BaseSensorOperator,
     PokeReturnValue,
@@ -17,7 +18,12 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
-from airflow_provider_loyalty.triggers.loyalty import defer_until_done, result_from_event, within_execution_timeout
+from airflow_provider_loyalty.triggers.loyalty import (
+    defer_until_done,
+    result_from_event,
+    wait_failed,
+    within_execution_timeout,
+)
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportTaskState
 
@@ -116,7 +122,10 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
                 return first.xcom_value
         finally:
             self.hook.close()
-        deadline = within_execution_timeout(self, context, started + self.timeout)
+        self._defer(within_execution_timeout(self, context, started + self.timeout))
+
+    def _defer(self, deadline: float) -> None:
+        """Hand the wait to the triggerer until ``deadline`` (epoch seconds)."""
         self.log.info(
             "Deferring: waiting for export task %s in the triggerer (poll every %g s, for at most %.0f s)",
             self.export_task_id,
@@ -129,6 +138,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             loyalty_conn_id=self.loyalty_conn_id,
             poll_interval=self.poke_interval,
             deadline=deadline,
+            kwargs={"deadline": deadline},
             grace=_DEFERRAL_GRACE,
         )
 
@@ -147,11 +157,18 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
                 raise AirflowSkipException(f"Skipping (never_fail): {error}") from error
             raise
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, deadline: float | None = None
+    ) -> dict[str, Any]:
         """Resume after the trigger fired: return the result, or raise what the event says.
+
+        With ``silent_fail``, a wait that failed (the trigger's checks past their retries, not the
+        export task's failure) is logged and deferred again until the same deadline, as poke mode
+        pokes on.
 
         :param context: the task context.
         :param event: the :class:`LoyaltyExportTaskTrigger` event.
+        :param deadline: when the wait ends (epoch seconds), as the deferral set it.
         :raises LoyaltyExportTaskFailed: the export task failed.
         :raises AirflowSensorTimeout: the deadline passed.
         :raises AirflowSkipException: either of the above with ``soft_fail=True``.
@@ -161,8 +178,18 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         except AirflowSkipException:
             raise
         except Exception as error:
+            failure: Exception = error
+            if getattr(self, "silent_fail", False) and wait_failed(event) and deadline is not None:
+                if deadline > time.time():
+                    self.log.error("Sensor check failed (silent_fail): %s; waiting on", error)
+                    self._defer(deadline)
+                failure = AirflowSensorTimeout(
+                    f"export task {self.export_task_id} did not finish by the deadline; the last check failed: {error}"
+                )
             if self.soft_fail:
-                raise AirflowSkipException(f"Skipping (soft_fail): {error}") from error
-            raise
+                raise AirflowSkipException(f"Skipping (soft_fail): {failure}") from error
+            if failure is error:
+                raise
+            raise failure from error
         self.log.info("Export task %s completed: %s rows", self.export_task_id, result.get("total", "?"))
         return result

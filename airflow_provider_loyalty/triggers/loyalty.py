@@ -306,6 +306,12 @@ def status_from_event(event: Any, export_task_id: str | None = None) -> ExportTa
     return ExportTaskStatus(task_id, "completed", ExportTaskState.COMPLETED, 100, result)
 
 
+def wait_failed(event: Any) -> bool:
+    """Whether a trigger event says the *wait* failed (the checks past their retries, the API
+    forgetting the task), not the export task: the task's own failure carries its status word."""
+    return isinstance(event, dict) and event.get("status") == "error" and not event.get("task_status")
+
+
 def result_from_event(event: Any, export_task_id: str | None = None) -> dict[str, Any]:
     """Validate a :class:`LoyaltyExportTaskTrigger` event and return the export task's ``result``.
 

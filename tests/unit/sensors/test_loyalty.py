@@ -181,6 +181,41 @@ def test_silent_fail_waits_past_a_failing_first_check_in_deferrable_mode(emulato
         make_sensor(task_id, deferrable=True).execute(CONTEXT)
 
 
+def test_silent_fail_waits_past_a_trigger_whose_checks_failed(emulator: LoyaltyEmulator) -> None:
+    """In deferrable mode as in poke mode: the trigger's checks failing past their retries (the
+    API's 500s) is logged and the sensor defers again until the same deadline; without
+    ``silent_fail`` it fails, and past the deadline it is a timeout."""
+    emulator.config.task_duration = 1.0
+    task_id = create_export()
+    sensor = make_sensor(task_id, deferrable=True, silent_fail=True, timeout=60)
+    with pytest.raises(TaskDeferred) as first:
+        sensor.execute(CONTEXT)
+
+    def fire(deferred: TaskDeferred) -> dict[str, Any]:
+        async def run() -> list[Any]:
+            return [event async for event in deferred.trigger.run()]
+
+        (event,) = asyncio.run(run())
+        return dict(event.payload)
+
+    emulator.set_faults([FaultRule(endpoint="status", kind="http_500")])
+    failed = fire(first.value)
+    assert failed["status"] == "error" and not failed.get("task_status")
+    resume = getattr(sensor, first.value.method_name)
+    with pytest.raises(LoyaltyError, match="500"):
+        getattr(make_sensor(task_id, deferrable=True), first.value.method_name)(
+            CONTEXT, event=failed, **first.value.kwargs
+        )
+    with pytest.raises(AirflowSensorTimeout, match="the last check failed"):
+        resume(CONTEXT, event=failed, deadline=time.time() - 1)
+    with pytest.raises(TaskDeferred) as again:
+        resume(CONTEXT, event=failed, **first.value.kwargs)
+    assert again.value.kwargs == first.value.kwargs  # the same deadline
+    emulator.set_faults([])
+    result = resume(CONTEXT, event=fire(again.value), **again.value.kwargs)
+    assert result["total"] == 1000
+
+
 def test_deferred_trigger_event_feeds_execute_complete(emulator: LoyaltyEmulator) -> None:
     """The whole deferrable path in one process: defer, run the trigger, resume."""
     emulator.config.task_duration = 0.5
