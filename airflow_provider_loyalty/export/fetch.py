@@ -17,10 +17,16 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportStopped
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportStopped, LoyaltyNotFoundError
 from airflow_provider_loyalty.export.progress import PendingTask
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
+
+#: How long after its creation an export task the status endpoint does not know yet is asked for
+#: again (a platform whose status reads lag its writes), before its batch is created again.
+NOT_YET_KNOWN_SECONDS = 30.0
+#: How often it is asked for meanwhile (at most; ``poll_interval`` when shorter).
+NOT_YET_KNOWN_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -72,12 +78,32 @@ class BatchFetcher:
         self.stop = stop
         self.log = log
 
+    def status(self, task: PendingTask) -> ExportTaskStatus:
+        """The task's status. A task created a moment ago that the API does not know yet (its status
+        lagging its create) is asked for again, for up to :data:`NOT_YET_KNOWN_SECONDS` after its
+        creation, before it counts as forgotten (and its batch is created again).
+
+        :raises LoyaltyNotFoundError: the API does not know the task, and it is not that new.
+        """
+        while True:
+            try:
+                return self.hook.get_export_task_status(task.task_id)
+            except LoyaltyNotFoundError:
+                age = time.time() - task.created_at if task.created_at is not None else None
+                if age is None or not 0 <= age < NOT_YET_KNOWN_SECONDS:
+                    raise
+                self.log.info(
+                    "Export task %s, created %.1f s ago, is not known to the API yet; asking again", task.task_id, age
+                )
+            if self.stop.wait(min(self.poll_interval, NOT_YET_KNOWN_POLL_SECONDS)):
+                raise LoyaltyExportStopped(f"stopped while waiting for export task {task.task_id}")
+
     def wait(self, task: PendingTask, on_wait: Callable[[], None] | None = None) -> ExportTaskStatus:
         """Poll until the task ends (or ``batch_timeout`` passes); return its final status."""
         deadline = time.monotonic() + self.batch_timeout
         last = ""
         while True:
-            status = self.hook.get_export_task_status(task.task_id)
+            status = self.status(task)
             if status.state.is_terminal:
                 return status
             if status.describe() != last:

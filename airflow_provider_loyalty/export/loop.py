@@ -360,7 +360,7 @@ class ExportLoop:
                 return FetchedBatch(task, completed)
             if prefetcher is not None:
                 return prefetcher.take(task, on_wait=self.lease.renew)
-            status = self.hook.get_export_task_status(task.task_id)
+            status = self.fetcher.status(task)
         except (LoyaltyExportStopped, LoyaltyAuthError, LoyaltyTransientError):
             raise
         except (LoyaltyNotFoundError, LoyaltyVerificationError) as error:
@@ -436,7 +436,7 @@ class ExportLoop:
 
     def _pending(self, task_id: str, cursor: str | None) -> PendingTask:
         identity = self.lease.identity
-        return PendingTask(task_id, cursor, identity.try_number, identity.task)
+        return PendingTask(task_id, cursor, identity.try_number, identity.task, round(time.time(), 3))
 
     def _created_by_this_try(self, task: PendingTask) -> bool:
         """Whether this try created the export task (before a deferral too), so its failure is this try's."""

@@ -28,12 +28,14 @@ class PendingTask:
         outside Airflow): its failure is that try's to report, not a batch to create again.
     :param created_by: the task instance that created it (``dag/run/task/map_index``): another
         task instance's try of the same number resuming this checkpoint did not create it.
+    :param created_at: when it was created (epoch seconds; ``None`` in older checkpoints).
     """
 
     task_id: str
     from_id: str | None
     created_in_try: int | None = None
     created_by: str | None = None
+    created_at: float | None = None
 
 
 @dataclass

@@ -156,11 +156,12 @@ class LoyaltyApi:
         """Report an export task's status (and its result once completed).
 
         :param params: the decoded request.
-        :raises ApiError: 1001 without ``task_id``, 1003 for an unknown task.
+        :raises ApiError: 1001 without ``task_id``, 1003 for an unknown task (also for one created
+            less than ``status_lag`` seconds ago).
         """
         task_id = params.get_str("task_id", required=True)
         task = self.tasks.get(task_id or "")
-        if task is None:
+        if task is None or time.monotonic() - task.created < self.config.status_lag:
             raise ApiError(1003, f"Export task not found: {str(task_id)[:100]}")
         if task.failure is None:
             rule = self.faults.match("status", {"task_failed"})

@@ -90,6 +90,8 @@ class EmulatorConfig:
     :param batch_size: rows per export task (file).
     :param cursor_mode: one of :data:`CURSOR_MODES`.
     :param task_duration: seconds an export task stays ``in_progress``.
+    :param status_lag: seconds after its creation during which ``tasks/status`` does not know a
+        new export task yet (error 1003, as a platform whose reads lag its writes answers).
     :param progress_style: one of :data:`PROGRESS_STYLES`.
     :param hashed_file_style: one of :data:`HASHED_FILE_STYLES`.
     :param hashed_file_override: if set, returned as ``hashed_file`` instead of the real name.
@@ -128,6 +130,7 @@ class EmulatorConfig:
     batch_size: int = 1000
     cursor_mode: str = "exclusive"
     task_duration: float = 0.3
+    status_lag: float = 0.0
     progress_style: str = "int"
     hashed_file_style: str = "seed"
     hashed_file_override: str | None = None
@@ -168,6 +171,7 @@ class EmulatorConfig:
         _check_minimum("transactions", self.transactions, 0)
         _check_minimum("batch_size", self.batch_size, 1)
         _check_minimum("task_duration", self.task_duration, 0)
+        _check_minimum("status_lag", self.status_lag, 0)
         _check_minimum("row_padding", self.row_padding, 0)
         _check_minimum("zip_members", self.zip_members, 1)
         _check_minimum("file_ttl", self.file_ttl, 0)
@@ -236,6 +240,7 @@ _FIELD_TYPES: dict[str, type] = {
     "batch_size": int,
     "cursor_mode": str,
     "task_duration": float,
+    "status_lag": float,
     "progress_style": str,
     "hashed_file_style": str,
     "hashed_file_override": str,

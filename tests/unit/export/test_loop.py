@@ -149,6 +149,23 @@ def test_a_retry_creates_again_a_batch_whose_reply_could_not_be_used(emulator: L
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
 
 
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferrable"])
+def test_a_task_the_api_does_not_know_yet_is_asked_for_again_not_created_again(
+    emulator: LoyaltyEmulator, tmp_path, deferrable: bool
+):
+    """A platform whose status reads lag its writes answers 1003 (not found) for a task created a
+    moment ago: that task is asked for again, not taken for forgotten. Before, each batch was
+    created three times in a few milliseconds and the export failed (LoyaltyBatchUnusableError)."""
+    from tests.support.operator_driver import run_with_deferrals
+
+    emulator.config.status_lag = 0.5
+    operator = local_export_operator(tmp_path, deferrable=deferrable)
+    context = context_for(ti=task_instance())
+    manifest = run_with_deferrals(operator, context) if deferrable else operator.execute(context)
+    assert len(emulator.export_tasks()) == len(manifest["parts"]) == N // 1000  # one export task per batch
+    assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+
+
 # ---------------------------------------------------------------------------------------- 13.13
 
 

@@ -233,9 +233,12 @@ def test_deferrable_mode_gives_the_same_set(emulator, s3_bucket, s3_client):
     assert_true_manifest(s3_client, s3_bucket, manifest)
 
 
-def test_a_task_the_api_forgot_while_deferred_is_created_again(emulator, s3_bucket, s3_client):
+def test_a_task_the_api_forgot_while_deferred_is_created_again(emulator, s3_bucket, s3_client, monkeypatch):
     """The triggerer's error event (the task is not found) sends the worker to check the task itself;
     the loop creates the batch again from its cursor, so the export lands without an Airflow retry."""
+    from airflow_provider_loyalty.export import fetch
+
+    monkeypatch.setattr(fetch, "NOT_YET_KNOWN_SECONDS", 0.0)  # not a task too new to be known: gone at once
     emulator.config.task_duration = 0.5
     log = DeferralLog()
     manifest = run_with_deferrals(
