@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import time
 import weakref
@@ -40,7 +41,12 @@ from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from airflow_provider_loyalty.hooks import loop_sessions
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.codec import ENVELOPE_SCHEMA, MIME_TYPES, STATUS_SCHEMA, Schema
-from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnectionSettings, settings_from_parts
+from airflow_provider_loyalty.utils.connection import (
+    USER_AGENT,
+    LoyaltyConnectionSettings,
+    names_files,
+    settings_from_parts,
+)
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.protocol import STATUS_PATH, check_reply, data_object, encode_request
 from airflow_provider_loyalty.utils.redaction import token_redacted
@@ -227,7 +233,8 @@ class LoyaltyAsyncHook(BaseHook):
         if self.settings is None:
             conn = await get_async_connection(self.loyalty_conn_id)
             extra = await get_async_extra_dejson(conn)
-            settings = settings_from_parts(
+            read = functools.partial(
+                settings_from_parts,
                 host=conn.host,
                 password=conn.password,
                 extra=extra,
@@ -235,6 +242,8 @@ class LoyaltyAsyncHook(BaseHook):
                 port=conn.port,
                 overrides=self._overrides,
             )
+            # Checking that a CA bundle or client certificate exists touches the disk: not on the loop.
+            settings = await asyncio.to_thread(read) if names_files(extra) else read()
             # The connection API masked the password as stored ("tok\n", "Bearer tok"): what is sent
             # is the token cleaned of those, and logs must show *** for it too, as the sync hook's.
             await _mask_secret(settings.token)

@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -50,6 +51,14 @@ KNOWN_EXTRAS = frozenset(
 #: The http provider's names, accepted for the same settings (``verify`` naming a file: ``ca_bundle``).
 EXTRA_ALIASES = {"verify": "verify_ssl", "cert": "client_cert", "proxy": "proxies"}
 _CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+#: Extras whose value may name a file that reading the connection checks exists.
+_PATH_EXTRAS = ("ca_bundle", "client_cert", "cert", "verify")
+
+
+def names_files(extra: Mapping[str, Any]) -> bool:
+    """Whether reading a connection with these extras checks files on this machine (a CA bundle,
+    a client certificate): an async caller reads it in a thread then, off its event loop."""
+    return any(extra.get(name) not in (None, "", True, False) for name in _PATH_EXTRAS)
 
 
 @dataclass(frozen=True)

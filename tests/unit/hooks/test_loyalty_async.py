@@ -509,3 +509,29 @@ def test_a_reply_with_more_header_fields_than_the_sync_client_reads_is_not_a_bod
             hook.close()
     assert "cut short" not in str(caught.value)
     assert "sent no HTTP reply that could be read (HTTPException)" in str(caught.value)
+
+
+async def test_a_ca_bundle_is_checked_off_the_event_loop(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The trigger shares the triggerer's loop: checking that the connection's CA bundle exists
+    (a file system call) runs in a thread, not on the loop; a connection naming no file reads
+    on the loop (no thread per trigger)."""
+    import os.path
+    import threading
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not read here")
+    loop_thread = threading.get_ident()
+    checked_in: list[int] = []
+    real_isfile = os.path.isfile
+
+    def isfile(path: Any) -> bool:
+        checked_in.append(threading.get_ident())
+        return real_isfile(path)
+
+    monkeypatch.setattr(os.path, "isfile", isfile)
+    for extra in ({"ca_bundle": str(bundle)}, {}):
+        connection = {"conn_type": "loyalty", "host": "https://api.example.com", "password": "t0ken", "extra": extra}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        settings = await LoyaltyAsyncHook().get_settings()
+        assert settings.verify == (str(bundle) if extra else True)
+    assert checked_in and loop_thread not in checked_in
