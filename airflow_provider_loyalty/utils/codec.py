@@ -278,6 +278,8 @@ def _decode_xml(body: bytes, schema: _Compiled, content_type_header: str | None 
             transcoded = _xml_in_declared_charset(body, content_type_header)
             if transcoded is None:
                 transcoded = _xml_in_its_declared_encoding(body)
+            if transcoded is None:  # its own declaration is wrong (a fixed prolog): the header's word
+                transcoded = _xml_in_declared_charset(body, content_type_header, over_its_declaration=True)
             if transcoded is None:
                 raise
             root = _parse_xml(transcoded)
@@ -294,12 +296,15 @@ def _decode_xml(body: bytes, schema: _Compiled, content_type_header: str | None 
             gc.enable()
 
 
-def _xml_in_declared_charset(body: bytes, content_type_header: str | None) -> bytes | None:
+def _xml_in_declared_charset(
+    body: bytes, content_type_header: str | None, *, over_its_declaration: bool = False
+) -> bytes | None:
     """``body`` as UTF-8, read in the non-UTF-8 charset its Content-Type names; ``None`` when it
-    names none (or UTF-8, or one Python does not know), when the body declares its own encoding, or
-    when the body is not valid in that charset."""
+    names none (or UTF-8, or one Python does not know), when the body declares its own encoding
+    (unless ``over_its_declaration``: that declaration did not read it), or when the body is not
+    valid in that charset."""
     charset = _declared_charset(content_type_header)
-    if charset is None or _declared_xml_encoding(body) is not None:
+    if charset is None or (_declared_xml_encoding(body) is not None and not over_its_declaration):
         return None
     try:
         if codecs.lookup(charset).name == "utf-8":

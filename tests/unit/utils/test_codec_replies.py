@@ -184,9 +184,12 @@ def test_xml_without_a_declaration_reads_in_the_charset_its_content_type_names(c
     expected = {"data": {"task_id": "task_1"}, "error": 0, "error_text": text}
     assert decode_body(body.encode(charset), f"application/xml; charset={charset}") == expected
     assert decode_body(body.encode("utf-8"), f"text/xml; charset={charset}") == expected  # UTF-8 still reads first
+    # A fixed prolog that says UTF-8 over bytes in the header's charset: its declaration does not
+    # read it, the header's charset does (RFC 7303 puts the charset parameter before the declaration).
     declared = f'<?xml version="1.0" encoding="utf-8"?>{body}'.encode(charset)
-    with pytest.raises(LoyaltyResponseError, match="not valid XML"):  # its own declaration is what it says
-        decode_body(declared, f"application/xml; charset={charset}")
+    assert decode_body(declared, f"application/xml; charset={charset}") == expected
+    with pytest.raises(LoyaltyResponseError, match="not valid XML"):  # no header charset: nothing else to go by
+        decode_body(declared, "application/xml")
 
 
 @pytest.mark.parametrize(
