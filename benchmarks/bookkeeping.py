@@ -69,9 +69,9 @@ def late_window(batches: int) -> range:
 
 def _counting_sink_class() -> type:
     """:class:`CountingSink` (built lazily: the provider is imported in the child only)."""
-    from airflow_provider_loyalty.export.sinks import PartSink
+    from airflow_provider_loyalty.export.sinks import DelegatingSink, PartSink
 
-    class CountingSink(PartSink):
+    class CountingSink(DelegatingSink):
         """A sink that delegates everything and records each part upload and bookkeeping write.
 
         :param inner: the real sink.
@@ -79,51 +79,33 @@ def _counting_sink_class() -> type:
         """
 
         def __init__(self, inner: PartSink, events: list[tuple[str, str, int]]) -> None:
-            self.inner = inner
+            super().__init__(inner)
             self.events = events
             self.last: dict[str, bytes] = {}  # the last payload written per name
 
-        def describe(self) -> str:
-            return self.inner.describe()
-
-        def url(self, name: str) -> str:
-            return self.inner.url(name)
-
-        def key(self, name: str) -> str:
-            return self.inner.key(name)
-
         def put_file(self, name: str, local_path: str) -> None:
-            self.inner.put_file(name, local_path)
+            super().put_file(name, local_path)
             self.events.append(("part", name, Path(local_path).stat().st_size))
 
-        def read_bytes(self, name: str) -> bytes | None:
-            return self.inner.read_bytes(name)
-
         def write_bytes(self, name: str, payload: bytes) -> None:
-            self.inner.write_bytes(name, payload)
+            super().write_bytes(name, payload)
             self.events.append(("write", name, len(payload)))
             self.last[name] = payload
 
+        def write_json(self, name: str, document: dict[str, Any]) -> str:
+            return PartSink.write_json(self, name, document)  # through write_bytes, which counts it
+
         def create_exclusive(self, name: str, payload: bytes) -> str | None:
-            tag = self.inner.create_exclusive(name, payload)
+            tag = super().create_exclusive(name, payload)
             if tag is not None:
                 self.events.append(("write", name, len(payload)))
             return tag
 
         def replace_if(self, name: str, payload: bytes, tag: str) -> str | None:
-            new_tag = self.inner.replace_if(name, payload, tag)
+            new_tag = super().replace_if(name, payload, tag)
             if new_tag is not None:
                 self.events.append(("write", name, len(payload)))
             return new_tag
-
-        def delete(self, names: list[str]) -> None:
-            self.inner.delete(names)
-
-        def sizes(self, directory: str = "") -> dict[str, int]:
-            return self.inner.sizes(directory)
-
-        def move(self, source: str, target: str) -> None:
-            self.inner.move(source, target)
 
     return CountingSink
 

@@ -38,7 +38,7 @@ import pendulum
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportStopped, LoyaltyLocationBusyError
 from airflow_provider_loyalty.export.layout import LEASE_NAME
-from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument, encode_document
+from airflow_provider_loyalty.export.sinks import DelegatingSink, PartSink, UnreadableDocument, encode_document
 from airflow_provider_loyalty.export.spec import describe_period
 
 #: How long a writer working in a worker holds the location without renewing it.
@@ -316,7 +316,7 @@ class LocationLease:
             return None
 
 
-class LeasedSink(PartSink):
+class LeasedSink(DelegatingSink):
     """The location as its writer writes it: every write first makes sure the lease is still the
     writer's (:meth:`LocationLease.check`, one read), and a part upload, long enough for a stalled
     process to outlive its lease, makes sure again after it, before anything records the part.
@@ -330,56 +330,35 @@ class LeasedSink(PartSink):
     """
 
     def __init__(self, sink: PartSink, lease: LocationLease) -> None:
-        self.inner = sink
+        super().__init__(sink)
         self.lease = lease
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-    def url(self, name: str) -> str:
-        return self.inner.url(name)
-
-    def key(self, name: str) -> str:
-        return self.inner.key(name)
 
     def put_file(self, name: str, local_path: str) -> None:
         self.lease.check()
-        self.inner.put_file(name, local_path)
+        super().put_file(name, local_path)
         self.lease.check()
-
-    def read_bytes(self, name: str) -> bytes | None:
-        return self.inner.read_bytes(name)
-
-    def tagged(self, name: str) -> tuple[dict[str, Any], str] | None:
-        return self.inner.tagged(name)
-
-    def read_json(self, name: str) -> dict[str, Any] | None:
-        return self.inner.read_json(name)
 
     def write_bytes(self, name: str, payload: bytes) -> None:
         self.lease.check()
-        self.inner.write_bytes(name, payload)
+        super().write_bytes(name, payload)
 
     def write_json(self, name: str, document: dict[str, Any]) -> str:
         self.lease.check()
-        return self.inner.write_json(name, document)
+        return super().write_json(name, document)
 
     def create_exclusive(self, name: str, payload: bytes) -> str | None:
         self.lease.check()
-        return self.inner.create_exclusive(name, payload)
+        return super().create_exclusive(name, payload)
 
     def replace_if(self, name: str, payload: bytes, tag: str) -> str | None:
         self.lease.check()
-        return self.inner.replace_if(name, payload, tag)
+        return super().replace_if(name, payload, tag)
 
     def delete(self, names: list[str]) -> None:
         if names:
             self.lease.check()
-            self.inner.delete(names)
-
-    def sizes(self, directory: str = "") -> dict[str, int]:
-        return self.inner.sizes(directory)
+            super().delete(names)
 
     def move(self, source: str, target: str) -> None:
         self.lease.check()
-        self.inner.move(source, target)
+        super().move(source, target)

@@ -142,6 +142,59 @@ class PartSink(ABC):
         return self.url(name)
 
 
+class DelegatingSink(PartSink):
+    """A sink in front of another: every call goes to ``inner``; a subclass adds to the ones it
+    overrides (the lease's check before each write, a benchmark's count of bytes written).
+
+    :param inner: the location itself.
+    """
+
+    def __init__(self, inner: PartSink) -> None:
+        self.inner = inner
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def url(self, name: str) -> str:
+        return self.inner.url(name)
+
+    def key(self, name: str) -> str:
+        return self.inner.key(name)
+
+    def put_file(self, name: str, local_path: str) -> None:
+        self.inner.put_file(name, local_path)
+
+    def read_bytes(self, name: str) -> bytes | None:
+        return self.inner.read_bytes(name)
+
+    def tagged(self, name: str) -> tuple[dict[str, Any], str] | None:
+        return self.inner.tagged(name)
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        return self.inner.read_json(name)
+
+    def write_bytes(self, name: str, payload: bytes) -> None:
+        self.inner.write_bytes(name, payload)
+
+    def write_json(self, name: str, document: dict[str, Any]) -> str:
+        return self.inner.write_json(name, document)
+
+    def create_exclusive(self, name: str, payload: bytes) -> str | None:
+        return self.inner.create_exclusive(name, payload)
+
+    def replace_if(self, name: str, payload: bytes, tag: str) -> str | None:
+        return self.inner.replace_if(name, payload, tag)
+
+    def delete(self, names: list[str]) -> None:
+        self.inner.delete(names)
+
+    def sizes(self, directory: str = "") -> dict[str, int]:
+        return self.inner.sizes(directory)
+
+    def move(self, source: str, target: str) -> None:
+        self.inner.move(source, target)
+
+
 class ObjectStorageSink(PartSink):
     """Parts in a local directory or any ``ObjectStoragePath`` URL (``file://``, ``s3://``, ...).
 
