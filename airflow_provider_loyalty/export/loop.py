@@ -326,8 +326,7 @@ class ExportLoop:
             self._check_stop()
             self.lease.renew()
             if progress.phase != EXPORTING or progress.exhausted:
-                self.lease.check()  # the manifest is written by the lease's holder only
-                try:
+                try:  # each of the seal's writes checks the lease first (LeasedSink)
                     return Finished(self.sealer.seal(progress))
                 except LoyaltyError:
                     self.lease.check()  # taken over meanwhile (its records gone with the other's seal): the cause

@@ -134,8 +134,9 @@ def clip(text: str, limit: int) -> str:
     """At most ``limit`` characters of a server's text, cut only between words (then ``…``).
 
     For text cut before the token is known (the codec quotes a field or a page before the hook
-    redacts its errors): a token, which holds no blank, is kept whole (and masked later by
-    :func:`redact`) or dropped whole, never cut to a piece too short to recognise. A first word
+    redacts its errors): a token without blanks is kept whole (and masked later by :func:`redact`)
+    or dropped whole, never cut to a piece too short to recognise; of one with blanks, the words
+    kept before the cut are masked by :func:`redact` at the :data:`CLIPPED` mark. A first word
     longer than ``limit`` is not shown at all: ``…`` and its length stand for it.
     """
     if len(text) <= limit:
