@@ -31,8 +31,9 @@ _HINTS = {
 class S3PartSink(PartSink):
     """An S3 prefix as the output location.
 
-    Parts are uploaded with ``S3Hook.load_file`` (boto3's managed transfer: multipart above the
-    threshold, streamed from the temporary file, never the whole part in memory).
+    Parts are uploaded with ``S3Hook.load_file`` (boto3's managed transfer with the hook's
+    ``TransferConfig``: multipart above its threshold, streamed from the temporary file, never
+    the whole part in memory).
 
     :param hook: the ``S3Hook`` (its ``extra_args`` carry encryption and other upload args).
     :param bucket: the bucket.

@@ -15,7 +15,11 @@ from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOperator
 from airflow_provider_loyalty.operators.lineage import asset_uri
 from airflow_provider_loyalty.transfers.s3_location import check_bucket, check_key_length, check_key_prefix
-from airflow_provider_loyalty.transfers.s3_options import check_transfer_config_args, check_upload_args
+from airflow_provider_loyalty.transfers.s3_options import (
+    check_transfer_config_args,
+    check_upload_args,
+    part_transfer_config,
+)
 from airflow_provider_loyalty.utils.validation import check_currency, check_program_id, is_template, parse_bool
 
 __all__ = ["LoyaltyTransactionsToS3Operator"]
@@ -72,7 +76,8 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
     :param sse_kms_key_id: server-side encryption with this KMS key (SSE-KMS) instead.
     :param extra_upload_args: further boto3 ``ExtraArgs`` for every upload (e.g. ``ACL``).
     :param transfer_config_args: boto3 ``TransferConfig`` arguments (multipart threshold, chunk
-        size, concurrency).
+        size, concurrency). By default a part up to 512 MiB goes up in one ``PutObject``; larger
+        parts in boto3's multipart upload.
 
     Every parameter of both export operators applies too (program, currency, period,
     ``output_format``, ``deferrable``, ``fail_on_empty``, ``verify``, limits …): see
@@ -154,7 +159,9 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         if self.sse_kms_key_id:
             upload_args.update({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.sse_kms_key_id})
         hook = S3Hook(
-            aws_conn_id=self.aws_conn_id, extra_args=upload_args, transfer_config_args=self.transfer_config_args
+            aws_conn_id=self.aws_conn_id,
+            extra_args=upload_args,
+            transfer_config_args=part_transfer_config(self.transfer_config_args),
         )
         return S3PartSink(hook, str(self.s3_bucket), self.key_prefix(spec), encrypt=self.encrypt)
 

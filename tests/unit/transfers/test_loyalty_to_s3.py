@@ -176,6 +176,34 @@ def test_large_part_goes_up_in_multipart(emulator, s3_bucket, s3_client):
     assert_true_manifest(s3_client, s3_bucket, manifest)
 
 
+def test_a_part_under_the_single_put_limit_goes_up_in_one_request(emulator, s3_bucket, s3_client):
+    # boto3's own threshold (8 MiB) would split this ~9 MiB part into a multipart upload.
+    emulator.config.batch_size = N
+    emulator.config.row_padding = 1500
+    manifest = make_operator(s3_bucket).execute(context_for())
+    assert manifest["parts"][0]["bytes"] > 8 * 1024 * 1024
+    head = s3_client.head_object(Bucket=s3_bucket, Key=manifest["parts"][0]["key"])
+    assert "-" not in head["ETag"]  # one PutObject: the ETag is the body's MD5
+    assert (
+        head["ETag"].strip('"')
+        == hashlib.md5(  # noqa: S324 - S3's ETag is an MD5
+            s3_client.get_object(Bucket=s3_bucket, Key=manifest["parts"][0]["key"])["Body"].read()
+        ).hexdigest()
+    )
+    assert_true_manifest(s3_client, s3_bucket, manifest)
+
+
+def test_transfer_config_args_override_the_single_put_default_key_by_key():
+    from airflow_provider_loyalty.transfers.s3_options import SINGLE_PUT_LIMIT, part_transfer_config
+
+    assert part_transfer_config(None) == {"multipart_threshold": SINGLE_PUT_LIMIT}
+    assert part_transfer_config({"max_concurrency": 4}) == {
+        "multipart_threshold": SINGLE_PUT_LIMIT,
+        "max_concurrency": 4,
+    }
+    assert part_transfer_config({"multipart_threshold": 5}) == {"multipart_threshold": 5}
+
+
 def test_encryption_and_extra_upload_args_pass_through(emulator, s3_bucket, s3_client):
     manifest = make_operator(s3_bucket, encrypt=True).execute(context_for())
     head = s3_client.head_object(Bucket=s3_bucket, Key=manifest["parts"][0]["key"])
