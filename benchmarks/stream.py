@@ -641,6 +641,17 @@ def _ratio_text(runs: dict[str, dict[str, Any]], summary: dict[str, float]) -> s
         f"{_cpu_total(ours) - _cpu_total(base):.1f} more, for verifying, hashing and pushing "
         f"{ours['bytes_uploaded'] / max(base['bytes_uploaded'], 1):.0f}x the bytes through S3. "
     )
+    floor = _cpu_total(ours) / cores
+    baseline_mean = (runs["baseline-1"]["wall_s"] + runs["baseline-2"]["wall_s"]) / 2
+    cause += (
+        f"On {cores} cores those {_cpu_total(ours):.1f} CPU-seconds take at least {floor:.1f} s of wall time "
+        f"even with all three processes busy in parallel throughout: {floor / max(baseline_mean, 1e-9):.2f}x "
+        "the baseline's mean before any waiting, so no scheduling on the operator's side reaches 1.0x "
+        f"on this machine. {ours['moto_cpu_s'] - base['moto_cpu_s']:.1f} of the "
+        f"{_cpu_total(ours) - _cpu_total(base):.1f} extra CPU-seconds are moto's, receiving the larger "
+        "upload (an MD5 of every byte for the ETag and werkzeug reading each body in 64 KiB pieces, by "
+        "py-spy): work a real S3 does on its own machines, not the worker's. "
+    )
     if load >= cores:
         cause += (
             f"With the 1-minute load at {load} or more on {cores} cores there is no idle core for that work to "
