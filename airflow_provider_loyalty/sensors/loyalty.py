@@ -124,8 +124,9 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             self.hook.close()
         self._defer(within_execution_timeout(self, context, started + self.timeout))
 
-    def _defer(self, deadline: float) -> None:
-        """Hand the wait to the triggerer until ``deadline`` (epoch seconds)."""
+    def _defer(self, deadline: float, first_check_after: float = 0.0) -> None:
+        """Hand the wait to the triggerer until ``deadline`` (epoch seconds); its first check
+        ``first_check_after`` seconds from now."""
         self.log.info(
             "Deferring: waiting for export task %s in the triggerer (poll every %g s, for at most %.0f s)",
             self.export_task_id,
@@ -140,6 +141,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             deadline=deadline,
             kwargs={"deadline": deadline},
             grace=_DEFERRAL_GRACE,
+            first_check_after=first_check_after,
         )
 
     def _first_check(self, context: Context) -> PokeReturnValue:
@@ -163,8 +165,10 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         """Resume after the trigger fired: return the result, or raise what the event says.
 
         With ``silent_fail``, a wait that failed (the trigger's checks past their retries, not the
-        export task's failure) is logged and deferred again until the same deadline, as poke mode
-        pokes on.
+        export task's failure) is logged and deferred again until the same deadline, its next check
+        one ``poke_interval`` later, as poke mode pokes on. A failure no retry can fix (the token
+        refused) fails the task at once, and the export task's own failure fails it without
+        retries, as in poke mode.
 
         :param context: the task context.
         :param event: the :class:`LoyaltyExportTaskTrigger` event.
@@ -179,12 +183,17 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             raise
         except Exception as error:
             failure: Exception = error
-            if getattr(self, "silent_fail", False) and wait_failed(event) and deadline is not None:
+            silent_fail = getattr(self, "silent_fail", False)
+            if silent_fail and wait_failed(event) and deadline is not None:
                 if deadline > time.time():
                     self.log.error("Sensor check failed (silent_fail): %s; waiting on", error)
-                    self._defer(deadline)
+                    self._defer(deadline, first_check_after=self.poke_interval)
                 failure = AirflowSensorTimeout(
                     f"export task {self.export_task_id} did not finish by the deadline; the last check failed: {error}"
+                )
+            elif silent_fail and isinstance(error, LoyaltyExportTaskFailed):
+                failure = AirflowFailException(
+                    f"{error} (silent_fail waits past a check that fails, not past the export task's failure)"
                 )
             if self.soft_fail:
                 raise AirflowSkipException(f"Skipping (soft_fail): {failure}") from error

@@ -4,12 +4,15 @@ The event contract (one event per run, then the trigger returns)::
 
     {"status": "success", "export_task_id": "task_…", "result": {"hashed_file": …, "total": …, …}}
     {"status": "error",   "export_task_id": "task_…", "message": "<API text>", "task_status": "failed"}
+    {"status": "error",   "export_task_id": "task_…", "message": "…", "final": true}
     {"status": "timeout", "export_task_id": "task_…", "message": "…"}
 
 ``task_status`` is only present when the export task itself ended in a failure state (the API's
 status word); other errors (auth refused, retries exhausted, malformed replies, connection
-problems) carry only the message. :func:`result_from_event` validates an event on the worker side
-and is shared by the sensor and the export operators.
+problems) carry only the message, and ``final`` when no retry can fix them (the token refused, a
+redirect, a failed TLS handshake): the worker side fails the task at once instead of waiting on.
+:func:`result_from_event` validates an event on the worker side and is shared by the sensor and
+the export operators.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyValidationError
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyFinalError, LoyaltyValidationError
 from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, startup_slot
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportResult, ExportTaskState, ExportTaskStatus
@@ -66,6 +69,8 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         its budget.
     :param content_type: ``json`` or ``xml``; overrides the connection's extra.
     :param max_retries: retries of transient failures per check; overrides the connection's extra.
+    :param first_check_after: seconds to wait before the first check (a wait deferred again after
+        a failed check keeps its pace); by default the first check is at once.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         deadline: float | None = None,
         content_type: str | None = None,
         max_retries: int | None = None,
+        first_check_after: float = 0.0,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.export_task_id = validation.check_task_id(export_task_id)
@@ -86,6 +92,9 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         self.deadline = None if deadline is None else float(deadline)
         self.content_type = content_type
         self.max_retries = max_retries
+        self.first_check_after = (
+            0.0 if not first_check_after else validation.check_positive_number(first_check_after, "first_check_after")
+        )
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Classpath and constructor kwargs of this trigger.
@@ -104,6 +113,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "content_type": self.content_type,
                 "max_retries": self.max_retries,
+                "first_check_after": self.first_check_after,
             },
         )
 
@@ -153,6 +163,11 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
     async def _wait(self) -> dict[str, Any]:
         hook = LoyaltyAsyncHook(self.loyalty_conn_id, content_type=self.content_type, max_retries=self.max_retries)
         try:
+            if self.first_check_after:
+                remaining = self._remaining()
+                await asyncio.sleep(
+                    self.first_check_after if remaining is None else max(0.0, min(self.first_check_after, remaining))
+                )
             async with startup_slot(self.loyalty_conn_id):  # the first step: connection, session, first request
                 await hook.__aenter__()
                 polls, status = 1, await self._poll(hook, grace=_FIRST_POLL_GRACE)
@@ -176,6 +191,8 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
             settings = hook.settings
             message = str(scrub(err, settings.token if settings else None)) or type(err).__name__
             self.log.warning("Waiting for export task %s failed: %s", self.export_task_id, message)
+            if isinstance(err, LoyaltyFinalError):
+                return self._event("error", message=message, final=True)
             return self._event("error", message=message)
         finally:
             await hook.aclose()
@@ -238,6 +255,7 @@ def defer_until_done(
     deadline: float,
     kwargs: dict[str, Any] | None = None,
     grace: float = 0.0,
+    first_check_after: float = 0.0,
 ) -> NoReturn:
     """Defer ``task`` to a :class:`LoyaltyExportTaskTrigger` until the export task ends or ``deadline`` passes.
 
@@ -251,6 +269,7 @@ def defer_until_done(
     :param poll_interval: seconds between status polls.
     :param deadline: epoch seconds after which the trigger emits a ``timeout`` event.
     :param kwargs: passed to ``execute_complete`` besides the event.
+    :param first_check_after: seconds the trigger waits before its first check.
     :param grace: seconds the deferral's own timeout allows beyond ``deadline`` (so the trigger's
         event, which says what timed out, normally comes first). None by default: the task's
         ``execution_timeout`` holds while deferred; the trigger's last check at its deadline takes
@@ -262,6 +281,7 @@ def defer_until_done(
             loyalty_conn_id=loyalty_conn_id,
             poll_interval=poll_interval,
             deadline=deadline,
+            first_check_after=first_check_after,
         ),
         method_name="execute_complete",
         kwargs=kwargs,
@@ -291,6 +311,7 @@ def status_from_event(event: Any, export_task_id: str | None = None) -> ExportTa
 
     :param event: the event the trigger emitted (as handed to ``execute_complete``).
     :param export_task_id: the export task the caller waited for; checked against the event.
+    :raises LoyaltyFinalError: an ``error`` event marked ``final`` (no retry can fix it).
     :raises LoyaltyError: a ``timeout`` event ("timed out waiting for export task …"), any other
         ``error`` event, or an event that is not of this trigger.
     """
@@ -300,7 +321,8 @@ def status_from_event(event: Any, export_task_id: str | None = None) -> ExportTa
     if status == "error":
         task_status = event.get("task_status")
         if not task_status:
-            raise LoyaltyError(f"Waiting for export task {task_id} failed: {message}")
+            failure = LoyaltyFinalError if event.get("final") is True else LoyaltyError
+            raise failure(f"Waiting for export task {task_id} failed: {message}")
         return ExportTaskStatus(task_id, str(task_status), ExportTaskState.FAILED, failure_text=message)
     result = ExportResult.from_reply(task_id, event.get("result"))
     return ExportTaskStatus(task_id, "completed", ExportTaskState.COMPLETED, 100, result)
@@ -308,8 +330,14 @@ def status_from_event(event: Any, export_task_id: str | None = None) -> ExportTa
 
 def wait_failed(event: Any) -> bool:
     """Whether a trigger event says the *wait* failed (the checks past their retries, the API
-    forgetting the task), not the export task: the task's own failure carries its status word."""
-    return isinstance(event, dict) and event.get("status") == "error" and not event.get("task_status")
+    forgetting the task), not the export task: the task's own failure carries its status word, and
+    a failure no retry can fix (the token refused) is ``final``, not a wait to go on with."""
+    return (
+        isinstance(event, dict)
+        and event.get("status") == "error"
+        and not event.get("task_status")
+        and event.get("final") is not True
+    )
 
 
 def result_from_event(event: Any, export_task_id: str | None = None) -> dict[str, Any]:
@@ -320,6 +348,7 @@ def result_from_event(event: Any, export_task_id: str | None = None) -> dict[str
     :param event: the event the trigger emitted (as handed to ``execute_complete``).
     :param export_task_id: the export task the caller waited for; checked against the event.
     :raises LoyaltyExportTaskFailed: the export task itself ended in a failure state.
+    :raises LoyaltyFinalError: an ``error`` event no retry can fix (the token refused).
     :raises LoyaltyError: any other ``error`` event, or an event that is not of this trigger.
     :raises AirflowSensorTimeout: a ``timeout`` event.
     """

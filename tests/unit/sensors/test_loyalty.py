@@ -190,14 +190,6 @@ def test_silent_fail_waits_past_a_trigger_whose_checks_failed(emulator: LoyaltyE
     sensor = make_sensor(task_id, deferrable=True, silent_fail=True, timeout=60)
     with pytest.raises(TaskDeferred) as first:
         sensor.execute(CONTEXT)
-
-    def fire(deferred: TaskDeferred) -> dict[str, Any]:
-        async def run() -> list[Any]:
-            return [event async for event in deferred.trigger.run()]
-
-        (event,) = asyncio.run(run())
-        return dict(event.payload)
-
     emulator.set_faults([FaultRule(endpoint="status", kind="http_500")])
     failed = fire(first.value)
     assert failed["status"] == "error" and not failed.get("task_status")
@@ -214,6 +206,70 @@ def test_silent_fail_waits_past_a_trigger_whose_checks_failed(emulator: LoyaltyE
     emulator.set_faults([])
     result = resume(CONTEXT, event=fire(again.value), **again.value.kwargs)
     assert result["total"] == 1000
+
+
+def fire(deferred: TaskDeferred) -> dict[str, Any]:
+    """Run the deferral's trigger in this process; its one event."""
+
+    async def run() -> list[Any]:
+        return [event async for event in deferred.trigger.run()]
+
+    (event,) = asyncio.run(run())
+    return dict(event.payload)
+
+
+@pytest.mark.parametrize("silent_fail", [False, True])
+def test_a_token_refused_while_deferred_fails_the_task_at_once(emulator: LoyaltyEmulator, silent_fail: bool) -> None:
+    """The trigger's checks refused (the token revoked meanwhile) end the wait as in poke mode: a
+    final error, not a failed wait that ``silent_fail`` defers again or that spends retries."""
+    emulator.config.task_duration = 1.0
+    task_id = create_export()
+    sensor = make_sensor(task_id, deferrable=True, silent_fail=silent_fail, timeout=60)
+    with pytest.raises(TaskDeferred) as first:
+        sensor.execute(CONTEXT)
+    emulator.config.token = "rotated-token"
+    refused = fire(first.value)
+    assert refused["status"] == "error" and refused.get("final") is True and "401" in refused["message"]
+    with pytest.raises(AirflowFailException, match="401"):
+        getattr(sensor, first.value.method_name)(CONTEXT, event=refused, **first.value.kwargs)
+
+
+def test_silent_fail_defers_again_one_poke_interval_later(emulator: LoyaltyEmulator) -> None:
+    """A wait deferred again after a failed check keeps its pace: the trigger's first check comes
+    one ``poke_interval`` later, not at once (which would poll the failing API in a tight loop)."""
+    emulator.config.task_duration = 30.0
+    task_id = create_export()
+    sensor = make_sensor(task_id, deferrable=True, silent_fail=True, poke_interval=0.5, timeout=60)
+    with pytest.raises(TaskDeferred) as first:
+        sensor.execute(CONTEXT)
+    assert first.value.trigger.first_check_after == 0.0
+    emulator.set_faults([FaultRule(endpoint="status", kind="http_500")])
+    failed = fire(first.value)
+    with pytest.raises(TaskDeferred) as again:
+        getattr(sensor, first.value.method_name)(CONTEXT, event=failed, **first.value.kwargs)
+    trigger = again.value.trigger
+    assert trigger.first_check_after == 0.5
+    assert type(trigger)(**trigger.serialize()[1]).first_check_after == 0.5
+    checks = emulator.stats()["requests"].get("status", 0)
+    started = time.monotonic()
+    fire(again.value)
+    assert time.monotonic() - started >= 0.5
+    assert emulator.stats()["requests"].get("status", 0) - checks == 3  # one check and its two retries
+
+
+def test_silent_fail_does_not_wait_past_the_export_tasks_own_failure_when_deferred(emulator: LoyaltyEmulator) -> None:
+    """As in poke mode: ``silent_fail`` waits past failing checks, not past the export task's failure,
+    which fails the task without retries."""
+    emulator.config.task_duration = 1.0
+    task_id = create_export()
+    sensor = make_sensor(task_id, deferrable=True, silent_fail=True, timeout=60)
+    with pytest.raises(TaskDeferred) as first:
+        sensor.execute(CONTEXT)
+    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed")])
+    failed = fire(first.value)
+    assert failed.get("task_status")
+    with pytest.raises(AirflowFailException, match="not past the export task's failure"):
+        getattr(sensor, first.value.method_name)(CONTEXT, event=failed, **first.value.kwargs)
 
 
 def test_deferred_trigger_event_feeds_execute_complete(emulator: LoyaltyEmulator) -> None:
