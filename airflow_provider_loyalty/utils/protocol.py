@@ -97,7 +97,7 @@ def check_reply(
         raise
     text = quoted(str((envelope or {}).get("error_text") or f"HTTP {http_status}"), token)
 
-    if http_status == 429:
+    if http_status in (408, 429):  # 408: a proxy or load balancer timed the request out
         raise LoyaltyTransientError(code, text, http_status, parse_retry_after(headers.get("Retry-After")))
     if http_status >= 500:
         raise LoyaltyTransientError(code, text, http_status, parse_retry_after(headers.get("Retry-After")))
@@ -237,9 +237,10 @@ def download_url(settings: LoyaltyConnectionSettings, hashed_file: Any) -> str:
     names contain spaces and colons); one the server sent already encoded is decoded first, so it
     is not encoded twice (``%20`` stays ``%20``, as ``requests`` treats a link's escapes). Refused
     before any request: non-strings, absolute URLs or paths, empty, ``.`` or ``..`` segments (also
-    percent-encoded ones), backslashes and control characters. The result is checked to stay on
-    the connection's host under ``/api/download/``. Blanks around it are not part of the name (an
-    XML reply may put the value on a line of its own), as for the status reply's ``hashed_file``.
+    percent-encoded ones), backslashes and control characters (also percent-encoded ones). The
+    result is checked to stay on the connection's host under ``/api/download/``. Blanks around it
+    are not part of the name (an XML reply may put the value on a line of its own), as for the
+    status reply's ``hashed_file``.
     """
     if not isinstance(hashed_file, str) or not hashed_file.strip():
         raise LoyaltyUnsafeDataError(f"hashed_file: expected a non-empty string, got {hashed_file!r}")
@@ -256,6 +257,8 @@ def download_url(settings: LoyaltyConnectionSettings, hashed_file: Any) -> str:
         decoded = unquote(segment)
         if decoded in ("", ".", "..") or "/" in decoded or "\\" in decoded:
             raise LoyaltyUnsafeDataError(f"hashed_file {shown} has an empty, '.' or '..' segment")
+        if first_control_character(decoded) is not None:
+            raise LoyaltyUnsafeDataError(f"hashed_file {shown} contains percent-encoded control characters")
     path = settings.base_path + DOWNLOAD_PREFIX + "/".join(quote(_name_of(segment), safe="") for segment in segments)
     url = settings.origin + path
     parts = urlsplit(url)

@@ -290,6 +290,21 @@ def test_rate_limit_honours_retry_after(hook: LoyaltyHook, loyalty_emulator: Loy
     assert requests_seen(loyalty_emulator, "status") == 2
 
 
+def test_a_proxys_request_timeout_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP 408 without the API's envelope (a proxy or load balancer timed the request out) is a
+    timeout like any other: retried, not an API error after one request."""
+
+    def respond(handler, server) -> None:
+        if len(server.requests) == 1:
+            return send(handler, 408, b"<html><body>408 Request Time-out</body></html>", "text/html")
+        return _json_reply(handler, 200, {"error": 0, "data": {"status": "in_progress", "progress": 5}})
+
+    with loopback_server(respond) as server:
+        _point_at_server(monkeypatch, server.url, max_retries=2, retry_backoff=0.01)
+        assert LoyaltyHook().get_task_status("task_1")["status"] == "in_progress"
+        assert len(server.requests) == 2
+
+
 def test_retry_budget_is_max_retries(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
     loyalty_emulator.set_faults([FaultRule(endpoint="export", kind="http_503")])
     with pytest.raises(LoyaltyTransientError) as err:
@@ -336,6 +351,8 @@ def test_one_tcp_connection_for_many_calls(hook: LoyaltyHook, loyalty_emulator: 
         "abc//x.zip",
         "",
         "javascript:alert(1)/x",
+        "dir/a%00b.zip",
+        "a%0D%0AX-Injected:%201.zip",
     ],
 )
 def test_unsafe_hashed_file_refused_before_any_request(
