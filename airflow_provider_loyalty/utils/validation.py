@@ -169,7 +169,8 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-_UUIDISH = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+#: Longest cursor taken: the API documents a UUID (36 characters); room for any other id scheme.
+MAX_CURSOR_LENGTH = 256
 
 
 def _stripped(value: Any) -> Any:
@@ -219,16 +220,25 @@ def _local_file_url(text: str) -> str:
 
 
 def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:
-    """An optional transaction id used as cursor: a short id-shaped string (the API's UUID), or
-    ``None`` when not given or blank. Surrounding whitespace (a value pasted with a newline) is
-    dropped."""
+    """An optional transaction id used as cursor, or ``None`` when not given or blank.
+
+    The API documents a UUID, but the cursor is the API's own value, sent back as it came: any
+    text without control characters up to :data:`MAX_CURSOR_LENGTH` characters is taken (a
+    platform paging by other ids must not fail at its second batch). Surrounding whitespace (a
+    value pasted with a newline) is dropped."""
     if from_id is None:
         return None
     cursor = _stripped(from_id)
     if cursor == "":
         return None
-    if not isinstance(cursor, str) or not _UUIDISH.match(cursor):
-        raise LoyaltyValidationError(parameter, f"expected a transaction id (UUID string), got {from_id!r}")
+    if isinstance(cursor, int) and not isinstance(cursor, bool):
+        cursor = str(cursor)  # an integer id, as the API's own int next_from_id is read
+    if not isinstance(cursor, str) or first_control_character(cursor) is not None or len(cursor) > MAX_CURSOR_LENGTH:
+        raise LoyaltyValidationError(
+            parameter,
+            f"expected a transaction id (the API's next_from_id, a UUID string) of at most {MAX_CURSOR_LENGTH} "
+            f"characters without control characters, got {from_id!r:.80}",
+        )
     return cursor
 
 

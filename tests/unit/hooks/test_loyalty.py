@@ -209,7 +209,8 @@ def test_a_token_pasted_with_its_bearer_prefix_is_accepted(loyalty_emulator, mon
         ("export", {"date_from": "2023-10-01T00:00:00Z"}, "date_from"),
         ("export", {"date_to": "not a date"}, "date_to"),
         ("export", {"loyalty_program_id": "abc"}, "loyalty_program_id"),
-        ("export", {"from_id": "../../etc"}, "from_id"),
+        ("export", {"from_id": "3f0c\x00e1"}, "from_id"),
+        ("export", {"from_id": "x" * 257}, "from_id"),
         ("account", {"matching": "nickname"}, "matching"),
         ("account", {"matching": "email", "email": None}, "email"),
         ("account", {"matching": "phone"}, "phone"),
@@ -288,6 +289,21 @@ def test_rate_limit_honours_retry_after(hook: LoyaltyHook, loyalty_emulator: Loy
     hook.get_task_status(task_id)
     assert time.monotonic() - started >= 0.4
     assert requests_seen(loyalty_emulator, "status") == 2
+
+
+@pytest.mark.parametrize("cursor", ["txn_000123", "c3VyZ2U=/x+y", "2023-09-01T10:00:00Z#17", 123456])
+def test_a_cursor_of_any_id_scheme_is_sent_back_as_the_api_gave_it(monkeypatch: pytest.MonkeyPatch, cursor) -> None:
+    """The API documents UUIDs, but ``next_from_id`` is its own value: a platform paging by other ids
+    (underscores, base64, timestamps, integers) gets it back unchanged instead of a validation
+    error at its second batch."""
+
+    def respond(handler, server) -> None:
+        return _json_reply(handler, 200, {"error": 0, "data": {"task_id": "task_1"}})
+
+    with loopback_server(respond) as server:
+        _point_at_server(monkeypatch, server.url)
+        assert LoyaltyHook().create_transactions_export(**EXPORT, from_id=cursor) == "task_1"
+        assert json.loads(server.requests[0].body)["from_id"] == str(cursor)
 
 
 def test_a_proxys_request_timeout_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:

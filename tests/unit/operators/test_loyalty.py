@@ -372,7 +372,7 @@ class TestLoyaltyExportOperator:
         with pytest.raises(LoyaltyValidationError, match="output_path: required"):
             local_export_operator(" \n")
         with pytest.raises(LoyaltyValidationError, match="from_id"):
-            local_export_operator(tmp_path, from_id="../../etc")
+            local_export_operator(tmp_path, from_id="3f0c\x1be1")
 
     @pytest.mark.parametrize("name", ["_staging", "_parts/", "_tmp-0123abcd"])
     def test_a_location_inside_another_locations_bookkeeping_is_refused(self, emulator, tmp_path, name):
@@ -1060,7 +1060,7 @@ _EXPORT_BASE = {"task_id": "mapped", "output_path": "/tmp/x"}
         ({"loyalty_program_id": 123, "points_currency_iid": -1}, "points_currency_iid"),
         ({"loyalty_program_id": 123, "date_from": "2023-09-30", "date_to": "2023-09-01"}, "date_from/date_to"),
         ({"loyalty_program_id": 123, "date_to": "2023-13-01"}, "date_to"),
-        ({"loyalty_program_id": 123, "from_id": "a b"}, "from_id"),
+        ({"loyalty_program_id": 123, "from_id": "a\tb"}, "from_id"),
         ({"loyalty_program_id": 123, "output_format": "xlsx"}, "output_format"),
         ({"loyalty_program_id": 123, "verify": "maybe"}, "verify"),
         ({"loyalty_program_id": 123, "poll_interval": 0}, "poll_interval"),

@@ -111,3 +111,12 @@ def test_the_token_echoed_beside_the_documented_result_fields_is_masked_in_what_
     assert TOKEN[:8] not in shown
     assert result.raw["download_url"].startswith("https://api.example.com/api/download/exports/abc/f.zip?token=")
     assert (result.raw["is_api"], result.raw["total"], result.next_from_id) == (True, 1, "n-1")
+
+
+@pytest.mark.parametrize("cursor", ["n\x00-1", "n-1\r\nX: y", "n" * 257])
+def test_a_next_from_id_no_request_could_carry_is_the_replys_fault(cursor: str) -> None:
+    """Control characters or an absurd length in the API's ``next_from_id`` are a malformed reply,
+    reported as the reply's field, not as a bad ``from_id`` parameter at the next batch."""
+    reply = {"status": "completed", "result": {"hashed_file": "exports/abc/f.zip", "total": 1, "next_from_id": cursor}}
+    with pytest.raises(LoyaltyResponseError, match=r"result\.next_from_id"):
+        ExportTaskStatus.from_reply("task_1", reply, TOKEN).completed_result()
