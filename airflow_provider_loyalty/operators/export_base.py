@@ -60,11 +60,6 @@ _LITERAL_CHECKED = (
 _SWITCHES = ("deferrable", "resume", "replace", "keep_zip", "fail_on_empty", "verify")
 
 
-def _seconds(value: Any, parameter: str) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    return validation.check_positive_number(seconds, parameter)
-
-
 def _whole_number(value: Any, parameter: str) -> int:
     return int(validation.check_positive_number(value, parameter))
 
@@ -72,8 +67,8 @@ def _whole_number(value: Any, parameter: str) -> int:
 #: The settings (parameters never templated) and how each is checked and converted.
 _SETTING_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "max_batches": validation.check_optional_positive_int,
-    "poll_interval": validation.check_positive_number,
-    "batch_timeout": _seconds,
+    "poll_interval": validation.check_duration,
+    "batch_timeout": validation.check_duration,
     **dict.fromkeys(_SWITCHES, validation.parse_bool),
     "max_download_bytes": _whole_number,
     "max_uncompressed_bytes": _whole_number,
@@ -338,13 +333,16 @@ class LoyaltyExportBaseOperator(BaseOperator):
         event: dict[str, Any] | None = None,
         export_task_id: str | None = None,
         trigger_errors: int = 0,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         """Resume after the trigger fired: land the batch, create the next, defer again or finish.
 
         When the trigger could not follow the export task (its ``error`` event without a task
         status: the API forgot the task, or the triggerer's requests failed past their retries),
         the worker checks the task itself, with the loop's own handling: a forgotten task is created
-        again from its cursor. :data:`MAX_TRIGGER_ERRORS` such events in a row fail the task.
+        again from its cursor. :data:`MAX_TRIGGER_ERRORS` such events in a row for one export task
+        fail the task; a wait deferred again for the same export task keeps its ``deadline``
+        (``batch_timeout`` counts once per export task, not once per deferral).
         """
         if export_task_id is None and isinstance(event, dict):
             export_task_id = event.get("export_task_id")
@@ -364,13 +362,26 @@ class LoyaltyExportBaseOperator(BaseOperator):
                 trigger_errors += 1
             else:
                 status, trigger_errors = status_from_event(event, export_task_id), 0
-            return self._after(context, loop, loop.advance(progress, completed=status), trigger_errors=trigger_errors)
+            step = loop.advance(progress, completed=status)
+            if isinstance(step, Finished) or step.export_task_id != export_task_id:
+                trigger_errors, deadline = 0, None  # a batch landed: the next export task's wait starts afresh
+            return self._after(context, loop, step, trigger_errors=trigger_errors, deadline=deadline)
 
-    def _after(self, context: Context, loop: ExportLoop, step: Step, *, trigger_errors: int = 0) -> dict[str, Any]:
-        """Finish, or defer exactly where the wait for an export task starts."""
+    def _after(
+        self,
+        context: Context,
+        loop: ExportLoop,
+        step: Step,
+        *,
+        trigger_errors: int = 0,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        """Finish, or defer exactly where the wait for an export task starts (until ``deadline``,
+        when the wait for the same export task goes on; else for one ``batch_timeout``)."""
         if isinstance(step, Finished):
             return self._finish(context, step.manifest)
-        deadline = self._deadline(context)
+        if deadline is None:
+            deadline = self._deadline(context)
         remaining = deadline - time.time()
         if remaining <= 0:
             raise LoyaltyError(f"timed out waiting for export task {step.export_task_id} (the task's deadline passed)")
@@ -384,6 +395,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
             deadline=deadline,
             kwargs={
                 "export_task_id": step.export_task_id,
+                "deadline": deadline,
                 **({"trigger_errors": trigger_errors} if trigger_errors else {}),
             },
         )

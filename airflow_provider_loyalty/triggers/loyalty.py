@@ -275,6 +275,8 @@ def defer_until_done(
         ``execution_timeout`` holds while deferred; the trigger's last check at its deadline takes
         milliseconds, and if the scheduler times the deferral out first the task fails the same way.
     """
+    # A sensor's timeout of centuries means "no limit": no deferral timeout can say that many days.
+    deadline = min(deadline, time.time() + validation.MAX_WAIT_SECONDS)
     task.defer(
         trigger=LoyaltyExportTaskTrigger(
             export_task_id=export_task_id,

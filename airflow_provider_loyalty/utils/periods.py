@@ -68,6 +68,8 @@ def parse_period_value(value: Any, parameter: str) -> dt.date | dt.datetime:
     """
     if isinstance(value, dt.date):  # datetimes too
         return value
+    if isinstance(value, int) and not isinstance(value, bool) and 10_000_000 <= value <= 99_999_999:
+        value = str(value)  # {{ ds_nodash }} as a native template renders it: 20230930
     if isinstance(value, str):
         text = value.strip().upper()
         try:

@@ -9,8 +9,10 @@ settings (for extras, which arrive as text from the UI or a URI).
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,6 +84,20 @@ def parse_seconds(value: Any, parameter: str) -> float:
     return check_positive_number(value, parameter)
 
 
+#: The longest wait a duration parameter may ask for: ten years. Past it, Airflow's deferral
+#: timeout and the lease's expiry (dates) would overflow after the first requests were sent.
+MAX_WAIT_SECONDS = 10 * 366 * 24 * 3600.0
+
+
+def check_duration(value: Any, parameter: str) -> float:
+    """A duration in seconds (a number or a ``timedelta``): > 0 and at most :data:`MAX_WAIT_SECONDS`."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    checked = check_positive_number(seconds, parameter)
+    if checked > MAX_WAIT_SECONDS:
+        raise LoyaltyValidationError(parameter, f"expected at most ten years ({MAX_WAIT_SECONDS:.0f} s), got {value!r}")
+    return checked
+
+
 def check_positive_number(value: Any, parameter: str, *, allow_zero: bool = False) -> float:
     """A finite number > 0 (or >= 0): poll intervals, timeouts."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -139,8 +155,16 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
         raise LoyaltyValidationError("points_currency_eid/points_currency_iid", f"give exactly one of the two; {which}")
     if has_eid:
         if not isinstance(points_currency_eid, str):
+            # Not read as its digits: a native template renders "007" as 7, another currency.
+            hint = (
+                " (a native template renders digits as a number, dropping leading zeros: pass the "
+                "code as text, or points_currency_iid for a numeric id)"
+                if isinstance(points_currency_eid, int | float) and not isinstance(points_currency_eid, bool)
+                else ""
+            )
             raise LoyaltyValidationError(
-                "points_currency_eid", f"expected a string, got {type(points_currency_eid).__name__}"
+                "points_currency_eid",
+                f"expected a string, got {type(points_currency_eid).__name__} {points_currency_eid!r:.40}{hint}",
             )
         return {"points_currency_eid": _without_controls(points_currency_eid.strip(), "points_currency_eid")}
     iid = points_currency_iid
@@ -179,13 +203,20 @@ def _stripped(value: Any) -> Any:
 
 def check_output_path(output_path: Any, expected: str) -> Any:
     """An ``output_path`` as text without surrounding whitespace (a value pasted with a newline is
-    not a directory named ``"\\n"``); an ``ObjectStoragePath`` as it is.
+    not a directory named ``"\\n"``); an ``ObjectStoragePath`` (or any other path object) as it is.
+    Anything else (a list or a number a native template rendered) is refused: written as a
+    directory named ``['/tmp/x']`` under the worker's current directory, it would be lost.
 
     :param output_path: the rendered value.
     :param expected: what the operator wants there, for the error.
     """
+    if isinstance(output_path, os.PathLike) or callable(getattr(output_path, "joinpath", None)):
+        return output_path  # a pathlib path, or an ObjectStoragePath (a universal_pathlib path)
     if output_path is not None and not isinstance(output_path, str):
-        return output_path
+        raise LoyaltyValidationError(
+            "output_path",
+            f"expected a path (text or a path object), got {type(output_path).__name__} {output_path!r:.80}",
+        )
     text = (output_path or "").strip()
     if not text:
         raise LoyaltyValidationError("output_path", f"required: {expected}")

@@ -360,6 +360,20 @@ class TestLoyaltyExportOperator:
             local_export_operator(tmp_path, max_batches=0)
         assert requests_seen(emulator) > 0
 
+    @pytest.mark.parametrize("rendered", [["/tmp/x"], 42, {"path": "/tmp/x"}])
+    def test_an_output_path_a_native_template_rendered_to_no_path_is_refused(
+        self, emulator: LoyaltyEmulator, tmp_path, monkeypatch, rendered
+    ):
+        """``render_template_as_native_obj`` can turn ``output_path`` into a list or a number: refused
+        naming it, before any request, not written as a directory named ``['/tmp/x']``."""
+        monkeypatch.chdir(tmp_path)
+        operator = local_export_operator("{{ params.p }}")
+        operator.output_path = rendered  # what rendering gave
+        with pytest.raises(LoyaltyValidationError, match="output_path: expected a path"):
+            operator.execute(context_for())
+        assert requests_seen(emulator) == 0
+        assert list(tmp_path.iterdir()) == []
+
     def test_values_pasted_with_a_newline_mean_what_they_say(self, emulator: LoyaltyEmulator, tmp_path):
         """A directory or cursor pasted with surrounding whitespace: not a directory named "\\n",
         not a cursor sent with a newline; a blank output_path is no directory at all."""

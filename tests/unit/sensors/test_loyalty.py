@@ -234,6 +234,16 @@ def test_a_token_refused_while_deferred_fails_the_task_at_once(emulator: Loyalty
         getattr(sensor, first.value.method_name)(CONTEXT, event=refused, **first.value.kwargs)
 
 
+def test_a_timeout_of_centuries_defers_without_overflow(emulator: LoyaltyEmulator) -> None:
+    """``timeout=1e12`` (no limit, in effect): the deferral's timeout is capped at ten years instead
+    of overflowing ``timedelta`` after the first check was sent."""
+    emulator.config.task_duration = 30.0
+    with pytest.raises(TaskDeferred) as caught:
+        make_sensor(create_export(), deferrable=True, timeout=1e12).execute(CONTEXT)
+    assert timedelta(days=3600) < caught.value.timeout < timedelta(days=3700)
+    assert caught.value.trigger.deadline < time.time() + 3700 * 86400
+
+
 def test_silent_fail_defers_again_one_poke_interval_later(emulator: LoyaltyEmulator) -> None:
     """A wait deferred again after a failed check keeps its pace: the trigger's first check comes
     one ``poke_interval`` later, not at once (which would poll the failing API in a tight loop)."""

@@ -8,9 +8,11 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -281,14 +283,22 @@ def test_a_task_the_api_forgot_while_deferred_is_created_again(emulator, s3_buck
     assert ids_in_s3(s3_client, s3_bucket, manifest) == all_transaction_ids(emulator)
 
 
-def test_a_trigger_that_keeps_failing_fails_the_task_with_its_error(emulator, s3_bucket, monkeypatch):
-    """The worker checks the task itself after each trigger error, but not forever: after
-    MAX_TRIGGER_ERRORS of them in a row the next one fails the task with the trigger's message."""
-    from airflow_provider_loyalty.exceptions import LoyaltyError
-    from airflow_provider_loyalty.operators import export_base
+def _unreachable_from_the_triggerer(monkeypatch) -> None:
+    """The triggerer's requests fail (a port nobody listens on: connection refused, past one retry),
+    a failure that is not final, unlike a refused token."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    connection = {
+        "conn_type": "loyalty",
+        "host": f"http://127.0.0.1:{port}",
+        "password": "any-token",
+        "extra": {"retry_backoff": 0.01, "max_retries": 1},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
 
-    emulator.config.task_duration = 60  # still running at every check of the worker
-    log = DeferralLog()
+
+def _worker_reaches_the_api(monkeypatch, emulator) -> None:
     real_complete = LoyaltyTransactionsToS3Operator.execute_complete
 
     def complete(self, context, **kwargs):
@@ -296,16 +306,62 @@ def test_a_trigger_that_keeps_failing_fails_the_task_with_its_error(emulator, s3
         return real_complete(self, context, **kwargs)
 
     monkeypatch.setattr(LoyaltyTransactionsToS3Operator, "execute_complete", complete)
+
+
+def test_a_trigger_that_keeps_failing_fails_the_task_with_its_error(emulator, s3_bucket, monkeypatch):
+    """The worker checks the task itself after each trigger error, but not forever: after
+    MAX_TRIGGER_ERRORS of them in a row the next one fails the task with the trigger's message.
+    Deferred again for the same export task, the wait keeps its deadline: ``batch_timeout`` counts
+    once per export task, not once per deferral."""
+    from airflow_provider_loyalty.exceptions import LoyaltyError
+    from airflow_provider_loyalty.operators import export_base
+
+    emulator.config.task_duration = 60  # still running at every check of the worker
+    log = DeferralLog()
+    _worker_reaches_the_api(monkeypatch, emulator)
     with pytest.raises(LoyaltyError, match=r"Waiting for export task .* failed"):
         run_with_deferrals(
-            make_operator(s3_bucket, deferrable=True),
+            make_operator(s3_bucket, deferrable=True, batch_timeout=600),
             context_for(),
             log,
-            before_trigger=lambda _: point_connection_at(monkeypatch, emulator, token="refused-by-the-api"),
+            before_trigger=lambda _: _unreachable_from_the_triggerer(monkeypatch),
         )
     assert [event["status"] for event in log.events] == ["error"] * (export_base.MAX_TRIGGER_ERRORS + 1)
     assert len({event["export_task_id"] for event in log.events}) == 1
     assert emulator.stats()["export_tasks_created"] == 1  # the first batch, still running: never created again
+    assert len({kwargs["deadline"] for kwargs in log.trigger_kwargs}) == 1
+
+
+def test_trigger_errors_count_in_a_row_for_one_export_task_only(emulator, s3_bucket, s3_client, monkeypatch):
+    """A trigger error the worker recovers from (it checks the task, lands the batch and creates the
+    next) does not count against the next export task: every batch's trigger failing once is not
+    MAX_TRIGGER_ERRORS errors in a row."""
+    from airflow_provider_loyalty.operators import export_base
+
+    emulator.config.task_duration = 0.2
+    log = DeferralLog()
+    _worker_reaches_the_api(monkeypatch, emulator)
+
+    def trigger_fails_then_task_done(_: int) -> None:
+        _unreachable_from_the_triggerer(monkeypatch)
+        time.sleep(0.3)  # the task completes meanwhile: the worker's check lands it
+
+    manifest = run_with_deferrals(
+        make_operator(s3_bucket, deferrable=True), context_for(), log, before_trigger=trigger_fails_then_task_done
+    )
+    assert all(event["status"] == "error" for event in log.events)
+    assert len(log.events) == 5 > export_base.MAX_TRIGGER_ERRORS
+    assert ids_in_s3(s3_client, s3_bucket, manifest) == all_transaction_ids(emulator)
+
+
+def test_a_huge_batch_timeout_is_refused_before_any_request(emulator, s3_bucket):
+    """Past ten years a deferral's timeout and the lease's expiry overflow, after the export began."""
+    from datetime import timedelta
+
+    for value in (timedelta.max, 1e14):
+        with pytest.raises(LoyaltyValidationError, match="batch_timeout: expected at most ten years"):
+            make_operator(s3_bucket, deferrable=True, batch_timeout=value)
+    assert emulator.stats()["requests_total"] == 0
 
 
 def test_default_prefix_and_asset_outlet(emulator, s3_bucket, s3_client):

@@ -46,6 +46,19 @@ def test_ds_as_airflow_renders_it_is_a_whole_day() -> None:
     assert check_period(ds, ds) == ("2023-09-30T00:00:00Z", "2023-09-30T23:59:59Z")
 
 
+def test_ds_nodash_as_a_native_template_renders_it_is_a_whole_day() -> None:
+    """``render_template_as_native_obj`` renders ``{{ ds_nodash }}`` as the int 20230930."""
+    assert check_period(20230901, 20230930) == check_period("2023-09-01", "2023-09-30")
+    with pytest.raises(LoyaltyValidationError, match="date_to"):
+        check_period(20230901, 2023093)
+
+
+def test_a_currency_code_rendered_as_a_number_is_refused_saying_why() -> None:
+    """Not read as its digits: a native template renders "007" as 7, another currency."""
+    with pytest.raises(LoyaltyValidationError, match=r"points_currency_eid: .*int 7 .*dropping leading zeros"):
+        validation.check_currency(7, None)
+
+
 def test_a_month_of_dates_is_every_second_of_it() -> None:
     assert check_period("2023-09-01", "2023-09-30") == ("2023-09-01T00:00:00Z", "2023-09-30T23:59:59Z")
 
