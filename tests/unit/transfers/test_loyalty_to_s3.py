@@ -338,19 +338,19 @@ def test_trigger_errors_count_in_a_row_for_one_export_task_only(emulator, s3_buc
     MAX_TRIGGER_ERRORS errors in a row."""
     from airflow_provider_loyalty.operators import export_base
 
-    emulator.config.task_duration = 0.2
+    emulator.config.task_duration = 1.0  # running when the worker first checks it, even on a busy machine
     log = DeferralLog()
     _worker_reaches_the_api(monkeypatch, emulator)
 
     def trigger_fails_then_task_done(_: int) -> None:
         _unreachable_from_the_triggerer(monkeypatch)
-        time.sleep(0.3)  # the task completes meanwhile: the worker's check lands it
+        time.sleep(1.2)  # the task completes meanwhile: the worker's check lands it
 
     manifest = run_with_deferrals(
         make_operator(s3_bucket, deferrable=True), context_for(), log, before_trigger=trigger_fails_then_task_done
     )
     assert all(event["status"] == "error" for event in log.events)
-    assert len(log.events) == 5 > export_base.MAX_TRIGGER_ERRORS
+    assert len(log.events) > export_base.MAX_TRIGGER_ERRORS  # more than that many errors, none in a row
     assert ids_in_s3(s3_client, s3_bucket, manifest) == all_transaction_ids(emulator)
 
 
