@@ -150,6 +150,10 @@ class Prefetcher:
         if task.task_id not in self._futures:
             self._futures[task.task_id] = self._pool.submit(self.fetcher.fetch, task)
 
+    def future(self, task: PendingTask) -> Future[FetchedBatch] | None:
+        """The fetch of ``task`` started in the background, if it was (not taken yet)."""
+        return self._futures.get(task.task_id)
+
     def take(self, task: PendingTask, on_wait: Callable[[], None] | None = None) -> FetchedBatch:
         """The fetched batch of ``task`` (fetching it now if it was not started); re-raises its error."""
         self.start(task)

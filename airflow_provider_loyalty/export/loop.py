@@ -58,6 +58,7 @@ from airflow_provider_loyalty.export.progress import CLEANUP, EXPORTING, ExportP
 from airflow_provider_loyalty.export.seal import Sealer, finish_interrupted_switch
 from airflow_provider_loyalty.export.sinks import PartSink, UnreadableDocument
 from airflow_provider_loyalty.export.spec import ExportSpec, describe_period, period_of
+from airflow_provider_loyalty.export.verify_ahead import VerifyAhead
 from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
 from airflow_provider_loyalty.utils.export_status import ExportResult, ExportTaskState, ExportTaskStatus
 
@@ -152,6 +153,7 @@ class ExportLoop:
         self.adopted: dict[str, Any] | None = None
         self.adopted_own = False  # the adopted export is this task instance's own earlier try's
         self._created: set[str] = set()  # export tasks created by this attempt
+        self.ahead: VerifyAhead | None = None  # in a worker: the next batch verified while this one uploads
 
     def _fetcher(self, hook: LoyaltyHook) -> BatchFetcher:
         return BatchFetcher(
@@ -281,13 +283,17 @@ class ExportLoop:
             self._checkpoint(progress)
 
     def run(self, progress: ExportProgress | None = None) -> dict[str, Any]:
-        """The whole export in this worker, batch N+1 fetched while batch N lands; the manifest."""
+        """The whole export in this worker, batch N+1 fetched while batch N lands, and verified
+        while N uploads; the manifest."""
         progress = progress or self.begin()
         prefetcher = Prefetcher(self._fetcher(self.hook.fork()))
+        self.ahead = VerifyAhead(prefetcher, self.workdir, self._write_part)
         try:
             step = self.advance(progress, prefetcher=prefetcher)
         finally:
             prefetcher.close()
+            self.ahead.close()
+            self.ahead = None
         assert isinstance(step, Finished)
         return step.manifest
 
@@ -348,6 +354,8 @@ class ExportLoop:
             except _BatchUnusable as unusable:
                 if prefetcher is not None:
                     prefetcher.discard()
+                if self.ahead is not None:
+                    self.ahead.discard()
                 self._recreate(progress, current, str(unusable))
 
     def _fetched_or_waiting(
@@ -392,7 +400,7 @@ class ExportLoop:
             prefetcher.start(following)
         if fetched.archive is None and result.hashed_file is not None:
             fetched = self._download(current, status)
-        self._land(progress, current, result, fetched)
+        self._land(progress, current, result, fetched, following)
 
     # ------------------------------------------------------------------ batches
 
@@ -466,13 +474,23 @@ class ExportLoop:
                 raise _BatchUnusable(f"the file of export task {task.task_id} cannot be downloaded: {error}") from None
             raise
 
-    def _land(self, progress: ExportProgress, task: PendingTask, result: ExportResult, fetched: FetchedBatch) -> None:
-        """Verify the batch, store its part and record, and move the checkpoint past it."""
+    def _land(
+        self,
+        progress: ExportProgress,
+        task: PendingTask,
+        result: ExportResult,
+        fetched: FetchedBatch,
+        following: PendingTask | None = None,
+    ) -> None:
+        """Verify the batch, store its part and record, and move the checkpoint past it (in a
+        worker, the ``following`` batch is verified meanwhile, once this one's boundary is known)."""
         started = time.monotonic()
         index = progress.parts_landed
         name = part_name(index, self.spec.output_format)
-        part_file = os.path.join(self.workdir, name)
-        stats = self._verify(task, result, fetched, part_file, frozenset(progress.tail_ids))
+        skip = frozenset(progress.tail_ids)
+        stats, part_file = self._verify(task, result, fetched, os.path.join(self.workdir, name), skip)
+        if self.ahead is not None and following is not None:
+            self.ahead.start(following, skip if stats.is_empty else frozenset(stats.tail_ids))
         if not stats.is_empty:
             self._store(progress, index, name, part_file, fetched.archive)
             record = PartRecord(
@@ -507,21 +525,29 @@ class ExportLoop:
 
     def _verify(
         self, task: PendingTask, result: ExportResult, fetched: FetchedBatch, part_file: str, skip: frozenset[str]
-    ) -> PartStats:
+    ) -> tuple[PartStats, str]:
+        """The batch's part: its stats and file (verified ahead, or now into ``part_file``)."""
         if fetched.archive is None:  # an empty batch without a file (total 0, checked by ExportResult)
-            return PartStats()
+            return PartStats(), part_file
         try:
-            with open(part_file, "wb") as sink:
-                return write_part(
-                    fetched.archive,
-                    sink,
-                    expected_rows=result.total,
-                    skip_ids=skip,
-                    limits=self.limits,
-                    output_format=self.spec.output_format,
-                )
+            verified = self.ahead.take(task, skip) if self.ahead is not None else None
+            if verified is not None:
+                return verified
+            return self._write_part(fetched.archive, result.total, skip, part_file), part_file
         except LoyaltyVerificationError as error:
             raise _BatchUnusable(f"the file of export task {task.task_id} failed verification: {error}") from None
+
+    def _write_part(self, archive: str, expected_rows: int, skip: frozenset[str], part_file: str) -> PartStats:
+        """Verify ``archive`` into ``part_file`` (any thread: it only reads the zip and writes the file)."""
+        with open(part_file, "wb") as sink:
+            return write_part(
+                archive,
+                sink,
+                expected_rows=expected_rows,
+                skip_ids=skip,
+                limits=self.limits,
+                output_format=self.spec.output_format,
+            )
 
     def _store(self, progress: ExportProgress, index: int, name: str, part_file: str, archive: str | None) -> None:
         self.sink.put_file(staged(name) if progress.staged else name, part_file)

@@ -202,15 +202,66 @@ def test_worker_mode_creates_the_next_batch_before_landing_this_one(emulator: Lo
     loop_module = __import__("airflow_provider_loyalty.export.loop", fromlist=["ExportLoop"])
     original = loop_module.ExportLoop._land
 
-    def land(self, progress, task, result, fetched):
+    def land(self, progress, task, result, fetched, *following):
         created_before_part.append(len(emulator.export_tasks()))
-        return original(self, progress, task, result, fetched)
+        return original(self, progress, task, result, fetched, *following)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop_module.ExportLoop, "_land", land)
         manifest = operator.execute(context_for())
     assert created_before_part == [2, 3, 3]  # parts 0 and 1 land with the next task already created
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+
+
+def _recording_write_part(monkeypatch: pytest.MonkeyPatch, fail_first_ahead: bool = False) -> list[str]:
+    """Record the thread of each verification (the loop calls ``write_part`` by its module's name);
+    optionally fail the first one run ahead, as a corrupt zip would."""
+    from airflow_provider_loyalty.exceptions import LoyaltyVerificationError
+    from airflow_provider_loyalty.export import loop as loop_module
+
+    threads: list[str] = []
+    original = loop_module.write_part
+
+    def write_part(*args, **kwargs):
+        name = threading.current_thread().name
+        threads.append(name)
+        if fail_first_ahead and name.startswith("loyalty-verify-ahead") and threads.count(name) == 1:
+            raise LoyaltyVerificationError("row count 999 does not match the API's total 1000 (injected)")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "write_part", write_part)
+    return threads
+
+
+def test_worker_mode_verifies_the_next_batch_while_this_one_uploads(
+    emulator: LoyaltyEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """Batch N+1 is verified in the background once batch N's boundary ids are known, and lands
+    exactly as one verified in order: here with an inclusive cursor, so each boundary row arrives
+    twice and the one verified ahead must leave it out."""
+    emulator.config.cursor_mode = "inclusive"
+    threads = _recording_write_part(monkeypatch)
+    manifest = local_export_operator(tmp_path).execute(context_for())
+    assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+    batches = len(emulator.export_tasks())
+    assert manifest["duplicates_dropped"] == batches - 1  # the boundary row of every batch but the first
+    assert len(threads) == batches
+    assert sum(name.startswith("loyalty-verify-ahead") for name in threads) >= 1
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("ahead-")) == []
+
+
+def test_a_batch_that_fails_verification_ahead_is_created_again(
+    emulator: LoyaltyEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """A verification run ahead fails where the loop would have verified: the batch is created
+    again from its cursor and landed in order, and nothing verified for the given-up task is used."""
+    threads = _recording_write_part(monkeypatch, fail_first_ahead=True)
+    manifest = local_export_operator(tmp_path).execute(context_for())
+    assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+    assert len(threads) == 4  # three batches, the one that failed verified twice
+    cursors = [task["from_id"] for task in emulator.export_tasks()]
+    # the failed batch created again from its cursor, and the one after it, created from its result
+    assert len(set(cursors)) == 3 and cursors.count(cursors[1]) == 2
 
 
 def test_a_finished_local_export_leaves_only_its_manifest_and_parts(emulator: LoyaltyEmulator, tmp_path):

@@ -185,27 +185,31 @@ def test_silent_fail_waits_past_a_trigger_whose_checks_failed(emulator: LoyaltyE
     """In deferrable mode as in poke mode: the trigger's checks failing past their retries (the
     API's 500s) is logged and the sensor defers again until the same deadline; without
     ``silent_fail`` it fails, and past the deadline it is a timeout."""
-    emulator.config.task_duration = 1.0
-    task_id = create_export()
-    sensor = make_sensor(task_id, deferrable=True, silent_fail=True, timeout=60)
-    with pytest.raises(TaskDeferred) as first:
-        sensor.execute(CONTEXT)
-    emulator.set_faults([FaultRule(endpoint="status", kind="http_500")])
-    failed = fire(first.value)
+    sensor, first, failed = deferred_then_fired(emulator, FaultRule(endpoint="status", kind="http_500"))
+    task_id = sensor.export_task_id
     assert failed["status"] == "error" and not failed.get("task_status")
-    resume = getattr(sensor, first.value.method_name)
+    resume = getattr(sensor, first.method_name)
     with pytest.raises(LoyaltyError, match="500"):
-        getattr(make_sensor(task_id, deferrable=True), first.value.method_name)(
-            CONTEXT, event=failed, **first.value.kwargs
-        )
+        getattr(make_sensor(task_id, deferrable=True), first.method_name)(CONTEXT, event=failed, **first.kwargs)
     with pytest.raises(AirflowSensorTimeout, match="the last check failed"):
         resume(CONTEXT, event=failed, deadline=time.time() - 1)
     with pytest.raises(TaskDeferred) as again:
-        resume(CONTEXT, event=failed, **first.value.kwargs)
-    assert again.value.kwargs == first.value.kwargs  # the same deadline
+        resume(CONTEXT, event=failed, **first.kwargs)
+    assert again.value.kwargs == first.kwargs  # the same deadline
     emulator.set_faults([])
     result = resume(CONTEXT, event=fire(again.value), **again.value.kwargs)
     assert result["total"] == 1000
+
+
+def deferred_then_fired(emulator: LoyaltyEmulator, fault: FaultRule) -> tuple[Any, TaskDeferred, dict[str, Any]]:
+    """A ``silent_fail`` sensor deferred on a running export task, then its trigger run once under
+    ``fault``: the sensor, its deferral and the trigger's event."""
+    emulator.config.task_duration = 1.0
+    sensor = make_sensor(create_export(), deferrable=True, silent_fail=True, timeout=60)
+    with pytest.raises(TaskDeferred) as first:
+        sensor.execute(CONTEXT)
+    emulator.set_faults([fault])
+    return sensor, first.value, fire(first.value)
 
 
 def fire(deferred: TaskDeferred) -> dict[str, Any]:
@@ -270,16 +274,10 @@ def test_silent_fail_defers_again_one_poke_interval_later(emulator: LoyaltyEmula
 def test_silent_fail_does_not_wait_past_the_export_tasks_own_failure_when_deferred(emulator: LoyaltyEmulator) -> None:
     """As in poke mode: ``silent_fail`` waits past failing checks, not past the export task's failure,
     which fails the task without retries."""
-    emulator.config.task_duration = 1.0
-    task_id = create_export()
-    sensor = make_sensor(task_id, deferrable=True, silent_fail=True, timeout=60)
-    with pytest.raises(TaskDeferred) as first:
-        sensor.execute(CONTEXT)
-    emulator.set_faults([FaultRule(endpoint="status", kind="task_failed")])
-    failed = fire(first.value)
+    sensor, first, failed = deferred_then_fired(emulator, FaultRule(endpoint="status", kind="task_failed"))
     assert failed.get("task_status")
     with pytest.raises(AirflowFailException, match="not past the export task's failure"):
-        getattr(sensor, first.value.method_name)(CONTEXT, event=failed, **first.value.kwargs)
+        getattr(sensor, first.method_name)(CONTEXT, event=failed, **first.kwargs)
 
 
 def test_deferred_trigger_event_feeds_execute_complete(emulator: LoyaltyEmulator) -> None:
