@@ -250,6 +250,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         program = validation.check_program_id(self.loyalty_program_id)
         currency = validation.check_currency(self.points_currency_eid, self.points_currency_iid)
         target = self._target({"loyalty_program_id": program, **currency, **member_fields})
+        _check_local_target(target)  # before the history is fetched, not when it is published
         hook = LoyaltyHook(self.loyalty_conn_id)
         with tempfile.TemporaryDirectory(prefix="loyalty-member-") as workdir:
             local = os.path.join(workdir, "history.jsonl")
@@ -299,6 +300,26 @@ def _history_file_name(history_key: dict[str, Any]) -> str:
         history_key = {**history_key, "field_value": str(history_key["field_value"])}
     key = json.dumps(history_key, sort_keys=True, default=str)
     return f"member-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+
+
+def _check_local_target(target: ObjectStoragePath) -> None:
+    """A local history file's directory can be made and written: its nearest existing ancestor is
+    a writable directory (nothing is created here). Checked before any request: a path under a
+    file, or in a read-only directory, failed with the OS's words once the whole history was fetched."""
+    if target.protocol not in ("file", "local"):
+        return
+    directory = os.path.dirname(target.path)
+    ancestor = directory
+    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise LoyaltyValidationError(
+            "output_path", f"{object_location(target)} cannot be written: {ancestor} is a file, not a directory"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise LoyaltyValidationError(
+            "output_path", f"{object_location(target)} cannot be written: {ancestor} is not writable by this worker"
+        )
 
 
 def _is_directory(path: ObjectStoragePath) -> bool:

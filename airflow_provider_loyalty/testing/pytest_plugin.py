@@ -11,7 +11,7 @@ The loyalty API:
 * ``loyalty_connection``: the same emulator, with ``AIRFLOW_CONN_LOYALTY_DEFAULT`` set to a JSON
   connection pointing at it (``content_type`` ``json``).
 
-S3 (needs the ``test`` extra: moto's server):
+S3 (needs the ``testing`` extra: moto's server):
 
 * ``loyalty_s3``: moto's S3 server on a free loopback port, one per session
   (:class:`~airflow_provider_loyalty.testing.s3.LoopbackS3`: ``url``, ``client()``).
@@ -98,7 +98,7 @@ def loyalty_connection(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.Mo
 def loyalty_s3() -> Iterator[LoopbackS3]:
     """Yield moto's S3 server on a free loopback port, shared by the session; stopped at its end.
 
-    Fails the test with what to install when moto's server is missing (the ``test`` extra).
+    Fails the test with what to install when moto's server is missing (the ``testing`` extra).
     """
     try:
         require_moto_server()

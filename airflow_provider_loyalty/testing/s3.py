@@ -1,6 +1,6 @@
 """moto's S3 server on a loopback port, beside the emulator: S3 for offline DAG tests and demos.
 
-Needs ``moto[server]`` (in the package's ``test`` extra); nothing here is imported by the provider
+Needs ``moto[server]`` (in the package's ``testing`` extra); nothing here is imported by the provider
 itself. Used by the pytest fixtures ``loyalty_s3`` / ``loyalty_s3_bucket``, the test suite,
 ``make demo`` and the benchmarks, and open to users' own tests.
 """

@@ -157,8 +157,8 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
         if not isinstance(points_currency_eid, str):
             # Not read as its digits: a native template renders "007" as 7, another currency.
             hint = (
-                " (a native template renders digits as a number, dropping leading zeros: pass the "
-                "code as text, or points_currency_iid for a numeric id)"
+                " (a native template renders digits as a number, dropping leading zeros: render it as a "
+                "JSON string, '{{ params.eid | tojson }}', or pass points_currency_iid for a numeric id)"
                 if isinstance(points_currency_eid, int | float) and not isinstance(points_currency_eid, bool)
                 else ""
             )
@@ -368,8 +368,17 @@ def check_matching(
             "field_value": field_value,
         }
     companion = {"email": email, "phone": phone, "profile_id": profile_id}[matching]
-    if matching != "email" and isinstance(companion, int) and not isinstance(companion, bool):
-        companion = str(companion)  # a numeric id or phone a template rendered natively, as field_value
+    if matching == "phone" and isinstance(companion, int | float) and not isinstance(companion, bool):
+        # "+15550000003" rendered by a native template is the int 15550000003: its "+" (and any
+        # leading zero) are gone, and the digits alone may be another member's number.
+        raise LoyaltyValidationError(
+            "phone",
+            f'expected the phone number as text in international format ("+1555..."), got the number '
+            f'{companion!r:.40}: a native template renders "+1555..." as a number, dropping the "+"; '
+            "render it as a JSON string, \"{{ params.phone | tojson }}\", which a native template keeps as text",
+        )
+    if matching == "profile_id" and isinstance(companion, int) and not isinstance(companion, bool):
+        companion = str(companion)  # a numeric id a template rendered natively, as field_value
     if companion in (None, "") or not isinstance(companion, str):
         raise LoyaltyValidationError(matching, f'required (a string) when matching="{matching}"; got {companion!r}')
     return {"matching": matching, matching: _without_controls(companion, matching)}

@@ -789,6 +789,18 @@ class TestLoyaltyAccountTransactionsOperator:
         point_connection_at(monkeypatch, loyalty_emulator, content_type=request.param)
         return loyalty_emulator
 
+    @pytest.mark.parametrize("under", ["a-file.jsonl/", "a-file.jsonl/sub/member.jsonl", "a-file.jsonl/member.jsonl"])
+    def test_an_output_path_no_file_can_be_written_at_is_refused_before_any_request(
+        self, emulator: LoyaltyEmulator, tmp_path, under
+    ):
+        """Under an existing file: refused naming ``output_path`` before the history is fetched, not
+        with the OS's words after it was (a directory the worker cannot write is refused alike)."""
+        (tmp_path / "a-file.jsonl").write_text("an earlier history\n")
+        with pytest.raises(LoyaltyValidationError, match=r"output_path: .* cannot be written: .* is a file"):
+            member_operator(tmp_path, output_path=f"{tmp_path}/{under}").execute({})
+        assert requests_seen(emulator) == 0
+        assert (tmp_path / "a-file.jsonl").read_text() == "an earlier history\n"
+
     def test_250_transactions_in_3_pages(self, emulator: LoyaltyEmulator, tmp_path):
         result = member_operator(tmp_path).execute({})
         assert result["rows"] == 250

@@ -481,10 +481,23 @@ def test_verify_ssl_as_another_number_is_refused() -> None:
         settings(verify_ssl=2)
 
 
-@pytest.mark.parametrize("matching", ["phone", "profile_id"])
-def test_a_numeric_member_id_rendered_natively_is_its_digits(matching: str) -> None:
+def test_a_numeric_profile_id_rendered_natively_is_its_digits() -> None:
     from airflow_provider_loyalty.utils.validation import check_matching
 
-    assert check_matching(matching, **{matching: 15550000003}) == {"matching": matching, matching: "15550000003"}
-    with pytest.raises(LoyaltyValidationError, match=matching):
-        check_matching(matching, **{matching: True})
+    assert check_matching("profile_id", profile_id=15550000003) == {
+        "matching": "profile_id",
+        "profile_id": "15550000003",
+    }
+    for matching in ("phone", "profile_id"):
+        with pytest.raises(LoyaltyValidationError, match=matching):
+            check_matching(matching, **{matching: True})
+
+
+def test_a_phone_rendered_natively_as_a_number_is_refused_not_sent_without_its_plus() -> None:
+    """A native template renders "+15550000003" as the int 15550000003: sending its digits would
+    look up another number (the API wants the international format), so it is refused, saying why."""
+    from airflow_provider_loyalty.utils.validation import check_matching
+
+    with pytest.raises(LoyaltyValidationError, match=r'phone: expected the phone number as text .*dropping the "\+"'):
+        check_matching("phone", phone=15550000003)
+    assert check_matching("phone", phone="+15550000003") == {"matching": "phone", "phone": "+15550000003"}
