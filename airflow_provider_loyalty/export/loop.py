@@ -287,9 +287,14 @@ class ExportLoop:
         while N uploads; the manifest."""
         progress = progress or self.begin()
         prefetcher = Prefetcher(self._fetcher(self.hook.fork()))
-        self.ahead = VerifyAhead(prefetcher, self.workdir, self._write_part)
+        self.ahead = VerifyAhead(prefetcher, self.workdir, self._write_part, self.stop_event)
         try:
             step = self.advance(progress, prefetcher=prefetcher)
+        except Exception as error:
+            if self.stop_event.is_set() and not isinstance(error, LoyaltyExportStopped):
+                # on_kill removed the work directory under a running step: say it was stopped
+                raise LoyaltyExportStopped(f"the export at {self.sink.describe()} was stopped") from error
+            raise
         finally:
             prefetcher.close()
             self.ahead.close()
@@ -527,10 +532,10 @@ class ExportLoop:
         self, task: PendingTask, result: ExportResult, fetched: FetchedBatch, part_file: str, skip: frozenset[str]
     ) -> tuple[PartStats, str]:
         """The batch's part: its stats and file (verified ahead, or now into ``part_file``)."""
-        if fetched.archive is None:  # an empty batch without a file (total 0, checked by ExportResult)
-            return PartStats(), part_file
         try:
             verified = self.ahead.take(task, skip) if self.ahead is not None else None
+            if fetched.archive is None:  # an empty batch without a file (total 0, checked by ExportResult)
+                return PartStats(), part_file
             if verified is not None:
                 return verified
             return self._write_part(fetched.archive, result.total, skip, part_file), part_file
@@ -538,16 +543,22 @@ class ExportLoop:
             raise _BatchUnusable(f"the file of export task {task.task_id} failed verification: {error}") from None
 
     def _write_part(self, archive: str, expected_rows: int, skip: frozenset[str], part_file: str) -> PartStats:
-        """Verify ``archive`` into ``part_file`` (any thread: it only reads the zip and writes the file)."""
-        with open(part_file, "wb") as sink:
-            return write_part(
-                archive,
-                sink,
-                expected_rows=expected_rows,
-                skip_ids=skip,
-                limits=self.limits,
-                output_format=self.spec.output_format,
-            )
+        """Verify ``archive`` into ``part_file`` (any thread: it only reads the zip and writes the
+        file); a verification that fails leaves no part file behind."""
+        try:
+            with open(part_file, "wb") as sink:
+                return write_part(
+                    archive,
+                    sink,
+                    expected_rows=expected_rows,
+                    skip_ids=skip,
+                    limits=self.limits,
+                    output_format=self.spec.output_format,
+                )
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(part_file)
+            raise
 
     def _store(self, progress: ExportProgress, index: int, name: str, part_file: str, archive: str | None) -> None:
         self.sink.put_file(staged(name) if progress.staged else name, part_file)

@@ -14,12 +14,15 @@ have verified.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
-from airflow_provider_loyalty.exceptions import LoyaltyError
+from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportStopped
 from airflow_provider_loyalty.export.archive import PartStats
 from airflow_provider_loyalty.export.fetch import FetchedBatch, Prefetcher
 from airflow_provider_loyalty.export.progress import PendingTask
@@ -35,12 +38,14 @@ class VerifyAhead:
     :param prefetcher: fetches the batches (the zip to verify comes from its future).
     :param workdir: where the part files are written.
     :param verify: verifies a zip into a part file (the loop's own function).
+    :param stop: set when the export is stopped (``on_kill``): waiting for a batch verified ahead ends.
     """
 
-    def __init__(self, prefetcher: Prefetcher, workdir: str, verify: Verify) -> None:
+    def __init__(self, prefetcher: Prefetcher, workdir: str, verify: Verify, stop: threading.Event) -> None:
         self.prefetcher = prefetcher
         self.workdir = workdir
         self.verify = verify
+        self.stop = stop
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loyalty-verify-ahead")
         self._ahead: dict[str, tuple[frozenset[str], str, Future[PartStats | None]]] = {}
 
@@ -62,21 +67,30 @@ class VerifyAhead:
             return None
         skipped, part_file, future = entry
         if skipped != skip_ids:
+            _remove(part_file)
             return None
-        try:
-            stats = future.result()
-        except CancelledError:
-            return None
+        while True:
+            try:
+                stats = future.result(timeout=0.5)
+                break
+            except CancelledError:
+                return None
+            except FutureTimeout:
+                if self.stop.is_set():
+                    raise LoyaltyExportStopped(f"stopped while verifying export task {task.task_id}") from None
         return None if stats is None else (stats, part_file)
 
     def discard(self) -> None:
-        """Forget batches verified ahead (a batch is created again; their files go with the work directory)."""
+        """Forget batches verified ahead, and their part files (a batch is created again)."""
+        for _, part_file, _ in self._ahead.values():
+            _remove(part_file)  # one still being written is freed when its writer closes it
         self._ahead.clear()
 
     def close(self) -> None:
-        """Stop the background thread once its verification ends (the prefetcher stops first)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._ahead.clear()
+        """Stop the background thread: once its verification ends, or at once when the export was
+        stopped (a verification still running then writes into a removed work directory)."""
+        self._pool.shutdown(wait=not self.stop.is_set(), cancel_futures=True)
+        self.discard()
 
     def _verify_when_fetched(
         self, fetching: Future[FetchedBatch], skip_ids: frozenset[str], part_file: str
@@ -94,3 +108,8 @@ class VerifyAhead:
         except LoyaltyError:
             return None
         return self.verify(fetched.archive, expected_rows, skip_ids, part_file)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

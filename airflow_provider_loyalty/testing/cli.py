@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         emulator.start()
     except OSError as exc:
-        print(f"loyalty-emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr, flush=True)
+        print(f"loyalty-emulator: {exc.strerror}", file=sys.stderr, flush=True)
         return 1
     try:
         print(f"loyalty-emulator listening on {emulator.url}", flush=True)

@@ -115,10 +115,18 @@ class LoyaltyEmulator:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> LoyaltyEmulator:
-        """Bind and serve in a daemon thread. Returns ``self``."""
+        """Bind and serve in a daemon thread. Returns ``self``.
+
+        :raises OSError: the address cannot be listened on (its text names the host and port).
+        """
         if self._server is not None:
             raise RuntimeError("emulator already started")
-        server = EmulatorHTTPServer((self.host, self._port), self, self._ssl_context)
+        try:
+            server = EmulatorHTTPServer((self.host, self._port), self, self._ssl_context)
+        except OSError as error:
+            raise OSError(
+                error.errno, f"the emulator cannot listen on {self.host}:{self._port}: {error.strerror}"
+            ) from error
         self._server = server
         self._port = server.server_address[1]
         self._thread = threading.Thread(

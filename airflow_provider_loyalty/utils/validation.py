@@ -375,7 +375,7 @@ def check_matching(
             "phone",
             f'expected the phone number as text in international format ("+1555..."), got the number '
             f'{companion!r:.40}: a native template renders "+1555..." as a number, dropping the "+"; '
-            "render it as a JSON string, \"{{ params.phone | tojson }}\", which a native template keeps as text",
+            'render it as a JSON string, "{{ params.phone | tojson }}", which a native template keeps as text',
         )
     if matching == "profile_id" and isinstance(companion, int) and not isinstance(companion, bool):
         companion = str(companion)  # a numeric id a template rendered natively, as field_value

@@ -6,6 +6,7 @@ Each test would have failed on 2c35e55 (the first round's loop).
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -169,9 +170,9 @@ def test_a_task_the_api_does_not_know_yet_is_asked_for_again_not_created_again(
 # ---------------------------------------------------------------------------------------- 13.13
 
 
-def test_on_kill_stops_the_loop_promptly_and_the_next_try_re_attaches(emulator: LoyaltyEmulator, tmp_path):
-    emulator.config.task_duration = 30.0
-    operator = local_export_operator(tmp_path)
+def export_in_a_thread(operator) -> tuple[threading.Thread, dict[str, BaseException]]:
+    """Run the export in a started thread (as a worker would, for ``on_kill`` from another); the
+    thread and where it reports what stopped it."""
     outcome: dict[str, BaseException] = {}
 
     def run() -> None:
@@ -182,6 +183,13 @@ def test_on_kill_stops_the_loop_promptly_and_the_next_try_re_attaches(emulator: 
 
     worker = threading.Thread(target=run)
     worker.start()
+    return worker, outcome
+
+
+def test_on_kill_stops_the_loop_promptly_and_the_next_try_re_attaches(emulator: LoyaltyEmulator, tmp_path):
+    emulator.config.task_duration = 30.0
+    operator = local_export_operator(tmp_path)
+    worker, outcome = export_in_a_thread(operator)
     wait_for(lambda: (tmp_path / CHECKPOINT_NAME).exists() and checkpoint(tmp_path)["pending"], what="a pending task")
     stop_with_on_kill(operator, worker, outcome)
     (pending,) = checkpoint(tmp_path)["pending"]
@@ -213,24 +221,30 @@ def test_worker_mode_creates_the_next_batch_before_landing_this_one(emulator: Lo
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
 
 
-def _recording_write_part(monkeypatch: pytest.MonkeyPatch, fail_first_ahead: bool = False) -> list[str]:
+def _recording_write_part(
+    monkeypatch: pytest.MonkeyPatch, fail_first_ahead: bool = False
+) -> tuple[list[str], list[str]]:
     """Record the thread of each verification (the loop calls ``write_part`` by its module's name);
-    optionally fail the first one run ahead, as a corrupt zip would."""
+    optionally fail the first one run ahead, as a corrupt zip would: the threads, and the part
+    files of the failed verifications."""
     from airflow_provider_loyalty.exceptions import LoyaltyVerificationError
     from airflow_provider_loyalty.export import loop as loop_module
 
     threads: list[str] = []
     original = loop_module.write_part
 
-    def write_part(*args, **kwargs):
+    def write_part(archive, sink, **kwargs):
         name = threading.current_thread().name
         threads.append(name)
         if fail_first_ahead and name.startswith("loyalty-verify-ahead") and threads.count(name) == 1:
+            failed_parts.append(sink.name)
             raise LoyaltyVerificationError("row count 999 does not match the API's total 1000 (injected)")
-        return original(*args, **kwargs)
+        return original(archive, sink, **kwargs)
+
+    failed_parts: list[str] = []
 
     monkeypatch.setattr(loop_module, "write_part", write_part)
-    return threads
+    return threads, failed_parts
 
 
 def test_worker_mode_verifies_the_next_batch_while_this_one_uploads(
@@ -240,7 +254,7 @@ def test_worker_mode_verifies_the_next_batch_while_this_one_uploads(
     exactly as one verified in order: here with an inclusive cursor, so each boundary row arrives
     twice and the one verified ahead must leave it out."""
     emulator.config.cursor_mode = "inclusive"
-    threads = _recording_write_part(monkeypatch)
+    threads, _ = _recording_write_part(monkeypatch)
     manifest = local_export_operator(tmp_path).execute(context_for())
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
     batches = len(emulator.export_tasks())
@@ -255,13 +269,51 @@ def test_a_batch_that_fails_verification_ahead_is_created_again(
 ):
     """A verification run ahead fails where the loop would have verified: the batch is created
     again from its cursor and landed in order, and nothing verified for the given-up task is used."""
-    threads = _recording_write_part(monkeypatch, fail_first_ahead=True)
+    from airflow_provider_loyalty.export import loop as loop_module
+
+    threads, failed_parts = _recording_write_part(monkeypatch, fail_first_ahead=True)
+    left_behind: list[bool] = []
+    recreate = loop_module.ExportLoop._recreate
+
+    def recreating(loop, progress, task, reason):  # right after the failure surfaced in the loop
+        left_behind.extend(os.path.exists(path) for path in failed_parts)
+        return recreate(loop, progress, task, reason)
+
+    monkeypatch.setattr(loop_module.ExportLoop, "_recreate", recreating)
     manifest = local_export_operator(tmp_path).execute(context_for())
+    assert left_behind == [False]  # the part file of the failed verification is gone, not left for the export's end
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
     assert len(threads) == 4  # three batches, the one that failed verified twice
     cursors = [task["from_id"] for task in emulator.export_tasks()]
     # the failed batch created again from its cursor, and the one after it, created from its result
     assert len(set(cursors)) == 3 and cursors.count(cursors[1]) == 2
+
+
+def test_on_kill_stops_promptly_while_the_next_batch_is_verified_ahead(
+    emulator: LoyaltyEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """A verification running ahead (a large batch) does not hold the stop up: the loop stops
+    with LoyaltyExportStopped, without waiting for it."""
+    from airflow_provider_loyalty.export import loop as loop_module
+
+    original = loop_module.write_part
+    started, released = threading.Event(), threading.Event()
+
+    def slow_ahead(*args, **kwargs):
+        if threading.current_thread().name.startswith("loyalty-verify-ahead"):
+            started.set()
+            released.wait(30)  # a verification far longer than on_kill may take
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "write_part", slow_ahead)
+    operator = local_export_operator(tmp_path)
+    worker, outcome = export_in_a_thread(operator)
+    try:
+        assert started.wait(30), "no batch was verified ahead"
+        stop_with_on_kill(operator, worker, outcome)
+    finally:
+        released.set()
+        worker.join(30)
 
 
 def test_a_finished_local_export_leaves_only_its_manifest_and_parts(emulator: LoyaltyEmulator, tmp_path):

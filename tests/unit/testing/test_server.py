@@ -60,3 +60,15 @@ def test_it_serves_on_an_ipv6_loopback_host(host: str) -> None:
         )
         assert response.json()["error"] != 0  # an API answer, from the IPv6 socket
         assert emulator.stats()["requests"]["status"] == 1
+
+
+def test_a_port_in_use_is_named_in_the_error() -> None:
+    """``LoyaltyEmulator(port=...)`` on a busy port says which address, as the CLI does."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"the emulator cannot listen on 127.0.0.1:{port}: "):
+            LoyaltyEmulator(port=port).start()
