@@ -71,15 +71,24 @@ def make_operator(target: dict[str, Any], **kwargs: Any) -> Any:
 def stored(
     target: dict[str, Any], request: pytest.FixtureRequest | None = None, s3_client: Any = None
 ) -> dict[str, bytes]:
-    """Every object at the location, by name, with its bytes."""
+    """Every object at the location, by name, with its bytes (a local file renamed or removed between
+    the listing and its read, as a write's temporary file is, is not there)."""
     if "output_path" in target:
         root = Path(target["output_path"])
-        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        files = {str(p.relative_to(root)): _read_if_there(p) for p in root.rglob("*") if p.is_file()}
+        return {name: data for name, data in files.items() if data is not None}
     listing = s3_client.list_objects_v2(Bucket=target["s3_bucket"], Prefix=PREFIX + "/")
     return {
         item["Key"][len(PREFIX) + 1 :]: s3_client.get_object(Bucket=target["s3_bucket"], Key=item["Key"])["Body"].read()
         for item in listing.get("Contents", [])
     }
+
+
+def _read_if_there(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def manifest_location(target: dict[str, Any]) -> str:
