@@ -144,8 +144,11 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         interval = self.poll_interval
         offset = self._phase * interval
         next_check = math.ceil((now + interval / 2 - offset) / interval) * interval + offset
+        return self._within_deadline(next_check - now)
+
+    def _within_deadline(self, pause: float) -> float:
+        """``pause`` seconds, or the time left until the deadline if that is shorter."""
         remaining = self._remaining()
-        pause = next_check - now
         return pause if remaining is None else max(0.0, min(pause, remaining))
 
     def _event(self, status: str, **fields: Any) -> dict[str, Any]:
@@ -164,10 +167,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         hook = LoyaltyAsyncHook(self.loyalty_conn_id, content_type=self.content_type, max_retries=self.max_retries)
         try:
             if self.first_check_after:
-                remaining = self._remaining()
-                await asyncio.sleep(
-                    self.first_check_after if remaining is None else max(0.0, min(self.first_check_after, remaining))
-                )
+                await asyncio.sleep(self._within_deadline(self.first_check_after))
             async with startup_slot(self.loyalty_conn_id):  # the first step: connection, session, first request
                 await hook.__aenter__()
                 polls, status = 1, await self._poll(hook, grace=_FIRST_POLL_GRACE)

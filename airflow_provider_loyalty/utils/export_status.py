@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
 from airflow_provider_loyalty.utils.redaction import carries_token, quoted, redact_values
-from airflow_provider_loyalty.utils.validation import MAX_CURSOR_LENGTH, first_control_character
+from airflow_provider_loyalty.utils.validation import MAX_CURSOR_LENGTH, is_cursor
 
 #: Status words of a finished task: the documented ``completed``, and the synonyms task APIs use
 #: for it (a word missing here would make an export wait for a finished task until its deadline).
@@ -69,7 +69,7 @@ def cursor_text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise LoyaltyResponseError(f"{where}: expected a string, got {value!r}")
     cursor = value.strip()
-    if first_control_character(cursor) is not None or len(cursor) > MAX_CURSOR_LENGTH:
+    if not is_cursor(cursor):
         raise LoyaltyResponseError(
             f"{where}: expected a transaction id of at most {MAX_CURSOR_LENGTH} characters without control "
             f"characters, got {cursor!r:.80}"

@@ -197,6 +197,12 @@ def _blank(value: Any) -> bool:
 MAX_CURSOR_LENGTH = 256
 
 
+def is_cursor(text: str) -> bool:
+    """Whether ``text`` can be a cursor: no control characters, at most :data:`MAX_CURSOR_LENGTH`
+    characters (the one rule for a ``from_id`` given and a ``next_from_id`` received)."""
+    return first_control_character(text) is None and len(text) <= MAX_CURSOR_LENGTH
+
+
 def _stripped(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
@@ -264,7 +270,7 @@ def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:
         return None
     if isinstance(cursor, int) and not isinstance(cursor, bool):
         cursor = str(cursor)  # an integer id, as the API's own int next_from_id is read
-    if not isinstance(cursor, str) or first_control_character(cursor) is not None or len(cursor) > MAX_CURSOR_LENGTH:
+    if not isinstance(cursor, str) or not is_cursor(cursor):
         raise LoyaltyValidationError(
             parameter,
             f"expected a transaction id (the API's next_from_id, a UUID string) of at most {MAX_CURSOR_LENGTH} "
