@@ -207,6 +207,16 @@ def _stripped(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
+def _refuse_rendered_none(text: str, parameter: str, unset: str) -> None:
+    """Refuse the text ``None``: what a template renders for a missing value
+    (``{{ params.x }}`` with ``x`` unset), never a real id or directory."""
+    if text == "None":
+        raise LoyaltyValidationError(
+            parameter,
+            f"rendered to the text 'None' (a template of a missing value?); {unset}",
+        )
+
+
 def check_output_path(output_path: Any, expected: str) -> Any:
     """An ``output_path`` as text without surrounding whitespace (a value pasted with a newline is
     not a directory named ``"\\n"``); an ``ObjectStoragePath`` (or any other path object) as it is.
@@ -226,6 +236,7 @@ def check_output_path(output_path: Any, expected: str) -> Any:
     text = (output_path or "").strip()
     if not text:
         raise LoyaltyValidationError("output_path", f"required: {expected}")
+    _refuse_rendered_none(text, "output_path", f"expected {expected}")
     if text[:5].lower() == "file:" and not is_template(text):  # a template is read once rendered
         return _local_file_url(text)
     return text
@@ -270,6 +281,8 @@ def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:
         return None
     if isinstance(cursor, int) and not isinstance(cursor, bool):
         cursor = str(cursor)  # an integer id, as the API's own int next_from_id is read
+    if isinstance(cursor, str):
+        _refuse_rendered_none(cursor, parameter, "leave it unset (None) to start at the period's beginning")
     if not isinstance(cursor, str) or not is_cursor(cursor):
         raise LoyaltyValidationError(
             parameter,
@@ -285,6 +298,7 @@ def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str
     task_id = export_task_id.strip() if isinstance(export_task_id, str) else None
     if not task_id or first_control_character(task_id) is not None or len(task_id) > 256:
         raise LoyaltyValidationError(parameter, f"expected an export task id string, got {export_task_id!r}")
+    _refuse_rendered_none(task_id, parameter, "expected an export task id (did the XCom it pulls hold nothing?)")
     return task_id
 
 

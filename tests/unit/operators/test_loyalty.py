@@ -374,6 +374,25 @@ class TestLoyaltyExportOperator:
         assert requests_seen(emulator) == 0
         assert list(tmp_path.iterdir()) == []
 
+    @pytest.mark.parametrize("field", ["from_id", "output_path"])
+    def test_a_template_of_a_missing_value_is_refused_not_sent_as_none(
+        self, emulator: LoyaltyEmulator, tmp_path, monkeypatch, field
+    ):
+        """``{{ params.x }}`` with ``x`` unset renders the text ``None``: not a cursor to send (the API
+        refuses it after the lease and checkpoint are taken), not a directory named ``None``."""
+        monkeypatch.chdir(tmp_path)
+        templated = {"from_id": "{{ params.cursor }}"} if field == "from_id" else {}
+        operator = local_export_operator(
+            "{{ params.where }}" if field == "output_path" else tmp_path / "out", **templated
+        )
+        context = context_for(params={"cursor": None, "where": None})
+        operator.render_template_fields(context)
+        assert getattr(operator, field) == "None"  # what Airflow's rendering gave
+        with pytest.raises(LoyaltyValidationError, match=rf"^{field}: rendered to the text 'None'"):
+            operator.execute(context)
+        assert requests_seen(emulator) == 0
+        assert list(tmp_path.iterdir()) == []
+
     def test_values_pasted_with_a_newline_mean_what_they_say(self, emulator: LoyaltyEmulator, tmp_path):
         """A directory or cursor pasted with surrounding whitespace: not a directory named "\\n",
         not a cursor sent with a newline; a blank output_path is no directory at all."""

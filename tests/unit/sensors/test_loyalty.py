@@ -327,6 +327,20 @@ def test_a_blank_export_task_id_fails_naming_it_before_any_request(emulator: Loy
     assert emulator.stats()["requests_total"] == 0
 
 
+@pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
+def test_an_xcom_pull_of_nothing_fails_naming_the_id_before_any_request(
+    emulator: LoyaltyEmulator, deferrable: bool
+) -> None:
+    """``{{ ti.xcom_pull(...) }}`` of an upstream that pushed nothing renders the text ``None``."""
+    sensor = make_sensor("{{ params.task }}", deferrable=deferrable)
+    context = {**CONTEXT, "params": {"task": None}}
+    sensor.render_template_fields(context)
+    assert sensor.export_task_id == "None"
+    with pytest.raises(LoyaltyValidationError, match=r"^export_task_id: rendered to the text 'None'"):
+        sensor.execute(context)
+    assert emulator.stats()["requests_total"] == 0
+
+
 def success_event(task_id: str = "task_1") -> dict[str, Any]:
     return {"status": "success", "export_task_id": task_id, "result": {"total": 5, "hashed_file": "a/b.zip"}}
 
