@@ -333,9 +333,9 @@ class LeasedSink(DelegatingSink):
         super().__init__(sink)
         self.lease = lease
 
-    def put_file(self, name: str, local_path: str) -> None:
+    def put_file(self, name: str, local_path: str, sha256: str | None = None) -> None:
         self.lease.check()
-        super().put_file(name, local_path)
+        super().put_file(name, local_path, sha256)
         self.lease.check()
 
     def write_bytes(self, name: str, payload: bytes) -> None:

@@ -497,7 +497,7 @@ class ExportLoop:
         if self.ahead is not None and following is not None:
             self.ahead.start(following, skip if stats.is_empty else frozenset(stats.tail_ids))
         if not stats.is_empty:
-            self._store(progress, index, name, part_file, fetched.archive)
+            self._store(progress, name, part_file, stats.sha256, fetched.archive)
             record = PartRecord(
                 index,
                 name,
@@ -560,8 +560,10 @@ class ExportLoop:
                 os.unlink(part_file)
             raise
 
-    def _store(self, progress: ExportProgress, index: int, name: str, part_file: str, archive: str | None) -> None:
-        self.sink.put_file(staged(name) if progress.staged else name, part_file)
+    def _store(self, progress: ExportProgress, name: str, part_file: str, sha256: str, archive: str | None) -> None:
+        """Upload the verified part (given its SHA-256) and, with ``keep_zip``, the API's zip."""
+        index = progress.parts_landed
+        self.sink.put_file(staged(name) if progress.staged else name, part_file, sha256)
         if self.keep_zip and archive:
             zip_name = part_name(index, "zip")
             self.sink.put_file(staged(zip_name) if progress.staged else zip_name, archive)

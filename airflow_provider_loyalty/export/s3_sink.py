@@ -1,4 +1,9 @@
-"""Parts in S3 through the amazon provider's ``S3Hook`` (managed multipart upload from disk).
+"""Parts in S3 through the amazon provider's ``S3Hook`` (boto3's managed transfer from disk).
+
+A part that goes up in one ``PutObject`` carries the SHA-256 taken while it was verified as its S3
+checksum: S3 refuses the upload unless the bytes it received hash to it, so a part cannot change
+between verification and storage unnoticed, and the stored object keeps it (``HeadObject`` with
+``ChecksumMode=ENABLED`` gives the manifest's ``sha256``, base64-encoded).
 
 Small documents use S3's conditional writes (``If-None-Match: *`` to create, ``If-Match: <ETag>``
 to replace), so the lease of a location is exact on S3. Every failure is a
@@ -8,7 +13,9 @@ the AWS connection, with botocore's error chained.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -31,9 +38,12 @@ _HINTS = {
 class S3PartSink(PartSink):
     """An S3 prefix as the output location.
 
-    Parts are uploaded with ``S3Hook.load_file`` (boto3's managed transfer with the hook's
-    ``TransferConfig``: multipart above its threshold, streamed from the temporary file, never
-    the whole part in memory).
+    Parts are uploaded with boto3's managed transfer (``upload_file``) as ``S3Hook.load_file``
+    does, with the hook's ``TransferConfig`` and ``extra_args``: multipart above its threshold,
+    streamed from the temporary file, never the whole part in memory. ``load_file`` itself is not
+    called: it takes no per-object arguments (the part's checksum) and reports every part, a
+    temporary file as its input, to the hook lineage collector (the operator reports the export
+    as one dataset).
 
     :param hook: the ``S3Hook`` (its ``extra_args`` carry encryption and other upload args).
     :param bucket: the bucket.
@@ -84,10 +94,32 @@ class S3PartSink(PartSink):
             args["ServerSideEncryption"] = "AES256"
         return args
 
-    def put_file(self, name: str, local_path: str) -> None:
+    def put_file(self, name: str, local_path: str, sha256: str | None = None) -> None:
         key = self.key(name)
         with self._storage("upload", key):
-            self.hook.load_file(local_path, key, bucket_name=self.bucket, replace=True, encrypt=self.encrypt)
+            args = self._upload_args()
+            if getattr(self.hook, "_requester_pays", False):  # as load_file does
+                args["RequestPayer"] = "requester"
+            config = self.hook.transfer_config
+            if sha256 is not None and self._takes_checksum(args, os.path.getsize(local_path), config):
+                args["ChecksumAlgorithm"] = "SHA256"
+                args["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode("ascii")
+            self.client.upload_file(local_path, self.bucket, key, ExtraArgs=args or None, Config=config)
+
+    def _takes_checksum(self, args: dict[str, Any], size: int, config: Any) -> bool:
+        """Whether a part of ``size`` bytes goes up with its own SHA-256 as the S3 checksum: in one
+        ``PutObject`` (S3 takes no whole-object SHA-256 for a multipart upload), with no checksum the
+        user set in ``extra_args``, with a client that sends checksums when S3 supports them
+        (botocore's default; ``when_required`` is the setting for a store without them) and a
+        boto3 transfer that passes it on."""
+        from boto3.s3.transfer import S3Transfer
+
+        return (
+            size < config.multipart_threshold
+            and not any(name.startswith("Checksum") for name in args)
+            and getattr(self.client.meta.config, "request_checksum_calculation", None) == "when_supported"
+            and "ChecksumSHA256" in S3Transfer.ALLOWED_UPLOAD_ARGS
+        )
 
     def _get(self, name: str) -> dict[str, Any] | None:
         """The object's GET reply (body unread), or ``None`` when it does not exist."""

@@ -93,8 +93,12 @@ class PartSink(ABC):
         return self.url(name)
 
     @abstractmethod
-    def put_file(self, name: str, local_path: str) -> None:
-        """Store a local file under ``name`` (replacing what is there)."""
+    def put_file(self, name: str, local_path: str, sha256: str | None = None) -> None:
+        """Store a local file under ``name`` (replacing what is there).
+
+        :param sha256: the file's hex SHA-256 when known (a verified part): a store that checks
+            uploads against a checksum is given it.
+        """
 
     @abstractmethod
     def read_bytes(self, name: str) -> bytes | None:
@@ -161,8 +165,8 @@ class DelegatingSink(PartSink):
     def key(self, name: str) -> str:
         return self.inner.key(name)
 
-    def put_file(self, name: str, local_path: str) -> None:
-        self.inner.put_file(name, local_path)
+    def put_file(self, name: str, local_path: str, sha256: str | None = None) -> None:
+        self.inner.put_file(name, local_path, sha256)
 
     def read_bytes(self, name: str) -> bytes | None:
         return self.inner.read_bytes(name)
@@ -237,7 +241,7 @@ class ObjectStorageSink(PartSink):
         assert self.local_root is not None
         return os.path.join(self.local_root, *name.split("/"))
 
-    def put_file(self, name: str, local_path: str) -> None:
+    def put_file(self, name: str, local_path: str, sha256: str | None = None) -> None:
         with self._storage(f"store {name}"):
             publish_file(local_path, self.base / name)
 

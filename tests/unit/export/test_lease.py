@@ -441,10 +441,10 @@ def test_a_writer_that_stalled_past_its_lease_stops_at_its_next_write(
     else:
         original_put = ObjectStorageSink.put_file
 
-        def stalling_put(self: ObjectStorageSink, name: str, local_path: str) -> None:
+        def stalling_put(self: ObjectStorageSink, name: str, local_path: str, sha256: str | None = None) -> None:
             if name == "part-00001.csv":
                 another_export_takes_over()
-            original_put(self, name, local_path)
+            original_put(self, name, local_path, sha256)
 
         monkeypatch.setattr(ObjectStorageSink, "put_file", stalling_put)
 

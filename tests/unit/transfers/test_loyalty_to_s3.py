@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -21,6 +22,7 @@ import pytest
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyValidationError
 from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, MANIFEST_NAME
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from airflow_provider_loyalty.testing.s3 import aws_connection_json
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
 from tests.support.helpers import all_transaction_ids, point_connection_at, wait_for
 from tests.support.operator_driver import DeferralLog, context_for, run_with_deferrals, stop_with_on_kill, task_instance
@@ -175,6 +177,44 @@ def test_large_part_goes_up_in_multipart(emulator, s3_bucket, s3_client):
     head = s3_client.head_object(Bucket=s3_bucket, Key=manifest["parts"][0]["key"])
     assert "-" in head["ETag"]  # a multipart ETag: "<md5 of md5s>-<number of parts>"
     assert int(head["ETag"].strip('"').split("-")[1]) > 1
+    # S3 takes no whole-object SHA-256 for a multipart upload: boto3's own checksum is left to work
+    assert "ChecksumSHA256" not in s3_client.head_object(
+        Bucket=s3_bucket, Key=head_key(manifest), ChecksumMode="ENABLED"
+    )
+    assert_true_manifest(s3_client, s3_bucket, manifest)
+
+
+def head_key(manifest: dict) -> str:
+    return manifest["parts"][0]["key"]
+
+
+def sha256_checksum(manifest_part: dict) -> str:
+    """The manifest's hex SHA-256 of a part as S3 writes a checksum: base64 of the digest."""
+    return base64.b64encode(bytes.fromhex(manifest_part["sha256"])).decode("ascii")
+
+
+def test_each_part_goes_up_with_the_sha256_taken_while_it_was_verified(emulator, s3_bucket, s3_client):
+    """S3 checks the bytes it receives against the checksum sent (a part changed on disk after its
+    verification is refused) and keeps it: the stored object answers with the manifest's hash."""
+    manifest = make_operator(s3_bucket).execute(context_for())
+    assert len(manifest["parts"]) == 5
+    for part in manifest["parts"]:
+        head = s3_client.head_object(Bucket=s3_bucket, Key=part["key"], ChecksumMode="ENABLED")
+        assert head["ChecksumSHA256"] == sha256_checksum(part)
+    assert_true_manifest(s3_client, s3_bucket, manifest)
+
+
+def test_a_connection_that_sends_checksums_only_when_required_gets_none_of_ours(
+    emulator, s3_bucket, s3_client, s3_server, monkeypatch
+):
+    """``request_checksum_calculation="when_required"`` is how a store without S3's checksums is
+    configured: the part goes up without the SHA-256 header."""
+    connection = json.loads(aws_connection_json(s3_server))
+    connection["extra"]["config_kwargs"] = {"request_checksum_calculation": "when_required"}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    manifest = make_operator(s3_bucket).execute(context_for())
+    head = s3_client.head_object(Bucket=s3_bucket, Key=head_key(manifest), ChecksumMode="ENABLED")
+    assert not any(name.startswith("Checksum") and name != "ChecksumType" for name in head)
     assert_true_manifest(s3_client, s3_bucket, manifest)
 
 
