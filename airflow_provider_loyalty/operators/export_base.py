@@ -61,7 +61,11 @@ _SWITCHES = ("deferrable", "resume", "replace", "keep_zip", "fail_on_empty", "ve
 
 
 def _whole_number(value: Any, parameter: str) -> int:
-    return int(validation.check_positive_number(value, parameter))
+    """A byte count >= 1: an int, or a whole float (``2e9``); a fraction is refused, not cut to 0."""
+    number = validation.check_positive_number(value, parameter)
+    if not number.is_integer():
+        raise LoyaltyValidationError(parameter, f"expected a whole number of bytes, got {value!r}")
+    return int(number)
 
 
 #: The settings (parameters never templated) and how each is checked and converted.
@@ -299,6 +303,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
     def export_loop(self, context: Context) -> ExportLoop:
         """The loop for this task's rendered parameters and sink."""
         spec = self.export_spec(context)
+        self.hook.settings  # noqa: B018 - a connection that cannot be read fails before the location is touched
         return ExportLoop(
             hook=self.hook,
             spec=spec,

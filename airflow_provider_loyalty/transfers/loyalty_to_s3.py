@@ -33,8 +33,8 @@ def _checked_s3_arguments(values: dict[str, Any]) -> dict[str, Any]:
     """The S3 arguments among ``values``, checked as far as they can be before rendering (errors
     name the parameter): what the constructor keeps, and what ``partial()`` checks at parse time."""
     checked: dict[str, Any] = {}
-    bucket = values.get("s3_bucket")
-    if bucket is not None:
+    if "s3_bucket" in values:  # None too: s3_bucket=os.environ.get("BUCKET") with the variable unset
+        bucket = values["s3_bucket"]
         checked["s3_bucket"] = bucket if is_template(bucket) else check_bucket(bucket)
     if not is_template(values.get("s3_key_prefix")):
         check_key_prefix(values.get("s3_key_prefix"))

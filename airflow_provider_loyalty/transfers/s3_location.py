@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 from airflow_provider_loyalty.export.layout import is_reserved_location_name
-from airflow_provider_loyalty.utils.validation import first_control_character
+from airflow_provider_loyalty.utils.validation import first_control_character, refuse_rendered_none
 
 _SCHEME = "s3://"
 #: S3 keys are at most 1024 bytes of UTF-8. The longest name an export writes under its prefix
@@ -30,6 +30,7 @@ def check_bucket(value: Any) -> str:
     bucket = str(value if value is not None else "").strip()
     if not bucket:
         raise LoyaltyValidationError("s3_bucket", "required: the bucket to land the export in")
+    refuse_rendered_none(bucket, "s3_bucket", "expected the bucket to land the export in")
     if bucket.lower().startswith(_SCHEME):
         raise LoyaltyValidationError(
             "s3_bucket", f"expected a bucket name, got the URL {bucket!r}{_split_hint(bucket)}"
@@ -51,6 +52,7 @@ def check_key_prefix(value: Any) -> str | None:
     prefix = str(value).strip().strip("/")
     if not prefix:
         return None
+    refuse_rendered_none(prefix, "s3_key_prefix", "leave it unset for the default prefix")
     if prefix.lower().startswith(_SCHEME):
         raise LoyaltyValidationError(
             "s3_key_prefix", f"expected a key prefix, got the URL {prefix!r}{_split_hint(prefix)}"

@@ -140,6 +140,14 @@ _API_ROOT_SUFFIX = re.compile(r"/api(?:/v\d+(?:\.\d+)*)?$")
 
 #: ``https:/host``, ``https//host``, ``http:host``: a scheme typed without its ``://``.
 _MISTYPED_SCHEME = re.compile(r"https?(?::/?(?!/)|//)", re.IGNORECASE)
+#: What comes before an ``@`` in a Host: user and password (``ftp://u:secret@host``), never shown.
+_USERINFO = re.compile(r"[^/@\s]*@")
+
+
+def _shown_host(host: str | None) -> str:
+    """The Host as an error quotes it: any ``user:password@`` (not the connection's Password, so
+    not masked by Airflow) replaced by ``***@``."""
+    return repr(_USERINFO.sub("***@", host or ""))
 
 
 def _check_host_name(hostname: str, host: str | None) -> None:
@@ -157,7 +165,7 @@ def _check_host_name(hostname: str, host: str | None) -> None:
             pass
     elif all(char.isalnum() or char in "-._" for char in hostname) and not hostname.startswith((".", "-")):
         return
-    raise LoyaltyValidationError("host", f"{host!r}: {hostname!r} is not a host name or IP address")
+    raise LoyaltyValidationError("host", f"{_shown_host(host)}: {hostname!r} is not a host name or IP address")
 
 
 def normalize_base_url(
@@ -180,20 +188,23 @@ def normalize_base_url(
     if "://" not in raw:
         raw = _bracketed_ipv6(raw)
         if _MISTYPED_SCHEME.match(raw):
-            raise LoyaltyValidationError("host", f"{host!r} looks like a mistyped scheme; expected https://<host>")
+            raise LoyaltyValidationError(
+                "host", f"{_shown_host(host)} looks like a mistyped scheme; expected https://<host>"
+            )
         raw = f"{schema or 'https'}://{raw}"
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise LoyaltyValidationError("host", f"expected an http(s) base URL, got {host!r}")
+        raise LoyaltyValidationError("host", f"expected an http(s) base URL, got {_shown_host(host)}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise LoyaltyValidationError("host", "the base URL must not carry credentials, a query or a fragment")
     _check_host_name(parts.hostname, host)
     try:
         given_port = parts.port
     except ValueError:
-        raise LoyaltyValidationError("host", f"{host!r} has a port that is not a number in 1..65535") from None
+        shown = _shown_host(host)
+        raise LoyaltyValidationError("host", f"{shown} has a port that is not a number in 1..65535") from None
     if given_port == 0:
-        raise LoyaltyValidationError("host", f"{host!r} has port 0; expected a port in 1..65535")
+        raise LoyaltyValidationError("host", f"{_shown_host(host)} has port 0; expected a port in 1..65535")
     if port and not 0 < port < 65536:  # 0 is no port (Airflow's UI sends 0 for an empty Port field)
         raise LoyaltyValidationError("port", f"expected a port in 1..65535, got {port!r}")
     netloc = parts.netloc

@@ -75,13 +75,14 @@ def parse_count(value: Any, parameter: str) -> int:
 
 
 def parse_seconds(value: Any, parameter: str) -> float:
-    """A number of seconds > 0, or its text."""
+    """A number of seconds > 0 and at most :data:`MAX_WAIT_SECONDS`, or its text (a connection's
+    extras: a timeout of 1e10 s overflowed the socket's and failed every request as unreachable)."""
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             raise LoyaltyValidationError(parameter, f"expected a number, got {value!r}") from None
-    return check_positive_number(value, parameter)
+    return check_duration(value, parameter)
 
 
 #: The longest wait a duration parameter may ask for: ten years. Past it, Airflow's deferral
@@ -166,7 +167,9 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
                 "points_currency_eid",
                 f"expected a string, got {type(points_currency_eid).__name__} {points_currency_eid!r:.40}{hint}",
             )
-        return {"points_currency_eid": _without_controls(points_currency_eid.strip(), "points_currency_eid")}
+        eid = _without_controls(points_currency_eid.strip(), "points_currency_eid")
+        refuse_rendered_none(eid, "points_currency_eid", "expected the currency's external id")
+        return {"points_currency_eid": eid}
     iid = points_currency_iid
     if isinstance(iid, str) and iid.strip().isascii() and iid.strip().isdigit():
         iid = int(iid.strip())
@@ -207,7 +210,7 @@ def _stripped(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
-def _refuse_rendered_none(text: str, parameter: str, unset: str) -> None:
+def refuse_rendered_none(text: str, parameter: str, unset: str) -> None:
     """Refuse the text ``None``: what a template renders for a missing value
     (``{{ params.x }}`` with ``x`` unset), never a real id or directory."""
     if text == "None":
@@ -236,7 +239,7 @@ def check_output_path(output_path: Any, expected: str) -> Any:
     text = (output_path or "").strip()
     if not text:
         raise LoyaltyValidationError("output_path", f"required: {expected}")
-    _refuse_rendered_none(text, "output_path", f"expected {expected}")
+    refuse_rendered_none(text, "output_path", f"expected {expected}")
     if text[:5].lower() == "file:" and not is_template(text):  # a template is read once rendered
         return _local_file_url(text)
     return text
@@ -282,7 +285,7 @@ def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:
     if isinstance(cursor, int) and not isinstance(cursor, bool):
         cursor = str(cursor)  # an integer id, as the API's own int next_from_id is read
     if isinstance(cursor, str):
-        _refuse_rendered_none(cursor, parameter, "leave it unset (None) to start at the period's beginning")
+        refuse_rendered_none(cursor, parameter, "leave it unset (None) to start at the period's beginning")
     if not isinstance(cursor, str) or not is_cursor(cursor):
         raise LoyaltyValidationError(
             parameter,
@@ -298,7 +301,7 @@ def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str
     task_id = export_task_id.strip() if isinstance(export_task_id, str) else None
     if not task_id or first_control_character(task_id) is not None or len(task_id) > 256:
         raise LoyaltyValidationError(parameter, f"expected an export task id string, got {export_task_id!r}")
-    _refuse_rendered_none(task_id, parameter, "expected an export task id (did the XCom it pulls hold nothing?)")
+    refuse_rendered_none(task_id, parameter, "expected an export task id (did the XCom it pulls hold nothing?)")
     return task_id
 
 
@@ -401,4 +404,5 @@ def check_matching(
         companion = str(companion)  # a numeric id a template rendered natively, as field_value
     if companion in (None, "") or not isinstance(companion, str):
         raise LoyaltyValidationError(matching, f'required (a string) when matching="{matching}"; got {companion!r}')
+    refuse_rendered_none(companion, matching, f"expected the member's {matching.replace('_', ' ')}")
     return {"matching": matching, matching: _without_controls(companion, matching)}

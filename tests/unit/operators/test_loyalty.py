@@ -374,6 +374,17 @@ class TestLoyaltyExportOperator:
         assert requests_seen(emulator) == 0
         assert list(tmp_path.iterdir()) == []
 
+    def test_a_connection_that_cannot_be_read_fails_before_the_location_is_touched(
+        self, emulator: LoyaltyEmulator, tmp_path, monkeypatch
+    ):
+        """Before, the location's directory and its in-progress checkpoint were written first."""
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_BROKEN", json.dumps({"conn_type": "loyalty", "host": emulator.url}))
+        operator = local_export_operator(tmp_path / "out", loyalty_conn_id="loyalty_broken")
+        with pytest.raises(LoyaltyValidationError, match="token"):
+            operator.execute(context_for())
+        assert requests_seen(emulator) == 0
+        assert list(tmp_path.iterdir()) == []
+
     @pytest.mark.parametrize("field", ["from_id", "output_path"])
     def test_a_template_of_a_missing_value_is_refused_not_sent_as_none(
         self, emulator: LoyaltyEmulator, tmp_path, monkeypatch, field
@@ -883,6 +894,27 @@ class TestLoyaltyAccountTransactionsOperator:
             member_operator(tmp_path, **member).execute({})
         assert requests_seen(emulator) == 0
 
+    @pytest.mark.parametrize(
+        ("member", "parameter"),
+        [
+            ({"member_email": "{{ params.missing }}"}, "member_email"),
+            ({"matching": "phone", "member_email": None, "phone": "{{ params.missing }}"}, "phone"),
+            ({"matching": "profile_id", "member_email": None, "profile_id": "{{ params.missing }}"}, "profile_id"),
+            ({"points_currency_eid": "{{ params.missing }}"}, "points_currency_eid"),
+        ],
+    )
+    def test_a_template_of_a_missing_value_is_refused_before_any_request(
+        self, emulator: LoyaltyEmulator, tmp_path, member, parameter
+    ):
+        """``{{ params.x }}`` with ``x`` unset renders the text ``None``: the API would answer "member
+        not found" or a bad request, hiding the template's mistake."""
+        operator = member_operator(tmp_path, **member)
+        context = {"params": {"missing": None}}
+        operator.render_template_fields(context)
+        with pytest.raises(LoyaltyValidationError, match=rf"^{parameter}: rendered to the text 'None'"):
+            operator.execute(context)
+        assert requests_seen(emulator) == 0
+
     def test_member_without_transactions_and_unknown_member(self, emulator: LoyaltyEmulator, tmp_path):
         empty = member_operator(tmp_path, member_email="member2@example.com").execute({})
         assert (empty["rows"], empty["total_count"]) == (0, 0)
@@ -1112,7 +1144,9 @@ _EXPORT_BASE = {"task_id": "mapped", "output_path": "/tmp/x"}
         ({"loyalty_program_id": 123, "max_batches": 0}, "max_batches"),
         ({"loyalty_program_id": 123, "batch_timeout": -5}, "batch_timeout"),
         ({"loyalty_program_id": 123, "max_download_bytes": 0}, "max_download_bytes"),
+        ({"loyalty_program_id": 123, "max_download_bytes": 0.5}, "max_download_bytes"),  # was cut to 0
         ({"loyalty_program_id": 123, "max_uncompressed_bytes": "big"}, "max_uncompressed_bytes"),
+        ({"loyalty_program_id": 123, "max_uncompressed_bytes": 1e9 + 0.5}, "max_uncompressed_bytes"),
         ({"loyalty_program_id": 123, "max_compression_ratio": "x"}, "max_compression_ratio"),
         ({"loyalty_program_id": 123, "output_path": "   "}, "output_path"),
         ({"loyalty_program_id": 123, "output_path": "/tmp/x/_staging"}, "output_path"),

@@ -101,6 +101,8 @@ BAD_LOCATIONS = [
     ({"s3_key_prefix": "exports//2023-09"}, "s3_key_prefix: 'exports//2023-09' has an empty path segment", "render"),
     ({"s3_key_prefix": "exports/../2023-09"}, "s3_key_prefix: 'exports/../2023-09' has a '.' or '..'", "literal"),
     ({"s3_bucket": ""}, "s3_bucket: required", "bucket"),
+    ({"s3_bucket": "None"}, "s3_bucket: rendered to the text 'None'", "missing value"),
+    ({"s3_key_prefix": "None"}, "s3_key_prefix: rendered to the text 'None'", "default prefix"),
     ({"s3_key_prefix": "exports/_staging"}, "s3_key_prefix: 'exports/_staging' ends in '_staging'", "bookkeeping"),
     ({"s3_key_prefix": "exports/2023-09\r\nold"}, "s3_key_prefix: 'exports/2023-09", "holds the control character"),
     ({"s3_key_prefix": "档案馆/" * 250}, "s3_key_prefix: the key prefix '档案馆/档案馆", "2499 bytes of UTF-8"),
@@ -120,6 +122,17 @@ def test_bad_upload_options_fail_when_the_dag_is_parsed(options, message):
     """boto3 would read them only at the first part's upload, after the export's tasks were created."""
     with pytest.raises(LoyaltyValidationError, match=message):
         make_operator("compliance", **options)
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_a_bucket_of_none_fails_naming_it_when_the_dag_is_parsed(mapped):
+    """``s3_bucket=os.environ.get("BUCKET")`` with the variable unset: a ``KeyError`` before."""
+    arguments = {"task_id": "to_s3", "loyalty_program_id": 123, "points_currency_eid": "bonus_points"}
+    with pytest.raises(LoyaltyValidationError, match=r"^s3_bucket: required"):
+        if mapped:
+            LoyaltyTransactionsToS3Operator.partial(s3_bucket=None, **arguments)
+        else:
+            make_operator(None)
 
 
 @pytest.mark.parametrize(("location", "message", "hint"), BAD_LOCATIONS)

@@ -131,6 +131,9 @@ def test_an_unknown_extra_is_a_warning_naming_the_closest_known_key(
         ({"content_type": "yaml"}, "content_type"),
         ({"timeout": "soon"}, "timeout"),
         ({"timeout": 0}, "timeout"),
+        ({"timeout": 1e10}, "timeout"),  # overflowed the socket's timeout: every request "unreachable"
+        ({"max_retry_wait": "1e12"}, "max_retry_wait"),  # an OverflowError out of the retry's sleep
+        ({"retry_backoff": 1e12}, "retry_backoff"),
         ({"max_retries": -1}, "max_retries"),
         ({"verify_ssl": "perhaps please"}, "verify_ssl"),
         ({"proxies": ["http://proxy"]}, "proxies"),
@@ -306,6 +309,25 @@ def test_bad_base_urls_name_the_host(host: str) -> None:
     with pytest.raises(LoyaltyValidationError) as caught:
         normalize_base_url(host)
     assert caught.value.parameter == "host"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "ftp://user:Sup3rSecret@example.com",
+        "https:/user:Sup3rSecret@example.com",
+        "https://:Sup3rSecret@example.com:99999",
+        "Sup3rSecret@example.com:abc",
+        "https://u:Sup3rSecret@-bad.example.com",
+    ],
+)
+def test_a_password_typed_into_the_host_is_never_quoted(host: str) -> None:
+    """Not the connection's Password, so Airflow does not mask it: the error must not show it."""
+    with pytest.raises(LoyaltyValidationError) as caught:
+        normalize_base_url(host)
+    assert caught.value.parameter == "host"
+    assert "Sup3rSecret" not in str(caught.value)
+    assert "***@" in str(caught.value) or "credentials" in str(caught.value)
 
 
 @pytest.mark.parametrize(
