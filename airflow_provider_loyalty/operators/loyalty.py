@@ -269,8 +269,15 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         )
 
     def _write_history(self, hook: LoyaltyHook, local: str) -> tuple[int, int | None]:
+        """Write every page to ``local``; return the rows and the ``total_count`` they match.
+
+        Seed 001 says only "Total number of transactions". Read as the member's whole history, the
+        last page's count is the one to match (the member may earn points during the walk); read
+        as the transactions after the page's ``from_id``, it shrinks page by page and the first
+        page's (from the start) is the history's. Either reading that the rows match is complete.
+        """
         rows = 0
-        total_count: int | None = None
+        totals: list[int] = []
         with open(local, "wb") as sink:
             for page in hook.iter_account_transaction_pages(
                 loyalty_program_id=self.loyalty_program_id,
@@ -280,16 +287,20 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
                 limit=self.limit,
                 **self._member(),
             ):
-                if page["total_count"] is not None:  # the last page's: the member may earn points mid-walk
-                    total_count = page["total_count"]
+                if page["total_count"] is not None:
+                    totals.append(page["total_count"])
                 for record in page["data"]:
                     sink.write(json_line(record))
                     rows += 1
-        if total_count is not None and total_count != rows:
+        if not totals:
+            return rows, None
+        first, last = totals[0], totals[-1]
+        if rows not in (first, last):
+            counted = f"{last}" if first == last else f"{first} on the first page and {last} on the last"
             raise LoyaltyVerificationError(
-                f"member history: wrote {rows} transactions but the API's total_count says {total_count}"
+                f"member history: wrote {rows} transactions but the API's total_count says {counted}"
             )
-        return rows, total_count
+        return rows, rows
 
 
 def _history_file_name(history_key: dict[str, Any]) -> str:

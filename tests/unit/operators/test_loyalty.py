@@ -27,6 +27,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyOutputFormatError,
     LoyaltyUnsafeDataError,
     LoyaltyValidationError,
+    LoyaltyVerificationError,
 )
 from airflow_provider_loyalty.operators.loyalty import LoyaltyAccountTransactionsOperator, LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
@@ -1034,11 +1035,27 @@ class TestLoyaltyAccountTransactionsOperator:
         assert requests_seen(emulator) == 0
 
 
-def test_a_member_history_that_grows_mid_walk_is_checked_against_the_last_page(monkeypatch, tmp_path) -> None:
-    """The member earns a transaction between page 1 (total_count 1) and page 2 (total_count 2)."""
+@pytest.mark.parametrize(
+    ("pages", "rows", "refused"),
+    [
+        # the whole history, and the member earns a transaction between page 1 and page 2
+        ([(["t1"], "t1", 1), (["t2"], "", 2)], 2, None),
+        # the transactions after each page's from_id: 5, then 3, then 1 left
+        ([(["t1", "t2"], "t2", 5), (["t3", "t4"], "t4", 3), (["t5"], "", 1)], 5, None),
+        ([(["t1"], "t1", 3), (["t2"], "", 3)], 2, "total_count says 3$"),
+        ([(["t1"], "t1", 4), (["t2"], "", 3)], 2, "says 4 on the first page and 3 on the last"),
+    ],
+    ids=["grows-mid-walk", "counted-after-from-id", "short", "neither-reading"],
+)
+def test_a_member_history_is_checked_against_either_reading_of_total_count(
+    monkeypatch, tmp_path, pages, rows, refused
+) -> None:
+    """Seed 001 says only "Total number of transactions": the member's whole history (the last
+    page's count, which may grow during the walk) or the transactions after ``from_id`` (the first
+    page's). A history complete under either reading is written; one that matches neither is not."""
     from tests.reliability.support import fake_api, loopback_server
 
-    pages = iter([(["t1"], "t1", 1), (["t2"], "", 2)])
+    pages = iter(pages)
 
     def respond(handler, server) -> None:
         if not handler.path.endswith("/account/transactions"):
@@ -1055,9 +1072,14 @@ def test_a_member_history_that_grows_mid_walk_is_checked_against_the_last_page(m
     with loopback_server(respond) as server:
         connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
         monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        if refused:
+            with pytest.raises(LoyaltyVerificationError, match=refused):
+                member_operator(tmp_path).execute({})
+            assert not (tmp_path / "member.jsonl").exists()
+            return
         result = member_operator(tmp_path).execute({})
-    assert (result["rows"], result["total_count"]) == (2, 2)
-    assert [record["transaction_id"] for record in read_jsonl(result["path"])] == ["t1", "t2"]
+    assert (result["rows"], result["total_count"]) == (rows, rows)
+    assert [record["transaction_id"] for record in read_jsonl(result["path"])] == [f"t{n}" for n in range(1, rows + 1)]
 
 
 def _validation() -> Any:
