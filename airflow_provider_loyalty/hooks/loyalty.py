@@ -492,11 +492,18 @@ class LoyaltyHook(BaseHook):
             self.__dict__["_retry_policy"] = retry_policy(dataclasses.replace(self.settings, max_retries=0), self.log)
             with token_redacted(self._token()):
                 try:
-                    self.get_task_status(probe)
+                    self._post(STATUS_PATH, {"task_id": probe})  # the envelope only: error 0 is enough
                 except LoyaltyApiError as error:
-                    if error.http_status != 404 or error.code is None:
+                    if error.code is None or isinstance(error, LoyaltyAuthError | LoyaltyRedirectError):
                         raise
-                    return self._probe_confirms(error)
+                    if error.http_status == 404:
+                        return self._probe_confirms(error)
+                    if error.http_status is not None and error.http_status < 500 and self._refuses_a_wrong_token(probe):
+                        return True, (
+                            "Connection successful: the API accepted the token (it refuses a wrong one, and "
+                            f"answered the unknown test task with error {error.code}: {error.text})"
+                        )
+                    raise
                 return True, "Connection successful: the API accepted the token."
         except LoyaltyAuthError as error:
             return False, f"The API refused the token: {error.text}"
@@ -511,6 +518,32 @@ class LoyaltyHook(BaseHook):
         finally:
             self.__dict__.pop("_retry_policy", None)  # later calls retry as the connection says
             self.close()
+
+    def _refuses_a_wrong_token(self, probe: str) -> bool:
+        """Whether the API refuses (HTTP 401/403) the test task asked with a wrong token: then the
+        error it gave this connection's token (an unknown task, told in an HTTP 200 or 400 of its
+        own style) came after the token was accepted. An API that answers both alike is not."""
+        wrong = dataclasses.replace(self.settings, token=f"connection-test-wrong-token-{uuid.uuid4().hex}")
+        poster = ApiPoster(build_session(wrong), wrong) if wrong.proxy_for(wrong.base_url) else DirectPoster(wrong)
+        body, headers = encode_request({"task_id": probe}, wrong.content_type)
+        try:
+            status, reply_headers, reply = poster.post(STATUS_PATH, body, headers)
+            check_reply(
+                http_status=status,
+                headers=reply_headers,
+                body=reply,
+                token=wrong.token,
+                schema=ENVELOPE_SCHEMA,
+                conn_id=self.loyalty_conn_id,
+                base_url=wrong.base_url,
+            )
+        except LoyaltyAuthError:
+            return True
+        except Exception:  # any other answer leaves the token's acceptance unproven
+            return False
+        finally:
+            poster.close()
+        return False
 
     def _probe_confirms(self, not_found: LoyaltyApiError) -> tuple[bool, str]:
         """Whether "task not found" came from the status endpoint, not from a Base URL that misses the API."""

@@ -816,6 +816,42 @@ def test_test_connection_false_with_the_reason(monkeypatch: pytest.MonkeyPatch, 
     assert "t0ken-value" not in message
 
 
+def _unknown_task_answered(status: int, document: dict):
+    """An API that refuses a wrong token (HTTP 401) and answers this connection's token with
+    ``status`` / ``document`` for an unknown task: its own way of saying "not found"."""
+
+    def respond(handler, _server) -> None:
+        if handler.headers.get("Authorization") != f"Bearer {SERVER_TOKEN}":
+            _json_reply(handler, 401, {"error": 1002, "error_text": "Authentication failed"})
+        else:
+            _json_reply(handler, status, document)
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("status", "document"),
+    [
+        (200, {"error": 1003, "error_text": "Task not found"}),
+        (400, {"error": 1003, "error_text": "Task not found"}),
+        (200, {"error": 0, "data": None}),  # error 0 is enough: nothing of the task is read
+    ],
+    ids=["200-with-error", "400-with-error", "200-data-null"],
+)
+def test_test_connection_true_when_the_api_tells_the_token_from_a_wrong_one(
+    monkeypatch: pytest.MonkeyPatch, status: int, document: dict
+) -> None:
+    """The seeds document no error codes: "task not found" may come in an HTTP 200 or 400 with
+    ``error`` set. A wrong token refused where this one is not proves the token accepted."""
+    with loopback_server(_unknown_task_answered(status, document)) as server:
+        _point_at_server(monkeypatch, server.url)
+        ok, message = LoyaltyHook().test_connection()
+        assert len(server.requests) == (1 if document["error"] == 0 else 2)
+    assert ok is True, message
+    assert message.startswith("Connection successful: the API accepted the token")
+    assert SERVER_TOKEN not in message
+
+
 def test_test_connection_tries_once_whatever_the_connections_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that is down (503), or a port nobody listens on, is reported at the first answer."""
     with loopback_server(_everywhere(503, {"error": 1500, "error_text": "Service unavailable"})) as server:
