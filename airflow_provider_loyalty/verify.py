@@ -36,6 +36,7 @@ from airflow_provider_loyalty.export.layout import (
 )
 from airflow_provider_loyalty.export.part_formats import OUTPUT_FORMATS
 from airflow_provider_loyalty.export.progress import CLEANUP, SEALING
+from airflow_provider_loyalty.verify_chain import chain_notes, manifest_problems
 from airflow_provider_loyalty.verify_parts import measure_part
 from airflow_provider_loyalty.verify_storage import ObjectMissing, StorageError, Store, open_store
 
@@ -65,7 +66,9 @@ class PartProblem:
 
     :param kind: ``missing``, ``bytes``, ``sha256``, ``rows``, ``unreadable`` (the part does not
         parse as its format), ``stray`` (an object the manifest does not list), ``duplicate`` (a
-        part listed twice), ``foreign`` (a part on another storage system) or ``totals``.
+        part listed twice, or two parts of the same bytes), ``foreign`` (a part on another storage
+        system), ``totals``, ``order`` (a part not listed in batch order) or ``chain`` (cursors of
+        adjacent batches that do not follow on).
     :param part: the part's key as the manifest writes it (for a stray: its name under the location).
     :param detail: what was expected and what was found, for people.
     :param expected: the manifest's value, when there is one.
@@ -265,6 +268,9 @@ class _Verification:
                 seen[path] = part.index
                 self._check_part(part, path)
         self._check_totals()
+        for kind, key, detail in manifest_problems(self.document, self.report.output_format):
+            self._problem(kind, key, detail)
+        self.report.notes.extend(chain_notes(self.document))
         self._look_for_strays(set(seen))
         self.report.intact = not self.report.problems and not self.report.unchecked
         return self.report

@@ -508,6 +508,7 @@ class ExportLoop:
                 task.from_id,
                 result.next_from_id or "",
                 stats.duplicates_dropped,
+                progress.batches_done,
             )
             self.sink.write_json(record_name(index), record.to_dict())
             progress.parts_landed += 1

@@ -17,7 +17,7 @@ MANIFEST_FORMAT_VERSION = 1
 #: Above this many parts, the XCom return carries the manifest without its ``parts`` list (the
 #: manifest itself, at its location, always has it): XCom stays small whatever the export's size.
 XCOM_PARTS_LIMIT = 100
-_PART_FIELDS = ("rows", "bytes", "sha256", "export_task_id", "from_id", "next_from_id")
+_PART_FIELDS = ("rows", "bytes", "sha256", "export_task_id", "from_id", "next_from_id", "batch")
 
 
 def starting_cursor(manifest: dict[str, Any]) -> str | None:
@@ -69,6 +69,7 @@ def build_manifest(
         "parts": parts,
         "total_rows": sum(record.rows for record in records),
         "total_bytes": sum(record.bytes for record in records),
+        "batches": progress.batches_done,
         "duplicates_dropped": progress.duplicates_dropped,
         "started_at": progress.started_at,
         "completed_at": completed_at,

@@ -51,6 +51,8 @@ class PartRecord:
     :param from_id: the cursor the batch was created with.
     :param next_from_id: the cursor the API gave for the next batch ('' for the last).
     :param duplicates_dropped: boundary duplicates left out of it.
+    :param batch: the batch it came from, counting empty batches (which land no part): adjacent
+        numbers mean adjacent batches, whose cursors chain (``None`` in records of older exports).
     """
 
     index: int
@@ -62,6 +64,7 @@ class PartRecord:
     from_id: str | None
     next_from_id: str
     duplicates_dropped: int = 0
+    batch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""

@@ -3,9 +3,11 @@ mapping of transport failures (requests, urllib3, aiohttp, ssl, sockets) to type
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from airflow_provider_loyalty.exceptions import (
     LoyaltyError,
@@ -181,6 +183,18 @@ def transport_error(settings: LoyaltyConnectionSettings, path: str, error: BaseE
 
 def _connection_failure(settings: LoyaltyConnectionSettings, chain: list[BaseException]) -> str:
     """Where the connection failed and why, in the words a user checks the connection with."""
+    proxy = settings.proxy_for(settings.base_url)
+    if proxy is not None:  # the connection that failed is the proxy's: through it, the API's host is its business
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        shown = parts.hostname or "?"
+        with contextlib.suppress(ValueError):
+            shown += f":{parts.port}" if parts.port else ""
+        where = f"cannot connect to the proxy {shown} (for {settings.netloc})"
+        if any(isinstance(item, ConnectionRefusedError) for item in chain):
+            return f"{where}: connection refused (check the connection's proxies extra, or HTTPS_PROXY / HTTP_PROXY)"
+        if any(isinstance(item, socket.gaierror) for item in chain):
+            return f"{where}: the proxy's host name does not resolve (check the proxies extra, or HTTPS_PROXY)"
+        return f"{where} ({type(chain[-1]).__name__})"
     where = f"cannot connect to {settings.netloc}"
     if any(isinstance(item, ConnectionRefusedError) for item in chain):
         return f"{where}: connection refused (nothing listens on that port: check the Base URL's host and port)"

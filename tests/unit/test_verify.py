@@ -79,6 +79,7 @@ def manifest_for(entries: list[tuple[str, bytes, int]], fmt: str | None) -> dict
             "export_task_id": f"task_{index}",
             "from_id": None if index == 0 else f"cursor-{index}",
             "next_from_id": "" if index == len(entries) - 1 else f"cursor-{index + 1}",
+            "batch": index,
         }
         for index, (key, body, rows) in enumerate(entries)
     ]
@@ -92,6 +93,7 @@ def manifest_for(entries: list[tuple[str, bytes, int]], fmt: str | None) -> dict
         "parts": parts,
         "total_rows": sum(part["rows"] for part in parts),
         "total_bytes": sum(part["bytes"] for part in parts),
+        "batches": len(parts),
         "duplicates_dropped": 0,
         "started_at": "2023-10-01T00:00:01Z",
         "completed_at": "2023-10-01T00:01:00Z",
@@ -286,6 +288,80 @@ def test_totals_that_do_not_add_up_are_a_problem(tmp_path: Path) -> None:
     assert [(problem.kind, problem.part) for problem in report.problems] == [("totals", "total_rows")]
 
 
+def rewrite_manifest(directory: Path, change: Any) -> None:
+    manifest = json.loads((directory / "_manifest.json").read_text())
+    change(manifest)
+    (directory / "_manifest.json").write_text(json.dumps(manifest))
+
+
+def swap_first_two(manifest: dict[str, Any]) -> None:
+    manifest["parts"][0], manifest["parts"][1] = manifest["parts"][1], manifest["parts"][0]
+
+
+def break_the_chain(manifest: dict[str, Any]) -> None:
+    manifest["parts"][2]["from_id"] = "cursor-elsewhere"
+
+
+def end_with_a_cursor(manifest: dict[str, Any]) -> None:
+    manifest["parts"][-1]["next_from_id"] = "cursor-3"
+
+
+def start_elsewhere(manifest: dict[str, Any]) -> None:
+    manifest["from_id"] = "cursor-0"
+
+
+@pytest.mark.parametrize(
+    ("change", "kind", "part"),
+    [
+        (swap_first_two, "order", "part-00001.csv"),
+        (break_the_chain, "chain", "part-00002.csv"),
+        (end_with_a_cursor, "chain", "part-00002.csv"),
+        (start_elsewhere, "chain", "part-00000.csv"),
+    ],
+    ids=["parts-swapped", "cursor-chain-broken", "last-batch-goes-on", "first-batch-starts-elsewhere"],
+)
+def test_a_manifest_whose_parts_do_not_chain_is_not_intact(tmp_path: Path, change: Any, kind: str, part: str) -> None:
+    """Every stored part matches its entry; the entries themselves say a batch is missing or out of place."""
+    land_local(tmp_path)
+    rewrite_manifest(tmp_path, change)
+    report = verify_manifest(str(tmp_path))
+    assert report.exit_code == 1
+    assert (kind, part) in [(problem_kind, key.rsplit("/", 1)[-1]) for problem_kind, key in kinds(report)]
+
+
+def test_two_parts_of_the_same_bytes_are_a_problem(tmp_path: Path) -> None:
+    """A part replaced by a copy of another, its entry fixed to match: its rows would count twice."""
+    manifest = land_local(tmp_path)
+    first, second = tmp_path / "part-00000.csv", tmp_path / "part-00001.csv"
+    second.write_bytes(first.read_bytes())
+
+    def copy_entry(document: dict[str, Any]) -> None:
+        for field_name in ("sha256", "bytes", "rows"):
+            document["parts"][1][field_name] = manifest["parts"][0][field_name]
+        document["total_rows"] = sum(entry["rows"] for entry in document["parts"])
+        document["total_bytes"] = sum(entry["bytes"] for entry in document["parts"])
+
+    rewrite_manifest(tmp_path, copy_entry)
+    report = verify_manifest(str(tmp_path))
+    assert report.exit_code == 1
+    assert [kind for kind, _ in kinds(report)] == ["duplicate"]
+
+
+def test_a_manifest_without_batch_numbers_verifies_with_a_note(tmp_path: Path) -> None:
+    """An export landed by an older version: its cursor chain cannot be told from empty batches."""
+    land_local(tmp_path)
+
+    def strip_numbers(document: dict[str, Any]) -> None:
+        del document["batches"]
+        for entry in document["parts"]:
+            del entry["batch"]
+
+    rewrite_manifest(tmp_path, strip_numbers)
+    report = verify_manifest(str(tmp_path))
+    assert report.exit_code == 0
+    assert any("cursor chain is not checked" in note for note in report.notes)
+
+
 def test_blank_lines_are_not_rows(tmp_path: Path) -> None:
     body = (HEADER + "tx-1,2023-09-01T00:00:00Z,1,a\r\n\r\n" + "tx-2,2023-09-01T00:00:00Z,2,b\r\n\r\n").encode()
     (tmp_path / "part-00000.csv").write_bytes(body)
@@ -306,7 +382,12 @@ def test_hostile_part_keys_are_problems_not_reads(tmp_path: Path) -> None:
 
     report = verify_manifest(tmp_path)
 
-    assert [(problem.kind, problem.part) for problem in report.problems if problem.kind != "totals"] == [
+    per_part = [  # what reading each listed part found (the manifest's own checks also object to this list)
+        problem
+        for problem in report.problems
+        if problem.kind not in ("totals", "order", "chain") and "same bytes" not in problem.detail
+    ]
+    assert [(problem.kind, problem.part) for problem in per_part] == [
         ("duplicate", listed["key"]),
         ("foreign", "s3://elsewhere/part-00000.csv"),
         ("foreign", "file:///dev/zero"),  # outside the location: never opened

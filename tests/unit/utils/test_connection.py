@@ -10,6 +10,7 @@ import asyncio
 import http.client
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from airflow_provider_loyalty.exceptions import LoyaltyValidationError
+from airflow_provider_loyalty.exceptions import LoyaltyTransientError, LoyaltyValidationError
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
@@ -470,6 +471,33 @@ def test_requests_go_through_the_proxy(
         async_calls(LoyaltyHook().create_transactions_export(**EXPORT))
         assert proxy.requests[-1] == "POST /api/v1.1/tasks/status"
     assert len(proxy.requests) == requests_seen(loyalty_emulator) == 5  # every request, none around it
+
+
+def test_a_proxy_that_cannot_be_reached_is_named_not_the_api_host(
+    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, "cannot connect to <the API's host>: ... check the Base URL's host": the Base URL
+    was right, the proxy was down."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    point_connection_at(
+        monkeypatch, loyalty_emulator, proxies={"http": f"http://user:pw@127.0.0.1:{port}"}, max_retries=0
+    )
+    with pytest.raises(LoyaltyTransientError) as sync_error:
+        LoyaltyHook().get_task_status("task_1")
+
+    async def poll() -> None:
+        async with LoyaltyAsyncHook() as hook:
+            await hook.get_export_task_status("task_1")
+
+    with pytest.raises(LoyaltyTransientError) as async_error:
+        asyncio.run(poll())
+    for error in (sync_error.value, async_error.value):
+        assert f"cannot connect to the proxy 127.0.0.1:{port}" in str(error)
+        assert "proxies extra" in str(error) and "Base URL" not in str(error)
+        assert "pw" not in str(error)
+    assert requests_seen(loyalty_emulator) == 0
 
 
 def test_no_proxy_exempts_the_api_host(loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path):
