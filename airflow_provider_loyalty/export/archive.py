@@ -243,7 +243,11 @@ def _read_archive(archive_path: str, records: BatchRecords, limits: ArchiveLimit
         with zipfile.ZipFile(archive_path) as archive:
             for info in _data_members(archive, os.path.getsize(archive_path), limits):
                 with open_member(archive, info) as member:
-                    inflated = records.read_member(member, info.filename)
+                    try:
+                        inflated = records.read_member(member, info.filename)
+                    except LoyaltyVerificationError as bad_csv:
+                        _raise_if_damaged(member, bad_csv)
+                        raise
                 if inflated != info.file_size:
                     raise LoyaltyVerificationError(
                         f"the downloaded archive is corrupt: zip member {info.filename!r} inflates to "
@@ -253,6 +257,18 @@ def _read_archive(archive_path: str, records: BatchRecords, limits: ArchiveLimit
         raise LoyaltyVerificationError(f"the downloaded archive is corrupt: {err}") from None
     except (zipfile.LargeZipFile, NotImplementedError, EOFError) as err:
         raise LoyaltyVerificationError(f"the downloaded archive cannot be read: {err}") from None
+
+
+def _raise_if_damaged(member: IO[bytes], bad_csv: LoyaltyVerificationError) -> None:
+    """A member whose CSV failed: read it to its end, where the zip checks its CRC-32. Damaged bytes
+    (a download corrupted in transit) read as malformed CSV first; say what they are."""
+    try:
+        while member.read(_BLOCK):
+            pass
+    except (zipfile.BadZipFile, zlib.error, InflateError) as damage:
+        raise LoyaltyVerificationError(
+            f"the downloaded archive is corrupt: {damage} (its damaged bytes read as malformed CSV: {bad_csv})"
+        ) from None
 
 
 def _check_row_count(records: BatchRecords, expected_rows: int) -> None:

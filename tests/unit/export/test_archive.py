@@ -351,6 +351,23 @@ def test_corrupt_zip_and_bad_crc(tmp_path):
         _verify(tmp_path, bytes(good), expected_rows=50)
 
 
+def test_damaged_bytes_that_break_the_csv_are_named_a_corrupt_download(tmp_path):
+    """The zip checks a member's CRC-32 at its end; a damaged byte breaks the CSV long before. The
+    error says the download is damaged, not that the API wrote a malformed row."""
+    data = _csv(40_000, seed=3)  # several of the verifier's blocks: the damage is read before the end
+    blob = bytearray(_zip_bytes({"t.csv": data}, zipfile.ZIP_STORED))
+    start = blob.find(data[:40])
+    end = blob.index(b"\r\nid-", start + 4000)
+    blob[end : end + 2] = b",x"  # two bytes damaged in transit: two rows read as one of five fields
+    with pytest.raises(LoyaltyVerificationError) as caught:
+        _verify(tmp_path, bytes(blob), expected_rows=40_000)
+    assert str(caught.value).startswith("the downloaded archive is corrupt: Bad CRC-32")
+    assert "damaged bytes read as malformed CSV" in str(caught.value)
+    with pytest.raises(LoyaltyVerificationError, match="fields") as undamaged:  # a malformed row as the API wrote it
+        _verify(tmp_path, _zip_of({"t.csv": b"transaction_id,a\r\nx\r\n"}))
+    assert "corrupt" not in str(undamaged.value)
+
+
 def test_zip_bomb_caps(tmp_path):
     from airflow_provider_loyalty.export.archive import ArchiveLimits
 
