@@ -21,7 +21,9 @@ deadline. Released at the end of the export, also when the export fails.
 What no lease can stop (without the store fencing its writes): a writer that stalls *during* one
 write for longer than the lease (a part upload frozen for over 10 minutes) and then completes it.
 The check after each upload stops that writer before it records the part, so the part is not
-counted as its; the other export's seal then finds a part whose size is not its record's.
+counted as its; the other export's seal then finds a part whose size is not its record's, unless
+that export sealed before the stalled upload landed: then only ``loyalty-verify`` finds the part
+changed (docs/reliability.md).
 """
 
 from __future__ import annotations
