@@ -182,22 +182,28 @@ def transport_error(settings: LoyaltyConnectionSettings, path: str, error: BaseE
 
 
 def _connection_failure(settings: LoyaltyConnectionSettings, chain: list[BaseException]) -> str:
-    """Where the connection failed and why, in the words a user checks the connection with."""
+    """Where the connection failed and why, in the words a user checks the connection with. With a
+    proxy, the connection that failed is the proxy's (through it, reaching the API is its business)."""
     proxy = settings.proxy_for(settings.base_url)
-    if proxy is not None:  # the connection that failed is the proxy's: through it, the API's host is its business
-        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        shown = parts.hostname or "?"
-        with contextlib.suppress(ValueError):
-            shown += f":{parts.port}" if parts.port else ""
-        where = f"cannot connect to the proxy {shown} (for {settings.netloc})"
-        if any(isinstance(item, ConnectionRefusedError) for item in chain):
-            return f"{where}: connection refused (check the connection's proxies extra, or HTTPS_PROXY / HTTP_PROXY)"
-        if any(isinstance(item, socket.gaierror) for item in chain):
-            return f"{where}: the proxy's host name does not resolve (check the proxies extra, or HTTPS_PROXY)"
-        return f"{where} ({type(chain[-1]).__name__})"
-    where = f"cannot connect to {settings.netloc}"
+    if proxy is None:
+        where = f"cannot connect to {settings.netloc}"
+        refused = "nothing listens on that port: check the Base URL's host and port"
+        unresolved = "the host name does not resolve (check the Base URL's host)"
+    else:
+        where = f"cannot connect to the proxy {_proxy_address(proxy)} (for {settings.netloc})"
+        refused = "check the connection's proxies extra, or HTTPS_PROXY / HTTP_PROXY"
+        unresolved = "the proxy's host name does not resolve (check the proxies extra, or HTTPS_PROXY)"
     if any(isinstance(item, ConnectionRefusedError) for item in chain):
-        return f"{where}: connection refused (nothing listens on that port: check the Base URL's host and port)"
+        return f"{where}: connection refused ({refused})"
     if any(isinstance(item, socket.gaierror) for item in chain):
-        return f"{where}: the host name does not resolve (check the Base URL's host)"
+        return f"{where}: {unresolved}"
     return f"{where} ({type(chain[-1]).__name__})"
+
+
+def _proxy_address(proxy: str) -> str:
+    """``host:port`` of a proxy URL, without the user and password it may carry."""
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    shown = parts.hostname or "?"
+    with contextlib.suppress(ValueError):
+        shown += f":{parts.port}" if parts.port else ""
+    return shown

@@ -304,17 +304,7 @@ def test_an_ipv6_host_is_bracketed_in_the_base_url(monkeypatch: pytest.MonkeyPat
         "https://api.example.com:0",
         "https://api .example.com",
         "https://-api.example.com",
-    ],
-)
-def test_bad_base_urls_name_the_host(host: str) -> None:
-    with pytest.raises(LoyaltyValidationError) as caught:
-        normalize_base_url(host)
-    assert caught.value.parameter == "host"
-
-
-@pytest.mark.parametrize(
-    "host",
-    [
+        # a password typed into the Host: not the connection's Password, so Airflow does not mask it
         "ftp://user:Sup3rSecret@example.com",
         "https:/user:Sup3rSecret@example.com",
         "https://:Sup3rSecret@example.com:99999",
@@ -322,13 +312,11 @@ def test_bad_base_urls_name_the_host(host: str) -> None:
         "https://u:Sup3rSecret@-bad.example.com",
     ],
 )
-def test_a_password_typed_into_the_host_is_never_quoted(host: str) -> None:
-    """Not the connection's Password, so Airflow does not mask it: the error must not show it."""
+def test_bad_base_urls_name_the_host(host: str) -> None:
     with pytest.raises(LoyaltyValidationError) as caught:
         normalize_base_url(host)
     assert caught.value.parameter == "host"
-    assert "Sup3rSecret" not in str(caught.value)
-    assert "***@" in str(caught.value) or "credentials" in str(caught.value)
+    assert "Sup3rSecret" not in str(caught.value)  # never quoted in the error
 
 
 @pytest.mark.parametrize(
