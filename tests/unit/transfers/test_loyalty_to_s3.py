@@ -209,6 +209,10 @@ def sha256_checksum(manifest_part: dict) -> str:
 def test_each_part_goes_up_with_the_sha256_taken_while_it_was_verified(emulator, s3_bucket, s3_client):
     """S3 checks the bytes it receives against the checksum sent (a part changed on disk after its
     verification is refused) and keeps it: the stored object answers with the manifest's hash."""
+    from boto3.s3.transfer import S3Transfer
+
+    if "ChecksumSHA256" not in S3Transfer.ALLOWED_UPLOAD_ARGS:  # boto3 before full-object checksums
+        pytest.skip("this boto3 passes no checksum of the caller's to an upload")
     manifest = make_operator(s3_bucket).execute(context_for())
     assert len(manifest["parts"]) == 5
     for part in manifest["parts"]:
