@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import re
 import threading
 import time
 import uuid
@@ -498,7 +499,12 @@ class LoyaltyHook(BaseHook):
                         raise
                     if error.http_status == 404:
                         return self._probe_confirms(error)
-                    if error.http_status is not None and error.http_status < 500 and self._refuses_a_wrong_token(probe):
+                    if (
+                        error.http_status is not None
+                        and error.http_status < 500
+                        and not _AUTH_WORDS.search(error.text)  # "token expired": refused, in its own words
+                        and self._refuses_a_wrong_token(probe)
+                    ):
                         return True, (
                             "Connection successful: the API accepted the token (it refuses a wrong one, and "
                             f"answered the unknown test task with error {error.code}: {error.text})"
@@ -556,6 +562,14 @@ class LoyaltyHook(BaseHook):
                     "Base URL points at the API (scheme, host and path prefix)"
                 )
         return True, "Connection successful: the API accepted the token (the test task id is unknown, as expected)."
+
+
+#: An API error's text that speaks of the caller's credentials: the token refused in the API's own
+#: words (an expired or revoked token answered with an error code, not HTTP 401), never "accepted".
+_AUTH_WORDS = re.compile(
+    r"token|auth|credential|expired|revoked|forbidden|denied|permission|unauthori[sz]ed|not allowed|api[ _-]?key",
+    re.IGNORECASE,
+)
 
 
 def _as_record_list(data: Any) -> Any:

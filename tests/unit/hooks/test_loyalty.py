@@ -852,6 +852,19 @@ def test_test_connection_true_when_the_api_tells_the_token_from_a_wrong_one(
     assert SERVER_TOKEN not in message
 
 
+@pytest.mark.parametrize("text", ["token expired", "Access denied for this key", "Unauthorized: revoked"])
+def test_test_connection_false_when_the_api_refuses_the_token_in_its_own_words(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """A wrong token refused with 401 proves only that the API tells the two apart: an error whose
+    text speaks of the token is this token refused (an expired one, answered with an error code)."""
+    with loopback_server(_unknown_task_answered(400, {"error": 1011, "error_text": text})) as server:
+        _point_at_server(monkeypatch, server.url)
+        ok, message = LoyaltyHook().test_connection()
+    assert ok is False
+    assert text in message
+
+
 def test_test_connection_tries_once_whatever_the_connections_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that is down (503), or a port nobody listens on, is reported at the first answer."""
     with loopback_server(_everywhere(503, {"error": 1500, "error_text": "Service unavailable"})) as server:
