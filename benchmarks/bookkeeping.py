@@ -83,8 +83,8 @@ def _counting_sink_class() -> type:
             self.events = events
             self.last: dict[str, bytes] = {}  # the last payload written per name
 
-        def put_file(self, name: str, local_path: str) -> None:
-            super().put_file(name, local_path)
+        def put_file(self, name: str, local_path: str, sha256: str | None = None) -> None:
+            super().put_file(name, local_path, sha256)
             self.events.append(("part", name, Path(local_path).stat().st_size))
 
         def write_bytes(self, name: str, payload: bytes) -> None:
