@@ -249,17 +249,20 @@ class LoyaltyHook(BaseHook):
 
         :param export_task_id: the id returned by :meth:`create_transactions_export`.
         """
-        export_task_id = validation.check_task_id(export_task_id)
-        return data_object(self._post(STATUS_PATH, {"task_id": export_task_id}, STATUS_SCHEMA), "tasks/status")
+        return data_object(self._status_envelope(export_task_id), "tasks/status")
+
+    def _status_envelope(self, export_task_id: str) -> dict[str, Any]:
+        return self._post(STATUS_PATH, {"task_id": validation.check_task_id(export_task_id)}, STATUS_SCHEMA)
 
     def get_export_task_status(self, export_task_id: str) -> ExportTaskStatus:
         """Poll an export task and interpret the reply (state, checked result, failure text).
 
         :param export_task_id: the id returned by :meth:`create_transactions_export`.
         """
-        data = self.get_task_status(export_task_id)
+        envelope = self._status_envelope(export_task_id)
+        data = data_object(envelope, "tasks/status")
         with token_redacted(self._token()):
-            return ExportTaskStatus.from_reply(export_task_id, data, self.settings.token)
+            return ExportTaskStatus.from_reply(export_task_id, data, self.settings.token, envelope.get("error_text"))
 
     def download_export(
         self,

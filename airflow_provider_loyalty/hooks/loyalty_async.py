@@ -298,19 +298,21 @@ class LoyaltyAsyncHook(BaseHook):
         :raises LoyaltyApiError: API errors (auth errors included), after retries for transient ones.
         :raises LoyaltyResponseError: a reply that cannot be understood.
         """
-        export_task_id = validation.check_task_id(export_task_id)
-        envelope = await self._post(STATUS_PATH, {"task_id": export_task_id}, STATUS_SCHEMA)
-        return data_object(envelope, "tasks/status")
+        return data_object(await self._status_envelope(export_task_id), "tasks/status")
+
+    async def _status_envelope(self, export_task_id: str) -> dict[str, Any]:
+        return await self._post(STATUS_PATH, {"task_id": validation.check_task_id(export_task_id)}, STATUS_SCHEMA)
 
     async def get_export_task_status(self, export_task_id: str) -> ExportTaskStatus:
         """Poll an export task and interpret the reply (state, checked result, failure text).
 
         :param export_task_id: the export task id.
         """
-        data = await self.get_task_status(export_task_id)
+        envelope = await self._status_envelope(export_task_id)
+        data = data_object(envelope, "tasks/status")
         settings = await self.get_settings()
         with token_redacted(settings.token):
-            return ExportTaskStatus.from_reply(export_task_id, data, settings.token)
+            return ExportTaskStatus.from_reply(export_task_id, data, settings.token, envelope.get("error_text"))
 
     async def _post(self, path: str, payload: dict[str, Any], schema: Schema = ENVELOPE_SCHEMA) -> dict[str, Any]:
         """POST a body with the shared retry policy; return the checked envelope."""

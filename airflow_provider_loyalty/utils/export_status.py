@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -140,12 +141,16 @@ class ExportTaskStatus:
     failure_text: str | None = None
 
     @classmethod
-    def from_reply(cls, export_task_id: str, data: Mapping[str, Any], token: str | None) -> ExportTaskStatus:
+    def from_reply(
+        cls, export_task_id: str, data: Mapping[str, Any], token: str | None, envelope_text: Any = None
+    ) -> ExportTaskStatus:
         """Interpret the ``data`` object of a ``tasks/status`` reply.
 
         :param export_task_id: the task the reply is about.
         :param data: the reply's ``data``.
         :param token: the API token, removed from the failure text.
+        :param envelope_text: the reply's own ``error_text``: a failed task's reason when ``data``
+            gives none (not the API's words for a successful call).
         """
         status = data.get("status")
         if not isinstance(status, str) or not status.strip():
@@ -164,7 +169,7 @@ class ExportTaskStatus:
             # What the API sent beside the documented fields goes to events and the sensor's XCom as
             # it came: a token a server echoes there (a download link with ``?token=``) does not.
             result = dataclasses.replace(result, raw=redact_values(result.raw, secret))
-        failure = quoted(_failure_text(data), token) if failed else None
+        failure = quoted(_failure_text(data, envelope_text), token) if failed else None
         progress = data.get("progress")
         if isinstance(progress, str):
             progress = quoted(progress, token, limit=100)
@@ -188,13 +193,23 @@ class ExportTaskStatus:
         return f"{self.status}, {self.progress if self.progress is not None else '?'}%"
 
 
-def _failure_text(data: Mapping[str, Any]) -> str:
-    """The API's explanation of a failed task, from whichever field carries it."""
+def _failure_text(data: Mapping[str, Any], envelope_text: Any = None) -> str:
+    """The API's explanation of a failed task, from whichever field carries it: in ``data``, in its
+    ``result``, else the reply's own ``error_text`` unless that only says the call succeeded."""
     for key in _FAILURE_TEXT_FIELDS:
         value = data.get(key)
         if value not in (None, "", 0, "0"):
             return str(value)
     result = data.get("result")
     if isinstance(result, Mapping):
-        return _failure_text(result)
-    return "the API gave no reason"
+        found = _failure_text(result)
+        if found != _NO_REASON:
+            return found
+    if isinstance(envelope_text, str) and envelope_text.strip() and not _SUCCESS_TEXT.fullmatch(envelope_text.strip()):
+        return envelope_text.strip()
+    return _NO_REASON
+
+
+_NO_REASON = "the API gave no reason"
+#: What an envelope's ``error_text`` says of a call that worked (the seeds: "Successful operation").
+_SUCCESS_TEXT = re.compile(r"(successful( operation)?|success|ok|done|no error)\.?", re.IGNORECASE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -26,6 +27,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyValidationError,
 )
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
 from tests.reliability.support import fake_api, loopback_server, send
 from tests.support.helpers import point_connection_at, requests_seen, wait_for
@@ -546,6 +548,34 @@ def test_text_error_fields_of_a_failed_task_in_xml_are_not_coerced(monkeypatch: 
     assert status.progress == 12.5
     with pytest.raises(LoyaltyExportTaskFailed, match="node 7 out of space"):
         status.raise_for_failure()
+
+
+@pytest.mark.parametrize(
+    ("envelope_text", "reason"),
+    [
+        ("Export failed: quota exceeded", "Export failed: quota exceeded"),
+        ("Successful operation", "the API gave no reason"),  # the call worked; the task did not
+    ],
+)
+def test_a_failed_tasks_reason_in_the_reply_envelope_is_its_reason(
+    monkeypatch: pytest.MonkeyPatch, envelope_text: str, reason: str
+) -> None:
+    """``data`` says only ``failed``; the envelope's ``error_text`` says why: in tasks and in the
+    triggerer alike. Before, "the API gave no reason"."""
+    document = {"error": 0, "error_text": envelope_text, "data": {"status": "failed"}}
+    with loopback_server(fake_api(status=lambda handler, _: _json_reply(handler, 200, document))) as server:
+        _point_at_server(monkeypatch, server.url)
+        in_task = LoyaltyHook().get_export_task_status("task_1")
+
+        async def in_triggerer() -> Any:
+            async with LoyaltyAsyncHook() as hook:
+                return await hook.get_export_task_status("task_1")
+
+        statuses = [in_task, asyncio.run(in_triggerer())]
+    for status in statuses:
+        with pytest.raises(LoyaltyExportTaskFailed) as caught:
+            status.raise_for_failure()
+        assert caught.value.text == reason
 
 
 def test_merchant_fields_named_like_documented_ones_survive_xml(monkeypatch: pytest.MonkeyPatch) -> None:
