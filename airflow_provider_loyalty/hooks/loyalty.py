@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import IO, Any
 
@@ -157,9 +157,7 @@ class LoyaltyHook(BaseHook):
     def _poster(self) -> ApiPoster | DirectPoster:
         """The API's POSTs: on ``http.client`` straight to the API (see :mod:`~.utils.direct_transport`),
         on the ``requests`` session through a proxy (see :mod:`~.utils.sync_transport`)."""
-        if self.settings.proxy_for(self.settings.base_url):
-            return ApiPoster(self.session, self.settings)
-        return DirectPoster(self.settings)
+        return _poster_for(self.settings, lambda: self.session)
 
     @cached_property
     def _retry_policy(self) -> dict[str, Any]:
@@ -187,21 +185,34 @@ class LoyaltyHook(BaseHook):
             body, headers = encode_request(payload, self.settings.content_type)
             return call_with_retries(self._retry_policy, lambda: self._post_once(path, body, headers, schema))
 
-    def _post_once(self, path: str, body: bytes, headers: dict[str, str], schema: Schema) -> dict[str, Any]:
+    def _post_once(
+        self,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        schema: Schema,
+        via: tuple[ApiPoster | DirectPoster, LoyaltyConnectionSettings] | None = None,
+    ) -> dict[str, Any]:
+        """One POST and its checked envelope.
+
+        :param via: another poster and the settings it was made with (the Test button's request
+            with a wrong token); by default the hook's own.
+        """
+        poster, settings = via or (self._poster, self.settings)
         started = time.monotonic()
         try:
-            status, reply_headers, reply = self._poster.post(path, body, headers)
+            status, reply_headers, reply = poster.post(path, body, headers)
         except Exception as error:
-            raise transport_error(self.settings, path, error) from None
+            raise transport_error(settings, path, error) from None
         self.log.debug("POST %s -> HTTP %s in %.0f ms", path, status, 1000 * (time.monotonic() - started))
         return check_reply(
             http_status=status,
             headers=reply_headers,
             body=reply,
-            token=self.settings.token,
+            token=settings.token,
             schema=schema,
             conn_id=self.loyalty_conn_id,
-            base_url=self.settings.base_url,
+            base_url=settings.base_url,
         )
 
     # ------------------------------------------------------------------ export API
@@ -533,19 +544,10 @@ class LoyaltyHook(BaseHook):
         error it gave this connection's token (an unknown task, told in an HTTP 200 or 400 of its
         own style) came after the token was accepted. An API that answers both alike is not."""
         wrong = dataclasses.replace(self.settings, token=f"connection-test-wrong-token-{uuid.uuid4().hex}")
-        poster = ApiPoster(build_session(wrong), wrong) if wrong.proxy_for(wrong.base_url) else DirectPoster(wrong)
+        poster = _poster_for(wrong, lambda: build_session(wrong))
         body, headers = encode_request({"task_id": probe}, wrong.content_type)
         try:
-            status, reply_headers, reply = poster.post(STATUS_PATH, body, headers)
-            check_reply(
-                http_status=status,
-                headers=reply_headers,
-                body=reply,
-                token=wrong.token,
-                schema=ENVELOPE_SCHEMA,
-                conn_id=self.loyalty_conn_id,
-                base_url=wrong.base_url,
-            )
+            self._post_once(STATUS_PATH, body, headers, ENVELOPE_SCHEMA, via=(poster, wrong))
         except LoyaltyAuthError:
             return True
         except Exception:  # any other answer leaves the token's acceptance unproven
@@ -565,6 +567,15 @@ class LoyaltyHook(BaseHook):
                     "Base URL points at the API (scheme, host and path prefix)"
                 )
         return True, "Connection successful: the API accepted the token (the test task id is unknown, as expected)."
+
+
+def _poster_for(
+    settings: LoyaltyConnectionSettings, session: Callable[[], requests.Session]
+) -> ApiPoster | DirectPoster:
+    """The POSTs of ``settings``: on ``requests`` (``session()``) through a proxy, else ``http.client``."""
+    if settings.proxy_for(settings.base_url):
+        return ApiPoster(session(), settings)
+    return DirectPoster(settings)
 
 
 #: An API error's text that speaks of the caller's credentials: the token refused in the API's own

@@ -299,7 +299,7 @@ def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str
     """An export task id as the API returned it: a non-empty string without control characters
     (surrounding whitespace, as of a value pasted with a newline, dropped)."""
     task_id = export_task_id.strip() if isinstance(export_task_id, str) else None
-    if not task_id or first_control_character(task_id) is not None or len(task_id) > 256:
+    if not task_id or not is_cursor(task_id):  # the same rule as an id the API hands back
         raise LoyaltyValidationError(parameter, f"expected an export task id string, got {export_task_id!r}")
     refuse_rendered_none(task_id, parameter, "expected an export task id (did the XCom it pulls hold nothing?)")
     return task_id
