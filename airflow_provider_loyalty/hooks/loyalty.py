@@ -57,6 +57,21 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024**3
 MAX_EMPTY_PAGES = 1000
 
 
+#: How a zip file starts: a local file header, or the end record of an archive without members.
+_ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _is_an_envelope(response: requests.Response, first_bytes: bytes) -> bool:
+    """Whether a download's reply is the API's envelope in place of the file: any status but 200;
+    or a body that does not start as a zip does and is declared JSON or XML, or starts as one
+    (a zip sent with a JSON or XML Content-Type is still the file)."""
+    if response.status_code != 200:
+        return True
+    if first_bytes.startswith(_ZIP_SIGNATURES):
+        return False
+    return carries_envelope(response.headers) or _looks_like_envelope(first_bytes)
+
+
 def _looks_like_envelope(first_bytes: bytes) -> bool:
     """A zip starts with ``PK``; a JSON or XML error envelope with ``{`` or ``<`` (after blanks and
     a UTF-8 byte order mark, which a PHP source file easily puts before its reply)."""
@@ -339,7 +354,7 @@ class LoyaltyHook(BaseHook):
             with response:
                 chunks = response.iter_content(DOWNLOAD_CHUNK_BYTES)
                 first = next(chunks, b"") if response.status_code == 200 else b""
-                if response.status_code != 200 or carries_envelope(response.headers) or _looks_like_envelope(first):
+                if _is_an_envelope(response, first):
                     self._raise_for_envelope(response, first, chunks)
                 declared = response.headers.get("Content-Length")
                 if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
@@ -435,14 +450,19 @@ class LoyaltyHook(BaseHook):
 
     def _account_page(self, payload: dict[str, Any]) -> dict[str, Any]:
         envelope = self._post(ACCOUNT_PATH, payload, ACCOUNT_SCHEMA)
-        records = _as_record_list(envelope.get("data"))
-        if not isinstance(records, list) or not set(map(type, records)) <= {dict}:
-            raise LoyaltyResponseError("account/transactions: expected 'data' to be a list of objects")
-        total = envelope.get("total_count")
-        if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
-            raise LoyaltyResponseError(f"account/transactions: expected total_count to be an integer, got {total!r}")
-        # A blank cursor is an empty one (the last page); blanks around one are no part of it.
-        next_from_id = cursor_text(envelope.get("next_from_id"), "account/transactions: next_from_id")
+        # The checks below quote the reply, and this endpoint's request carries the token in its
+        # body: a server echoing the request into a field would put it in the error.
+        with token_redacted(self._token()):
+            records = _as_record_list(envelope.get("data"))
+            if not isinstance(records, list) or not set(map(type, records)) <= {dict}:
+                raise LoyaltyResponseError("account/transactions: expected 'data' to be a list of objects")
+            total = envelope.get("total_count")
+            if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
+                raise LoyaltyResponseError(
+                    f"account/transactions: expected total_count to be an integer, got {total!r:.80}"
+                )
+            # A blank cursor is an empty one (the last page); blanks around one are no part of it.
+            next_from_id = cursor_text(envelope.get("next_from_id"), "account/transactions: next_from_id")
         return {"data": records, "next_from_id": next_from_id, "total_count": total}
 
     def iter_account_transaction_pages(self, *, limit: int = 100, **member: Any) -> Iterator[dict[str, Any]]:
@@ -454,26 +474,36 @@ class LoyaltyHook(BaseHook):
         own cursor ends the walk. A ``next_from_id`` that was already followed (a cycle of any
         length), or :data:`MAX_EMPTY_PAGES` empty pages in a row each with a new one, raise
         :class:`LoyaltyCursorError` instead of looping forever.
+
+        Seed 001 does not say whether ``from_id`` is inclusive: an API that reads it so starts each
+        page with the last record of the one before. A record whose ``transaction_id`` the previous
+        page held is dropped (counted in the page's ``duplicates_dropped``), so every transaction
+        comes once under either reading; a page left without records counts as an empty one.
         """
         cursor = validation.check_cursor(member.pop("from_id", None))
         payload = self._account_payload(limit=limit, **member)
         followed: set[str | None] = {cursor}  # one short id per page: bounded by the history's pages
+        previous_ids: set[Any] = set()
         empty_in_a_row = 0
         while True:
             payload["from_id"] = cursor
             page = self._account_page(payload)
+            previous_ids = _drop_repeated_records(page, previous_ids)
             yield page
             next_cursor = page["next_from_id"]
             if not next_cursor or (not page["data"] and next_cursor == cursor):
                 return  # the end: no cursor, or an empty page pointing back at its own
-            if next_cursor in followed:
-                raise LoyaltyCursorError(f"account/transactions: next_from_id {next_cursor!r} repeats; stopping")
-            empty_in_a_row = 0 if page["data"] else empty_in_a_row + 1
-            if empty_in_a_row >= MAX_EMPTY_PAGES:
-                raise LoyaltyCursorError(
-                    f"account/transactions: {empty_in_a_row} empty pages in a row, each with a new next_from_id "
-                    f"(the last {next_cursor!r}); stopping"
-                )
+            with token_redacted(self._token()):  # a cursor is quoted: the server may have put anything in it
+                if next_cursor in followed:
+                    raise LoyaltyCursorError(
+                        f"account/transactions: next_from_id {next_cursor!r:.80} repeats; stopping"
+                    )
+                empty_in_a_row = 0 if page["data"] else empty_in_a_row + 1
+                if empty_in_a_row >= MAX_EMPTY_PAGES:
+                    raise LoyaltyCursorError(
+                        f"account/transactions: {empty_in_a_row} empty pages in a row, each with a new next_from_id "
+                        f"(the last {next_cursor!r:.80}); stopping"
+                    )
             followed.add(next_cursor)
             cursor = next_cursor
 
@@ -584,6 +614,23 @@ _AUTH_WORDS = re.compile(
     r"token|auth|credential|expired|revoked|forbidden|denied|permission|unauthori[sz]ed|not allowed|api[ _-]?key",
     re.IGNORECASE,
 )
+
+
+def _drop_repeated_records(page: dict[str, Any], previous_ids: set[Any]) -> set[Any]:
+    """Drop from ``page`` the records whose ``transaction_id`` the previous page held (an API
+    reading ``from_id`` as inclusive sends the boundary record twice); return this page's ids."""
+    records = page["data"]
+    ids = {_record_id(record) for record in records} - {None}
+    if previous_ids & ids:
+        page["data"] = [record for record in records if _record_id(record) not in previous_ids]
+    page["duplicates_dropped"] = len(records) - len(page["data"])
+    return ids
+
+
+def _record_id(record: dict[str, Any]) -> Any:
+    """A record's ``transaction_id`` when it is one a set holds (text or a number), else ``None``."""
+    transaction_id = record.get("transaction_id")
+    return transaction_id if isinstance(transaction_id, str | int) and transaction_id != "" else None
 
 
 def _as_record_list(data: Any) -> Any:

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import BaseOperator, Context, ObjectStoragePath
@@ -241,7 +241,8 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         return path / _history_file_name(history_key) if _is_directory(path) else path
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Page the member's history into the JSON Lines file; return path, rows and total_count.
+        """Page the member's history into the JSON Lines file; return path, rows, total_count and
+        duplicates_dropped (records repeated at page boundaries, written once).
 
         The file is written under a temporary name and published only once complete and checked,
         so a failed run leaves the previous file untouched.
@@ -254,11 +255,21 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         hook = LoyaltyHook(self.loyalty_conn_id)
         with tempfile.TemporaryDirectory(prefix="loyalty-member-") as workdir:
             local = os.path.join(workdir, "history.jsonl")
-            rows, total_count = self._write_history(hook, local)
+            history = self._write_history(hook, local)
             publish_file(local, target)
-        self.log.info("Member history: %d transaction(s) written to %s", rows, object_location(target))
+        self.log.info(
+            "Member history: %d transaction(s) written to %s (%d repeated at page boundaries, dropped)",
+            history.rows,
+            object_location(target),
+            history.duplicates_dropped,
+        )
         self._written = object_location(target)
-        return {"path": self._written, "rows": rows, "total_count": total_count}
+        return {
+            "path": self._written,
+            "rows": history.rows,
+            "total_count": history.total_count,
+            "duplicates_dropped": history.duplicates_dropped,
+        }
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the API's transactions as input, the history file as the output."""
@@ -268,15 +279,17 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
             getattr(self, "_written", None),
         )
 
-    def _write_history(self, hook: LoyaltyHook, local: str) -> tuple[int, int | None]:
-        """Write every page to ``local``; return the rows and the ``total_count`` they match.
+    def _write_history(self, hook: LoyaltyHook, local: str) -> _History:
+        """Write every page to ``local``; return the rows, the ``total_count`` they match and the
+        records dropped as repeats of the page before (see :meth:`LoyaltyHook.iter_account_transaction_pages`).
 
         Seed 001 says only "Total number of transactions". Read as the member's whole history, the
         last page's count is the one to match (the member may earn points during the walk); read
         as the transactions after the page's ``from_id``, it shrinks page by page and the first
         page's (from the start) is the history's. Either reading that the rows match is complete.
+        More rows than any count so far matches neither: the walk stops there, not at its end.
         """
-        rows = 0
+        rows = dropped = 0
         totals: list[int] = []
         with open(local, "wb") as sink:
             for page in hook.iter_account_transaction_pages(
@@ -292,15 +305,29 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
                 for record in page["data"]:
                     sink.write(json_line(record))
                     rows += 1
+                dropped += page.get("duplicates_dropped", 0)
+                if totals and rows > max(totals):
+                    raise LoyaltyVerificationError(
+                        f"member history: {rows} transactions so far, more than any total_count the API "
+                        f"gave (at most {max(totals)}); stopping"
+                    )
         if not totals:
-            return rows, None
+            return _History(rows, None, dropped)
         first, last = totals[0], totals[-1]
         if rows not in (first, last):
             counted = f"{last}" if first == last else f"{first} on the first page and {last} on the last"
             raise LoyaltyVerificationError(
                 f"member history: wrote {rows} transactions but the API's total_count says {counted}"
             )
-        return rows, rows
+        return _History(rows, rows, dropped)
+
+
+class _History(NamedTuple):
+    """What :meth:`LoyaltyAccountTransactionsOperator._write_history` wrote."""
+
+    rows: int
+    total_count: int | None
+    duplicates_dropped: int
 
 
 def _history_file_name(history_key: dict[str, Any]) -> str:

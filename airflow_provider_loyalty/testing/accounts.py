@@ -56,10 +56,15 @@ def account_transactions_page(params: RequestParams, config: EmulatorConfig) -> 
         raise ApiError(1004, "Member profile not found")
     stream = member_stream_for(config, member)
     total = len(stream)
-    start = 0 if from_id is None else stream.first_index_after(from_id, 0, total, inclusive=False)
+    # The pages read from_id as the exports do (config.cursor_mode): after it, or from it on.
+    inclusive = config.cursor_mode != "exclusive"
+    start = 0 if from_id is None else stream.first_index_after(from_id, 0, total, inclusive=inclusive)
     end = min(start + limit, total)
     rows = [stream.transaction(i) for i in range(start, end)]
-    next_from_id = rows[-1]["transaction_id"] if rows and end < total else ""
+    next_from_id = ""
+    if rows and end < total:
+        next_row = end if config.cursor_mode == "next_row" else end - 1
+        next_from_id = stream.transaction_id(next_row)
     return success(data=rows, next_from_id=next_from_id, total_count=total)
 
 

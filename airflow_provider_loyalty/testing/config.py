@@ -25,6 +25,7 @@ __all__ = [
 #: ``inclusive``: next_from_id = last row of the batch, next export returns ids >= from_id (the
 #: boundary row repeats, so ``batch_size`` must be >= 2 for an export loop to make progress).
 #: ``next_row``: next_from_id = first row of the next batch, export returns ids >= from_id.
+#: Member history pages read ``from_id`` the same way (``inclusive``: ``limit`` >= 2 to progress).
 CURSOR_MODES: tuple[str, ...] = ("exclusive", "inclusive", "next_row")
 #: ``seed``: ':' in the dates becomes ' ' (as in the API documentation's example); ``colon``: ':'
 #: kept; ``plain``: '-'; ``encoded``: as ``seed``, but the status reply sends the name

@@ -45,9 +45,10 @@ def encode_request(payload: dict[str, Any], content_type: str) -> tuple[bytes, d
 
 
 def carries_envelope(headers: Mapping[str, str]) -> bool:
-    """Whether a reply declares a JSON or XML body: an envelope, where a file was expected."""
-    content_type = (headers.get("Content-Type") or "").lower()
-    return any(media in content_type for media in _ENVELOPE_MEDIA)
+    """Whether a reply declares a JSON or XML body: an envelope, where a file was expected. Only
+    the media type counts, not its parameters (``application/zip; name="T.xml.zip"`` is a zip)."""
+    media_type = (headers.get("Content-Type") or "").split(";", 1)[0].lower()
+    return any(media in media_type for media in _ENVELOPE_MEDIA)
 
 
 def parse_retry_after(value: str | None) -> float | None:

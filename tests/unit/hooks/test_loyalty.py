@@ -712,6 +712,48 @@ def test_a_page_of_something_else_is_refused(monkeypatch: pytest.MonkeyPatch) ->
             list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
 
 
+@pytest.mark.parametrize(
+    ("pages", "dropped"),
+    [
+        # from_id read as inclusive: each page starts with the last record of the one before
+        ([(["t1", "t2"], "t2"), (["t2", "t3"], "t3"), (["t3", "t4"], "")], [0, 1, 1]),
+        # an overlap of more than one record, and a page of nothing new (still followed)
+        ([(["t1", "t2", "t3"], "t2"), (["t2", "t3"], "t3"), (["t3", "t4"], "")], [0, 2, 1]),
+    ],
+    ids=["inclusive", "wider-overlap"],
+)
+def test_records_the_previous_page_held_are_dropped(monkeypatch: pytest.MonkeyPatch, pages, dropped) -> None:
+    """Exactly once under either reading of from_id (DESIGN: dedupe on transaction_id at the
+    boundaries): the boundary record came twice from an API reading it as inclusive."""
+    with loopback_server(_served_in_turn(pages)) as server:
+        _point_at_server(monkeypatch, server.url)
+        walked = list(LoyaltyHook().iter_account_transaction_pages(**MEMBER, email="m@example.com"))
+    assert [record["transaction_id"] for page in walked for record in page["data"]] == ["t1", "t2", "t3", "t4"]
+    assert [page["duplicates_dropped"] for page in walked] == dropped
+
+
+@pytest.mark.parametrize("field", ["total_count", "next_from_id"])
+def test_a_reply_echoing_the_request_keeps_the_token_out_of_the_error(
+    monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    """This endpoint's request carries the token in its body; a server that echoed the request into
+    ``total_count`` or ``next_from_id`` had it quoted, whole, in the error (checked after the
+    request's own redaction)."""
+    token = "echoed-t0ken-5d1f0c7e9a"
+
+    def respond(handler, server) -> None:
+        request = json.loads(server.requests[-1].body)
+        document = {"data": [], "next_from_id": "", "total_count": 0, "error": 0}
+        document[field] = request if field == "total_count" else f"?token={request['token']}&from_id=" + "f" * 300
+        _json_reply(handler, 200, document)
+
+    with loopback_server(respond) as server:
+        _point_at_server(monkeypatch, server.url, token=token)
+        with pytest.raises(LoyaltyResponseError, match=field) as caught:
+            list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
+    assert token[:8] not in str(caught.value) and token[:8] not in repr(caught.value)
+
+
 def test_a_cursor_that_repeats_after_records_stops_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
     pages = [(["t1", "t2"], "t2"), (["t3"], "t2")]
     with loopback_server(_served_in_turn(pages)) as server:
@@ -1053,6 +1095,26 @@ def test_an_error_envelope_after_a_byte_order_mark_is_the_api_error_not_the_file
             LoyaltyHook().download_export("abc/Transactions.zip", tmp_path / "b.zip")
     assert (caught.value.code, caught.value.text) == (1008, "File expired")
     assert list(tmp_path.iterdir()) == []  # nothing written as the zip
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "text/xml; charset=utf-8", 'application/zip; name="Transactions.xml.zip"'],
+    ids=["json", "xml", "xml-in-a-parameter"],
+)
+def test_a_zip_under_a_json_or_xml_content_type_is_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, content_type: str
+) -> None:
+    """A body that starts as a zip does is the file, whatever a misconfigured server labels it; it
+    was read as an envelope ("reply is not valid JSON"), and ``xml`` in a parameter of the zip's
+    own media type made it "not the API's JSON or XML: check the connection's host"."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("Transactions.csv", "transaction_id\nt1\n")
+    with loopback_server(lambda handler, _server: send(handler, 200, buffer.getvalue(), content_type)) as server:
+        _point_at_server(monkeypatch, server.url)
+        written = LoyaltyHook().download_export("abc/Transactions.zip", tmp_path / "b.zip")
+    assert (tmp_path / "b.zip").read_bytes() == buffer.getvalue() and written == len(buffer.getvalue())
 
 
 def test_a_failed_download_leaves_a_file_already_at_the_path_as_it_was(

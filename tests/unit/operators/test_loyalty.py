@@ -844,6 +844,20 @@ class TestLoyaltyAccountTransactionsOperator:
         assert isinstance(records[0]["amount"], str)  # exact decimal text, never a float
         assert isinstance(records[0]["canceled"], bool)
 
+    @pytest.mark.parametrize(("cursor_mode", "dropped"), [("exclusive", 0), ("inclusive", 2), ("next_row", 0)])
+    def test_every_transaction_once_whichever_way_the_api_reads_from_id(
+        self, emulator: LoyaltyEmulator, tmp_path, cursor_mode, dropped
+    ):
+        """Seed 001 does not say whether ``from_id`` is inclusive. An API that reads it so starts
+        each page with the previous page's last record: it was written twice, and the count
+        check then refused a complete history (252 rows against a total_count of 250)."""
+        emulator.config.cursor_mode = cursor_mode
+        result = member_operator(tmp_path).execute({})
+        ids = [record["transaction_id"] for record in read_jsonl(result["path"])]
+        assert len(ids) == len(set(ids)) == result["rows"] == result["total_count"] == 250
+        assert ids == sorted(ids)
+        assert result["duplicates_dropped"] == dropped
+
     @pytest.mark.parametrize(
         "member",
         [
@@ -1080,6 +1094,35 @@ def test_a_member_history_is_checked_against_either_reading_of_total_count(
         result = member_operator(tmp_path).execute({})
     assert (result["rows"], result["total_count"]) == (rows, rows)
     assert [record["transaction_id"] for record in read_jsonl(result["path"])] == [f"t{n}" for n in range(1, rows + 1)]
+
+
+def test_a_history_that_outgrows_every_total_count_stops_at_once(monkeypatch, tmp_path) -> None:
+    """A server sending the same record under a new cursor on every page (total_count 1) was
+    followed until 1,000 empty pages: now the walk stops once the rows pass every count given."""
+    from tests.reliability.support import fake_api, loopback_server
+
+    served: list[int] = []
+
+    def respond(handler, server) -> None:
+        if not handler.path.endswith("/account/transactions"):
+            return fake_api()(handler, server)
+        served.append(1)
+        records = [{"transaction_id": f"t{len(served)}"}]
+        document = {"data": records, "next_from_id": f"c{len(served)}", "total_count": 1, "error": 0}
+        body = json.dumps(document).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        with pytest.raises(LoyaltyVerificationError, match="2 transactions so far, more than any total_count"):
+            member_operator(tmp_path).execute({})
+    assert len(served) == 2
+    assert not (tmp_path / "member.jsonl").exists()
 
 
 def _validation() -> Any:
