@@ -71,6 +71,8 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        if not validation.is_template(export_task_id):  # a literal id that can never work fails the DAG's parse
+            export_task_id = validation.check_task_id(export_task_id)
         self.export_task_id = export_task_id
         self.loyalty_conn_id = loyalty_conn_id
         self.deferrable = validation.parse_bool(deferrable, "deferrable")

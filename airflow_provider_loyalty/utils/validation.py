@@ -34,8 +34,18 @@ _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
 
 def is_template(value: Any) -> bool:
-    """Whether ``value`` is a not-yet-rendered Jinja string (checked again at task start)."""
-    return isinstance(value, str) and any(marker in value for marker in _TEMPLATE_MARKERS)
+    """Whether ``value`` is known only at run time (checked again at task start): a not-yet-rendered
+    Jinja string, or what Airflow resolves when the task runs, such as a TaskFlow output
+    (``XComArg``) or a mapped task group's argument (``MappedArgument``)."""
+    if isinstance(value, str):
+        return any(marker in value for marker in _TEMPLATE_MARKERS)
+    return _resolved_at_run_time(value)
+
+
+def _resolved_at_run_time(value: Any) -> bool:
+    """Whether ``value`` is one of Airflow's run-time references (its ``ResolveMixin``: a
+    ``resolve`` and an ``iter_references`` method; the class's module moves between releases)."""
+    return callable(getattr(value, "iter_references", None)) and callable(getattr(value, "resolve", None))
 
 
 def first_control_character(text: str) -> str | None:
@@ -231,6 +241,8 @@ def check_output_path(output_path: Any, expected: str) -> Any:
     """
     if isinstance(output_path, os.PathLike) or callable(getattr(output_path, "joinpath", None)):
         return output_path  # a pathlib path, or an ObjectStoragePath (a universal_pathlib path)
+    if _resolved_at_run_time(output_path):
+        return output_path  # a TaskFlow output: checked once the task runs, as a template is
     if output_path is not None and not isinstance(output_path, str):
         raise LoyaltyValidationError(
             "output_path",

@@ -321,9 +321,13 @@ def test_an_export_task_id_pasted_with_a_newline_is_that_task(emulator: LoyaltyE
     assert getattr(resumed, caught.value.method_name)(CONTEXT, event=event)["total"] == 1000
 
 
-def test_a_blank_export_task_id_fails_naming_it_before_any_request(emulator: LoyaltyEmulator) -> None:
-    with pytest.raises(LoyaltyValidationError, match="export_task_id"):
-        make_sensor(" \n").execute(CONTEXT)
+@pytest.mark.parametrize("literal", [" \n", "None", "task_a\nb", "t" * 300, 42], ids=str)
+def test_a_literal_export_task_id_that_cannot_work_fails_when_the_dag_is_parsed(
+    emulator: LoyaltyEmulator, literal: Any
+) -> None:
+    """As the export operators refuse it: the sensor accepted these and failed only once it ran."""
+    with pytest.raises(LoyaltyValidationError, match=r"^export_task_id: "):
+        make_sensor(literal)
     assert emulator.stats()["requests_total"] == 0
 
 
