@@ -273,6 +273,19 @@ class LocationLease:
         self._tag = tag
         self._renewed_at = time.monotonic()
 
+    def keep(self) -> None:
+        """Before a write: make sure the lease is still ours (:meth:`check`), renewing it instead
+        when a third of it has passed (:meth:`renew` checks too). A seal of thousands of parts, or
+        of slow server-side copies, outlasted its lease with no batch left to renew it: another
+        export took the location over in the middle of it.
+
+        :raises LoyaltyLocationBusyError: the lease was taken by someone else meanwhile.
+        """
+        if self._tag is not None and time.monotonic() - self._renewed_at >= self.seconds / 3:
+            self.renew()
+        else:
+            self.check()
+
     def check(self) -> None:
         """Make sure the lease is still ours before a write that says where the export stands (one
         read): a try Airflow gave up on (a missed heartbeat) whose retry took the location over
@@ -320,8 +333,9 @@ class LocationLease:
 
 class LeasedSink(DelegatingSink):
     """The location as its writer writes it: every write first makes sure the lease is still the
-    writer's (:meth:`LocationLease.check`, one read), and a part upload, long enough for a stalled
-    process to outlive its lease, makes sure again after it, before anything records the part.
+    writer's (:meth:`LocationLease.keep`: one read, or a renewal when a third of the lease has
+    passed, so a long seal keeps it), and a part upload, long enough for a stalled process to
+    outlive its lease, makes sure again after it, before anything records the part.
 
     A writer whose lease another export took (it had expired while this one stalled, or Airflow
     started another try) stops at its next write instead of writing over the other's parts,
@@ -336,31 +350,31 @@ class LeasedSink(DelegatingSink):
         self.lease = lease
 
     def put_file(self, name: str, local_path: str, sha256: str | None = None) -> None:
-        self.lease.check()
+        self.lease.keep()
         super().put_file(name, local_path, sha256)
         self.lease.check()
 
     def write_bytes(self, name: str, payload: bytes) -> None:
-        self.lease.check()
+        self.lease.keep()
         super().write_bytes(name, payload)
 
     def write_json(self, name: str, document: dict[str, Any]) -> str:
-        self.lease.check()
+        self.lease.keep()
         return super().write_json(name, document)
 
     def create_exclusive(self, name: str, payload: bytes) -> str | None:
-        self.lease.check()
+        self.lease.keep()
         return super().create_exclusive(name, payload)
 
     def replace_if(self, name: str, payload: bytes, tag: str) -> str | None:
-        self.lease.check()
+        self.lease.keep()
         return super().replace_if(name, payload, tag)
 
     def delete(self, names: list[str]) -> None:
         if names:
-            self.lease.check()
+            self.lease.keep()
             super().delete(names)
 
     def move(self, source: str, target: str) -> None:
-        self.lease.check()
+        self.lease.keep()
         super().move(source, target)

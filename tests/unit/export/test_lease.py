@@ -461,6 +461,44 @@ def test_a_writer_that_stalled_past_its_lease_stops_at_its_next_write(
     assert not (tmp_path / "location" / "_parts").exists()  # A recorded nothing after losing the lease
 
 
+def test_a_seal_longer_than_the_lease_keeps_it(
+    emulator: LoyaltyEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A re-run's seal moves every staged part into place; with no batch left, nothing renewed the
+    lease, and a seal outlasting it (thousands of parts, slow copies) let another export take the
+    location over in its middle: the re-run failed with its new manifest in place, the other with
+    a final error. Now each of the seal's writes renews the lease once a third of it has passed."""
+    from airflow_provider_loyalty.export import lease as lease_module
+    from airflow_provider_loyalty.export.sinks import ObjectStorageSink
+
+    target = {"output_path": str(tmp_path / "location")}
+    make_operator(target).execute(context_for(*SEPTEMBER, ti=task_instance(run_id="first")))
+    monkeypatch.setattr(lease_module.LocationLease.__init__, "__kwdefaults__", {"seconds": 0.6, "stop": None})
+    original_move = ObjectStorageSink.move
+    moves: list[str] = []
+    other: dict[str, Any] = {}
+
+    def slow_move(self: ObjectStorageSink, source: str, target_name: str) -> None:
+        moves.append(target_name)
+        time.sleep(0.4)  # a server-side copy of a large part
+        if len(moves) == 2:  # the lease of 0.6 s has run out by now unless the seal renewed it
+            try:
+                make_operator(target).execute(context_for(*OCTOBER, ti=task_instance(run_id="october")))
+            except BaseException as error:
+                other["error"] = error
+        original_move(self, source, target_name)
+
+    monkeypatch.setattr(ObjectStorageSink, "move", slow_move)
+    rerun = make_operator(target).execute(context_for(*SEPTEMBER, ti=task_instance(run_id="rerun")))
+    assert len(moves) >= 2
+    assert isinstance(other.get("error"), LoyaltyLocationBusyError), other
+    assert "tests/rerun/export" in str(other["error"])  # the other export was told who holds the location
+    manifest = json.loads((tmp_path / "location" / MANIFEST_NAME).read_text())
+    assert manifest["date_from"].startswith("2023-09-01") and manifest["total_rows"] == rerun["total_rows"]
+    report = verify_manifest(manifest_location(target))
+    assert report.intact, report.to_text()
+
+
 def test_a_finished_export_in_another_output_format_is_not_adopted(
     emulator: LoyaltyEmulator, target: dict[str, Any], request: pytest.FixtureRequest
 ):
