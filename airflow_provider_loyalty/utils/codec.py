@@ -54,7 +54,7 @@ import defusedxml.ElementTree as SafeET
 import msgspec
 from defusedxml import DefusedXmlException
 
-from airflow_provider_loyalty.exceptions import LoyaltyResponseError
+from airflow_provider_loyalty.exceptions import LoyaltyResponseError, LoyaltyValidationError
 from airflow_provider_loyalty.utils.redaction import clip
 
 
@@ -95,11 +95,21 @@ STATUS_SCHEMA: Schema = {
         },
     },
 }
-#: ``loyalty/account/transactions``: ``data`` is a list of transactions.
+#: ``loyalty/account/transactions``: ``data`` is a list of transactions. Their fields are written
+#: to the history file, never read by the provider: each is of its type when it reads as one, else
+#: kept as sent (one promo id of ``"SUMMER-2023"`` refused a whole history).
 ACCOUNT_SCHEMA: Schema = {
     "error": _INT,
     "total_count": _INT,
-    "data": [{"promo_iid": _INT, "source_iid": _INT, "source_subiid": _INT, "is_temp": _BOOL, "canceled": _BOOL}],
+    "data": [
+        {
+            "promo_iid": Informational(_INT),
+            "source_iid": Informational(_INT),
+            "source_subiid": Informational(_INT),
+            "is_temp": Informational(_BOOL),
+            "canceled": Informational(_BOOL),
+        }
+    ],
 }
 
 MIME_TYPES = {"json": "application/json", "xml": "application/xml"}
@@ -125,7 +135,18 @@ def _xml_field(name: str, value: Any) -> str:
         inner = "".join(_xml_field(str(key), item) for key, item in value.items() if item is not None)
         return f"<{name}>{inner}</{name}>"
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if refused := _NOT_XML.search(text):  # the value itself is not quoted: it may be the token
+        raise LoyaltyValidationError(
+            name,
+            f"holds U+{ord(refused.group()):04X} at position {refused.start()}, a character an XML body cannot "
+            "carry (XML 1.0); send it with content_type json, or remove it",
+        )
     return f"<{name}>{xml_escape(text)}</{name}>"
+
+
+#: What XML 1.0 cannot carry (its ``Char`` production): C0 controls but tab, newline and carriage
+#: return, lone surrogates, U+FFFE and U+FFFF.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def decode_body(body: bytes, content_type_header: str | None, *, schema: Schema = ENVELOPE_SCHEMA) -> dict[str, Any]:
@@ -272,6 +293,7 @@ def _decode_xml(body: bytes, schema: _Compiled, content_type_header: str | None 
     collecting = gc.isenabled()
     gc.disable()
     try:
+        body = _in_the_charset_that_reads_it(body, content_type_header)
         try:
             root = _parse_xml(body)
         except LoyaltyResponseError:
@@ -294,6 +316,41 @@ def _decode_xml(body: bytes, schema: _Compiled, content_type_header: str | None 
     finally:
         if collecting:
             gc.enable()
+
+
+def _in_the_charset_that_reads_it(body: bytes, content_type_header: str | None) -> bytes:
+    """``body`` as the parser should read it when its Content-Type's charset and its own encoding
+    declaration (UTF-8 when it has none) disagree; else ``body`` unchanged.
+
+    RFC 7303 makes the Content-Type's charset the authority, but the two disagree mostly where one
+    is a fixed template (a prolog saying ``ISO-8859-1`` over UTF-8 text, or a default header): a
+    single-byte charset reads any bytes, so reading by the wrong one garbles text without an error.
+    So when either says UTF-8 and the body is valid UTF-8, it is read as UTF-8 (other text is
+    valid UTF-8 by chance almost never); otherwise the Content-Type's charset decides, when the
+    body is valid in it.
+    """
+    header_charset = _declared_charset(content_type_header)
+    if header_charset is None:
+        return body
+    try:
+        by_header = codecs.lookup(header_charset).name
+        declared = _declared_xml_encoding(body)
+        by_declaration = codecs.lookup(declared).name if declared else "utf-8"
+    except LookupError:
+        return body  # a name Python does not know: the parse and its fallbacks decide
+    if by_header == by_declaration or body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return body
+    if "utf-8" in (by_header, by_declaration) and _is_utf8(body):
+        return body if by_declaration == "utf-8" else (_xml_as_utf8(body, "utf-8") or body)
+    return _xml_as_utf8(body, by_header) or body
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _xml_in_declared_charset(

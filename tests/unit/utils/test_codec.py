@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_loyalty.exceptions import LoyaltyResponseError
+from airflow_provider_loyalty.exceptions import LoyaltyResponseError, LoyaltyValidationError
 from airflow_provider_loyalty.utils.codec import (
     ACCOUNT_SCHEMA,
     ENVELOPE_SCHEMA,
@@ -291,10 +291,12 @@ def test_a_boolean_sent_as_zero_or_one_is_a_boolean_in_both_formats(sent: Any, m
     )
 
 
-def test_a_boolean_sent_as_another_integer_is_refused_naming_the_field() -> None:
+def test_a_history_boolean_sent_as_another_integer_is_kept_as_sent() -> None:
+    """Not a boolean, so not made one (2 is not True); written to the history file as the API sent
+    it, as every record field the provider does not read (it refused the whole history before)."""
     document = envelope([{"transaction_id": "t1", "canceled": 2}], total_count=1, next_from_id="")
-    with pytest.raises(LoyaltyResponseError, match="canceled"):
-        decode_body(json.dumps(document).encode(), "application/json", schema=ACCOUNT_SCHEMA)
+    decoded = decode_body(json.dumps(document).encode(), "application/json", schema=ACCOUNT_SCHEMA)
+    assert decoded["data"][0]["canceled"] == 2 and decoded["data"][0]["canceled"] is not True
 
 
 def test_a_decimal_progress_is_a_number_in_both_formats() -> None:
@@ -493,6 +495,22 @@ def test_request_bodies_leave_out_none_and_write_booleans_as_words() -> None:
         encode_body(payload, "xml")
         == b"<xml><task_id>t&amp;&lt;1&gt;</task_id><flag>true</flag><limit>20</limit></xml>"
     )
+
+
+@pytest.mark.parametrize(
+    "text", ["x\ud800", "x\ufffe", "a\x00b", "line\x0bfeed"], ids=["surrogate", "fffe", "nul", "vt"]
+)
+def test_a_value_an_xml_body_cannot_carry_is_refused_naming_its_field(text: str) -> None:
+    """A lone surrogate failed with a bare UnicodeEncodeError; U+FFFE and C0 controls were sent in
+    a body no XML parser reads. JSON carries them all (escaped)."""
+    with pytest.raises(LoyaltyValidationError, match=r"^field_value: holds U\+[0-9A-F]{4} at position \d") as caught:
+        encode_body({"field_name": "user_id", "field_value": text}, "xml")
+    assert text not in str(caught.value)  # the value itself is never quoted: it may be the token
+    assert json.loads(encode_body({"field_value": text}, "json")) == {"field_value": text}
+
+
+def test_tabs_and_line_breaks_stay_in_an_xml_body() -> None:
+    assert encode_body({"field_value": "a\tb\r\nc"}, "xml") == b"<xml><field_value>a\tb\r\nc</field_value></xml>"
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/octet-stream"])

@@ -213,6 +213,42 @@ def test_xml_reads_in_the_encoding_its_declaration_names(encoding: str, text: st
     assert decode_body(declared, content_type.format(encoding)) == expected
 
 
+@pytest.mark.parametrize("declared", ["ISO-8859-1", "windows-1251", "latin-1"])
+def test_utf8_text_under_a_prolog_naming_another_encoding_reads_as_the_content_type_says(declared: str) -> None:
+    """A fixed prolog (``encoding="ISO-8859-1"``) over UTF-8 text, sent as ``charset=utf-8``: read
+    by the prolog, every accented or Cyrillic letter came out garbled, with no error (a single-byte
+    encoding reads any bytes). RFC 7303: the Content-Type's charset decides."""
+    body = (
+        f'<?xml version="1.0" encoding="{declared}"?><xml><data><item><transaction_id>t1</transaction_id>'
+        "<description>café Привет €</description></item></data><error>0</error></xml>"
+    ).encode()
+    document = decode_body(body, "application/xml; charset=utf-8", schema=ACCOUNT_SCHEMA)
+    assert document["data"][0]["description"] == "café Привет €"
+
+
+def test_text_in_the_content_types_charset_under_a_utf8_prolog_reads_in_that_charset() -> None:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?><xml><data><item><transaction_id>t1</transaction_id>'
+        "<description>Привет</description></item></data><error>0</error></xml>"
+    ).encode("cp1251")
+    document = decode_body(body, "application/xml; charset=windows-1251", schema=ACCOUNT_SCHEMA)
+    assert document["data"][0]["description"] == "Привет"
+
+
+@pytest.mark.parametrize("kind", ["json", "xml"])
+def test_a_history_record_field_not_of_its_type_is_kept_as_sent(kind: str) -> None:
+    """The provider writes these fields to the history file and reads none of them: one promo id
+    of ``"SUMMER-2023"`` refused the whole history. A value that reads as its type still is one."""
+    record = {"transaction_id": "t1", "promo_iid": "SUMMER-2023", "source_iid": "7", "canceled": "0", "is_temp": "n/a"}
+    if kind == "json":
+        body, content_type = json.dumps({"data": [record], "error": 0}).encode(), "application/json"
+    else:
+        fields = "".join(f"<{name}>{value}</{name}>" for name, value in record.items())
+        body, content_type = f"<xml><data><item>{fields}</item></data><error>0</error></xml>".encode(), "text/xml"
+    decoded = decode_body(body, content_type, schema=ACCOUNT_SCHEMA)["data"][0]
+    assert decoded == {**record, "source_iid": 7, "canceled": False}
+
+
 def test_a_declared_multi_byte_encoding_still_refuses_a_dtd() -> None:
     body = '<?xml version="1.0" encoding="GBK"?><!DOCTYPE xml [<!ENTITY a "操">]><xml><error>&a;</error></xml>'
     with pytest.raises(LoyaltyResponseError, match="refused for safety"):
