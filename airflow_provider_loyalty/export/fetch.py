@@ -17,7 +17,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyExportStopped, LoyaltyNotFoundError
+from airflow_provider_loyalty.exceptions import (
+    LoyaltyApiError,
+    LoyaltyAuthError,
+    LoyaltyError,
+    LoyaltyExportStopped,
+    LoyaltyNotFoundError,
+    LoyaltyTransientError,
+)
 from airflow_provider_loyalty.export.progress import PendingTask
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
@@ -125,7 +132,20 @@ class BatchFetcher:
             return FetchedBatch(task, status)
         archive = os.path.join(self.workdir, f"{task.task_id}.zip")
         started = time.monotonic()
-        size = self.hook.download_export(result.hashed_file, archive, max_bytes=self.max_download_bytes, stop=self.stop)
+        try:
+            size = self.hook.download_export(
+                result.hashed_file, archive, max_bytes=self.max_download_bytes, stop=self.stop
+            )
+        except LoyaltyApiError as error:
+            if result.total != 0 or not file_gone(error):
+                raise
+            self.log.info(
+                "Export task %s: 0 rows, and its file is not there (%s): nothing to land", task.task_id, error
+            )
+            return FetchedBatch(task, status)
+        if size == 0 and result.total == 0:  # no zip at all, not even an empty one: no rows either
+            os.unlink(archive)
+            return FetchedBatch(task, status)
         return FetchedBatch(task, status, archive, size, time.monotonic() - started)
 
     def fetch(self, task: PendingTask, on_wait: Callable[[], None] | None = None) -> FetchedBatch:
@@ -180,3 +200,10 @@ class Prefetcher:
         self.fetcher.stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.fetcher.hook.close()
+
+
+def file_gone(error: LoyaltyApiError) -> bool:
+    """An API error in place of a batch's file: it expired or was removed (not auth, not a fault)."""
+    return isinstance(error, LoyaltyNotFoundError) or (
+        not isinstance(error, LoyaltyAuthError | LoyaltyTransientError) and error.http_status in (None, 200, 404, 410)
+    )

@@ -41,7 +41,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyVerificationError,
 )
 from airflow_provider_loyalty.export.archive import ArchiveLimits, PartStats, write_part
-from airflow_provider_loyalty.export.fetch import BatchFetcher, FetchedBatch, Prefetcher
+from airflow_provider_loyalty.export.fetch import BatchFetcher, FetchedBatch, Prefetcher, file_gone
 from airflow_provider_loyalty.export.layout import (
     CHECKPOINT_NAME,
     MANIFEST_NAME,
@@ -380,7 +380,7 @@ class ExportLoop:
         except LoyaltyResponseError as error:  # its status reply (read ahead, too) cannot be used
             raise self._unusable_reply(task, error) from None
         except LoyaltyApiError as error:
-            if _file_gone(error):
+            if file_gone(error):
                 raise _BatchUnusable(str(error)) from None
             raise
         return FetchedBatch(task, status) if status.state.is_terminal else None
@@ -475,7 +475,7 @@ class ExportLoop:
         try:
             return self.fetcher.download(task, status)
         except (LoyaltyNotFoundError, LoyaltyApiError) as error:
-            if isinstance(error, LoyaltyNotFoundError) or _file_gone(error):
+            if isinstance(error, LoyaltyNotFoundError) or file_gone(error):
                 raise _BatchUnusable(f"the file of export task {task.task_id} cannot be downloaded: {error}") from None
             raise
 
@@ -790,13 +790,3 @@ def _epoch(timestamp: Any) -> float:
     except (ValueError, TypeError):
         return 0.0
     return parsed.timestamp() if isinstance(parsed, pendulum.DateTime) else 0.0
-
-
-def _file_gone(error: LoyaltyApiError) -> bool:
-    """An API error in place of a batch's file: it expired or was removed (not auth, not a fault)."""
-    return not isinstance(error, LoyaltyAuthError | LoyaltyTransientError) and error.http_status in (
-        None,
-        200,
-        404,
-        410,
-    )

@@ -199,7 +199,7 @@ class LoyaltyApi:
         """
         task = self.tasks.by_file(hashed_file)
         now = time.monotonic()
-        if task is None or not task.completed(now):
+        if task is None or not task.completed(now) or (task.total == 0 and task.spec.empty_style == "file_not_found"):
             raise ApiError(1005, "Download not found")
         ttl = self.config.file_ttl
         if task.expired or (ttl is not None and now - task.completed_at() > ttl):

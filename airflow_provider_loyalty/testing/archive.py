@@ -71,7 +71,8 @@ class ArchiveSpec:
     :param csv_bom: start each member with a UTF-8 byte order mark.
     :param line_ending: ``crlf`` or ``lf``.
     :param empty_style: how a batch without rows looks (``header_only``, ``zero_byte_csv``,
-        ``no_member``; the ``hashed_file`` styles zip a header-only member).
+        ``no_member``, ``zero_byte_file``: no zip at all; the ``hashed_file`` styles zip a
+        header-only member).
     :param member_order: ``name`` (the directory lists the members in name and row order) or
         ``reversed``.
     """
@@ -165,6 +166,8 @@ def write_export_zip(
     """
     hi = batch.hi - 1 if drop_last_row and batch.total > 0 else batch.hi
     csv_bytes = 0
+    if batch.total == 0 and spec.empty_style == "zero_byte_file":
+        return 0  # an empty body: no zip at all
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=spec.compresslevel) as archive:
         if batch.total == 0 and spec.empty_style == "no_member":
             pass

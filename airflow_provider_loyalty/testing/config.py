@@ -45,13 +45,17 @@ ZIP_MEMBER_ORDERS: tuple[str, ...] = ("name", "reversed")
 #: How an export task with ``total`` 0 says "nothing": ``header_only`` (a zip whose CSV holds the
 #: header row), ``zero_byte_csv`` (a zip with an empty CSV member), ``no_member`` (a zip with no
 #: member), ``empty_hashed_file`` (``hashed_file`` is ``""``), ``missing_hashed_file`` (no
-#: ``hashed_file`` key in the result).
+#: ``hashed_file`` key in the result), ``zero_byte_file`` (a ``hashed_file`` whose download is
+#: empty, no zip at all), ``file_not_found`` (a ``hashed_file`` whose download answers 1005, not
+#: found).
 EMPTY_EXPORT_STYLES: tuple[str, ...] = (
     "header_only",
     "zero_byte_csv",
     "no_member",
     "empty_hashed_file",
     "missing_hashed_file",
+    "zero_byte_file",
+    "file_not_found",
 )
 #: ``int``: ``progress`` is an integer 0..100; ``decimal``: a number with one decimal (``42.5``).
 PROGRESS_STYLES: tuple[str, ...] = ("int", "decimal")

@@ -341,6 +341,14 @@ def test_unsafe_member_names(tmp_path, name):
         _verify(tmp_path, _zip_of({name: CSV}))
 
 
+@pytest.mark.parametrize("name", ["./Transactions.csv", "exports/./Transactions.csv"])
+def test_a_member_name_with_a_dot_segment_is_read(tmp_path, name):
+    """A '.' segment names no other place (PHP's ``ZipArchive::addFile('./x.csv')`` writes one): it
+    was refused as unsafe, and every retry of the batch refused it again."""
+    stats = _verify(tmp_path, _zip_of({name: CSV}))
+    assert (stats.rows, stats.tail_ids) == (1, ["id-1"])
+
+
 def test_corrupt_zip_and_bad_crc(tmp_path):
     with pytest.raises(LoyaltyVerificationError, match="corrupt"):
         _verify(tmp_path, b"PK\x03\x04 definitely not a zip")

@@ -20,7 +20,7 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, MANIFEST_NAME
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
-from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from airflow_provider_loyalty.testing import EMPTY_EXPORT_STYLES, EmulatorConfig, FaultRule, LoyaltyEmulator
 from tests.support.helpers import all_transaction_ids, csv_ids, point_connection_at, wait_for
 from tests.support.operator_driver import (
     DeferralLog,
@@ -109,10 +109,10 @@ def test_an_adopted_running_task_is_checkpointed_before_deferral(emulator: Loyal
 # ---------------------------------------------------------------------------------------- 13.10
 
 
-@pytest.mark.parametrize(
-    "style", ["header_only", "zero_byte_csv", "no_member", "empty_hashed_file", "missing_hashed_file"]
-)
+@pytest.mark.parametrize("style", EMPTY_EXPORT_STYLES)
 def test_an_empty_period_is_a_manifest_of_zero_rows(emulator: LoyaltyEmulator, tmp_path, style):
+    """Every way an API may say "no rows"; a ``hashed_file`` whose download is empty or not found
+    (``total`` 0: there is nothing to lose) had the batch created three times, then failed."""
     emulator.config.empty_export_style = style
     context = context_for("2030-01-01T00:00:00Z", "2030-01-02T00:00:00Z")  # no transactions then
     manifest = local_export_operator(tmp_path).execute(context)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_loyalty.testing import TRANSACTION_FIELDS, LoyaltyEmulator
+from airflow_provider_loyalty.testing import EMPTY_EXPORT_STYLES, TRANSACTION_FIELDS, LoyaltyEmulator
 
 
 def test_export_lifecycle(client: Any) -> None:
@@ -320,9 +320,7 @@ EMPTY = {"date_from": "2024-01-01T00:00:00Z", "date_to": "2024-01-31T00:00:00Z"}
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
-@pytest.mark.parametrize(
-    "style", ["header_only", "zero_byte_csv", "no_member", "empty_hashed_file", "missing_hashed_file"]
-)
+@pytest.mark.parametrize("style", EMPTY_EXPORT_STYLES)
 def test_empty_export_styles(emulator_factory: Any, client_factory: Any, style: str, fmt: str) -> None:
     emulator = emulator_factory(transactions=100, empty_export_style=style)
     c = client_factory(emulator, fmt)
@@ -338,7 +336,14 @@ def test_empty_export_styles(emulator_factory: Any, client_factory: Any, style: 
         assert "hashed_file" not in result
         assert set(result) == {"is_api", "loyalty_id", "next_from_id", "points_currency_iid", "total"}
         return
-    members = c.zip_members(c.download(result["hashed_file"]).content)
+    download = c.download(result["hashed_file"])
+    if style == "file_not_found":
+        assert (download.status_code, download.json()["error"]) == (404, 1005)
+        return
+    if style == "zero_byte_file":
+        assert (download.status_code, download.content) == (200, b"")
+        return
+    members = c.zip_members(download.content)
     if style == "no_member":
         assert members == []
     elif style == "zero_byte_csv":
