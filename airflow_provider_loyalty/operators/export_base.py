@@ -28,7 +28,7 @@ from airflow_provider_loyalty.export.sinks import PartSink
 from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.hooks.loyalty import DEFAULT_MAX_DOWNLOAD_BYTES, LoyaltyHook
 from airflow_provider_loyalty.operators.lineage import operator_lineage
-from airflow_provider_loyalty.operators.links import LoyaltyManifestLink
+from airflow_provider_loyalty.operators.links import LoyaltyManifestLink, push_manifest_link
 from airflow_provider_loyalty.triggers.loyalty import (
     defer_until_done,
     status_from_event,
@@ -323,6 +323,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Run the export: in this worker (batch N+1 fetched while N lands), or deferring per batch."""
+        push_manifest_link(context, "")  # the link's XCom exists from the start (see MANIFEST_LINK_KEY)
         loop = self._loop = self.export_loop(context)
         with _closing_unless_deferred(loop):
             progress = loop.begin()
@@ -411,6 +412,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
 
     def _finish(self, context: Context, manifest: dict[str, Any]) -> dict[str, Any]:
         self._manifest_url = str(manifest["manifest"])
+        push_manifest_link(context, self._manifest_url)
         self.on_manifest(context, manifest)
         if self.verify:
             self._verify(manifest)

@@ -18,14 +18,26 @@ def manifest_console_url(manifest_url: str) -> str:
     return manifest_url
 
 
+#: The XCom the export operators push the manifest's URL under: ``""`` as soon as the task starts,
+#: the URL once the manifest is written. Airflow asks every link for its URL when a task defers or
+#: fails too; read from the task's return value, which does not exist then, that logged an
+#: ``XCom not found`` error each time.
+MANIFEST_LINK_KEY = "loyalty_manifest_link"
+
+
+def push_manifest_link(context: Any, manifest_url: str) -> None:
+    """Record the manifest's URL (``""``: none yet) for :class:`LoyaltyManifestLink`."""
+    push = getattr(context.get("ti"), "xcom_push", None)
+    if push is not None:
+        push(key=MANIFEST_LINK_KEY, value=manifest_url)
+
+
 class LoyaltyManifestLink(BaseOperatorLink):
-    """ "Export manifest": opens the manifest the task wrote (read from its XCom return)."""
+    """ "Export manifest": opens the manifest the task wrote (its URL pushed as an XCom)."""
 
     name = "Export manifest"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         """The manifest's console URL, or '' before the task has written one."""
-        value = XCom.get_value(ti_key=ti_key, key="return_value")
-        if isinstance(value, dict) and value.get("manifest"):
-            return manifest_console_url(str(value["manifest"]))
-        return ""
+        value = XCom.get_value(ti_key=ti_key, key=MANIFEST_LINK_KEY)
+        return manifest_console_url(value) if isinstance(value, str) and value else ""

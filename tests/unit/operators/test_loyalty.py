@@ -763,12 +763,20 @@ with DAG("loyalty_manifest_links", schedule=None, start_date=pendulum.datetime(2
     LoyaltyTransactionsToS3Operator(
         task_id="to_s3", s3_bucket=os.environ["LOYALTY_TEST_BUCKET"], s3_key_prefix="links/2023-09", **CURRENCY, **PERIOD
     )
+    LoyaltyExportOperator(
+        task_id="deferred", output_path=os.environ["LOYALTY_TEST_DIR"] + "-deferred", **CURRENCY,
+        **{**PERIOD, "deferrable": True},
+    )
+    LoyaltyExportOperator(
+        task_id="fails", output_path=os.environ["LOYALTY_TEST_DIR"] + "-fails", loyalty_program_id=999,
+        points_currency_eid="bonus_points", **PERIOD,
+    )
 """
 
 
 def test_the_manifest_link_opens_the_manifest_each_export_wrote(airflow_db, s3_server, s3_bucket, tmp_path):
     """Issue 18.3: the task view's "Export manifest" link, as Airflow computes it at the end of a real
-    ``dag.test()`` run (``get_link`` with the task instance's key, reading the XCom return value)
+    ``dag.test()`` run (``get_link`` with the task instance's key, reading the URL the task pushed)
     and stores it as the ``_link_LoyaltyManifestLink`` XCom: the S3 console URL of the manifest for
     an S3 export, the manifest's ``file://`` URL for a local one."""
     import sqlite3
@@ -782,7 +790,7 @@ def test_the_manifest_link_opens_the_manifest_each_export_wrote(airflow_db, s3_s
     dag_file.parent.mkdir()
     dag_file.write_text(textwrap.dedent(LINK_DAG_SOURCE))
     local = tmp_path / "export"
-    with LoyaltyEmulator(EmulatorConfig(transactions=600, batch_size=250, task_duration=0.0)) as emulator:
+    with LoyaltyEmulator(EmulatorConfig(transactions=600, batch_size=250, task_duration=0.3)) as emulator:
         connection = {"conn_type": "loyalty", "host": emulator.url, "password": emulator.token}
         env = {
             "AIRFLOW_CONN_LOYALTY_DEFAULT": json.dumps(connection),
@@ -791,7 +799,13 @@ def test_the_manifest_link_opens_the_manifest_each_export_wrote(airflow_db, s3_s
             "LOYALTY_TEST_BUCKET": s3_bucket,
         }
         outcome = run_dag_test(dag_file, "loyalty_manifest_links", env)
-    assert outcome.tasks == {"to_disk": "success", "to_s3": "success"}, outcome.output[-4000:]
+    assert outcome.tasks == {"to_disk": "success", "to_s3": "success", "deferred": "success", "fails": "failed"}, (
+        outcome.output[-4000:]
+    )
+    assert "Pausing task as DEFERRED" in outcome.output  # the deferrable export did defer
+    # Airflow asks every link for its URL when a task defers or fails too: read from a return value
+    # that did not exist yet, each time logged an error that read like a second failure.
+    assert "XCom not found" not in outcome.output
     with sqlite3.connect(Path(airflow_db) / "airflow.db") as db:
         stored = db.execute(
             "SELECT task_id, key, value FROM xcom WHERE dag_id = 'loyalty_manifest_links' AND key IN (?, ?)",
@@ -799,6 +813,8 @@ def test_the_manifest_link_opens_the_manifest_each_export_wrote(airflow_db, s3_s
         ).fetchall()
     values = {(task_id, key): json.loads(value) for task_id, key, value in stored}
     links = {task_id: value for (task_id, key), value in values.items() if key != "return_value"}
+    assert links.pop("deferred") == f"file://{local}-deferred/_manifest.json"
+    assert links.pop("fails", "") == ""  # no manifest: no link
     assert links == {
         "to_s3": f"https://s3.console.aws.amazon.com/s3/object/{s3_bucket}?prefix=links%2F2023-09%2F_manifest.json",
         "to_disk": f"file://{local}/_manifest.json",
