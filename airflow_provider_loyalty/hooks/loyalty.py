@@ -44,7 +44,7 @@ from airflow_provider_loyalty.utils.protocol import (
     download_url,
     encode_request,
 )
-from airflow_provider_loyalty.utils.redaction import token_redacted
+from airflow_provider_loyalty.utils.redaction import redact_values, token_redacted
 from airflow_provider_loyalty.utils.retry import call_with_retries, retry_policy
 from airflow_provider_loyalty.utils.sync_transport import ApiPoster, build_session
 from airflow_provider_loyalty.utils.transport import ReplyBuffer, transport_error
@@ -120,6 +120,9 @@ class LoyaltyHook(BaseHook):
     ) -> None:
         super().__init__()
         self.loyalty_conn_id = loyalty_conn_id
+        #: The connection an auth error names (none in the Test button's: Airflow tests the form
+        #: under a throwaway id the user never saw).
+        self._conn_id_in_errors: str | None = loyalty_conn_id
         self._overrides: dict[str, Any] = {
             "content_type": content_type,
             "timeout": timeout,
@@ -226,7 +229,7 @@ class LoyaltyHook(BaseHook):
             body=reply,
             token=settings.token,
             schema=schema,
-            conn_id=self.loyalty_conn_id,
+            conn_id=self._conn_id_in_errors,
             base_url=settings.base_url,
         )
 
@@ -271,11 +274,15 @@ class LoyaltyHook(BaseHook):
         return task_id
 
     def get_task_status(self, export_task_id: str) -> dict[str, Any]:
-        """Poll an export task: the ``data`` object of ``tasks/status`` as the API returned it.
+        """Poll an export task: the ``data`` object of ``tasks/status`` as the API returned it (but
+        for the token, masked wherever a server echoed it: this may well be returned to XCom).
 
         :param export_task_id: the id returned by :meth:`create_transactions_export`.
         """
-        return data_object(self._status_envelope(export_task_id), "tasks/status")
+        data: dict[str, Any] = redact_values(
+            data_object(self._status_envelope(export_task_id), "tasks/status"), self._token()
+        )
+        return data
 
     def _status_envelope(self, export_task_id: str) -> dict[str, Any]:
         return self._post(STATUS_PATH, {"task_id": validation.check_task_id(export_task_id)}, STATUS_SCHEMA)
@@ -382,7 +389,7 @@ class LoyaltyHook(BaseHook):
             headers=response.headers,
             body=buffer.body(),
             token=self.settings.token,
-            conn_id=self.loyalty_conn_id,
+            conn_id=self._conn_id_in_errors,
             base_url=self.settings.base_url,
         )
         raise LoyaltyResponseError(
@@ -533,6 +540,7 @@ class LoyaltyHook(BaseHook):
         backoff.
         """
         probe = f"task_connection-test-{uuid.uuid4()}"
+        self._conn_id_in_errors = None
         try:
             self.__dict__["_retry_policy"] = retry_policy(dataclasses.replace(self.settings, max_retries=0), self.log)
             with token_redacted(self._token()):
@@ -567,6 +575,7 @@ class LoyaltyHook(BaseHook):
             return False, f"{type(error).__name__}: {error}"
         finally:
             self.__dict__.pop("_retry_policy", None)  # later calls retry as the connection says
+            self._conn_id_in_errors = self.loyalty_conn_id
             self.close()
 
     def _refuses_a_wrong_token(self, probe: str) -> bool:

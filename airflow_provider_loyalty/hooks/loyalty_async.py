@@ -49,7 +49,7 @@ from airflow_provider_loyalty.utils.connection import (
 )
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.protocol import STATUS_PATH, check_reply, data_object, encode_request
-from airflow_provider_loyalty.utils.redaction import token_redacted
+from airflow_provider_loyalty.utils.redaction import redact_values, token_redacted
 from airflow_provider_loyalty.utils.retry import call_with_retries_async, retry_policy
 from airflow_provider_loyalty.utils.tls import client_context
 from airflow_provider_loyalty.utils.transport import ReplyBuffer, transport_error
@@ -292,13 +292,16 @@ class LoyaltyAsyncHook(BaseHook):
             await loop_sessions.release(shared)
 
     async def get_task_status(self, export_task_id: str) -> dict[str, Any]:
-        """Poll an export task: the ``data`` object of ``tasks/status`` as the API returned it.
+        """Poll an export task: the ``data`` object of ``tasks/status`` as the API returned it (but
+        for the token, masked wherever a server echoed it).
 
         :param export_task_id: the export task id.
         :raises LoyaltyApiError: API errors (auth errors included), after retries for transient ones.
         :raises LoyaltyResponseError: a reply that cannot be understood.
         """
-        return data_object(await self._status_envelope(export_task_id), "tasks/status")
+        data = data_object(await self._status_envelope(export_task_id), "tasks/status")
+        redacted: dict[str, Any] = redact_values(data, (await self.get_settings()).token)
+        return redacted
 
     async def _status_envelope(self, export_task_id: str) -> dict[str, Any]:
         return await self._post(STATUS_PATH, {"task_id": validation.check_task_id(export_task_id)}, STATUS_SCHEMA)

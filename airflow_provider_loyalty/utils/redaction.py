@@ -37,7 +37,8 @@ CLIPPED = " …"
 
 @functools.lru_cache(maxsize=16)
 def _forms(token: str) -> tuple[str, ...]:
-    """The token as it may appear in text: itself, URL-encoded, and escaped by repr, JSON or XML."""
+    """The token as it may appear in text: itself, URL-encoded, and escaped by repr, JSON or XML;
+    each also in lower and upper case."""
     encoded = quote(token, safe="")
     forms = {
         token,
@@ -52,6 +53,9 @@ def _forms(token: str) -> tuple[str, ...]:
         "".join(char if char.isalnum() else f"&#x{ord(char):x};" for char in token),
         "".join(char if char.isalnum() else f"&#{ord(char)};" for char in token),
     }
+    # A server that normalises what it echoes (an ``authorization: bearer …`` header line written
+    # in lower case) changes the token's case: every form in lower and upper case is the token too.
+    forms |= {form.lower() for form in forms} | {form.upper() for form in forms}
     return tuple(sorted((form for form in forms if form), key=len, reverse=True))
 
 

@@ -397,17 +397,19 @@ _LONG = "eyJhbGciOiJIUzI1NiJ9." + "x7" * 120
         (_SLASHED, "<error_text>Ab3&#47;xYz&#43;9kLm&#47;QrSt&#61;&#61;</error_text>"),
         (_LONG, f"field 'total': expected integer, got {_LONG[:40]!r}"),  # a field cut to 40 characters
         (_LONG, f"redirect to https://evil.example/?t={_LONG[:200]}"),  # a Location cut to 200
+        (_SLASHED, f"refused authorization: bearer {_SLASHED.lower()}"),  # an echoed header line, lower-cased
+        (_LONG, f"TOKEN {_LONG.upper()} REFUSED"),
     ],
-    ids=["php-json", "percent-lower", "hex-refs", "decimal-refs", "cut-at-40", "cut-at-200"],
+    ids=["php-json", "percent-lower", "hex-refs", "decimal-refs", "cut-at-40", "cut-at-200", "lower", "upper"],
 )
 def test_escaped_and_cut_short_tokens_are_masked(token: str, text: str) -> None:
     from airflow_provider_loyalty.utils.redaction import PIECE, redact, scrub
 
     cleaned = redact(text, token)
     assert "***" in cleaned
-    assert token[:PIECE] not in cleaned and "xYz" not in cleaned
+    assert token[:PIECE].lower() not in cleaned.lower() and "xyz" not in cleaned.lower()
     error = scrub(LoyaltyError(text), token)
-    assert token[:PIECE] not in str(error) and "***" in str(error)
+    assert token[:PIECE].lower() not in str(error).lower() and "***" in str(error)
 
 
 # ------------------------------------------------------------------------------------- a token at a cut

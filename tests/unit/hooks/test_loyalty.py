@@ -601,6 +601,29 @@ def test_merchant_fields_named_like_documented_ones_survive_xml(monkeypatch: pyt
     assert record["custom_json"] == {"total": "99.90", "error": "none", "tags": ["a", "b"]}
 
 
+@pytest.mark.parametrize("hook_kind", ["sync", "async"])
+def test_the_raw_status_data_keeps_the_token_out(monkeypatch: pytest.MonkeyPatch, hook_kind: str) -> None:
+    """``get_task_status`` returns ``data`` as the API sent it, often straight to XCom: a server that
+    echoed the request's Authorization header into it handed the token on."""
+
+    def status(handler, _server) -> None:
+        echoed = {"status": "in_progress", "debug": {"authorization": handler.headers.get("Authorization")}}
+        _json_reply(handler, 200, {"data": echoed, "error": 0})
+
+    with loopback_server(status) as server:
+        _point_at_server(monkeypatch, server.url)
+        if hook_kind == "sync":
+            data = LoyaltyHook().get_task_status("task_1")
+        else:
+
+            async def poll() -> dict[str, Any]:
+                async with LoyaltyAsyncHook() as hook:
+                    return await hook.get_task_status("task_1")
+
+            data = asyncio.run(poll())
+    assert data == {"status": "in_progress", "debug": {"authorization": "Bearer ***"}}
+
+
 def test_an_integer_next_from_id_of_an_export_is_its_digits(monkeypatch: pytest.MonkeyPatch) -> None:
     """As the same value reads in an XML reply; it was refused as "not a string" in JSON only."""
 
@@ -827,9 +850,16 @@ def test_test_connection_true_only_with_an_accepted_token(
     ok, message = LoyaltyHook().test_connection()
     assert ok is False
     assert "Authentication failed: invalid token" in message  # the API's own text
-    assert "refused the token of connection 'loyalty_default'" in message
+    # Airflow's Test button tests the form under a throwaway connection id the user never saw
+    # (``EEOzK60V``): the message named it. It names none; a task's error still names its own.
+    assert "the API refused the token: check the API token in its Password field" in message
+    assert "connection '" not in message
     assert "wrong-token-123" not in message
     assert requests_seen(loyalty_emulator, "export") == 0  # nothing was created
+    hook = LoyaltyHook()
+    hook.test_connection()
+    with pytest.raises(LoyaltyAuthError, match="refused the token of connection 'loyalty_default'"):
+        hook.get_export_task_status("task_1")
 
 
 @pytest.mark.parametrize(
