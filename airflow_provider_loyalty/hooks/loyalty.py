@@ -153,9 +153,11 @@ class LoyaltyHook(BaseHook):
             extra=conn.extra_dejson,
             schema=conn.schema,
             port=conn.port,
+            conn_type=conn.conn_type,
             overrides=self._overrides,
         )
-        mask_secret(settings.token)
+        for secret in settings.secrets:
+            mask_secret(secret)
         return settings
 
     def fork(self) -> LoyaltyHook:
@@ -170,6 +172,11 @@ class LoyaltyHook(BaseHook):
     def session(self) -> requests.Session:
         """The hook's HTTP session: keep-alive, Bearer auth, proxies and CA bundle of the connection."""
         return build_session(self.settings)
+
+    def get_conn(self) -> requests.Session:
+        """The hook's ``requests`` session (:attr:`session`), as ``HttpHook.get_conn`` gives one: for a
+        call this hook has no method for. Requests on it carry the token; keep them to the API's host."""
+        return self.session
 
     @cached_property
     def _poster(self) -> ApiPoster | DirectPoster:

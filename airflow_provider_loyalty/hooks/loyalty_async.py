@@ -240,13 +240,15 @@ class LoyaltyAsyncHook(BaseHook):
                 extra=extra,
                 schema=conn.schema,
                 port=conn.port,
+                conn_type=conn.conn_type,
                 overrides=self._overrides,
             )
             # Checking that a CA bundle or client certificate exists touches the disk: not on the loop.
             settings = await asyncio.to_thread(read) if names_files(extra) else read()
             # The connection API masked the password as stored ("tok\n", "Bearer tok"): what is sent
             # is the token cleaned of those, and logs must show *** for it too, as the sync hook's.
-            await _mask_secret(settings.token)
+            for secret in settings.secrets:
+                await _mask_secret(secret)
             self.settings = settings
         return self.settings
 

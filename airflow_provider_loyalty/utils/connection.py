@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 from airflow_provider_loyalty.utils import validation
@@ -87,9 +87,15 @@ class LoyaltyConnectionSettings:
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
     max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
-    proxies: dict[str, str] = field(default_factory=dict)
+    proxies: dict[str, str] = field(default_factory=dict, repr=False)  # may hold a proxy's password
     client_cert: str | tuple[str, str] | None = None
     scheme_assumed: bool = False
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What the secrets masker should hide: the token, and the password of any proxy URL."""
+        passwords = (urlsplit(url).password for url in self.proxies.values())
+        return (self.token, *(unquote(password) for password in passwords if password))
 
     @property
     def netloc(self) -> str:
@@ -352,14 +358,22 @@ def settings_from_parts(
     schema: str | None = None,
     port: int | None = None,
     overrides: dict[str, Any] | None = None,
+    conn_type: str | None = None,
 ) -> LoyaltyConnectionSettings:
-    """Build settings from a connection's fields; ``overrides`` (hook arguments) win over extras."""
+    """Build settings from a connection's fields; ``overrides`` (hook arguments) win over extras.
+
+    ``conn_type`` ``http`` or ``https`` (a URI-form connection written ``http://:TOKEN@host:8080``:
+    Airflow takes its scheme for the type) is the scheme of a Host without one.
+    """
     options = _extras(extra)
     options.update({key: value for key, value in (overrides or {}).items() if value is not None})
     # A URI-form connection (loyalty://:TOKEN@host:8443/prefix) keeps its path in the Schema field;
     # "http" or "https" there is the scheme, as the http provider reads its Schema field.
     scheme = schema.strip().lower() if isinstance(schema, str) and schema.strip().lower() in ("http", "https") else None
-    base_url, assumed = normalize_base_url(host, scheme, port, path_prefix=None if scheme else schema)
+    path_prefix = None if scheme else schema
+    if scheme is None and conn_type in ("http", "https"):
+        scheme = conn_type
+    base_url, assumed = normalize_base_url(host, scheme, port, path_prefix=path_prefix)
     return LoyaltyConnectionSettings(
         base_url=base_url,
         token=check_token(password or options.get("token")),

@@ -131,6 +131,16 @@ def test_download_into_file_object(hook: LoyaltyHook):
     assert zipfile.ZipFile(buffer).testzip() is None
 
 
+def test_get_conn_is_the_hooks_authenticated_session(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
+    """As ``HttpHook.get_conn``: a session for a call the hook has no method for (it raised
+    NotImplementedError, BaseHook's default)."""
+    session = hook.get_conn()
+    assert session is hook.session
+    reply = session.post(f"{loyalty_emulator.url}/api/v1.1/tasks/status", json={"task_id": "task_unknown"})
+    assert (reply.status_code, reply.json()["error_text"]) == (404, "Export task not found: task_unknown")
+    assert requests_seen(loyalty_emulator, "status") == 1
+
+
 def test_account_pages_and_iteration(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
     page = hook.get_account_transactions(**MEMBER, email="member0@example.com", limit=100)
     assert page["total_count"] == 250 and len(page["data"]) == 100 and page["next_from_id"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from urllib.parse import quote
 
 import pytest
 from airflow.sdk._shared.secrets_masker import redact as airflow_redact
@@ -27,3 +28,20 @@ def test_the_token_as_sent_is_masked_in_airflows_logs_by_either_hook(
     settings = LoyaltyHook().settings if hook_kind == "sync" else asyncio.run(LoyaltyAsyncHook().get_settings())
     assert settings.token == token
     assert airflow_redact(f"a line with {token}") == "a line with ***"
+
+
+@pytest.mark.parametrize("hook_kind", ["sync", "async"])
+def test_a_proxys_password_is_masked_and_left_out_of_the_settings_repr(
+    monkeypatch: pytest.MonkeyPatch, hook_kind: str
+) -> None:
+    """A proxy URL with credentials (the ``proxies`` extra) showed its password in ``repr`` of the
+    settings, and nothing masked it in logs."""
+    password = f"pr0xy-{hook_kind}-s3cret/+x"
+    proxy = f"http://svc:{quote(password, safe='')}@proxy.example.com:3128"
+    extra = {"proxies": {"https": proxy}}
+    connection = {"conn_type": "loyalty", "host": "https://api.example.com", "password": "t0ken-1", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+    settings = LoyaltyHook().settings if hook_kind == "sync" else asyncio.run(LoyaltyAsyncHook().get_settings())
+    assert settings.proxies == {"https": proxy}
+    assert password not in repr(settings) and quote(password, safe="") not in repr(settings)
+    assert airflow_redact(f"via {password}") == "via ***"

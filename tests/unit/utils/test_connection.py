@@ -256,6 +256,10 @@ def test_a_port_field_out_of_range_is_refused_naming_it() -> None:
         ("loyalty://:TOKEN-1@example.com", "https://example.com"),
         ("loyalty://:TOKEN-1@example.com:8080/http", "http://example.com:8080"),  # the scheme, as before
         ("loyalty://:TOKEN-1@example.com:8443/HTTPS", "https://example.com:8443"),  # in any case
+        # the URI's scheme is Airflow's connection type: http:// was read as https, and the hint
+        # said to put http:// in the Base URL, where the user had put it
+        ("http://:TOKEN-1@127.0.0.1:18765", "http://127.0.0.1:18765"),
+        ("https://:TOKEN-1@example.com/loyalty", "https://example.com/loyalty"),
     ],
 )
 def test_a_uri_form_connections_path_is_the_path_prefix(
