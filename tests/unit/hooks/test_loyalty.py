@@ -634,6 +634,37 @@ def test_the_raw_status_data_keeps_the_token_out(monkeypatch: pytest.MonkeyPatch
     assert data == {"status": "in_progress", "debug": {"authorization": "Bearer ***"}}
 
 
+@pytest.mark.parametrize(
+    ("http_status", "text", "final"),
+    [
+        (200, "Authentication failed: invalid token", True),
+        (200, "Invalid API key", True),
+        (400, "Token expired", True),
+        (200, "Access denied", True),
+        (200, "Export task not found: task_1", False),
+        (200, "Authentication service temporarily unavailable, try again", False),
+        (400, "Invalid parameter task_id", False),
+    ],
+)
+def test_a_refused_token_in_the_apis_own_envelope_is_an_auth_error(
+    monkeypatch: pytest.MonkeyPatch, http_status: int, text: str, final: bool
+) -> None:
+    """The seeds document no error codes: an API may refuse the token with its envelope in an HTTP
+    200 or 400. That was a plain API error, retried by Airflow like any; an auth error never is."""
+
+    def status(handler, _server) -> None:
+        _json_reply(handler, http_status, {"error": 1002, "error_text": text})
+
+    with loopback_server(status) as server:
+        _point_at_server(monkeypatch, server.url)
+        with pytest.raises(LoyaltyApiError) as caught:
+            LoyaltyHook().get_export_task_status("task_1")
+    assert isinstance(caught.value, LoyaltyAuthError) is final
+    assert text in str(caught.value)
+    if final:
+        assert "the API refused the token of connection 'loyalty_default'" in str(caught.value)
+
+
 def test_an_integer_next_from_id_of_an_export_is_its_digits(monkeypatch: pytest.MonkeyPatch) -> None:
     """As the same value reads in an XML reply; it was refused as "not a string" in JSON only."""
 
