@@ -502,10 +502,11 @@ class LoyaltyHook(BaseHook):
         while True:
             payload["from_id"] = cursor
             page = self._account_page(payload)
+            sent_records = bool(page["data"])  # before repeats are dropped: a page of them is not the end
             previous_ids = _drop_repeated_records(page, previous_ids)
             yield page
             next_cursor = page["next_from_id"]
-            if not next_cursor or (not page["data"] and next_cursor == cursor):
+            if not next_cursor or (not sent_records and next_cursor == cursor):
                 return  # the end: no cursor, or an empty page pointing back at its own
             with token_redacted(self._token()):  # a cursor is quoted: the server may have put anything in it
                 if next_cursor in followed:

@@ -796,6 +796,17 @@ def test_records_the_previous_page_held_are_dropped(monkeypatch: pytest.MonkeyPa
     assert [page["duplicates_dropped"] for page in walked] == dropped
 
 
+def test_a_page_of_repeats_pointing_back_at_its_cursor_is_no_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inclusive API paged with limit 1 sends the cursor's own record again and again: once the
+    repeat is dropped the page looks empty, but the API sent a record, so it is not the empty page
+    that ends a history (that ended it early, t2 lost); the cursor repeats: an error."""
+    pages = [(["t1"], "t1"), (["t1"], "t1"), (["t2"], "")]
+    with loopback_server(_served_in_turn(pages)) as server:
+        _point_at_server(monkeypatch, server.url)
+        with pytest.raises(LoyaltyCursorError, match="'t1' repeats"):
+            list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
+
+
 @pytest.mark.parametrize("field", ["total_count", "next_from_id"])
 def test_a_reply_echoing_the_request_keeps_the_token_out_of_the_error(
     monkeypatch: pytest.MonkeyPatch, field: str
