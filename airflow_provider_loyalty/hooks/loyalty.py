@@ -67,8 +67,8 @@ def _is_an_envelope(response: requests.Response, first_bytes: bytes) -> bool:
     (a zip sent with a JSON or XML Content-Type is still the file)."""
     if response.status_code != 200:
         return True
-    if first_bytes.startswith(_ZIP_SIGNATURES):
-        return False
+    if not first_bytes or first_bytes.startswith(_ZIP_SIGNATURES):
+        return False  # an empty body holds no envelope (a batch of no rows may have no file at all)
     return carries_envelope(response.headers) or _looks_like_envelope(first_bytes)
 
 
@@ -398,6 +398,7 @@ class LoyaltyHook(BaseHook):
             token=self.settings.token,
             conn_id=self._conn_id_in_errors,
             base_url=self.settings.base_url,
+            refusal_in_words=False,
         )
         raise LoyaltyResponseError(
             f"download: expected a zip file, got HTTP {response.status_code} "

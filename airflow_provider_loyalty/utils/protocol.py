@@ -79,6 +79,7 @@ def check_reply(
     schema: Schema = ENVELOPE_SCHEMA,
     conn_id: str | None = None,
     base_url: str | None = None,
+    refusal_in_words: bool = True,
 ) -> dict[str, Any]:
     """Turn one reply into its decoded envelope, or raise the typed error it stands for.
 
@@ -89,6 +90,9 @@ def check_reply(
     :param schema: the endpoint's documented typed fields (see :mod:`~airflow_provider_loyalty.utils.codec`).
     :param conn_id: the Airflow connection the token came from, named in an auth error.
     :param base_url: the connection's Base URL, to say what a redirect away from it means.
+    :param refusal_in_words: an error envelope whose text says the token was refused is an auth
+        error. Not for a download: the status call that named the file just accepted the token,
+        so "download token expired" is about the file's link.
     """
     try:
         envelope = _decoded(http_status, headers.get("Content-Type"), body, schema)
@@ -109,7 +113,7 @@ def check_reply(
     if 300 <= http_status < 400:
         raise LoyaltyRedirectError(code, redirect_text(http_status, headers.get("Location"), base_url), http_status)
     if http_status >= 400 or (code is not None and code != 0):
-        if code is not None and _REFUSED_CREDENTIALS.search(text):  # "Authentication failed" in an HTTP 200
+        if refusal_in_words and code is not None and _REFUSED_CREDENTIALS.search(text):  # in an HTTP 200
             raise LoyaltyAuthError(code, auth_text(text, conn_id), http_status)
         raise LoyaltyApiError(code, text, http_status)
     if envelope is None:
@@ -119,17 +123,16 @@ def check_reply(
     return envelope
 
 
-#: An API error that says the token (or key, or credentials) was refused, in an HTTP 200 or 400 of
-#: the API's own style (the seeds document no error codes): an auth error, not retried. Words only
-#: (a token is "invalid", "expired", authentication "failed"), so a server that is down for a while
-#: ("authentication service temporarily unavailable") is not taken for a refusal.
+#: An API error that says the token (or API key, or credentials) was refused, in an HTTP 200 or
+#: 4xx of the API's own style (the seeds document no error codes): an auth error, not retried. The
+#: words must name the token, key or credentials and say they were refused ("invalid token",
+#: "token expired", "authentication failed", "unauthorized"): "missing key: date_from", "permission
+#: denied: /var/tmp/x.zip" or "authentication service temporarily unavailable" stay API errors.
+_CREDENTIAL = r"(?:api[ _-]?key|(?:access|bearer|api|auth)[ _-]?token|token|credentials?)"
 _REFUSED_CREDENTIALS = re.compile(
-    r"\b(?:invalid|wrong|bad|incorrect|expired|revoked|unknown|missing)\s+(?:api[ _-]?|access[ _-]?|bearer[ _-]?)?"
-    r"(?:token|key|credentials?)\b"
-    r"|\b(?:token|api[ _-]?key|credentials?)\s+(?:is\s+|has\s+)?"
-    r"(?:invalid|expired|revoked|not valid|refused|required)\b"
-    r"|\bauthenticat\w*\s+(?:failed|failure|required|error)\b"
-    r"|\bunauthori[sz]ed\b|\b(?:access|permission)\s+denied\b",
+    rf"\b(?:invalid|wrong|bad|incorrect|expired|revoked)\s+{_CREDENTIAL}\b"
+    rf"|\b{_CREDENTIAL}\s+(?:is\s+|has\s+(?:been\s+)?)?(?:invalid|expired|revoked|not\s+valid|refused)\b"
+    r"|\bauthenticat\w*\s+failed\b|\bunauthori[sz]ed\b",
     re.IGNORECASE,
 )
 

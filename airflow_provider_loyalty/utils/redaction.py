@@ -37,8 +37,7 @@ CLIPPED = " …"
 
 @functools.lru_cache(maxsize=16)
 def _forms(token: str) -> tuple[str, ...]:
-    """The token as it may appear in text: itself, URL-encoded, and escaped by repr, JSON or XML;
-    each also in lower and upper case."""
+    """The token as it may appear in text: itself, URL-encoded, and escaped by repr, JSON or XML."""
     encoded = quote(token, safe="")
     forms = {
         token,
@@ -53,10 +52,18 @@ def _forms(token: str) -> tuple[str, ...]:
         "".join(char if char.isalnum() else f"&#x{ord(char):x};" for char in token),
         "".join(char if char.isalnum() else f"&#{ord(char)};" for char in token),
     }
-    # A server that normalises what it echoes (an ``authorization: bearer …`` header line written
-    # in lower case) changes the token's case: every form in lower and upper case is the token too.
-    forms |= {form.lower() for form in forms} | {form.upper() for form in forms}
     return tuple(sorted((form for form in forms if form), key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _whole_forms(token: str) -> tuple[str, ...]:
+    """:func:`_forms`, and each in lower and upper case: a server that normalises what it echoes
+    (an ``authorization: bearer …`` line written in lower case) changes the token's case. Only
+    whole: a run of a lower-cased token's first characters is ordinary words too often
+    (``loyalty_`` of a token ``Loyalty_7f3a…`` in ``loyalty_program_id``)."""
+    forms = set(_forms(token))
+    forms |= {form.lower() for form in forms} | {form.upper() for form in forms}
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def _mask_runs(text: str, forms: tuple[str, ...]) -> str:
@@ -82,15 +89,21 @@ def _mask_runs(text: str, forms: tuple[str, ...]) -> str:
 
 
 def redact(text: str, token: str | None) -> str:
-    """``text`` without the token (nor its URL-encoded or escaped forms, nor the start of one)."""
+    """``text`` without the token (nor its URL-encoded or escaped forms, in any of three cases, nor
+    the start of one)."""
     if not token or not text:
         return text
+    text = _without_whole_token(text, token)
     forms = _forms(token)
-    for form in forms:
-        text = text.replace(form, MASK)
     if CLIPPED in text:
         text = _mask_clipped_words(text, forms)
     return _mask_runs(text, forms)
+
+
+def _without_whole_token(text: str, token: str) -> str:
+    for form in _whole_forms(token):
+        text = text.replace(form, MASK)
+    return text
 
 
 def _mask_clipped_words(text: str, forms: tuple[str, ...]) -> str:
@@ -108,16 +121,18 @@ def carries_token(text: str, token: str | None) -> bool:
     unlike :func:`redact`, a run of its first characters alone (``eyJhbGci`` of two JWTs) is not it."""
     if not token:
         return False
-    return any(form in text for form in _forms(token))
+    return any(form in text for form in _whole_forms(token))
 
 
 def redact_values(value: Any, token: str | None) -> Any:
-    """``value`` (a decoded reply: dicts, lists, text) with the token :func:`redact`-ed from every
-    text in it, keys included; other values as they are."""
+    """``value`` (a decoded reply: dicts, lists, text) with the whole token masked in every text in
+    it, keys included; other values as they are. Data, not error text: a run of the token's first
+    characters is left alone here (a file name ``Transactions_loyalty_1.zip`` under a token
+    ``loyalty_live_…`` is the file's name, and the export downloads it by that name)."""
     if not token:
         return value
     if isinstance(value, str):
-        return redact(value, token)
+        return _without_whole_token(value, token)
     if isinstance(value, Mapping):
         return {redact_values(key, token): redact_values(item, token) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -159,6 +174,7 @@ def _texts(error: BaseException) -> list[str]:
 
 def _mentions(error: BaseException, token: str) -> bool:
     pieces = {form[:PIECE] for form in _forms(token)} | {CLIPPED}  # a clipped text may end in its first words
+    pieces |= set(_whole_forms(token))  # the whole token in another case
     return any(piece in text for text in _texts(error) for piece in pieces)
 
 

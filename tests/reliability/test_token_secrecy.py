@@ -412,6 +412,19 @@ def test_escaped_and_cut_short_tokens_are_masked(token: str, text: str) -> None:
     assert token[:PIECE].lower() not in str(error).lower() and "***" in str(error)
 
 
+def test_words_that_begin_like_the_token_in_another_case_are_left_alone() -> None:
+    """Lower- and upper-case forms of the token are masked whole only: as pieces, ordinary words
+    matched (``loyalty_`` of a token ``Loyalty_7f3a…``), and a file name in a status reply was
+    mangled (``Transactions_***1.zip``), so the deferrable export downloaded a name that is not."""
+    from airflow_provider_loyalty.utils.redaction import redact, redact_values
+
+    token = "Loyalty_7f3a9c2e1b0d"
+    assert redact("loyalty_program_id: expected an integer", token) == "loyalty_program_id: expected an integer"
+    assert redact(f"echo {token.lower()} and {token.upper()}", token) == "echo *** and ***"
+    data = {"hashed_file": "ab/Transactions_Loyalty_1.zip", "note": f"sent {token}"}
+    assert redact_values(data, token) == {"hashed_file": "ab/Transactions_Loyalty_1.zip", "note": "sent ***"}
+
+
 # ------------------------------------------------------------------------------------- a token at a cut
 #
 # Server text is cut short where an error quotes it (a field to 40 characters, a page's words to 80,

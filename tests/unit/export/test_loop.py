@@ -57,6 +57,26 @@ def checkpoint(output: Path) -> dict:
     return json.loads((output / CHECKPOINT_NAME).read_text())
 
 
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferrable"])
+def test_a_file_name_that_begins_like_the_token_is_downloaded_by_its_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, deferrable: bool
+) -> None:
+    """A vendor-style token ``loyalty_live_…`` and file names ``Transactions_loyalty_123_…``: the
+    trigger's event masked the run ``loyalty_`` in the name, so the deferrable export downloaded a
+    name that does not exist, created each batch three times and failed; worker mode landed it."""
+    config = EmulatorConfig(transactions=2500, batch_size=1000, task_duration=0.1, token="loyalty_live_9f8e7d6c5b4a")
+    with LoyaltyEmulator(config) as emulator:
+        point_connection_at(monkeypatch, emulator, max_retries=0)
+        operator = local_export_operator(tmp_path, deferrable=deferrable)
+        log = DeferralLog()
+        manifest = run_with_deferrals(operator, context_for(), log) if deferrable else operator.execute(context_for())
+        created = emulator.stats()["export_tasks_created"]
+        expected = all_transaction_ids(emulator)
+    assert landed_ids(tmp_path, manifest) == expected and len(expected) == 2500
+    assert created == 3  # one export task per batch: none created again
+    assert (log.deferrals > 0) is deferrable
+
+
 # ---------------------------------------------------------------------------------------- 13.1
 
 

@@ -640,10 +640,17 @@ def test_the_raw_status_data_keeps_the_token_out(monkeypatch: pytest.MonkeyPatch
         (200, "Authentication failed: invalid token", True),
         (200, "Invalid API key", True),
         (400, "Token expired", True),
-        (200, "Access denied", True),
+        (200, "Unauthorized", True),
+        (200, "Access denied for loyalty program 123", False),  # the program, not the token
         (200, "Export task not found: task_1", False),
         (200, "Authentication service temporarily unavailable, try again", False),
         (400, "Invalid parameter task_id", False),
+        # data errors and server troubles that speak of keys or permissions: not the token refused
+        (400, "Missing key: date_from", False),
+        (200, "Field api_key is required", False),
+        (200, "Permission denied: /var/exports/tmp/task_1.zip", False),
+        (200, "Authentication error, please retry later", False),
+        (200, "Unknown credentials store, try again", False),
     ],
 )
 def test_a_refused_token_in_the_apis_own_envelope_is_an_auth_error(
@@ -1197,6 +1204,30 @@ def test_a_zip_under_a_json_or_xml_content_type_is_the_file(
         _point_at_server(monkeypatch, server.url)
         written = LoyaltyHook().download_export("abc/Transactions.zip", tmp_path / "b.zip")
     assert (tmp_path / "b.zip").read_bytes() == buffer.getvalue() and written == len(buffer.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "expected"),
+    [
+        ("application/json", b'{"error": 5, "error_text": "Download token expired"}', LoyaltyApiError),
+        ("application/json", b"", None),
+    ],
+    ids=["link-token-expired", "empty-body-declared-json"],
+)
+def test_a_download_reply_is_about_the_file_not_the_api_token(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, content_type: str, body: bytes, expected: type | None
+) -> None:
+    """The status call that named the file just accepted the token: a download's "token expired" is
+    the file's link (a final auth error failed the export instead of creating the batch again). An
+    empty body is an empty file, whatever its Content-Type ("empty reply body" on every retry)."""
+    with loopback_server(lambda handler, _server: send(handler, 200, body, content_type)) as server:
+        _point_at_server(monkeypatch, server.url)
+        if expected is None:
+            assert LoyaltyHook().download_export("abc/Transactions.zip", tmp_path / "b.zip") == 0
+            return
+        with pytest.raises(LoyaltyApiError) as caught:
+            LoyaltyHook().download_export("abc/Transactions.zip", tmp_path / "b.zip")
+    assert type(caught.value) is expected and caught.value.text == "Download token expired"
 
 
 def test_a_failed_download_leaves_a_file_already_at_the_path_as_it_was(
