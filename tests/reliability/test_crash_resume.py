@@ -63,6 +63,14 @@ def checkpoint_parts(s3_client, bucket: str, prefix: str) -> int:
     return int(json.loads(body)["parts_landed"])
 
 
+def manifest_exists(s3_client, bucket: str, prefix: str) -> bool:
+    try:
+        s3_client.head_object(Bucket=bucket, Key=f"{prefix}/_manifest.json")
+    except s3_client.exceptions.ClientError:
+        return False
+    return True
+
+
 def checkpoint_document(s3_client, bucket: str, prefix: str) -> dict | None:
     try:
         body = s3_client.get_object(Bucket=bucket, Key=f"{prefix}/_manifest.inprogress.json")["Body"].read()
@@ -96,6 +104,9 @@ def crash_trial(emulator: LoyaltyEmulator, s3_client, bucket: str, seed: int, in
         if worker.poll() is None:
             worker.kill()
             worker.wait(10)
+    # A worker may finish its export and be killed while its interpreter exits: not killed mid-export
+    # (with batches landed while the next is fetched, the whole export can end inside the window).
+    killed = killed and not manifest_exists(s3_client, bucket, prefix)
     parts_before = checkpoint_parts(s3_client, bucket, prefix)
     tasks_before = emulator.stats()["export_tasks_created"]
     # The retry (Airflow's next try, possibly on another worker): same operator arguments, in-process.
