@@ -4,7 +4,9 @@ Every part the manifest lists is read again, as a stream, and its stored bytes, 
 rows are compared with the manifest; the export location is listed for objects the manifest does not
 list (strays). Files whose names start with ``_`` (the manifest, the in-progress checkpoint, a
 lease, staging areas) are bookkeeping and only reported as notes; other sub-directories of the
-location are not listed (another export's location, or not the export's at all).
+location are not listed (another export's location, or not the export's at all). Parts the
+manifest does not list are strays, unless a re-run is switching the location over right now (its
+checkpoint says so and its writer holds the lease): then they are counted as awaiting its clean-up.
 
 Exit codes of ``loyalty-verify``: 0 intact, 1 not intact, 2 cannot check.
 """
@@ -17,6 +19,7 @@ import json
 import os
 import posixpath
 import sys
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +31,7 @@ with contextlib.redirect_stdout(sys.stderr):
     from airflow_provider_loyalty.exceptions import LoyaltyError
 from airflow_provider_loyalty.export.layout import (
     CHECKPOINT_NAME,
+    LEASE_NAME,
     MANIFEST_NAME,
     MAX_DOCUMENT_BYTES,
     STAGING_DIR,
@@ -35,10 +39,18 @@ from airflow_provider_loyalty.export.layout import (
     is_part_name,
 )
 from airflow_provider_loyalty.export.part_formats import OUTPUT_FORMATS
-from airflow_provider_loyalty.export.progress import CLEANUP, SEALING
+from airflow_provider_loyalty.export.progress import CLEANUP, SEALING, ExportProgress
+from airflow_provider_loyalty.export.spec import period_of
 from airflow_provider_loyalty.verify_chain import chain_notes, manifest_problems
 from airflow_provider_loyalty.verify_parts import measure_part
-from airflow_provider_loyalty.verify_storage import ObjectMissing, StorageError, Store, open_store
+from airflow_provider_loyalty.verify_storage import (
+    LOCAL_SCHEME,
+    ObjectMissing,
+    StorageError,
+    Store,
+    open_store,
+    split_url,
+)
 
 __all__ = ["CannotVerifyError", "PartProblem", "VerifyReport", "main", "verify_manifest"]
 
@@ -73,6 +85,9 @@ class PartProblem:
     :param detail: what was expected and what was found, for people.
     :param expected: the manifest's value, when there is one.
     :param actual: the stored value, when there is one.
+    :param location: where the part was read, when that is not where its key says: beside a
+        manifest copied or moved elsewhere, or at its final name after a re-run's switch moved it
+        out of ``_staging/``. The report's lines name it instead of the key.
     """
 
     kind: str
@@ -80,9 +95,15 @@ class PartProblem:
     detail: str
     expected: int | str | None = None
     actual: int | str | None = None
+    location: str | None = None
+
+    @property
+    def named(self) -> str:
+        """What the report's line names: where the part was read, else its key."""
+        return self.location or self.part
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.part}: {self.detail}"
+        return f"{self.kind} {self.named}: {self.detail}"
 
 
 @dataclass
@@ -99,6 +120,9 @@ class VerifyReport:
     :param parts_checked: parts read to the end.
     :param rows: data rows counted in the parts read.
     :param bytes: bytes of the parts read.
+    :param awaiting_cleanup: part-named objects the manifest does not list, left beside it while a
+        re-run switches the location over (its checkpoint says so and it holds the lease): the
+        replaced export's, gone when its clean-up is done. Not strays while the switch lasts.
     """
 
     manifest: str
@@ -111,6 +135,7 @@ class VerifyReport:
     parts_checked: int = 0
     rows: int = 0
     bytes: int = 0
+    awaiting_cleanup: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -130,7 +155,7 @@ class VerifyReport:
 
     def to_text(self) -> str:
         """One line per problem, unchecked item and note, then a summary line."""
-        lines = [f"  {problem.kind:<10} {problem.part}: {problem.detail}" for problem in self.problems]
+        lines = [f"  {problem.kind:<10} {problem.named}: {problem.detail}" for problem in self.problems]
         lines += [f"  {'unchecked':<10} {item}" for item in self.unchecked]
         lines += [f"  {'note':<10} {note}" for note in self.notes]
         read = f"{self.parts_checked} of {self.parts_listed} parts read, {self.rows:,} rows, {_mib(self.bytes)}"
@@ -139,6 +164,11 @@ class VerifyReport:
             summary = f"NOT INTACT: {self.manifest}: {len(self.problems)} problem(s) ({kinds}); {read}"
         elif self.unchecked:
             summary = f"CANNOT CHECK: {self.manifest}: {len(self.unchecked)} item(s) unchecked; {read}"
+        elif self.awaiting_cleanup:
+            summary = (
+                f"INTACT: {self.manifest}: {read}, as the manifest says; {self.awaiting_cleanup} unlisted part(s) "
+                "left until a re-run's switch finishes (see the notes): verify again once it has"
+            )
         else:
             summary = f"INTACT: {self.manifest}: {read}, as the manifest says; no stray objects"
         return "\n".join([*lines, summary])
@@ -251,6 +281,7 @@ class _Verification:
         self.report = VerifyReport(manifest=store.display(manifest_path), output_format=fmt, parts_listed=len(listed))
         self.recorded_directory = self._recorded_directory()
         self.switch_phase = self._switch_phase()
+        self.switch_holder = self._switch_holder() if self.switch_phase is not None else None
         self.moved_parts = 0  # listed in _staging/, read at their final names (a switch moved them)
 
     def run(self) -> VerifyReport:
@@ -266,7 +297,9 @@ class _Verification:
                 self._problem("duplicate", part.key, f"listed twice: parts[{seen[path]}] and parts[{part.index}]")
             else:
                 seen[path] = part.index
-                self._check_part(part, path)
+                read = self._check_part(part, path)
+                if read is not None:  # a staged part read at its final name is listed there too
+                    seen.setdefault(read, part.index)
         self._check_totals()
         for kind, key, detail in manifest_problems(self.document, self.report.output_format):
             self._problem(kind, key, detail)
@@ -275,31 +308,70 @@ class _Verification:
         self.report.intact = not self.report.problems and not self.report.unchecked
         return self.report
 
-    def _recorded_directory(self) -> str | None:
-        """The directory the manifest says it was written to, when it was read somewhere else."""
+    def _recorded_directory(self) -> tuple[str, str] | None:
+        """Where the manifest says it was written, when it was read somewhere else (copied or moved
+        since): the scheme and the path of its directory, as :func:`split_url` names them."""
         recorded = self.document.get("manifest")
         if not isinstance(recorded, str) or "/" not in recorded:
             return None
-        if "://" in recorded or self.store.keys_are_bucket_keys:
-            if self._resolve_plainly(recorded) == self.manifest_path:
-                return None
-            self.report.notes.append(f"the manifest records its location as {recorded}: parts are read beside it here")
-        return recorded.rsplit("/", 1)[0]
+        if "://" in recorded:
+            family, path = split_url(recorded)
+        elif self.store.keys_are_bucket_keys:  # a bare key: in the manifest's bucket
+            family, path = self.store.family, self.store.path_of_bare_key(recorded, self.manifest_path)
+        elif recorded.startswith("/"):
+            family, path = self.store.family, posixpath.normpath(recorded)
+        else:
+            return None
+        if (family, path) == (self.store.family, self.manifest_path):
+            return None
+        self.report.notes.append(f"the manifest records its location as {recorded}: parts are read beside it here")
+        return family, posixpath.dirname(path)
 
     def _switch_phase(self) -> str | None:
-        """``sealing`` or ``cleanup`` while a re-run switches this location over (its checkpoint says
-        so), else ``None``: then the previous set's parts may still sit beside the new ones."""
+        """``sealing`` or ``cleanup`` when the location's checkpoint is this export's (its period and
+        format) and says its seal switches the location over: the previous set's parts may then
+        still sit beside the new ones. ``None`` otherwise, also for a document at the checkpoint's
+        name that is not one an export writes."""
+        document = self._bookkeeping_document(CHECKPOINT_NAME)
         try:
-            document = _read_manifest(self.store, posixpath.join(self.directory, CHECKPOINT_NAME))
+            progress = ExportProgress.from_dict(document) if isinstance(document, dict) else None
+        except (ValueError, KeyError, TypeError):
+            return None
+        if progress is None or progress.phase not in (SEALING, CLEANUP):
+            return None
+        spec = progress.spec
+        if period_of(spec) != period_of(self.document) or spec.get("output_format") != self.report.output_format:
+            return None
+        return progress.phase
+
+    def _switch_holder(self) -> str | None:
+        """Who holds the location's lease for the export's period now (the writer switching it
+        over, at work), or ``None``: nobody does, so a switch the checkpoint tells of has stopped."""
+        lease = self._bookkeeping_document(LEASE_NAME)
+        if not isinstance(lease, dict) or period_of(lease) != period_of(self.document):
+            return None
+        expires_at = lease.get("expires_at")
+        if not isinstance(expires_at, int | float) or isinstance(expires_at, bool) or expires_at <= time.time():
+            return None
+        who = lease.get("task") or "an export outside Airflow"
+        return f"{who} (try {lease.get('try_number')}) on {lease.get('host')} until {lease.get('expires')}"
+
+    def _bookkeeping_document(self, name: str) -> Any:
+        """The JSON document ``name`` at the location, or ``None`` when there is none that reads."""
+        try:
+            return _read_manifest(self.store, posixpath.join(self.directory, name))
         except (ObjectMissing, StorageError, CannotVerifyError):
             return None
-        phase = document.get("phase") if isinstance(document, dict) else None
-        return phase if phase in (SEALING, CLEANUP) else None
 
     def _resolve(self, key: str) -> str | None:
-        recorded = self.recorded_directory
-        if recorded is not None and key.startswith(recorded + "/"):
-            return posixpath.join(self.directory, key[len(recorded) + 1 :])
+        """A listed part's path: beside the manifest when its key names a place under the directory
+        the manifest records (an export copied or moved since), else where the key says."""
+        if self.recorded_directory is not None:
+            family, directory = self.recorded_directory
+            key_family, path = _recorded_path(key, family, directory)
+            inside = directory.rstrip("/") + "/"
+            if key_family == family and path.startswith(inside):
+                return posixpath.join(self.directory, path[len(inside) :])
         return self._resolve_plainly(key)
 
     def _resolve_plainly(self, key: str) -> str | None:
@@ -317,25 +389,38 @@ class _Verification:
             path = posixpath.normpath(path)
         return not path.startswith(self.directory.rstrip("/") + "/")
 
-    def _problem(self, kind: str, part: str, detail: str, expected: Any = None, actual: Any = None) -> None:
-        self.report.problems.append(PartProblem(kind, part, detail, expected, actual))
+    def _problem(
+        self, kind: str, part: str, detail: str, expected: Any = None, actual: Any = None, location: str | None = None
+    ) -> None:
+        self.report.problems.append(PartProblem(kind, part, detail, expected, actual, location))
 
-    def _check_part(self, part: _ListedPart, path: str) -> None:
+    def _read_elsewhere(self, part: _ListedPart, path: str) -> str | None:
+        """Where ``path`` is, for the report, when it is not where the part's key says (``None``)."""
+        return None if path == self._resolve_plainly(part.key) else self.store.display(path)
+
+    def _check_part(self, part: _ListedPart, path: str) -> str | None:
+        """Read one listed part at ``path`` and compare it with its entry; the path read, or ``None``
+        when it was not (missing, unreadable storage)."""
+        location = self._read_elsewhere(part, path)
         try:
             measured = measure_part(self.store, path, self.report.output_format)
         except ObjectMissing:
             final = _final_name_of_staged(self.directory, path)
             if final is None:
-                self._problem("missing", part.key, f"listed in the manifest, not found at {self.store.display(path)}")
-                return
-            problems = len(self.report.problems)
-            self._check_part(part, final)  # a switch moved it: the same bytes, or the checks say not
-            if not any(problem.kind == "missing" for problem in self.report.problems[problems:]):
+                detail = (
+                    f"listed in the manifest as {part.key}, not found"
+                    if location
+                    else f"listed in the manifest, not found at {self.store.display(path)}"
+                )
+                self._problem("missing", part.key, detail, location=location)
+                return None
+            read = self._check_part(part, final)  # a switch moved it: the same bytes, or the checks say not
+            if read is not None:
                 self.moved_parts += 1
-            return
+            return read
         except StorageError as error:
-            self.report.unchecked.append(f"{part.key}: {error}")
-            return
+            self.report.unchecked.append(f"{location or part.key}: {error}")
+            return None
         if measured.rows_unchecked is not None and measured.rows_unchecked not in self.report.unchecked:
             self.report.unchecked.append(measured.rows_unchecked)
         self.report.parts_checked += 1
@@ -343,17 +428,17 @@ class _Verification:
         self.report.rows += measured.rows or 0
         if measured.bytes != part.bytes:
             detail = f"{measured.bytes:,} bytes stored, the manifest says {part.bytes:,}"
-            self._problem("bytes", part.key, detail, part.bytes, measured.bytes)
+            self._problem("bytes", part.key, detail, part.bytes, measured.bytes, location)
         if measured.sha256 != part.sha256:
             detail = f"sha256 {measured.sha256[:12]}… stored, the manifest says {part.sha256[:12]}…"
-            self._problem("sha256", part.key, detail, part.sha256, measured.sha256)
+            self._problem("sha256", part.key, detail, part.sha256, measured.sha256, location)
         if measured.unreadable is not None:
-            self._problem(
-                "unreadable", part.key, f"not a valid {self.report.output_format} part: {measured.unreadable}"
-            )
+            detail = f"not a valid {self.report.output_format} part: {measured.unreadable}"
+            self._problem("unreadable", part.key, detail, location=location)
         elif measured.rows is not None and measured.rows != part.rows:
             detail = f"{measured.rows:,} data rows stored, the manifest says {part.rows:,}"
-            self._problem("rows", part.key, detail, part.rows, measured.rows)
+            self._problem("rows", part.key, detail, part.rows, measured.rows, location)
+        return path
 
     def _check_totals(self) -> None:
         for total, name in (
@@ -374,9 +459,10 @@ class _Verification:
             for entry in (parts if isinstance(parts, list) else [])
             if isinstance(entry, dict) and isinstance(entry.get("archive_key"), str)
         }
+        switching = self.switch_holder is not None
         bookkeeping: Counter[str] = Counter()
         folders: set[str] = set()
-        archives = replaced = 0
+        archives = unlisted_parts = 0
         try:
             for path in self.store.list_paths(self.directory, descend_into=_is_bookkeeping):
                 if path == self.manifest_path or path in listed:
@@ -389,10 +475,15 @@ class _Verification:
                         folders.add(top)
                 elif "/" not in name and name in kept_archives:
                     archives += 1
-                elif self.switch_phase is not None and "/" not in name and is_part_name(name):
-                    replaced += 1  # the previous set's, until the switch's clean-up removes it
                 else:
-                    self._problem("stray", name, f"not listed in the manifest: {self.store.display(path)}")
+                    unlisted_part = "/" not in name and is_part_name(name)
+                    unlisted_parts += int(unlisted_part)
+                    if not (switching and unlisted_part):  # while switching: the replaced set's, until its clean-up
+                        self._problem(
+                            "stray",
+                            name or self.store.display(path),
+                            f"not listed in the manifest: {self.store.display(path)}",
+                        )
         except StorageError as error:
             self.report.unchecked.append(f"objects not listed in the manifest cannot be looked for: {error}")
         for top, count in sorted(bookkeeping.items()):
@@ -406,11 +497,47 @@ class _Verification:
                 f"{self.moved_parts} part(s) the manifest lists in {STAGING_DIR}/ were read at their final names: "
                 "a re-run's switch has moved them there"
             )
-        if self.switch_phase is not None:
+        self._note_switch(unlisted_parts)
+
+    def _note_switch(self, unlisted_parts: int) -> None:
+        """Say what the checkpoint tells of a re-run's switch: under way (its writer holds the lease),
+        the unlisted parts left until it is done; or stopped, those parts strays until an export of
+        the location finishes it."""
+        if self.switch_phase is None:
+            return
+        phase = f"checkpoint phase {self.switch_phase!r}"
+        if self.switch_holder is not None:
+            self.report.awaiting_cleanup = unlisted_parts
             self.report.notes.append(
-                f"a re-run is switching this location over (checkpoint phase {self.switch_phase!r}): "
-                f"{replaced} unlisted part(s) of the export it replaces are left until its clean-up"
+                f"a re-run is switching this location over ({phase}, lease held by {self.switch_holder}): "
+                f"{unlisted_parts} part(s) the manifest does not list (the replaced export's, or being moved into "
+                "place) are left until it is done"
             )
+            return
+        strays = (
+            f": its {unlisted_parts} part(s) the manifest does not list are strays until an export of this "
+            "location runs again and finishes the switch"
+            if unlisted_parts
+            else ""
+        )
+        self.report.notes.append(
+            f"a re-run's switch stopped before its clean-up ({phase}, no writer holds the lease){strays}"
+        )
+
+
+def _recorded_path(key: str, family: str, directory: str) -> tuple[str, str]:
+    """The scheme and path a part's key named where its manifest was written: a URL as it says; a
+    bare key, a key in that manifest's bucket (locally: a path relative to its directory).
+
+    :param key: the part's key, as the manifest lists it.
+    :param family: the scheme of the manifest's recorded location (:func:`split_url`).
+    :param directory: the path of the recorded location's directory.
+    """
+    if "://" in key:
+        return split_url(key)
+    if family == LOCAL_SCHEME:
+        return family, posixpath.normpath(posixpath.join(directory, key))  # an absolute key stays itself
+    return family, f"{directory.split('/', 1)[0]}/{key}"
 
 
 def _final_name_of_staged(directory: str, path: str) -> str | None:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 CHUNK_BYTES = 1024 * 1024
 DEFAULT_AWS_CONN_ID = "aws_default"
+#: The scheme local paths belong to (``file://``; ``local://`` is the same).
+LOCAL_SCHEME = "file"
 
 
 class StorageError(Exception):
@@ -48,6 +50,11 @@ class Store(ABC):
     schemes: tuple[str, ...]
     #: Whether a bare part key is a key in the manifest's bucket (object stores), not a relative path.
     keys_are_bucket_keys = True
+
+    @property
+    def family(self) -> str:
+        """The scheme its paths belong to, as :func:`split_url` names it (``file`` for local files)."""
+        return self.schemes[0]
 
     @abstractmethod
     def display(self, path: str) -> str:
@@ -113,7 +120,7 @@ class FileLikeStore(Store):
 class LocalStore(FileLikeStore):
     """Local files: plain paths and ``file://`` URLs."""
 
-    schemes = ("file", "local")
+    schemes = (LOCAL_SCHEME, "local")
     keys_are_bucket_keys = False
 
     def display(self, path: str) -> str:
@@ -220,15 +227,25 @@ class S3Store(Store):
                     if descend_into(sub["Prefix"][len(prefix) :].rstrip("/")):
                         for inner in paginator.paginate(Bucket=bucket, Prefix=sub["Prefix"]):
                             yield from _object_paths(bucket, inner)
+                    else:
+                        yield from self._object_at_prefix(bucket, sub["Prefix"])
+
+    def _object_at_prefix(self, bucket: str, prefix: str) -> Iterator[str]:
+        """The object whose key is ``prefix`` itself (``part-00009.csv/``), if it holds bytes: with a
+        delimiter it is listed only as that sub-prefix, which is otherwise not looked into. One
+        request per sub-prefix: the shortest key under a prefix, the prefix itself, comes first."""
+        reply = self.client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        yield from (path for path in _object_paths(bucket, reply) if path == f"{bucket}/{prefix}")
 
     def _errors(self, path: str, *, listing: bool = False) -> AbstractContextManager[None]:
         return _s3_errors(self.display(path), "listing" if listing else "reading")
 
 
 def _object_paths(bucket: str, page: dict[str, Any]) -> Iterator[str]:
-    """The ``bucket/key`` paths of the objects in one ``list_objects_v2`` page."""
+    """The ``bucket/key`` paths of the objects in one ``list_objects_v2`` page; zero-byte "folder"
+    markers (keys ending in ``/``) are not objects, but such a key holding bytes is one."""
     for item in page.get("Contents", []):
-        if not item["Key"].endswith("/"):  # zero-byte "folder" markers are not objects
+        if not item["Key"].endswith("/") or item.get("Size", 0) > 0:
             yield f"{bucket}/{item['Key']}"
 
 
@@ -322,16 +339,19 @@ class ObjectStorageStore(FileLikeStore):
 
     def list_paths(self, directory: str, descend_into: Callable[[str], bool]) -> Iterator[str]:
         try:
-            found = self.fs.find(directory)
+            found: dict[str, Any] = self.fs.find(directory, detail=True)
         except FileNotFoundError:
             return
         except PermissionError:
             raise AccessDenied(f"access denied listing {self.display(directory)}") from None
         inside = directory.rstrip("/") + "/"
-        for path in sorted(found):
+        for path, info in sorted(found.items()):
             path = path.split("://", 1)[-1]
+            if path.endswith("/") and not (info.get("size") or 0):  # a zero-byte "folder" marker
+                continue
             name = path[len(inside) :] if path.startswith(inside) else ""  # not under it: as found
-            if "/" not in name or descend_into(name.split("/", 1)[0]):
+            # ``part-00009.csv/`` holding bytes is an object here, not a sub-directory
+            if "/" not in name.rstrip("/") or descend_into(name.split("/", 1)[0]):
                 yield path
 
 
@@ -361,6 +381,19 @@ def open_store(location: str, conn_id: str | None) -> tuple[Store, str]:
         _require_connection(conn_id)
         store = ObjectStorageStore(scheme, conn_id)
     return store, store.path_of_url(location)
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``(scheme, path)`` of a URL, the path as a store of that scheme names it: ``file`` and a
+    normalized absolute path for ``file://`` and ``local://``, else the lower-case scheme and
+    ``bucket/key``. Compared with :attr:`Store.family` and a store's paths.
+
+    :param url: ``scheme://...``.
+    """
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in LocalStore.schemes:
+        return LOCAL_SCHEME, LocalStore().path_of_url(url)
+    return scheme, url.split("://", 1)[1]
 
 
 def _require_connection(conn_id: str | None) -> None:
