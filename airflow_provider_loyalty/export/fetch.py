@@ -116,13 +116,15 @@ class BatchFetcher:
             if status.describe() != last:
                 self.log.info("Export task %s: %s", task.task_id, status.describe())
                 last = status.describe()
-            if time.monotonic() + self.poll_interval > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise LoyaltyError(
-                    f"Export task {task.task_id} did not complete within batch_timeout={self.batch_timeout:.0f}s"
+                    f"Export task {task.task_id} did not complete within batch_timeout={self.batch_timeout:g}s"
                 )
             if on_wait is not None:
                 on_wait()
-            if self.stop.wait(self.poll_interval):
+            # The last look is at the deadline itself (as the trigger's): a task done by then counts.
+            if self.stop.wait(min(self.poll_interval, left)):
                 raise LoyaltyExportStopped(f"stopped while waiting for export task {task.task_id}")
 
     def download(self, task: PendingTask, status: ExportTaskStatus) -> FetchedBatch:

@@ -77,6 +77,20 @@ def test_a_file_name_that_begins_like_the_token_is_downloaded_by_its_name(
     assert (log.deferrals > 0) is deferrable
 
 
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferrable"])
+def test_a_task_done_before_batch_timeout_lands_however_long_the_poll_interval(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, deferrable: bool
+) -> None:
+    """A task taking 1.6 s, batch_timeout 2 s, poll_interval 1.5 s: the worker gave up after its
+    first poll (a second poll would have passed the deadline) while the trigger took a last look at
+    the deadline and landed it. Both now look once more at the deadline."""
+    with LoyaltyEmulator(EmulatorConfig(transactions=800, batch_size=1000, task_duration=1.6)) as emulator:
+        point_connection_at(monkeypatch, emulator, max_retries=0)
+        operator = local_export_operator(tmp_path, deferrable=deferrable, poll_interval=1.5, batch_timeout=2)
+        manifest = run_with_deferrals(operator, context_for()) if deferrable else operator.execute(context_for())
+    assert manifest["total_rows"] == 800
+
+
 # ---------------------------------------------------------------------------------------- 13.1
 
 
