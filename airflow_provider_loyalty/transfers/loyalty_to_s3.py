@@ -214,7 +214,9 @@ def default_asset_uri(bucket: str, params: dict[str, Any]) -> str:
     if literal and (key_prefix := check_key_prefix(prefix)) is not None:
         return asset_uri(bucket, f"{key_prefix}/{MANIFEST_NAME}")  # as the sink writes it
     if prefix and not literal:  # templated: the literal part before the first template
-        root = str(prefix).lstrip().lstrip("/").split("{", 1)[0].rsplit("/", 1)[0]
+        # (a TaskFlow output or a mapped task group's argument has no literal part: the bucket's root)
+        text = prefix if isinstance(prefix, str) else ""
+        root = text.lstrip().lstrip("/").split("{", 1)[0].rsplit("/", 1)[0]
         return asset_uri(bucket, f"{root}/{MANIFEST_NAME}" if root else MANIFEST_NAME)
     # The values as the request (and the default prefix) gets them: "0123" is program 123.
     program, eid, iid = (

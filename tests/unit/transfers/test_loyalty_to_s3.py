@@ -457,6 +457,23 @@ def test_each_program_and_currency_has_its_own_default_asset():
     ]
 
 
+def test_a_prefix_known_only_at_run_time_has_the_buckets_root_manifest_as_its_asset():
+    """A prefix from a mapped task group (``MappedArgument``) made the asset
+    ``s3://b/MappedArgument(_input=DictOfListsExpandInput(value=/_manifest.json``: its repr."""
+    import pendulum
+    from airflow.sdk import DAG, task_group
+
+    seen: list[str] = []
+    with DAG("mapped_prefix", schedule=None, start_date=pendulum.datetime(2023, 9, 1, tz="UTC")):
+
+        @task_group
+        def export_to(prefix: str) -> None:
+            seen.append(make_operator("my-bucket", s3_key_prefix=prefix).outlets[0].uri)
+
+        export_to.expand(prefix=["daily/a", "daily/b"])
+    assert seen == ["s3://my-bucket/_manifest.json"]
+
+
 @pytest.mark.parametrize(
     "values",
     [
