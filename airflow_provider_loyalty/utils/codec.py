@@ -327,11 +327,11 @@ def _in_the_charset_that_reads_it(body: bytes, content_type_header: str | None) 
     single-byte charset reads any bytes, so reading by the wrong one garbles text without an error.
     So when either says UTF-8 and the body is valid UTF-8, it is read as UTF-8 (other text is
     valid UTF-8 by chance almost never); otherwise the Content-Type's charset decides, when the
-    body is valid in it.
+    body is valid in it. Without a charset in the Content-Type, see :func:`_utf8_under_another_prolog`.
     """
     header_charset = _declared_charset(content_type_header)
     if header_charset is None:
-        return body
+        return _utf8_under_another_prolog(body)
     try:
         by_header = codecs.lookup(header_charset).name
         declared = _declared_xml_encoding(body)
@@ -343,6 +343,23 @@ def _in_the_charset_that_reads_it(body: bytes, content_type_header: str | None) 
     if "utf-8" in (by_header, by_declaration) and _is_utf8(body):
         return body if by_declaration == "utf-8" else (_xml_as_utf8(body, "utf-8") or body)
     return _xml_as_utf8(body, by_header) or body
+
+
+def _utf8_under_another_prolog(body: bytes) -> bytes:
+    """``body`` as UTF-8 when its prolog names another encoding but its bytes, non-ASCII ones among
+    them, are valid UTF-8 (a fixed ``encoding="ISO-8859-1"`` template over UTF-8 text, sent without
+    a charset, as PHP sends ``application/xml``); else unchanged. Text in a single-byte encoding
+    with letters past ASCII is valid UTF-8 almost never; UTF-16 and UTF-32 are left to the parser."""
+    declared = _declared_xml_encoding(body)
+    if declared is None or body.isascii():
+        return body
+    try:
+        codec = codecs.lookup(declared).name
+    except LookupError:
+        return body
+    if codec == "utf-8" or codec.startswith(("utf-16", "utf-32")) or not _is_utf8(body):
+        return body
+    return _xml_as_utf8(body, "utf-8") or body
 
 
 def _is_utf8(body: bytes) -> bool:
