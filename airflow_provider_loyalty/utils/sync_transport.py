@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -36,21 +37,33 @@ class NoRedirectSession(requests.Session):
 
 
 class BearerAuth(requests.auth.AuthBase):
-    """``Authorization: Bearer <token>``; ``repr`` never shows the token.
+    """``Authorization: Bearer <token>`` on requests to the API's own scheme, host and port (the
+    session of :meth:`LoyaltyHook.get_conn` may be handed any URL: the token stays off others);
+    ``repr`` never shows the token.
 
     :param token: the API token.
+    :param origin: ``scheme://host[:port]`` of the API (``None``: every request).
     """
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, origin: str | None = None) -> None:
         self._token = token
+        self._origin = origin
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        """Set the header on a request being prepared."""
-        request.headers["Authorization"] = f"Bearer {self._token}"
+        """Set the header on a request being prepared, if it goes to the API."""
+        if self._origin is None or _origin_of(request.url or "") == self._origin:
+            request.headers["Authorization"] = f"Bearer {self._token}"
         return request
 
     def __repr__(self) -> str:
         return "BearerAuth(***)"
+
+
+def _origin_of(url: str) -> str:
+    """``scheme://host:port`` of a URL, the port written out (``https://a`` is ``https://a:443``)."""
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
 
 
 def build_session(settings: LoyaltyConnectionSettings) -> requests.Session:
@@ -60,7 +73,7 @@ def build_session(settings: LoyaltyConnectionSettings) -> requests.Session:
     """
     session = NoRedirectSession()
     # Auth as an AuthBase (not a bare header): requests then never replaces it with ~/.netrc.
-    session.auth = BearerAuth(settings.token)
+    session.auth = BearerAuth(settings.token, _origin_of(settings.base_url))
     session.headers.update({"User-Agent": USER_AGENT, "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5"})
     # The environment (proxies, REQUESTS_CA_BUNDLE) is read once here, not re-scanned by requests on
     # every call; ``verify`` also goes with each request so nothing can override verify_ssl/ca_bundle.

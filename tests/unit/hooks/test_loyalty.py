@@ -139,6 +139,9 @@ def test_get_conn_is_the_hooks_authenticated_session(hook: LoyaltyHook, loyalty_
     reply = session.post(f"{loyalty_emulator.url}/api/v1.1/tasks/status", json={"task_id": "task_unknown"})
     assert (reply.status_code, reply.json()["error_text"]) == (404, "Export task not found: task_unknown")
     assert requests_seen(loyalty_emulator, "status") == 1
+    with loopback_server() as elsewhere:  # another host (or port): the session sends no token there
+        session.get(f"{elsewhere.url}/anything")
+    assert elsewhere.requests and not elsewhere.authorized_requests
 
 
 def test_account_pages_and_iteration(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
