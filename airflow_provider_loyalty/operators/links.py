@@ -40,4 +40,7 @@ class LoyaltyManifestLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         """The manifest's console URL, or '' before the task has written one."""
         value = XCom.get_value(ti_key=ti_key, key=MANIFEST_LINK_KEY)
+        if value is None:  # a run from before the link had its own XCom: its return value says
+            returned = XCom.get_value(ti_key=ti_key, key="return_value")
+            value = returned.get("manifest") if isinstance(returned, dict) else None
         return manifest_console_url(value) if isinstance(value, str) and value else ""

@@ -87,7 +87,9 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         self.export_task_id = validation.check_task_id(export_task_id)
         self.loyalty_conn_id = loyalty_conn_id
         self.poll_interval = validation.check_positive_number(poll_interval, "poll_interval")
-        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
+        if deadline is not None and (
+            isinstance(deadline, bool) or not isinstance(deadline, int | float) or not math.isfinite(deadline)
+        ):  # NaN never passes (a wait without end), and neither serializes as JSON
             raise LoyaltyValidationError("deadline", f"expected epoch seconds or None, got {deadline!r}")
         self.deadline = None if deadline is None else float(deadline)
         self.content_type = content_type
