@@ -16,6 +16,11 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+try:  # the Task SDK's own since Airflow 3.2; airflow.exceptions' before
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+except ImportError:  # pragma: no cover - Airflow 3.1
+    from airflow.exceptions import AirflowTaskTimeout  # type: ignore[no-redef,attr-defined]
+
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.triggers.loyalty import (
@@ -124,9 +129,11 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
                 return first.xcom_value
         finally:
             self.hook.close()
-        self._defer(within_execution_timeout(self, context, started + self.timeout))
+        own_deadline = started + self.timeout
+        deadline = within_execution_timeout(self, context, own_deadline)
+        self._defer(deadline, ends_execution=deadline < own_deadline)
 
-    def _defer(self, deadline: float, first_check_after: float = 0.0) -> None:
+    def _defer(self, deadline: float, first_check_after: float = 0.0, *, ends_execution: bool = False) -> None:
         """Hand the wait to the triggerer until ``deadline`` (epoch seconds); its first check
         ``first_check_after`` seconds from now."""
         self.log.info(
@@ -141,7 +148,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             loyalty_conn_id=self.loyalty_conn_id,
             poll_interval=self.poke_interval,
             deadline=deadline,
-            kwargs={"deadline": deadline},
+            kwargs={"deadline": deadline, **({"ends_execution": True} if ends_execution else {})},
             grace=_DEFERRAL_GRACE,
             first_check_after=first_check_after,
         )
@@ -162,7 +169,11 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             raise
 
     def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, deadline: float | None = None
+        self,
+        context: Context,
+        event: dict[str, Any] | None = None,
+        deadline: float | None = None,
+        ends_execution: bool = False,
     ) -> dict[str, Any]:
         """Resume after the trigger fired: return the result, or raise what the event says.
 
@@ -175,10 +186,19 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         :param context: the task context.
         :param event: the :class:`LoyaltyExportTaskTrigger` event.
         :param deadline: when the wait ends (epoch seconds), as the deferral set it.
+        :param ends_execution: the deadline is the task's ``execution_timeout``, before the
+            sensor's own ``timeout``: reaching it is the task timing out (retried, never skipped),
+            as in poke mode, not the sensor's timeout.
         :raises LoyaltyExportTaskFailed: the export task failed.
         :raises AirflowSensorTimeout: the deadline passed.
-        :raises AirflowSkipException: either of the above with ``soft_fail=True``.
+        :raises AirflowTaskTimeout: ``execution_timeout`` passed first.
+        :raises AirflowSkipException: either of the first two with ``soft_fail=True``.
         """
+        if ends_execution and isinstance(event, dict) and event.get("status") == "timeout":
+            raise AirflowTaskTimeout(
+                f"export task {self.export_task_id} did not finish within the task's execution_timeout "
+                f"({self.execution_timeout}), before the sensor's timeout ({self.timeout:g} s)"
+            )
         try:
             result = result_from_event(event, validation.check_task_id(self.export_task_id))
         except AirflowSkipException:
@@ -189,7 +209,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             if silent_fail and wait_failed(event) and deadline is not None:
                 if deadline > time.time():
                     self.log.error("Sensor check failed (silent_fail): %s; waiting on", error)
-                    self._defer(deadline, first_check_after=self.poke_interval)
+                    self._defer(deadline, first_check_after=self.poke_interval, ends_execution=ends_execution)
                 failure = AirflowSensorTimeout(
                     f"export task {self.export_task_id} did not finish by the deadline; the last check failed: {error}"
                 )

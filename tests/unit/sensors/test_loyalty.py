@@ -141,6 +141,48 @@ def test_deferrable_defers_with_the_right_trigger(emulator: LoyaltyEmulator) -> 
     assert deferred.timeout >= timedelta(seconds=3600)  # a backstop behind the trigger's deadline
 
 
+@pytest.mark.parametrize("soft_fail", [False, True])
+def test_execution_timeout_before_the_sensors_timeout_is_a_task_timeout_when_deferred(
+    emulator: LoyaltyEmulator, soft_fail: bool
+) -> None:
+    """Poke mode meets ``execution_timeout`` as ``AirflowTaskTimeout`` (retried, never skipped);
+    deferred, the trigger's deadline (the earlier of the two) ended as the sensor's own timeout:
+    never retried, and skipped with ``soft_fail``."""
+    from airflow.providers.common.compat.sdk import AirflowSensorTimeout
+
+    try:
+        from airflow.sdk.exceptions import AirflowTaskTimeout
+    except ImportError:  # Airflow 3.1
+        from airflow.exceptions import AirflowTaskTimeout  # type: ignore[no-redef,attr-defined]
+
+    emulator.config.task_duration = 60
+    task_id = create_export()
+    sensor = make_sensor(
+        task_id, deferrable=True, timeout=3600, execution_timeout=timedelta(seconds=1), soft_fail=soft_fail
+    )
+    with pytest.raises(TaskDeferred) as caught:
+        sensor.execute(CONTEXT)
+    assert caught.value.kwargs["ends_execution"] is True
+    event = asyncio.run(_fire(caught.value.trigger))
+    assert event["status"] == "timeout"
+    with pytest.raises(AirflowTaskTimeout, match="execution_timeout"):
+        getattr(sensor, caught.value.method_name)(CONTEXT, event=event, **caught.value.kwargs)
+    # the sensor's own timeout first: the sensor's timeout, as before
+    own = make_sensor(task_id, deferrable=True, timeout=1, execution_timeout=timedelta(hours=1), soft_fail=soft_fail)
+    with pytest.raises(TaskDeferred) as deferred:
+        own.execute(CONTEXT)
+    assert "ends_execution" not in deferred.value.kwargs
+    expected = AirflowSkipException if soft_fail else AirflowSensorTimeout
+    with pytest.raises(expected):
+        own.execute_complete(CONTEXT, event=event, **deferred.value.kwargs)
+
+
+async def _fire(trigger: LoyaltyExportTaskTrigger) -> dict[str, Any]:
+    async for event in trigger.run():
+        return dict(event.payload)
+    raise AssertionError("the trigger ended without an event")
+
+
 def test_deferrable_failure_at_first_check_raises(emulator: LoyaltyEmulator) -> None:
     task_id = create_export()
     emulator.set_faults([FaultRule(endpoint="status", kind="task_failed", params={"text": "bad period"})])
