@@ -1113,9 +1113,9 @@ def test_a_member_history_is_checked_against_either_reading_of_total_count(
 
 
 def test_a_history_that_outgrows_every_total_count_stops_at_once(monkeypatch, tmp_path) -> None:
-    """A server sending the same record under a new cursor on every page (total_count 1) was
-    followed until 1,000 empty pages: now the walk stops once the rows pass every count given."""
-    from tests.reliability.support import fake_api, loopback_server
+    """A server sending one more record under a new cursor on every page, past its total_count of
+    1, was followed to its end (if any): the walk stops once the rows pass every count given."""
+    from tests.reliability.support import fake_api, loopback_server, send
 
     served: list[int] = []
 
@@ -1125,12 +1125,7 @@ def test_a_history_that_outgrows_every_total_count_stops_at_once(monkeypatch, tm
         served.append(1)
         records = [{"transaction_id": f"t{len(served)}"}]
         document = {"data": records, "next_from_id": f"c{len(served)}", "total_count": 1, "error": 0}
-        body = json.dumps(document).encode()
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        send(handler, 200, json.dumps(document).encode(), "application/json")
 
     with loopback_server(respond) as server:
         connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
