@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -227,7 +228,30 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
             return self._event("error", message=status.failure_text, task_status=status.status)
         result = status.completed_result()
         self.log.info("Export task %s completed: %s rows", self.export_task_id, result.total)
-        return self._event("success", result=result.raw)
+        return self._event("success", result=self._bounded(result.raw))
+
+    def _bounded(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The ``result`` as the event carries it: whole, unless it is larger than
+        :data:`MAX_EVENT_RESULT_BYTES` as JSON (fields the seed does not document, of any size, are
+        the server's): then its documented fields only. The event is stored in Airflow's database
+        and read by the resuming task; a 20 MiB field would ride along with it."""
+        size = len(json.dumps(result, default=str))
+        if size <= MAX_EVENT_RESULT_BYTES:
+            return result
+        kept = {name: result[name] for name in DOCUMENTED_RESULT_FIELDS if name in result}
+        self.log.warning(
+            "Export task %s: its result is %d bytes as JSON; the event carries its documented fields only (%s)",
+            self.export_task_id,
+            size,
+            ", ".join(sorted(kept)),
+        )
+        return kept
+
+
+#: The largest ``result`` a trigger's success event carries whole (see ``_bounded``).
+MAX_EVENT_RESULT_BYTES = 64 * 1024
+#: The fields seed 000 documents in a completed task's ``result``.
+DOCUMENTED_RESULT_FIELDS = ("hashed_file", "is_api", "loyalty_id", "next_from_id", "points_currency_iid", "total")
 
 
 def within_execution_timeout(task: BaseOperator, context: Any, deadline: float) -> float:

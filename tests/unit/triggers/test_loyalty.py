@@ -172,6 +172,31 @@ def test_a_status_word_that_echoes_the_token_leaves_it_out_of_the_event_and_the_
     assert token not in json.dumps(event) and token not in caplog.text
 
 
+@pytest.mark.parametrize("extra_bytes", [200, 200_000], ids=["small", "huge"])
+def test_the_success_event_carries_the_result_whole_unless_it_is_huge(
+    monkeypatch: pytest.MonkeyPatch, extra_bytes: int
+) -> None:
+    """The event is stored in Airflow's database and read by the resuming task: a server field of
+    any size rode along (20 MiB made a 20 MiB event). Past 64 KiB only the documented fields go."""
+    from tests.reliability.support import envelope, loopback_server, send
+
+    result = {"hashed_file": "ab/T.zip", "total": 3, "next_from_id": "", "is_api": True, "debug": "x" * extra_bytes}
+
+    def respond(handler, _server) -> None:
+        send(handler, 200, envelope({"status": "completed", "result": result}), "application/json")
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        event = asyncio.run(run_trigger(LoyaltyExportTaskTrigger("task_1", poll_interval=0.5)))
+    assert event["status"] == "success"
+    if extra_bytes < 1000:
+        assert event["result"] == result
+    else:
+        assert event["result"] == {"hashed_file": "ab/T.zip", "total": 3, "next_from_id": "", "is_api": True}
+        assert len(json.dumps(event)) < 1000
+
+
 @pytest.mark.parametrize(
     ("kind", "params"), [("rate_limit", {"retry_after": 100}), ("slow", {"seconds": 20})], ids=["retry-after", "hung"]
 )
