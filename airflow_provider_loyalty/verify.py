@@ -19,7 +19,6 @@ import json
 import os
 import posixpath
 import sys
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from airflow_provider_loyalty.export.layout import (
     TEMPORARY_PREFIX,
     is_part_name,
 )
+from airflow_provider_loyalty.export.lease import is_live
 from airflow_provider_loyalty.export.part_formats import OUTPUT_FORMATS
 from airflow_provider_loyalty.export.progress import CLEANUP, SEALING, ExportProgress
 from airflow_provider_loyalty.export.spec import period_of
@@ -348,10 +348,7 @@ class _Verification:
         """Who holds the location's lease for the export's period now (the writer switching it
         over, at work), or ``None``: nobody does, so a switch the checkpoint tells of has stopped."""
         lease = self._bookkeeping_document(LEASE_NAME)
-        if not isinstance(lease, dict) or period_of(lease) != period_of(self.document):
-            return None
-        expires_at = lease.get("expires_at")
-        if not isinstance(expires_at, int | float) or isinstance(expires_at, bool) or expires_at <= time.time():
+        if not isinstance(lease, dict) or period_of(lease) != period_of(self.document) or not is_live(lease):
             return None
         who = lease.get("task") or "an export outside Airflow"
         return f"{who} (try {lease.get('try_number')}) on {lease.get('host')} until {lease.get('expires')}"

@@ -111,6 +111,12 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def is_live(document: dict[str, Any]) -> bool:
+    """Whether a lease document still holds its location: its ``expires_at`` has not passed."""
+    expires_at = document.get("expires_at")
+    return isinstance(expires_at, int | float) and not isinstance(expires_at, bool) and expires_at >= time.time()
+
+
 def _holder_text(document: dict[str, Any]) -> str:
     task = document.get("task")
     who = f"task {task} (try {document.get('try_number')})" if task else "an export outside any Airflow task"
@@ -212,8 +218,7 @@ class LocationLease:
     def _may_take_over(self, holder: dict[str, Any]) -> bool:
         if not holder or holder.get("writer_id") == self.identity.writer_id:
             return True
-        expires_at = holder.get("expires_at")
-        if not isinstance(expires_at, int | float) or expires_at < time.time():
+        if not is_live(holder):
             return True
         if holder.get("task") is not None:
             return bool(holder.get("task") == self.identity.task)

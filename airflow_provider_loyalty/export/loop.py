@@ -474,8 +474,8 @@ class ExportLoop:
     def _download(self, task: PendingTask, status: ExportTaskStatus) -> FetchedBatch:
         try:
             return self.fetcher.download(task, status)
-        except (LoyaltyNotFoundError, LoyaltyApiError) as error:
-            if isinstance(error, LoyaltyNotFoundError) or file_gone(error):
+        except LoyaltyApiError as error:
+            if file_gone(error):  # a "not found" among them
                 raise _BatchUnusable(f"the file of export task {task.task_id} cannot be downloaded: {error}") from None
             raise
 
