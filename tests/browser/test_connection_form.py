@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -108,6 +109,25 @@ def fill_standard_fields(dialog: Any, base_url: str, token: str) -> None:
     """Base URL and API token (the "Standard Fields" section is open after choosing the type)."""
     dialog.get_by_label("Base URL").fill(base_url)
     dialog.get_by_label("API token").fill(token)
+
+
+def fill_and_confirm(section: Any, values: dict[str, str], deadline_s: float = 30.0) -> None:
+    """Fill each labelled field, then confirm every one still holds its value, filling again until
+    all do or the deadline passes.
+
+    The form may re-render from its own state just after a choice elsewhere (the content type's
+    list closing): a value typed in that moment was seen replaced by the field's default (Airflow
+    3.1, CI of 2026-12-04). Checking all fields together after the last fill catches that.
+    """
+    deadline = time.monotonic() + deadline_s
+    while True:
+        for label, value in values.items():
+            section.get_by_label(label).fill(value)
+        held = {label: section.get_by_label(label).input_value() for label in values}
+        if held == values:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the form did not keep the values typed: {held} (typed {values})")
 
 
 def save_and_test(page: Any, dialog: Any, conn_id: str) -> None:
@@ -211,8 +231,8 @@ def test_add_loyalty_connection_test_and_save(
         enum = CONN_FIELDS["content_type"]["schema"]["enum"]
         expect(page.get_by_role("option")).to_have_text(["null" if value is None else value for value in enum])
         page.get_by_role("option", name="json", exact=True).click()
-        extra.get_by_label("Timeout (seconds)").fill("30")
-        extra.get_by_label("Max retries").fill("2")
+        expect(page.get_by_role("option")).to_have_count(0)  # the list closed: the form took the choice
+        fill_and_confirm(extra, {"Timeout (seconds)": "30", "Max retries": "2"})
 
         save_and_test(page, dialog, conn_id)
         expect_toast(page, "Test Connection Successful", "Connection successful: the API accepted the token")
