@@ -328,6 +328,7 @@ class LoyaltyHook(BaseHook):
         :param max_bytes: the largest download accepted.
         :param stop: set it (from another thread or a signal handler) to stop the download.
         """
+        max_bytes = validation.check_byte_count(max_bytes, "max_bytes")  # before the request: NaN would be no cap
         with token_redacted(self._token()):
             url = download_url(self.settings, hashed_file)
             if isinstance(destination, str | os.PathLike):

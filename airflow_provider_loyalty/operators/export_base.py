@@ -37,7 +37,7 @@ from airflow_provider_loyalty.triggers.loyalty import (
 )
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
-from airflow_provider_loyalty.utils.periods import period_bound
+from airflow_provider_loyalty.utils.periods import period_bound, unfinished_period_warning
 
 #: How long a deferred export keeps its location beyond the trigger's deadline.
 _LEASE_GRACE = 600.0
@@ -60,22 +60,14 @@ _LITERAL_CHECKED = (
 _SWITCHES = ("deferrable", "resume", "replace", "keep_zip", "fail_on_empty", "verify")
 
 
-def _whole_number(value: Any, parameter: str) -> int:
-    """A byte count >= 1: an int, or a whole float (``2e9``); a fraction is refused, not cut to 0."""
-    number = validation.check_positive_number(value, parameter)
-    if not number.is_integer():
-        raise LoyaltyValidationError(parameter, f"expected a whole number of bytes, got {value!r}")
-    return int(number)
-
-
 #: The settings (parameters never templated) and how each is checked and converted.
 _SETTING_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "max_batches": validation.check_optional_positive_int,
     "poll_interval": validation.check_duration,
     "batch_timeout": validation.check_duration,
     **dict.fromkeys(_SWITCHES, validation.parse_bool),
-    "max_download_bytes": _whole_number,
-    "max_uncompressed_bytes": _whole_number,
+    "max_download_bytes": validation.check_byte_count,
+    "max_uncompressed_bytes": validation.check_byte_count,
     "max_compression_ratio": validation.check_positive_number,
 }
 
@@ -303,6 +295,8 @@ class LoyaltyExportBaseOperator(BaseOperator):
     def export_loop(self, context: Context) -> ExportLoop:
         """The loop for this task's rendered parameters and sink."""
         spec = self.export_spec(context)
+        if (warning := unfinished_period_warning(spec.date_to)) is not None:
+            self.log.warning("%s", warning)
         self.hook.settings  # noqa: B018 - a connection that cannot be read fails before the location is touched
         return ExportLoop(
             hook=self.hook,

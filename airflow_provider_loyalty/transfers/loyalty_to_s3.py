@@ -14,7 +14,12 @@ from airflow_provider_loyalty.export.sinks import PartSink
 from airflow_provider_loyalty.export.spec import ExportSpec
 from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOperator
 from airflow_provider_loyalty.operators.lineage import asset_uri
-from airflow_provider_loyalty.transfers.s3_location import check_bucket, check_key_length, check_key_prefix
+from airflow_provider_loyalty.transfers.s3_location import (
+    check_bucket,
+    check_key_length,
+    check_key_prefix,
+    check_key_segments,
+)
 from airflow_provider_loyalty.transfers.s3_options import (
     check_transfer_config_args,
     check_upload_args,
@@ -148,7 +153,8 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
             date_from=spec.date_from.replace(":", "").replace("-", ""),
             date_to=spec.date_to.replace(":", "").replace("-", ""),
         )
-        return check_key_length(default, "points_currency_eid")
+        # The eid is the one free-form piece: "a/../b" would make a '..' segment of every key.
+        return check_key_segments(check_key_length(default, "points_currency_eid"), "points_currency_eid")
 
     def build_sink(self, context: Context, spec: ExportSpec) -> PartSink:
         """Parts go under ``s3://<s3_bucket>/<prefix>/`` through ``S3Hook``."""
@@ -230,4 +236,5 @@ def default_asset_uri(bucket: str, params: dict[str, Any]) -> str:
     except LoyaltyValidationError:  # not known yet (mapped), or refused where the values are checked
         return asset_uri(bucket, f"loyalty/transactions/{MANIFEST_NAME}")
     name = currency.get("points_currency_eid") or f"iid-{currency['points_currency_iid']}"
-    return asset_uri(bucket, f"loyalty/transactions/program={program}/currency={name}/{MANIFEST_NAME}")
+    root = check_key_segments(f"loyalty/transactions/program={program}/currency={name}", "points_currency_eid")
+    return asset_uri(bucket, f"{root}/{MANIFEST_NAME}")

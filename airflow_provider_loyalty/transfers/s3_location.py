@@ -65,18 +65,28 @@ def check_key_prefix(value: Any) -> str | None:
             "S3 would store it in every key",
         )
     check_key_length(prefix, "s3_key_prefix")
+    check_key_segments(prefix, "s3_key_prefix")
+    return prefix
+
+
+def check_key_segments(prefix: str, parameter: str) -> str:
+    """``prefix``, if its ``/``-separated segments are names S3 keeps as a user reads them: none
+    empty, ``.`` or ``..``, and the last not a name the exports keep their bookkeeping under.
+
+    :param prefix: a key prefix without surrounding ``/``.
+    :param parameter: the parameter that made it (named in the error).
+    """
     segments = prefix.split("/")
     if "" in segments:
-        raise LoyaltyValidationError(
-            "s3_key_prefix", f"{prefix!r} has an empty path segment ('//'): did a template render empty?"
-        )
+        hint = "did a template render empty?" if parameter == "s3_key_prefix" else "a '/' at an end of it?"
+        raise LoyaltyValidationError(parameter, f"{prefix!r} has an empty path segment ('//'): {hint}")
     if is_reserved_location_name(segments[-1]):
         raise LoyaltyValidationError(
-            "s3_key_prefix", f"{prefix!r} ends in {segments[-1]!r}, a name the exports keep their bookkeeping under"
+            parameter, f"{prefix!r} ends in {segments[-1]!r}, a name the exports keep their bookkeeping under"
         )
     if "." in segments or ".." in segments:
         raise LoyaltyValidationError(
-            "s3_key_prefix", f"{prefix!r} has a '.' or '..' segment, which S3 keeps as a literal key name"
+            parameter, f"{prefix!r} has a '.' or '..' segment, which S3 keeps as a literal key name"
         )
     return prefix
 

@@ -181,3 +181,22 @@ def check_period(date_from: Any, date_to: Any) -> tuple[str, str]:
             "date_from", f"must not be after date_to ({format_rfc3339(start)} > {format_rfc3339(finish)})"
         )
     return format_rfc3339(start), format_rfc3339(finish)
+
+
+def unfinished_period_warning(date_to: str, now: dt.datetime | None = None) -> str | None:
+    """A warning when the period has not ended yet (``date_to``, in the API's format, is after now):
+    the export then holds only the transactions made so far, under a manifest naming the whole period.
+
+    :param date_to: the period's inclusive end, as :func:`check_period` returns it.
+    :param now: the current time (aware); the clock's when not given.
+    """
+    moment = now or dt.datetime.now(_UTC)
+    end = dt.datetime.strptime(date_to, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_UTC)
+    if end <= moment:
+        return None
+    return (
+        f"date_to {date_to} is after now ({format_rfc3339(moment)}): the period has not ended, so this export "
+        "holds only the transactions made so far while its manifest names the whole period. Run it again "
+        "after the period ends (replace=True) for the complete export, or leave date_to unset so it is the "
+        "end of the run's data interval."
+    )

@@ -118,6 +118,14 @@ def check_positive_number(value: Any, parameter: str, *, allow_zero: bool = Fals
     return float(value)
 
 
+def check_byte_count(value: Any, parameter: str) -> int:
+    """A byte count >= 1: an int, or a whole float (``2e9``); a fraction is refused, not cut to 0."""
+    number = check_positive_number(value, parameter)
+    if not number.is_integer():
+        raise LoyaltyValidationError(parameter, f"expected a whole number of bytes, got {value!r}")
+    return int(number)
+
+
 def check_optional_positive_int(value: Any, parameter: str) -> int | None:
     """``None``, or an integer >= 1 (caps such as ``max_batches``)."""
     if value is None:
@@ -161,6 +169,12 @@ def check_currency(points_currency_eid: Any, points_currency_iid: Any) -> dict[s
     """Exactly one of the two currency ids; return it as the request field it becomes."""
     has_eid = not _blank(points_currency_eid)  # a template that rendered nothing (or only blanks) gave none
     has_iid = not _blank(points_currency_iid)
+    for value, parameter in (
+        (points_currency_eid, "points_currency_eid"),
+        (points_currency_iid, "points_currency_iid"),
+    ):
+        if isinstance(value, str):  # before "both were given": the text 'None' is a missing value
+            refuse_rendered_none(value.strip(), parameter, "expected the currency's id, or leave it unset")
     if has_eid == has_iid:
         which = "both were given" if has_eid else "neither was given"
         raise LoyaltyValidationError("points_currency_eid/points_currency_iid", f"give exactly one of the two; {which}")

@@ -1148,6 +1148,19 @@ def big_files(loyalty_emulator: LoyaltyEmulator) -> LoyaltyEmulator:
     return loyalty_emulator
 
 
+@pytest.mark.parametrize("max_bytes", ["10000000", None, float("nan"), 0, -1, True, 1.5])
+def test_a_max_bytes_that_is_no_byte_count_is_refused_before_the_download(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, tmp_path, max_bytes: Any
+) -> None:
+    """NaN compared false with every size (no cap at all); a string failed inside the request as
+    "check the connection's Base URL and API token"; 0, -1, True and 1.5 refused every file."""
+    hashed_file = _completed(hook)
+    with pytest.raises(LoyaltyValidationError, match=r"^max_bytes: expected a"):
+        hook.download_export(hashed_file, tmp_path / "b.zip", max_bytes=max_bytes)
+    assert requests_seen(loyalty_emulator, "download") == 0
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("prebuilt", [False, True], ids=["chunked", "content-length"])
 def test_max_download_bytes_stops_the_stream(
     hook: LoyaltyHook, big_files: LoyaltyEmulator, tmp_path, prebuilt: bool

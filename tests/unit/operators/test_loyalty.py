@@ -10,6 +10,7 @@ import datetime
 import gzip
 import io
 import json
+import logging
 import re
 import zipfile
 from pathlib import Path
@@ -385,6 +386,34 @@ class TestLoyaltyExportOperator:
             operator.execute(context_for())
         assert requests_seen(emulator) == 0
         assert list(tmp_path.iterdir()) == []
+
+    def test_a_period_that_has_not_ended_is_exported_with_a_warning_saying_so(
+        self, emulator: LoyaltyEmulator, tmp_path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+    ):
+        """A manual run with ``date_to`` of today (or a typo'd year) sealed a manifest naming the
+        whole period over the transactions made so far, without a word (probe of 2026-12-05)."""
+        caplog.set_level(logging.WARNING)
+        ended = local_export_operator(tmp_path / "ended", date_from="2023-09-01", date_to="2023-09-30")
+        whole_month = ended.execute(context_for())["total_rows"]
+        out, err = capfd.readouterr()
+        assert whole_month > 0 and "has not ended" not in caplog.text + out + err
+        operator = local_export_operator(tmp_path / "open", date_from="2023-09-01", date_to="2099-12-31")
+        manifest = operator.execute(context_for())
+        assert manifest["total_rows"] == whole_month  # every transaction made so far
+        out, err = capfd.readouterr()
+        logged = caplog.text + out + err  # Airflow 3.2+ logs through structlog, older through logging
+        assert re.search(r"warn.*date_to 2099-12-31T23:59:59Z is after now \(.*has not ended", logged, re.I), logged
+
+    @pytest.mark.parametrize("which", ["points_currency_eid", "points_currency_iid"])
+    def test_a_currency_id_that_rendered_none_is_named_not_called_both_given(self, emulator, tmp_path, which):
+        """``{{ params.eid }}`` of a missing param renders 'None': with the other id also given, the
+        error said "both were given", pointing away from the template."""
+        other = {"points_currency_iid": 7} if which == "points_currency_eid" else {"points_currency_eid": "x"}
+        operator = local_export_operator(tmp_path / "out", **{"points_currency_eid": None, **other})
+        setattr(operator, which, "None")  # as the rendering of a missing param gives it
+        with pytest.raises(LoyaltyValidationError, match=rf"^{which}: rendered to the text 'None'"):
+            operator.execute(context_for())
+        assert requests_seen(emulator) == 0
 
     @pytest.mark.parametrize("field", ["from_id", "output_path"])
     def test_a_template_of_a_missing_value_is_refused_not_sent_as_none(

@@ -457,6 +457,20 @@ def test_each_program_and_currency_has_its_own_default_asset():
     ]
 
 
+@pytest.mark.parametrize("eid", ["a/../b", "a//b", "./x/..", "x/"])
+def test_a_currency_eid_that_would_make_odd_key_segments_is_refused_naming_it(emulator, s3_bucket, s3_client, eid):
+    """The default prefix holds the eid as it is: ``a/../b`` put a literal ``..`` segment in every key
+    and asset URI (probe of 2026-12-05), which the same text in ``s3_key_prefix`` is refused for."""
+    with pytest.raises(LoyaltyValidationError, match=r"^points_currency_eid: .*segment"):
+        make_operator(s3_bucket, s3_key_prefix=None, points_currency_eid=eid)  # its asset, at parse
+    operator = make_operator(s3_bucket, s3_key_prefix=None, outlets=[])
+    operator.points_currency_eid = eid  # as a template rendering it at run time
+    with pytest.raises(LoyaltyValidationError, match=r"^points_currency_eid: .*segment"):
+        operator.execute(context_for())
+    assert emulator.stats()["requests_total"] == 0
+    assert s3_client.list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
+
+
 def test_a_prefix_known_only_at_run_time_has_the_buckets_root_manifest_as_its_asset():
     """A prefix from a mapped task group (``MappedArgument``) made the asset
     ``s3://b/MappedArgument(_input=DictOfListsExpandInput(value=/_manifest.json``: its repr."""
