@@ -27,8 +27,8 @@ How it stays exact, linear and fast:
   at a record boundary again (it is a blank record there, and nothing inside a quoted field).
 * After the last line an empty line is fed as well. It changes no record (in an open quoted field it adds
   nothing; elsewhere it is a blank record) and shows whether the member ended inside an open
-  quoted field, which ``csv.reader`` accepts at the end of its input: such a member may not be
-  followed by rows of another member in the same part, or they would become part of that field.
+  quoted field. ``csv.reader`` accepts that at the end of its input; here it is refused: a quote
+  never closed is CSV cut short (or malformed), and its record's last value would land cut off.
 
 Memory: a few blocks, the record at hand, and one physical line, however long, up to
 ``max_line_bytes``: a longer line is the one thing refused here that ``csv.reader`` would read
@@ -336,7 +336,6 @@ class BatchRecords:
         self._line_end = b"\n"
         self._at_head = True  # no row written yet: rows with skipped ids are still left out
         self._started = False
-        self._ended_open: str | None = None  # a member that ended inside an open quoted field
         # Per member, reset by read_member:
         self._name = ""
         self._member_header: list[str] | None = None
@@ -385,8 +384,12 @@ class BatchRecords:
         self._flush_rows()
         self._remember_plain_tail()
         if last:  # the end probe gave no blank record: the last quoted field is still open
-            self._ended_open = name
-        elif self._member_wrote and self._last_byte not in _LINE_BREAKS:
+            raise LoyaltyVerificationError(
+                f"zip member {name!r} ends inside an open quoted field (a quote opened after data row "
+                f"{self._member_rows} is never closed): the CSV was cut short or is malformed, and that "
+                "row's last value would land cut off"
+            )
+        if self._member_wrote and self._last_byte not in _LINE_BREAKS:
             self._write_raw(self._line_end)  # the next member's rows must start on a line of their own
         return self._bytes_read
 
@@ -602,11 +605,6 @@ class BatchRecords:
             self._rows = []
 
     def _begin_part(self) -> None:
-        if self._ended_open is not None:
-            raise LoyaltyVerificationError(
-                f"zip member {self._ended_open!r} ends inside an open quoted field and zip member {self._name!r} "
-                "has rows after it: joined in one part, they would become part of that field"
-            )
         if not self._started:
             assert self.header is not None
             self._started = True

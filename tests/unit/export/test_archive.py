@@ -75,31 +75,28 @@ def test_members_join_under_one_header_and_head_duplicates_drop(tmp_path, monkey
     assert out.getvalue().count(b"transaction_id") == 1
 
 
-def test_an_unterminated_quote_reads_as_csv_reader_reads_it(tmp_path, monkeypatch):
-    """csv.reader (strict=False) ends an open quoted field at the end of input: one row here, not two."""
-    monkeypatch.setattr(archive, "_BLOCK", 16)
-    data = b'transaction_id,description\r\nid-1,"never closed\r\nid-2,x\r\n'
-    path = _archive(tmp_path, {"t.csv": data})
-    with pytest.raises(LoyaltyVerificationError, match="holds 1 data rows"):
-        archive.write_part(path, io.BytesIO(), expected_rows=2)
-    out = io.BytesIO()
-    assert archive.write_part(path, out, expected_rows=1).tail_ids == ["id-1"]
-    assert out.getvalue() == data  # no line break added inside the open field
+@pytest.mark.parametrize("block", [16, 1 << 16])
+def test_a_quote_never_closed_is_refused_not_landed_cut_off(tmp_path, monkeypatch, block):
+    """csv.reader (strict=False) ends an open quoted field at the end of input: the cut-off value
+    ``{"key": "val`` landed as data when the row count matched (probe of 2026-12-05). A quote never
+    closed is CSV cut short, whatever the count."""
+    monkeypatch.setattr(archive, "_BLOCK", block)
+    cut = b'transaction_id,custom_json\r\nid-1,"{""key"": ""value""}"\r\nid-2,"{""key"": ""val'
+    swallowed = b'transaction_id,description\r\nid-1,"never closed\r\nid-2,x\r\n'  # one row to the reader
+    for data, rows in ((cut, 2), (swallowed, 1)):
+        with pytest.raises(LoyaltyVerificationError, match=r"'t.csv' ends inside an open quoted field"):
+            archive.write_part(_archive(tmp_path, {"t.csv": data}), io.BytesIO(), expected_rows=rows)
+    closed = archive.write_part(_archive(tmp_path, {"t.csv": cut + b'ue""}"'}), io.BytesIO(), expected_rows=2)
+    assert closed.tail_ids[-1] == "id-2"
 
 
-def test_rows_after_a_member_that_ends_inside_quotes_are_refused(tmp_path):
-    """Joined in one part, the next member's rows would become part of the open field."""
+def test_a_member_that_ends_inside_quotes_is_refused_whatever_follows(tmp_path):
+    """Joined in one part, the next member's rows would become part of the open field; alone (or
+    before a header-only member) its last value would land cut off."""
     first = b'transaction_id,d\r\nid-1,"open\r\n'
-    second = b"transaction_id,d\r\nid-2,x\r\n"
-    with pytest.raises(
-        LoyaltyVerificationError, match=r"'a.csv' ends inside an open quoted field and zip member 'b.csv'"
-    ):
-        archive.write_part(_archive(tmp_path, {"a.csv": first, "b.csv": second}), io.BytesIO(), expected_rows=2)
-    header_only = b"transaction_id,d\r\n"
-    stats = archive.write_part(
-        _archive(tmp_path, {"a.csv": first, "b.csv": header_only}), io.BytesIO(), expected_rows=1
-    )
-    assert stats.rows == 1
+    for second in (b"transaction_id,d\r\nid-2,x\r\n", b"transaction_id,d\r\n"):
+        with pytest.raises(LoyaltyVerificationError, match=r"'a.csv' ends inside an open quoted field"):
+            archive.write_part(_archive(tmp_path, {"a.csv": first, "b.csv": second}), io.BytesIO(), expected_rows=1)
 
 
 def test_non_utf8_is_refused(tmp_path):

@@ -75,13 +75,16 @@ def _records_with_raw_text(text: str) -> Iterator[tuple[list[str], str]]:
 
 
 def oracle(data: bytes, skip_ids: frozenset[str]) -> Expected | None:
-    """None when verification must refuse the member (not UTF-8, not CSV, a row of another width)."""
+    """None when verification must refuse the member (not UTF-8, not CSV, a quote never closed, a
+    row of another width)."""
     try:
         text = data.decode("utf-8-sig")
         records = list(_records_with_raw_text(text))
     except (UnicodeDecodeError, csv.Error):
         return None
     assert [record for record, _ in records] == list(csv.reader(io.StringIO(text, newline="")))
+    if _ends_inside_quotes(text):  # a quote never closed: CSV cut short, refused whatever the count
+        return None
     body = records
     header_at = next((i for i, (record, _) in enumerate(body) if record), None)
     if header_at is None:
@@ -110,8 +113,7 @@ def oracle(data: bytes, skip_ids: frozenset[str]) -> Expected | None:
     line_end = "\r\n" if raw_header.endswith("\r\n") else "\n"
     part = raw_header if raw_header.endswith(("\r", "\n")) else raw_header + line_end
     tail_text = "".join(raw for _, raw in data_records[first:])
-    ended_open = _ends_inside_quotes(text)
-    part += tail_text if ended_open or tail_text.endswith(("\r", "\n")) else tail_text + line_end
+    part += tail_text if tail_text.endswith(("\r", "\n")) else tail_text + line_end
     return Expected(rows, written, duplicates, part.encode("utf-8"))
 
 
