@@ -65,7 +65,10 @@ _QUOTED_FIELD_PATTERN = rb'"(?<![^,\r\n]")[^"]*+(?:""[^"]*+)*+(?:"|\Z)'
 _QUOTED_FIELD = re.compile(_QUOTED_FIELD_PATTERN)
 _AROUND_QUOTED_FIELDS = re.compile(b"(" + _QUOTED_FIELD_PATTERN + b")")
 _NOT_SEPARATORS = bytes(byte for byte in range(256) if byte not in b",\r\n")  # deleted to leave , \r \n
-_ROWS_PER_CALL = 4096  # rows handed to a row-taking sink at a time
+_ROWS_PER_CALL = 4096  # rows handed to a row-taking sink at a time, at most
+#: Characters of parsed rows handed to a row-taking sink at a time, at most (rows of 64 KiB each
+#: would otherwise make 4,096 of them 256 MiB of strings, several times that as Arrow columns).
+_ROW_CHARS_PER_CALL = 4 * 1024 * 1024
 # Characters str.splitlines() also breaks at, which io.StringIO(newline="") does not: \v \f \x1c-\x1e
 # (ASCII) and U+0085, U+2028, U+2029 (as UTF-8). A block without any splits the same both ways.
 _ASCII_ONLY_BREAKS = (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e")
@@ -555,7 +558,7 @@ class BatchRecords:
         """
         width, id_index, remember, raw = self._width, self._id_index, self.tail.append, self._raw
         rows: list[list[str]] = []
-        count = 0
+        count = held = 0
         try:
             for record in reader:
                 if len(record) == width:
@@ -563,9 +566,10 @@ class BatchRecords:
                     count += 1
                     if not raw:
                         rows.append(record)
-                        if len(rows) >= _ROWS_PER_CALL:
-                            self._write_rows(rows)
-                            rows = []
+                        held += sum(map(len, record))
+                        if len(rows) >= _ROWS_PER_CALL or held >= _ROW_CHARS_PER_CALL:
+                            self._write_rows(rows, now=True)
+                            rows, held = [], 0
                 elif record:
                     self._add_rows(count)
                     count = 0
@@ -592,10 +596,11 @@ class BatchRecords:
         self._member_wrote = True
         self._last_byte = data[-1:]
 
-    def _write_rows(self, rows: list[list[str]]) -> None:
-        """Queue parsed rows for a row-taking sink; they go on in batches of ``_ROWS_PER_CALL``."""
+    def _write_rows(self, rows: list[list[str]], *, now: bool = False) -> None:
+        """Queue parsed rows for a row-taking sink; they go on in batches of ``_ROWS_PER_CALL``
+        (``now``: at once, the caller having counted their size)."""
         self._rows.extend(rows)
-        if len(self._rows) >= _ROWS_PER_CALL:
+        if now or len(self._rows) >= _ROWS_PER_CALL:
             self._flush_rows()
 
     def _flush_rows(self) -> None:
