@@ -74,6 +74,7 @@ class PartStats:
     :param sha256: hex SHA-256 of the stored bytes.
     :param tail_ids: ids of the last rows written, for the next batch's ``skip_ids``.
     :param output_format: the part's format.
+    :param columns: the batch's CSV header (``None`` for a batch without a CSV member).
     """
 
     rows: int = 0
@@ -83,6 +84,7 @@ class PartStats:
     sha256: str = ""
     tail_ids: list[str] = field(default_factory=list)
     output_format: str = "csv"
+    columns: list[str] | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -236,6 +238,7 @@ def write_part(
         sha256=writer.sha256,
         tail_ids=list(records.tail),
         output_format=output_format,
+        columns=records.header,
     )
 
 

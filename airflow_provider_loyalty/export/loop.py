@@ -83,6 +83,18 @@ class Finished:
 Step = Waiting | Finished
 
 
+def _check_columns(progress: ExportProgress, task: PendingTask, stats: PartStats) -> None:
+    """A part's columns are those of the parts landed before it: the zips' members are held to one
+    header, and so are the batches, or a table reading the parts by position would mix columns."""
+    if progress.columns is not None and stats.columns != progress.columns:
+        raise LoyaltyVerificationError(
+            f"the file of export task {task.task_id} (batch {progress.batches_done}) has the CSV columns "
+            f"{(stats.columns or [])[:40]!r}, the parts landed before it {progress.columns[:40]!r}: the API "
+            "changed its columns during the export, and one export's parts must read alike; export the "
+            "period again from its start (replace=True)"
+        )
+
+
 class _BatchUnusable(Exception):
     """This batch cannot be landed (file gone, verification failed, or an earlier try's task ended
     with a reply that cannot be used): create it again."""
@@ -497,6 +509,7 @@ class ExportLoop:
         if self.ahead is not None and following is not None:
             self.ahead.start(following, skip if stats.is_empty else frozenset(stats.tail_ids))
         if not stats.is_empty:
+            _check_columns(progress, task, stats)
             self._store(progress, name, part_file, stats.sha256, fetched.archive)
             record = PartRecord(
                 index,
@@ -515,6 +528,7 @@ class ExportLoop:
             progress.rows += stats.rows
             progress.bytes += stats.bytes
             progress.tail_ids = stats.tail_ids
+            progress.columns = stats.columns
         progress.batches_done += 1
         progress.duplicates_dropped += stats.duplicates_dropped
         progress.remember_cursor(task.from_id)

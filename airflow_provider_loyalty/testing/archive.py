@@ -215,11 +215,12 @@ def _write_csv_member(
     terminator = _LINE_ENDINGS[spec.line_ending]
     stray = spec.csv_style == "stray_quotes"
     shaped_times = spec.csv_style == "rfc3339_shapes"
+    reverse = spec.csv_style == "reversed_columns"
     written = 0
     with archive.open(_member_info(name, spec.compresslevel), "w", force_zip64=estimate > zipfile.ZIP64_LIMIT) as out:
         if spec.csv_bom:
             written += out.write(_BOM)
-        lines = [csv_header(terminator)]
+        lines = [csv_line(list(reversed(TRANSACTION_FIELDS)), terminator) if reverse else csv_header(terminator)]
         size = 0
         for index in range(lo, hi):
             cells = transaction_to_csv_row(stream.transaction(index))
@@ -227,6 +228,8 @@ def _write_csv_member(
                 for column in _TIME_COLUMNS:
                     cells[column] = rfc3339_shape(cells[column], index + column)
             stray_text = _stray_quote_text(index) if stray else None
+            if reverse:
+                cells.reverse()
             if stray_text is None:
                 line = csv_line(cells, terminator)
             else:

@@ -35,8 +35,9 @@ HASHED_FILE_STYLES: tuple[str, ...] = ("seed", "colon", "plain", "encoded")
 #: inside (``prod_12 5" screen``), which ``csv.reader`` (excel dialect) still reads as one field.
 #: ``rfc3339_shapes``: the time columns cycle through the other shapes RFC3339 allows (lower case,
 #: a space for ``T``, an offset, fractions after ``.`` or ``,``, ``:60``; see
-#: :func:`~airflow_provider_loyalty.testing.archive.rfc3339_shape`).
-CSV_STYLES: tuple[str, ...] = ("standard", "stray_quotes", "rfc3339_shapes")
+#: :func:`~airflow_provider_loyalty.testing.archive.rfc3339_shape`). ``reversed_columns``: the
+#: columns in the reverse order (header and rows alike), as an API that changed its CSV would.
+CSV_STYLES: tuple[str, ...] = ("standard", "stray_quotes", "rfc3339_shapes", "reversed_columns")
 #: ``crlf``: lines end with ``\r\n`` (RFC 4180); ``lf``: with ``\n``.
 CSV_LINE_ENDINGS: tuple[str, ...] = ("crlf", "lf")
 #: How a zip of several CSV members lists them: in name (and row) order, or the other way round

@@ -382,3 +382,31 @@ def test_a_part_changed_before_the_seal_is_discarded_and_the_next_try_starts_afr
 
     manifest = local_export_operator(tmp_path).execute(context_for(ti=task_instance(try_number=2)))
     assert landed_ids(tmp_path, manifest) == all_transaction_ids(emulator)
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferrable"])
+def test_a_batch_whose_columns_changed_is_refused_also_after_a_resume(
+    emulator: LoyaltyEmulator, tmp_path: Path, deferrable: bool
+) -> None:
+    """The members of one zip were held to one header, the batches of one export not: a server that
+    changed its columns mid-export had part-00000 and part-00001 in different column orders, and
+    verify said intact (probe of 2026-12-05). The first part's columns ride in the checkpoint, so a
+    resumed run holds the next batch to them too."""
+    with pytest.raises(Exception, match="max_batches=1 reached"):
+        local_export_operator(tmp_path, max_batches=1).execute(context_for())
+    assert checkpoint(tmp_path)["columns"][0] == "transaction_id"
+    emulator.config.update({"csv_style": "reversed_columns"})  # the API's CSV changes
+    operator = local_export_operator(tmp_path, deferrable=deferrable)
+    with pytest.raises(LoyaltyVerificationError, match=r"has the CSV columns \['canceled', .*changed its columns"):
+        run_with_deferrals(operator, context_for(), DeferralLog()) if deferrable else operator.execute(context_for())
+    assert not (tmp_path / MANIFEST_NAME).exists()
+    assert sorted(path.name for path in tmp_path.glob("part-*")) == ["part-00000.csv"]
+    # From its start, an export in the new columns is whole and alike.
+    fresh = tmp_path / "again"
+    operator = local_export_operator(fresh, deferrable=deferrable)
+    manifest = (
+        run_with_deferrals(operator, context_for(), DeferralLog()) if deferrable else operator.execute(context_for())
+    )
+    assert manifest["total_rows"] == N
+    headers = {(fresh / Path(part["key"]).name).read_bytes().partition(b"\r\n")[0] for part in manifest["parts"]}
+    assert headers == {",".join(reversed(checkpoint(tmp_path)["columns"])).encode()}
