@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.providers.common.compat.sdk import Context
+from airflow.providers.common.compat.sdk import AirflowOptionalProviderFeatureException, Context
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 from airflow_provider_loyalty.export.layout import MANIFEST_NAME
@@ -34,9 +35,24 @@ MAX_ASSET_URI = 1500
 DEFAULT_PREFIX = "loyalty/transactions/program={program}/currency={currency}/{date_from}_{date_to}"
 
 
+#: What a DAG using the operator without the amazon provider installed is told when it is parsed.
+AMAZON_INSTALL_HINT = (
+    "LoyaltyTransactionsToS3Operator needs the amazon provider (its S3Hook lands the parts): "
+    "pip install 'airflow-provider-loyalty[amazon]'"
+)
+
+
+def require_amazon_provider() -> None:
+    """Refuse, when the DAG is parsed, an S3 transfer that could only fail at run time (after the
+    export was begun) for want of the amazon provider: the ``[amazon]`` extra names it."""
+    if importlib.util.find_spec("airflow.providers.amazon") is None:
+        raise AirflowOptionalProviderFeatureException(AMAZON_INSTALL_HINT)
+
+
 def _checked_s3_arguments(values: dict[str, Any]) -> dict[str, Any]:
     """The S3 arguments among ``values``, checked as far as they can be before rendering (errors
     name the parameter): what the constructor keeps, and what ``partial()`` checks at parse time."""
+    require_amazon_provider()
     checked: dict[str, Any] = {}
     if "s3_bucket" in values:  # None too: s3_bucket=os.environ.get("BUCKET") with the variable unset
         bucket = values["s3_bucket"]

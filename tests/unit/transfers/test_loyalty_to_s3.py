@@ -457,6 +457,19 @@ def test_each_program_and_currency_has_its_own_default_asset():
     ]
 
 
+def test_without_the_amazon_provider_the_dag_fails_when_parsed_naming_the_extra(monkeypatch):
+    """Without ``[amazon]`` the DAG parsed and the task failed at run time with a bare
+    ``ModuleNotFoundError: No module named 'airflow.providers.amazon'`` (probe of 2026-12-05)."""
+    from airflow.providers.common.compat.sdk import AirflowOptionalProviderFeatureException
+
+    monkeypatch.setitem(sys.modules, "airflow.providers.amazon", None)  # as if not installed
+    hint = r"needs the amazon provider .*pip install 'airflow-provider-loyalty\[amazon\]'"
+    with pytest.raises(AirflowOptionalProviderFeatureException, match=hint):
+        make_operator("bucket")
+    with pytest.raises(AirflowOptionalProviderFeatureException, match=hint):
+        LoyaltyTransactionsToS3Operator.partial(task_id="mapped", s3_bucket="bucket", loyalty_program_id=123)
+
+
 @pytest.mark.parametrize("eid", ["a/../b", "a//b", "./x/..", "x/"])
 def test_a_currency_eid_that_would_make_odd_key_segments_is_refused_naming_it(emulator, s3_bucket, s3_client, eid):
     """The default prefix holds the eid as it is: ``a/../b`` put a literal ``..`` segment in every key
