@@ -495,6 +495,11 @@ class LoyaltyHook(BaseHook):
         page with the last record of the one before. A record whose ``transaction_id`` the previous
         page held is dropped (counted in the page's ``duplicates_dropped``), so every transaction
         comes once under either reading; a page left without records counts as an empty one.
+
+        :param limit: records per page, 1..100 (default 100, the largest page).
+        :param member: the program, currency and member, as :meth:`get_account_transactions` takes
+            them (``loyalty_program_id``, ``matching``, ``points_currency_eid`` or ``_iid``, the
+            matching field(s)); a ``from_id`` starts the walk after that transaction.
         """
         cursor = validation.check_cursor(member.pop("from_id", None))
         payload = self._account_payload(limit=limit, **member)
@@ -529,6 +534,9 @@ class LoyaltyHook(BaseHook):
 
         Takes the keyword arguments of :meth:`get_account_transactions`; ``limit`` defaults to
         100 (the largest page) for bulk reads.
+
+        :param limit: records per page, 1..100 (default 100).
+        :param member: as :meth:`iter_account_transaction_pages` takes them.
         """
         for page in self.iter_account_transaction_pages(limit=limit, **member):
             yield from page["data"]
