@@ -278,19 +278,32 @@ def _spelling(field: str) -> str:
     return _NAME_SEPARATORS.sub("", field.casefold())
 
 
+#: Kept lines joined into one string at a time: a quoted field of millions of line breaks is then
+#: held as its text, not as a string object (about 50 bytes) per 2-byte line.
+_KEPT_LINES_JOINED = 4096
+
+
 class _KeptLines:
-    """Hands one block's lines to ``csv.reader`` and keeps each one in a shared list."""
+    """Hands one block's lines to ``csv.reader`` and keeps each one in a shared list (the lines
+    kept longest joined in pieces of :data:`_KEPT_LINES_JOINED`: the list's text stays the same)."""
 
     def __init__(self, lines: Iterator[str], kept: list[str]) -> None:
         self._lines = lines
         self._kept = kept
+        self._joined = 0  # the list's first entries that are joined pieces
 
     def __iter__(self) -> _KeptLines:
         return self
 
     def __next__(self) -> str:
         line = next(self._lines)
-        self._kept.append(line)
+        kept = self._kept
+        kept.append(line)
+        if len(kept) < self._joined:  # the list was emptied for the next record meanwhile
+            self._joined = 0
+        elif len(kept) - self._joined >= _KEPT_LINES_JOINED:
+            kept[self._joined :] = ["".join(kept[self._joined :])]
+            self._joined += 1
         return line
 
 
