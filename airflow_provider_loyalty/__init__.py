@@ -7,6 +7,6 @@ trigger, export operators (local / object storage and S3) and an offline API emu
 
 from __future__ import annotations
 
-__version__ = "2.0.0"
+__version__ = "2.1.0"
 
 __all__ = ["__version__"]

@@ -11,6 +11,8 @@ from airflow_provider_loyalty import __version__
 from airflow_provider_loyalty.utils.connection_form import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 
 _INTEGRATION = "Loyalty"
+#: Versions released before this one, newest first (each has its section in docs/changelog.rst).
+RELEASED_VERSIONS = ("2.0.0", "1.0.0")
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -19,7 +21,7 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-provider-loyalty",
         "name": "Loyalty",
         "description": "Points-transaction exports and member histories from a loyalty platform's HTTP API.",
-        "versions": [__version__],
+        "versions": [__version__, *(version for version in RELEASED_VERSIONS if version != __version__)],
         "integrations": [
             {
                 "integration-name": _INTEGRATION,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -45,7 +46,19 @@ def test_connection_form_hides_and_relabels():
     for name, field in info["conn-fields"].items():
         assert field["label"], name
         assert "null" in field["schema"]["type"], name
-    assert get_provider_info()["versions"] == [airflow_provider_loyalty.__version__]
+    versions = get_provider_info()["versions"]
+    assert versions[0] == airflow_provider_loyalty.__version__ and versions[-1] == "1.0.0"
+    assert len(set(versions)) == len(versions)
+
+
+def test_every_version_the_provider_lists_has_its_changelog_section():
+    """The version a build claims and every earlier one listed are in docs/changelog.rst, each with
+    a date or, for the version being built, "(unreleased)": no second build claims a released number."""
+    changelog = (Path(__file__).resolve().parents[2] / "docs" / "changelog.rst").read_text(encoding="utf-8")
+    headings = dict(re.findall(r"^(\d+\.\d+\.\d+) \((\d{4}-\d{2}-\d{2}|unreleased)\)\n-+$", changelog, re.M))
+    versions = get_provider_info()["versions"]
+    assert list(headings) == versions  # newest first, none missing, none extra
+    assert all(headings[version] != "unreleased" for version in versions[1:])
 
 
 def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
