@@ -221,6 +221,27 @@ def _warm_up(tmp_path) -> None:
         )
 
 
+def _assert_flat_memory(tmp_path, path: str, rows: int, output_format: str) -> None:
+    """Write the part of ``path`` (over 9 MiB of CSV) into ``tmp_path / "part"``; Python's and Arrow's
+    peak memory meanwhile must each stay under 4 MiB."""
+    _warm_up(tmp_path)
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    tracemalloc.start()
+    try:
+        with (tmp_path / "part").open("wb") as out:
+            stats = archive.write_part(path, out, expected_rows=rows, output_format=output_format)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        pa.set_memory_pool(previous)
+    csv_bytes = zipfile.ZipFile(path).infolist()[0].file_size
+    assert stats.rows == rows and csv_bytes > 9 * MiB
+    assert peak < 4 * MiB, f"python peak {peak / MiB:.1f} MiB for {csv_bytes / MiB:.1f} MiB of CSV"
+    assert pool.max_memory() < 4 * MiB, f"arrow peak {pool.max_memory() / MiB:.1f} MiB for {csv_bytes / MiB:.1f} MiB"
+
+
 @pytest.mark.parametrize("output_format", ["csv.gz", "parquet"])
 def test_memory_stays_flat_for_a_large_batch(tmp_path, monkeypatch, output_format):
     """Python and Arrow memory bounded by the row group, not by the batch."""
@@ -231,25 +252,7 @@ def test_memory_stays_flat_for_a_large_batch(tmp_path, monkeypatch, output_forma
     data = _csv(rows)
     path = _zip(tmp_path, data)
     del data
-    _warm_up(tmp_path)
-    pool = pa.proxy_memory_pool(pa.default_memory_pool())
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pool)
-    tracemalloc.start()
-    try:
-        sink = tmp_path / "part"
-        with sink.open("wb") as out:
-            stats = archive.write_part(path, out, expected_rows=rows, output_format=output_format)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        pa.set_memory_pool(previous)
-    csv_bytes = zipfile.ZipFile(path).infolist()[0].file_size
-    assert stats.rows == rows and csv_bytes > 9 * MiB
-    assert peak < 4 * MiB, f"python peak {peak / MiB:.1f} MiB for {csv_bytes / MiB:.1f} MiB of CSV"
-    assert pool.max_memory() < 4 * MiB, (
-        f"arrow peak {pool.max_memory() / MiB:.1f} MiB for {csv_bytes / MiB:.1f} MiB of CSV"
-    )
+    _assert_flat_memory(tmp_path, path, rows, output_format)
 
 
 def test_memory_stays_flat_for_long_rows(tmp_path, monkeypatch):
@@ -267,22 +270,7 @@ def test_memory_stays_flat_for_long_rows(tmp_path, monkeypatch):
         )
     path = _zip(tmp_path, buffer.getvalue().encode("utf-8"))
     del buffer
-    _warm_up(tmp_path)
-    pool = pa.proxy_memory_pool(pa.default_memory_pool())
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pool)
-    tracemalloc.start()
-    try:
-        with (tmp_path / "part").open("wb") as out:
-            stats = archive.write_part(path, out, expected_rows=rows, output_format="parquet")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        pa.set_memory_pool(previous)
-    csv_bytes = zipfile.ZipFile(path).infolist()[0].file_size
-    assert stats.rows == rows and csv_bytes > 9 * MiB
-    assert peak < 4 * MiB, f"python peak {peak / MiB:.1f} MiB for {csv_bytes / MiB:.1f} MiB of CSV"
-    assert pool.max_memory() < 4 * MiB, f"arrow peak {pool.max_memory() / MiB:.1f} MiB"
+    _assert_flat_memory(tmp_path, path, rows, "parquet")
     table = pq.read_table(tmp_path / "part")
     assert table.num_rows == rows and set(table.column("description").to_pylist()) == {text}
 
