@@ -290,7 +290,9 @@ class _KeptLines:
     def __init__(self, lines: Iterator[str], kept: list[str]) -> None:
         self._lines = lines
         self._kept = kept
-        self._joined = 0  # the list's first entries that are joined pieces
+        # Entries kept before this block are never joined again: joining them once per block would
+        # copy a long first record over and over (quadratic in its size).
+        self._joined = len(kept)
 
     def __iter__(self) -> _KeptLines:
         return self
@@ -401,9 +403,9 @@ class BatchRecords:
         self._remember_plain_tail()
         if last:  # the end probe gave no blank record: the last quoted field is still open
             raise LoyaltyVerificationError(
-                f"zip member {name!r} ends inside an open quoted field (a quote opened after data row "
-                f"{self._member_rows} is never closed): the CSV was cut short or is malformed, and that "
-                "row's last value would land cut off"
+                f"zip member {name!r} ends inside an open quoted field (a quote opened in "
+                f"{f'data row {self._member_rows}' if self._member_rows else 'its header'} is never closed): "
+                "the CSV was cut short or is malformed, and that row's last value would land cut off"
             )
         if self._member_wrote and self._last_byte not in _LINE_BREAKS:
             self._write_raw(self._line_end)  # the next member's rows must start on a line of their own
