@@ -17,6 +17,8 @@ never replayed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -83,15 +85,24 @@ class Finished:
 Step = Waiting | Finished
 
 
+def columns_digest(columns: list[str] | None) -> str | None:
+    """SHA-256 of a CSV header's column names: what the checkpoint keeps of it (a header of any width
+    keeps the checkpoint small)."""
+    if columns is None:
+        return None
+    return hashlib.sha256(json.dumps(columns, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def _check_columns(progress: ExportProgress, task: PendingTask, stats: PartStats) -> None:
     """A part's columns are those of the parts landed before it: the zips' members are held to one
     header, and so are the batches, or a table reading the parts by position would mix columns."""
-    if progress.columns is not None and stats.columns != progress.columns:
+    if progress.columns_sha256 is not None and columns_digest(stats.columns) != progress.columns_sha256:
+        shown = [name if len(name) <= 60 else f"{name[:57]}..." for name in (stats.columns or [])[:40]]
         raise LoyaltyVerificationError(
             f"the file of export task {task.task_id} (batch {progress.batches_done}) has the CSV columns "
-            f"{(stats.columns or [])[:40]!r}, the parts landed before it {progress.columns[:40]!r}: the API "
-            "changed its columns during the export, and one export's parts must read alike; export the "
-            "period again from its start (replace=True)"
+            f"{shown!r}{' and more' if len(stats.columns or []) > 40 else ''}, not those of the parts landed "
+            "before it: the API changed its columns during the export, and one export's parts must read "
+            "alike; export the period again from its start (replace=True)"
         )
 
 
@@ -528,7 +539,7 @@ class ExportLoop:
             progress.rows += stats.rows
             progress.bytes += stats.bytes
             progress.tail_ids = stats.tail_ids
-            progress.columns = stats.columns
+            progress.columns_sha256 = columns_digest(stats.columns)
         progress.batches_done += 1
         progress.duplicates_dropped += stats.duplicates_dropped
         progress.remember_cursor(task.from_id)

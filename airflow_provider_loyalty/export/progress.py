@@ -94,7 +94,8 @@ class ExportProgress:
     :param recent_cursors: the last cursors used (loop detection).
     :param recreations: attempts at landing the batch at ``cursor`` that were given up.
     :param tail_ids: trailing transaction ids of the last part (boundary de-duplication).
-    :param columns: the CSV header of the parts landed so far (every later part must have it).
+    :param columns_sha256: digest of the CSV header of the parts landed so far (every later part
+        must have that header).
     :param duplicates_dropped: boundary duplicates left out so far.
     :param rows: data rows landed so far.
     :param bytes: bytes stored so far.
@@ -117,7 +118,7 @@ class ExportProgress:
     recent_cursors: list[str] = field(default_factory=list)
     recreations: list[dict[str, str]] = field(default_factory=list)
     tail_ids: list[str] = field(default_factory=list)
-    columns: list[str] | None = None
+    columns_sha256: str | None = None
     duplicates_dropped: int = 0
     rows: int = 0
     bytes: int = 0

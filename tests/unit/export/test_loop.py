@@ -5,6 +5,8 @@ Each test would have failed on 2c35e55 (the first round's loop).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import threading
@@ -19,6 +21,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyVerificationError,
 )
 from airflow_provider_loyalty.export.layout import CHECKPOINT_NAME, MANIFEST_NAME
+from airflow_provider_loyalty.export.loop import columns_digest
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.testing import EMPTY_EXPORT_STYLES, EmulatorConfig, FaultRule, LoyaltyEmulator
 from tests.support.helpers import all_transaction_ids, csv_ids, point_connection_at, wait_for
@@ -394,10 +397,11 @@ def test_a_batch_whose_columns_changed_is_refused_also_after_a_resume(
     resumed run holds the next batch to them too."""
     with pytest.raises(Exception, match="max_batches=1 reached"):
         local_export_operator(tmp_path, max_batches=1).execute(context_for())
-    assert checkpoint(tmp_path)["columns"][0] == "transaction_id"
+    first_columns = csv_header_of(tmp_path / "part-00000.csv")
+    assert checkpoint(tmp_path)["columns_sha256"] == columns_digest(first_columns)
     emulator.config.update({"csv_style": "reversed_columns"})  # the API's CSV changes
     operator = local_export_operator(tmp_path, deferrable=deferrable)
-    with pytest.raises(LoyaltyVerificationError, match=r"has the CSV columns \['canceled', .*changed its columns"):
+    with pytest.raises(LoyaltyVerificationError, match=r"has the CSV columns \['canceled', .*not those of the parts"):
         run_with_deferrals(operator, context_for(), DeferralLog()) if deferrable else operator.execute(context_for())
     assert not (tmp_path / MANIFEST_NAME).exists()
     assert sorted(path.name for path in tmp_path.glob("part-*")) == ["part-00000.csv"]
@@ -409,4 +413,25 @@ def test_a_batch_whose_columns_changed_is_refused_also_after_a_resume(
     )
     assert manifest["total_rows"] == N
     headers = {(fresh / Path(part["key"]).name).read_bytes().partition(b"\r\n")[0] for part in manifest["parts"]}
-    assert headers == {",".join(reversed(checkpoint(tmp_path)["columns"])).encode()}
+    assert headers == {",".join(reversed(first_columns)).encode()}
+
+
+def csv_header_of(path: Path) -> list[str]:
+    return next(csv.reader(io.StringIO(path.read_bytes().decode("utf-8"), newline="")))
+
+
+def test_a_header_of_any_width_keeps_the_checkpoint_and_the_error_small() -> None:
+    """The checkpoint kept the header itself: one legal 5 MiB column name made every checkpoint
+    5 MB and the mismatch error 10 MB (review of 2026-12-05). It keeps a digest; the error is cut."""
+    from airflow_provider_loyalty.export.archive import PartStats
+    from airflow_provider_loyalty.export.loop import _check_columns
+    from airflow_provider_loyalty.export.progress import ExportProgress, PendingTask
+
+    wide = ["transaction_id", "x" * (5 << 20)]
+    progress = ExportProgress(spec={}, columns_sha256=columns_digest(wide))
+    assert len(json.dumps(progress.to_dict())) < 1024
+    _check_columns(progress, PendingTask("task_1", None), PartStats(rows=1, columns=list(wide)))  # the same: fine
+    other = ["transaction_id", "y" * (5 << 20), *(f"c{index}" for index in range(100))]
+    with pytest.raises(LoyaltyVerificationError, match=r"'yyy+\.\.\.', 'c0', .* and more, not those") as refused:
+        _check_columns(progress, PendingTask("task_1", None), PartStats(rows=1, columns=other))
+    assert len(str(refused.value)) < 4096
