@@ -252,5 +252,7 @@ def default_asset_uri(bucket: str, params: dict[str, Any]) -> str:
     except LoyaltyValidationError:  # not known yet (mapped), or refused where the values are checked
         return asset_uri(bucket, f"loyalty/transactions/{MANIFEST_NAME}")
     name = currency.get("points_currency_eid") or f"iid-{currency['points_currency_iid']}"
-    root = check_key_segments(f"loyalty/transactions/program={program}/currency={name}", "points_currency_eid")
+    root = check_key_segments(
+        f"loyalty/transactions/program={program}/currency={name}", "points_currency_eid", is_location=False
+    )
     return asset_uri(bucket, f"{root}/{MANIFEST_NAME}")

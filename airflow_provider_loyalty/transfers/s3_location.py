@@ -69,24 +69,27 @@ def check_key_prefix(value: Any) -> str | None:
     return prefix
 
 
-def check_key_segments(prefix: str, parameter: str) -> str:
+def check_key_segments(prefix: str, parameter: str, *, is_location: bool = True) -> str:
     """``prefix``, if its ``/``-separated segments are names S3 keeps as a user reads them: none
-    empty, ``.`` or ``..``, and the last not a name the exports keep their bookkeeping under.
+    empty, ``.`` or ``..``, and (for an export's location) the last not a name the exports keep
+    their bookkeeping under.
 
     :param prefix: a key prefix without surrounding ``/``.
     :param parameter: the parameter that made it (named in the error).
+    :param is_location: ``prefix`` is an export's location (not a directory above locations).
     """
     segments = prefix.split("/")
+    way_out = "" if parameter == "s3_key_prefix" else "; pass s3_key_prefix to choose the location yourself"
     if "" in segments:
         hint = "did a template render empty?" if parameter == "s3_key_prefix" else "a '/' at an end of it?"
-        raise LoyaltyValidationError(parameter, f"{prefix!r} has an empty path segment ('//'): {hint}")
-    if is_reserved_location_name(segments[-1]):
+        raise LoyaltyValidationError(parameter, f"{prefix!r} has an empty path segment ('//'): {hint}{way_out}")
+    if is_location and is_reserved_location_name(segments[-1]):
         raise LoyaltyValidationError(
             parameter, f"{prefix!r} ends in {segments[-1]!r}, a name the exports keep their bookkeeping under"
         )
     if "." in segments or ".." in segments:
         raise LoyaltyValidationError(
-            parameter, f"{prefix!r} has a '.' or '..' segment, which S3 keeps as a literal key name"
+            parameter, f"{prefix!r} has a '.' or '..' segment, which S3 keeps as a literal key name{way_out}"
         )
     return prefix
 

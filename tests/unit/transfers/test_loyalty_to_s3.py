@@ -484,6 +484,15 @@ def test_a_currency_eid_that_would_make_odd_key_segments_is_refused_naming_it(em
     assert s3_client.list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
 
 
+def test_an_eid_ending_in_a_bookkeeping_name_parses_and_runs_alike(emulator, s3_bucket, s3_client):
+    """``a/_staging`` is refused as the last segment of a location, but in the default prefix the
+    period's segment follows it: the asset check at parse refused what the run accepts."""
+    operator = make_operator(s3_bucket, s3_key_prefix=None, points_currency_eid="a/_staging")
+    assert operator.outlets[0].uri.endswith("/currency=a/_staging/_manifest.json")
+    spec = operator.export_spec(context_for())
+    assert operator.key_prefix(spec).endswith("currency=a/_staging/20230901T000000Z_20230930T235959Z")
+
+
 def test_a_prefix_known_only_at_run_time_has_the_buckets_root_manifest_as_its_asset():
     """A prefix from a mapped task group (``MappedArgument``) made the asset
     ``s3://b/MappedArgument(_input=DictOfListsExpandInput(value=/_manifest.json``: its repr."""
