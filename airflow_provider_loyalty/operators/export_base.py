@@ -295,8 +295,6 @@ class LoyaltyExportBaseOperator(BaseOperator):
     def export_loop(self, context: Context) -> ExportLoop:
         """The loop for this task's rendered parameters and sink."""
         spec = self.export_spec(context)
-        if (warning := unfinished_period_warning(spec.date_to)) is not None:
-            self.log.warning("%s", warning)
         self.hook.settings  # noqa: B018 - a connection that cannot be read fails before the location is touched
         return ExportLoop(
             hook=self.hook,
@@ -319,6 +317,8 @@ class LoyaltyExportBaseOperator(BaseOperator):
         """Run the export: in this worker (batch N+1 fetched while N lands), or deferring per batch."""
         push_manifest_link(context, "")  # the link's XCom exists from the start (see MANIFEST_LINK_KEY)
         loop = self._loop = self.export_loop(context)
+        if (warning := unfinished_period_warning(loop.spec.date_to)) is not None:
+            self.log.warning("%s", warning)  # once: not again as each deferral resumes
         with _closing_unless_deferred(loop):
             progress = loop.begin()
             if self.export_task_id:
