@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import json
 import logging
+import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -508,4 +509,10 @@ def test_triggers_started_together_do_not_poll_in_step(connected: LoyaltyEmulato
     for when in later:
         slot = int((when - started) / (interval / 10))
         slots[slot] = slots.get(slot, 0) + 1
-    assert max(slots.values()) <= 15, sorted(slots.items())  # in step, all 40 would share one slot
+    # Per interval, its busiest tenth: in step, all 40 would share one slot in every interval. The
+    # median interval is judged, not the worst: a loop starved of CPU for a moment (the CI machine
+    # busy with other work) fires every timer that came due meanwhile together, once (31 in a slot).
+    busiest: dict[int, int] = {}
+    for slot, count in slots.items():
+        busiest[slot // 10] = max(busiest.get(slot // 10, 0), count)
+    assert statistics.median(busiest.values()) <= 15, sorted(slots.items())
