@@ -220,7 +220,7 @@ class ObjectStorageSink(PartSink):
             if self.local_root is not None:
                 os.makedirs(self.local_root, exist_ok=True)
             else:
-                self.base.mkdir(parents=True, exist_ok=True)
+                make_directory(self.base)
 
     @contextlib.contextmanager
     def _storage(self, what: str) -> Iterator[None]:
@@ -380,6 +380,33 @@ def _temporary_file(directory: str) -> tuple[int, str]:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
 
 
+#: Object stores whose paths start with a bucket (container): they have no directories to make, and
+#: their filesystems' ``mkdir`` of a missing bucket creates the bucket.
+_BUCKET_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+
+
+def make_directory(directory: ObjectStoragePath) -> None:
+    """Make ``directory`` in a store that has directories; in a bucket store, check the bucket exists.
+
+    s3fs's ``mkdir`` of a path in a bucket that does not exist creates the bucket (with the account's
+    defaults: no encryption, lifecycle or access policy chosen for the data): a mistyped bucket would
+    receive the export. Exports never create buckets.
+    """
+    if (directory.protocol or "file") not in _BUCKET_STORES:
+        directory.mkdir(parents=True, exist_ok=True)
+        return
+    bucket = getattr(directory, "bucket", "") or ""
+    try:
+        exists = bool(bucket) and directory.fs.exists(bucket)
+    except PermissionError:  # may write objects without reading the bucket's metadata: let the write tell
+        return
+    if not exists:
+        raise LoyaltyStorageError(
+            f"the bucket {bucket!r} of {object_location(directory)} does not exist: exports do not create "
+            "buckets (is its name right?)"
+        )
+
+
 def publish_file(local_path: str, target: ObjectStoragePath) -> None:
     """Put a finished local file at ``target`` in one step: a rename on local disk, a single upload
     (an object appears only once complete) elsewhere. What was at ``target`` stays until then."""
@@ -394,7 +421,7 @@ def publish_file(local_path: str, target: ObjectStoragePath) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(target.parent)
     with open(local_path, "rb") as source, whole_object(target) as sink:
         shutil.copyfileobj(source, sink, _COPY_CHUNK)
 

@@ -26,6 +26,7 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyExportTaskFailed,
     LoyaltyNotFoundError,
     LoyaltyOutputFormatError,
+    LoyaltyStorageError,
     LoyaltyUnsafeDataError,
     LoyaltyValidationError,
     LoyaltyVerificationError,
@@ -625,6 +626,22 @@ class TestLoyaltyExportOperator:
         body = s3_client.get_object(Bucket=s3_bucket, Key="exports/run-1/part-00000.csv")["Body"].read()
         assert len(body) == manifest["parts"][0]["bytes"]
         assert manifest["parts"][0]["key"] == f"s3://{s3_bucket}/exports/run-1/part-00000.csv"
+
+    @pytest.mark.parametrize("operator", ["export", "member history"])
+    def test_an_object_store_bucket_that_does_not_exist_is_never_created(
+        self, emulator: LoyaltyEmulator, s3_bucket, s3_client, tmp_path, operator
+    ):
+        """s3fs's mkdir of a path in a missing bucket creates the bucket: a mistyped bucket received
+        the export, or a member's history, with the account's defaults (probe of 2026-12-05)."""
+        missing = f"{s3_bucket}-typo"
+        task = (
+            local_export_operator(f"s3://{missing}/exports/run-1", output_conn_id="aws_default")
+            if operator == "export"
+            else member_operator(tmp_path, output_path=f"s3://{missing}/histories/", output_conn_id="aws_default")
+        )
+        with pytest.raises(LoyaltyStorageError, match=rf"the bucket '{missing}' of s3://{missing}/.* does not exist"):
+            task.execute(context_for())
+        assert missing not in [bucket["Name"] for bucket in s3_client.list_buckets()["Buckets"]]
 
 
 class TestOutputFormats:
