@@ -814,7 +814,22 @@ def test_a_page_of_repeats_pointing_back_at_its_cursor_is_no_end(monkeypatch: py
     with loopback_server(_served_in_turn(pages)) as server:
         _point_at_server(monkeypatch, server.url)
         with pytest.raises(LoyaltyCursorError, match="'t1' repeats"):
-            list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
+            list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com", limit=1))
+
+
+def test_a_short_page_of_the_boundary_record_pointing_back_at_its_cursor_is_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An inclusive API that always sends a next_from_id ends with its boundary record alone, pointing
+    at itself: not full, nothing new, so the history is complete (probe of 2026-12-05: a
+    LoyaltyCursorError after every record was read; the exclusive form, an empty page, ended)."""
+    pages = [(["t0", "t1", "t2"], "t2"), (["t2", "t3"], "t3"), (["t3"], "t3")]
+    with loopback_server(_served_in_turn(pages)) as server:
+        _point_at_server(monkeypatch, server.url)
+        walked = list(LoyaltyHook().iter_account_transaction_pages(**MEMBER, email="m@example.com", limit=3))
+        assert len(server.requests) == 3
+    assert [record["transaction_id"] for page in walked for record in page["data"]] == ["t0", "t1", "t2", "t3"]
+    assert [page["duplicates_dropped"] for page in walked] == [0, 1, 1]
 
 
 @pytest.mark.parametrize("field", ["total_count", "next_from_id"])
