@@ -250,7 +250,10 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         member_fields = self._member_fields()
         program = validation.check_program_id(self.loyalty_program_id)
         currency = validation.check_currency(self.points_currency_eid, self.points_currency_iid)
-        target = self._target({"loyalty_program_id": program, **currency, **member_fields})
+        history_key = {"loyalty_program_id": program, **currency, **member_fields}
+        target = self._target(history_key)
+        if target.name != _history_file_name(history_key):  # one file named by output_path itself
+            _refuse_one_file_for_many_members(context, self.task_id)
         _check_local_target(target)  # before the history is fetched, not when it is published
         hook = LoyaltyHook(self.loyalty_conn_id)
         with tempfile.TemporaryDirectory(prefix="loyalty-member-") as workdir:
@@ -330,12 +333,43 @@ class _History(NamedTuple):
     duplicates_dropped: int
 
 
+def _refuse_one_file_for_many_members(context: Context, task_id: str) -> None:
+    """Refuse a mapped task whose ``output_path`` names one file that every mapped task of the
+    operator would write (mapped over the member, the path the same literal): each would replace the
+    others' history and succeed. Mapped over ``output_path`` too, or with a path that is a template
+    (it may differ per task), it is left alone."""
+    index = getattr(context.get("ti"), "map_index", -1)
+    dag = context.get("dag")
+    if index is None or index < 0 or dag is None:
+        return
+    declared = dag.get_task(task_id)
+    expand_input = getattr(declared, "expand_input", None)
+    if expand_input is not None:  # mapped with .expand(): the DAG's operator names what varies
+        mapped = getattr(expand_input, "value", None)
+        if not isinstance(mapped, dict) or "output_path" in mapped:
+            return  # expand_kwargs (which keys vary is not known here), or the path varies
+        given = getattr(declared, "partial_kwargs", {}).get("output_path")
+    else:  # in a mapped task group
+        given = getattr(declared, "output_path", None)
+    if not isinstance(given, str | os.PathLike) or validation.is_template(given):
+        return
+    raise LoyaltyValidationError(
+        "output_path",
+        f"{str(given)[:200]!r} is one file, and every mapped task of {task_id!r} would write it, each "
+        "replacing the others' history: end it with '/' for one file per member in that directory, or "
+        "map output_path too",
+    )
+
+
 def _history_file_name(history_key: dict[str, Any]) -> str:
     """``member-<hash>.jsonl``: one name per program, currency and member, and no email address or
     phone number in it. A ``field_value`` of ``1`` and of ``"1"`` is one member (native rendering
-    makes a number of a templated id), so one name."""
+    makes a number of a templated id), so one name; so are ``Member@Example.com`` and
+    ``member@example.com`` (the API finds one member by either)."""
     if isinstance(history_key.get("field_value"), int):
         history_key = {**history_key, "field_value": str(history_key["field_value"])}
+    if isinstance(history_key.get("email"), str):
+        history_key = {**history_key, "email": history_key["email"].lower()}
     key = json.dumps(history_key, sort_keys=True, default=str)
     return f"member-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
 

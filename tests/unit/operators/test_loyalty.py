@@ -1063,6 +1063,16 @@ class TestLoyaltyAccountTransactionsOperator:
             paths.add(member_operator(tmp_path, output_path=directory, **kwargs).execute({})["path"])
         assert len(paths) == 4 and len(list((tmp_path / "members").glob("member-*.jsonl"))) == 4
 
+    def test_an_emails_letter_case_is_one_member_file(self, emulator: LoyaltyEmulator, tmp_path):
+        """``MEMBER0@example.com`` and ``member0@example.com`` are one member to the API; they were
+        two files in one directory (probe of 2026-12-05)."""
+        directory = f"{tmp_path}/members/"
+        paths = {
+            member_operator(tmp_path, output_path=directory, member_email=email).execute({})["path"]
+            for email in ("member0@example.com", "MEMBER0@Example.COM", " Member0@example.com ")
+        }
+        assert len(paths) == 1 and len(list((tmp_path / "members").glob("member-*.jsonl"))) == 1
+
     def test_a_path_of_an_existing_directory_without_its_slash_is_a_directory(
         self, emulator: LoyaltyEmulator, tmp_path
     ):
