@@ -115,6 +115,8 @@ def check_reply(
     if http_status >= 400 or (code is not None and code != 0):
         if refusal_in_words and code is not None and _REFUSED_CREDENTIALS.search(text):  # in an HTTP 200
             raise LoyaltyAuthError(code, auth_text(text, conn_id), http_status)
+        if http_status < 400 and code is not None and _NOT_FOUND.search(text):  # as its 404 would say
+            raise LoyaltyNotFoundError(code, text, http_status)
         raise LoyaltyApiError(code, text, http_status)
     if envelope is None:
         raise LoyaltyResponseError(f"empty reply body (HTTP {http_status}); expected an error/error_text envelope")
@@ -129,6 +131,9 @@ def check_reply(
 #: "token expired", "authentication failed", "unauthorized"): "missing key: date_from", "permission
 #: denied: /var/tmp/x.zip" or "authentication service temporarily unavailable" stay API errors.
 _CREDENTIAL = r"(?:api[ _-]?key|(?:access|bearer|api|auth)[ _-]?token|token|credentials?)"
+#: An error envelope in an HTTP 200 that says what a 404 says ("Member profile not found",
+#: "Export task not found"): the same not-found error, whatever status the server chose.
+_NOT_FOUND = re.compile(r"\bnot\s+found\b", re.IGNORECASE)
 _REFUSED_CREDENTIALS = re.compile(
     rf"\b(?:invalid|wrong|bad|incorrect|expired|revoked)\s+{_CREDENTIAL}\b"
     rf"|\b{_CREDENTIAL}\s+(?:is\s+|has\s+(?:been\s+)?)?(?:invalid|expired|revoked|not\s+valid|refused)\b"

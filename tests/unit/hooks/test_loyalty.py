@@ -817,6 +817,23 @@ def test_a_page_of_repeats_pointing_back_at_its_cursor_is_no_end(monkeypatch: py
             list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com", limit=1))
 
 
+@pytest.mark.parametrize("http_status", [200, 404])
+def test_an_unknown_member_is_not_found_whatever_the_http_status(
+    monkeypatch: pytest.MonkeyPatch, http_status: int
+) -> None:
+    """Seed 001 documents no error codes or statuses: "Member profile not found" in an HTTP 200
+    envelope was a plain LoyaltyApiError, in a 404 the documented LoyaltyNotFoundError (probe of
+    2026-12-05)."""
+
+    def respond(handler, server) -> None:
+        _json_reply(handler, http_status, {"error": 1004, "error_text": "Member profile not found"})
+
+    with loopback_server(respond) as server:
+        _point_at_server(monkeypatch, server.url)
+        with pytest.raises(LoyaltyNotFoundError, match="Member profile not found"):
+            LoyaltyHook().get_account_transactions(**MEMBER, email="nobody@example.com")
+
+
 def test_a_short_page_of_the_boundary_record_pointing_back_at_its_cursor_is_the_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
