@@ -443,7 +443,9 @@ class _Verification:
             (sum(p.bytes for p in self.listed), "total_bytes"),
         ):
             claimed = self.document.get(name)
-            if claimed is not None and claimed != total:
+            if claimed is None:  # every manifest an export writes has both: one without was edited
+                self._problem("totals", name, f"the manifest has no {name}; its parts add up to {total:,}", None, total)
+            elif claimed != total:
                 self._problem(
                     "totals", name, f"the manifest says {claimed!r}, its parts add up to {total:,}", claimed, total
                 )

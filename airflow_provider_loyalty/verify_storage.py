@@ -362,6 +362,8 @@ def open_store(location: str, conn_id: str | None) -> tuple[Store, str]:
         ``scheme://conn_id@bucket/...`` names the connection as ``ObjectStoragePath`` does.
     :param conn_id: the connection to read with (for ``s3://``: default ``aws_default``).
     """
+    if location[:5].lower() == "file:" and location[5:7] != "//":  # file:/abs, RFC 8089's short form
+        location = f"file://{location[5:]}"
     if "://" not in location:
         return LocalStore(), os.path.abspath(os.path.expanduser(location))
     parts = urlsplit(location)

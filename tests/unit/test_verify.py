@@ -155,14 +155,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None, code: str | None = No
 # --- intact exports ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("form", ["directory", "manifest", "file-url", "directory-url"])
+@pytest.mark.parametrize(
+    "form", ["directory", "manifest", "file-url", "directory-url", "short-file-url", "localhost-file-url"]
+)
 def test_intact_local_export_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str) -> None:
+    """Every spelling the operators take for a local output_path (RFC 8089's ``file:/abs`` was read
+    as a relative path, exit 2: probe of 2026-12-05)."""
     manifest = land_local(tmp_path / "export")
     location = {
         "directory": str(tmp_path / "export"),
         "manifest": str(tmp_path / "export" / "_manifest.json"),
         "file-url": f"file://{tmp_path}/export/_manifest.json",
         "directory-url": f"file://{tmp_path}/export/",
+        "short-file-url": f"file:{tmp_path}/export",
+        "localhost-file-url": f"file://localhost{tmp_path}/export",
     }[form]
 
     assert main([location]) == 0
@@ -286,6 +292,18 @@ def test_totals_that_do_not_add_up_are_a_problem(tmp_path: Path) -> None:
     (tmp_path / "_manifest.json").write_text(json.dumps(manifest))
     report = verify_manifest(tmp_path)
     assert [(problem.kind, problem.part) for problem in report.problems] == [("totals", "total_rows")]
+
+
+@pytest.mark.parametrize("total", ["total_rows", "total_bytes"])
+def test_a_manifest_without_its_totals_is_a_problem(tmp_path: Path, total: str) -> None:
+    """Every manifest an export writes has both totals; one without them verified INTACT without a
+    word (probe of 2026-12-05)."""
+    manifest = land_local(tmp_path)
+    del manifest[total]
+    (tmp_path / "_manifest.json").write_text(json.dumps(manifest))
+    report = verify_manifest(tmp_path)
+    assert [(problem.kind, problem.part) for problem in report.problems] == [("totals", total)]
+    assert main([str(tmp_path)]) == 1
 
 
 def rewrite_manifest(directory: Path, change: Any) -> None:
