@@ -395,7 +395,7 @@ def make_directory(directory: ObjectStoragePath) -> None:
     if (directory.protocol or "file") not in _BUCKET_STORES:
         directory.mkdir(parents=True, exist_ok=True)
         return
-    bucket = getattr(directory, "bucket", "") or ""
+    bucket = str(getattr(directory, "bucket", "") or "").rpartition("@")[2]  # Airflow 3.1 keeps "conn_id@"
     try:
         exists = bool(bucket) and directory.fs.exists(bucket)
     except PermissionError:  # may write objects without reading the bucket's metadata: let the write tell

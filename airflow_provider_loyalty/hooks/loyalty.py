@@ -487,8 +487,9 @@ class LoyaltyHook(BaseHook):
         Takes the same keyword arguments as :meth:`get_account_transactions` (but ``from_id``
         starts the walk). One page is in memory at a time. A page without records but with a new
         ``next_from_id`` is followed (the API may filter a page empty); one that points back at its
-        own cursor ends the walk, as does a page that is not full, holds only records the previous
-        page held and points back at its own cursor (an inclusive API's last page). A
+        own cursor ends the walk, as does a page that is not full, holds only the cursor's own record
+        (which the previous page held) and points back at its own cursor (an inclusive API's last
+        page). A
         ``next_from_id`` that was already followed (a cycle of any length), or
         :data:`MAX_EMPTY_PAGES` empty pages in a row each with a new one, raise
         :class:`LoyaltyCursorError` instead of looping forever.
@@ -512,15 +513,16 @@ class LoyaltyHook(BaseHook):
             payload["from_id"] = cursor
             page = self._account_page(payload)
             sent = len(page["data"])  # before repeats are dropped
+            boundary_only = 0 < sent < payload["limit"] and all(
+                isinstance(record, dict) and str(record.get("transaction_id")) == cursor for record in page["data"]
+            )
             previous_ids = _drop_repeated_records(page, previous_ids)
             yield page
             next_cursor = page["next_from_id"]
-            # The end: no cursor, or a page pointing back at its own cursor that is empty, or holds
-            # only repeats and is not full (an inclusive API's last page, its boundary record alone).
-            # A full page of repeats pointing back is an API that cannot move on (limit 1, inclusive).
-            if not next_cursor or (
-                next_cursor == cursor and (not sent or (not page["data"] and sent < payload["limit"]))
-            ):
+            # The end: no cursor, or a page pointing back at its own cursor that is empty, or (an
+            # inclusive API's last page) holds only the cursor's own record, repeated from the page
+            # before, and is not full. A full such page is an API that cannot move on (limit 1).
+            if not next_cursor or (next_cursor == cursor and (not sent or (boundary_only and not page["data"]))):
                 return
             with token_redacted(self._token()):  # a cursor is quoted: the server may have put anything in it
                 if next_cursor in followed:
