@@ -93,10 +93,12 @@ def columns_digest(columns: list[str] | None) -> str | None:
     return hashlib.sha256(json.dumps(columns, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def _check_columns(progress: ExportProgress, task: PendingTask, stats: PartStats) -> None:
+def _check_columns(progress: ExportProgress, task: PendingTask, stats: PartStats) -> str | None:
     """A part's columns are those of the parts landed before it: the zips' members are held to one
-    header, and so are the batches, or a table reading the parts by position would mix columns."""
-    if progress.columns_sha256 is not None and columns_digest(stats.columns) != progress.columns_sha256:
+    header, and so are the batches, or a table reading the parts by position would mix columns.
+    Returns the part's :func:`columns_digest`, for the checkpoint."""
+    digest = columns_digest(stats.columns)
+    if progress.columns_sha256 is not None and digest != progress.columns_sha256:
         shown = [name if len(name) <= 60 else f"{name[:57]}..." for name in (stats.columns or [])[:40]]
         raise LoyaltyVerificationError(
             f"the file of export task {task.task_id} (batch {progress.batches_done}) has the CSV columns "
@@ -104,6 +106,7 @@ def _check_columns(progress: ExportProgress, task: PendingTask, stats: PartStats
             "before it: the API changed its columns during the export, and one export's parts must read "
             "alike; export the period again from its start (replace=True)"
         )
+    return digest
 
 
 class _BatchUnusable(Exception):
@@ -520,7 +523,7 @@ class ExportLoop:
         if self.ahead is not None and following is not None:
             self.ahead.start(following, skip if stats.is_empty else frozenset(stats.tail_ids))
         if not stats.is_empty:
-            _check_columns(progress, task, stats)
+            columns = _check_columns(progress, task, stats)
             self._store(progress, name, part_file, stats.sha256, fetched.archive)
             record = PartRecord(
                 index,
@@ -539,7 +542,7 @@ class ExportLoop:
             progress.rows += stats.rows
             progress.bytes += stats.bytes
             progress.tail_ids = stats.tail_ids
-            progress.columns_sha256 = columns_digest(stats.columns)
+            progress.columns_sha256 = columns
         progress.batches_done += 1
         progress.duplicates_dropped += stats.duplicates_dropped
         progress.remember_cursor(task.from_id)
