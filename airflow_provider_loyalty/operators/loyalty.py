@@ -342,7 +342,9 @@ def _refuse_one_file_for_many_members(context: Context, task_id: str) -> None:
     dag = context.get("dag")
     if index is None or index < 0 or dag is None:
         return
-    declared = dag.get_task(task_id)
+    declared = getattr(dag, "task_dict", {}).get(task_id)  # a context made by hand may lack the task
+    if declared is None:
+        return
     expand_input = getattr(declared, "expand_input", None)
     if expand_input is not None:  # mapped with .expand(): the DAG's operator names what varies
         mapped = getattr(expand_input, "value", None)

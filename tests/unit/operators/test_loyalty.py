@@ -1063,6 +1063,17 @@ class TestLoyaltyAccountTransactionsOperator:
             paths.add(member_operator(tmp_path, output_path=directory, **kwargs).execute({})["path"])
         assert len(paths) == 4 and len(list((tmp_path / "members").glob("member-*.jsonl"))) == 4
 
+    def test_a_hand_made_context_of_a_mapped_task_without_its_dag_task_writes_the_file(
+        self, emulator: LoyaltyEmulator, tmp_path
+    ):
+        """The one-file check reads the task from the context's DAG; a context made by hand (a
+        user's own test) may name a DAG without it: the history is written, no TaskNotFound."""
+        from types import SimpleNamespace
+
+        context = {"ti": SimpleNamespace(map_index=0), "dag": SimpleNamespace(task_dict={})}
+        result = member_operator(tmp_path).execute(context)
+        assert result["rows"] > 0 and result["path"].endswith("/member.jsonl")
+
     def test_an_emails_letter_case_is_one_member_file(self, emulator: LoyaltyEmulator, tmp_path):
         """``MEMBER0@example.com`` and ``member0@example.com`` are one member to the API; they were
         two files in one directory (probe of 2026-12-05)."""
