@@ -147,13 +147,17 @@ _API_ROOT_SUFFIX = re.compile(r"/api(?:/v\d+(?:\.\d+)*)?$")
 #: ``https:/host``, ``https//host``, ``http:host``: a scheme typed without its ``://``.
 _MISTYPED_SCHEME = re.compile(r"https?(?::/?(?!/)|//)", re.IGNORECASE)
 #: What comes before an ``@`` in a Host: user and password (``ftp://u:secret@host``), never shown.
-_USERINFO = re.compile(r"[^/@\s]*@")
-
-
 def _shown_host(host: str | None) -> str:
-    """The Host as an error quotes it: any ``user:password@`` (not the connection's Password, so
-    not masked by Airflow) replaced by ``***@``."""
-    return repr(_USERINFO.sub("***@", host or ""))
+    """The Host as an error quotes it: everything between the scheme and the last ``@`` (a
+    ``user:password@``, not the connection's Password, so not masked by Airflow) replaced by
+    ``***@``. Up to the *last* ``@``: a pasted token may hold ``/``, spaces or ``@`` itself."""
+    text = host or ""
+    if "@" in text:
+        scheme, separator, rest = text.partition("://")
+        if not separator:
+            scheme, rest = "", text
+        text = f"{scheme}{separator}***@{rest.rpartition('@')[2]}"
+    return repr(text)
 
 
 def _check_host_name(hostname: str, host: str | None) -> None:
