@@ -225,10 +225,13 @@ class LoyaltyHook(BaseHook):
         """
         poster, settings = via or (self._poster, self.settings)
         started = time.monotonic()
+        failure: LoyaltyError | None = None
         try:
             status, reply_headers, reply = poster.post(path, body, headers)
         except Exception as error:
-            raise transport_error(settings, path, error) from None
+            failure = transport_error(settings, path, error)
+        if failure is not None:
+            raise failure  # outside the handler: no __context__ keeps the library's error and its request
         self.log.debug("POST %s -> HTTP %s in %.0f ms", path, status, 1000 * (time.monotonic() - started))
         return check_reply(
             http_status=status,
@@ -364,6 +367,7 @@ class LoyaltyHook(BaseHook):
     def _download_once(self, url: str, sink: IO[bytes], max_bytes: int, stop: threading.Event | None) -> int:
         started = time.monotonic()
         written = 0
+        failure: LoyaltyError | None = None
         try:
             response = self.session.get(url, timeout=self.settings.timeout, stream=True, allow_redirects=False)
             with response:
@@ -382,7 +386,9 @@ class LoyaltyHook(BaseHook):
                         raise LoyaltyUnsafeDataError(f"download is over max_download_bytes={max_bytes}; stopped")
                     sink.write(chunk)
         except Exception as error:
-            raise transport_error(self.settings, DOWNLOAD_PREFIX, error) from None
+            failure = transport_error(self.settings, DOWNLOAD_PREFIX, error)
+        if failure is not None:
+            raise failure  # outside the handler: requests' error holds the request, its headers the token
         elapsed = max(time.monotonic() - started, 1e-9)
         self.log.debug("Downloaded %d bytes in %.2f s (%.1f MiB/s)", written, elapsed, written / elapsed / 2**20)
         return written

@@ -38,6 +38,7 @@ import certifi
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 
+from airflow_provider_loyalty.exceptions import LoyaltyError
 from airflow_provider_loyalty.hooks import loop_sessions
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.codec import ENVELOPE_SCHEMA, MIME_TYPES, STATUS_SCHEMA, Schema
@@ -335,6 +336,7 @@ class LoyaltyAsyncHook(BaseHook):
         if session is None:
             raise RuntimeError("LoyaltyAsyncHook is not open: use it in 'async with', or await open() first")
         started = time.monotonic()
+        failure: LoyaltyError | None = None
         try:
             async with session.post(
                 settings.url(path),
@@ -350,7 +352,11 @@ class LoyaltyAsyncHook(BaseHook):
                     buffer.add(chunk)
                 status, reply_headers = reply.status, reply.headers
         except Exception as error:
-            raise transport_error(settings, path, error) from None
+            failure = transport_error(settings, path, error)
+        if failure is not None:
+            # Raised outside the handler: a ``__context__`` would keep aiohttp's error, whose
+            # request_info holds the request's headers, the token among them.
+            raise failure
         self.log.debug("POST %s -> HTTP %s in %.0f ms", path, status, 1000 * (time.monotonic() - started))
         return check_reply(
             http_status=status,

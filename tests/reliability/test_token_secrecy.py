@@ -472,3 +472,37 @@ def test_a_token_straddling_a_cut_leaves_no_piece_in_errors(monkeypatch, where: 
     first_word = token.split()[0][:4]
     for text in [*exception_texts(caught.value), message]:
         assert first_word not in text, f"a piece of the token in: {text[:400]}"
+
+
+def _not_http(handler, _server) -> None:
+    """A port that is no HTTP server: its status line cannot be read."""
+    handler.wfile.write(b"HTTP/1.1 abc\r\n\r\n")
+    handler.wfile.flush()
+    handler.close_connection = True
+
+
+def test_a_reply_no_library_can_read_leaves_no_token_in_the_error_chain(monkeypatch) -> None:
+    """aiohttp's error for an unreadable reply keeps the request's headers (``request_info``), the
+    token among them; it rode along as the ``__context__`` of the async hook's error (``raise ...
+    from None`` hides a context from tracebacks, not from whatever walks the chain or reprs it)."""
+    import asyncio
+
+    from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+    from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
+
+    with loopback_server(_not_http) as api:
+        connection = {"conn_type": "loyalty", "host": api.url, "password": TOKEN, "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        with pytest.raises(LoyaltyError) as sync_error:
+            LoyaltyHook().get_task_status("task_1")
+
+        async def scenario() -> BaseException:
+            with pytest.raises(LoyaltyError) as caught:
+                async with LoyaltyAsyncHook() as hook:
+                    await hook.get_task_status("task_1")
+            return caught.value
+
+        async_error = asyncio.run(scenario())
+    for error in (sync_error.value, async_error):
+        assert "HTTP reply" in str(error)
+        assert leaks(TOKEN, exception_texts(error)) == []
