@@ -93,8 +93,10 @@ class LoyaltyConnectionSettings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """What the secrets masker should hide: the token, and the password of any proxy URL."""
-        passwords = (urlsplit(url).password for url in self.proxies.values())
+        """What the secrets masker should hide: the token, and the password of any proxy URL (the
+        connection's, or the environment's ``HTTP(S)_PROXY`` the hooks will use)."""
+        proxies = {*self.proxies.values(), self.proxy_for(self.base_url) or ""}
+        passwords = (urlsplit(url).password for url in proxies if url)
         return (self.token, *(unquote(password) for password in passwords if password))
 
     @property
@@ -136,7 +138,7 @@ class LoyaltyConnectionSettings:
         proxy = urllib.request.getproxies_environment().get(parts.scheme)
         if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or ""):  # type: ignore[attr-defined]
             return None
-        return proxy
+        return proxy_url(proxy)
 
 
 #: A base URL copied with the API's own path (``https://example.com/api/v1.1``): the paths the
@@ -146,7 +148,8 @@ _API_ROOT_SUFFIX = re.compile(r"/api(?:/v\d+(?:\.\d+)*)?$")
 
 #: ``https:/host``, ``https//host``, ``http:host``: a scheme typed without its ``://``.
 _MISTYPED_SCHEME = re.compile(r"https?(?::/?(?!/)|//)", re.IGNORECASE)
-#: What comes before an ``@`` in a Host: user and password (``ftp://u:secret@host``), never shown.
+
+
 def _shown_host(host: str | None) -> str:
     """The Host as an error quotes it: everything between the scheme and the last ``@`` (a
     ``user:password@``, not the connection's Password, so not masked by Airflow) replaced by
@@ -341,7 +344,15 @@ def _proxies(raw: Any) -> dict[str, str]:
             raise LoyaltyValidationError("proxies", "expected a proxy URL or a JSON object of them") from None
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise LoyaltyValidationError("proxies", f'expected {{"https": "http://proxy:3128"}} or a URL, got {raw!r}')
-    return dict(raw)
+    return {scheme: proxy_url(url) for scheme, url in raw.items()}
+
+
+def proxy_url(url: str) -> str:
+    """A proxy URL with its scheme: ``proxy:3128`` (the form ``HTTP_PROXY`` often takes) is
+    ``http://proxy:3128``, as requests reads it; aiohttp refused it as an invalid URL, and
+    ``user:secret@proxy:3128`` read ``user`` as the scheme, so its password was not masked."""
+    url = url.strip()
+    return url if "://" in url else f"http://{url}"
 
 
 def _client_cert(raw: Any) -> str | tuple[str, str] | None:

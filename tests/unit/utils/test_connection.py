@@ -452,18 +452,23 @@ def async_calls(task_id: str) -> None:
     asyncio.run(poll())
 
 
+@pytest.mark.parametrize("scheme", ["http://", ""], ids=["url", "host-port"])
 @pytest.mark.parametrize("how", ["proxies-extra", "proxy-alias", "env"])
 def test_requests_go_through_the_proxy(
-    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path, how: str
+    loyalty_emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path, how: str, scheme: str
 ) -> None:
+    """``host-port``: a proxy given without its scheme (``HTTP_PROXY=proxy:3128``, a common form)
+    worked for the sync hook (requests adds ``http://``), and failed every call of the async hook
+    (the triggerer) as an invalid URL, blaming the Base URL."""
     with forward_proxy() as proxy:
+        url = scheme + proxy.url.split("://", 1)[1]
         extra: dict[str, Any] = {}
         if how == "proxies-extra":
-            extra["proxies"] = {"http": proxy.url}
+            extra["proxies"] = {"http": url}
         elif how == "proxy-alias":
-            extra["proxy"] = proxy.url
+            extra["proxy"] = url
         else:
-            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            monkeypatch.setenv("HTTP_PROXY", url)
         point_connection_at(monkeypatch, loyalty_emulator, **extra)
         sync_calls(tmp_path)
         assert proxy.requests[:2] == ["POST /api/v1.1/loyalty/transactions_export", "POST /api/v1.1/tasks/status"]
