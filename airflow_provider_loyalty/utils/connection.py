@@ -55,10 +55,11 @@ _CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 _PATH_EXTRAS = ("ca_bundle", "client_cert", "cert", "verify")
 
 
-def names_files(extra: Mapping[str, Any]) -> bool:
+def names_files(extra: Any) -> bool:
     """Whether reading a connection with these extras checks files on this machine (a CA bundle,
-    a client certificate): an async caller reads it in a thread then, off its event loop."""
-    return any(extra.get(name) not in (None, "", True, False) for name in _PATH_EXTRAS)
+    a client certificate): an async caller reads it in a thread then, off its event loop. Extras
+    that are no JSON object name none (reading them fails with an error naming ``extra``)."""
+    return isinstance(extra, Mapping) and any(extra.get(name) not in (None, "", True, False) for name in _PATH_EXTRAS)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class LoyaltyConnectionSettings:
 
 #: A base URL copied with the API's own path (``https://example.com/api/v1.1``): the paths the
 #: provider requests start with ``/api/``, so that tail would be doubled.
-_API_ROOT_SUFFIX = re.compile(r"/api(?:/v\d+(?:\.\d+)*)?$")
+_API_ROOT_SUFFIX = re.compile(r"/api(?:/v1\.1)?$", re.IGNORECASE)
 
 
 #: ``https:/host``, ``https//host``, ``http:host``: a scheme typed without its ``://``.
@@ -227,6 +228,11 @@ def normalize_base_url(
     if not path and path_prefix and path_prefix.strip("/"):
         path = "/" + quote(path_prefix.strip("/"), safe="/%:@!$&'()*+,;=-._~")
     path = _API_ROOT_SUFFIX.sub("", path)  # the provider adds /api/v1.1/... itself
+    if any(segment in (".", "..") for segment in path.split("/")):
+        # requests sends them as written, aiohttp resolves them: the two hooks would call two URLs.
+        raise LoyaltyValidationError(
+            "host", f"{_shown_host(host)} has a '.' or '..' path segment; write the path without them"
+        )
     return f"{parts.scheme}://{netloc}{path}", assumed
 
 
@@ -347,6 +353,12 @@ def _proxies(raw: Any) -> dict[str, str]:
     return {scheme: proxy_url(url) for scheme, url in raw.items()}
 
 
+def _given(value: Any, default: str) -> Any:
+    """``value``, or ``default`` when the field was left empty (``None``, blank); ``false`` or
+    ``0`` are values, to be checked, not empty fields."""
+    return default if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
 def proxy_url(url: str) -> str:
     """A proxy URL with its scheme: ``proxy:3128`` (the form ``HTTP_PROXY`` often takes) is
     ``http://proxy:3128``, as requests reads it; aiohttp refused it as an invalid URL, and
@@ -392,7 +404,7 @@ def settings_from_parts(
     return LoyaltyConnectionSettings(
         base_url=base_url,
         token=check_token(password or options.get("token")),
-        content_type=validation.check_content_type(options.get("content_type") or "json"),
+        content_type=validation.check_content_type(_given(options.get("content_type"), "json")),
         timeout=validation.parse_seconds(options.get("timeout", DEFAULT_TIMEOUT), "timeout"),
         verify=_verify(options),
         max_retries=validation.parse_count(options.get("max_retries", DEFAULT_MAX_RETRIES), "max_retries"),

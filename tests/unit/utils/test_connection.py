@@ -556,3 +556,57 @@ def test_a_phone_rendered_natively_as_a_number_is_refused_not_sent_without_its_p
     with pytest.raises(LoyaltyValidationError, match=r'phone: expected the phone number as text .*dropping the "\+"'):
         check_matching("phone", phone=15550000003)
     assert check_matching("phone", phone="+15550000003") == {"matching": "phone", "phone": "+15550000003"}
+
+
+# ------------------------------------------------------------------ what a user may type, read alike by both hooks
+
+
+@pytest.mark.parametrize("path", ["/.", "/./", "/a/..", "/a/../b", "/a/./b", "/gw/../api/v1.1"])
+def test_a_base_url_with_dot_segments_is_refused_naming_the_host(path: str) -> None:
+    """requests sent ``/a/../b/api/...`` as written, aiohttp (the triggerer) resolved it to
+    ``/b/api/...``: one hook reached the API and the other did not."""
+    with pytest.raises(LoyaltyValidationError) as caught:
+        normalize_base_url(f"https://api.example.com{path}")
+    assert caught.value.parameter == "host" and "'..'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "base_url"),
+    [
+        ("https://example.com/API/V1.1", "https://example.com"),  # the documented tail in any case
+        ("https://example.com/Api", "https://example.com"),
+        ("https://gw.example.com/api/v2", "https://gw.example.com/api/v2"),  # not the API's: a gateway's
+        ("https://gw.example.com/api/v1", "https://gw.example.com/api/v1"),
+    ],
+)
+def test_only_the_documented_api_tail_is_dropped_from_the_base_url(host: str, base_url: str) -> None:
+    """The docs promise ``/api`` and ``/api/v1.1`` are dropped; any ``/api/v<N>`` was, so a gateway
+    prefix ending in ``/api/v2`` vanished, while ``/API/V1.1`` was kept and doubled."""
+    assert normalize_base_url(host)[0] == base_url
+
+
+@pytest.mark.parametrize("value", [False, 0, [], {}, 1])
+def test_a_content_type_that_is_no_text_is_refused_not_taken_for_json(value: Any) -> None:
+    """``false``, ``0``, ``[]`` and ``{}`` silently meant json (``or "json"``) while ``1`` was refused."""
+    with pytest.raises(LoyaltyValidationError) as caught:
+        settings(content_type=value)
+    assert caught.value.parameter == "content_type"
+
+
+@pytest.mark.parametrize("content_type", [None, "", "  "])
+def test_an_empty_content_type_is_json(content_type: Any) -> None:
+    assert settings(content_type=content_type).content_type == "json"
+
+
+@pytest.mark.parametrize("extra", ["30", "[1, 2]", "true", '"text"'])
+def test_an_extra_that_is_no_json_object_is_refused_alike_by_both_hooks(
+    monkeypatch: pytest.MonkeyPatch, extra: str
+) -> None:
+    """The async hook (triggers) failed with ``AttributeError: 'int' object has no attribute 'get'``."""
+    connection = {"conn_type": "loyalty", "host": "https://api.example.com", "password": "t0ken-1", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+    with pytest.raises(LoyaltyValidationError) as sync_error:
+        LoyaltyHook().settings  # noqa: B018 - reading them is the test
+    with pytest.raises(LoyaltyValidationError) as async_error:
+        asyncio.run(LoyaltyAsyncHook().get_settings())
+    assert sync_error.value.parameter == async_error.value.parameter == "extra"
