@@ -52,7 +52,7 @@ from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.protocol import STATUS_PATH, check_reply, data_object, encode_request
 from airflow_provider_loyalty.utils.redaction import redact_values, token_redacted
 from airflow_provider_loyalty.utils.retry import call_with_retries_async, retry_policy
-from airflow_provider_loyalty.utils.tls import client_context
+from airflow_provider_loyalty.utils.tls import reads_files, settings_context
 from airflow_provider_loyalty.utils.transport import ReplyBuffer, transport_error
 
 _READ_CHUNK_BYTES = 64 * 1024
@@ -63,8 +63,8 @@ STARTUP_CONCURRENCY = 8
 #: Longest a first step keeps its place in the gate: one that waits on a slow or dead host (its
 #: retries, a ``Retry-After``) lets the next trigger of its connection start.
 STARTUP_SLOT_SECONDS = 1.0
-# The TLS contexts this process's loops have built (see :func:`~.utils.tls.client_context`): a
-# hook's open() takes one without a trip to a worker thread.
+# The TLS contexts this process's loops have built for settings that read no file of the user's
+# (see :func:`~.utils.tls.client_context`): a hook's open() takes one without a trip to a thread.
 _SSL_CONTEXTS: dict[tuple[bool | str, str | tuple[str, str] | None], ssl.SSLContext] = {}
 _STARTUP_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
     weakref.WeakKeyDictionary()
@@ -117,9 +117,11 @@ async def _ssl_for(settings: LoyaltyConnectionSettings) -> ssl.SSLContext:
     """The connection's TLS context, built off the loop the first time: when simply verifying, against
     ``certifi``'s CA bundle, as the sync hook (a server the worker trusts, the triggerer trusts)."""
     key = (settings.effective_verify(), settings.client_cert)
+    if reads_files(*key):  # checked again each time: a file renewed in place is read again
+        return await asyncio.to_thread(settings_context, settings, certifi.where())
     context = _SSL_CONTEXTS.get(key)
     if context is None:
-        context = _SSL_CONTEXTS[key] = await asyncio.to_thread(client_context, *key, certifi.where())
+        context = _SSL_CONTEXTS[key] = await asyncio.to_thread(settings_context, settings, certifi.where())
     return context
 
 

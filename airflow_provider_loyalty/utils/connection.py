@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 from airflow_provider_loyalty.utils import validation
+from airflow_provider_loyalty.utils.tls import CA_BUNDLE_VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ KNOWN_EXTRAS = frozenset(
 )
 #: The http provider's names, accepted for the same settings (``verify`` naming a file: ``ca_bundle``).
 EXTRA_ALIASES = {"verify": "verify_ssl", "cert": "client_cert", "proxy": "proxies"}
-_CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 #: Extras whose value may name a file that reading the connection checks exists.
 _PATH_EXTRAS = ("ca_bundle", "client_cert", "cert", "verify")
 
@@ -124,11 +124,17 @@ class LoyaltyConnectionSettings:
         """The CA bundle in effect: the connection's own, else (when simply on) ``REQUESTS_CA_BUNDLE``
         / ``CURL_CA_BUNDLE`` / ``SSL_CERT_FILE`` from the environment, as requests would pick, so the
         sync and async hooks verify against the same bundle."""
+        source = self.ca_bundle_source()
+        return os.environ[source] if source in CA_BUNDLE_VARIABLES else self.verify
+
+    def ca_bundle_source(self) -> str:
+        """Where :meth:`effective_verify`'s CA bundle comes from: the environment variable that names
+        it, else ``ca_bundle`` (the connection's own field), for errors."""
         if self.verify is True:
-            for name in _CA_BUNDLE_VARIABLES:
+            for name in CA_BUNDLE_VARIABLES:
                 if os.environ.get(name):
-                    return os.environ[name]
-        return self.verify
+                    return name
+        return "ca_bundle"
 
     def proxy_for(self, url: str) -> str | None:
         """The proxy for ``url``: the connection's ``proxies``, else ``HTTP(S)_PROXY`` unless

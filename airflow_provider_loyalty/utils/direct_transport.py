@@ -33,7 +33,7 @@ from requests.utils import requote_uri
 
 from airflow_provider_loyalty.utils.codec import MIME_TYPES
 from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnectionSettings
-from airflow_provider_loyalty.utils.tls import client_context
+from airflow_provider_loyalty.utils.tls import settings_context
 from airflow_provider_loyalty.utils.transport import ReplyBuffer
 
 _READ_CHUNK_BYTES = 64 * 1024
@@ -60,11 +60,7 @@ class DirectPoster:
         # As requests sends a Base URL's path: unsafe characters escaped, escapes kept.
         self._base_path = requote_uri(settings.base_path)
         self._timeout = settings.timeout
-        self._tls = (
-            client_context(settings.effective_verify(), settings.client_cert, certifi.where())
-            if parts.scheme == "https"
-            else None
-        )
+        self._tls = settings_context(settings, certifi.where()) if parts.scheme == "https" else None
         self._headers = {
             "User-Agent": USER_AGENT,
             "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5",

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_loyalty.exceptions import LoyaltyApiError, LoyaltyError, LoyaltyTlsError, LoyaltyTransientError
+from airflow_provider_loyalty.exceptions import (
+    LoyaltyApiError,
+    LoyaltyError,
+    LoyaltyTlsError,
+    LoyaltyTransientError,
+    LoyaltyValidationError,
+)
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.operators.loyalty import LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
@@ -251,3 +257,64 @@ def test_a_ca_directory_verifies_in_both_hooks(monkeypatch, https_emulator, cert
 
     assert task_id
     assert isinstance(asyncio.run(async_status_of_an_unknown_task()), LoyaltyNotFoundError)  # the handshake passed
+
+
+# ------------------------------------------------------------------------- files renewed or unusable
+
+
+def _status_by_both_hooks() -> tuple[BaseException, BaseException]:
+    """What each hook raises asking for an unknown task (a ``LoyaltyNotFoundError`` once TLS passed)."""
+    import asyncio
+
+    with pytest.raises(LoyaltyError) as sync_error:
+        LoyaltyHook().get_task_status("task_x")
+    try:
+        async_error = asyncio.run(async_status_of_an_unknown_task())
+    except LoyaltyError as error:  # raised opening the hook
+        async_error = error
+    return sync_error.value, async_error
+
+
+def test_a_ca_bundle_renewed_in_place_is_read_again_by_both_hooks(
+    monkeypatch, https_emulator, certificate, tmp_path
+) -> None:
+    """The context of a CA bundle was cached by its path for the life of the process: a bundle fixed
+    in place (the error's own advice) kept failing every new hook, and the API server's Test button,
+    until a restart; a client certificate renewed in place was presented expired the same way."""
+    from airflow_provider_loyalty.exceptions import LoyaltyNotFoundError
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(Path(certifi_where()).read_text())  # public CAs: not the emulator's
+    connect(monkeypatch, https_emulator, ca_bundle=str(bundle))
+    assert all(isinstance(error, LoyaltyTlsError) for error in _status_by_both_hooks())
+    bundle.write_bytes(certificate[0].read_bytes())  # the same path, now the right CA
+    assert all(isinstance(error, LoyaltyNotFoundError) for error in _status_by_both_hooks())
+
+
+def certifi_where() -> str:
+    import certifi
+
+    return certifi.where()
+
+
+@pytest.mark.parametrize("content", ["", "not a certificate\n"], ids=["empty", "garbage"])
+@pytest.mark.parametrize("field", ["ca_bundle", "client_cert", "REQUESTS_CA_BUNDLE"])
+def test_a_tls_file_that_cannot_be_used_is_named_by_both_hooks(
+    monkeypatch, https_emulator, tmp_path, field: str, content: str
+) -> None:
+    """A CA bundle or client certificate that exists but holds no PEM failed with a bare
+    ``SSLError: [X509: NO_CERTIFICATE_OR_CRL_FOUND]`` / ``[SSL] PEM lib``, naming no field, and
+    ``REQUESTS_CA_BUNDLE`` naming a missing file with ``FileNotFoundError`` and no path."""
+    path = tmp_path / f"{field}.pem"
+    path.write_text(content)
+    if field == "REQUESTS_CA_BUNDLE":
+        monkeypatch.setenv(field, str(path if content else tmp_path / "missing.pem"))
+        connect(monkeypatch, https_emulator)
+    else:
+        connect(monkeypatch, https_emulator, **{field: str(path)})
+    for error in _status_by_both_hooks():
+        assert isinstance(error, LoyaltyValidationError), repr(error)
+        assert error.parameter == field and str(tmp_path) in str(error)
+    ok, message = LoyaltyHook().test_connection()
+    assert not ok and field in message
+    assert https_emulator.stats()["requests_total"] == 0  # refused before any request
