@@ -469,6 +469,22 @@ def _refuse_if_not_the_api(body: bytes, content_type_header: str | None, kind: s
         ) from None
 
 
+def error_page_text(body: bytes, content_type_header: str | None) -> str:
+    """What an HTTP error reply that is no API envelope says: ``an HTML page, not the API's reply;
+    it reads: 'Not Found'`` (a proxy's or web server's page: a wrong Base URL or path prefix). The
+    caller removes the token.
+
+    :param body: the reply's body.
+    :param content_type_header: its ``Content-Type``.
+    """
+    header = (content_type_header or "").strip()
+    media = header.partition(";")[0].strip().lower()
+    start = body[:4096].removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    html_page = media in _HTML_MEDIA or bool(_HTML_START.match(start))
+    what = "an HTML page" if html_page else f"{clip(media, 60) or 'a body'} with no error/error_text"
+    return f"{what}, not the API's reply{_excerpt(body, html_page=html_page)}"
+
+
 def _excerpt(body: bytes, *, html_page: bool) -> str:
     """``; it reads: '...'``: a page's title (or its first words), a text's first words; a line at most."""
     head = body[:8192].decode("utf-8", "replace")

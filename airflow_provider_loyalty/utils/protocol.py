@@ -25,7 +25,14 @@ from airflow_provider_loyalty.exceptions import (
     LoyaltyTransientError,
     LoyaltyUnsafeDataError,
 )
-from airflow_provider_loyalty.utils.codec import ENVELOPE_SCHEMA, MIME_TYPES, Schema, decode_body, encode_body
+from airflow_provider_loyalty.utils.codec import (
+    ENVELOPE_SCHEMA,
+    MIME_TYPES,
+    Schema,
+    decode_body,
+    encode_body,
+    error_page_text,
+)
 from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
 from airflow_provider_loyalty.utils.redaction import clip, quoted, scrub
 from airflow_provider_loyalty.utils.validation import first_control_character
@@ -100,7 +107,13 @@ def check_reply(
     except LoyaltyResponseError as error:  # may quote the reply (an HTML page's title, a field's text)
         scrub(error, token)
         raise
-    text = quoted(str((envelope or {}).get("error_text") or f"HTTP {http_status}"), token)
+    if envelope is None and body.strip() and http_status >= 400:  # a proxy's or web server's own page
+        fallback = error_page_text(body, headers.get("Content-Type"))
+        if http_status == 404:
+            fallback += ": check the connection's host and the path of its Base URL"
+    else:
+        fallback = f"HTTP {http_status}"
+    text = quoted(str((envelope or {}).get("error_text") or fallback), token)
 
     if http_status in (408, 429):  # 408: a proxy or load balancer timed the request out
         raise LoyaltyTransientError(code, text, http_status, parse_retry_after(headers.get("Retry-After")))

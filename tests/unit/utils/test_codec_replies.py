@@ -111,6 +111,31 @@ def test_an_html_page_through_the_hook_names_the_connection_to_check(monkeypatch
 
 
 @pytest.mark.parametrize(
+    ("status", "error", "hint"),
+    [(404, "LoyaltyNotFoundError", True), (502, "LoyaltyTransientError", False), (400, "LoyaltyApiError", False)],
+)
+def test_an_http_error_page_says_what_it_is_and_what_to_check(
+    monkeypatch: pytest.MonkeyPatch, status: int, error: str, hint: bool
+) -> None:
+    """A wrong Base URL path on a real web server answers 404 with its own page: the error said
+    "HTTP 404" and no more, while the same page with a 200 was named and explained."""
+
+    def respond(handler, _server) -> None:
+        send(handler, status, PORTAL.replace(b"<p>", b"<p>" + TOKEN.encode()), "text/html; charset=utf-8")
+
+    with loopback_server(respond) as server:
+        _point_at(monkeypatch, server.url)
+        with pytest.raises(Exception) as raised:
+            LoyaltyHook().get_task_status("task_1")
+        ok, text = LoyaltyHook().test_connection()
+    message = str(raised.value)
+    assert type(raised.value).__name__ == error  # the type the status means, as before
+    assert f"(HTTP {status}): an HTML page, not the API's reply; it reads: 'Guest Wi-Fi \u2013 Sign in'" in message
+    assert ("the path of its Base URL" in message) is hint and ("the path of its Base URL" in text) is hint
+    assert ok is False and "an HTML page" in text and TOKEN not in message + text
+
+
+@pytest.mark.parametrize(
     ("body", "content_type", "shown"),
     [
         (b"Bad Gateway", "text/plain", "'Bad Gateway'"),
