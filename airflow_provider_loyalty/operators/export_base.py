@@ -89,12 +89,15 @@ def check_literal_export_values(values: Mapping[str, Any]) -> None:
     def literal(name: str) -> bool:
         return validation.is_literal(values, name)
 
+    def given(name: str) -> bool:  # "" is no date: the data interval's end, as at run time
+        return literal(name) and values[name] != ""
+
     validation.check_literal_program_and_currency(values)
-    if literal("date_from") and literal("date_to"):
+    if given("date_from") and given("date_to"):
         validation.check_period(values["date_from"], values["date_to"])
     else:  # one end from the data interval or mapped: the literal other end must still read
         for parameter, end in (("date_from", False), ("date_to", True)):
-            if literal(parameter) and values[parameter] != "":
+            if given(parameter):
                 period_bound(values[parameter], parameter, end=end)
     if "from_id" in values and not validation.is_template(values["from_id"]):
         validation.check_cursor(values["from_id"])

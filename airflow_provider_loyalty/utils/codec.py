@@ -305,7 +305,7 @@ def _decode_xml(body: bytes, schema: _Compiled, content_type_header: str | None 
             if transcoded is None:
                 raise
             root = _parse_xml(transcoded)
-        if b"xmlns" in body:
+        if b"xmlns" in body or (b"\x00" in body[:4] and b"xmlns" in body.replace(b"\x00", b"")):  # UTF-16/32 too
             _drop_namespaces(root)
         if root.tag != "xml":
             raise LoyaltyResponseError(f"expected an <xml> root element, got <{root.tag}>")

@@ -154,3 +154,20 @@ def test_an_event_that_fails_a_deferred_export_gives_the_location_up(emulator: L
     with pytest.raises(LoyaltyError):
         operator.execute_complete(context_for(ti=ti), event=event, **deferred.value.kwargs)
     assert not (tmp_path / LEASE_NAME).exists()
+
+
+@pytest.mark.parametrize(
+    "period",
+    [{"date_from": "", "date_to": "2023-09-02"}, {"date_from": "2023-09-01", "date_to": ""}, {"date_from": ""}],
+    ids=["from-empty", "to-empty", "from-only-empty"],
+)
+@pytest.mark.parametrize("operator", [LoyaltyExportOperator, LoyaltyTransactionsToS3Operator])
+def test_an_empty_period_end_is_the_data_intervals_when_parsed_as_at_run_time(operator, period):
+    """``""`` is the data interval's end at run time, and when the other end came from it; with the
+    other end literal the parse-time check refused it (``date_from: ... got ''``)."""
+    required = {"output_path": "/tmp/out"} if operator is LoyaltyExportOperator else {"s3_bucket": "bucket"}
+    task = operator(task_id="empty_end", **EXPORT, **required, **period)
+    spec = task.export_spec(context_for())  # 2023-09-01 .. 2023-10-01, the helper's data interval
+    expected_from = "2023-09-01T00:00:00Z"
+    expected_to = "2023-09-02T23:59:59Z" if period.get("date_to") else "2023-09-30T23:59:59Z"
+    assert (spec.period["date_from"], spec.period["date_to"]) == (expected_from, expected_to)
