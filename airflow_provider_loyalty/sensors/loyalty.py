@@ -50,7 +50,8 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
 
     A task ending ``failed`` / ``error`` / ``canceled`` raises :class:`LoyaltyExportTaskFailed`
     with the API's text; a wait longer than ``timeout`` raises ``AirflowSensorTimeout``. With
-    ``soft_fail=True`` both skip the task instead.
+    ``soft_fail=True`` both skip the task instead, as does an error no retry can fix (the token
+    refused), in every mode; a check that failed past its retries fails the task.
 
     .. seealso:: :ref:`howto/operator:LoyaltyExportTaskSensor`
 
@@ -166,6 +167,26 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
                 return PokeReturnValue(is_done=False)
             if getattr(self, "never_fail", False):
                 raise AirflowSkipException(f"Skipping (never_fail): {error}") from error
+            if self.soft_fail and _soft_fail_skips(error):  # as the base sensor's poke mode
+                raise AirflowSkipException(f"Skipping (soft_fail): {error}") from error
+            raise
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """As ``BaseSensorOperator``'s, except that ``soft_fail`` skips what it skips in poke mode
+        only (see :func:`_soft_fail_skips`): the base skips any error of a deferred wait, so a check
+        that failed past its retries (the API down) skipped the task deferred and failed it in poke
+        mode. ``never_fail`` still skips every error."""
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowSkipException as skipped:
+            error = skipped.__cause__
+            if (
+                self.soft_fail
+                and not getattr(self, "never_fail", False)
+                and isinstance(error, Exception)
+                and not _soft_fail_skips(error)
+            ):
+                raise error from None
             raise
 
     def execute_complete(
@@ -217,10 +238,22 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
                 failure = AirflowFailException(
                     f"{error} (silent_fail waits past a check that fails, not past the export task's failure)"
                 )
-            if self.soft_fail:
+            if self.soft_fail and _soft_fail_skips(failure):
                 raise AirflowSkipException(f"Skipping (soft_fail): {failure}") from error
             if failure is error:
                 raise
             raise failure from error
         self.log.info("Export task %s completed: %s rows", self.export_task_id, result.get("total", "?"))
         return result
+
+
+def _soft_fail_skips(error: BaseException) -> bool:
+    """Whether ``soft_fail`` turns ``error`` into a skip, in every mode as ``BaseSensorOperator``
+    does in poke mode: the export task's failure, the sensor's timeout, an error no retry can fix
+    (``AirflowFailException``: the token refused, a wrong Base URL). A check that failed past its
+    retries, and the task's ``execution_timeout``, fail the task (its retries may help)."""
+    if isinstance(error, AirflowSkipException):
+        return True
+    if isinstance(error, AirflowTaskTimeout):
+        return False
+    return isinstance(error, LoyaltyExportTaskFailed | AirflowSensorTimeout | AirflowFailException)

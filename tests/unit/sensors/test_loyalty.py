@@ -441,3 +441,45 @@ def test_a_deferrable_sensor_with_no_pause_between_checks_is_refused_naming_poke
         make_sensor("task_1", deferrable=True, poke_interval=0)
     assert make_sensor("task_1", deferrable=False, poke_interval=0).poke_interval == 0  # poking may
     assert emulator.stats()["requests_total"] == 0
+
+
+@pytest.mark.parametrize("failure", ["api-down", "token-refused"])
+@pytest.mark.parametrize("where", ["poke", "first-check", "trigger"])
+def test_soft_fail_skips_the_same_errors_in_every_mode(
+    emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, where: str, failure: str
+) -> None:
+    """``soft_fail`` skips what the base sensor's poke mode skips (the export task's failure, the
+    timeout, an error no retry can fix) and nothing else, wherever the check ran. A refused token
+    skipped in poke mode and failed in the check before deferring; an API down past the retries
+    failed in poke mode and skipped when the trigger saw it (the base skips any deferred error)."""
+    emulator.config.task_duration = 60.0
+    task_id = create_export()
+    sensor = make_sensor(task_id, soft_fail=True, deferrable=where != "poke", timeout=30)
+
+    def break_it() -> None:
+        if failure == "api-down":
+            emulator.set_faults([FaultRule(endpoint="status", kind="http_500")])
+        else:
+            connection = {"conn_type": "loyalty", "host": emulator.url, "password": "not-the-token"}
+            monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps({**connection, "extra": {"max_retries": 0}}))
+
+    if where == "trigger":
+        with pytest.raises(TaskDeferred) as deferred:
+            sensor.execute(CONTEXT)  # the task runs: the first check passes
+        break_it()
+        _path, kwargs = deferred.value.trigger.serialize()
+        event = asyncio.run(_fire(LoyaltyExportTaskTrigger(**kwargs)))
+        next_kwargs = {**(deferred.value.kwargs or {}), "event": event}
+
+        def run() -> Any:
+            return sensor.resume_execution(deferred.value.method_name, next_kwargs, CONTEXT)
+    else:
+        break_it()
+
+        def run() -> Any:
+            return sensor.execute(CONTEXT)
+
+    expected = AirflowSkipException if failure == "token-refused" else LoyaltyError
+    with pytest.raises(expected) as caught:
+        run()
+    assert not isinstance(caught.value, AirflowSkipException) or failure == "token-refused"
