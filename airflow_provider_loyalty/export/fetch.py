@@ -27,11 +27,9 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.export.progress import PendingTask
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
-from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
+from airflow_provider_loyalty.utils.export_status import NOT_YET_KNOWN_SECONDS, ExportTaskStatus
 
-#: How long after its creation an export task the status endpoint does not know yet is asked for
-#: again (a platform whose status reads lag its writes), before its batch is created again.
-NOT_YET_KNOWN_SECONDS = 30.0
+__all__ = ["NOT_YET_KNOWN_SECONDS", "BatchFetcher", "FetchedBatch", "Prefetcher", "file_gone"]
 #: How often it is asked for meanwhile (at most; ``poll_interval`` when shorter).
 NOT_YET_KNOWN_POLL_SECONDS = 1.0
 

@@ -21,7 +21,7 @@ try:  # the Task SDK's own since Airflow 3.2; airflow.exceptions' before
 except ImportError:  # pragma: no cover - Airflow 3.1
     from airflow.exceptions import AirflowTaskTimeout  # type: ignore[no-redef,attr-defined]
 
-from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed
+from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyNotFoundError
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.triggers.loyalty import (
     defer_until_done,
@@ -30,7 +30,7 @@ from airflow_provider_loyalty.triggers.loyalty import (
     within_execution_timeout,
 )
 from airflow_provider_loyalty.utils import validation
-from airflow_provider_loyalty.utils.export_status import ExportTaskState
+from airflow_provider_loyalty.utils.export_status import NOT_YET_KNOWN_SECONDS, ExportTaskState
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -82,6 +82,8 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         self.export_task_id = export_task_id
         self.loyalty_conn_id = loyalty_conn_id
         self.deferrable = validation.parse_bool(deferrable, "deferrable")
+        #: Until when (epoch seconds) the API not knowing the task means one created a moment ago.
+        self._unknown_until: float | None = None
         if self.deferrable:  # the trigger polls at this interval: zero would poll without pause
             validation.check_positive_number(self.poke_interval, "poke_interval")
 
@@ -96,7 +98,13 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         :param context: the task context.
         :raises LoyaltyExportTaskFailed: the task ended in a failure state (skips with ``soft_fail``).
         """
-        status = self.hook.get_export_task_status(self.export_task_id)
+        try:
+            status = self.hook.get_export_task_status(self.export_task_id)
+        except LoyaltyNotFoundError:
+            if self._unknown_until is None or time.time() >= self._unknown_until:
+                raise
+            self.log.info("Export task %s is not known to the API yet; checking again", self.export_task_id)
+            return PokeReturnValue(is_done=False)
         if status.state is ExportTaskState.FAILED:
             try:
                 status.raise_for_failure()
@@ -122,6 +130,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         """
         started = time.time()
         self.export_task_id = validation.check_task_id(self.export_task_id)  # rendered: checked before any request
+        self._unknown_until = self._first_check_time(context, started) + NOT_YET_KNOWN_SECONDS
         try:
             if not self.deferrable:
                 return super().execute(context)
@@ -133,6 +142,16 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         own_deadline = started + self.timeout
         deadline = within_execution_timeout(self, context, own_deadline)
         self._defer(deadline, ends_execution=deadline < own_deadline)
+
+    def _first_check_time(self, context: Context, now: float) -> float:
+        """When this wait began: now, or in reschedule mode the first try's time (each reschedule
+        is a new run of ``execute``: the grace for a task too new to be known must not restart)."""
+        ti = context.get("ti") if hasattr(context, "get") else None
+        if self.reschedule and ti is not None and hasattr(ti, "get_first_reschedule_date"):
+            first = ti.get_first_reschedule_date(context)
+            if first is not None:
+                return float(first.timestamp())
+        return now
 
     def _defer(self, deadline: float, first_check_after: float = 0.0, *, ends_execution: bool = False) -> None:
         """Hand the wait to the triggerer until ``deadline`` (epoch seconds); its first check
@@ -152,6 +171,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             kwargs={"deadline": deadline, **({"ends_execution": True} if ends_execution else {})},
             grace=_DEFERRAL_GRACE,
             first_check_after=first_check_after,
+            unknown_until=self._unknown_until,
         )
 
     def _first_check(self, context: Context) -> PokeReturnValue:

@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyFinalError, LoyaltyValidationError
+from airflow_provider_loyalty.exceptions import (
+    LoyaltyError,
+    LoyaltyFinalError,
+    LoyaltyNotFoundError,
+    LoyaltyValidationError,
+)
 from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, startup_slot
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.export_status import ExportResult, ExportTaskState, ExportTaskStatus
@@ -72,6 +77,9 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
     :param max_retries: retries of transient failures per check; overrides the connection's extra.
     :param first_check_after: seconds to wait before the first check (a wait deferred again after
         a failed check keeps its pace); by default the first check is at once.
+    :param unknown_until: absolute time (epoch seconds) before which a task the API says it does not
+        know is taken for one created a moment ago that its status reads do not show yet, and
+        checked again; after it, "not found" is an error. ``None``: an error at once.
     """
 
     def __init__(
@@ -83,16 +91,14 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         content_type: str | None = None,
         max_retries: int | None = None,
         first_check_after: float = 0.0,
+        unknown_until: float | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.export_task_id = validation.check_task_id(export_task_id)
         self.loyalty_conn_id = loyalty_conn_id
         self.poll_interval = validation.check_positive_number(poll_interval, "poll_interval")
-        if deadline is not None and (
-            isinstance(deadline, bool) or not isinstance(deadline, int | float) or not math.isfinite(deadline)
-        ):  # NaN never passes (a wait without end), and neither serializes as JSON
-            raise LoyaltyValidationError("deadline", f"expected epoch seconds or None, got {deadline!r}")
-        self.deadline = None if deadline is None else float(deadline)
+        self.deadline = _epoch_or_none(deadline, "deadline")
+        self.unknown_until = _epoch_or_none(unknown_until, "unknown_until")
         self.content_type = content_type
         self.max_retries = max_retries
         self.first_check_after = (
@@ -117,6 +123,7 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
                 "content_type": self.content_type,
                 "max_retries": self.max_retries,
                 "first_check_after": self.first_check_after,
+                "unknown_until": self.unknown_until,
             },
         )
 
@@ -216,6 +223,11 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
                 return await hook.get_export_task_status(self.export_task_id)
         except TimeoutError:
             return None
+        except LoyaltyNotFoundError:
+            if self.unknown_until is None or time.time() >= self.unknown_until:
+                raise
+            self.log.info("Export task %s is not known to the API yet; checking again", self.export_task_id)
+            return not_known_yet(self.export_task_id)
 
     def _terminal_event(self, status: ExportTaskStatus | None) -> dict[str, Any]:
         """The one event for how the wait ended."""
@@ -248,6 +260,22 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         return kept
 
 
+def _epoch_or_none(value: Any, parameter: str) -> float | None:
+    """Epoch seconds, or ``None``; NaN never passes (a wait without end), and neither serializes as JSON."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise LoyaltyValidationError(parameter, f"expected epoch seconds or None, got {value!r}")
+    return float(value)
+
+
+def not_known_yet(export_task_id: str) -> ExportTaskStatus:
+    """The status of a task the API does not know yet: still running, as far as a wait goes."""
+    return ExportTaskStatus(export_task_id=export_task_id, status=NOT_KNOWN_YET, state=ExportTaskState.RUNNING)
+
+
+#: The status word a wait logs for a task the API does not know yet (see ``unknown_until``).
+NOT_KNOWN_YET = "not known to the API yet"
 #: The largest ``result`` a trigger's success event carries whole (see ``_bounded``).
 MAX_EVENT_RESULT_BYTES = 64 * 1024
 #: The fields seed 000 documents in a completed task's ``result``.
@@ -282,6 +310,7 @@ def defer_until_done(
     kwargs: dict[str, Any] | None = None,
     grace: float = 0.0,
     first_check_after: float = 0.0,
+    unknown_until: float | None = None,
 ) -> NoReturn:
     """Defer ``task`` to a :class:`LoyaltyExportTaskTrigger` until the export task ends or ``deadline`` passes.
 
@@ -296,6 +325,8 @@ def defer_until_done(
     :param deadline: epoch seconds after which the trigger emits a ``timeout`` event.
     :param kwargs: passed to ``execute_complete`` besides the event.
     :param first_check_after: seconds the trigger waits before its first check.
+    :param unknown_until: until when (epoch seconds) the API not knowing the task means a task too
+        new for its status reads (see :class:`LoyaltyExportTaskTrigger`).
     :param grace: seconds the deferral's own timeout allows beyond ``deadline`` (so the trigger's
         event, which says what timed out, normally comes first). None by default: the task's
         ``execution_timeout`` holds while deferred; the trigger's last check at its deadline takes
@@ -310,6 +341,7 @@ def defer_until_done(
             poll_interval=poll_interval,
             deadline=deadline,
             first_check_after=first_check_after,
+            unknown_until=unknown_until,
         ),
         method_name="execute_complete",
         kwargs=kwargs,

@@ -30,6 +30,12 @@ FAILED_WORDS = frozenset(
 _FAILURE_TEXT_FIELDS = ("error_text", "message", "error", "reason")
 
 
+#: How long after its creation an export task the status endpoint does not know yet is asked for
+#: again (a platform whose status reads lag its writes), before it counts as unknown: its batch is
+#: created again by an export, a sensor fails.
+NOT_YET_KNOWN_SECONDS = 30.0
+
+
 class ExportTaskState(enum.Enum):
     """Where an export task stands. Any status word the API may add later counts as running."""
 

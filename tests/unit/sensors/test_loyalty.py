@@ -483,3 +483,45 @@ def test_soft_fail_skips_the_same_errors_in_every_mode(
     with pytest.raises(expected) as caught:
         run()
     assert not isinstance(caught.value, AirflowSkipException) or failure == "token-refused"
+
+
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+def test_a_task_the_api_does_not_know_yet_is_waited_for(emulator: LoyaltyEmulator, mode: str) -> None:
+    """A platform whose status reads lag its writes answers "not found" (error 1003) for a task
+    created a moment ago: the usual create-then-sensor DAG failed its sensor at the first check,
+    and the trigger at its first poll, where the export operators ask again."""
+    emulator.config.update({"status_lag": 1.0, "task_duration": 0.0})
+    task_id = create_export()
+    sensor = make_sensor(task_id, deferrable=mode == "deferrable")
+    if mode == "poke":
+        result = sensor.execute(CONTEXT)
+    else:
+        with pytest.raises(TaskDeferred) as deferred:
+            sensor.execute(CONTEXT)  # the check before deferring: not known yet, so it defers
+        _path, kwargs = deferred.value.trigger.serialize()
+        assert kwargs["unknown_until"] is not None
+        event = asyncio.run(_fire(LoyaltyExportTaskTrigger(**kwargs)))
+        result = sensor.execute_complete(CONTEXT, event, **(deferred.value.kwargs or {}))
+    assert result["total"] == 1000
+
+
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+def test_a_task_the_api_never_knows_fails_once_the_grace_is_over(
+    emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    import airflow_provider_loyalty.sensors.loyalty as sensor_module
+
+    monkeypatch.setattr(sensor_module, "NOT_YET_KNOWN_SECONDS", 0.3)
+    sensor = make_sensor("task_never_created", deferrable=mode == "deferrable")
+    started = time.monotonic()
+    with pytest.raises(LoyaltyError, match="not found") as caught:
+        if mode == "poke":
+            sensor.execute(CONTEXT)
+        else:
+            with pytest.raises(TaskDeferred) as deferred:
+                sensor.execute(CONTEXT)
+            _path, kwargs = deferred.value.trigger.serialize()
+            event = asyncio.run(_fire(LoyaltyExportTaskTrigger(**kwargs)))
+            sensor.execute_complete(CONTEXT, event, **(deferred.value.kwargs or {}))
+    assert time.monotonic() - started < 8, caught.value  # not the sensor's timeout
+    assert emulator.stats()["requests"]["status"] >= 2  # asked again within the grace
