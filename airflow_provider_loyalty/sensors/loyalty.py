@@ -119,7 +119,14 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         if status.state is ExportTaskState.COMPLETED:
             result = status.completed_result()
             self.log.info("Export task %s completed: %s rows", self.export_task_id, result.total)
-            return PokeReturnValue(is_done=True, xcom_value=result.raw)
+            kept, dropped = result.bounded_raw()  # as the trigger's event carries it: one XCom in every mode
+            if dropped:
+                self.log.warning(
+                    "Export task %s: its result is too large for XCom; leaving out %s",
+                    self.export_task_id,
+                    ", ".join(dropped),
+                )
+            return PokeReturnValue(is_done=True, xcom_value=kept)
         self.log.info("Export task %s: %s", self.export_task_id, status.describe())
         return PokeReturnValue(is_done=False)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -37,7 +36,12 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook, startup_slot
 from airflow_provider_loyalty.utils import validation
-from airflow_provider_loyalty.utils.export_status import ExportResult, ExportTaskState, ExportTaskStatus
+from airflow_provider_loyalty.utils.export_status import (
+    MAX_RESULT_BYTES,
+    ExportResult,
+    ExportTaskState,
+    ExportTaskStatus,
+)
 from airflow_provider_loyalty.utils.redaction import scrub
 
 if TYPE_CHECKING:
@@ -240,23 +244,20 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
             return self._event("error", message=status.failure_text, task_status=status.status)
         result = status.completed_result()
         self.log.info("Export task %s completed: %s rows", self.export_task_id, result.total)
-        return self._event("success", result=self._bounded(result.raw))
+        return self._event("success", result=self._bounded(result))
 
-    def _bounded(self, result: dict[str, Any]) -> dict[str, Any]:
-        """The ``result`` as the event carries it: whole, unless it is larger than
-        :data:`MAX_EVENT_RESULT_BYTES` as JSON (fields the seed does not document, of any size, are
-        the server's): then its documented fields only. The event is stored in Airflow's database
-        and read by the resuming task; a 20 MiB field would ride along with it."""
-        size = len(json.dumps(result, default=str))
-        if size <= MAX_EVENT_RESULT_BYTES:
-            return result
-        kept = {name: result[name] for name in DOCUMENTED_RESULT_FIELDS if name in result}
-        self.log.warning(
-            "Export task %s: its result is %d bytes as JSON; the event carries its documented fields only (%s)",
-            self.export_task_id,
-            size,
-            ", ".join(sorted(kept)),
-        )
+    def _bounded(self, result: ExportResult) -> dict[str, Any]:
+        """The ``result`` as the event carries it (see :meth:`ExportResult.bounded_raw`): the event
+        is stored in Airflow's database and read by the resuming task; a 20 MiB field would ride
+        along with it."""
+        kept, dropped = result.bounded_raw()
+        if dropped:
+            self.log.warning(
+                "Export task %s: its result is over %d bytes as JSON; the event leaves out %s",
+                self.export_task_id,
+                MAX_RESULT_BYTES,
+                ", ".join(dropped),
+            )
         return kept
 
 
@@ -276,10 +277,6 @@ def not_known_yet(export_task_id: str) -> ExportTaskStatus:
 
 #: The status word a wait logs for a task the API does not know yet (see ``unknown_until``).
 NOT_KNOWN_YET = "not known to the API yet"
-#: The largest ``result`` a trigger's success event carries whole (see ``_bounded``).
-MAX_EVENT_RESULT_BYTES = 64 * 1024
-#: The fields seed 000 documents in a completed task's ``result``.
-DOCUMENTED_RESULT_FIELDS = ("hashed_file", "is_api", "loyalty_id", "next_from_id", "points_currency_iid", "total")
 
 
 def within_execution_timeout(task: BaseOperator, context: Any, deadline: float) -> float:

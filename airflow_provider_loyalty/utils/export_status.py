@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,11 +121,49 @@ class ExportResult:
         if hashed_file is not None and not isinstance(hashed_file, str):
             raise LoyaltyResponseError(f"{where}: expected result.hashed_file to be a string, got {hashed_file!r}")
         hashed_file = hashed_file.strip() if hashed_file else None
+        if hashed_file and len(hashed_file) > MAX_HASHED_FILE_CHARS:
+            raise LoyaltyResponseError(
+                f"{where}: result.hashed_file is {len(hashed_file)} characters, over {MAX_HASHED_FILE_CHARS}: "
+                "no file name of a download link is that long"
+            )
         if not hashed_file:
             if total:
                 raise LoyaltyResponseError(f"{where} completed with {total} rows but without a hashed_file")
             hashed_file = None
         return cls(total=total, hashed_file=hashed_file, next_from_id=next_from_id or None, raw=dict(result))
+
+    def bounded_raw(self) -> tuple[dict[str, Any], list[str]]:
+        """The ``result`` as an XCom or a trigger event carries it, and the names of the fields left
+        out: whole when its JSON is at most :data:`MAX_RESULT_BYTES`; else the fields the seed
+        documents: those a download needs (``hashed_file``, ``next_from_id``, ``total``, bounded
+        when checked), and the informational ones of at most :data:`MAX_FIELD_BYTES` each (fields
+        the seed does not document, and oversized informational ones, are not worth a database row).
+        """
+        if _json_size(self.raw) <= MAX_RESULT_BYTES:
+            return self.raw, []
+        kept = {
+            name: value
+            for name, value in self.raw.items()
+            if name in _NEEDED_RESULT_FIELDS
+            or (name in DOCUMENTED_RESULT_FIELDS and _json_size(value) <= MAX_FIELD_BYTES)
+        }
+        return kept, sorted(name for name in self.raw if name not in kept)
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+#: The longest ``hashed_file`` taken (it goes into a download URL; servers refuse far shorter ones).
+MAX_HASHED_FILE_CHARS = 4096
+#: The largest ``result`` an XCom or a trigger's event carries whole (see :meth:`ExportResult.bounded_raw`).
+MAX_RESULT_BYTES = 64 * 1024
+#: The largest documented field kept of a ``result`` that is over :data:`MAX_RESULT_BYTES`.
+MAX_FIELD_BYTES = 16 * 1024
+#: The fields seed 000 documents in a completed task's ``result``.
+DOCUMENTED_RESULT_FIELDS = ("hashed_file", "is_api", "loyalty_id", "next_from_id", "points_currency_iid", "total")
+#: Those of them a download reads (their size is checked by :meth:`ExportResult.from_reply`).
+_NEEDED_RESULT_FIELDS = ("hashed_file", "next_from_id", "total")
 
 
 @dataclass(frozen=True)

@@ -173,15 +173,52 @@ def test_a_status_word_that_echoes_the_token_leaves_it_out_of_the_event_and_the_
     assert token not in json.dumps(event) and token not in caplog.text
 
 
-@pytest.mark.parametrize("extra_bytes", [200, 200_000], ids=["small", "huge"])
-def test_the_success_event_carries_the_result_whole_unless_it_is_huge(
-    monkeypatch: pytest.MonkeyPatch, extra_bytes: int
+_SMALL_RESULT = {"hashed_file": "ab/T.zip", "total": 3, "next_from_id": "", "is_api": True}
+
+
+@pytest.mark.parametrize("where", ["trigger", "poke"])
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"debug": "x" * 200}, {**_SMALL_RESULT, "debug": "x" * 200}),
+        ({"debug": "x" * 200_000}, _SMALL_RESULT),
+        ({"loyalty_id": "x" * 1_000_000}, _SMALL_RESULT),  # a documented field, oversized
+        ({"is_api": {"nested": "y" * 1_000_000}}, {k: v for k, v in _SMALL_RESULT.items() if k != "is_api"}),
+    ],
+    ids=["small", "huge-extra", "huge-loyalty-id", "huge-is-api"],
+)
+def test_the_result_is_carried_whole_unless_it_is_huge(
+    monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any], expected: dict[str, Any], where: str
 ) -> None:
-    """The event is stored in Airflow's database and read by the resuming task: a server field of
-    any size rode along (20 MiB made a 20 MiB event). Past 64 KiB only the documented fields go."""
+    """The event is stored in Airflow's database and read by the resuming task, the poke's XCom
+    too: a server field of any size rode along (20 MiB made a 20 MiB event). Past 64 KiB only the
+    documented fields go, and of the informational ones only those of at most 16 KiB (a 1 MB
+    ``loyalty_id`` made a 1 MB event); poke mode pushed the whole result (a 2 MB XCom)."""
+    from airflow_provider_loyalty.sensors.loyalty import LoyaltyExportTaskSensor
     from tests.reliability.support import envelope, loopback_server, send
 
-    result = {"hashed_file": "ab/T.zip", "total": 3, "next_from_id": "", "is_api": True, "debug": "x" * extra_bytes}
+    result = {**_SMALL_RESULT, **extra}
+
+    def respond(handler, _server) -> None:
+        send(handler, 200, envelope({"status": "completed", "result": result}), "application/json")
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        if where == "trigger":
+            event = asyncio.run(run_trigger(LoyaltyExportTaskTrigger("task_1", poll_interval=0.5)))
+            assert event["status"] == "success"
+            carried = event["result"]
+        else:
+            carried = LoyaltyExportTaskSensor(task_id="s", export_task_id="task_1", poke_interval=0.1).execute({})
+    assert carried == expected
+    assert len(json.dumps(carried)) < 70_000
+
+
+def test_a_hashed_file_longer_than_any_link_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.reliability.support import envelope, loopback_server, send
+
+    result = {**_SMALL_RESULT, "hashed_file": "ab/" + "x" * 5000 + ".zip"}
 
     def respond(handler, _server) -> None:
         send(handler, 200, envelope({"status": "completed", "result": result}), "application/json")
@@ -190,12 +227,8 @@ def test_the_success_event_carries_the_result_whole_unless_it_is_huge(
         connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
         monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
         event = asyncio.run(run_trigger(LoyaltyExportTaskTrigger("task_1", poll_interval=0.5)))
-    assert event["status"] == "success"
-    if extra_bytes < 1000:
-        assert event["result"] == result
-    else:
-        assert event["result"] == {"hashed_file": "ab/T.zip", "total": 3, "next_from_id": "", "is_api": True}
-        assert len(json.dumps(event)) < 1000
+    assert event["status"] == "error" and "result.hashed_file is 5007 characters" in event["message"], event
+    assert len(json.dumps(event)) < 2000
 
 
 @pytest.mark.parametrize(
