@@ -139,19 +139,39 @@ class ExportResult:
         when checked), and the informational ones of at most :data:`MAX_FIELD_BYTES` each (fields
         the seed does not document, and oversized informational ones, are not worth a database row).
         """
-        if _json_size(self.raw) <= MAX_RESULT_BYTES:
+        if _json_size_at_most(self.raw, MAX_RESULT_BYTES):
             return self.raw, []
         kept = {
             name: value
             for name, value in self.raw.items()
             if name in _NEEDED_RESULT_FIELDS
-            or (name in DOCUMENTED_RESULT_FIELDS and _json_size(value) <= MAX_FIELD_BYTES)
+            or (name in DOCUMENTED_RESULT_FIELDS and _json_size_at_most(value, MAX_FIELD_BYTES))
         }
         return kept, sorted(name for name in self.raw if name not in kept)
 
 
-def _json_size(value: Any) -> int:
-    return len(json.dumps(value, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+def _json_size_at_most(value: Any, limit: int) -> bool:
+    """Whether ``value`` as JSON takes at most about ``limit`` bytes (strings counted as their
+    UTF-8 bytes and quotes, escapes aside). Stops as soon as it is over: a reply of 25 MiB is not
+    serialized to learn that it is large (0.1 s on the triggerer's event loop)."""
+    left = limit
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            left -= len(item) + 2 if item.isascii() else len(item.encode("utf-8", "surrogatepass")) + 2
+        elif isinstance(item, Mapping):
+            left -= 2 + 4 * len(item)
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            left -= 2 + len(item)
+            pending.extend(item)
+        else:
+            left -= len(json.dumps(item, default=str))
+        if left < 0:
+            return False
+    return True
 
 
 #: The longest ``hashed_file`` taken (it goes into a download URL; servers refuse far shorter ones).

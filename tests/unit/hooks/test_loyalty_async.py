@@ -535,3 +535,42 @@ async def test_a_ca_bundle_is_checked_off_the_event_loop(monkeypatch: pytest.Mon
         settings = await LoyaltyAsyncHook().get_settings()
         assert settings.verify == (str(bundle) if extra else True)
     assert checked_in and loop_thread not in checked_in
+
+
+@pytest.mark.parametrize(("extra_bytes", "off_loop"), [(100, False), (3 << 20, True)], ids=["small", "large"])
+def test_a_large_reply_is_read_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, extra_bytes: int, off_loop: bool
+) -> None:
+    """A 25 MiB status reply (under the 32 MiB cap) was decoded, interpreted and sized on the
+    triggerer's event loop: 0.4 s during which no other trigger ran. Where each step runs is
+    recorded by wrapping the real functions (their work unchanged)."""
+    import threading
+
+    import airflow_provider_loyalty.hooks.loyalty_async as hook_module
+    from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
+
+    ran_in: dict[str, bool] = {}
+
+    def recorded(name: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            ran_in[name] = threading.current_thread() is threading.main_thread()
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(hook_module, "check_reply", recorded("decode", hook_module.check_reply))
+    monkeypatch.setattr(ExportTaskStatus, "from_reply", recorded("interpret", ExportTaskStatus.from_reply))
+    result = {"hashed_file": "ab/T.zip", "total": 3, "next_from_id": "", "log": ["x" * 80] * (extra_bytes // 84)}
+
+    def respond(handler, _server) -> None:
+        send(handler, 200, envelope({"status": "completed", "result": result}), "application/json")
+
+    async def status() -> Any:
+        async with LoyaltyAsyncHook() as hook:
+            return await hook.get_export_task_status("task_1")
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        assert asyncio.run(status()).completed_result().total == 3
+    assert ran_in == {"decode": not off_loop, "interpret": not off_loop}  # True: on the loop's thread
