@@ -241,7 +241,8 @@ def _envelope_code(envelope: Mapping[str, Any] | None) -> int | None:
         return raw
     if isinstance(raw, str) and raw.strip().lstrip("-").isascii() and raw.strip().lstrip("-").isdigit():
         return int(raw.strip())
-    raise LoyaltyResponseError(f"field 'error': expected an integer, got {clip(str(raw), 40)!r}")
+    got = "an empty value" if raw is None or raw == "" else repr(clip(str(raw), 40))
+    raise LoyaltyResponseError(f"field 'error': expected an integer, got {got}")
 
 
 def data_object(envelope: Mapping[str, Any], endpoint: str) -> dict[str, Any]:

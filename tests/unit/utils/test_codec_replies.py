@@ -441,3 +441,14 @@ def test_a_member_history_written_as_repeated_data_pages_through_the_hook(monkey
         _point_at(monkeypatch, server.url, content_type="xml")
         records = list(LoyaltyHook().iter_account_transactions(**MEMBER, email="m@example.com"))
     assert records == _records(4)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b"<xml><error/><error_text>x</error_text></xml>", "application/xml"), (b'{"error": null}', "application/json")],
+    ids=["xml-empty-element", "json-null"],
+)
+def test_an_empty_error_code_is_named_as_empty(body: bytes, content_type: str) -> None:
+    """It read ``expected an integer, got 'None'``: a word the reply never held."""
+    with pytest.raises(LoyaltyResponseError, match=r"^field 'error': expected an integer, got an empty value$"):
+        _reply(200, body, content_type)
