@@ -8,7 +8,7 @@ a lineage graph shows one node per export however many parts it has, and never t
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 #: Characters kept as they are in an asset URI's path (others are percent-encoded, so a ``#`` or
 #: ``?`` in a key prefix cannot turn into a fragment or a query).
@@ -31,7 +31,21 @@ def operator_lineage(api_base_url: str, loyalty_program_id: Any, output_url: str
     source = Dataset(namespace=api_base_url, name=f"loyalty_program/{loyalty_program_id}/points_transactions")
     outputs = []
     if output_url:
-        parts = urlsplit(output_url)
-        namespace = f"{parts.scheme}://{parts.netloc}" if parts.netloc else parts.scheme or "file"
-        outputs.append(Dataset(namespace=namespace, name=parts.path.strip("/") if parts.netloc else parts.path))
+        namespace, name = _dataset_of(output_url)
+        outputs.append(Dataset(namespace=namespace, name=name))
     return OperatorLineage(inputs=[source], outputs=outputs)
+
+
+def _dataset_of(location: str) -> tuple[str, str]:
+    """OpenLineage's (namespace, name) of an output location as the export writes it (not encoded):
+    ``s3://bucket/a/b`` is (``s3://bucket``, ``a/b``), ``file:///data/x`` is (``file``, ``/data/x``).
+    Split by hand: a URL parser reads a ``#`` or ``?`` the location holds as a fragment or a query,
+    and named ``exports/run#1`` as ``exports/run``."""
+    scheme, separator, rest = location.partition("://")
+    if not separator:
+        scheme, colon, path = location.partition(":")
+        return ("file", location) if not colon or "/" in scheme else (scheme, path)
+    netloc, slash, path = rest.partition("/")
+    if netloc:
+        return f"{scheme}://{netloc}", path.strip("/")
+    return scheme, slash + path

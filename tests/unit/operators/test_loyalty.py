@@ -775,8 +775,10 @@ class TestOutputFormats:
             sizes[output_format] = manifest["total_bytes"]
         assert sizes["csv.gz"] * 3 < sizes["csv"]
 
-    def test_the_file_export_has_one_lineage_output_per_export(self, emulator, tmp_path: Path):
+    @pytest.mark.parametrize("folder", ["", "day#1?x=2"], ids=["plain", "hash-and-question-mark"])
+    def test_the_file_export_has_one_lineage_output_per_export(self, emulator, tmp_path: Path, folder: str):
         pytest.importorskip("airflow.providers.openlineage")
+        tmp_path = tmp_path / folder if folder else tmp_path
         operator = LoyaltyExportOperator(
             task_id="export",
             loyalty_program_id=123,

@@ -631,16 +631,19 @@ def test_crash_after_part_2_of_5_resumes_without_re_exporting(emulator, s3_bucke
     assert f"{PREFIX}/_manifest.inprogress.json" not in keys_under(s3_client, s3_bucket)
 
 
-def test_openlineage_facets_name_the_api_input_and_the_export_prefix(emulator, s3_bucket):
+@pytest.mark.parametrize("prefix", [PREFIX, "exports/run#1?x=2"], ids=["plain", "hash-and-question-mark"])
+def test_openlineage_facets_name_the_api_input_and_the_export_prefix(emulator, s3_bucket, prefix: str):
+    """A prefix holding ``#`` or ``?`` was named up to it (``exports/run``): a URL parser's
+    fragment and query, though the export lands under the whole prefix."""
     pytest.importorskip("airflow.providers.openlineage")
-    operator = make_operator(s3_bucket)
+    operator = make_operator(s3_bucket, s3_key_prefix=prefix)
     operator.execute(context_for())
     lineage = operator.get_openlineage_facets_on_complete(None)
     (source,) = lineage.inputs
     assert source.namespace == emulator.url
     assert source.name == "loyalty_program/123/points_transactions"
     assert [(out.namespace, out.name) for out in lineage.outputs] == [  # one dataset per export, not per part
-        (f"s3://{s3_bucket}", PREFIX)
+        (f"s3://{s3_bucket}", prefix)
     ]
     assert emulator.token not in repr(lineage)
 
