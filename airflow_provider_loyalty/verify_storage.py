@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 CHUNK_BYTES = 1024 * 1024
 DEFAULT_AWS_CONN_ID = "aws_default"
+#: ``conn_id`` saying "no Airflow connection": the storage library's own credentials (boto3's
+#: chain: an instance role, the environment), as an export written without a connection used.
+NO_CONNECTION = ""
 #: The scheme local paths belong to (``file://``; ``local://`` is the same).
 LOCAL_SCHEME = "file"
 
@@ -169,12 +172,12 @@ class LocalStore(FileLikeStore):
 class S3Store(Store):
     """S3 through the amazon provider's ``S3Hook`` (its connection: credentials, endpoint, region).
 
-    :param conn_id: the AWS connection id.
+    :param conn_id: the AWS connection id (``None``: boto3's own credentials).
     """
 
     schemes = ("s3",)
 
-    def __init__(self, conn_id: str) -> None:
+    def __init__(self, conn_id: str | None) -> None:
         try:
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         except ImportError:
@@ -360,7 +363,8 @@ def open_store(location: str, conn_id: str | None) -> tuple[Store, str]:
 
     :param location: a local path, ``file://``, ``s3://`` or another ``ObjectStoragePath`` URL.
         ``scheme://conn_id@bucket/...`` names the connection as ``ObjectStoragePath`` does.
-    :param conn_id: the connection to read with (for ``s3://``: default ``aws_default``).
+    :param conn_id: the connection to read with (for ``s3://``: default ``aws_default``;
+        :data:`NO_CONNECTION`: none, the library's own credentials).
     """
     if location[:5].lower() == "file:" and location[5:7] != "//":  # file:/abs, RFC 8089's short form
         location = f"file://{location[5:]}"
@@ -378,10 +382,10 @@ def open_store(location: str, conn_id: str | None) -> tuple[Store, str]:
         store: Store = LocalStore()
     elif scheme in S3Store.schemes:
         _require_connection(conn_id)
-        store = S3Store(conn_id or DEFAULT_AWS_CONN_ID)
+        store = S3Store(None if conn_id == NO_CONNECTION else conn_id or DEFAULT_AWS_CONN_ID)
     else:
         _require_connection(conn_id)
-        store = ObjectStorageStore(scheme, conn_id)
+        store = ObjectStorageStore(scheme, conn_id or None)
     return store, store.path_of_url(location)
 
 
@@ -400,7 +404,7 @@ def split_url(url: str) -> tuple[str, str]:
 
 def _require_connection(conn_id: str | None) -> None:
     """A connection named explicitly must exist (no silent fallback to another identity)."""
-    if conn_id is None:
+    if not conn_id:
         return
     from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook
 

@@ -216,6 +216,12 @@ class ObjectStorageSink(PartSink):
         self.local_root: str | None = (
             str(self.base.path) if (self.base.protocol or "file") in ("file", "local") else None
         )
+        # Every object-store call goes through this one filesystem, by path: the path's own methods
+        # (exists, iterdir, stat) may use another instance, with its own cache of listings (without
+        # a conn_id, Airflow 3.3 hands the inner path a filesystem of its own), so a part written
+        # through one was not listed by the other and the seal took it for missing.
+        self._fs: Any = self.base.fs
+        self._root = str(self.base.path).rstrip("/")
         with self._storage("create the output location"):
             if self.local_root is not None:
                 os.makedirs(self.local_root, exist_ok=True)
@@ -241,9 +247,15 @@ class ObjectStorageSink(PartSink):
         assert self.local_root is not None
         return os.path.join(self.local_root, *name.split("/"))
 
+    def _remote(self, name: str) -> str:
+        """The object store path of ``name`` (for :attr:`_fs`), its listings read afresh."""
+        path = f"{self._root}/{name.strip('/')}" if name else self._root
+        self._fs.invalidate_cache(path)
+        return path
+
     def put_file(self, name: str, local_path: str, sha256: str | None = None) -> None:
         with self._storage(f"store {name}"):
-            publish_file(local_path, self.base / name)
+            publish_file(local_path, self.base / name)  # through the same filesystem as self._fs
 
     def read_bytes(self, name: str) -> bytes | None:
         with self._storage(f"read {name}"):
@@ -253,18 +265,18 @@ class ObjectStorageSink(PartSink):
                         return read_document_bytes(name, handle)
                 except FileNotFoundError:
                     return None
-            target = self.base / name
-            if not target.exists():
+            try:
+                with self._fs.open(self._remote(name), "rb") as handle:
+                    return read_document_bytes(name, handle)
+            except FileNotFoundError:
                 return None
-            with target.open("rb") as handle:
-                return read_document_bytes(name, handle)
 
     def write_bytes(self, name: str, payload: bytes) -> None:
         with self._storage(f"write {name}"):
             if self.local_root is not None:
                 self._write_local(self._local(name), payload)
                 return
-            with whole_object(self.base / name) as handle:
+            with whole_object(self._fs, self._remote(name)) as handle:
                 handle.write(payload)
 
     @staticmethod
@@ -310,7 +322,7 @@ class ObjectStorageSink(PartSink):
                 finally:
                     os.unlink(temporary)
                 return content_tag(payload)
-            if (self.base / name).exists():
+            if self._fs.exists(self._remote(name)):
                 return None
             self.write_bytes(name, payload)
             return content_tag(payload) if self.read_bytes(name) == payload else None
@@ -340,9 +352,8 @@ class ObjectStorageSink(PartSink):
                         with contextlib.suppress(OSError):
                             os.rmdir(os.path.dirname(self._local(name)))
                     continue
-                target = self.base / name
-                if target.exists():
-                    target.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    self._fs.rm_file(self._remote(name))
 
     def sizes(self, directory: str = "") -> dict[str, int]:
         prefix = f"{directory.strip('/')}/" if directory else ""
@@ -354,10 +365,16 @@ class ObjectStorageSink(PartSink):
                 except FileNotFoundError:
                     return {}
                 return {prefix + entry.name: entry.stat().st_size for entry in entries if _is_stored_file(entry)}
-            root_path = self.base / directory if directory else self.base
-            if not root_path.exists():
+            root = self._remote(directory)
+            try:
+                entries = self._fs.ls(root, detail=True)
+            except FileNotFoundError:
                 return {}
-            return {prefix + child.name: int(child.stat().st_size) for child in root_path.iterdir() if child.is_file()}
+            return {
+                prefix + entry["name"].rstrip("/").rpartition("/")[2]: int(entry["size"])
+                for entry in entries
+                if entry.get("type") == "file" and entry["name"].rstrip("/") != root
+            }
 
     def move(self, source: str, target: str) -> None:
         with self._storage(f"move {source} to {target}"):
@@ -370,7 +387,10 @@ class ObjectStorageSink(PartSink):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temporary)
                 return
-            with (self.base / source).open("rb") as reader, whole_object(self.base / target) as writer:
+            with (
+                self._fs.open(self._remote(source), "rb") as reader,
+                whole_object(self._fs, self._remote(target)) as writer,
+            ):
                 shutil.copyfileobj(reader, writer, _COPY_CHUNK)
 
 
@@ -422,20 +442,21 @@ def publish_file(local_path: str, target: ObjectStoragePath) -> None:
                 os.unlink(temporary)
         return
     make_directory(target.parent)
-    with open(local_path, "rb") as source, whole_object(target) as sink:
+    with open(local_path, "rb") as source, whole_object(target.fs, target.path) as sink:
         shutil.copyfileobj(source, sink, _COPY_CHUNK)
 
 
 @contextlib.contextmanager
-def whole_object(target: ObjectStoragePath) -> Iterator[IO[bytes]]:
-    """A handle writing ``target`` in an object store, committed only if the block ends normally.
+def whole_object(fs: Any, path: str) -> Iterator[IO[bytes]]:
+    """A handle writing ``path`` in the object store ``fs`` (an fsspec filesystem), committed only
+    if the block ends normally; the filesystem's cached listings of it are dropped afterwards.
 
     An fsspec file commits what it holds when closed, also when leaving its ``with`` on an exception
     (the task killed or timed out mid-copy): the object would be stored truncated, over the previous
     one. Here an interrupted write is thrown away instead (``discard()``: s3fs aborts the multipart
     upload; a smaller object was never sent) and the handle is marked closed so nothing commits it.
     """
-    handle = target.fs.open(target.path, "wb")  # the fsspec file itself, not Airflow's wrapper of it
+    handle = fs.open(path, "wb")  # the fsspec file itself, not Airflow's wrapper of it
     try:
         yield handle
     except BaseException:
@@ -445,6 +466,7 @@ def whole_object(target: ObjectStoragePath) -> Iterator[IO[bytes]]:
             handle.closed = True  # fsspec's buffered files allow it; close() then does nothing
         raise
     handle.close()
+    fs.invalidate_cache(path)
 
 
 def _is_stored_file(entry: os.DirEntry[str]) -> bool:

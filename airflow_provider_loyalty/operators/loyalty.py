@@ -21,6 +21,7 @@ from airflow_provider_loyalty.operators.export_base import LoyaltyExportBaseOper
 from airflow_provider_loyalty.operators.lineage import operator_lineage
 from airflow_provider_loyalty.utils import validation
 from airflow_provider_loyalty.utils.json_lines import json_line
+from airflow_provider_loyalty.verify_storage import NO_CONNECTION
 
 __all__ = ["LoyaltyAccountTransactionsOperator", "LoyaltyExportOperator"]
 
@@ -76,8 +77,11 @@ class LoyaltyExportOperator(LoyaltyExportBaseOperator):
         if self.output_conn_id:
             return self.output_conn_id
         path = self.output_path
-        conn_id = urlsplit(path).username if isinstance(path, str) and "://" in path else getattr(path, "conn_id", None)
-        return conn_id if isinstance(conn_id, str) and conn_id else None
+        if isinstance(path, str) and "://" not in path:
+            return None  # a local directory
+        conn_id = urlsplit(path).username if isinstance(path, str) else getattr(path, "conn_id", None)
+        # None named: the store's own credentials, as the export wrote (not aws_default).
+        return conn_id if isinstance(conn_id, str) and conn_id else NO_CONNECTION
 
 
 def _literal_output_path(output_path: Any) -> Any:

@@ -27,6 +27,7 @@ from airflow_provider_loyalty.transfers.s3_options import (
     part_transfer_config,
 )
 from airflow_provider_loyalty.utils.validation import check_currency, check_program_id, is_template, parse_bool
+from airflow_provider_loyalty.verify_storage import NO_CONNECTION
 
 __all__ = ["LoyaltyTransactionsToS3Operator"]
 
@@ -188,8 +189,9 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         return S3PartSink(hook, str(self.s3_bucket), self.key_prefix(spec), encrypt=self.encrypt)
 
     def verify_conn_id(self) -> str | None:
-        """``verify=True`` reads the bucket with ``aws_conn_id``."""
-        return self.aws_conn_id
+        """``verify=True`` reads the bucket with ``aws_conn_id``; without one, with boto3's own
+        credentials, as the export wrote it (not with ``aws_default``)."""
+        return self.aws_conn_id or NO_CONNECTION
 
     def on_manifest(self, context: Context, manifest: dict[str, Any]) -> None:
         """Attach the manifest's location and counts to the asset event of each outlet."""

@@ -33,6 +33,7 @@ from airflow_provider_loyalty.exceptions import (
 )
 from airflow_provider_loyalty.operators.loyalty import LoyaltyAccountTransactionsOperator, LoyaltyExportOperator
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from airflow_provider_loyalty.testing.s3 import aws_connection_json
 from airflow_provider_loyalty.transfers.loyalty_to_s3 import LoyaltyTransactionsToS3Operator
 from airflow_provider_loyalty.verify import verify_manifest
 from tests.support.helpers import all_transaction_ids, csv_ids, point_connection_at, requests_seen
@@ -616,11 +617,23 @@ class TestLoyaltyExportOperator:
 
     # ---------------------------------------------------------------------- verification of archives
 
-    def test_s3_object_storage_output_path(self, emulator: LoyaltyEmulator, s3_bucket, s3_client):
-        """``output_path`` as an ``s3://`` ObjectStoragePath URL (fsspec/s3fs through the AWS connection)."""
-        manifest = local_export_operator(f"s3://{s3_bucket}/exports/run-1", output_conn_id="aws_default").execute(
-            context_for()
-        )
+    @pytest.mark.parametrize("conn_id", ["aws_default", None], ids=["connection", "no-connection"])
+    def test_s3_object_storage_output_path(
+        self, emulator: LoyaltyEmulator, s3_server, s3_bucket, s3_client, monkeypatch, conn_id
+    ):
+        """``output_path`` as an ``s3://`` ObjectStoragePath URL (fsspec/s3fs through the AWS connection).
+        ``no-connection``: boto3's own credentials (an instance role; here the environment). Every
+        such export failed at its seal ("stored with None bytes ... the location was changed"):
+        the parts were written through one s3fs instance and listed through another, whose cached
+        listing predated them (Airflow 3.3 gives a path without conn_id two filesystems)."""
+        if conn_id is None:  # aws_default points nowhere: verify=True read with it, not as the export wrote
+            monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection_json("http://127.0.0.1:9"))
+            for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+                monkeypatch.setenv(name, value)
+            monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+        manifest = local_export_operator(
+            f"s3://{s3_bucket}/exports/run-1", output_conn_id=conn_id, verify=True
+        ).execute(context_for())
         keys = sorted(item["Key"] for item in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
         assert keys == ["exports/run-1/_manifest.json"] + [f"exports/run-1/part-0000{i}.csv" for i in range(3)]
         body = s3_client.get_object(Bucket=s3_bucket, Key="exports/run-1/part-00000.csv")["Body"].read()
@@ -834,7 +847,6 @@ def test_the_manifest_link_opens_the_manifest_each_export_wrote(airflow_db, s3_s
     import textwrap
 
     from airflow_provider_loyalty.operators.links import LoyaltyManifestLink
-    from airflow_provider_loyalty.testing.s3 import aws_connection_json
     from tests.support.dag_runner import run_dag_test
 
     dag_file = tmp_path / "dags" / "loyalty_manifest_links.py"

@@ -682,3 +682,17 @@ def test_partial_refuses_a_literal_bucket_or_prefix_at_dag_parse(partial_kwargs,
             task_id="mapped", loyalty_program_id=123, points_currency_eid="bonus_points", **partial_kwargs
         )
     assert refused.value.parameter == parameter
+
+
+def test_verify_reads_with_the_identity_the_export_wrote_with(emulator, s3_server, s3_bucket, s3_client, monkeypatch):
+    """``aws_conn_id=None`` writes with boto3's own credentials (an instance role; here the
+    environment); ``verify=True`` then read with ``aws_default``, another identity (or another
+    endpoint: here one that answers nothing), and failed an export that had landed."""
+    from airflow_provider_loyalty.testing.s3 import aws_connection_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection_json("http://127.0.0.1:9"))
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+    manifest = make_operator(s3_bucket, aws_conn_id=None, verify=True).execute(context_for())
+    assert manifest["total_rows"] == len(ids_in_s3(s3_client, s3_bucket, manifest)) > 0
