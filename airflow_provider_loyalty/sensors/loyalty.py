@@ -146,9 +146,15 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
                 return first.xcom_value
         finally:
             self.hook.close()
+        deadline, ends_execution = self._wait_deadline(context, started)
+        self._defer(deadline, ends_execution=ends_execution)
+
+    def _wait_deadline(self, context: Context, started: float) -> tuple[float, bool]:
+        """When the wait begun at ``started`` (epoch seconds) ends, and whether that is the task's
+        ``execution_timeout`` (before the sensor's own ``timeout``)."""
         own_deadline = started + self.timeout
         deadline = within_execution_timeout(self, context, own_deadline)
-        self._defer(deadline, ends_execution=deadline < own_deadline)
+        return deadline, deadline < own_deadline
 
     def _first_check_time(self, context: Context, now: float) -> float:
         """When this wait began: now, or in reschedule mode the first try's time (each reschedule
@@ -242,6 +248,11 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         :raises AirflowTaskTimeout: ``execution_timeout`` passed first.
         :raises AirflowSkipException: either of the first two with ``soft_fail=True``.
         """
+        if deadline is None:  # resumed with the event alone (dag.test() does): the deferral's arguments again
+            ti_start = getattr(context.get("ti") if hasattr(context, "get") else None, "start_date", None)
+            deadline, ends_execution = self._wait_deadline(
+                context, ti_start.timestamp() if ti_start is not None else time.time()
+            )
         if ends_execution and isinstance(event, dict) and event.get("status") == "timeout":
             raise AirflowTaskTimeout(
                 f"export task {self.export_task_id} did not finish within the task's execution_timeout "

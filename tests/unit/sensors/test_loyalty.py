@@ -141,13 +141,15 @@ def test_deferrable_defers_with_the_right_trigger(emulator: LoyaltyEmulator) -> 
     assert deferred.timeout >= timedelta(seconds=3600)  # a backstop behind the trigger's deadline
 
 
+@pytest.mark.parametrize("resumed_with", ["kwargs", "event-only"])
 @pytest.mark.parametrize("soft_fail", [False, True])
 def test_execution_timeout_before_the_sensors_timeout_is_a_task_timeout_when_deferred(
-    emulator: LoyaltyEmulator, soft_fail: bool
+    emulator: LoyaltyEmulator, soft_fail: bool, resumed_with: str
 ) -> None:
     """Poke mode meets ``execution_timeout`` as ``AirflowTaskTimeout`` (retried, never skipped);
     deferred, the trigger's deadline (the earlier of the two) ended as the sensor's own timeout:
-    never retried, and skipped with ``soft_fail``."""
+    never retried, and skipped with ``soft_fail``. ``event-only``: ``dag.test()`` resumes a task
+    with the trigger's event and not the deferral's arguments; it still was the sensor's timeout."""
     from airflow.providers.common.compat.sdk import AirflowSensorTimeout
 
     try:
@@ -165,8 +167,9 @@ def test_execution_timeout_before_the_sensors_timeout_is_a_task_timeout_when_def
     assert caught.value.kwargs["ends_execution"] is True
     event = asyncio.run(_fire(caught.value.trigger))
     assert event["status"] == "timeout"
+    resumed = caught.value.kwargs if resumed_with == "kwargs" else {}
     with pytest.raises(AirflowTaskTimeout, match="execution_timeout"):
-        getattr(sensor, caught.value.method_name)(CONTEXT, event=event, **caught.value.kwargs)
+        getattr(sensor, caught.value.method_name)(CONTEXT, event=event, **resumed)
     # the sensor's own timeout first: the sensor's timeout, as before
     own = make_sensor(task_id, deferrable=True, timeout=1, execution_timeout=timedelta(hours=1), soft_fail=soft_fail)
     with pytest.raises(TaskDeferred) as deferred:
@@ -174,7 +177,7 @@ def test_execution_timeout_before_the_sensors_timeout_is_a_task_timeout_when_def
     assert "ends_execution" not in deferred.value.kwargs
     expected = AirflowSkipException if soft_fail else AirflowSensorTimeout
     with pytest.raises(expected):
-        own.execute_complete(CONTEXT, event=event, **deferred.value.kwargs)
+        own.execute_complete(CONTEXT, event=event, **(deferred.value.kwargs if resumed_with == "kwargs" else {}))
 
 
 async def _fire(trigger: LoyaltyExportTaskTrigger) -> dict[str, Any]:
@@ -238,6 +241,8 @@ def test_silent_fail_waits_past_a_trigger_whose_checks_failed(emulator: LoyaltyE
     with pytest.raises(TaskDeferred) as again:
         resume(CONTEXT, event=failed, **first.kwargs)
     assert again.value.kwargs == first.kwargs  # the same deadline
+    with pytest.raises(TaskDeferred):  # resumed with the event alone, as dag.test() does: it failed
+        resume(CONTEXT, event=failed)
     emulator.set_faults([])
     result = resume(CONTEXT, event=fire(again.value), **again.value.kwargs)
     assert result["total"] == 1000
