@@ -142,9 +142,20 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         self.sse_kms_key_id = sse_kms_key_id
         self.extra_upload_args: dict[str, Any] = checked["extra_upload_args"]
         self.transfer_config_args: dict[str, Any] = checked["transfer_config_args"]
-        if "outlets" not in kwargs:
-            kwargs["outlets"] = default_outlets({**kwargs, "s3_bucket": s3_bucket, "s3_key_prefix": s3_key_prefix})
         super().__init__(**kwargs)
+        if "outlets" not in kwargs and not self.outlets:
+            # After the base's __init__: the program and currency may come from default_args, which
+            # Airflow applies to the base's own parameters there (before, such a task's asset was
+            # the bucket's root, not the documented program=/currency= one a consumer schedules on).
+            self.outlets = default_outlets(
+                {
+                    "loyalty_program_id": self.loyalty_program_id,
+                    "points_currency_eid": self.points_currency_eid,
+                    "points_currency_iid": self.points_currency_iid,
+                    "s3_bucket": s3_bucket,
+                    "s3_key_prefix": s3_key_prefix,
+                }
+            )
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -155,7 +166,9 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         if "s3_bucket" in checked:
             kwargs["s3_bucket"] = checked["s3_bucket"]
         if "outlets" not in kwargs:
-            kwargs["outlets"] = default_outlets(kwargs)
+            defaults = _default_args_of_partial(kwargs)
+            if "outlets" not in defaults:
+                kwargs["outlets"] = default_outlets({**defaults, **kwargs})
         return super().partial(**kwargs)
 
     def key_prefix(self, spec: ExportSpec) -> str:
@@ -208,6 +221,21 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
                 }
             except (KeyError, TypeError):
                 self.log.debug("Outlet %r takes no asset event extra", outlet)
+
+
+def _default_args_of_partial(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``default_args`` a ``.partial()`` task gets from its DAG, task group and own argument,
+    merged as Airflow merges them (applied to the mapped tasks when they are created, too late for
+    the asset the DAG declares when parsed)."""
+    try:
+        from airflow.sdk.bases.operator import get_merged_defaults
+        from airflow.sdk.definitions._internal.contextmanager import DagContext, TaskGroupContext
+    except ImportError:  # pragma: no cover - another Airflow layout: the literal arguments only
+        return dict(kwargs.get("default_args") or {})
+    dag = kwargs.get("dag") or DagContext.get_current()
+    task_group = kwargs.get("task_group") or (TaskGroupContext.get_current(dag) if dag else None)
+    merged, _params = get_merged_defaults(dag, task_group, None, kwargs.get("default_args"))
+    return dict(merged)
 
 
 def default_outlets(params: dict[str, Any]) -> list[Any]:

@@ -696,3 +696,34 @@ def test_verify_reads_with_the_identity_the_export_wrote_with(emulator, s3_serve
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
     manifest = make_operator(s3_bucket, aws_conn_id=None, verify=True).execute(context_for())
     assert manifest["total_rows"] == len(ids_in_s3(s3_client, s3_bucket, manifest)) > 0
+
+
+@pytest.mark.parametrize("where", ["dag", "task_group", "task"])
+@pytest.mark.parametrize("mapped", [False, True], ids=["task", "mapped"])
+def test_the_default_asset_is_the_same_when_ids_come_from_default_args(where: str, mapped: bool):
+    """The program and currency given in ``default_args`` (of the DAG, a task group or the task)
+    reach the base operator's parameters after the transfer computed its asset: it was the bucket's
+    root (``s3://b/loyalty/transactions/_manifest.json``), not the documented per-program asset a
+    consumer DAG schedules on, which then never ran."""
+    import pendulum
+    from airflow.sdk import DAG, TaskGroup
+
+    ids = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points"}
+    expected = "s3://b/loyalty/transactions/program=123/currency=bonus_points/_manifest.json"
+    start = pendulum.datetime(2023, 9, 1, tz="UTC")
+
+    def given(level: str) -> dict[str, Any]:
+        return {"default_args": ids} if where == level else {}
+
+    with (
+        DAG("ids_from_default_args", schedule=None, start_date=start, **given("dag")),
+        TaskGroup("group", **given("task_group")),
+    ):
+        own = given("task")
+        if mapped:
+            task = LoyaltyTransactionsToS3Operator.partial(task_id="to_s3", s3_bucket="b", **own).expand(
+                date_from=["2023-09-01", "2023-09-02"]
+            )
+        else:
+            task = LoyaltyTransactionsToS3Operator(task_id="to_s3", s3_bucket="b", **own)
+    assert [asset.uri for asset in task.outlets] == [expected]
