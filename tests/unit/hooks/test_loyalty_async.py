@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import socket
 import sys
@@ -381,8 +382,9 @@ def test_each_event_loop_has_its_own_gate() -> None:
 
 
 def _docstring_example() -> str:
-    doc = LoyaltyAsyncHook.__doc__ or ""
-    block = doc.split("this example is run by the test suite::", 1)[1].split("\n    Redirects", 1)[0]
+    # cleandoc: Python 3.13 strips a docstring's indentation when compiling it, 3.11 keeps it.
+    doc = inspect.cleandoc(LoyaltyAsyncHook.__doc__ or "")
+    block = doc.split("this example is run by the test suite::", 1)[1].split("\nRedirects", 1)[0]
     return textwrap.dedent(block)
 
 
