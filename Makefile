@@ -1,8 +1,9 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv and installs
 # what it needs (uv, from PyPI, into the project's own virtualenv); nothing is done by hand.
 # The other virtualenvs (.venv-min, .venv-mid, .venv-lowest, .venv-dist) are made by .venv's uv.
-# Python 3.11: the one version every target tests and the classifiers claim (python3 if no
-# python3.11 is on the PATH; the venv target then says which version it got).
+# Python 3.11: the version every target tests (python3 if no python3.11 is on the PATH; the venv
+# target then says which version it got); test-py3.12 and test-py3.13 run the unit tests on the
+# other versions the classifiers claim.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
 VENV ?= .venv
 VENV_MIN ?= .venv-min
@@ -34,8 +35,10 @@ INSTALLED_MIN := $(VENV_MIN)/.installed
 INSTALLED_MID := $(VENV_MID)/.installed
 INSTALLED_LOWEST := $(VENV_LOWEST)/.installed
 
+OTHER_PYTHONS := 3.12 3.13
+
 .PHONY: help venv test test-min test-mid test-lowest test-slow lint typecheck unit docs screenshots demo bench \
-	dist clean
+	dist clean $(OTHER_PYTHONS:%=test-py%)
 
 help:
 	@echo "make demo         run the example DAG through real Airflow against the emulator and a loopback S3"
@@ -44,6 +47,7 @@ help:
 	@echo "make test-min     unit and browser tests on Airflow 3.1.x, newest other dependencies (.venv-min)"
 	@echo "make test-mid     unit tests on Airflow 3.2.x, newest other dependencies but MID_CONSTRAINTS (.venv-mid)"
 	@echo "make test-lowest  unit tests with every direct dependency at its declared floor (.venv-lowest)"
+	@echo "make test-py3.12  unit tests on Python 3.12, Airflow 3.3.x (.venv-py3.12); test-py3.13 likewise"
 	@echo "make test-cluster CeleryExecutor cluster (Postgres, Redis, two workers, two triggerers), a backfill with failures"
 	@echo "make test-slow    the long reliability variants (chaos at scale, more crash trials)"
 	@echo "make lint         ruff check and ruff format --check"
@@ -124,6 +128,9 @@ test-lowest: $(INSTALLED_LOWEST)
 	@mkdir -p build/pytest
 	@scripts/run-pytest $(VENV_LOWEST)/bin/pytest tests/unit --basetemp=build/pytest/test-lowest $(XDIST) $(PYTEST_ARGS)
 
+$(OTHER_PYTHONS:%=test-py%): test-py%: | $(UV)
+	@scripts/test-other-python $* $(UV) "$(AIRFLOW_SPEC)" $(XDIST) $(PYTEST_ARGS)
+
 docs: $(INSTALLED)
 	scripts/install-system-packages docs
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
@@ -153,7 +160,8 @@ bench: $(INSTALLED_BENCH)
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) $(VENV_MIN) $(VENV_MID) $(VENV_LOWEST) $(VENV_DIST) dist build docs/_build .demo .bench \
+	rm -rf $(VENV) $(VENV_MIN) $(VENV_MID) $(VENV_LOWEST) $(VENV_DIST) $(OTHER_PYTHONS:%=.venv-py%) dist build \
+		docs/_build .demo .bench \
 		.pytest_cache .mypy_cache .ruff_cache
 
 # make test-cluster: the provider on production-shaped Airflow (issue 16). PostgreSQL and Redis
