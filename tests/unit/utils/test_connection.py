@@ -602,11 +602,17 @@ def test_an_empty_content_type_is_json(content_type: Any) -> None:
 def test_an_extra_that_is_no_json_object_is_refused_alike_by_both_hooks(
     monkeypatch: pytest.MonkeyPatch, extra: str
 ) -> None:
-    """The async hook (triggers) failed with ``AttributeError: 'int' object has no attribute 'get'``."""
+    """The async hook (triggers) failed with ``AttributeError: 'int' object has no attribute 'get'``.
+    (Airflow 3.1 itself refuses to read such a connection: both hooks then say it is not defined.)"""
     connection = {"conn_type": "loyalty", "host": "https://api.example.com", "password": "t0ken-1", "extra": extra}
     monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
-    with pytest.raises(LoyaltyValidationError) as sync_error:
+    with pytest.raises(Exception) as sync_error:
         LoyaltyHook().settings  # noqa: B018 - reading them is the test
-    with pytest.raises(LoyaltyValidationError) as async_error:
+    with pytest.raises(Exception) as async_error:
         asyncio.run(LoyaltyAsyncHook().get_settings())
-    assert sync_error.value.parameter == async_error.value.parameter == "extra"
+    errors = (sync_error.value, async_error.value)
+    assert type(errors[0]) is type(errors[1]), errors
+    if isinstance(errors[0], LoyaltyValidationError):  # Airflow 3.2+ reads the connection
+        assert [error.parameter for error in errors] == ["extra", "extra"]  # type: ignore[attr-defined]
+    else:
+        assert "loyalty_default" in str(errors[0]) and "loyalty_default" in str(errors[1])
