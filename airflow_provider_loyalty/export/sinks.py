@@ -222,6 +222,9 @@ class ObjectStorageSink(PartSink):
         # through one was not listed by the other and the seal took it for missing.
         self._fs: Any = self.base.fs
         self._root = str(self.base.path).rstrip("/")
+        # S3 (s3fs) writes a document only if absent (If-None-Match) or unchanged (If-Match): the
+        # lease is exact there, as on the S3 transfer; other stores check, write and read back.
+        self._conditional = bool({"s3", "s3a"} & set(_protocols(self._fs)))
         with self._storage("create the output location"):
             if self.local_root is not None:
                 os.makedirs(self.local_root, exist_ok=True)
@@ -265,11 +268,22 @@ class ObjectStorageSink(PartSink):
                         return read_document_bytes(name, handle)
                 except FileNotFoundError:
                     return None
+            return self._tagged_remote(name)[0]
+
+    def _tagged_remote(self, name: str) -> tuple[bytes | None, str | None]:
+        """A remote document's bytes and the ETag they were read at (``None`` where the store has
+        none); read again when the object is replaced while it is read (s3fs's ``FileExpired``)."""
+        for attempt in range(_READ_ATTEMPTS):
             try:
                 with self._fs.open(self._remote(name), "rb") as handle:
-                    return read_document_bytes(name, handle)
+                    tag = (getattr(handle, "details", None) or {}).get("ETag")
+                    return read_document_bytes(name, handle), tag
             except FileNotFoundError:
-                return None
+                return None, None
+            except Exception as err:
+                if type(err).__name__ != "FileExpired" or attempt == _READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def write_bytes(self, name: str, payload: bytes) -> None:
         with self._storage(f"write {name}"):
@@ -322,6 +336,14 @@ class ObjectStorageSink(PartSink):
                 finally:
                     os.unlink(temporary)
                 return content_tag(payload)
+            if self._conditional:
+                try:
+                    self._fs.pipe_file(self._remote(name), payload, IfNoneMatch="*")
+                except Exception as err:
+                    if _precondition_failed(err):
+                        return None
+                    raise
+                return content_tag(payload)
             if self._fs.exists(self._remote(name)):
                 return None
             self.write_bytes(name, payload)
@@ -336,9 +358,17 @@ class ObjectStorageSink(PartSink):
                         return None
                     self._write_local(self._local(name), payload)
                 return content_tag(payload)
-            current = self.read_bytes(name)
+            current, etag = self._tagged_remote(name)
             if current is None or content_tag(current) != tag:
                 return None
+            if self._conditional and etag:
+                try:
+                    self._fs.pipe_file(self._remote(name), payload, IfMatch=etag)
+                except Exception as err:
+                    if _precondition_failed(err):
+                        return None
+                    raise
+                return content_tag(payload)
             self.write_bytes(name, payload)
             return content_tag(payload)
 
@@ -392,6 +422,33 @@ class ObjectStorageSink(PartSink):
                 whole_object(self._fs, self._remote(target)) as writer,
             ):
                 shutil.copyfileobj(reader, writer, _COPY_CHUNK)
+
+
+#: Reads of a document replaced while it is read, before giving up.
+_READ_ATTEMPTS = 5
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = getattr(fs, "protocol", ())
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _precondition_failed(err: BaseException) -> bool:
+    """Whether a conditional write was refused: the object exists (If-None-Match), or changed or
+    is gone (If-Match). s3fs turns botocore's error into an ``OSError``, the original its cause."""
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for item in chain:
+        if isinstance(item, FileExistsError):
+            return True
+        response = getattr(item, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey"):
+            return True
+    return False
 
 
 def _temporary_file(directory: str) -> tuple[int, str]:

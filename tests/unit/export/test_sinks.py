@@ -70,3 +70,69 @@ def test_an_object_too_large_to_be_a_document_is_unreadable_not_read_whole(
         sink.read_json("_manifest.json")
     sink.write_bytes("_manifest.json", b'{"padding": "' + b"x" * 1000 + b'"}')
     assert sink.read_json("_manifest.json") == {"padding": "x" * 1000}
+
+
+# ------------------------------------------------------------------ a lease on an s3:// object store location
+
+
+def _writer_between_check_and_write(sink: ObjectStorageSink, monkeypatch: pytest.MonkeyPatch, write: Any) -> None:
+    """Run ``write`` (another writer) once, right before ``sink`` writes: the window of two
+    writers taking one lease at the same instant, made certain instead of likely."""
+    fs = sink._fs
+    pending = [write]
+
+    def first_the_other_writer() -> None:
+        while pending:
+            pending.pop()()
+
+    real_pipe, real_open = fs.pipe_file, fs.open
+
+    def pipe_file(path: str, value: bytes, **kwargs: Any) -> Any:
+        first_the_other_writer()
+        return real_pipe(path, value, **kwargs)
+
+    def open_(path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
+        if "w" in mode:
+            first_the_other_writer()
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "pipe_file", pipe_file)
+    monkeypatch.setattr(fs, "open", open_)
+
+
+def _require_conditional_writes(s3_client: Any, bucket: str) -> None:
+    """moto enforces If-None-Match / If-Match from 5.0.x on; the floor ``make test-lowest`` installs
+    (5.0.0) takes every write, so there is nothing to test against."""
+    s3_client.put_object(Bucket=bucket, Key="probe", Body=b"1")
+    try:
+        s3_client.put_object(Bucket=bucket, Key="probe", Body=b"2", IfNoneMatch="*")
+    except Exception:
+        return
+    pytest.skip("this moto does not enforce S3's conditional writes")
+
+
+def test_two_writers_cannot_both_create_a_document_on_s3(
+    s3_bucket: str, s3_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``LoyaltyExportOperator(output_path="s3://...")`` took its lease by check, write, read back:
+    two runs starting together both saw no lease, both wrote, and each read its own back (the
+    probe of 2026-12-05: 5 of 8 trials failed one run). S3's If-None-Match makes it exact."""
+    _require_conditional_writes(s3_client, s3_bucket)
+    sink = ObjectStorageSink(f"s3://{s3_bucket}/exports", conn_id="aws_default")
+    other = {"Bucket": s3_bucket, "Key": "exports/_lease.json", "Body": b'{"task": "the other run"}'}
+    _writer_between_check_and_write(sink, monkeypatch, lambda: s3_client.put_object(**other))
+    assert sink.create_exclusive("_lease.json", b'{"task": "this run"}') is None
+    assert s3_client.get_object(Bucket=s3_bucket, Key="exports/_lease.json")["Body"].read() == other["Body"]
+
+
+def test_a_document_changed_after_it_was_read_is_not_replaced_on_s3(
+    s3_bucket: str, s3_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _require_conditional_writes(s3_client, s3_bucket)
+    sink = ObjectStorageSink(f"s3://{s3_bucket}/exports", conn_id="aws_default")
+    tag = sink.create_exclusive("_lease.json", b'{"task": "this run", "renewed": 1}')
+    assert tag is not None
+    other = {"Bucket": s3_bucket, "Key": "exports/_lease.json", "Body": b'{"task": "a run that took it over"}'}
+    _writer_between_check_and_write(sink, monkeypatch, lambda: s3_client.put_object(**other))
+    assert sink.replace_if("_lease.json", b'{"task": "this run", "renewed": 2}', tag) is None
+    assert s3_client.get_object(Bucket=s3_bucket, Key="exports/_lease.json")["Body"].read() == other["Body"]

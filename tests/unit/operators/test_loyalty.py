@@ -619,7 +619,7 @@ class TestLoyaltyExportOperator:
 
     @pytest.mark.parametrize("conn_id", ["aws_default", None], ids=["connection", "no-connection"])
     def test_s3_object_storage_output_path(
-        self, emulator: LoyaltyEmulator, s3_server, s3_bucket, s3_client, monkeypatch, conn_id
+        self, emulator: LoyaltyEmulator, s3_server, s3_bucket, s3_client, monkeypatch, request, conn_id
     ):
         """``output_path`` as an ``s3://`` ObjectStoragePath URL (fsspec/s3fs through the AWS connection).
         ``no-connection``: boto3's own credentials (an instance role; here the environment). Every
@@ -631,6 +631,11 @@ class TestLoyaltyExportOperator:
             for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
                 monkeypatch.setenv(name, value)
             monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+            # fsspec keeps one filesystem per set of arguments for the process: one made by an
+            # earlier test (another endpoint in the environment) would be reused.
+            s3fs = pytest.importorskip("s3fs")
+            s3fs.S3FileSystem.clear_instance_cache()
+            request.addfinalizer(s3fs.S3FileSystem.clear_instance_cache)
         manifest = local_export_operator(
             f"s3://{s3_bucket}/exports/run-1", output_conn_id=conn_id, verify=True
         ).execute(context_for())
