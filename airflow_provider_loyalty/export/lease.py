@@ -117,6 +117,11 @@ def is_live(document: dict[str, Any]) -> bool:
     return isinstance(expires_at, int | float) and not isinstance(expires_at, bool) and expires_at >= time.time()
 
 
+def _lease_path(location: str) -> str:
+    """The lease's own path at ``location`` (an S3 prefix ends in ``/``, a directory does not)."""
+    return f"{location.rstrip('/')}/{LEASE_NAME}"
+
+
 def _holder_text(document: dict[str, Any]) -> str:
     task = document.get("task")
     who = f"task {task} (try {document.get('try_number')})" if task else "an export outside any Airflow task"
@@ -155,6 +160,8 @@ class LocationLease:
         self._lost = False  # taken by another writer: nothing more is written
         self._renewed_at = 0.0
         self.waited_since: float | None = None
+        #: The lease of the export this one waited for (the first seen), if it waited.
+        self.waited_for: dict[str, Any] | None = None
         self.taken_from: dict[str, Any] | None = None
 
     @property
@@ -235,16 +242,21 @@ class LocationLease:
                 _holder_text(holder),
                 f"{location} is being written by another export ({describe_period(theirs)}): {_holder_text(holder)}. "
                 f"This export ({describe_period(self.period)}) needs a location of its own: give each period its "
-                f"own output path/prefix. If that writer is gone, delete {location}{LEASE_NAME}.",
+                f"own output path/prefix. If that writer is gone, delete {_lease_path(location)}.",
             )
         if self.waited_since is None:
             self.waited_since = time.time()
+            self.waited_for = dict(holder)
             self.log.info(
                 "Another export of the same period writes at %s (%s); waiting for it", location, _holder_text(holder)
             )
         if time.monotonic() - started > max_wait:
             raise LoyaltyLocationBusyError(
-                location, _holder_text(holder), f"{location}: waited {max_wait:.0f} s for {_holder_text(holder)}"
+                location,
+                _holder_text(holder),
+                f"{location}: waited {max_wait:g} s for another export of this period, {_holder_text(holder)}, "
+                "to finish. A retry waits again and uses its export once it finished; if that writer is gone "
+                f"(its task no longer runs), its lease lapses at the time it names, or delete {_lease_path(location)}.",
             )
         if self.stop.wait(WAIT_POLL_SECONDS):
             raise LoyaltyExportStopped("stopped while waiting for another export's lease")

@@ -204,7 +204,7 @@ class ExportLoop:
         """
         self.lease.acquire(max_wait=self.batch_timeout if max_wait is None else max_wait)
         if self.lease.waited_since is not None:
-            self.adopted = self._manifest_finished_since(self.lease.waited_since)
+            self.adopted = self._manifest_finished_since(self.lease.waited_since, self.lease.waited_for)
         elif (earlier := self.lease.left_by_earlier_try) is not None and self._returns_as_own(
             earlier.get("task"), earlier.get("try_number"), unknown_run=True
         ):
@@ -743,12 +743,27 @@ class ExportLoop:
         self.log.info("A finished export of this period is at %s; the new parts are staged until complete", location)
         return True
 
-    def _manifest_finished_since(self, since: float) -> dict[str, Any] | None:
+    def _manifest_finished_since(self, since: float, writer: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The manifest an export of the same period, ``from_id`` and output format finished while we
         waited for it, if any (one in another format, or from another cursor, is what this export
-        replaces, not what it asked for)."""
+        replaces, not what it asked for).
+
+        :param since: when the wait began: a manifest completed since then is that export's.
+        :param writer: the lease of the export waited for: a manifest it wrote is its export, also
+            one completed before the wait began (a re-run's seal stamps its manifest, then copies
+            every staged part into place: a wait that began during the copies turned away the
+            export it waited for, and failed, or exported the whole period again).
+        """
         manifest = self._finished_export_asked_for()
-        if manifest is None or _epoch(manifest.get("completed_at")) < since:
+        if manifest is None:
+            return None
+        by_writer = (
+            writer is not None
+            and writer.get("task") is not None
+            and (manifest.get("written_by"), manifest.get("written_by_try"))
+            == (writer.get("task"), writer.get("try_number"))
+        )
+        if not by_writer and _epoch(manifest.get("completed_at")) < since:
             return None
         self.log.info(
             "The export of the same period that held %s finished meanwhile; using its manifest", self.sink.describe()

@@ -810,3 +810,20 @@ def test_a_first_export_refuses_a_location_holding_part_names_no_export_wrote(em
         make_operator({"output_path": str(location)}).execute(context_for(*SEPTEMBER))
     assert {path.name: path.read_text() for path in location.iterdir() if not path.name.startswith("_")} == theirs
     assert requests_seen(emulator, "export") == 0
+
+
+def test_a_wait_that_runs_out_says_what_to_do(emulator: LoyaltyEmulator, tmp_path: Path) -> None:
+    """It said "waited 1 s for task ... lease valid until ...", no more: the other-period conflict
+    says to delete the lease if its writer is gone; a writer killed while deferred holds its lease
+    until its deadline (up to a day)."""
+    target = {"output_path": str(tmp_path / "location")}
+    (tmp_path / "location").mkdir()
+    period = {"loyalty_program_id": 123, "points_currency_eid": "bonus_points", "points_currency_iid": None}
+    period.update({"date_from": "2023-09-01T00:00:00Z", "date_to": "2023-09-30T23:59:59Z"})
+    lease = {"writer_id": "b", "task": "tests/b/export/-1", "try_number": 1, "host": "worker:1", **period}
+    write_document(target, LEASE_NAME, {**lease, "expires_at": time.time() + 3600}, None)
+    with pytest.raises(LoyaltyLocationBusyError) as busy:
+        make_operator(target, batch_timeout=0.5).execute(context_for(*SEPTEMBER, ti=task_instance(run_id="a")))
+    message = str(busy.value)
+    assert "tests/b/export/-1" in message and "A retry waits again" in message
+    assert f"delete file://{tmp_path / 'location' / LEASE_NAME}." in message

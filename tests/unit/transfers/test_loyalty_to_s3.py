@@ -727,3 +727,40 @@ def test_the_default_asset_is_the_same_when_ids_come_from_default_args(where: st
         else:
             task = LoyaltyTransactionsToS3Operator(task_id="to_s3", s3_bucket="b", **own)
     assert [asset.uri for asset in task.outlets] == [expected]
+
+
+def test_a_run_that_waits_for_a_reruns_switch_uses_the_export_it_waited_for(
+    emulator, s3_bucket, s3_client, monkeypatch
+):
+    """A re-run's seal stamps its manifest, then copies each staged part into place (minutes for
+    large parts). A second run of the period arriving then waited for it, and turned its export
+    away as finished before the wait began: it failed ("set replace=True") or, with replace=True,
+    exported the whole period again over it."""
+    from airflow_provider_loyalty.export.s3_sink import S3PartSink
+
+    make_operator(s3_bucket).execute(context_for(ti=task_instance(run_id="first")))
+    real_move = S3PartSink.move
+
+    def slow_move(self, source: str, target: str) -> None:  # a large part's server-side copy
+        time.sleep(0.5)
+        real_move(self, source, target)
+
+    monkeypatch.setattr(S3PartSink, "move", slow_move)
+    created_before = emulator.stats()["requests"]["export"]
+    results: dict[str, Any] = {}
+
+    def rerun() -> None:
+        results["rerun"] = make_operator(s3_bucket).execute(context_for(ti=task_instance(run_id="rerun")))
+
+    thread = threading.Thread(target=rerun)
+    thread.start()
+
+    def switching() -> bool:
+        body = s3_client.get_object(Bucket=s3_bucket, Key=f"{PREFIX}/{MANIFEST_NAME}")["Body"].read()
+        return any("/_staging/" in part["key"] for part in json.loads(body)["parts"])
+
+    wait_for(switching, timeout=60, what="the re-run's switch")
+    second = make_operator(s3_bucket, replace=True).execute(context_for(ti=task_instance(run_id="manual")))
+    thread.join(60)
+    assert second["written_by"] == results["rerun"]["written_by"] == "tests/rerun/export/-1"
+    assert emulator.stats()["requests"]["export"] - created_before == N // 1000  # one export, not two
