@@ -205,8 +205,33 @@ def verify_manifest(location: Any, *, conn_id: str | None = None) -> VerifyRepor
         raise CannotVerifyError(f"no manifest: {missing}") from None
     except StorageError as error:
         raise CannotVerifyError(str(error)) from None
-    listed, output_format = _parse_manifest(document, store.display(path))
-    return _Verification(store, path, document, listed, output_format).run()
+    for _attempt in range(_SWITCHES_FOLLOWED):
+        listed, output_format = _parse_manifest(document, store.display(path))
+        report = _Verification(store, path, document, listed, output_format).run()
+        if report.intact:
+            return report
+        # A re-run may have switched the location while its parts were read (its manifest first,
+        # then each part): what was read belongs to two exports. The manifest says whether it did.
+        current = _manifest_now(store, path)
+        if current is None or current == document:
+            return report
+        document = current
+    raise CannotVerifyError(
+        f"{store.display(path)} changed {_SWITCHES_FOLLOWED} times while it was verified (exports replacing "
+        "it one after another): verify again once they are done"
+    )
+
+
+#: Manifests a verification follows when the location is switched while it reads (see verify_manifest).
+_SWITCHES_FOLLOWED = 3
+
+
+def _manifest_now(store: Store, path: str) -> Any:
+    """The manifest as it is now, or ``None`` when it cannot be read (then the report stands)."""
+    try:
+        return _read_manifest(store, path)
+    except (StorageError, CannotVerifyError):
+        return None
 
 
 def _location_of(location: Any, conn_id: str | None) -> tuple[str, str | None]:

@@ -824,3 +824,30 @@ def test_documented_verify_task_fails_the_run_unless_intact(s3_bucket: str, s3_c
     s3_client.put_object(Bucket=s3_bucket, Key="loyalty/2023-09-01/part-00003.csv", Body=HEADER.encode())
     with pytest.raises(AirflowFailException, match=r"stray +part-00003\.csv"):
         verify_task.python_callable(xcom)
+
+
+def test_a_location_switched_while_it_is_verified_is_verified_as_it_is_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-run switching the location (manifest, then each part) while loyalty-verify read it made
+    the parts it read belong to two exports: NOT INTACT (exit 1) for a location that held a true
+    export at every instant. The manifest is read again when problems are found; a changed one is
+    verified afresh. The re-run happens when the first part is measured."""
+    import airflow_provider_loyalty.verify as verify_module
+
+    location = tmp_path / "location"
+    land_local(location, parts=3, rows=40)
+    real_measure = verify_module.measure_part
+    switched: list[bool] = []
+
+    def measured_during_a_switch(store: Any, path: str, output_format: str) -> Any:
+        if not switched:
+            switched.append(True)
+            (location / "part-00002.csv").unlink()
+            land_local(location, parts=2, rows=77)  # the re-run's export, in place
+        return real_measure(store, path, output_format)
+
+    monkeypatch.setattr(verify_module, "measure_part", measured_during_a_switch)
+    report = verify_manifest(str(location))
+    assert switched and report.intact, report.to_text()
+    assert report.exit_code == 0 and "2 of 2 parts" in report.to_text()
