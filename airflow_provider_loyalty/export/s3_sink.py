@@ -16,17 +16,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyError, LoyaltyStorageError
-from airflow_provider_loyalty.export.sinks import PartSink, decode_document, read_document_bytes
+from airflow_provider_loyalty.export.sinks import PartSink, decode_document, read_document_bytes, storage_error_code
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-_CODE_IN_TEXT = re.compile(r"\((\w+)\) when calling")
 _HINTS = {
     "NoSuchBucket": "create the bucket, or fix s3_bucket",
     "AccessDenied": "the AWS connection's credentials may not write there",
@@ -65,7 +63,7 @@ class S3PartSink(PartSink):
         except LoyaltyError:
             raise
         except Exception as err:
-            code = _error_code(err)
+            code = storage_error_code(err)
             where = f"s3://{self.bucket}/{key if key is not None else self.prefix + '/'}"
             hint = f" ({_HINTS[code]})" if code in _HINTS else ""
             raise LoyaltyStorageError(
@@ -128,7 +126,7 @@ class S3PartSink(PartSink):
             try:
                 reply: dict[str, Any] = self.client.get_object(Bucket=self.bucket, Key=key)
             except Exception as err:
-                if _error_code(err) in ("NoSuchKey", "404"):
+                if storage_error_code(err) in ("NoSuchKey", "404"):
                     return None
                 raise
             return reply
@@ -161,7 +159,7 @@ class S3PartSink(PartSink):
                     Bucket=self.bucket, Key=key, Body=payload, IfNoneMatch="*", **self._upload_args()
                 )
             except Exception as err:
-                if _error_code(err) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                if storage_error_code(err) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                     return None
                 raise
             return str(reply["ETag"])
@@ -174,7 +172,7 @@ class S3PartSink(PartSink):
                     Bucket=self.bucket, Key=key, Body=payload, IfMatch=tag, **self._upload_args()
                 )
             except Exception as err:
-                if _error_code(err) in ("PreconditionFailed", "412", "NoSuchKey", "ConditionalRequestConflict"):
+                if storage_error_code(err) in ("PreconditionFailed", "412", "NoSuchKey", "ConditionalRequestConflict"):
                     return None
                 raise
             return str(reply["ETag"])
@@ -207,14 +205,6 @@ class S3PartSink(PartSink):
                 target_key,
                 ExtraArgs=self._upload_args() or None,
             )
-
-
-def _error_code(err: BaseException) -> str:
-    response = getattr(err, "response", None)
-    if isinstance(response, dict) and response.get("Error", {}).get("Code"):
-        return str(response["Error"]["Code"])
-    found = _CODE_IN_TEXT.search(str(err))  # boto3's transfer errors wrap the ClientError as text
-    return found.group(1) if found else ""
 
 
 def _error_message(err: BaseException) -> str:

@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -441,14 +442,23 @@ def _precondition_failed(err: BaseException) -> bool:
     while current is not None and len(chain) < 10:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    for item in chain:
-        if isinstance(item, FileExistsError):
-            return True
-        response = getattr(item, "response", None)
-        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey"):
-            return True
-    return False
+    return any(
+        isinstance(item, FileExistsError)
+        or storage_error_code(item) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey")
+        for item in chain
+    )
+
+
+_CODE_IN_TEXT = re.compile(r"\((\w+)\) when calling")
+
+
+def storage_error_code(err: BaseException) -> str:
+    """The S3 error code of a botocore error (``NoSuchKey``, ``PreconditionFailed``...), or ``""``."""
+    response = getattr(err, "response", None)
+    if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+        return str(response["Error"]["Code"])
+    found = _CODE_IN_TEXT.search(str(err))  # boto3's transfer errors wrap the ClientError as text
+    return found.group(1) if found else ""
 
 
 def _temporary_file(directory: str) -> tuple[int, str]:

@@ -159,7 +159,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
     def _first_check_time(self, context: Context, now: float) -> float:
         """When this wait began: now, or in reschedule mode the first try's time (each reschedule
         is a new run of ``execute``: the grace for a task too new to be known must not restart)."""
-        ti = context.get("ti") if hasattr(context, "get") else None
+        ti = _task_instance(context)
         if self.reschedule and ti is not None and hasattr(ti, "get_first_reschedule_date"):
             first = ti.get_first_reschedule_date(context)
             if first is not None:
@@ -249,7 +249,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         :raises AirflowSkipException: either of the first two with ``soft_fail=True``.
         """
         if deadline is None:  # resumed with the event alone (dag.test() does): the deferral's arguments again
-            ti_start = getattr(context.get("ti") if hasattr(context, "get") else None, "start_date", None)
+            ti_start = getattr(_task_instance(context), "start_date", None)
             deadline, ends_execution = self._wait_deadline(
                 context, ti_start.timestamp() if ti_start is not None else time.time()
             )
@@ -283,6 +283,11 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
             raise failure from error
         self.log.info("Export task %s completed: %s rows", self.export_task_id, result.get("total", "?"))
         return result
+
+
+def _task_instance(context: Any) -> Any:
+    """The context's task instance, if it has one (a context made by hand may not)."""
+    return context.get("ti") if hasattr(context, "get") else None
 
 
 def _soft_fail_skips(error: BaseException) -> bool:
