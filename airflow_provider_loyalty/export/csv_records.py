@@ -64,6 +64,8 @@ _MAX_CARRY = 64 * 1024  # a record open at the end of a plain block waits for th
 _QUOTED_FIELD_PATTERN = rb'"(?<![^,\r\n]")[^"]*+(?:""[^"]*+)*+(?:"|\Z)'
 _QUOTED_FIELD = re.compile(_QUOTED_FIELD_PATTERN)
 _AROUND_QUOTED_FIELDS = re.compile(b"(" + _QUOTED_FIELD_PATTERN + b")")
+_QUOTE = b'"'
+_LONE_CR = re.compile(rb"\r(?!\n)")
 _NOT_SEPARATORS = bytes(byte for byte in range(256) if byte not in b",\r\n")  # deleted to leave , \r \n
 _ROWS_PER_CALL = 4096  # rows handed to a row-taking sink at a time, at most
 #: Characters of parsed rows handed to a row-taking sink at a time, at most (rows of 64 KiB each
@@ -207,6 +209,8 @@ def _outside_quoted_fields(block: bytes) -> tuple[bytes, int]:
     have closed there: its record then waits for the reader, which counts it): its record is left
     for the next block (``end`` is where it starts; ``(b"", 0)`` when it starts the block).
     """
+    if _QUOTE not in block:  # most blocks: one memchr instead of a pattern pass and a copy
+        return block, len(block)
     outside = _QUOTED_FIELD.sub(b"\x00", block)
     if not outside.endswith(b"\x00"):
         return outside, len(block)
@@ -256,8 +260,9 @@ def _uniform_rows(outside: bytes, width: int) -> int | None:
     rows, rest = divmod(len(separators), len(record))
     if rest or separators.count(record) != rows:
         return None
-    # Text between a \r and a \n vanished with the other text: they must really be one line end.
-    return rows if line_end == b"\n" or outside.count(b"\r\n") == rows else None
+    # Text between a \r and a \n vanished with the other text: they must really be one line end
+    # (a search for a lone \r: its pattern starts with a literal, so it skips ahead like a memchr).
+    return rows if line_end == b"\n" or _LONE_CR.search(outside) is None else None
 
 
 _NAME_SEPARATORS = re.compile(r"[\s_\-]+")

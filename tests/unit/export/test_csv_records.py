@@ -349,6 +349,7 @@ _plain_alphabet = st.sampled_from(
 @example(text='a,"b\r\nc"\r\n"x""y",z\r\n\r\n', width=2)
 @example(text=',", \r\n\u00e9\r ,,"\r \u00e9  \n', width=2)  # a \r and a \n with text between are two line ends
 @example(text="a,b\r\nc\r\n", width=2)  # a one-field row after a full one, both ending alike
+@example(text="a,b\rx\nc,d\r\n", width=2)  # no quote at all, and text between a \r and a \n
 @example(text=',"a"\r\n""', width=2)  # a quoted empty field ends the member: a record of one field
 @example(text=',\n""""x,y"\n', width=2)  # text after a closing quote, then a quote that is text
 @example(text='a,"b\r\n""\r\n', width=2)  # ends inside a quoted field holding a line of ""
