@@ -56,6 +56,7 @@ _LITERAL_CHECKED = (
     "from_id",
     "output_format",
     "export_task_id",
+    "loyalty_conn_id",
 )
 _SWITCHES = ("deferrable", "resume", "replace", "keep_zip", "fail_on_empty", "verify")
 
@@ -105,6 +106,7 @@ def check_literal_export_values(values: Mapping[str, Any]) -> None:
         check_output_format(values["output_format"])
     if literal("export_task_id"):
         validation.check_task_id(values["export_task_id"])
+    validation.check_conn_ids(values)
 
 
 class LoyaltyExportBaseOperator(BaseOperator):

@@ -57,13 +57,14 @@ class LoyaltyExportOperator(LoyaltyExportBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.output_path = _literal_output_path(output_path)
-        self.output_conn_id = output_conn_id
+        self.output_conn_id = validation.check_optional_conn_id(output_conn_id, "output_conn_id")
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
         """As the base class's; a literal ``output_path`` given here is checked too."""
         if "output_path" in kwargs:
             _literal_output_path(kwargs["output_path"])
+        validation.check_conn_ids(kwargs)
         return super().partial(**kwargs)
 
     def build_sink(self, context: Context, spec: ExportSpec) -> PartSink:
@@ -190,6 +191,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         self.output_path = output_path
         self.output_conn_id = output_conn_id
         self.limit: int = settings["limit"]
+        validation.check_conn_ids({"loyalty_conn_id": loyalty_conn_id, "output_conn_id": output_conn_id})
         self.loyalty_conn_id = loyalty_conn_id
         # Literal values are checked when the DAG is parsed (templates wait for run time): a DAG
         # passing ``email=`` (the alert recipients) instead of ``member_email`` never runs.
@@ -206,6 +208,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         the member, wait for run time)."""
         validation.check_literal_program_and_currency(kwargs)
         _checked_history_settings(kwargs)
+        validation.check_conn_ids(kwargs)
         return super().partial(**kwargs)
 
     def _member(self) -> dict[str, Any]:

@@ -80,7 +80,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         if not validation.is_template(export_task_id):  # a literal id that can never work fails the DAG's parse
             export_task_id = validation.check_task_id(export_task_id)
         self.export_task_id = export_task_id
-        self.loyalty_conn_id = loyalty_conn_id
+        self.loyalty_conn_id = validation.check_conn_id(loyalty_conn_id, "loyalty_conn_id")
         self.deferrable = validation.parse_bool(deferrable, "deferrable")
         #: Until when (epoch seconds) the API not knowing the task means one created a moment ago.
         self._unknown_until: float | None = None

@@ -26,7 +26,13 @@ from airflow_provider_loyalty.transfers.s3_options import (
     check_upload_args,
     part_transfer_config,
 )
-from airflow_provider_loyalty.utils.validation import check_currency, check_program_id, is_template, parse_bool
+from airflow_provider_loyalty.utils.validation import (
+    check_conn_ids,
+    check_currency,
+    check_program_id,
+    is_template,
+    parse_bool,
+)
 from airflow_provider_loyalty.verify_storage import NO_CONNECTION
 
 __all__ = ["LoyaltyTransactionsToS3Operator"]
@@ -68,6 +74,7 @@ def _checked_s3_arguments(values: dict[str, Any]) -> dict[str, Any]:
         checked["extra_upload_args"] = check_upload_args(values["extra_upload_args"])
     if "transfer_config_args" in values:
         checked["transfer_config_args"] = check_transfer_config_args(values["transfer_config_args"])
+    check_conn_ids(values)
     return checked
 
 
@@ -132,6 +139,7 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
                 "sse_kms_key_id": sse_kms_key_id,
                 "extra_upload_args": extra_upload_args,
                 "transfer_config_args": transfer_config_args,
+                "aws_conn_id": aws_conn_id,
             }
         )
         s3_bucket = checked["s3_bucket"]

@@ -27,7 +27,9 @@ def check_bucket(value: Any) -> str:
 
     :param value: the rendered ``s3_bucket``.
     """
-    bucket = str(value if value is not None else "").strip()
+    if value is not None and not isinstance(value, str):
+        raise LoyaltyValidationError("s3_bucket", f"expected a bucket name string, got {value!r}")
+    bucket = (value or "").strip()
     if not bucket:
         raise LoyaltyValidationError("s3_bucket", "required: the bucket to land the export in")
     refuse_rendered_none(bucket, "s3_bucket", "expected the bucket to land the export in")

@@ -321,6 +321,43 @@ def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:
     return cursor
 
 
+def check_conn_id(conn_id: Any, parameter: str) -> str:
+    """A connection id as given: a non-empty string without control characters. Connection ids
+    are never templated, so a number, a list or an empty id is a mistake the DAG's parse reports,
+    not the task's run.
+
+    :param conn_id: the value given.
+    :param parameter: the parameter's name, for the error.
+    """
+    if not isinstance(conn_id, str) or not conn_id.strip():
+        raise LoyaltyValidationError(parameter, f"expected a connection id string, got {conn_id!r}")
+    if first_control_character(conn_id) is not None:
+        raise LoyaltyValidationError(
+            parameter, f"a connection id holds no control character (a paste gone wrong?), got {conn_id!r}"
+        )
+    return conn_id
+
+
+def check_optional_conn_id(conn_id: Any, parameter: str) -> str | None:
+    """As :func:`check_conn_id`, where ``None`` or ``""`` means no connection (boto3's own
+    credentials for an AWS one, as the amazon provider takes them)."""
+    return conn_id if conn_id is None or conn_id == "" else check_conn_id(conn_id, parameter)
+
+
+#: The connection-id parameters of the provider's operators, and whether ``None`` means none.
+CONN_ID_PARAMETERS = {"loyalty_conn_id": False, "aws_conn_id": True, "output_conn_id": True}
+
+
+def check_conn_ids(values: Mapping[str, Any]) -> None:
+    """Check each connection-id parameter among ``values`` (see :func:`check_conn_id`).
+
+    :param values: parameters by name; the ones that are no connection id are left alone.
+    """
+    for parameter, optional in CONN_ID_PARAMETERS.items():
+        if parameter in values:
+            (check_optional_conn_id if optional else check_conn_id)(values[parameter], parameter)
+
+
 def check_task_id(export_task_id: Any, parameter: str = "export_task_id") -> str:
     """An export task id as the API returned it: a non-empty string without control characters
     (surrounding whitespace, as of a value pasted with a newline, dropped)."""
