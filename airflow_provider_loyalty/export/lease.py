@@ -340,6 +340,25 @@ class LocationLease:
             self.sink.delete([LEASE_NAME])
         self._tag = None
 
+    def release_left_at_deferral(self) -> bool:
+        """Give up the location this try of the task held when it deferred, without taking it
+        first: Airflow failed the deferral (no triggerer answered by its timeout, or the trigger
+        could not run), so no ``execute_complete`` will. Its lease was renewed past the wait's
+        deadline and would hold other exports off that long. A lease another try or another export
+        holds is left alone.
+
+        :return: whether a lease was given up.
+        """
+        found = self._stored()
+        if found is None or self.identity.task is None:
+            return False
+        holder, tag = found
+        if holder.get("task") != self.identity.task or holder.get("try_number") != self.identity.try_number:
+            return False
+        self._tag = tag
+        self.release()
+        return True
+
     def _stored(self) -> tuple[dict[str, Any], str] | None:
         """The lease document at the location and its tag; ``None`` when absent or torn."""
         try:

@@ -32,6 +32,7 @@ from airflow_provider_loyalty.operators.links import LoyaltyManifestLink, push_m
 from airflow_provider_loyalty.triggers.loyalty import (
     defer_until_done,
     status_from_event,
+    wait_deadline,
     wait_failed,
     within_execution_timeout,
 )
@@ -349,8 +350,9 @@ class LoyaltyExportBaseOperator(BaseOperator):
         fail the task; a wait deferred again for the same export task keeps its ``deadline``
         (``batch_timeout`` counts once per export task, not once per deferral).
         """
-        if export_task_id is None and isinstance(event, dict):
+        if export_task_id is None and isinstance(event, dict):  # resumed with the event alone (dag.test())
             export_task_id = event.get("export_task_id")
+            deadline = deadline if deadline is not None else wait_deadline(event)
         loop = self._loop = self.export_loop(context)
         with _closing_unless_deferred(loop):
             # The location is taken back first, so an event that fails the task (a timeout, an
@@ -441,28 +443,42 @@ class LoyaltyExportBaseOperator(BaseOperator):
         self.log.info("Verified %s: %d part(s) intact", manifest["manifest"], report.parts_checked)
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
-        """Name the export task when Airflow fails a deferral at its timeout (no triggerer answered)."""
+        """When Airflow fails the deferral (``__fail__``: its timeout passed with no triggerer
+        answering, or the triggerer could not run the trigger), give the location up, as a failure
+        in a worker does, and name the export task waited for at a timeout."""
+        if next_method != "__fail__":
+            return super().resume_execution(next_method, next_kwargs, context)
+        waited_for = self._give_up_after_failed_deferral(context)
         error = str((next_kwargs or {}).get("error") or "")
-        if next_method == "__fail__" and "timeout" in error.lower():
+        if "timeout" in error.lower():
             raise LoyaltyError(
-                f"timed out waiting for export task {self._waited_for(context)}: the deferral reached the task's "
+                f"timed out waiting for export task {waited_for}: the deferral reached the task's "
                 f"deadline (execution_timeout={self.execution_timeout}, batch_timeout={self.batch_timeout:.0f}s) "
                 "and no triggerer reported the task as finished"
             )
         return super().resume_execution(next_method, next_kwargs, context)
 
-    def _waited_for(self, context: Context) -> str:
-        """The export task the checkpoint waits for (for the message of a timed-out deferral)."""
+    def _give_up_after_failed_deferral(self, context: Context) -> str:
+        """Release the lease this try left at its deferral (renewed past the wait's deadline, it held
+        other exports of the location off for up to ``batch_timeout``); return the export task the
+        checkpoint waits for, for the failure's message. The checkpoint stays: a retry resumes it."""
         try:
             loop = self.export_loop(context)
         except Exception:
             return "(unknown: the export's parameters do not render)"
         try:
-            document = loop.sink.read_json(CHECKPOINT_NAME)
-            pending = ExportProgress.from_dict(document or {}).pending
-            return pending[0].task_id if pending else "(unknown)"
-        except Exception:
-            return "(unknown: the checkpoint could not be read)"
+            try:
+                document = loop.sink.read_json(CHECKPOINT_NAME)
+                pending = ExportProgress.from_dict(document or {}).pending
+                waited_for = pending[0].task_id if pending else "(unknown)"
+            except Exception:
+                waited_for = "(unknown: the checkpoint could not be read)"
+            try:
+                if loop.lease.release_left_at_deferral():
+                    self.log.info("Gave up %s: the deferral failed", loop.sink.describe())
+            except Exception as error:  # the deferral's failure is the task's; this one only delays others
+                self.log.warning("Could not give up %s after the failed deferral: %s", loop.sink.describe(), error)
+            return waited_for
         finally:
             loop.close(release=False)
 

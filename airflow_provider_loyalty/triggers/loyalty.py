@@ -207,7 +207,10 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
             self.log.warning("Waiting for export task %s failed: %s", self.export_task_id, message)
             if isinstance(err, LoyaltyFinalError):
                 return self._event("error", message=message, final=True)
-            return self._event("error", message=message)
+            # The wait failed, not the task: the resumed task checks it and may defer again for it,
+            # until this same deadline (a runner that hands back the event alone, as dag.test() does,
+            # drops the deferral's kwargs where the operator kept it).
+            return self._event("error", message=message, deadline=self.deadline)
         finally:
             await hook.aclose()
 
@@ -395,6 +398,18 @@ def wait_failed(event: Any) -> bool:
         and not event.get("task_status")
         and event.get("final") is not True
     )
+
+
+def wait_deadline(event: Any) -> float | None:
+    """The deadline a failed wait's event carries (see :func:`wait_failed`): the operator's
+    re-deferral for the same task keeps it when its own deferral kwargs are gone. ``None`` when
+    the event carries none that reads as epoch seconds."""
+    if not wait_failed(event):
+        return None
+    try:
+        return _epoch_or_none(event.get("deadline"), "deadline")
+    except LoyaltyValidationError:
+        return None
 
 
 def result_from_event(event: Any, export_task_id: str | None = None) -> dict[str, Any]:

@@ -103,10 +103,14 @@ def run_with_deferrals(
     context: dict[str, Any],
     log: DeferralLog | None = None,
     before_trigger: Callable[[int], None] | None = None,
+    *,
+    event_only: bool = False,
 ) -> Any:
     """Run ``operator`` to completion, resolving every deferral with its real trigger.
 
     :param before_trigger: called with the deferral's number (1, 2, ...) before its trigger runs.
+    :param event_only: resume with the event alone, the deferral's kwargs dropped (as ``dag.test()``
+        does: it sets ``next_kwargs`` to ``{"event": ...}``).
     """
     log = log if log is not None else DeferralLog()
     call = lambda: operator.execute(context)  # noqa: E731
@@ -124,5 +128,5 @@ def run_with_deferrals(
             event = asyncio.run(_first_event(trigger))
             log.events.append(event)
             method = getattr(operator, deferred.method_name)
-            method_kwargs = deferred.kwargs or {}
+            method_kwargs = {} if event_only else deferred.kwargs or {}
             call = lambda m=method, e=event, k=method_kwargs: m(context, event=e, **k)  # noqa: E731

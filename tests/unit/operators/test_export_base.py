@@ -84,6 +84,47 @@ def test_a_deferral_carries_the_time_left_of_execution_timeout(emulator: Loyalty
         operator.execute_complete(context_for(ti=ti), event=event)
 
 
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        ({"error": "Trigger timeout"}, LoyaltyError),  # the scheduler timed the deferral out
+        ({"error": "Trigger failure", "traceback": ["ModuleNotFoundError: x"]}, Exception),  # it could not run
+    ],
+    ids=["timeout", "trigger-failure"],
+)
+def test_a_deferral_airflow_fails_gives_the_location_up(emulator: LoyaltyEmulator, tmp_path, error, raised):
+    """No execute_complete follows a deferral Airflow fails (``__fail__``): the lease, renewed past
+    the wait's deadline at deferral, held every other export of the location off for up to
+    batch_timeout (24 h). Now it is given up, as when the trigger's own timeout event fails the task;
+    the checkpoint stays for a retry."""
+    emulator.config.task_duration = 3600
+    operator = _deferrable_export(tmp_path)
+    ti = SimpleNamespace(dag_id="d", run_id="r", task_id="export", map_index=-1, try_number=1, start_date=None)
+    with pytest.raises(TaskDeferred):
+        operator.execute(context_for(ti=ti))
+    assert (tmp_path / "_lease.json").exists()
+
+    with pytest.raises(raised):
+        operator.resume_execution("__fail__", error, context_for(ti=ti))
+    assert not (tmp_path / "_lease.json").exists()
+    assert (tmp_path / "_manifest.inprogress.json").exists()  # the checkpoint, for a retry
+
+
+def test_a_failed_deferral_leaves_another_trys_lease_alone(emulator: LoyaltyEmulator, tmp_path):
+    emulator.config.task_duration = 3600
+    ti = SimpleNamespace(dag_id="d", run_id="r", task_id="export", map_index=-1, try_number=1, start_date=None)
+    with pytest.raises(TaskDeferred):
+        _deferrable_export(tmp_path).execute(context_for(ti=ti))
+    retry = SimpleNamespace(**{**vars(ti), "try_number": 2})
+    with pytest.raises(TaskDeferred):
+        _deferrable_export(tmp_path).execute(context_for(ti=retry))  # try 2 took the location over
+    held = (tmp_path / "_lease.json").read_text()
+
+    with pytest.raises(LoyaltyError, match="timed out waiting"):  # try 1's deferral, failed late
+        _deferrable_export(tmp_path).resume_execution("__fail__", {"error": "Trigger timeout"}, context_for(ti=ti))
+    assert (tmp_path / "_lease.json").read_text() == held
+
+
 def test_a_deadline_already_passed_fails_instead_of_deferring(emulator: LoyaltyEmulator, tmp_path):
     operator = LoyaltyExportOperator(
         task_id="export",

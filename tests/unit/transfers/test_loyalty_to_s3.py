@@ -396,6 +396,33 @@ def test_a_trigger_that_keeps_failing_fails_the_task_with_its_error(emulator, s3
     assert len({kwargs["deadline"] for kwargs in log.trigger_kwargs}) == 1
 
 
+def test_a_trigger_that_keeps_failing_times_out_when_resumed_with_the_event_alone(emulator, s3_bucket, monkeypatch):
+    """``dag.test()`` resumes with the event alone: the deferral's kwargs (the error count, the
+    deadline) are gone. The failed wait's event carries the deadline, so deferring again for the
+    same export task keeps it and batch_timeout still ends the wait (it moved on with every
+    deferral: the task deferred forever)."""
+    from airflow_provider_loyalty.exceptions import LoyaltyError
+
+    emulator.config.task_duration = 600  # still running at every check of the worker
+    log = DeferralLog()
+    _worker_reaches_the_api(monkeypatch, emulator)
+
+    def unreachable(deferral: int) -> None:
+        assert deferral < 200, "the wait never timed out"
+        _unreachable_from_the_triggerer(monkeypatch)
+
+    with pytest.raises(LoyaltyError, match=r"timed out waiting for export task .* deadline passed"):
+        run_with_deferrals(
+            make_operator(s3_bucket, deferrable=True, batch_timeout=3),
+            context_for(),
+            log,
+            before_trigger=unreachable,
+            event_only=True,
+        )
+    assert len(log.events) > 1 and {event["status"] for event in log.events} == {"error"}
+    assert len({kwargs["deadline"] for kwargs in log.trigger_kwargs}) == 1
+
+
 def test_trigger_errors_count_in_a_row_for_one_export_task_only(emulator, s3_bucket, s3_client, monkeypatch):
     """A trigger error the worker recovers from (it checks the task, lands the batch and creates the
     next) does not count against the next export task: every batch's trigger failing once is not
