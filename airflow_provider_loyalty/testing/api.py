@@ -269,5 +269,9 @@ class LoyaltyApi:
         self.prebuilt.clear()
 
     def close(self) -> None:
-        """Stop building files and delete them."""
-        self.prebuilt.clear()
+        """Stop building files and delete them; build none until :meth:`reopen`."""
+        self.prebuilt.close()
+
+    def reopen(self) -> None:
+        """Build files again (after :meth:`close`)."""
+        self.prebuilt.reopen()

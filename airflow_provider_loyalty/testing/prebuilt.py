@@ -85,6 +85,7 @@ class PrebuiltFiles:
         self._executor: ThreadPoolExecutor | None = None
         self._cancelled = threading.Event()
         self._by_content: dict[Hashable, Future[PrebuiltFile]] = {}
+        self._closed = False  # the emulator stopped: a request still being handled builds nothing
 
     @property
     def directory(self) -> Path | None:
@@ -94,15 +95,18 @@ class PrebuiltFiles:
 
     def submit(
         self, name: str, build: Callable[[ZipSink], int], content: Hashable | None = None
-    ) -> Future[PrebuiltFile]:
+    ) -> Future[PrebuiltFile] | None:
         """Start building file ``name``; ``build(sink)`` writes the zip and returns its CSV bytes.
 
         :param name: a file name unique among the current files (e.g. the task id).
         :param build: the zip writer.
         :param content: what identifies the zip's bytes: a file of the same ``content`` built (or
             building) already is returned instead of building another; ``None`` always builds.
+        :return: the build, or ``None`` once :meth:`close` was called (the file is then streamed).
         """
         with self._lock:
+            if self._closed:  # a request the stopping emulator still handles: no directory after the cleanup
+                return None
             earlier = self._by_content.get(content) if content is not None else None
             if earlier is not None and not (earlier.done() and self.ready(earlier) is None):
                 return earlier  # built or still building, not failed or removed
@@ -143,6 +147,18 @@ class PrebuiltFiles:
             return None
         built = build.result()
         return built if built.path.exists() else None
+
+    def close(self) -> None:
+        """Delete every file, and build none until :meth:`reopen` (the emulator stopped: a request
+        it still handles made a directory again after the cleanup, left behind)."""
+        with self._lock:
+            self._closed = True
+        self.clear()
+
+    def reopen(self) -> None:
+        """Build files again (the emulator started again)."""
+        with self._lock:
+            self._closed = False
 
     def clear(self) -> None:
         """Stop running builds and delete every file (the directory is made again when needed)."""

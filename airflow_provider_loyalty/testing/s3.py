@@ -37,7 +37,10 @@ ACCESS_KEY = "testing"
 SECRET_KEY = "testing"  # noqa: S105 - a local test server's well-known key
 REGION = "us-east-1"
 #: What to install when moto's server is missing.
-INSTALL_HINT = "pip install 'airflow-provider-loyalty[testing]' (the extra for your own tests; or just 'moto[server]')"
+INSTALL_HINT = (
+    "pip install 'airflow-provider-loyalty[testing]' (the extra for your own tests: moto's server, and the "
+    "amazon provider LoyaltyTransactionsToS3Operator needs)"
+)
 #: Modules ``python -m moto.server`` needs: moto itself and its ``server`` extra (Flask).
 _SERVER_MODULES = ("moto", "flask", "flask_cors")
 

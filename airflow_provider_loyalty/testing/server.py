@@ -127,6 +127,7 @@ class LoyaltyEmulator:
             raise OSError(
                 error.errno, f"the emulator cannot listen on {self.host}:{self._port}: {error.strerror}"
             ) from error
+        self.api.reopen()
         self._server = server
         self._port = server.server_address[1]
         self._thread = threading.Thread(

@@ -68,6 +68,48 @@ def test_files_removed_on_reset_and_stop(prebuilt: LoyaltyEmulator, client_facto
     assert not second.exists()
 
 
+def test_a_request_the_stopping_emulator_still_handles_leaves_no_files(
+    prebuilt: LoyaltyEmulator, client_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() deleted the files while an export request was still being handled; that request then
+    made the directory again and built its zip there, and nothing removed it (every stop of a
+    busy emulator in a test session leaked one). Started again, the emulator builds files again."""
+    import tempfile
+    import threading
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    prebuilt.set_faults([FaultRule(endpoint="export", kind="slow", params={"seconds": 0.5})])
+    c = client_factory(prebuilt)
+    replies: list[Any] = []
+    request = threading.Thread(target=lambda: replies.append(_export_or_error(c)))
+    request.start()
+    deadline = time.monotonic() + 10
+    while prebuilt.stats()["requests"].get("export", 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the request is in the handler, in its slow fault
+    assert prebuilt.stats()["requests"].get("export", 0) == 1
+    prebuilt.stop()
+    request.join(timeout=10)
+    assert replies  # the client's side ended (the stopping server closed the connection)
+    deadline = time.monotonic() + 10  # the handler wakes from its fault and creates the task
+    while prebuilt.stats()["export_tasks_created"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert prebuilt.stats()["export_tasks_created"] == 1
+    time.sleep(0.3)  # a build it had started would be on disk by now
+    assert list(tmp_path.glob("loyalty-emulator-*")) == []
+
+    prebuilt.set_faults([])
+    prebuilt.start()
+    client_factory(prebuilt).wait(client_factory(prebuilt).export())
+    assert len(_zip_files(prebuilt)) == 1
+
+
+def _export_or_error(client: Any) -> Any:
+    try:
+        return client.export()
+    except Exception as error:  # the stopping server closed the connection
+        return error
+
+
 def test_truncate_and_slow_faults_on_a_prebuilt_file(prebuilt: LoyaltyEmulator, client_factory: Any) -> None:
     c = client_factory(prebuilt)
     hashed = c.wait(c.export())["result"]["hashed_file"]

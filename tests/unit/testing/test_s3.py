@@ -93,7 +93,7 @@ def test_missing_moto_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch
 
 def test_missing_flask_is_missing_moto_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "flask", None)  # moto without its [server] extra
-    with pytest.raises(S3ServerUnavailable, match=r"cannot import 'flask'.*moto\[server\]"):
+    with pytest.raises(S3ServerUnavailable, match=r"cannot import 'flask'.*airflow-provider-loyalty\[testing\]"):
         require_moto_server()
 
 
