@@ -295,12 +295,18 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
 
         Seed 001 says only "Total number of transactions". Read as the member's whole history, the
         last page's count is the one to match (the member may earn points during the walk); read
-        as the transactions after the page's ``from_id``, it shrinks page by page and the first
-        page's (from the start) is the history's. Either reading that the rows match is complete.
-        More rows than any count so far matches neither: the walk stops there, not at its end.
+        as the transactions from the page's ``from_id`` on, it shrinks page by page: the rows
+        before a page plus its count (less the repeats it dropped) are the history as that page
+        saw it, the first page's (from the start) and the last page's (which sees what was earned
+        during the walk) among them. Either reading that the rows match is complete. More rows
+        than any count so far reads matches neither: the walk stops there, not at its end. Read
+        from the cursor on, the history may grow during the walk to twice the first page's count,
+        no further: a server that has one more record on every page (past its count of 1) is a
+        runaway, not a member earning points as fast as they are read.
         """
         rows = dropped = 0
-        totals: list[int] = []
+        totals: list[int] = []  # as the API gave them
+        seen_from_cursor: list[int] = []  # each read as the count from the page's from_id on
         with open(local, "wb") as sink:
             for page in hook.iter_account_transaction_pages(
                 loyalty_program_id=self.loyalty_program_id,
@@ -310,21 +316,24 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
                 limit=self.limit,
                 **self._member(),
             ):
-                if page["total_count"] is not None:
-                    totals.append(page["total_count"])
+                before, repeats = rows, page.get("duplicates_dropped", 0)
                 for record in page["data"]:
                     sink.write(json_line(record))
                     rows += 1
-                dropped += page.get("duplicates_dropped", 0)
-                if totals and rows > max(totals):
+                dropped += repeats
+                if page["total_count"] is not None:
+                    totals.append(page["total_count"])
+                    seen_from_cursor.append(before + page["total_count"] - repeats)
+                ceiling = max(*totals, min(max(seen_from_cursor, default=0), 2 * totals[0])) if totals else None
+                if ceiling is not None and rows > ceiling:
                     raise LoyaltyVerificationError(
                         f"member history: {rows} transactions so far, more than any total_count the API "
-                        f"gave (at most {max(totals)}); stopping"
+                        f"gave (at most {ceiling}, read either way); stopping"
                     )
         if not totals:
             return _History(rows, None, dropped)
         first, last = totals[0], totals[-1]
-        if rows not in (first, last):
+        if rows not in (first, last, seen_from_cursor[-1]):
             counted = f"{last}" if first == last else f"{first} on the first page and {last} on the last"
             raise LoyaltyVerificationError(
                 f"member history: wrote {rows} transactions but the API's total_count says {counted}"
@@ -341,10 +350,12 @@ class _History(NamedTuple):
 
 
 def _refuse_one_file_for_many_members(context: Context, task_id: str) -> None:
-    """Refuse a mapped task whose ``output_path`` names one file that every mapped task of the
-    operator would write (mapped over the member, the path the same literal): each would replace the
+    """Refuse a mapped task whose ``output_path`` names one file that other mapped tasks of the
+    operator write too (mapped over the member, the path the same literal): each would replace the
     others' history and succeed. Mapped over ``output_path`` too, or with a path that is a template
-    (it may differ per task), it is left alone."""
+    (it may differ per task), it is left alone.
+
+    Called only when this task's path names one file (not a directory)."""
     index = getattr(context.get("ti"), "map_index", -1)
     dag = context.get("dag")
     if index is None or index < 0 or dag is None:
@@ -353,21 +364,38 @@ def _refuse_one_file_for_many_members(context: Context, task_id: str) -> None:
     if declared is None:
         return
     expand_input = getattr(declared, "expand_input", None)
-    if expand_input is not None:  # mapped with .expand(): the DAG's operator names what varies
-        mapped = getattr(expand_input, "value", None)
-        if not isinstance(mapped, dict) or "output_path" in mapped:
-            return  # expand_kwargs (which keys vary is not known here), or the path varies
-        given = getattr(declared, "partial_kwargs", {}).get("output_path")
+    if expand_input is not None:  # mapped with .expand() / .expand_kwargs(): the DAG's operator says what varies
+        given = _path_every_mapped_task_shares(declared, getattr(expand_input, "value", None), index)
     else:  # in a mapped task group
         given = getattr(declared, "output_path", None)
-    if not isinstance(given, str | os.PathLike) or validation.is_template(given):
+    if not isinstance(given, str | os.PathLike | ObjectStoragePath) or validation.is_template(given):
         return
+    directory = (
+        "give an ObjectStoragePath of an existing directory (it drops a trailing '/') or a string ending in '/'"
+        if isinstance(given, ObjectStoragePath)
+        else "end it with '/'"
+    )
     raise LoyaltyValidationError(
         "output_path",
-        f"{str(given)[:200]!r} is one file, and every mapped task of {task_id!r} would write it, each "
-        "replacing the others' history: end it with '/' for one file per member in that directory, or "
-        "map output_path too",
+        f"{str(given)[:200]!r} is one file, and other mapped tasks of {task_id!r} write it too, each "
+        f"replacing the others' history: {directory} for one file per member in that directory, or map "
+        "output_path too",
     )
+
+
+def _path_every_mapped_task_shares(declared: Any, mapped: Any, index: int) -> Any:
+    """The ``output_path`` this mapped task shares with others, or ``None`` (it may be its own)."""
+    partial = getattr(declared, "partial_kwargs", {})
+    if isinstance(mapped, dict):  # .expand(): the path is the partial's unless mapped too
+        return None if "output_path" in mapped else partial.get("output_path")
+    if "output_path" in partial and getattr(declared, "_disallow_kwargs_override", False):
+        return partial["output_path"]  # .expand_kwargs(), strict: no dict may give another path
+    if isinstance(mapped, list) and 0 <= index < len(mapped) and all(isinstance(kw, dict) for kw in mapped):
+        paths = [kw.get("output_path", partial.get("output_path")) for kw in mapped]  # a literal list of dicts
+        mine = paths[index]
+        if paths.count(mine) > 1:
+            return mine
+    return None
 
 
 def _history_file_name(history_key: dict[str, Any]) -> str:

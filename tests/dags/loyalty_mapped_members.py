@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
-from airflow.sdk import dag, task_group
+from airflow.sdk import ObjectStoragePath, dag, task_group
 
 from airflow_provider_loyalty.operators.loyalty import LoyaltyAccountTransactionsOperator
 
@@ -27,6 +27,20 @@ def loyalty_mapped_members() -> None:
     LoyaltyAccountTransactionsOperator.partial(
         task_id="directory", output_path=f"{OUTPUT}/directory/", **PROGRAM
     ).expand(member_email=MEMBERS)
+    # An ObjectStoragePath of one file, and of a directory not made yet (it drops the trailing "/").
+    LoyaltyAccountTransactionsOperator.partial(
+        task_id="one_file_osp", output_path=ObjectStoragePath(f"file://{OUTPUT}/osp/history.jsonl"), **PROGRAM
+    ).expand(member_email=MEMBERS)
+    LoyaltyAccountTransactionsOperator.partial(
+        task_id="new_dir_osp", output_path=ObjectStoragePath(f"file://{OUTPUT}/osp-dir/"), **PROGRAM
+    ).expand(member_email=MEMBERS)
+    # expand_kwargs: the path fixed by partial() (strict: no dict may change it), or the same in each dict.
+    LoyaltyAccountTransactionsOperator.partial(
+        task_id="kwargs_partial", output_path=f"{OUTPUT}/kwargs/history.jsonl", **PROGRAM
+    ).expand_kwargs([{"member_email": member} for member in MEMBERS])
+    LoyaltyAccountTransactionsOperator.partial(task_id="kwargs_same", **PROGRAM).expand_kwargs(
+        [{"member_email": member, "output_path": f"{OUTPUT}/same/history.jsonl"} for member in MEMBERS]
+    )
     LoyaltyAccountTransactionsOperator.partial(task_id="file_each", **PROGRAM).expand_kwargs(
         [
             {"member_email": member, "output_path": f"{OUTPUT}/each/{index}.jsonl"}

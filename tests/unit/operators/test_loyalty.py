@@ -1203,7 +1203,8 @@ def test_a_member_history_is_checked_against_either_reading_of_total_count(
 
 def test_a_history_that_outgrows_every_total_count_stops_at_once(monkeypatch, tmp_path) -> None:
     """A server sending one more record under a new cursor on every page, past its total_count of
-    1, was followed to its end (if any): the walk stops once the rows pass every count given."""
+    1, was followed to its end (if any): the walk stops once the rows pass every count given (read
+    from the cursor on, the history may have doubled during the walk, no more)."""
     from tests.reliability.support import fake_api, loopback_server, send
 
     served: list[int] = []
@@ -1219,10 +1220,51 @@ def test_a_history_that_outgrows_every_total_count_stops_at_once(monkeypatch, tm
     with loopback_server(respond) as server:
         connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
         monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
-        with pytest.raises(LoyaltyVerificationError, match="2 transactions so far, more than any total_count"):
+        with pytest.raises(LoyaltyVerificationError, match="3 transactions so far, more than any total_count"):
             member_operator(tmp_path).execute({})
-    assert len(served) == 2
+    assert len(served) == 3
     assert not (tmp_path / "member.jsonl").exists()
+
+
+@pytest.mark.parametrize("earned_after_page", [0, 1])  # 0: before the walk (a control)
+def test_a_history_that_grows_during_the_walk_is_complete_with_counts_from_the_cursor_on(
+    monkeypatch, tmp_path, earned_after_page: int
+) -> None:
+    """total_count read as the transactions from the page's from_id on (one of the two readings
+    seed 001 allows): the member earns one while the history is paged. Rows before each page plus
+    its count are the history that page saw; the walk wrote all 5 once, in order: complete. It
+    failed with "5 transactions so far, more than any total_count the API gave (at most 4)"."""
+    from tests.reliability.support import fake_api, loopback_server, send
+
+    history = ["t1", "t2", "t3", "t4"]
+    pages = 0
+
+    def respond(handler, server) -> None:
+        nonlocal pages
+        if not handler.path.endswith("/account/transactions"):
+            return fake_api()(handler, server)
+        pages += 1
+        if pages == earned_after_page + 1 and len(history) == 4:
+            history.append("t5")
+        body = json.loads(server.requests[-1].body)
+        start = history.index(body["from_id"]) + 1 if body.get("from_id") else 0
+        page = history[start : start + 2]
+        more = start + len(page) < len(history)
+        document = {
+            "data": [{"transaction_id": record} for record in page],
+            "next_from_id": page[-1] if more else "",
+            "total_count": len(history) - start,
+            "error": 0,
+        }
+        send(handler, 200, json.dumps(document).encode(), "application/json")
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        result = member_operator(tmp_path, limit=2).execute({})
+    written = [json.loads(line)["transaction_id"] for line in (tmp_path / "member.jsonl").read_text().splitlines()]
+    assert written == ["t1", "t2", "t3", "t4", "t5"]
+    assert (result["rows"], result["total_count"]) == (5, 5)
 
 
 def _validation() -> Any:
