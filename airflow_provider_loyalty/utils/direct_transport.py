@@ -56,7 +56,8 @@ class DirectPoster:
         self._closed = False
         parts = urlsplit(settings.base_url)
         self._host = parts.hostname or ""
-        self._port = parts.port
+        # Always given: without one, http.client reads an IPv6 host's last ":1" as its port.
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
         # As requests sends a Base URL's path: unsafe characters escaped, escapes kept.
         self._base_path = requote_uri(settings.base_path)
         self._timeout = settings.timeout

@@ -447,3 +447,30 @@ def test_a_close_between_the_check_and_the_pooling_of_a_connection_leaves_none_p
         poster._idle = CloseFirst()  # type: ignore[union-attr]
         assert hook._post("/api/v1.1/tasks/status", {"task_id": "t"}) == STATUS
     assert list(poster._idle) == []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "address"),
+    [
+        ("http://[::1]", ("::1", 80)),
+        ("https://[2001:db8::1]", ("2001:db8::1", 443)),
+        ("http://[::1]:8080", ("::1", 8080)),
+    ],
+)
+def test_an_ipv6_base_url_without_a_port_is_called_at_the_schemes_port(monkeypatch, base_url, address) -> None:
+    """``http://[::1]`` was called as host ":" port 1 (http.client splits a host given without a
+    port at its last colon): every POST failed "does not resolve" while downloads, and the async
+    hook, reached the server."""
+    import http.client
+
+    tried: list[tuple[str, int]] = []
+
+    def refuse(target: tuple[str, int], *args: object, **kwargs: object) -> None:
+        tried.append(target)
+        raise ConnectionRefusedError("refused here")
+
+    monkeypatch.setattr(http.client.socket, "create_connection", refuse)
+    connect(monkeypatch, base_url, max_retries=0)
+    with pytest.raises(LoyaltyTransientError):
+        LoyaltyHook().get_export_task_status("task_1")
+    assert tried == [address]
