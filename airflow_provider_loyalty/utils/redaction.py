@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import html
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -37,13 +38,19 @@ CLIPPED = " …"
 
 @functools.lru_cache(maxsize=16)
 def _forms(token: str) -> tuple[str, ...]:
-    """The token as it may appear in text: itself, URL-encoded, and escaped by repr, JSON or XML."""
+    """The token as it may appear in text: itself, URL-encoded (``/`` escaped or kept, as a path
+    keeps it), and escaped by repr, JSON, XML or HTML (``&quot;``, ``&#x27;`` or PHP's ``&#039;``)."""
     encoded = quote(token, safe="")
+    in_path = quote(token)  # "/" kept
     forms = {
         token,
         encoded,
         _PERCENT_ESCAPE.sub(lambda escape: escape.group().lower(), encoded),
+        in_path,
+        _PERCENT_ESCAPE.sub(lambda escape: escape.group().lower(), in_path),
         quote_plus(token),
+        html.escape(token),
+        html.escape(token).replace("&#x27;", "&#039;"),
         repr(token)[1:-1],
         json.dumps(token)[1:-1],
         json.dumps(token)[1:-1].replace("/", "\\/"),

@@ -13,10 +13,12 @@ non-deferrable operator and the sensor's poke) directly.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -410,6 +412,29 @@ def test_escaped_and_cut_short_tokens_are_masked(token: str, text: str) -> None:
     assert token[:PIECE].lower() not in cleaned.lower() and "xyz" not in cleaned.lower()
     error = scrub(LoyaltyError(text), token)
     assert token[:PIECE].lower() not in str(error).lower() and "***" in str(error)
+
+
+_MARKUP = "Ab1\"Cd2'Ef3<Gh4>&Ij5Kl6Mn7"
+
+
+@pytest.mark.parametrize(
+    ("token", "text", "shown"),
+    [
+        (_MARKUP, f"Bad request for token {html.escape(_MARKUP)}", html.escape(_MARKUP)),  # Python's html.escape
+        (_MARKUP, f"token {html.escape(_MARKUP).replace('&#x27;', '&#039;')}", "Ef3&lt;Gh4"),  # PHP's ENT_QUOTES
+        (_SLASHED, f"redirect to https://login.example.com/cb/{quote(_SLASHED)}", "9kLm/QrSt%3D%3D"),  # path: "/" kept
+        (_SLASHED, f"redirect to /cb/{quote(_SLASHED).lower()}", "9klm/qrst%3d%3d"),
+    ],
+    ids=["html-escape", "php-htmlspecialchars", "percent-path", "percent-path-lower"],
+)
+def test_a_token_escaped_for_html_or_a_path_is_masked(token: str, text: str, shown: str) -> None:
+    """A server echoing the token HTML-escaped in its error text showed it whole (escaped, so
+    readable); one echoing it in a path (``quote`` keeps ``/``) showed everything after its first ``/``."""
+    from airflow_provider_loyalty.utils.redaction import redact, scrub
+
+    assert shown in text
+    for cleaned in (redact(text, token), str(scrub(LoyaltyError(text), token))):
+        assert shown not in cleaned and "***" in cleaned
 
 
 def test_words_that_begin_like_the_token_in_another_case_are_left_alone() -> None:
