@@ -69,13 +69,23 @@ class LoyaltyTransientError(LoyaltyApiError):
     """A failure worth retrying: HTTP 429, 5xx, a timeout, a reset or a truncated body.
 
     :param retry_after: seconds the server asked to wait (``Retry-After``), if it said.
+    :param unprocessed: the server cannot have acted on the request: the connection was refused,
+        the host does not resolve, or the server answered 429 or 503 (else it may have, as after a
+        timeout, a reset, a cut reply or another 5xx).
     """
 
     def __init__(
-        self, code: int | None, text: str, http_status: int | None = None, retry_after: float | None = None
+        self,
+        code: int | None,
+        text: str,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        *,
+        unprocessed: bool = False,
     ) -> None:
         super().__init__(code, text, http_status)
         self.retry_after = retry_after
+        self.unprocessed = unprocessed
 
 
 class LoyaltyResponseError(LoyaltyError):

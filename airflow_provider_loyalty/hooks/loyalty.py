@@ -45,7 +45,7 @@ from airflow_provider_loyalty.utils.protocol import (
     encode_request,
 )
 from airflow_provider_loyalty.utils.redaction import redact_values, token_redacted
-from airflow_provider_loyalty.utils.retry import call_with_retries, retry_policy
+from airflow_provider_loyalty.utils.retry import call_with_retries, creation_policy, retry_policy
 from airflow_provider_loyalty.utils.sync_transport import ApiPoster, build_session
 from airflow_provider_loyalty.utils.transport import ReplyBuffer, transport_error
 
@@ -204,11 +204,17 @@ class LoyaltyHook(BaseHook):
         """The API token (reading the connection if not done yet), for :func:`token_redacted`."""
         return self.settings.token
 
-    def _post(self, path: str, payload: dict[str, Any], schema: Schema = ENVELOPE_SCHEMA) -> dict[str, Any]:
-        """POST a body to an API path, with retries; return the checked envelope."""
+    def _post(
+        self, path: str, payload: dict[str, Any], schema: Schema = ENVELOPE_SCHEMA, *, creates: bool = False
+    ) -> dict[str, Any]:
+        """POST a body to an API path, with retries; return the checked envelope.
+
+        :param creates: the request creates something (see :func:`~.utils.retry.creation_policy`).
+        """
         with token_redacted(self._token()):
             body, headers = encode_request(payload, self.settings.content_type)
-            return call_with_retries(self._retry_policy, lambda: self._post_once(path, body, headers, schema))
+            policy = creation_policy(self._retry_policy) if creates else self._retry_policy
+            return call_with_retries(policy, lambda: self._post_once(path, body, headers, schema))
 
     def _post_once(
         self,
@@ -275,7 +281,7 @@ class LoyaltyHook(BaseHook):
             "date_to": end,
             "from_id": validation.check_cursor(from_id),
         }
-        data = data_object(self._post(EXPORT_PATH, payload), "transactions_export")
+        data = data_object(self._post(EXPORT_PATH, payload, creates=True), "transactions_export")
         try:
             task_id = validation.check_task_id(data.get("task_id"), "data.task_id")
         except LoyaltyError as error:

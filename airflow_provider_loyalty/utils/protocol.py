@@ -115,10 +115,14 @@ def check_reply(
         fallback = f"HTTP {http_status}"
     text = quoted(str((envelope or {}).get("error_text") or fallback), token)
 
-    if http_status in (408, 429):  # 408: a proxy or load balancer timed the request out
-        raise LoyaltyTransientError(code, text, http_status, parse_retry_after(headers.get("Retry-After")))
-    if http_status >= 500:
-        raise LoyaltyTransientError(code, text, http_status, parse_retry_after(headers.get("Retry-After")))
+    if http_status in (408, 429) or http_status >= 500:  # 408: a proxy or load balancer timed the request out
+        raise LoyaltyTransientError(
+            code,
+            text,
+            http_status,
+            parse_retry_after(headers.get("Retry-After")),
+            unprocessed=http_status in (429, 503),  # "not now": the server did not act on it
+        )
     if http_status in (401, 403):
         raise LoyaltyAuthError(code, auth_text(text, conn_id), http_status)
     if http_status == 404:

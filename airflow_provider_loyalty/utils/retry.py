@@ -56,6 +56,29 @@ def retry_policy(settings: LoyaltyConnectionSettings, log: logging.Logger | Any)
     }
 
 
+def creation_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """``policy`` for a request that creates something on the server (an export task): a failure
+    after which the server may have acted on it (a timeout, a reset, a cut reply, a 5xx other than
+    503) is retried once in the call, not ``max_retries`` times, since each retry may create one
+    more; a failure it cannot have acted on (a refused connection, 429, 503) keeps every retry.
+
+    :param policy: the policy (:func:`retry_policy`).
+    """
+    ambiguous = 0
+
+    def retry(state: RetryCallState) -> bool:
+        nonlocal ambiguous
+        error = state.outcome.exception() if state.outcome else None
+        if not isinstance(error, LoyaltyTransientError):
+            return False
+        if error.unprocessed:
+            return True
+        ambiguous += 1
+        return ambiguous <= 1
+
+    return {**policy, "retry": retry}
+
+
 def call_with_retries(policy: dict[str, Any], call: Callable[[], T]) -> T:
     """``call()`` under a retry policy (:func:`retry_policy`).
 

@@ -178,7 +178,10 @@ def transport_error(settings: LoyaltyConnectionSettings, path: str, error: BaseE
             f"{path}: the request could not be sent ({type(error).__name__}); check the connection's "
             "Base URL and API token for characters an HTTP request cannot carry"
         )
-    return LoyaltyTransientError(None, f"{path}: {_connection_failure(settings, chain)}", None)
+    never_reached = any(isinstance(item, ConnectionRefusedError | socket.gaierror) for item in chain)
+    return LoyaltyTransientError(
+        None, f"{path}: {_connection_failure(settings, chain)}", None, unprocessed=never_reached
+    )
 
 
 def _connection_failure(settings: LoyaltyConnectionSettings, chain: list[BaseException]) -> str:

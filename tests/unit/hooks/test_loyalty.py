@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -292,9 +293,73 @@ def test_wrong_token_is_an_auth_error_never_retried(
 
 @pytest.mark.parametrize("kind", ["http_500", "http_503", "reset"])
 def test_transient_faults_are_retried(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, kind: str):
-    loyalty_emulator.set_faults([FaultRule(endpoint="export", kind=kind, count=2)])
-    assert hook.create_transactions_export(**EXPORT).startswith("task_")
-    assert requests_seen(loyalty_emulator, "export") == 3
+    task_id = hook.create_transactions_export(**EXPORT)
+    loyalty_emulator.set_faults([FaultRule(endpoint="status", kind=kind, count=2)])
+    assert hook.get_task_status(task_id)["status"]
+    assert requests_seen(loyalty_emulator, "status") == 3
+
+
+@pytest.mark.parametrize(
+    ("kind", "count", "created", "requests"),
+    [
+        ("http_503", 2, True, 3),  # "not now": the server did not act on it, every retry is safe
+        ("rate_limit", 3, True, 4),
+        ("http_500", 1, True, 2),  # it may have created a task: one retry
+        ("reset", 1, True, 2),
+        ("http_500", 2, False, 2),  # no second retry: each one may create one more task
+        ("reset", 3, False, 2),
+    ],
+)
+def test_a_creation_the_server_may_have_acted_on_is_retried_once(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, kind: str, count: int, created: bool, requests: int
+):
+    """One create_transactions_export call made up to max_retries + 1 export tasks on a server that
+    created each one and then failed to answer (probe: 6 with the default 5 retries)."""
+    params = {"retry_after": 0} if kind == "rate_limit" else {}
+    loyalty_emulator.set_faults([FaultRule(endpoint="export", kind=kind, count=count, params=params)])
+    if created:
+        assert hook.create_transactions_export(**EXPORT).startswith("task_")
+    else:
+        with pytest.raises(LoyaltyTransientError):
+            hook.create_transactions_export(**EXPORT)
+    assert requests_seen(loyalty_emulator, "export") == requests
+
+
+def test_a_creation_that_times_out_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server creates the task, then answers after the client's timeout: every retry made one more."""
+    created: list[str] = []
+
+    def respond(handler, server) -> None:
+        created.append(f"task_{len(created)}")
+        time.sleep(0.6)  # past the connection's timeout
+        with contextlib.suppress(OSError):
+            _json_reply(handler, 200, {"error": 0, "data": {"task_id": created[-1]}})
+
+    with loopback_server(respond) as server:
+        _point_at_server(monkeypatch, server.url, max_retries=5, retry_backoff=0.01, timeout=0.3)
+        with pytest.raises(LoyaltyTransientError, match="timed out"):
+            LoyaltyHook().create_transactions_export(**EXPORT)
+        assert len(created) == 2
+
+
+def test_a_creation_the_server_never_received_keeps_every_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused connection (the API restarting) cannot have created anything: max_retries hold."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    _point_at_server(monkeypatch, f"http://127.0.0.1:{port}", max_retries=3, retry_backoff=0.01)
+    tries: list[float] = []
+    hook = LoyaltyHook()
+    real = hook._post_once
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        tries.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hook, "_post_once", counted)
+    with pytest.raises(LoyaltyTransientError, match="connection refused"):
+        hook.create_transactions_export(**EXPORT)
+    assert len(tries) == 4
 
 
 def test_rate_limit_honours_retry_after(hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator):
