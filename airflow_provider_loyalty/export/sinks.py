@@ -200,6 +200,24 @@ class DelegatingSink(PartSink):
         self.inner.move(source, target)
 
 
+def _open_lock_file(path: str) -> int:
+    """A descriptor of the lock file ``path``, made readable by all when new. Opened read-only (all
+    ``flock`` needs) and without ``O_CREAT`` once it exists: a worker running exports as another OS
+    user (``run_as_user``) could not open the first user's file for writing, and in a sticky
+    temporary directory Linux refuses ``O_CREAT`` on another user's file (``protected_regular``)."""
+    while True:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue  # made by another process meanwhile: open that one
+        os.fchmod(descriptor, 0o644)  # whatever the umask: every user's exports share this lock
+        return descriptor
+
+
 class ObjectStorageSink(PartSink):
     """Parts in a local directory or any ``ObjectStoragePath`` URL (``file://``, ``s3://``, ...).
 
@@ -315,13 +333,15 @@ class ObjectStorageSink(PartSink):
         """An exclusive lock on a local document, for compare-and-replace across processes. The lock
         file lives in the temporary directory, so nothing but data and documents is at the location."""
         digest = hashlib.sha256(self._local(name).encode()).hexdigest()[:32]
-        lock_path = os.path.join(tempfile.gettempdir(), f"loyalty-lock-{digest}")
-        with open(lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        descriptor = _open_lock_file(os.path.join(tempfile.gettempdir(), f"loyalty-lock-{digest}"))
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+        finally:
+            os.close(descriptor)
 
     def create_exclusive(self, name: str, payload: bytes) -> str | None:
         with self._storage(f"create {name}"):

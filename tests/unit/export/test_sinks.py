@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,35 @@ def test_a_document_changed_after_it_was_read_is_not_replaced_on_s3(
     _writer_between_check_and_write(sink, monkeypatch, lambda: s3_client.put_object(**other))
     assert sink.replace_if("_lease.json", b'{"task": "this run", "renewed": 2}', tag) is None
     assert s3_client.get_object(Bucket=s3_bucket, Key="exports/_lease.json")["Body"].read() == other["Body"]
+
+
+def test_a_location_is_locked_by_exports_of_any_os_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock file of a local document's compare-and-replace was opened for appending: a worker
+    running exports as another OS user (``run_as_user``) failed with PermissionError on the first
+    user's file, and Linux refuses O_CREAT on another user's file in the sticky temporary directory
+    (``fs.protected_regular``). Now it is made readable by all, whatever the umask, and opened
+    read-only without O_CREAT once it exists (root, running the tests, is refused neither: the
+    flags are what is checked)."""
+    monkeypatch.setattr(sinks.tempfile, "tempdir", str(tmp_path))
+    opened: list[int] = []
+    real_open = os.open
+
+    def spy(path: str, flags: int, *args: Any) -> int:
+        if os.path.basename(path).startswith("loyalty-lock-"):
+            opened.append(flags)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(sinks.os, "open", spy)
+    sink = ObjectStorageSink(str(tmp_path / "exports"))
+    previous = os.umask(0o077)
+    try:
+        with sink._locked("_lease.json"):  # the first export there makes the lock file
+            pass
+    finally:
+        os.umask(previous)
+    (lock_file,) = tmp_path.glob("loyalty-lock-*")
+    assert lock_file.stat().st_mode & 0o777 == 0o644
+    opened.clear()
+    with sink._locked("_lease.json"):  # any later one, of any user, opens it read-only
+        pass
+    assert opened == [os.O_RDONLY]
