@@ -12,11 +12,28 @@ data the chosen ``output_format`` cannot hold.
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 
 class LoyaltyError(AirflowException):
     """Base class of every error raised by the loyalty provider."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and ``copy``) as what it is: its message and attributes, without calling a
+        constructor whose parameters are not its ``args`` (an API error unpickled as
+        ``LoyaltyApiError(message)`` failed with a ``TypeError`` instead, e.g. raised by a hook in a
+        process pool)."""
+        return _rebuilt, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuilt(cls: type[LoyaltyError], args: tuple[Any, ...], state: dict[str, Any]) -> LoyaltyError:
+    """A :class:`LoyaltyError` of ``cls`` with these ``args`` and attributes (see ``__reduce__``)."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class LoyaltyFinalError(LoyaltyError, AirflowFailException):

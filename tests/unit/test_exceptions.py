@@ -218,3 +218,40 @@ def test_a_final_error_ends_a_task_with_retries_after_one_try(
         made = requests_seen(emulator, "export")
     assert outcome.tasks == {"create_export": "failed"}, outcome.output[-4000:]
     assert made == tries, f"{made} requests for {tries} expected tries:\n{outcome.output[-4000:]}"
+
+
+def _every_error() -> list[BaseException]:
+    from airflow_provider_loyalty import exceptions as errors
+
+    made: list[BaseException] = [
+        errors.LoyaltyValidationError("limit", "expected 1..100, got 0"),
+        errors.LoyaltyApiError(1000, "Internal error", 500),
+        errors.LoyaltyAuthError(None, "token refused", 401),
+        errors.LoyaltyRedirectError(None, "redirect to https://x", 302),
+        errors.LoyaltyNotFoundError(1007, "not found", 404),
+        errors.LoyaltyTlsError(None, "certificate verify failed"),
+        errors.LoyaltyTransientError(1006, "Rate limit exceeded", 429, 2.5, unprocessed=True),
+        errors.LoyaltyExportTaskFailed("task_1", "failed", "disk full"),
+        errors.LoyaltyLocationBusyError("s3://b/p/", "task t (try 1)", "busy"),
+    ]
+    plain = [name for name, value in vars(errors).items() if isinstance(value, type) and name.startswith("Loyalty")]
+    made += [
+        getattr(errors, name)("a message")
+        for name in plain
+        if "__init__" not in vars(getattr(errors, name))
+        and not issubclass(getattr(errors, name), errors.LoyaltyApiError)
+    ]
+    return made
+
+
+@pytest.mark.parametrize("error", _every_error(), ids=lambda error: type(error).__name__)
+def test_every_error_survives_pickle_and_copy(error: BaseException) -> None:
+    """A hook's error crossing a process (a process pool, a result backend) was unpickled by calling
+    the class with its message alone: ``TypeError: missing 'text'`` replaced the API's error."""
+    import copy
+    import pickle
+
+    for again in (pickle.loads(pickle.dumps(error)), copy.deepcopy(error), copy.copy(error)):  # noqa: S301 - our own bytes
+        assert type(again) is type(error)
+        assert str(again) == str(error)
+        assert vars(again) == vars(error)
