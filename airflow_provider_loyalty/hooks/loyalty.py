@@ -213,7 +213,7 @@ class LoyaltyHook(BaseHook):
         """
         with token_redacted(self._token()):
             body, headers = encode_request(payload, self.settings.content_type)
-            policy = creation_policy(self._retry_policy) if creates else self._retry_policy
+            policy = creation_policy(self._retry_policy, self.log) if creates else self._retry_policy
             return call_with_retries(policy, lambda: self._post_once(path, body, headers, schema))
 
     def _post_once(

@@ -56,27 +56,29 @@ def retry_policy(settings: LoyaltyConnectionSettings, log: logging.Logger | Any)
     }
 
 
-def creation_policy(policy: dict[str, Any]) -> dict[str, Any]:
-    """``policy`` for a request that creates something on the server (an export task): a failure
-    after which the server may have acted on it (a timeout, a reset, a cut reply, a 5xx other than
-    503) is retried once in the call, not ``max_retries`` times, since each retry may create one
-    more; a failure it cannot have acted on (a refused connection, 429, 503) keeps every retry.
+def creation_policy(policy: dict[str, Any], log: logging.Logger | Any) -> dict[str, Any]:
+    """``policy`` for a request that creates something on the server (an export task).
+
+    It keeps every retry: a failure after which the server may have acted on the request (a
+    timeout, a reset, a cut reply, a 5xx other than 503) may leave one unused task per retry, but
+    giving up instead only hands the same retry to the task's ``retries`` (which create again) and
+    fails exports a network blip would not. Each such retry is logged as one that may duplicate.
 
     :param policy: the policy (:func:`retry_policy`).
+    :param log: where the warning goes.
     """
-    ambiguous = 0
+    before_sleep = policy["before_sleep"]
 
-    def retry(state: RetryCallState) -> bool:
-        nonlocal ambiguous
+    def warn_then_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        if not isinstance(error, LoyaltyTransientError):
-            return False
-        if error.unprocessed:
-            return True
-        ambiguous += 1
-        return ambiguous <= 1
+        if isinstance(error, LoyaltyTransientError) and not error.unprocessed:
+            log.warning(
+                "The server may have created an export task before this failure; if so, that task "
+                "is never used and expires (the API offers no way to find it)"
+            )
+        before_sleep(state)
 
-    return {**policy, "retry": retry}
+    return {**policy, "before_sleep": warn_then_sleep}
 
 
 def call_with_retries(policy: dict[str, Any], call: Callable[[], T]) -> T:

@@ -105,7 +105,7 @@ def chaos_scenario(emulator: LoyaltyEmulator, monkeypatch, s3_client, bucket: st
         second = run_export(emulator, s3_client, bucket, "chaos/random", chaos_rules(), random_seed)
     except BaseException as err:
         raise AssertionError(
-            f"chaos run with random seed {random_seed} (n={n}) failed; reproduce with this seed: "
+            f"chaos run with random seed {random_seed} (n={n}) failed; replay it with LOYALTY_TEST_SEED={random_seed}: "
             f"{type(err).__name__}: {err}"
         ) from err
     print(second.line("chaos, random seed"))

@@ -300,33 +300,37 @@ def test_transient_faults_are_retried(hook: LoyaltyHook, loyalty_emulator: Loyal
 
 
 @pytest.mark.parametrize(
-    ("kind", "count", "created", "requests"),
+    ("kind", "count", "may_duplicate"),
     [
-        ("http_503", 2, True, 3),  # "not now": the server did not act on it, every retry is safe
-        ("rate_limit", 3, True, 4),
-        ("http_500", 1, True, 2),  # it may have created a task: one retry
-        ("reset", 1, True, 2),
-        ("http_500", 2, False, 2),  # no second retry: each one may create one more task
-        ("reset", 3, False, 2),
+        ("http_503", 2, False),  # "not now": the server did not act on it
+        ("rate_limit", 3, False),
+        ("http_500", 3, True),  # it may have created a task before failing
+        ("reset", 3, True),
+        ("truncate", 3, True),
     ],
 )
-def test_a_creation_the_server_may_have_acted_on_is_retried_once(
-    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, kind: str, count: int, created: bool, requests: int
+def test_a_creation_keeps_every_retry_and_says_when_it_may_duplicate(
+    hook: LoyaltyHook,
+    loyalty_emulator: LoyaltyEmulator,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    count: int,
+    may_duplicate: bool,
 ):
-    """One create_transactions_export call made up to max_retries + 1 export tasks on a server that
-    created each one and then failed to answer (probe: 6 with the default 5 retries)."""
-    params = {"retry_after": 0} if kind == "rate_limit" else {}
+    """Retrying a creation the server may have acted on once only failed exports under ~10 %
+    ambiguous faults (CI's chaos run: two cut replies in a row on one create); the task's own
+    retry then created again anyway. Every retry is kept; the ones that may duplicate say so."""
+    params = {"retry_after": 0} if kind == "rate_limit" else {"fraction": 0.5} if kind == "truncate" else {}
     loyalty_emulator.set_faults([FaultRule(endpoint="export", kind=kind, count=count, params=params)])
-    if created:
-        assert hook.create_transactions_export(**EXPORT).startswith("task_")
-    else:
-        with pytest.raises(LoyaltyTransientError):
-            hook.create_transactions_export(**EXPORT)
-    assert requests_seen(loyalty_emulator, "export") == requests
+    assert hook.create_transactions_export(**EXPORT).startswith("task_")
+    assert requests_seen(loyalty_emulator, "export") == count + 1
+    logged = capsys.readouterr()  # the task SDK's structlog writes the hook's log lines to stdout
+    warnings = (logged.out + logged.err).count("may have created an export task")
+    assert warnings == (count if may_duplicate else 0)
 
 
-def test_a_creation_that_times_out_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The server creates the task, then answers after the client's timeout: every retry made one more."""
+def test_a_creation_that_times_out_keeps_every_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server creates the task, then answers after the client's timeout: max_retries bound it."""
     created: list[str] = []
 
     def respond(handler, server) -> None:
@@ -336,10 +340,10 @@ def test_a_creation_that_times_out_is_retried_once(monkeypatch: pytest.MonkeyPat
             _json_reply(handler, 200, {"error": 0, "data": {"task_id": created[-1]}})
 
     with loopback_server(respond) as server:
-        _point_at_server(monkeypatch, server.url, max_retries=5, retry_backoff=0.01, timeout=0.3)
+        _point_at_server(monkeypatch, server.url, max_retries=2, retry_backoff=0.01, timeout=0.3)
         with pytest.raises(LoyaltyTransientError, match="timed out"):
             LoyaltyHook().create_transactions_export(**EXPORT)
-        assert len(created) == 2
+        assert len(created) == 3
 
 
 def test_a_creation_the_server_never_received_keeps_every_retry(monkeypatch: pytest.MonkeyPatch) -> None:
