@@ -58,15 +58,20 @@ class LoyaltyApiError(LoyaltyError):
     :param code: the envelope's ``error`` code (``None`` when the body had no envelope).
     :param text: the envelope's ``error_text`` (or a description of the HTTP failure).
     :param http_status: the HTTP status code of the reply.
+    :param endpoint: the API path that answered, named in the message.
     """
 
-    def __init__(self, code: int | None, text: str, http_status: int | None = None) -> None:
+    def __init__(
+        self, code: int | None, text: str, http_status: int | None = None, *, endpoint: str | None = None
+    ) -> None:
         self.code = code
         self.text = text
         self.http_status = http_status
+        self.endpoint = endpoint
         parts = [f"error {code}" if code is not None else "", f"HTTP {http_status}" if http_status else ""]
         where = ", ".join(part for part in parts if part)
-        super().__init__(f"Loyalty API ({where}): {text}" if where else f"Loyalty API: {text}")
+        said = f"{endpoint}: {text}" if endpoint else text
+        super().__init__(f"Loyalty API ({where}): {said}" if where else f"Loyalty API: {said}")
 
 
 class LoyaltyAuthError(LoyaltyApiError, LoyaltyFinalError):
@@ -99,8 +104,9 @@ class LoyaltyTransientError(LoyaltyApiError):
         retry_after: float | None = None,
         *,
         unprocessed: bool = False,
+        endpoint: str | None = None,
     ) -> None:
-        super().__init__(code, text, http_status)
+        super().__init__(code, text, http_status, endpoint=endpoint)
         self.retry_after = retry_after
         self.unprocessed = unprocessed
 

@@ -247,6 +247,7 @@ class LoyaltyHook(BaseHook):
             schema=schema,
             conn_id=self._conn_id_in_errors,
             base_url=settings.base_url,
+            path=path,
         )
 
     # ------------------------------------------------------------------ export API
@@ -412,6 +413,7 @@ class LoyaltyHook(BaseHook):
             conn_id=self._conn_id_in_errors,
             base_url=self.settings.base_url,
             refusal_in_words=False,
+            path=DOWNLOAD_PREFIX,
         )
         raise LoyaltyResponseError(
             f"download: expected a zip file, got HTTP {response.status_code} "

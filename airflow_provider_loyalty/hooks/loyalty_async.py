@@ -379,6 +379,7 @@ class LoyaltyAsyncHook(BaseHook):
             schema=schema,
             conn_id=self.loyalty_conn_id,
             base_url=settings.base_url,
+            path=path,
         )
         return await asyncio.to_thread(check) if self._reply_is_large else check()
 

@@ -87,6 +87,7 @@ def check_reply(
     conn_id: str | None = None,
     base_url: str | None = None,
     refusal_in_words: bool = True,
+    path: str | None = None,
 ) -> dict[str, Any]:
     """Turn one reply into its decoded envelope, or raise the typed error it stands for.
 
@@ -100,6 +101,7 @@ def check_reply(
     :param refusal_in_words: an error envelope whose text says the token was refused is an auth
         error. Not for a download: the status call that named the file just accepted the token,
         so "download token expired" is about the file's link.
+    :param path: the API path that answered, named in the error.
     """
     try:
         envelope = _decoded(http_status, headers.get("Content-Type"), body, schema)
@@ -122,19 +124,22 @@ def check_reply(
             http_status,
             parse_retry_after(headers.get("Retry-After")),
             unprocessed=http_status in (429, 503),  # "not now": the server did not act on it
+            endpoint=path,
         )
     if http_status in (401, 403):
-        raise LoyaltyAuthError(code, auth_text(text, conn_id), http_status)
+        raise LoyaltyAuthError(code, auth_text(text, conn_id), http_status, endpoint=path)
     if http_status == 404:
-        raise LoyaltyNotFoundError(code, text, http_status)
+        raise LoyaltyNotFoundError(code, text, http_status, endpoint=path)
     if 300 <= http_status < 400:
-        raise LoyaltyRedirectError(code, redirect_text(http_status, headers.get("Location"), base_url), http_status)
+        raise LoyaltyRedirectError(
+            code, redirect_text(http_status, headers.get("Location"), base_url), http_status, endpoint=path
+        )
     if http_status >= 400 or (code is not None and code != 0):
         if refusal_in_words and code is not None and _REFUSED_CREDENTIALS.search(text):  # in an HTTP 200
-            raise LoyaltyAuthError(code, auth_text(text, conn_id), http_status)
+            raise LoyaltyAuthError(code, auth_text(text, conn_id), http_status, endpoint=path)
         if http_status < 400 and code is not None and _NOT_FOUND.search(text):  # as its 404 would say
-            raise LoyaltyNotFoundError(code, text, http_status)
-        raise LoyaltyApiError(code, text, http_status)
+            raise LoyaltyNotFoundError(code, text, http_status, endpoint=path)
+        raise LoyaltyApiError(code, text, http_status, endpoint=path)
     if envelope is None:
         raise LoyaltyResponseError(f"empty reply body (HTTP {http_status}); expected an error/error_text envelope")
     if code is None:

@@ -161,17 +161,17 @@ def transport_error(settings: LoyaltyConnectionSettings, path: str, error: BaseE
     chain = _chain(error)
     names = {type(item).__name__ for item in chain}
     if any(isinstance(item, TimeoutError) for item in chain) or names & _TIMEOUTS:
-        return LoyaltyTransientError(None, f"{path}: timed out ({settings.netloc})", None)
+        return LoyaltyTransientError(None, f"timed out ({settings.netloc})", endpoint=path)
     if names & _NO_REPLY:
         name = sorted(names & _NO_REPLY)[0]
         return LoyaltyTransientError(
             None,
-            f"{path}: {settings.netloc} accepted the connection but closed it or sent no HTTP reply that could "
-            f"be read ({name})",
-            None,
+            f"{settings.netloc} accepted the connection but closed it or sent no HTTP reply that could be read "
+            f"({name})",
+            endpoint=path,
         )
     if names & _CUT_SHORT:
-        return LoyaltyTransientError(None, f"{path}: reply body cut short ({type(error).__name__})", None)
+        return LoyaltyTransientError(None, f"reply body cut short ({type(error).__name__})", endpoint=path)
     if isinstance(error, ValueError | TypeError):
         # Raised before anything was sent: a header or URL the HTTP library refuses. No retry helps.
         return LoyaltyError(
@@ -179,9 +179,7 @@ def transport_error(settings: LoyaltyConnectionSettings, path: str, error: BaseE
             "Base URL and API token for characters an HTTP request cannot carry"
         )
     never_reached = any(isinstance(item, ConnectionRefusedError | socket.gaierror) for item in chain)
-    return LoyaltyTransientError(
-        None, f"{path}: {_connection_failure(settings, chain)}", None, unprocessed=never_reached
-    )
+    return LoyaltyTransientError(None, _connection_failure(settings, chain), unprocessed=never_reached, endpoint=path)
 
 
 def _connection_failure(settings: LoyaltyConnectionSettings, chain: list[BaseException]) -> str:

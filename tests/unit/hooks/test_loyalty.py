@@ -30,6 +30,7 @@ from airflow_provider_loyalty.exceptions import (
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
+from airflow_provider_loyalty.utils.protocol import DOWNLOAD_PREFIX, EXPORT_PATH, STATUS_PATH
 from tests.reliability.support import fake_api, loopback_server, send
 from tests.support.helpers import point_connection_at, requests_seen, wait_for
 
@@ -327,6 +328,33 @@ def test_a_creation_keeps_every_retry_and_says_when_it_may_duplicate(
     logged = capsys.readouterr()  # the task SDK's structlog writes the hook's log lines to stdout
     warnings = (logged.out + logged.err).count("may have created an export task")
     assert warnings == (count if may_duplicate else 0)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kind", "error"),
+    [
+        ("export", "api_error", LoyaltyApiError),
+        ("status", "http_500", LoyaltyTransientError),
+        ("download", "http_500", LoyaltyTransientError),
+    ],
+)
+def test_an_api_error_names_the_endpoint_that_answered(
+    hook: LoyaltyHook, loyalty_emulator: LoyaltyEmulator, endpoint: str, kind: str, error: type[LoyaltyApiError]
+):
+    """Transport errors named the path; an error the API answered with did not (probe)."""
+    task_id = hook.create_transactions_export(**EXPORT)
+    hashed_file = _wait_completed(hook, task_id)["result"]["hashed_file"]
+    params = {"code": 1001, "text": "quota exceeded"}
+    loyalty_emulator.set_faults([FaultRule(endpoint=endpoint, kind=kind, params=params)])
+    path = {"export": EXPORT_PATH, "status": STATUS_PATH, "download": DOWNLOAD_PREFIX}[endpoint]
+    calls = {
+        "export": lambda: hook.create_transactions_export(**EXPORT),
+        "status": lambda: hook.get_task_status(task_id),
+        "download": lambda: hook.download_export(hashed_file, io.BytesIO()),
+    }
+    with pytest.raises(error) as caught:
+        calls[endpoint]()
+    assert caught.value.endpoint == path and f"): {path}: " in str(caught.value)
 
 
 def test_a_creation_that_times_out_keeps_every_retry(monkeypatch: pytest.MonkeyPatch) -> None:

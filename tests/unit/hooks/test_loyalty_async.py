@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_loyalty.exceptions import (
+    LoyaltyApiError,
     LoyaltyAuthError,
     LoyaltyExportTaskFailed,
     LoyaltyNotFoundError,
@@ -32,6 +33,7 @@ from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.hooks.loyalty_async import STARTUP_CONCURRENCY, LoyaltyAsyncHook, startup_gate
 from airflow_provider_loyalty.testing import EmulatorConfig, FaultRule, LoyaltyEmulator
 from airflow_provider_loyalty.utils.export_status import ExportTaskState
+from airflow_provider_loyalty.utils.protocol import STATUS_PATH
 from tests.reliability.support import envelope, loopback_server, send
 from tests.support.helpers import point_connection_at, requests_seen
 
@@ -101,6 +103,18 @@ async def test_an_unknown_task_is_not_found(connected: LoyaltyEmulator) -> None:
         with pytest.raises(LoyaltyNotFoundError) as caught:
             await hook.get_task_status("task_does-not-exist")
     assert (caught.value.code, caught.value.http_status) == (1003, 404)
+
+
+@pytest.mark.parametrize(("kind", "error"), [("api_error", LoyaltyApiError), ("http_500", LoyaltyTransientError)])
+async def test_an_api_error_names_the_endpoint_that_answered(
+    connected: LoyaltyEmulator, kind: str, error: type[LoyaltyApiError]
+) -> None:
+    """Transport errors named the path; an error the API answered with did not (probe)."""
+    connected.set_faults([FaultRule(endpoint="status", kind=kind, params={"code": 1001, "text": "quota exceeded"})])
+    async with LoyaltyAsyncHook(max_retries=0) as hook:
+        with pytest.raises(error) as caught:
+            await hook.get_task_status("task_x")
+    assert caught.value.endpoint == STATUS_PATH and f"): {STATUS_PATH}: " in str(caught.value)
 
 
 async def test_using_a_hook_that_is_not_open_says_so(connected: LoyaltyEmulator) -> None:

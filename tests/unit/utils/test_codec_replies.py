@@ -20,7 +20,7 @@ import requests
 from airflow_provider_loyalty.exceptions import LoyaltyResponseError, LoyaltyTransientError
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.utils.codec import ACCOUNT_SCHEMA, ENVELOPE_SCHEMA, STATUS_SCHEMA, decode_body
-from airflow_provider_loyalty.utils.protocol import check_reply
+from airflow_provider_loyalty.utils.protocol import STATUS_PATH, check_reply
 from tests.reliability.support import fake_api, loopback_server, send
 
 TOKEN = "s3cr3t-Token-0123456789abcdef"
@@ -130,7 +130,10 @@ def test_an_http_error_page_says_what_it_is_and_what_to_check(
         ok, text = LoyaltyHook().test_connection()
     message = str(raised.value)
     assert type(raised.value).__name__ == error  # the type the status means, as before
-    assert f"(HTTP {status}): an HTML page, not the API's reply; it reads: 'Guest Wi-Fi \u2013 Sign in'" in message
+    assert (
+        f"(HTTP {status}): {STATUS_PATH}: an HTML page, not the API's reply; it reads: 'Guest Wi-Fi \u2013 Sign in'"
+        in (message)
+    )
     assert ("the path of its Base URL" in message) is hint and ("the path of its Base URL" in text) is hint
     assert ok is False and "an HTML page" in text and TOKEN not in message + text
 
