@@ -43,6 +43,7 @@ from airflow_provider_loyalty.utils.export_status import (
     ExportTaskStatus,
 )
 from airflow_provider_loyalty.utils.redaction import scrub
+from airflow_provider_loyalty.utils.storable import storable
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import BaseOperator
@@ -166,7 +167,9 @@ class LoyaltyExportTaskTrigger(BaseTrigger):
         return pause if remaining is None else max(0.0, min(pause, remaining))
 
     def _event(self, status: str, **fields: Any) -> dict[str, Any]:
-        return {"status": status, "export_task_id": self.export_task_id, **fields}
+        """The event's payload; the server's text in it made storable (a lone surrogate in a
+        message stopped the whole triggerer: its msgpack refused the event)."""
+        return {"status": status, "export_task_id": self.export_task_id, **storable(fields)}
 
     def _timeout_event(self, last_status: str | None) -> dict[str, Any]:
         return self._event(

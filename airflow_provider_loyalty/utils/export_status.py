@@ -19,6 +19,7 @@ from typing import Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
 from airflow_provider_loyalty.utils.redaction import carries_token, quoted, redact_values
+from airflow_provider_loyalty.utils.storable import storable
 from airflow_provider_loyalty.utils.validation import MAX_CURSOR_LENGTH, is_cursor
 
 #: Status words of a finished task: the documented ``completed``, and the synonyms task APIs use
@@ -138,16 +139,17 @@ class ExportResult:
         documents: those a download needs (``hashed_file``, ``next_from_id``, ``total``, bounded
         when checked), and the informational ones of at most :data:`MAX_FIELD_BYTES` each (fields
         the seed does not document, and oversized informational ones, are not worth a database row).
+        Text the database cannot store is escaped (:func:`~.storable.storable`).
         """
         if _json_size_at_most(self.raw, MAX_RESULT_BYTES):
-            return self.raw, []
+            return storable(self.raw), []
         kept = {
             name: value
             for name, value in self.raw.items()
             if name in _NEEDED_RESULT_FIELDS
             or (name in DOCUMENTED_RESULT_FIELDS and _json_size_at_most(value, MAX_FIELD_BYTES))
         }
-        return kept, sorted(name for name in self.raw if name not in kept)
+        return storable(kept), sorted(name for name in self.raw if name not in kept)
 
 
 def _json_size_at_most(value: Any, limit: int) -> bool:

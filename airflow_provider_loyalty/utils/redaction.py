@@ -24,6 +24,7 @@ from urllib.parse import quote, quote_plus
 from xml.sax.saxutils import escape as xml_escape
 
 from airflow_provider_loyalty.exceptions import LoyaltyError
+from airflow_provider_loyalty.utils.storable import storable_text
 
 MASK = "***"
 #: A run this long of the start of the token (or of one of its forms) is masked too.
@@ -149,8 +150,9 @@ def redact_values(value: Any, token: str | None) -> Any:
 
 def quoted(text: str, token: str | None, limit: int = MAX_QUOTED_CHARS) -> str:
     """A server's text as an error or a log quotes it: without the token (:func:`redact`, before
-    cutting, so no piece of the token survives the cut) and at most ``limit`` characters."""
-    text = redact(text, token)
+    cutting, so no piece of the token survives the cut), at most ``limit`` characters, and with
+    what no UTF-8 log or database takes (a NUL, a lone surrogate) escaped (:func:`storable_text`)."""
+    text = storable_text(redact(text, token))
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text) - limit} more characters)"

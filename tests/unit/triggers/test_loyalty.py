@@ -215,6 +215,85 @@ def test_the_result_is_carried_whole_unless_it_is_huge(
     assert len(json.dumps(carried)) < 70_000
 
 
+def _airflow_can_store(payload: Any) -> None:
+    """What the triggerer's msgpack frame and PostgreSQL's jsonb take (the checks that refused)."""
+    from airflow.jobs.triggerer_job_runner import TriggerEventEntry, messages
+    from airflow.sdk.execution_time.comms import _RequestFrame
+    from airflow.triggers.base import TriggerEvent
+
+    changes = messages.TriggerStateChanges(
+        events=[TriggerEventEntry(trigger_id=1, event=TriggerEvent(payload), persist_seq=None)]
+    )
+    _RequestFrame(id=1, body=changes.model_dump()).as_bytes()  # UnicodeEncodeError on a lone surrogate
+    stored = json.dumps(payload, allow_nan=False, ensure_ascii=False)  # ValueError on inf
+    stored.encode("utf-8")
+    assert "\\u0000" not in stored.replace("\\\\", "") and "\x00" not in stored  # jsonb refuses NUL
+
+
+@pytest.mark.parametrize(
+    ("reply", "where", "shown"),
+    [
+        (b'{"data":{"status":"failed","error_text":"Export aborted \\ud83d"},"error":0}', "trigger", "\\ud83d"),
+        (b'{"data":null,"error":9,"error_text":"Internal \\ud83d"}', "trigger", "\\ud83d"),
+        (b'{"data":{"status":"failed","error_text":"disk\\u0000full"},"error":0}', "trigger", "disk\\u0000full"),
+        (b'{"data":{"status":"completed","result":%s},"error":0}', "trigger", "x\\ud83d"),
+        (b'{"data":{"status":"completed","result":%s},"error":0}', "poke", "x\\ud83d"),
+    ],
+    ids=["failed-text", "api-error", "nul", "result-field", "result-field-poke"],
+)
+def test_server_text_no_database_can_store_is_escaped_in_events_and_xcoms(
+    monkeypatch: pytest.MonkeyPatch, reply: bytes, where: str, shown: str
+) -> None:
+    """A lone surrogate escape (an emoji cut in half: legal JSON) went into the event as sent: the
+    triggerer's msgpack refused it and the whole triggerer stopped; NUL and a number past the
+    float range went on to PostgreSQL's jsonb, which refuses both (probe)."""
+    from airflow_provider_loyalty.sensors.loyalty import LoyaltyExportTaskSensor
+    from tests.reliability.support import loopback_server, send
+
+    result = (
+        b'{"hashed_file":"ab/T.zip","total":3,"next_from_id":"","comment":"x\\ud83d","note":"a\\u0000b","big":1e400}'
+    )
+    body = reply.replace(b"%s", result)
+
+    def respond(handler, _server) -> None:
+        send(handler, 200, body, "application/json")
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        if where == "trigger":
+            carried: Any = asyncio.run(run_trigger(LoyaltyExportTaskTrigger("task_1", poll_interval=0.5)))
+        else:
+            carried = LoyaltyExportTaskSensor(task_id="s", export_task_id="task_1", poke_interval=0.1).execute({})
+    _airflow_can_store(carried)
+    assert shown in json.dumps(carried, ensure_ascii=False).replace("\\\\", "\\"), carried
+    if b"result" in body:
+        values = carried if where == "poke" else carried["result"]
+        assert values["note"] == "a\\u0000b" and values["big"] == "inf" and values["total"] == 3
+
+
+def test_a_failed_tasks_text_no_log_can_write_is_escaped_in_a_pokes_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed
+    from airflow_provider_loyalty.sensors.loyalty import LoyaltyExportTaskSensor
+    from tests.reliability.support import loopback_server, send
+
+    def respond(handler, _server) -> None:
+        send(
+            handler,
+            200,
+            b'{"data":{"status":"failed","error_text":"cut \\ud83d, nul \\u0000"},"error":0}',
+            "application/json",
+        )
+
+    with loopback_server(respond) as server:
+        connection = {"conn_type": "loyalty", "host": server.url, "password": "t0ken", "extra": {"max_retries": 0}}
+        monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_DEFAULT", json.dumps(connection))
+        with pytest.raises(LoyaltyExportTaskFailed) as caught:
+            LoyaltyExportTaskSensor(task_id="s", export_task_id="task_1", poke_interval=0.1).execute({})
+    str(caught.value).encode("utf-8")  # a structlog file handler writes it as UTF-8
+    assert "cut \\ud83d, nul \\u0000" in str(caught.value)
+
+
 def test_a_hashed_file_longer_than_any_link_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.reliability.support import envelope, loopback_server, send
 
