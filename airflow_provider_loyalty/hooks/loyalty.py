@@ -119,7 +119,7 @@ class LoyaltyHook(BaseHook):
         retry_backoff: float | None = None,
     ) -> None:
         super().__init__()
-        self.loyalty_conn_id = validation.check_conn_id(loyalty_conn_id, "loyalty_conn_id")
+        self.loyalty_conn_id = validation.check_conn_id(loyalty_conn_id, "loyalty_conn_id", templated=False)
         #: The connection an auth error names (none in the Test button's: Airflow tests the form
         #: under a throwaway id the user never saw).
         self._conn_id_in_errors: str | None = loyalty_conn_id

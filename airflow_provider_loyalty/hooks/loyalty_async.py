@@ -222,7 +222,7 @@ class LoyaltyAsyncHook(BaseHook):
         timeout: float | None = None,
     ) -> None:
         super().__init__()
-        self.loyalty_conn_id = validation.check_conn_id(loyalty_conn_id, "loyalty_conn_id")
+        self.loyalty_conn_id = validation.check_conn_id(loyalty_conn_id, "loyalty_conn_id", templated=False)
         self._overrides: dict[str, Any] = {"content_type": content_type, "max_retries": max_retries, "timeout": timeout}
         self.settings: LoyaltyConnectionSettings | None = None
         self._shared: loop_sessions.LoopSession | None = None

@@ -133,7 +133,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
         been created with the same program, currency, period and ``from_id``. (templated)
     :param output_format: ``csv`` (default), ``csv.gz`` or ``parquet`` (needs the ``[parquet]``
         extra). (templated)
-    :param loyalty_conn_id: the ``loyalty`` connection.
+    :param loyalty_conn_id: the ``loyalty`` connection. (templated)
     :param max_batches: fail instead of running more export batches than this (default: no cap).
     :param poll_interval: seconds between export task status checks.
     :param batch_timeout: seconds one export task may run before the operator fails.
@@ -161,6 +161,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
         "from_id",
         "export_task_id",
         "output_format",
+        "loyalty_conn_id",
     )
     ui_color = "#f4e3ff"
     operator_extra_links = (LoyaltyManifestLink(),)
@@ -199,6 +200,8 @@ class LoyaltyExportBaseOperator(BaseOperator):
         self.date_to = date_to
         self.from_id = from_id
         self.export_task_id = export_task_id
+        #: An export_task_id was given (a template may render to nothing: that is refused, not a new task).
+        self._adopts_export_task = export_task_id is not None
         self.output_format = output_format
         self.loyalty_conn_id = loyalty_conn_id
         settings = checked_settings(
@@ -256,6 +259,9 @@ class LoyaltyExportBaseOperator(BaseOperator):
     def on_manifest(self, context: Context, manifest: dict[str, Any]) -> None:
         """Hook for subclasses (asset events, lineage), called once the manifest is written."""
 
+    #: The connection-id parameters of this operator (templated; checked again once rendered).
+    conn_id_parameters: tuple[str, ...] = ("loyalty_conn_id",)
+
     def verify_conn_id(self) -> str | None:
         """The connection :func:`~airflow_provider_loyalty.verify.verify_manifest` reads the location with."""
         return None
@@ -301,6 +307,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
     def export_loop(self, context: Context) -> ExportLoop:
         """The loop for this task's rendered parameters and sink."""
         spec = self.export_spec(context)
+        validation.check_conn_ids({name: getattr(self, name) for name in self.conn_id_parameters})  # rendered
         self.hook.settings  # noqa: B018 - a connection that cannot be read fails before the location is touched
         return ExportLoop(
             hook=self.hook,
@@ -327,7 +334,7 @@ class LoyaltyExportBaseOperator(BaseOperator):
             self.log.warning("%s", warning)  # once: not again as each deferral resumes
         with _closing_unless_deferred(loop):
             progress = loop.begin()
-            if self.export_task_id:
+            if self._adopts_export_task:
                 loop.adopt_task(progress, validation.check_task_id(self.export_task_id))
             if not self.deferrable:
                 return self._finish(context, loop.run(progress))

@@ -43,14 +43,15 @@ class LoyaltyExportOperator(LoyaltyExportBaseOperator):
 
     :param output_path: a local directory or an ``ObjectStoragePath`` URL (``file://``,
         ``s3://`` ...). Shared storage is the choice for multi-worker deployments. (templated)
-    :param output_conn_id: connection of the object store in ``output_path``, if any.
+    :param output_conn_id: connection of the object store in ``output_path``, if any. (templated)
 
     Every parameter of both export operators applies too (program, currency, period,
     ``output_format``, ``deferrable``, ``fail_on_empty``, ``verify``, limits …): see
     :ref:`howto/operator:export-parameters`.
     """
 
-    template_fields: Sequence[str] = (*LoyaltyExportBaseOperator.template_fields, "output_path")
+    template_fields: Sequence[str] = (*LoyaltyExportBaseOperator.template_fields, "output_path", "output_conn_id")
+    conn_id_parameters = (*LoyaltyExportBaseOperator.conn_id_parameters, "output_conn_id")
 
     def __init__(
         self, *, output_path: str | ObjectStoragePath, output_conn_id: str | None = None, **kwargs: Any
@@ -142,9 +143,9 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
     :param output_path: the JSON Lines file (local path or object storage URL); a path ending in
         ``/`` is a directory, the file then named from a hash of the member key (no PII in
         names). (templated)
-    :param output_conn_id: connection of the object store in ``output_path``, if any.
+    :param output_conn_id: connection of the object store in ``output_path``, if any. (templated)
     :param limit: records per page, 1..100.
-    :param loyalty_conn_id: the ``loyalty`` connection.
+    :param loyalty_conn_id: the ``loyalty`` connection. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -157,6 +158,8 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         "points_currency_eid",
         "points_currency_iid",
         "output_path",
+        "output_conn_id",
+        "loyalty_conn_id",
     )
 
     def __init__(
@@ -254,6 +257,7 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
         The file is written under a temporary name and published only once complete and checked,
         so a failed run leaves the previous file untouched.
         """
+        validation.check_conn_ids({"loyalty_conn_id": self.loyalty_conn_id, "output_conn_id": self.output_conn_id})
         member_fields = self._member_fields()
         program = validation.check_program_id(self.loyalty_program_id)
         currency = validation.check_currency(self.points_currency_eid, self.points_currency_iid)

@@ -56,14 +56,14 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
     .. seealso:: :ref:`howto/operator:LoyaltyExportTaskSensor`
 
     :param export_task_id: the export task to wait for (templated), e.g. an upstream XCom.
-    :param loyalty_conn_id: the ``loyalty`` connection.
+    :param loyalty_conn_id: the ``loyalty`` connection. (templated)
     :param poke_interval: seconds between status checks (also the trigger's poll interval).
     :param timeout: seconds to wait in total before timing out (default 7 days).
     :param deferrable: wait in the triggerer instead of a worker slot
         (default ``[operators] default_deferrable``).
     """
 
-    template_fields = ("export_task_id",)
+    template_fields = ("export_task_id", "loyalty_conn_id")
     ui_color = "#f4e9d8"
 
     def __init__(
@@ -137,6 +137,7 @@ class LoyaltyExportTaskSensor(BaseSensorOperator):
         """
         started = time.time()
         self.export_task_id = validation.check_task_id(self.export_task_id)  # rendered: checked before any request
+        validation.check_conn_id(self.loyalty_conn_id, "loyalty_conn_id")
         self._unknown_until = self._first_check_time(context, started) + NOT_YET_KNOWN_SECONDS
         try:
             if not self.deferrable:

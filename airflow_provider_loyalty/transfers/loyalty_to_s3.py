@@ -100,7 +100,7 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
     :param s3_key_prefix: the key prefix of this export's files, without empty, ``.`` or ``..``
         segments. Defaults to
         ``loyalty/transactions/program=<id>/currency=<eid|iid>/<date_from>_<date_to>``. (templated)
-    :param aws_conn_id: the AWS connection.
+    :param aws_conn_id: the AWS connection. (templated)
     :param encrypt: server-side encryption with S3-managed keys (SSE-S3, AES256).
     :param sse_kms_key_id: server-side encryption with this KMS key (SSE-KMS) instead.
     :param extra_upload_args: further boto3 ``ExtraArgs`` for every upload (e.g. ``ACL``).
@@ -117,7 +117,13 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
     manifest's ``s3://`` URL, its row count and its number of parts.
     """
 
-    template_fields: Sequence[str] = (*LoyaltyExportBaseOperator.template_fields, "s3_bucket", "s3_key_prefix")
+    template_fields: Sequence[str] = (
+        *LoyaltyExportBaseOperator.template_fields,
+        "s3_bucket",
+        "s3_key_prefix",
+        "aws_conn_id",
+    )
+    conn_id_parameters = (*LoyaltyExportBaseOperator.conn_id_parameters, "aws_conn_id")
 
     def __init__(
         self,

@@ -321,16 +321,24 @@ def check_cursor(from_id: Any, parameter: str = "from_id") -> str | None:
     return cursor
 
 
-def check_conn_id(conn_id: Any, parameter: str) -> str:
-    """A connection id as given: a non-empty string without control characters. Connection ids
-    are never templated, so a number, a list or an empty id is a mistake the DAG's parse reports,
-    not the task's run.
+def check_conn_id(conn_id: Any, parameter: str, *, templated: bool = True) -> str:
+    """A connection id as given: a non-empty string without control characters. A number, a list
+    or an empty id is a mistake the DAG's parse reports; a template (the operators template their
+    connection ids, as official providers do) is checked again once rendered.
 
     :param conn_id: the value given.
     :param parameter: the parameter's name, for the error.
+    :param templated: the value may be a template yet (an operator's parameter), not a hook's.
     """
+    if is_template(conn_id):
+        if templated:
+            return conn_id  # type: ignore[no-any-return]
+        raise LoyaltyValidationError(
+            parameter, f"a hook's connection id is not rendered; give the connection id itself, got {conn_id!r:.80}"
+        )
     if not isinstance(conn_id, str) or not conn_id.strip():
         raise LoyaltyValidationError(parameter, f"expected a connection id string, got {conn_id!r}")
+    refuse_rendered_none(conn_id, parameter, "expected a connection id")
     if first_control_character(conn_id) is not None:
         raise LoyaltyValidationError(
             parameter, f"a connection id holds no control character (a paste gone wrong?), got {conn_id!r}"

@@ -1,8 +1,9 @@
 """Connection ids and the S3 bucket are checked when the DAG is parsed, naming the parameter.
 
-Connection ids are never templated: a number, a list, an empty id or one with a pasted line break
-can only fail at run time (after export tasks were created, for the S3 bucket), so the DAG's parse
-reports them, in the constructor and in ``partial()`` alike.
+A number, a list, an empty id or one with a pasted line break can only fail at run time (after
+export tasks were created, for the S3 bucket), so the DAG's parse reports them, in the constructor
+and in ``partial()`` alike. The operators template their connection ids, as official providers do:
+a template waits for run time and is checked once rendered, before any request.
 """
 
 from __future__ import annotations
@@ -102,3 +103,36 @@ def test_a_bucket_that_is_no_name_fails_naming_it(bucket: Any, partial: bool) ->
             LoyaltyTransactionsToS3Operator.partial(task_id="t", s3_bucket=bucket)
         else:
             LoyaltyTransactionsToS3Operator(task_id="t", s3_bucket=bucket, **EXPORT)
+
+
+OPERATORS = [name for name in BUILDERS if "hook" not in name]
+TEMPLATED = [
+    *((builder, "loyalty_conn_id") for builder in OPERATORS),
+    ("s3", "aws_conn_id"),
+    ("s3-partial", "aws_conn_id"),
+    ("file", "output_conn_id"),
+    ("file-partial", "output_conn_id"),
+    ("member", "output_conn_id"),
+    ("member-partial", "output_conn_id"),
+]
+
+
+@pytest.mark.parametrize(("builder", "parameter"), TEMPLATED, ids=[f"{b}-{p}" for b, p in TEMPLATED])
+def test_a_connection_id_is_templated(builder: str, parameter: str) -> None:
+    """``loyalty_conn_id="loyalty_{{ params.region }}"`` was looked up as written at run time (the
+    conn ids were in no ``template_fields``, as they are in the http, dbt-cloud and amazon providers)."""
+    operator_class = {
+        "s3": LoyaltyTransactionsToS3Operator,
+        "file": LoyaltyExportOperator,
+        "member": LoyaltyAccountTransactionsOperator,
+        "sensor": LoyaltyExportTaskSensor,
+    }[builder.removesuffix("-partial")]
+    assert parameter in operator_class.template_fields
+    BUILDERS[builder](**{parameter: "conn_{{ params.region }}"})  # kept for rendering, not refused
+
+
+@pytest.mark.parametrize("hook", ["hook", "async-hook"])
+def test_a_hooks_connection_id_is_never_a_template(hook: str) -> None:
+    """Nothing renders a hook's arguments: "loyalty_{{ x }}" would be looked up as written."""
+    with pytest.raises(LoyaltyValidationError, match=r"^loyalty_conn_id: a hook's connection id is not rendered"):
+        BUILDERS[hook](loyalty_conn_id="loyalty_{{ params.region }}")

@@ -439,6 +439,38 @@ class TestLoyaltyExportOperator:
         assert requests_seen(emulator) == 0
         assert list(tmp_path.iterdir()) == []
 
+    def test_a_templated_connection_id_is_rendered_then_checked_before_any_request(
+        self, emulator: LoyaltyEmulator, tmp_path, monkeypatch
+    ):
+        """``loyalty_conn_id`` was in no ``template_fields``: "loyalty_{{ params.region }}" was
+        looked up as written, and failed as an unknown connection on every retry (probe)."""
+        point_connection_at(monkeypatch, emulator, conn_id="loyalty_eu")
+        operator = local_export_operator(tmp_path / "eu", loyalty_conn_id="loyalty_{{ params.region }}")
+        context = context_for(params={"region": "eu", "conn": ""})
+        operator.render_template_fields(context)
+        assert operator.loyalty_conn_id == "loyalty_eu"
+        assert operator.execute(context)["total_rows"] == N
+        seen = requests_seen(emulator)
+        for rendered_to in ("", None):  # the second: "None", as a missing value renders
+            refused = local_export_operator(tmp_path / "none", loyalty_conn_id="{{ params.conn }}")
+            refused.render_template_fields(context_for(params={"conn": rendered_to}))
+            with pytest.raises(LoyaltyValidationError, match=r"^loyalty_conn_id: "):
+                refused.execute(context_for())
+        assert requests_seen(emulator) == seen
+        assert not (tmp_path / "none").exists()
+
+    @pytest.mark.parametrize("rendered", [None, ""])
+    def test_an_export_task_id_that_renders_to_nothing_is_refused_not_replaced_by_a_new_task(
+        self, emulator: LoyaltyEmulator, tmp_path, rendered
+    ):
+        """With native rendering an upstream XCom of ``None`` (or ``""``) made the export quietly
+        create its own task instead of adopting the one the DAG waited for (probe); the sensor refused it."""
+        operator = local_export_operator(tmp_path / "out", export_task_id="{{ ti.xcom_pull('create') }}")
+        operator.export_task_id = rendered  # what native rendering of an empty XCom gives
+        with pytest.raises(LoyaltyValidationError, match=r"^export_task_id: "):
+            operator.execute(context_for())
+        assert requests_seen(emulator) == 0
+
     def test_values_pasted_with_a_newline_mean_what_they_say(self, emulator: LoyaltyEmulator, tmp_path):
         """A directory or cursor pasted with surrounding whitespace: not a directory named "\\n",
         not a cursor sent with a newline; a blank output_path is no directory at all."""
@@ -1013,6 +1045,20 @@ class TestLoyaltyAccountTransactionsOperator:
         with pytest.raises(LoyaltyValidationError, match=rf"^{parameter}: rendered to the text 'None'"):
             operator.execute(context)
         assert requests_seen(emulator) == 0
+
+    def test_templated_connection_ids_are_rendered_then_checked(self, emulator: LoyaltyEmulator, tmp_path, monkeypatch):
+        point_connection_at(monkeypatch, emulator, conn_id="loyalty_eu")
+        operator = member_operator(
+            tmp_path, loyalty_conn_id="loyalty_{{ params.region }}", output_conn_id="{{ params.fs }}"
+        )
+        operator.render_template_fields({"params": {"region": "eu", "fs": ""}})
+        assert operator.execute({})["rows"] > 0
+        refused = member_operator(tmp_path / "other", output_conn_id="{{ params.fs }}")
+        refused.render_template_fields({"params": {"fs": None}})
+        seen = requests_seen(emulator)
+        with pytest.raises(LoyaltyValidationError, match=r"^output_conn_id: rendered to the text 'None'"):
+            refused.execute({})
+        assert requests_seen(emulator) == seen
 
     def test_member_without_transactions_and_unknown_member(self, emulator: LoyaltyEmulator, tmp_path):
         empty = member_operator(tmp_path, member_email="member2@example.com").execute({})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -62,7 +63,7 @@ def make_sensor(task_id: str, **kwargs: Any) -> LoyaltyExportTaskSensor:
 
 def test_template_fields_and_defaults() -> None:
     sensor = LoyaltyExportTaskSensor(task_id="s", export_task_id="{{ ti.xcom_pull('create') }}")
-    assert LoyaltyExportTaskSensor.template_fields == ("export_task_id",)
+    assert LoyaltyExportTaskSensor.template_fields == ("export_task_id", "loyalty_conn_id")
     assert sensor.loyalty_conn_id == "loyalty_default"
     assert sensor.poke_interval == 30
     assert sensor.timeout == 7 * 24 * 3600
@@ -390,6 +391,31 @@ def test_an_xcom_pull_of_nothing_fails_naming_the_id_before_any_request(
     with pytest.raises(LoyaltyValidationError, match=r"^export_task_id: rendered to the text 'None'"):
         sensor.execute(context)
     assert emulator.stats()["requests_total"] == 0
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
+def test_a_templated_connection_id_is_rendered_for_the_poke_and_the_trigger(
+    emulator: LoyaltyEmulator, monkeypatch: pytest.MonkeyPatch, deferrable: bool
+) -> None:
+    """``loyalty_conn_id`` was in no ``template_fields``: "loyalty_{{ params.region }}" was looked
+    up as written (and handed to the trigger so) (probe)."""
+    monkeypatch.setenv("AIRFLOW_CONN_LOYALTY_EU", os.environ["AIRFLOW_CONN_LOYALTY_DEFAULT"])
+    emulator.config.task_duration = 60 if deferrable else 0.0
+    sensor = make_sensor(create_export(), deferrable=deferrable, loyalty_conn_id="loyalty_{{ params.region }}")
+    context = {**CONTEXT, "params": {"region": "eu"}}
+    sensor.render_template_fields(context)
+    if deferrable:
+        with pytest.raises(TaskDeferred) as caught:
+            sensor.execute(context)
+        assert caught.value.trigger.serialize()[1]["loyalty_conn_id"] == "loyalty_eu"
+    else:
+        assert sensor.execute(context)["total"] == 1000
+    refused = make_sensor("task_1", loyalty_conn_id="{{ params.region }}")
+    refused.render_template_fields({**CONTEXT, "params": {"region": None}})
+    seen = emulator.stats()["requests_total"]
+    with pytest.raises(LoyaltyValidationError, match=r"^loyalty_conn_id: rendered to the text 'None'"):
+        refused.execute(CONTEXT)
+    assert emulator.stats()["requests_total"] == seen
 
 
 def success_event(task_id: str = "task_1") -> dict[str, Any]:
