@@ -112,6 +112,19 @@ ACCOUNT_SCHEMA: Schema = {
     ],
 }
 
+#: Every reply field the seeds document, typed or not: in XML, one of them given twice beside other
+#: fields is refused (which one the server meant is unknown); any other field repeated is a list.
+DOCUMENTED_FIELDS = frozenset(
+    {
+        *("error", "error_text", "data", "task_id", "status", "progress", "result", "hashed_file"),
+        *("next_from_id", "total", "loyalty_id", "points_currency_iid", "is_api", "total_count"),
+        *("transaction_id", "transaction_eid", "created_at", "transaction_type", "amount", "balance_before"),
+        *("balance_after", "promo_iid", "promo_eid", "description", "activation_date", "expiration_date"),
+        *("source_type", "source_iid", "source_sid", "source_subiid", "is_temp", "custom_json", "product_eid"),
+        *("sku_eid", "canceled"),
+    }
+)
+
 MIME_TYPES = {"json": "application/json", "xml": "application/xml"}
 
 
@@ -559,7 +572,7 @@ def _xml_object(element: Element, schema: _Compiled | None) -> dict[str, Any] | 
         result = {child.tag: _xml_object(child, None) if len(child) else (child.text or "") for child in element}
         if len(result) == len(element):
             return result
-        return _xml_grouped(element) if schema is None else _xml_repeated(element)
+        return _xml_grouped(element) if schema is None else _xml_with_repeats(element, schema)
     result = {}
     spread = 0  # elements of documented lists written one per item, past the first of each
     for child in element:
@@ -571,14 +584,51 @@ def _xml_object(element: Element, schema: _Compiled | None) -> dict[str, Any] | 
                 result[tag] = _xml_list(occurrences, items)
                 spread += len(occurrences) - 1
             continue
-        fields = schema.objects.get(tag)
-        if len(child):
-            result[tag] = _xml_object(child, fields)
-        elif fields is not None and not (child.text or "").strip():
-            result[tag] = {}  # a documented object without fields
+        result[tag] = _xml_documented_field(child, schema.objects.get(tag))
+    return result if len(result) + spread == len(element) else _xml_with_repeats(element, schema)
+
+
+def _xml_documented_field(child: Element, fields: _Compiled | None) -> Any:
+    """One field of a documented object (``fields``: its schema, when the schema describes it)."""
+    if len(child):
+        return _xml_object(child, fields)
+    if fields is not None and not (child.text or "").strip():
+        return {}  # a documented object without fields
+    return child.text or ""
+
+
+def _xml_with_repeats(element: Element, schema: _Compiled) -> dict[str, Any] | list[Any]:
+    """A documented object with a tag repeated beside other fields (the rare case, off the hot path).
+
+    A field the API does not document, repeated, is a list in document order, as the same reply as
+    JSON reads (``"warnings": ["slow", "partial"]`` is ``<warnings>slow</warnings><warnings>
+    partial</warnings>``; a whole reply failed on it). A documented field (:data:`DOCUMENTED_FIELDS`)
+    other than a list given twice is refused: which of the two the server meant is unknown.
+    Children that all share one tag are a list (:func:`_xml_repeated`).
+    """
+    counts = Counter(child.tag for child in element)
+    if len(counts) == 1:
+        return _xml_repeated(element, schema.lists)
+    twice = sorted(
+        tag for tag, count in counts.items() if count > 1 and tag not in schema.lists and tag in DOCUMENTED_FIELDS
+    )
+    if twice:
+        raise LoyaltyResponseError(
+            f"XML field <{twice[0]}> appears more than once under <{element.tag}> beside other fields; "
+            "expected it once (a documented field that is not a list)"
+        )
+    result: dict[str, Any] = {}
+    for child in element:
+        tag = child.tag
+        items = schema.lists.get(tag)
+        if items is not None:
+            if tag not in result:
+                result[tag] = _xml_list(element.findall(tag), items)
+        elif counts[tag] > 1:
+            result.setdefault(tag, []).append(_xml_object(child, None))
         else:
-            result[tag] = child.text or ""
-    return result if len(result) + spread == len(element) else _xml_repeated(element, schema.lists)
+            result[tag] = _xml_documented_field(child, schema.objects.get(tag))
+    return result
 
 
 def _mixed(element: Element) -> bool:

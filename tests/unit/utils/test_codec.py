@@ -442,7 +442,10 @@ def test_fields_nothing_depends_on_keep_an_odd_value_as_sent(content_type: str) 
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        (b"<xml><a>1</a><a>2</a><b>3</b><error>0</error></xml>", "<a> appears more than once under <xml>"),
+        (
+            b"<xml><error_text>a</error_text><error_text>b</error_text><error>0</error></xml>",
+            "<error_text> appears more than once under <xml>",
+        ),
         (b"<xml><error>zero</error></xml>", "field 'error': expected integer"),
         (b"<xml><data><result><total>fast</total></result></data><error>0</error></xml>", "field 'data.result.total'"),
         (b"<response><error>0</error></response>", "expected an <xml> root element, got <response>"),

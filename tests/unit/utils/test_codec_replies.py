@@ -455,3 +455,45 @@ def test_an_empty_error_code_is_named_as_empty(body: bytes, content_type: str) -
     """It read ``expected an integer, got 'None'``: a word the reply never held."""
     with pytest.raises(LoyaltyResponseError, match=r"^field 'error': expected an integer, got an empty value$"):
         _reply(200, body, content_type)
+
+
+_REPEATED = "<warnings>slow</warnings><warnings>partial</warnings>"
+_RESULT = "<hashed_file>a/b.zip</hashed_file><next_from_id></next_from_id><total>3</total>"
+
+
+@pytest.mark.parametrize(
+    ("xml", "as_json", "schema"),
+    [
+        (
+            f"<xml><data><status>completed</status><result>{_RESULT}{_REPEATED}</result></data><error>0</error></xml>",
+            {"data": {"status": "completed", "result": {"hashed_file": "a/b.zip", "next_from_id": "", "total": 3,
+                                                        "warnings": ["slow", "partial"]}}, "error": 0},
+            STATUS_SCHEMA,
+        ),
+        (
+            f"<xml><data><status>completed</status>{_REPEATED}<result>{_RESULT}</result></data><error>0</error></xml>",
+            {"data": {"status": "completed", "warnings": ["slow", "partial"],
+                      "result": {"hashed_file": "a/b.zip", "next_from_id": "", "total": 3}}, "error": 0},
+            STATUS_SCHEMA,
+        ),
+        (
+            f"<xml><data><status>queued</status></data><error>0</error>{_REPEATED}</xml>",
+            {"data": {"status": "queued"}, "error": 0, "warnings": ["slow", "partial"]},
+            STATUS_SCHEMA,
+        ),
+        (
+            _page(f"<data><item>{_record(1)}<tags>vip</tags><tags>new</tags></item></data>").decode(),
+            {"data": [{**_records(2)[1], "tags": ["vip", "new"]}], "next_from_id": "t9", "total_count": 9,
+             "error": 0, "error_text": "ok"},
+            ACCOUNT_SCHEMA,
+        ),
+    ],
+    ids=["in-result", "in-data", "under-the-root", "in-a-record"],
+)  # fmt: skip
+def test_an_undocumented_field_repeated_beside_others_is_a_list_as_in_json(
+    xml: str, as_json: dict[str, Any], schema: Any
+) -> None:
+    """XML writes a list as repeated elements; an extra field written so beside documented ones
+    failed the whole reply ("appears more than once"), every status poll or history page (probe)."""
+    decoded = decode_body(xml.encode(), "application/xml", schema=schema)
+    assert decoded == decode_body(json.dumps(as_json).encode(), "application/json", schema=schema) == as_json
