@@ -54,6 +54,9 @@ def acquire() -> LoopSession:
             connector=aiohttp.TCPConnector(limit=POOL_LIMIT),
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
+            # Bodies are inflated by the hook as the sync hook inflates them (x-gzip, stacked
+            # codings, br left as sent): see utils.content_coding.
+            auto_decompress=False,
             # The line limits of http.client (the sync hook's): a long header (a big
             # Content-Security-Policy) reads in both hooks alike, not only in the sync one.
             max_line_size=_MAX_HEADER_LINE,

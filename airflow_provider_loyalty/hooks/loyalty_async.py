@@ -48,6 +48,7 @@ from airflow_provider_loyalty.utils.connection import (
     names_files,
     settings_from_parts,
 )
+from airflow_provider_loyalty.utils.content_coding import ACCEPT_ENCODING, BodyDecoder
 from airflow_provider_loyalty.utils.export_status import ExportTaskStatus
 from airflow_provider_loyalty.utils.protocol import STATUS_PATH, check_reply, data_object, encode_request
 from airflow_provider_loyalty.utils.redaction import redact_values, token_redacted
@@ -280,6 +281,7 @@ class LoyaltyAsyncHook(BaseHook):
                 "Authorization": f"Bearer {settings.token}",
                 "User-Agent": USER_AGENT,
                 "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5",
+                "Accept-Encoding": ACCEPT_ENCODING,
             }
             self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
             if self._shared is None:  # an open() of this hook running alongside may have got here first
@@ -358,8 +360,10 @@ class LoyaltyAsyncHook(BaseHook):
                 allow_redirects=False,
             ) as reply:
                 buffer = ReplyBuffer(path, reply.headers)
+                decoder = BodyDecoder(reply.headers.get("Content-Encoding"), path)  # as the sync hook's
                 async for chunk in reply.content.iter_chunked(_READ_CHUNK_BYTES):
-                    buffer.add(chunk)
+                    for piece in decoder.feed(chunk):
+                        buffer.add(piece)
                 status, reply_headers = reply.status, reply.headers
         except Exception as error:
             failure = transport_error(settings, path, error)

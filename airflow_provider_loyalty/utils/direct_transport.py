@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import http.client
 import select
-import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -33,12 +32,11 @@ from requests.utils import requote_uri
 
 from airflow_provider_loyalty.utils.codec import MIME_TYPES
 from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnectionSettings
+from airflow_provider_loyalty.utils.content_coding import ACCEPT_ENCODING, BodyDecoder
 from airflow_provider_loyalty.utils.tls import settings_context
 from airflow_provider_loyalty.utils.transport import ReplyBuffer
 
 _READ_CHUNK_BYTES = 64 * 1024
-#: What ``requests`` asks for without brotli or zstandard installed; both are inflated here.
-ACCEPT_ENCODING = "gzip, deflate"
 
 
 class DirectPoster:
@@ -134,10 +132,6 @@ class InvalidHeader(http.client.HTTPException):
     """A reply whose headers leave its framing unclear; transient, as ``requests``' own ``InvalidHeader``."""
 
 
-class ContentDecodingError(http.client.HTTPException):
-    """A body that does not inflate as its ``Content-Encoding`` says; "cut short", as ``requests``' own."""
-
-
 #: Informational replies a server may send before its final one (``101`` switches protocols: none
 #: is asked for, so it is read as a final reply the check refuses).
 _INFORMATIONAL = range(102, 200)
@@ -192,75 +186,16 @@ def read_reply(response: http.client.HTTPResponse, path: str) -> bytes:
     if len(lengths) > 1:  # which one frames the body? Neither: the connection is dropped (RFC 9112, 6.3)
         raise InvalidHeader(f"{path}: reply with {len(lengths)} different Content-Length values")
     buffer = ReplyBuffer(path, cast("Mapping[str, str]", response.headers))
-    stages = _inflaters(response.getheader("Content-Encoding"))
+    decoder = BodyDecoder(response.getheader("Content-Encoding"), path)
     try:
-        if not stages and response.length is not None:
+        if decoder.identity and response.length is not None:
             buffer.add(response.read())  # a declared length under the cap: one read
             return buffer.body()
         while chunk := response.read(_READ_CHUNK_BYTES):
-            for piece in _inflated(chunk, stages):
+            for piece in decoder.feed(chunk):
                 buffer.add(piece)
         if response.length:  # the connection ended before the declared length (read() says b"")
             raise http.client.IncompleteRead(b"", response.length)
     except ValueError as error:  # a chunk size that is no number (http.client lets int()'s error out)
         raise http.client.IncompleteRead(b"") from error
-    except zlib.error as error:
-        raise ContentDecodingError(f"{path}: the reply's Content-Encoding does not inflate") from error
     return buffer.body()
-
-
-class _Inflater:
-    """One content coding undone in steps of at most :data:`_READ_CHUNK_BYTES` of output, as
-    ``urllib3`` undoes it: gzip of any number of members (trailing garbage ignored), deflate with
-    its zlib header or raw."""
-
-    def __init__(self, coding: str) -> None:
-        self._gzip = coding in ("gzip", "x-gzip")
-        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if self._gzip else zlib.MAX_WBITS)
-        self._started = False
-        self._members = 0
-        self._done = False
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        """The output ``data`` gives, piece by piece."""
-        while data and not self._done:
-            try:
-                piece = self._inflate.decompress(data, _READ_CHUNK_BYTES)
-            except zlib.error:
-                if self._members:  # garbage after a complete gzip member
-                    self._done = True
-                    return
-                if self._gzip or self._started:
-                    raise
-                self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)  # deflate sent without its zlib header
-                self._started = True
-                continue
-            self._started = True
-            data = self._inflate.unconsumed_tail
-            if piece:
-                yield piece
-            if self._inflate.eof:
-                self._members += 1
-                data = self._inflate.unused_data
-                if not self._gzip or not data:
-                    self._done = not self._gzip  # a gzip body may go on with another member
-                    return
-                self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # another gzip member
-        # No output waits inside zlib once its input is taken: every stream ends with codes (the
-        # end of its last block, a checksum) that are read only after the output before them.
-
-
-def _inflaters(content_encoding: str | None) -> list[_Inflater]:
-    """The decoders of a ``Content-Encoding``, in the order they were applied; codings other than
-    gzip and deflate (none was asked for) are left as sent, as ``requests`` leaves them."""
-    codings = [coding.strip().lower() for coding in (content_encoding or "").split(",")]
-    return [_Inflater(coding) for coding in codings if coding in ("gzip", "x-gzip", "deflate")]
-
-
-def _inflated(chunk: bytes, stages: list[_Inflater]) -> Iterator[bytes]:
-    """``chunk`` through every coding, the last applied undone first."""
-    if not stages:
-        yield chunk
-        return
-    for piece in stages[-1].feed(chunk):
-        yield from _inflated(piece, stages[:-1])
