@@ -151,6 +151,8 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
         s3_bucket = checked["s3_bucket"]
         self.s3_bucket = s3_bucket
         self.s3_key_prefix = s3_key_prefix
+        #: A prefix was given: one that renders to None is refused, not replaced by the default.
+        self._key_prefix_given = s3_key_prefix is not None
         self.aws_conn_id = aws_conn_id
         self.encrypt: bool = checked["encrypt"]
         self.sse_kms_key_id = sse_kms_key_id
@@ -187,7 +189,7 @@ class LoyaltyTransactionsToS3Operator(LoyaltyExportBaseOperator):
 
     def key_prefix(self, spec: ExportSpec) -> str:
         """The rendered prefix, or the default one built from the export's parameters."""
-        prefix = check_key_prefix(self.s3_key_prefix)
+        prefix = check_key_prefix(self.s3_key_prefix, given=self._key_prefix_given)
         if prefix is not None:
             return prefix
         currency = spec.points_currency_eid or f"iid-{spec.points_currency_iid}"

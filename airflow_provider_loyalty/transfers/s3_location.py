@@ -44,17 +44,29 @@ def check_bucket(value: Any) -> str:
     return bucket
 
 
-def check_key_prefix(value: Any) -> str | None:
+def check_key_prefix(value: Any, *, given: bool = False) -> str | None:
     """The key prefix without surrounding whitespace and ``/``; ``None`` when not given (the default).
 
+    A prefix that is empty once those are dropped (``""``, ``"/"``: a template that rendered empty)
+    is refused, not taken for the default: the export would land where the DAG did not say.
+
     :param value: the rendered ``s3_key_prefix``.
+    :param given: the DAG gave one (a template): ``None`` now is what it rendered, not "unset".
     """
+    unset = "leave it unset (None) for the default prefix"
     if value is None:
+        if given:
+            raise LoyaltyValidationError("s3_key_prefix", f"rendered to None (a template of a missing value?); {unset}")
         return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise LoyaltyValidationError("s3_key_prefix", f"expected a key prefix string, got {value!r:.80}")
     prefix = str(value).strip().strip("/")
     if not prefix:
-        return None
-    refuse_rendered_none(prefix, "s3_key_prefix", "leave it unset for the default prefix")
+        raise LoyaltyValidationError(
+            "s3_key_prefix",
+            f"{value!r} is empty once surrounding spaces and '/' are dropped (did a template render empty?); {unset}",
+        )
+    refuse_rendered_none(prefix, "s3_key_prefix", unset)
     if prefix.lower().startswith(_SCHEME):
         raise LoyaltyValidationError(
             "s3_key_prefix", f"expected a key prefix, got the URL {prefix!r}{_split_hint(prefix)}"

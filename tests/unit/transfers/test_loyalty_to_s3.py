@@ -106,6 +106,9 @@ BAD_LOCATIONS = [
     ({"s3_key_prefix": "exports/_staging"}, "s3_key_prefix: 'exports/_staging' ends in '_staging'", "bookkeeping"),
     ({"s3_key_prefix": "exports/2023-09\r\nold"}, "s3_key_prefix: 'exports/2023-09", "holds the control character"),
     ({"s3_key_prefix": "档案馆/" * 250}, "s3_key_prefix: the key prefix '档案馆/档案馆", "2499 bytes of UTF-8"),
+    # empty once spaces and '/' are dropped: the default prefix was used, where the DAG never said (probe)
+    ({"s3_key_prefix": ""}, "s3_key_prefix: '' is empty once surrounding spaces and '/' are dropped", "render empty"),
+    ({"s3_key_prefix": " / "}, "s3_key_prefix: ' / ' is empty once", "leave it unset"),
 ]
 
 
@@ -148,6 +151,20 @@ def test_a_bad_templated_location_fails_before_any_request(emulator, location, m
     operator = make_operator("compliance", **{parameter: "{{ params.where }}"})
     operator.render_template_fields(context_for(params={"where": value}))
     with pytest.raises(LoyaltyValidationError, match=message.replace("(", r"\(")):
+        operator.execute(context_for())
+    assert emulator.stats()["requests_total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("rendered", "message"),
+    [(None, "rendered to None"), ("", "is empty once"), (["a"], "expected a key prefix string, got \\['a'\\]")],
+)
+def test_a_prefix_template_rendering_to_nothing_or_no_text_is_refused_natively(emulator, rendered, message):
+    """With native rendering a template of a missing value gave None, and the export landed at the
+    default prefix; a list became the key "['a']" (probe)."""
+    operator = make_operator("compliance", s3_key_prefix="{{ params.where }}")
+    operator.s3_key_prefix = rendered  # what native rendering gives
+    with pytest.raises(LoyaltyValidationError, match=rf"^s3_key_prefix: .*{message}"):
         operator.execute(context_for())
     assert emulator.stats()["requests_total"] == 0
 
