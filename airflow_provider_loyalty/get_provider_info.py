@@ -32,7 +32,10 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_loyalty.hooks.loyalty"],
+                "python-modules": [
+                    "airflow_provider_loyalty.hooks.loyalty",
+                    "airflow_provider_loyalty.hooks.loyalty_async",
+                ],
             }
         ],
         "operators": [

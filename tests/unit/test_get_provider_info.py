@@ -90,3 +90,29 @@ def _json_output(stdout: str) -> list:
     """The CLI's JSON document (log lines may precede it on stdout)."""
     (document,) = [line for line in stdout.splitlines() if line.startswith("[")][-1:]
     return json.loads(document)
+
+
+def test_every_public_module_of_a_listed_kind_is_listed():
+    """``LoyaltyAsyncHook`` lives in ``hooks/loyalty_async.py``, which "hooks" did not list (probe):
+    each module under hooks/, operators/, sensors/, triggers/ defining a public class is listed."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import airflow_provider_loyalty
+    from airflow_provider_loyalty.get_provider_info import get_provider_info
+
+    info = get_provider_info()
+    for kind in ("hooks", "operators", "sensors", "triggers"):
+        listed = {module for entry in info[kind] for module in entry["python-modules"]}
+        package = importlib.import_module(f"airflow_provider_loyalty.{kind}")
+        for found in pkgutil.iter_modules(package.__path__):
+            name = f"{airflow_provider_loyalty.__name__}.{kind}.{found.name}"
+            module = importlib.import_module(name)
+            public = [
+                cls for cls_name, cls in inspect.getmembers(module, inspect.isclass)
+                if cls.__module__ == name and not cls_name.startswith("_")
+                and cls_name.startswith("Loyalty") and cls_name.endswith(kind[:-1].capitalize())
+                and not inspect.isabstract(cls)
+            ]  # fmt: skip
+            assert not public or name in listed, f"{name} ({[c.__name__ for c in public]}) missing from {kind}"
