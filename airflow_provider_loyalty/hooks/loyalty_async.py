@@ -360,7 +360,9 @@ class LoyaltyAsyncHook(BaseHook):
                 allow_redirects=False,
             ) as reply:
                 buffer = ReplyBuffer(path, reply.headers)
-                decoder = BodyDecoder(reply.headers.get("Content-Encoding"), path)  # as the sync hook's
+                # Every Content-Encoding line, as one list (RFC 9110, 5.3), as http.client joins them.
+                codings = ", ".join(reply.headers.getall("Content-Encoding", ()))
+                decoder = BodyDecoder(codings, path)
                 async for chunk in reply.content.iter_chunked(_READ_CHUNK_BYTES):
                     for piece in decoder.feed(chunk):
                         buffer.add(piece)

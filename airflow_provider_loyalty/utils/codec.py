@@ -678,10 +678,12 @@ def _holds_one_record(element: Element) -> bool:
     """Whether a list's element holds one record's fields rather than the list's items.
 
     Items are objects and share a tag as a rule, so the usual list answers at its first two
-    children; only one item, or items of distinct tags, look further (for a field that is text).
+    children (objects of one tag); a record's own field written twice first (an undocumented
+    ``<tags>a</tags><tags>b</tags>``) is text, not items. Only one item, or items of distinct tags,
+    look further (for a field that is text).
     """
     count = len(element)
-    if not count or (count > 1 and element[0].tag == element[1].tag):
+    if not count or (count > 1 and element[0].tag == element[1].tag and len(element[0])):
         return False
     return not all(map(len, element))
 

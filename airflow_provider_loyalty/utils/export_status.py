@@ -20,7 +20,7 @@ from typing import Any
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
 from airflow_provider_loyalty.utils.redaction import carries_token, quoted, redact_values
 from airflow_provider_loyalty.utils.storable import storable
-from airflow_provider_loyalty.utils.validation import MAX_CURSOR_LENGTH, is_cursor
+from airflow_provider_loyalty.utils.validation import MAX_CURSOR_LENGTH, has_lone_surrogate, is_cursor
 
 #: Status words of a finished task: the documented ``completed``, and the synonyms task APIs use
 #: for it (a word missing here would make an export wait for a finished task until its deadline).
@@ -126,6 +126,11 @@ class ExportResult:
             raise LoyaltyResponseError(
                 f"{where}: result.hashed_file is {len(hashed_file)} characters, over {MAX_HASHED_FILE_CHARS}: "
                 "no file name of a download link is that long"
+            )
+        if hashed_file and has_lone_surrogate(hashed_file):
+            raise LoyaltyResponseError(
+                f"{where}: result.hashed_file {hashed_file!r:.120} holds a lone surrogate (half a character): "
+                "no download link can name it"
             )
         if not hashed_file:
             if total:

@@ -29,6 +29,8 @@ CONTENT_TYPES = ("json", "xml")
 
 _TEMPLATE_MARKERS = ("{{", "{%")
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+#: A surrogate code point left alone in a decoded string (a JSON ``"\ud83d"``: half an emoji).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
@@ -225,9 +227,16 @@ MAX_CURSOR_LENGTH = 256
 
 
 def is_cursor(text: str) -> bool:
-    """Whether ``text`` can be a cursor: no control characters, at most :data:`MAX_CURSOR_LENGTH`
-    characters (the one rule for a ``from_id`` given and a ``next_from_id`` received)."""
-    return first_control_character(text) is None and len(text) <= MAX_CURSOR_LENGTH
+    """Whether ``text`` can be a cursor: no control characters and no lone surrogate (neither is
+    stored as sent in a trigger event or a checkpoint, so a deferred export would send another
+    cursor), at most :data:`MAX_CURSOR_LENGTH` characters (the one rule for a ``from_id`` given and
+    a ``next_from_id`` received, and for an export task id)."""
+    return first_control_character(text) is None and len(text) <= MAX_CURSOR_LENGTH and not has_lone_surrogate(text)
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (legal in JSON, storable nowhere as it is)."""
+    return not text.isascii() and _LONE_SURROGATE.search(text) is not None
 
 
 def _stripped(value: Any) -> Any:

@@ -146,7 +146,29 @@ def test_a_live_keep_alive_connection_carries_every_post(monkeypatch) -> None:
 
 _CUT_GZIP = gzip.compress(json.dumps({**STATUS, "error_text": "y" * 5000}).encode(), compresslevel=0)
 _NOT_GZIP = b"\x1f\x8b\x08\x00" + b"not deflate data at all" * 10
+
+
 #: Bodies that end too soon or do not decode: (extra headers, the bytes sent before the close).
+@pytest.mark.parametrize("via", ["sync", "async"])
+def test_a_content_encoding_in_two_header_lines_is_one_list_in_both_hooks(monkeypatch, via: str) -> None:
+    """Two ``Content-Encoding: gzip`` lines mean gzipped twice (RFC 9110, 5.3): the sync hook read
+    them so, the async hook read the first line only and failed as "not valid JSON" (review)."""
+    body = gzip.compress(gzip.compress(json.dumps(STATUS).encode()))
+
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with loopback_server(respond) as server:
+        connect(monkeypatch, server.url)
+        assert post_status(via) == STATUS
+
+
 GARBLED = {
     "chunk-size-no-number": ({"Transfer-Encoding": "chunked"}, b"zz\r\n"),
     "chunk-cut-short": ({"Transfer-Encoding": "chunked"}, b'ff\r\n{"error": 0'),

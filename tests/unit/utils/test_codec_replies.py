@@ -487,8 +487,20 @@ _RESULT = "<hashed_file>a/b.zip</hashed_file><next_from_id></next_from_id><total
              "error": 0, "error_text": "ok"},
             ACCOUNT_SCHEMA,
         ),
+        (  # first in the record: its first two children share a tag, as a list's items do (review)
+            _page(f"<data><item><tags>vip</tags><tags>new</tags>{_record(1)}</item></data>").decode(),
+            {"data": [{"tags": ["vip", "new"], **_records(2)[1]}], "next_from_id": "t9", "total_count": 9,
+             "error": 0, "error_text": "ok"},
+            ACCOUNT_SCHEMA,
+        ),
+        (
+            _page(f"<data><tags>vip</tags><tags>new</tags>{_record(1)}</data>").decode(),
+            {"data": [{"tags": ["vip", "new"], **_records(2)[1]}], "next_from_id": "t9", "total_count": 9,
+             "error": 0, "error_text": "ok"},
+            ACCOUNT_SCHEMA,
+        ),
     ],
-    ids=["in-result", "in-data", "under-the-root", "in-a-record"],
+    ids=["in-result", "in-data", "under-the-root", "in-a-record", "first-in-a-record", "first-in-one-data-per-record"],
 )  # fmt: skip
 def test_an_undocumented_field_repeated_beside_others_is_a_list_as_in_json(
     xml: str, as_json: dict[str, Any], schema: Any

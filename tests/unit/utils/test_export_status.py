@@ -8,10 +8,11 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from airflow_provider_loyalty.exceptions import LoyaltyResponseError, LoyaltyTransientError
+from airflow_provider_loyalty.exceptions import LoyaltyResponseError, LoyaltyTransientError, LoyaltyValidationError
 from airflow_provider_loyalty.utils.export_status import ExportTaskState, ExportTaskStatus
 from airflow_provider_loyalty.utils.protocol import check_reply
 from airflow_provider_loyalty.utils.redaction import MAX_QUOTED_CHARS
+from airflow_provider_loyalty.utils.validation import check_task_id
 
 TOKEN = "s3cret-T0KEN-value-0123456789"
 
@@ -113,10 +114,21 @@ def test_the_token_echoed_beside_the_documented_result_fields_is_masked_in_what_
     assert (result.raw["is_api"], result.raw["total"], result.next_from_id) == (True, 1, "n-1")
 
 
-@pytest.mark.parametrize("cursor", ["n\x00-1", "n-1\r\nX: y", "n" * 257])
+@pytest.mark.parametrize("cursor", ["n\x00-1", "n-1\r\nX: y", "n" * 257, "c-\ud83d"])
 def test_a_next_from_id_no_request_could_carry_is_the_replys_fault(cursor: str) -> None:
     """Control characters or an absurd length in the API's ``next_from_id`` are a malformed reply,
     reported as the reply's field, not as a bad ``from_id`` parameter at the next batch."""
     reply = {"status": "completed", "result": {"hashed_file": "exports/abc/f.zip", "total": 1, "next_from_id": cursor}}
     with pytest.raises(LoyaltyResponseError, match=r"result\.next_from_id"):
         ExportTaskStatus.from_reply("task_1", reply, TOKEN).completed_result()
+
+
+def test_a_cursor_or_file_with_a_lone_surrogate_is_refused_in_every_mode_alike() -> None:
+    """Half an emoji in ``next_from_id`` (legal JSON) was sent back as it came by a worker, but
+    escaped in the trigger's event: a deferred export sent another cursor, without an error (review)."""
+    reply = {"status": "completed", "result": {"hashed_file": "exports/\udc00.zip", "total": 1, "next_from_id": ""}}
+    with pytest.raises(LoyaltyResponseError, match=r"result\.hashed_file .* holds a lone surrogate"):
+        ExportTaskStatus.from_reply("task_1", reply, TOKEN).completed_result()
+    with pytest.raises(LoyaltyValidationError, match="export_task_id"):
+        check_task_id("task_\ud83d")
+    assert check_task_id("task_\U0001f600") == "task_\U0001f600"  # a whole emoji is a character like any
