@@ -63,6 +63,12 @@ class Inflater:
         # end of its last block, a checksum) that are read only after the output before them.
 
 
+def codings_left_as_sent(content_encoding: str | None) -> list[str]:
+    """The codings of a ``Content-Encoding`` that no hook undoes (``br``, ``zstd``: not asked for)."""
+    codings = (coding.strip().lower() for coding in (content_encoding or "").split(","))
+    return [coding for coding in codings if coding and coding not in ("gzip", "x-gzip", "deflate", "identity")]
+
+
 def inflaters(content_encoding: str | None) -> list[Inflater]:
     """The decoders of a ``Content-Encoding``, in the order they were applied; codings other than
     gzip and deflate (none was asked for) are left as sent, as ``requests`` leaves them."""

@@ -34,6 +34,7 @@ from airflow_provider_loyalty.utils.codec import (
     error_page_text,
 )
 from airflow_provider_loyalty.utils.connection import LoyaltyConnectionSettings
+from airflow_provider_loyalty.utils.content_coding import ACCEPT_ENCODING, codings_left_as_sent
 from airflow_provider_loyalty.utils.redaction import clip, quoted, scrub
 from airflow_provider_loyalty.utils.validation import first_control_character
 
@@ -108,6 +109,11 @@ def check_reply(
         code = _envelope_code(envelope)
     except LoyaltyResponseError as error:  # may quote the reply (an HTML page's title, a field's text)
         scrub(error, token)
+        if left := codings_left_as_sent(headers.get("Content-Encoding")):
+            raise LoyaltyResponseError(
+                f"{error} (the reply is encoded as {', '.join(left)!r}, which the hook did not ask for: it asks for "
+                f"{ACCEPT_ENCODING!r}; check what compresses the API's replies)"
+            ) from None
         raise
     if envelope is None and body.strip() and http_status >= 400:  # a proxy's or web server's own page
         fallback = error_page_text(body, headers.get("Content-Type"))

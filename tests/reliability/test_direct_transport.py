@@ -169,6 +169,26 @@ def test_a_content_encoding_in_two_header_lines_is_one_list_in_both_hooks(monkey
         assert post_status(via) == STATUS
 
 
+@pytest.mark.parametrize("via", ["sync", "async"])
+def test_a_coding_not_asked_for_is_named_in_the_error(monkeypatch, via: str) -> None:
+    """A ``br`` body is left as sent by both hooks; the error said only "not valid JSON:
+    UnicodeDecodeError", not that the reply came in a coding nobody asked for (review)."""
+    body = bytes(range(256)) * 4
+
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Encoding", "br")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with loopback_server(respond) as server:
+        connect(monkeypatch, server.url)
+        with pytest.raises(LoyaltyResponseError, match=r"encoded as 'br', which the hook did not ask for"):
+            post_status(via)
+
+
 GARBLED = {
     "chunk-size-no-number": ({"Transfer-Encoding": "chunked"}, b"zz\r\n"),
     "chunk-cut-short": ({"Transfer-Encoding": "chunked"}, b'ff\r\n{"error": 0'),
