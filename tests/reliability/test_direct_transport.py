@@ -148,23 +148,27 @@ _CUT_GZIP = gzip.compress(json.dumps({**STATUS, "error_text": "y" * 5000}).encod
 _NOT_GZIP = b"\x1f\x8b\x08\x00" + b"not deflate data at all" * 10
 
 
-#: Bodies that end too soon or do not decode: (extra headers, the bytes sent before the close).
+def encoded_reply(body: bytes, *codings: str) -> Callable[[BaseHTTPRequestHandler, LoopbackServer], None]:
+    """A responder sending ``body`` with one ``Content-Encoding`` line per coding."""
+
+    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        for coding in codings:
+            handler.send_header("Content-Encoding", coding)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return respond
+
+
 @pytest.mark.parametrize("via", ["sync", "async"])
 def test_a_content_encoding_in_two_header_lines_is_one_list_in_both_hooks(monkeypatch, via: str) -> None:
     """Two ``Content-Encoding: gzip`` lines mean gzipped twice (RFC 9110, 5.3): the sync hook read
     them so, the async hook read the first line only and failed as "not valid JSON" (review)."""
     body = gzip.compress(gzip.compress(json.dumps(STATUS).encode()))
-
-    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Encoding", "gzip")
-        handler.send_header("Content-Encoding", "gzip")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    with loopback_server(respond) as server:
+    with loopback_server(encoded_reply(body, "gzip", "gzip")) as server:
         connect(monkeypatch, server.url)
         assert post_status(via) == STATUS
 
@@ -173,22 +177,13 @@ def test_a_content_encoding_in_two_header_lines_is_one_list_in_both_hooks(monkey
 def test_a_coding_not_asked_for_is_named_in_the_error(monkeypatch, via: str) -> None:
     """A ``br`` body is left as sent by both hooks; the error said only "not valid JSON:
     UnicodeDecodeError", not that the reply came in a coding nobody asked for (review)."""
-    body = bytes(range(256)) * 4
-
-    def respond(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Encoding", "br")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    with loopback_server(respond) as server:
+    with loopback_server(encoded_reply(bytes(range(256)) * 4, "br")) as server:
         connect(monkeypatch, server.url)
         with pytest.raises(LoyaltyResponseError, match=r"encoded as 'br', which the hook did not ask for"):
             post_status(via)
 
 
+#: Bodies that end too soon or do not decode: (extra headers, the bytes sent before the close).
 GARBLED = {
     "chunk-size-no-number": ({"Transfer-Encoding": "chunked"}, b"zz\r\n"),
     "chunk-cut-short": ({"Transfer-Encoding": "chunked"}, b'ff\r\n{"error": 0'),
