@@ -489,10 +489,15 @@ class LoyaltyExportBaseOperator(BaseOperator):
         finally:
             loop.close(release=False)
 
+    def get_openlineage_facets_on_start(self) -> Any:
+        """OpenLineage: the API's transactions as input; the output is known once the export landed."""
+        return operator_lineage(self.loyalty_conn_id, self.loyalty_program_id, None)
+
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage: the API's transactions as input, the export's location as the one output."""
+        """OpenLineage: the API's transactions as input, the export's location as the one output
+        (none after a failure before the manifest was written)."""
         location = self._manifest_url.rsplit("/", 1)[0] if self._manifest_url else None
-        return operator_lineage(self.hook.settings.base_url, self.loyalty_program_id, location)
+        return operator_lineage(self.loyalty_conn_id, self.loyalty_program_id, location)
 
     def on_kill(self) -> None:
         """Stop the export promptly; the checkpoint keeps the pending export task for the next try."""

@@ -20,20 +20,52 @@ def asset_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{quote(key.strip('/'), safe=_URI_SAFE)}"
 
 
-def operator_lineage(api_base_url: str, loyalty_program_id: Any, output_url: str | None) -> Any:
-    """An ``OperatorLineage`` with the API as input and one output dataset (``None`` without the
-    openlineage provider)."""
+def operator_lineage(loyalty_conn_id: str, loyalty_program_id: Any, output_url: str | None) -> Any:
+    """An ``OperatorLineage`` with the API as input and the output dataset, if known yet (``None``
+    without the openlineage provider).
+
+    Always with the input, also at the task's start and after a failure before anything landed:
+    lineage without datasets makes OpenLineage fall back to the task's outlets, which for the
+    default asset name a node the export never writes (a second output of every export).
+
+    :param loyalty_conn_id: the ``loyalty`` connection (its Base URL is the input's namespace).
+    :param loyalty_program_id: the program, as rendered (``"0123"`` is program 123, one dataset).
+    :param output_url: the location the export landed at (or the history file), or ``None``.
+    """
     try:
         from airflow.providers.common.compat.openlineage.facet import Dataset
         from airflow.providers.openlineage.extractors import OperatorLineage
     except ImportError:  # the openlineage provider is optional
         return None
-    source = Dataset(namespace=api_base_url, name=f"loyalty_program/{loyalty_program_id}/points_transactions")
+    source = Dataset(
+        namespace=_api_namespace(loyalty_conn_id),
+        name=f"loyalty_program/{_program(loyalty_program_id)}/points_transactions",
+    )
     outputs = []
     if output_url:
         namespace, name = _dataset_of(output_url)
         outputs.append(Dataset(namespace=namespace, name=name))
     return OperatorLineage(inputs=[source], outputs=outputs)
+
+
+def _api_namespace(loyalty_conn_id: str) -> str:
+    """The connection's Base URL; ``loyalty://<conn id>`` when it cannot be read (lineage never fails a task)."""
+    from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
+
+    try:
+        return LoyaltyHook(loyalty_conn_id).settings.base_url
+    except Exception:
+        return f"loyalty://{loyalty_conn_id}"
+
+
+def _program(loyalty_program_id: Any) -> Any:
+    """The program id as the request sends it, or as given when it is none."""
+    from airflow_provider_loyalty.utils.validation import check_program_id
+
+    try:
+        return check_program_id(loyalty_program_id)
+    except Exception:
+        return loyalty_program_id
 
 
 def _dataset_of(location: str) -> tuple[str, str]:

@@ -285,13 +285,13 @@ class LoyaltyAccountTransactionsOperator(BaseOperator):
             "duplicates_dropped": history.duplicates_dropped,
         }
 
+    def get_openlineage_facets_on_start(self) -> Any:
+        """OpenLineage: the API's transactions as input; the output is known once the file is written."""
+        return operator_lineage(self.loyalty_conn_id, self.loyalty_program_id, None)
+
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the API's transactions as input, the history file as the output."""
-        return operator_lineage(
-            LoyaltyHook(self.loyalty_conn_id).settings.base_url,
-            self.loyalty_program_id,
-            getattr(self, "_written", None),
-        )
+        return operator_lineage(self.loyalty_conn_id, self.loyalty_program_id, getattr(self, "_written", None))
 
     def _write_history(self, hook: LoyaltyHook, local: str) -> _History:
         """Write every page to ``local``; return the rows, the ``total_count`` they match and the

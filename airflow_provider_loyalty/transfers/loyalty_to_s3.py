@@ -278,13 +278,16 @@ def default_asset_uri(bucket: str, params: dict[str, Any]) -> str:
     the exact manifest)."""
     bucket = bucket.strip()
     prefix = params.get("s3_key_prefix")
-    literal = isinstance(prefix, str) and not is_template(prefix)
+    literal = (isinstance(prefix, str) and not is_template(prefix)) or (
+        isinstance(prefix, int) and not isinstance(prefix, bool)  # s3_key_prefix=2023 lands at "2023"
+    )
     if literal and (key_prefix := check_key_prefix(prefix)) is not None:
         return asset_uri(bucket, f"{key_prefix}/{MANIFEST_NAME}")  # as the sink writes it
     if prefix and not literal:  # templated: the literal part before the first template
         # (a TaskFlow output or a mapped task group's argument has no literal part: the bucket's root)
         text = prefix if isinstance(prefix, str) else ""
-        root = text.lstrip().lstrip("/").split("{", 1)[0].rsplit("/", 1)[0]
+        head = text.lstrip().lstrip("/").split("{", 1)[0]
+        root = head.rsplit("/", 1)[0] if "/" in head else ""  # "daily-{{ ds }}": no whole segment before it
         return asset_uri(bucket, f"{root}/{MANIFEST_NAME}" if root else MANIFEST_NAME)
     # The values as the request (and the default prefix) gets them: "0123" is program 123.
     program, eid, iid = (

@@ -846,6 +846,26 @@ class TestOutputFormats:
         assert len(manifest["parts"]) == 3  # three parts, one dataset
         assert json.loads((tmp_path / "_manifest.json").read_text())["manifest"] == f"file://{tmp_path}/_manifest.json"
 
+    def test_lineage_at_the_start_and_after_an_early_failure_names_the_input_and_no_other_output(
+        self, emulator: LoyaltyEmulator, tmp_path, monkeypatch
+    ):
+        """Without lineage at the start (or with none after a failure) OpenLineage fell back to the
+        task's outlets: every export showed a second output, a node it never writes (probe). The
+        program is the one the request sends ("0123" is 123), and a connection that cannot be read
+        names the connection instead of failing the lineage."""
+        pytest.importorskip("airflow.providers.openlineage")
+        operator = local_export_operator(tmp_path / "out", loyalty_program_id="0123")
+        for lineage in (operator.get_openlineage_facets_on_start(), operator.get_openlineage_facets_on_complete(None)):
+            assert [(source.namespace, source.name) for source in lineage.inputs] == [
+                (emulator.url, "loyalty_program/123/points_transactions")
+            ]
+            assert lineage.outputs == []
+        monkeypatch.delenv("AIRFLOW_CONN_LOYALTY_DEFAULT")
+        lineage = operator.get_openlineage_facets_on_complete(None)
+        assert [(source.namespace, source.name) for source in lineage.inputs] == [
+            ("loyalty://loyalty_default", "loyalty_program/123/points_transactions")
+        ]
+
 
 LINK_DAG_SOURCE = """
 import os

@@ -555,6 +555,20 @@ def test_a_prefix_known_only_at_run_time_has_the_buckets_root_manifest_as_its_as
 
 
 @pytest.mark.parametrize(
+    ("prefix", "uri"),
+    [
+        ("daily-{{ ds }}", "s3://b/_manifest.json"),  # was s3://b/daily-/_manifest.json: never written
+        ("program=123-{{ ds }}/x", "s3://b/_manifest.json"),
+        ("exports/daily-{{ ds }}", "s3://b/exports/_manifest.json"),
+        ("exports/{{ ds }}", "s3://b/exports/_manifest.json"),
+        (2023, "s3://b/2023/_manifest.json"),  # a literal number lands at "2023" (was the bucket root)
+    ],
+)
+def test_the_default_asset_of_a_templated_prefix_holds_only_whole_literal_segments(prefix, uri):
+    assert make_operator("b", s3_key_prefix=prefix).outlets[0].uri == uri
+
+
+@pytest.mark.parametrize(
     "values",
     [
         {"s3_key_prefix": " daily/2023-09-01/ "},
