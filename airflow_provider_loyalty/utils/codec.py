@@ -45,7 +45,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Union
 from xml.etree.ElementTree import Element, fromstring
 from xml.sax.saxutils import escape as xml_escape
@@ -830,11 +830,12 @@ def _to_int(text: str) -> int | None:
     except ValueError:
         pass
     try:
-        number = float(text)  # "1000.0" or "1e3": whole numbers written as decimals
-    except ValueError:
+        number = Decimal(text.strip())  # "1000.0" or "1e3": whole numbers written as decimals
+    except InvalidOperation:
         _refuse_unless_blank(FieldType.INT, text)
         return None
-    if number.is_integer():
+    # Exactly, not through a float: "9007199254740993.0" is 9007199254740993, not ...992.
+    if number.is_finite() and number == number.to_integral_value() and abs(number.adjusted()) < 4300:
         return int(number)
     raise _BadField(FieldType.INT, clip(text.strip(), 40))
 

@@ -31,6 +31,11 @@ _NUMBER = _FENCE + ":number:{}\x00"  # a Decimal's, holding its digits
 _WRITTEN_NUMBER = re.compile(re.escape(json.dumps(_FENCE)[:-1]) + r":number:([-+0-9.Ee]+)\\u0000\"")
 
 
+#: Characters JSON allows raw in a string but ``str.splitlines()`` splits on: written escaped, so
+#: one record is one line for every reader.
+_LINE_SEPARATORS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def _not_plain(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
@@ -46,6 +51,8 @@ def json_line(record: Any) -> bytes:
         text = json.dumps(_written(record), ensure_ascii=False, default=str)
         text = text.replace(json.dumps(_INFINITY), "1e999").replace(json.dumps(_MINUS_INFINITY), "-1e999")
         text = _WRITTEN_NUMBER.sub(lambda number: number.group(1), text)
+    if not text.isascii():  # line separators some readers split on (str.splitlines, older JavaScript)
+        text = text.translate(_LINE_SEPARATORS)
     return text.encode("utf-8", "backslashreplace") + b"\n"  # a lone surrogate as its \uXXXX escape
 
 

@@ -3,8 +3,10 @@
 A JSON reply may legally hold what no stored event or XCom can: a lone surrogate escape
 (``"\\ud83d"``, an emoji cut in half, RFC 8259 section 8.2), which the triggerer's msgpack refuses
 (``UnicodeEncodeError``: the whole triggerer stopped, every trigger on it), and ``\\u0000`` or a
-number past the float range, which PostgreSQL's ``jsonb`` refuses. The text a user reads keeps
-what the server sent, written as its JSON escape; everything else passes unchanged.
+number past the float range, which PostgreSQL's ``jsonb`` refuses, and an integer past 64 bits
+(``"loyalty_id": 123456789012345678901234567890`` is legal JSON), which msgpack refuses too. The
+text a user reads keeps what the server sent, written as its JSON escape; such a number is kept as
+its digits in a string; everything else passes unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any
+
+#: The integers msgpack packs (signed 64-bit below zero, unsigned 64-bit above).
+_PACKABLE_INTS = (-(2**63), 2**64 - 1)
 
 
 def storable(value: Any) -> Any:
@@ -26,6 +31,8 @@ def storable(value: Any) -> Any:
         return storable_text(value)
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)  # 'inf', '-inf', 'nan': what the server sent, not a number JSON can store
+    if isinstance(value, int) and not _PACKABLE_INTS[0] <= value <= _PACKABLE_INTS[1]:
+        return str(value)  # its digits: msgpack packs 64 bits at most
     if isinstance(value, Mapping):
         items = [(storable_text(str(key)), storable(item)) for key, item in value.items()]
         if all(

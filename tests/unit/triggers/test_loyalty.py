@@ -251,7 +251,8 @@ def test_server_text_no_database_can_store_is_escaped_in_events_and_xcoms(
     from tests.reliability.support import loopback_server, send
 
     result = (
-        b'{"hashed_file":"ab/T.zip","total":3,"next_from_id":"","comment":"x\\ud83d","note":"a\\u0000b","big":1e400}'
+        b'{"hashed_file":"ab/T.zip","total":3,"next_from_id":"","comment":"x\\ud83d","note":"a\\u0000b",'
+        b'"big":1e400,"loyalty_id":123456789012345678901234567890}'
     )
     body = reply.replace(b"%s", result)
 
@@ -270,6 +271,7 @@ def test_server_text_no_database_can_store_is_escaped_in_events_and_xcoms(
     if b"result" in body:
         values = carried if where == "poke" else carried["result"]
         assert values["note"] == "a\\u0000b" and values["big"] == "inf" and values["total"] == 3
+        assert values["loyalty_id"] == "123456789012345678901234567890"  # msgpack packs 64 bits at most
 
 
 def test_a_failed_tasks_text_no_log_can_write_is_escaped_in_a_pokes_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -632,3 +632,15 @@ def test_json_after_a_byte_order_mark_or_in_utf16_reads_as_json_reads_it(encodin
 def test_any_json_document_decodes_to_what_json_reads(value: Any) -> None:
     body = json.dumps({"v": value}).encode()  # NaN and infinities as json writes them
     assert _codec_verdict(body) == _json_verdict(body)
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [("9007199254740993.0", 9007199254740993), ("12345678901234567890123.0", 12345678901234567890123), ("1E3", 1000)],
+)
+def test_a_whole_number_written_as_a_decimal_is_read_exactly(written: str, value: int) -> None:
+    """Through a float, 9007199254740993.0 became ...992 and 12345678901234567890123.0 became
+    12345678901234567741440 in a history file (probe)."""
+    page = f"<xml><data><item><transaction_id>t</transaction_id><promo_iid>{written}</promo_iid></item></data>"
+    body = (page + "<error>0</error></xml>").encode()
+    assert decode_body(body, "application/xml", schema=ACCOUNT_SCHEMA)["data"][0]["promo_iid"] == value

@@ -93,3 +93,12 @@ def test_text_shaped_like_a_stand_in_stays_text_beside_numbers_that_need_one() -
     written = json.loads(line, parse_float=Decimal)
     assert written["note"] == record["note"] and written["other"] == record["other"]
     assert written["amount"] == record["amount"] and line.count(b"1e999") == 1
+
+
+def test_line_separators_inside_text_are_escaped_so_one_record_is_one_line_for_every_reader() -> None:
+    """U+2028, U+2029 and U+0085 were written raw: valid JSON, but ``str.splitlines()`` (and older
+    JavaScript) split a record there (probe)."""
+    line = json_line({"description": "a\u2028b\u2029c\x85d é"})
+    text = line.decode("utf-8")
+    assert len(text.splitlines()) == 1
+    assert json.loads(text) == {"description": "a\u2028b\u2029c\x85d é"}
