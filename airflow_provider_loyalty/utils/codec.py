@@ -229,7 +229,7 @@ def _decode_json(body: bytes, content_type_header: str | None, *, exact_numbers:
     except (msgspec.MsgspecError, ValueError, RecursionError):  # msgspec 0.19 raises UnicodeDecodeError too
         pass
     try:
-        return json.loads(body, parse_float=exact_number if exact_numbers else float)
+        return json.loads(body, parse_float=exact_number if exact_numbers else float, parse_int=_whole_number)
     except UnicodeDecodeError as err:
         not_utf8 = err
     except (ValueError, RecursionError) as err:
@@ -240,6 +240,15 @@ def _decode_json(body: bytes, content_type_header: str | None, *, exact_numbers:
         return _decode_json(text.encode("utf-8", "surrogatepass"), None, exact_numbers=exact_numbers)
     except LoyaltyResponseError as err:
         raise LoyaltyResponseError(f"{err} (read as {charset}, the charset its Content-Type names)") from None
+
+
+def _whole_number(text: str) -> int | Decimal:
+    """A JSON integer: an ``int``, or a ``Decimal`` past the digits Python converts to ``int`` from
+    text (4,300 by default: a longer one is legal JSON, not "invalid JSON")."""
+    try:
+        return int(text)
+    except ValueError:
+        return Decimal(text)
 
 
 _CHARSET = re.compile(r";\s*charset\s*=\s*[\"']?([^\"';\s]+)", re.IGNORECASE)

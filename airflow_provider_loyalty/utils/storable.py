@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 #: The integers msgpack packs (signed 64-bit below zero, unsigned 64-bit above).
@@ -33,6 +34,8 @@ def storable(value: Any) -> Any:
         return repr(value)  # 'inf', '-inf', 'nan': what the server sent, not a number JSON can store
     if isinstance(value, int) and not _PACKABLE_INTS[0] <= value <= _PACKABLE_INTS[1]:
         return str(value)  # its digits: msgpack packs 64 bits at most
+    if isinstance(value, Decimal):
+        return str(value)  # a number of more digits than Python reads as an int: as sent
     if isinstance(value, Mapping):
         items = [(storable_text(str(key)), storable(item)) for key, item in value.items()]
         if all(

@@ -644,3 +644,19 @@ def test_a_whole_number_written_as_a_decimal_is_read_exactly(written: str, value
     page = f"<xml><data><item><transaction_id>t</transaction_id><promo_iid>{written}</promo_iid></item></data>"
     body = (page + "<error>0</error></xml>").encode()
     assert decode_body(body, "application/xml", schema=ACCOUNT_SCHEMA)["data"][0]["promo_iid"] == value
+
+
+def test_an_integer_longer_than_python_reads_from_text_is_a_number_not_invalid_json() -> None:
+    """A 5,000-digit integer (legal JSON) failed the page as "reply is not valid JSON" (Python
+    converts at most 4,300 digits to an int from text); it is read as a Decimal, written back
+    exactly to a history file, and carried as its digits in an event (probe)."""
+    from airflow_provider_loyalty.utils.json_lines import json_line
+    from airflow_provider_loyalty.utils.storable import storable
+
+    digits = "9" * 5000
+    page = f'{{"data":[{{"transaction_id":"t","custom_json":{{"x":{digits}}}}}],"error":0}}'.encode()
+    record = decode_body(page, "application/json", schema=ACCOUNT_SCHEMA)["data"][0]
+    assert json_line(record) == f'{{"transaction_id": "t", "custom_json": {{"x": {digits}}}}}\n'.encode()
+    status = f'{{"data":{{"status":"completed","result":{{"total":1,"x":{digits}}}}},"error":0}}'.encode()
+    result = decode_body(status, "application/json", schema=STATUS_SCHEMA)["data"]["result"]
+    assert storable(result) == {"total": 1, "x": digits}
