@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from airflow_provider_loyalty.utils.validation import is_template
+
 #: Characters kept as they are in an asset URI's path (others are percent-encoded, so a ``#`` or
 #: ``?`` in a key prefix cannot turn into a fragment or a query).
 _URI_SAFE = "/=-_.~:@!$&'()*+,;"
@@ -37,15 +39,15 @@ def operator_lineage(loyalty_conn_id: str, loyalty_program_id: Any, output_url: 
         from airflow.providers.openlineage.extractors import OperatorLineage
     except ImportError:  # the openlineage provider is optional
         return None
-    source = Dataset(
-        namespace=_api_namespace(loyalty_conn_id),
-        name=f"loyalty_program/{_program(loyalty_program_id)}/points_transactions",
-    )
+    inputs = []
+    if not (is_template(loyalty_conn_id) or is_template(loyalty_program_id)):  # unrendered (a failed rendering)
+        name = f"loyalty_program/{_program(loyalty_program_id)}/points_transactions"
+        inputs.append(Dataset(namespace=_api_namespace(loyalty_conn_id), name=name))
     outputs = []
     if output_url:
         namespace, name = _dataset_of(output_url)
         outputs.append(Dataset(namespace=namespace, name=name))
-    return OperatorLineage(inputs=[source], outputs=outputs)
+    return OperatorLineage(inputs=inputs, outputs=outputs)
 
 
 def _api_namespace(loyalty_conn_id: str) -> str:

@@ -109,10 +109,11 @@ def check_reply(
         code = _envelope_code(envelope)
     except LoyaltyResponseError as error:  # may quote the reply (an HTML page's title, a field's text)
         scrub(error, token)
-        if left := codings_left_as_sent(headers.get("Content-Encoding")):
+        left = codings_left_as_sent(headers.get("Content-Encoding"))
+        if left and str(error).startswith("reply is not valid"):  # bytes that do not decode, not a bad field
             raise LoyaltyResponseError(
-                f"{error} (the reply is encoded as {', '.join(left)!r}, which the hook did not ask for: it asks for "
-                f"{ACCEPT_ENCODING!r}; check what compresses the API's replies)"
+                f"{error} (the reply is encoded as {clip(', '.join(left), 80)!r}, which the hook did not ask for: it "
+                f"asks for {ACCEPT_ENCODING!r}; check what compresses the API's replies)"
             ) from None
         raise
     if envelope is None and body.strip() and http_status >= 400:  # a proxy's or web server's own page

@@ -21,6 +21,7 @@ from requests.adapters import HTTPAdapter
 
 from airflow_provider_loyalty.utils.codec import MIME_TYPES
 from airflow_provider_loyalty.utils.connection import USER_AGENT, LoyaltyConnectionSettings
+from airflow_provider_loyalty.utils.content_coding import ACCEPT_ENCODING
 from airflow_provider_loyalty.utils.transport import ReplyBuffer
 
 _READ_CHUNK_BYTES = 64 * 1024
@@ -74,7 +75,14 @@ def build_session(settings: LoyaltyConnectionSettings) -> requests.Session:
     session = NoRedirectSession()
     # Auth as an AuthBase (not a bare header): requests then never replaces it with ~/.netrc.
     session.auth = BearerAuth(settings.token, _origin_of(settings.base_url))
-    session.headers.update({"User-Agent": USER_AGENT, "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5"})
+    session.headers.update(
+        {
+            "User-Agent": USER_AGENT,
+            "Accept": f"{MIME_TYPES[settings.content_type]}, */*;q=0.5",
+            # What every path asks for (requests adds br or zstd when brotli or zstandard is installed).
+            "Accept-Encoding": ACCEPT_ENCODING,
+        }
+    )
     # The environment (proxies, REQUESTS_CA_BUNDLE) is read once here, not re-scanned by requests on
     # every call; ``verify`` also goes with each request so nothing can override verify_ssl/ca_bundle.
     session.trust_env = False

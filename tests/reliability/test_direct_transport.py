@@ -23,6 +23,7 @@ from airflow_provider_loyalty.exceptions import LoyaltyResponseError, LoyaltyTra
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
 from airflow_provider_loyalty.hooks.loyalty_async import LoyaltyAsyncHook
 from airflow_provider_loyalty.testing import EmulatorConfig, LoyaltyEmulator
+from airflow_provider_loyalty.utils.codec import STATUS_SCHEMA
 from tests.reliability.support import LoopbackServer, loopback_server, send
 from tests.support.helpers import point_connection_at, wait_for
 
@@ -181,6 +182,36 @@ def test_a_coding_not_asked_for_is_named_in_the_error(monkeypatch, via: str) -> 
         connect(monkeypatch, server.url)
         with pytest.raises(LoyaltyResponseError, match=r"encoded as 'br', which the hook did not ask for"):
             post_status(via)
+
+
+def test_a_coding_header_is_named_only_when_the_bytes_do_not_decode() -> None:
+    """A mislabelled ``Content-Encoding: UTF-8`` on a readable reply with a bad field got the note
+    "encoded as 'utf-8', which the hook did not ask for" (review): the field is what is wrong."""
+    from airflow_provider_loyalty.utils.protocol import check_reply
+
+    body = json.dumps({"error": 0, "data": {"status": "completed", "result": {"total": "many"}}}).encode()
+    with pytest.raises(LoyaltyResponseError) as raised:
+        check_reply(
+            http_status=200,
+            headers={"Content-Type": "application/json", "Content-Encoding": "UTF-8"},
+            body=body,
+            token=TOKEN,
+            schema=STATUS_SCHEMA,
+        )
+    assert "total" in str(raised.value) and "did not ask for" not in str(raised.value)
+
+
+def test_every_sync_path_asks_for_the_codings_the_hooks_undo(monkeypatch) -> None:
+    """Through a proxy (the requests session) requests asked for br and zstd too when their
+    packages were installed, so the hooks asked for different codings by path (review)."""
+    import requests.utils
+
+    monkeypatch.setattr(requests.utils, "DEFAULT_ACCEPT_ENCODING", "gzip, deflate, br, zstd")  # brotli installed
+    from airflow_provider_loyalty.utils.connection import settings_from_parts
+    from airflow_provider_loyalty.utils.sync_transport import build_session
+
+    settings = settings_from_parts(host="http://api.example", password=TOKEN, extra={"proxies": "http://proxy:3128"})
+    assert build_session(settings).headers["Accept-Encoding"] == "gzip, deflate"
 
 
 #: Bodies that end too soon or do not decode: (extra headers, the bytes sent before the close).

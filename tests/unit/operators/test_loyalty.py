@@ -865,6 +865,8 @@ class TestOutputFormats:
         assert [(source.namespace, source.name) for source in lineage.inputs] == [
             ("loyalty://loyalty_default", "loyalty_program/123/points_transactions")
         ]
+        unrendered = local_export_operator(tmp_path / "x", loyalty_conn_id="{{ var.value.c }}")
+        assert unrendered.get_openlineage_facets_on_complete(None).inputs == []  # a failed rendering: no bogus node
 
 
 LINK_DAG_SOURCE = """
