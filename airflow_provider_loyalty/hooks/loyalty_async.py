@@ -188,7 +188,8 @@ class LoyaltyAsyncHook(BaseHook):
                     while not status.state.is_terminal:
                         await asyncio.sleep(self.poll_interval)
                         status = await hook.get_export_task_status(self.export_task_id)
-                    result = status.result.raw if status.result else None
+                    # bounded_raw(): what an event can carry (size-capped, storable in Airflow's database)
+                    result = status.result.bounded_raw()[0] if status.result else None
                     event = {"status": status.state.value, "message": status.failure_text, "result": result}
                 except Exception as error:  # no error leaving the hook holds the token
                     event = {"status": "error", "message": str(error)}
