@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from airflow_provider_loyalty.hooks.loyalty import LoyaltyHook
@@ -217,14 +218,17 @@ def test_the_result_is_carried_whole_unless_it_is_huge(
 
 def _airflow_can_store(payload: Any) -> None:
     """What the triggerer's msgpack frame and PostgreSQL's jsonb take (the checks that refused)."""
-    from airflow.jobs.triggerer_job_runner import TriggerEventEntry, messages
-    from airflow.sdk.execution_time.comms import _RequestFrame
-    from airflow.triggers.base import TriggerEvent
-
-    changes = messages.TriggerStateChanges(
-        events=[TriggerEventEntry(trigger_id=1, event=TriggerEvent(payload), persist_seq=None)]
-    )
-    _RequestFrame(id=1, body=changes.model_dump()).as_bytes()  # UnicodeEncodeError on a lone surrogate
+    try:  # the triggerer's own frame (Airflow releases without TriggerEventEntry: its msgspec msgpack)
+        from airflow.jobs.triggerer_job_runner import TriggerEventEntry, messages
+        from airflow.sdk.execution_time.comms import _RequestFrame
+        from airflow.triggers.base import TriggerEvent
+    except ImportError:
+        msgspec.msgpack.encode(payload)  # UnicodeEncodeError on a lone surrogate, OverflowError past 64 bits
+    else:
+        changes = messages.TriggerStateChanges(
+            events=[TriggerEventEntry(trigger_id=1, event=TriggerEvent(payload), persist_seq=None)]
+        )
+        _RequestFrame(id=1, body=changes.model_dump()).as_bytes()
     stored = json.dumps(payload, allow_nan=False, ensure_ascii=False)  # ValueError on inf
     stored.encode("utf-8")
     assert "\\u0000" not in stored.replace("\\\\", "") and "\x00" not in stored  # jsonb refuses NUL
