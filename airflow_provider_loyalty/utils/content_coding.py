@@ -63,17 +63,24 @@ class Inflater:
         # end of its last block, a checksum) that are read only after the output before them.
 
 
+#: The codings the hooks undo; any other but ``identity`` is left as sent.
+_INFLATED = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+def _codings(content_encoding: str | None) -> list[str]:
+    """The codings a ``Content-Encoding`` lists, in the order they were applied."""
+    return [coding.strip().lower() for coding in (content_encoding or "").split(",") if coding.strip()]
+
+
 def codings_left_as_sent(content_encoding: str | None) -> list[str]:
     """The codings of a ``Content-Encoding`` that no hook undoes (``br``, ``zstd``: not asked for)."""
-    codings = (coding.strip().lower() for coding in (content_encoding or "").split(","))
-    return [coding for coding in codings if coding and coding not in ("gzip", "x-gzip", "deflate", "identity")]
+    return [coding for coding in _codings(content_encoding) if coding not in _INFLATED and coding != "identity"]
 
 
 def inflaters(content_encoding: str | None) -> list[Inflater]:
     """The decoders of a ``Content-Encoding``, in the order they were applied; codings other than
     gzip and deflate (none was asked for) are left as sent, as ``requests`` leaves them."""
-    codings = [coding.strip().lower() for coding in (content_encoding or "").split(",")]
-    return [Inflater(coding) for coding in codings if coding in ("gzip", "x-gzip", "deflate")]
+    return [Inflater(coding) for coding in _codings(content_encoding) if coding in _INFLATED]
 
 
 def inflated(chunk: bytes, stages: list[Inflater]) -> Iterator[bytes]:

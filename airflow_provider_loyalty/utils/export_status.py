@@ -19,8 +19,8 @@ from typing import Any
 
 from airflow_provider_loyalty.exceptions import LoyaltyExportTaskFailed, LoyaltyResponseError
 from airflow_provider_loyalty.utils.redaction import carries_token, quoted, redact_values
-from airflow_provider_loyalty.utils.storable import storable
-from airflow_provider_loyalty.utils.validation import MAX_CURSOR_LENGTH, has_lone_surrogate, is_cursor
+from airflow_provider_loyalty.utils.storable import has_lone_surrogate, storable
+from airflow_provider_loyalty.utils.validation import MAX_CURSOR_LENGTH, is_cursor
 
 #: Status words of a finished task: the documented ``completed``, and the synonyms task APIs use
 #: for it (a word missing here would make an export wait for a finished task until its deadline).

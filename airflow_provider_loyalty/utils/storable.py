@@ -12,10 +12,13 @@ its digits in a string; everything else passes unchanged.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+#: A surrogate code point left alone in a decoded string (a JSON ``"\ud83d"``: half an emoji).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 #: The integers msgpack packs (signed 64-bit below zero, unsigned 64-bit above).
 _PACKABLE_INTS = (-(2**63), 2**64 - 1)
 
@@ -55,10 +58,11 @@ def storable_text(text: str) -> str:
     """``text`` with each NUL and lone surrogate written as its JSON escape (``\\u0000``)."""
     if "\x00" in text:
         text = text.replace("\x00", "\\u0000")
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if has_lone_surrogate(text):
         return text.encode("utf-8", "backslashreplace").decode("utf-8")  # '\ud83d' as the 6 characters
     return text
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (legal in JSON, storable nowhere as it is)."""
+    return not text.isascii() and _LONE_SURROGATE.search(text) is not None

@@ -22,6 +22,7 @@ from airflow_provider_loyalty.exceptions import LoyaltyValidationError
 from airflow_provider_loyalty.utils.periods import check_period as check_period
 from airflow_provider_loyalty.utils.periods import format_rfc3339 as format_rfc3339
 from airflow_provider_loyalty.utils.periods import period_bound as period_bound
+from airflow_provider_loyalty.utils.storable import has_lone_surrogate
 
 MATCHING_MODES = ("email", "phone", "profile_id", "custom")
 LIMIT_RANGE = (1, 100)
@@ -29,8 +30,6 @@ CONTENT_TYPES = ("json", "xml")
 
 _TEMPLATE_MARKERS = ("{{", "{%")
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
-#: A surrogate code point left alone in a decoded string (a JSON ``"\ud83d"``: half an emoji).
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
@@ -232,11 +231,6 @@ def is_cursor(text: str) -> bool:
     cursor), at most :data:`MAX_CURSOR_LENGTH` characters (the one rule for a ``from_id`` given and
     a ``next_from_id`` received, and for an export task id)."""
     return first_control_character(text) is None and len(text) <= MAX_CURSOR_LENGTH and not has_lone_surrogate(text)
-
-
-def has_lone_surrogate(text: str) -> bool:
-    """Whether ``text`` holds a lone surrogate (legal in JSON, storable nowhere as it is)."""
-    return not text.isascii() and _LONE_SURROGATE.search(text) is not None
 
 
 def _stripped(value: Any) -> Any:
